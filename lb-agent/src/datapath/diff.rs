@@ -1,0 +1,91 @@
+//! The ordered list of map writes that takes the kernel from one `MapState` to another without
+//! ever showing a connect a half-built service ("make before break"):
+//!
+//! 1. new or changed backends;
+//! 2. new or changed slots;
+//! 3. new or changed frontends (their `count` now covers only written slots);
+//! 4. removed frontends;
+//! 5. removed slots (no frontend's `count` reaches them any more);
+//! 6. removed backends (no slot names them any more).
+//!
+//! Every prefix of the list leaves `MapState::check` true, so an apply that fails half-way leaves
+//! a consistent datapath, and applying the list again is harmless.
+use std::fmt;
+
+use lb_common::{Backend, FrontendValue, SlotKey, SlotValue};
+
+use super::state::{FrontendKey, MapState, backend_addr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend(u32, Backend),
+    PutSlot(SlotKey, SlotValue),
+    PutFrontend(FrontendKey, FrontendValue),
+    DeleteFrontend(FrontendKey),
+    DeleteSlot(SlotKey),
+    DeleteBackend(u32),
+}
+
+impl fmt::Display for MapOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PutBackend(id, b) => write!(f, "put backend {id} = {} state {}", backend_addr(b), b.state),
+            Self::PutSlot(k, v) => write!(f, "put slot {}/{} = backend {}", k.group, k.slot, v.backend),
+            Self::PutFrontend(k, v) => {
+                write!(f, "put frontend {}/{} = group {} count {}", k.addr(), k.proto(), v.group, v.count)
+            }
+            Self::DeleteFrontend(k) => write!(f, "delete frontend {}/{}", k.addr(), k.proto()),
+            Self::DeleteSlot(k) => write!(f, "delete slot {}/{}", k.group, k.slot),
+            Self::DeleteBackend(id) => write!(f, "delete backend {id}"),
+        }
+    }
+}
+
+/// The ordered writes from `old` to `new`.
+pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+    for (id, b) in &new.backends {
+        if old.backends.get(id) != Some(b) {
+            ops.push(MapOp::PutBackend(*id, *b));
+        }
+    }
+    for (k, v) in &new.slots {
+        if old.slots.get(k) != Some(v) {
+            ops.push(MapOp::PutSlot(*k, *v));
+        }
+    }
+    for (k, v) in &new.frontends {
+        if old.frontends.get(k) != Some(v) {
+            ops.push(MapOp::PutFrontend(*k, *v));
+        }
+    }
+    ops.extend(old.frontends.keys().filter(|k| !new.frontends.contains_key(k)).map(|k| MapOp::DeleteFrontend(*k)));
+    ops.extend(old.slots.keys().filter(|k| !new.slots.contains_key(k)).map(|k| MapOp::DeleteSlot(*k)));
+    ops.extend(old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)));
+    ops
+}
+
+#[cfg(test)]
+/// Applies one op to an in-memory state (the fake map writer and the tests use this).
+pub fn apply_in_memory(state: &mut MapState, op: &MapOp) {
+    match *op {
+        MapOp::PutBackend(id, b) => {
+            state.backends.insert(id, b);
+        }
+        MapOp::PutSlot(k, v) => {
+            state.slots.insert(k, v);
+        }
+        MapOp::PutFrontend(k, v) => {
+            state.frontends.insert(k, v);
+        }
+        MapOp::DeleteFrontend(k) => {
+            state.frontends.remove(&k);
+        }
+        MapOp::DeleteSlot(k) => {
+            state.slots.remove(&k);
+        }
+        MapOp::DeleteBackend(id) => {
+            state.backends.remove(&id);
+        }
+    }
+}

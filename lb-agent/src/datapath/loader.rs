@@ -1,0 +1,162 @@
+//! Loading the kernel programs, pinning their maps and links under `--bpffs`, and removing them.
+//!
+//! Pins make the datapath outlive the agent: the maps keep serving and the programs stay attached
+//! while the agent restarts or upgrades. A new agent attaches its programs next to the old ones
+//! (multi-attach), then removes the old links: there is no moment without a program.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+};
+use lb_common::{capacity, map_names};
+
+/// The kernel object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The cgroup socket programs, by their function names in `lb-ebpf/src/sock.rs`.
+pub const SOCK_PROGRAMS: [&str; 8] = [
+    "lb_connect4",
+    "lb_sendmsg4",
+    "lb_recvmsg4",
+    "lb_getpeername4",
+    "lb_connect6",
+    "lb_sendmsg6",
+    "lb_recvmsg6",
+    "lb_getpeername6",
+];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const LINKS_DIR: &str = "links";
+
+/// Map sizes chosen at load time (ignored for maps that are already pinned).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacities {
+    pub frontends: u32,
+    pub slots: u32,
+    pub backends: u32,
+    pub revnat: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            frontends: capacity::FRONTENDS,
+            slots: capacity::SLOTS,
+            backends: capacity::BACKENDS,
+            revnat: capacity::REVNAT,
+        }
+    }
+}
+
+/// Makes `dir` (on a bpf filesystem) ready for pins.
+pub fn prepare_bpffs(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // Safety: `statfs` writes into the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", dir.display()));
+    }
+    #[expect(clippy::unnecessary_cast, reason = "f_type's integer type differs between libc targets")]
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a bpf filesystem; mount one first (`mount -t bpf bpf /sys/fs/bpf`)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Loads the programs; maps are created and pinned under `bpffs`, or adopted if already pinned.
+pub fn load(bpffs: &Path, cap: Capacities) -> anyhow::Result<Ebpf> {
+    if EBPF_OBJECT.is_empty() {
+        bail!("this lb-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs");
+    }
+    prepare_bpffs(bpffs)?;
+    EbpfLoader::new()
+        .default_map_pin_directory(bpffs)
+        .map_max_entries(map_names::FRONTENDS_V4, cap.frontends)
+        .map_max_entries(map_names::FRONTENDS_V6, cap.frontends)
+        .map_max_entries(map_names::SLOTS, cap.slots)
+        .map_max_entries(map_names::BACKENDS, cap.backends)
+        .map_max_entries(map_names::REVNAT_V4, cap.revnat)
+        .map_max_entries(map_names::REVNAT_V6, cap.revnat)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")
+}
+
+fn link_pin(bpffs: &Path, program: &str) -> PathBuf {
+    bpffs.join(LINKS_DIR).join(program)
+}
+
+/// Attaches every socket program to `cgroup` and pins the links, replacing the links an earlier
+/// agent pinned only once the new program is attached.
+pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()> {
+    let cgroup_fd = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    std::fs::create_dir_all(bpffs.join(LINKS_DIR)).context("creating the links directory")?;
+    for name in SOCK_PROGRAMS {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} is missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
+        program.load().with_context(|| format!("verifier rejected {name}"))?;
+        let id = program
+            .attach(&cgroup_fd, CgroupAttachMode::AllowMultiple)
+            .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+        let link: FdLink = program.take_link(id)?.try_into().context("cgroup link is not an fd link")?;
+        let pin = link_pin(bpffs, name);
+        // The new program runs now; removing the old pin drops the old link's last reference,
+        // which detaches the old program.
+        match std::fs::remove_file(&pin) {
+            Ok(()) => tracing::debug!(program = name, "replaced the previous agent's link"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing old link pin {}", pin.display())),
+        }
+        link.pin(&pin).with_context(|| format!("pinning link {}", pin.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes everything the agent pinned under `bpffs` (detaching its programs). Returns what it
+/// removed. Stop the agent first: a running agent keeps its own links alive.
+pub fn cleanup(bpffs: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let links = bpffs.join(LINKS_DIR);
+    let names = SOCK_PROGRAMS
+        .iter()
+        .map(|p| link_pin(bpffs, p))
+        .chain(map_names::ALL.iter().map(|m| bpffs.join(m)));
+    for path in names {
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    for dir in [&links, &bpffs.to_path_buf()] {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => removed.push(dir.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "left the directory in place"),
+        }
+    }
+    Ok(removed)
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .context("no cgroup2 filesystem is mounted")
+}

@@ -1,0 +1,191 @@
+//! Map writers: the kernel's pinned maps, and an in-memory fake with the same interface for tests.
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use lb_common::{Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, map_names, stats};
+use thiserror::Error;
+
+use super::{
+    diff::MapOp,
+    state::{FrontendKey, MapState},
+};
+
+#[derive(Debug, Error)]
+pub enum MapsError {
+    #[error("cannot open pinned map {path}: {source} (is the agent installed with this --bpffs?)")]
+    Open { path: PathBuf, source: MapError },
+    #[error("cannot read map {name}: {source}")]
+    Read { name: &'static str, source: MapError },
+    #[error("map write failed ({op}): {source}")]
+    Write { op: String, source: MapError },
+    #[error("map {name} is full: {needed} entries needed, capacity {capacity}")]
+    Full { name: &'static str, needed: usize, capacity: u32 },
+}
+
+/// Capacity of each service map, as created in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub frontends: u32,
+    pub slots: u32,
+    pub backends: u32,
+}
+
+/// What the sync needs from the maps.
+pub trait LbMaps {
+    /// Reads back what is programmed.
+    fn read(&self) -> Result<MapState, MapsError>;
+    /// Applies one write; deleting an absent entry is not an error.
+    fn apply(&mut self, op: &MapOp) -> Result<(), MapsError>;
+    fn capacity(&self) -> Capacity;
+}
+
+/// Fails, before anything is written, when `target` does not fit.
+pub fn check_capacity(target: &MapState, cap: Capacity) -> Result<(), MapsError> {
+    let v4 = target.frontends.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count();
+    let v6 = target.frontends.len() - v4;
+    for (name, needed, capacity) in [
+        (map_names::FRONTENDS_V4, v4, cap.frontends),
+        (map_names::FRONTENDS_V6, v6, cap.frontends),
+        (map_names::SLOTS, target.slots.len(), cap.slots),
+        (map_names::BACKENDS, target.backends.len(), cap.backends),
+    ] {
+        if needed > capacity as usize {
+            return Err(MapsError::Full { name, needed, capacity });
+        }
+    }
+    Ok(())
+}
+
+/// The agent's maps, opened from their pins under `--bpffs`.
+pub struct PinnedMaps {
+    frontends4: HashMap<MapData, Frontend4Key, FrontendValue>,
+    frontends6: HashMap<MapData, Frontend6Key, FrontendValue>,
+    slots: HashMap<MapData, SlotKey, SlotValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    stats: PerCpuArray<MapData, u64>,
+    capacity: Capacity,
+}
+
+fn open(dir: &Path, name: &'static str) -> Result<(Map, u32), MapsError> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| MapsError::Open { path: path.clone(), source })?;
+    let max = data.info().map_err(|source| MapsError::Open { path: path.clone(), source })?.max_entries();
+    let map = Map::from_map_data(data).map_err(|source| MapsError::Open { path, source })?;
+    Ok((map, max))
+}
+
+impl PinnedMaps {
+    pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        let conv = |name: &'static str| move |source| MapsError::Open { path: dir.join(name), source };
+        let (m, frontends) = open(dir, map_names::FRONTENDS_V4)?;
+        let frontends4 = HashMap::try_from(m).map_err(conv(map_names::FRONTENDS_V4))?;
+        let (m, _) = open(dir, map_names::FRONTENDS_V6)?;
+        let frontends6 = HashMap::try_from(m).map_err(conv(map_names::FRONTENDS_V6))?;
+        let (m, slots_cap) = open(dir, map_names::SLOTS)?;
+        let slots = HashMap::try_from(m).map_err(conv(map_names::SLOTS))?;
+        let (m, backends_cap) = open(dir, map_names::BACKENDS)?;
+        let backends = HashMap::try_from(m).map_err(conv(map_names::BACKENDS))?;
+        let (m, _) = open(dir, map_names::STATS)?;
+        let stats = PerCpuArray::try_from(m).map_err(conv(map_names::STATS))?;
+        Ok(Self {
+            frontends4,
+            frontends6,
+            slots,
+            backends,
+            stats,
+            capacity: Capacity { frontends, slots: slots_cap, backends: backends_cap },
+        })
+    }
+
+    /// The datapath counters, summed over CPUs, by `lb_common::stats` index.
+    pub fn stats(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
+        (0..stats::COUNT)
+            .map(|i| {
+                let values = self.stats.get(&i, 0).map_err(|source| MapsError::Read { name: map_names::STATS, source })?;
+                Ok((stats::NAMES[i as usize], values.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+fn read_all<K: aya::Pod + Ord, V: aya::Pod>(
+    name: &'static str,
+    map: &HashMap<MapData, K, V>,
+) -> Result<Vec<(K, V)>, MapsError> {
+    map.iter()
+        .map(|r| r.map_err(|source| MapsError::Read { name, source }))
+        .collect()
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+impl LbMaps for PinnedMaps {
+    fn read(&self) -> Result<MapState, MapsError> {
+        let mut state = MapState::default();
+        for (k, v) in read_all(map_names::FRONTENDS_V4, &self.frontends4)? {
+            state.frontends.insert(FrontendKey::V4(k), v);
+        }
+        for (k, v) in read_all(map_names::FRONTENDS_V6, &self.frontends6)? {
+            state.frontends.insert(FrontendKey::V6(k), v);
+        }
+        state.slots.extend(read_all(map_names::SLOTS, &self.slots)?);
+        state.backends.extend(read_all(map_names::BACKENDS, &self.backends)?);
+        Ok(state)
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), MapsError> {
+        let result = match op {
+            MapOp::PutBackend(id, b) => self.backends.insert(id, b, 0),
+            MapOp::PutSlot(k, v) => self.slots.insert(k, v, 0),
+            MapOp::PutFrontend(FrontendKey::V4(k), v) => self.frontends4.insert(k, v, 0),
+            MapOp::PutFrontend(FrontendKey::V6(k), v) => self.frontends6.insert(k, v, 0),
+            MapOp::DeleteFrontend(FrontendKey::V4(k)) => ignore_missing(self.frontends4.remove(k)),
+            MapOp::DeleteFrontend(FrontendKey::V6(k)) => ignore_missing(self.frontends6.remove(k)),
+            MapOp::DeleteSlot(k) => ignore_missing(self.slots.remove(k)),
+            MapOp::DeleteBackend(id) => ignore_missing(self.backends.remove(id)),
+        };
+        result.map_err(|source| MapsError::Write { op: op.to_string(), source })
+    }
+
+    fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+/// In-memory maps for tests: applies ops to a `MapState` and keeps a log of them.
+#[derive(Debug, Default)]
+pub struct MemoryMaps {
+    pub state: MapState,
+    pub log: Vec<MapOp>,
+    pub capacity: Option<Capacity>,
+    /// Fail the n-th apply (0-based), to test partial applies.
+    pub fail_at: Option<usize>,
+}
+
+#[cfg(test)]
+impl LbMaps for MemoryMaps {
+    fn read(&self) -> Result<MapState, MapsError> {
+        Ok(self.state.clone())
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), MapsError> {
+        if self.fail_at == Some(self.log.len()) {
+            return Err(MapsError::Write { op: op.to_string(), source: MapError::KeyNotFound });
+        }
+        super::diff::apply_in_memory(&mut self.state, op);
+        self.log.push(*op);
+        Ok(())
+    }
+
+    fn capacity(&self) -> Capacity {
+        self.capacity.unwrap_or(Capacity { frontends: u32::MAX, slots: u32::MAX, backends: u32::MAX })
+    }
+}
+

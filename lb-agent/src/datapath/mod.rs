@@ -1,0 +1,6 @@
+//! Everything that touches the kernel: the map layout of a `DesiredState` (`state`), the ordered
+//! diff between two layouts (`diff`), the map writers (`maps`), and loading/attaching (`loader`).
+pub mod diff;
+pub mod loader;
+pub mod maps;
+pub mod state;

@@ -1,0 +1,213 @@
+//! The map-level picture of the load balancer: exactly the entries of the frontend, slot and
+//! backend maps. `layout` turns a `DesiredState` into one, keeping the ids that are already
+//! programmed so a change rewrites only what changed and a restarted agent adopts its own maps.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use lb_common::{Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, backend_state};
+
+use crate::model::{DesiredState, EndpointState, Protocol};
+
+/// A frontend map key of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrontendKey {
+    V4(Frontend4Key),
+    V6(Frontend6Key),
+}
+
+impl FrontendKey {
+    pub fn new(addr: IpAddr, port: u16, protocol: Protocol) -> Self {
+        let (port, proto) = (port.to_be(), protocol.number());
+        match addr {
+            IpAddr::V4(a) => Self::V4(Frontend4Key { addr: ip4_word(a), port, proto, pad: 0 }),
+            IpAddr::V6(a) => Self::V6(Frontend6Key { addr: ip6_words(a), port, proto, pad: 0 }),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Self::V4(k) => SocketAddr::new(IpAddr::V4(word_ip4(k.addr)), u16::from_be(k.port)),
+            Self::V6(k) => SocketAddr::new(IpAddr::V6(words_ip6(k.addr)), u16::from_be(k.port)),
+        }
+    }
+
+    pub fn proto(&self) -> u8 {
+        match self {
+            Self::V4(k) => k.proto,
+            Self::V6(k) => k.proto,
+        }
+    }
+}
+
+/// IPv4 address as the kernel context holds it: network byte order in a native `u32`.
+pub fn ip4_word(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+pub fn word_ip4(w: u32) -> Ipv4Addr {
+    Ipv4Addr::from(w.to_ne_bytes())
+}
+pub fn ip6_words(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+pub fn words_ip6(w: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// Builds a backend map value.
+pub fn backend_value(addr: SocketAddr, protocol: u8, state: u8) -> Backend {
+    let (words, family) = match addr.ip() {
+        IpAddr::V4(a) => ([ip4_word(a), 0, 0, 0], 4),
+        IpAddr::V6(a) => (ip6_words(a), 6),
+    };
+    Backend { addr: words, port: addr.port().to_be(), proto: protocol, family, state, pad: [0; 3] }
+}
+
+/// The socket address a backend map value names.
+pub fn backend_addr(b: &Backend) -> SocketAddr {
+    let ip = if b.family == 6 { IpAddr::V6(words_ip6(b.addr)) } else { IpAddr::V4(word_ip4(b.addr[0])) };
+    SocketAddr::new(ip, u16::from_be(b.port))
+}
+
+/// Identity of a backend entry: address, port and protocol.
+type BackendIdentity = (SocketAddr, u8);
+
+/// The content of the three service maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapState {
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    pub slots: BTreeMap<SlotKey, SlotValue>,
+    pub backends: BTreeMap<u32, Backend>,
+}
+
+/// Hands out the lowest id that is neither programmed nor already given out in this layout, so
+/// an id freed by this change is never reused by it (a frontend still pointing at the old owner
+/// would briefly see the new owner's slots).
+struct Ids {
+    taken: BTreeSet<u32>,
+    next: u32,
+}
+
+impl Ids {
+    fn new(taken: impl IntoIterator<Item = u32>) -> Self {
+        Self { taken: taken.into_iter().collect(), next: 1 }
+    }
+    fn claim(&mut self, id: u32) -> bool {
+        self.taken.insert(id)
+    }
+    fn allocate(&mut self) -> u32 {
+        while self.taken.contains(&self.next) {
+            self.next += 1;
+        }
+        self.taken.insert(self.next);
+        self.next
+    }
+}
+
+/// Lays `desired` out as map entries, reusing the ids found in `programmed`.
+pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
+    let mut out = MapState::default();
+
+    // Backends: one entry per (address, port, protocol), shared by every group that uses it.
+    let programmed_backends: HashMap<BackendIdentity, u32> = programmed
+        .backends
+        .iter()
+        .map(|(id, b)| ((backend_addr(b), b.proto), *id))
+        .collect();
+    let mut backend_states: BTreeMap<BackendIdentity, u8> = BTreeMap::new();
+    for group in &desired.groups {
+        let proto = group.service.protocol.number();
+        for info in &group.backends {
+            let state = match info.state {
+                EndpointState::Active => backend_state::ACTIVE,
+                EndpointState::Terminating => backend_state::TERMINATING,
+            };
+            backend_states
+                .entry((info.addr, proto))
+                .and_modify(|s| *s = (*s).min(state))
+                .or_insert(state);
+        }
+        for addr in &group.eligible {
+            backend_states.entry((*addr, proto)).or_insert(backend_state::ACTIVE);
+        }
+    }
+    let mut backend_ids = Ids::new(programmed.backends.keys().copied());
+    let mut id_of: HashMap<BackendIdentity, u32> = HashMap::new();
+    for (identity, state) in &backend_states {
+        let id = match programmed_backends.get(identity) {
+            Some(id) => *id,
+            None => backend_ids.allocate(),
+        };
+        id_of.insert(*identity, id);
+        out.backends.insert(id, backend_value(identity.0, identity.1, *state));
+    }
+
+    // Groups: keep the id a group's frontends already point at, if no other group took it.
+    let mut group_ids = Ids::new(programmed.frontends.values().map(|v| v.group).chain(programmed.slots.keys().map(|k| k.group)));
+    let mut reused = BTreeSet::new();
+    let mut owners: HashMap<u32, Vec<FrontendKey>> = HashMap::new();
+    for (key, value) in &programmed.frontends {
+        owners.entry(value.group).or_default().push(*key);
+    }
+    for group in &desired.groups {
+        let keys: Vec<FrontendKey> = group
+            .frontends
+            .iter()
+            .map(|f| FrontendKey::new(f.addr, f.port, f.protocol))
+            .collect();
+        // Reuse only an id whose programmed frontends all belong to this group: otherwise another
+        // Service's frontend would see this group's slots until it is deleted.
+        let previous = keys
+            .iter()
+            .filter_map(|k| programmed.frontends.get(k).map(|v| v.group))
+            .find(|id| !reused.contains(id) && owners.get(id).is_some_and(|o| o.iter().all(|k| keys.contains(k))));
+        let id = match previous {
+            Some(id) => {
+                reused.insert(id);
+                group_ids.claim(id);
+                id
+            }
+            None => group_ids.allocate(),
+        };
+        let proto = group.service.protocol.number();
+        for (slot, addr) in (1u32..).zip(&group.eligible) {
+            out.slots.insert(SlotKey { group: id, slot }, SlotValue { backend: id_of[&(*addr, proto)] });
+        }
+        for (key, frontend) in keys.into_iter().zip(&group.frontends) {
+            let value = FrontendValue {
+                group: id,
+                count: u32::try_from(group.eligible.len()).unwrap_or(u32::MAX),
+                flags: frontend.kind.flag(),
+                affinity_timeout: group.affinity_timeout.unwrap_or(0),
+            };
+            out.frontends.insert(key, value);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+impl MapState {
+    /// Checks the invariant the kernel relies on: every frontend's slots `1..=count` exist and name
+    /// existing backends. Returns the first violation.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, value) in &self.frontends {
+            for slot in 1..=value.count {
+                let slot_key = SlotKey { group: value.group, slot };
+                let Some(s) = self.slots.get(&slot_key) else {
+                    return Err(format!("{} group {} count {}: slot {slot} missing", key.addr(), value.group, value.count));
+                };
+                if !self.backends.contains_key(&s.backend) {
+                    return Err(format!("{} group {} slot {slot}: backend {} missing", key.addr(), value.group, s.backend));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,14 @@
+//! Where objects come from. A source only produces `model::Objects`; it knows nothing of maps.
+pub mod file;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: not valid YAML: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("cannot watch {path}: {source}")]
+    Watch { path: String, source: notify::Error },
+}

@@ -1,0 +1,208 @@
+//! The contract between the kernel programs (`lb-ebpf`) and the agent (`lb-agent`): every BPF map's
+//! name, key, value and default capacity, defined once and used by both sides.
+//!
+//! Rules for everything in here: `#[repr(C)]`, explicit padding fields (no implicit holes, no
+//! `bool`, no `Option`, no enums), and a compile-time size check per type. Addresses and ports are
+//! stored in **network byte order**, exactly as the cgroup `sock_addr` context presents them
+//! (`user_ip4`, `user_ip6`, `user_port`), so the kernel side never swaps bytes on its hot path.
+#![no_std]
+
+use core::mem::size_of;
+
+/// IANA protocol numbers as they appear in `bpf_sock_addr.protocol` and in IP headers.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+}
+
+/// Map names, as pinned under the agent's `--bpffs` directory.
+pub mod map_names {
+    pub const FRONTENDS_V4: &str = "LB_FRONTENDS_V4";
+    pub const FRONTENDS_V6: &str = "LB_FRONTENDS_V6";
+    pub const SLOTS: &str = "LB_SLOTS";
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    pub const REVNAT_V4: &str = "LB_REVNAT_V4";
+    pub const REVNAT_V6: &str = "LB_REVNAT_V6";
+    pub const STATS: &str = "LB_STATS";
+    pub const ALL: [&str; 7] = [FRONTENDS_V4, FRONTENDS_V6, SLOTS, BACKENDS, REVNAT_V4, REVNAT_V6, STATS];
+}
+
+/// Default capacities; the agent overrides them at load time (`--max-frontends` and friends).
+/// Designed for 100k frontends and 1M backends.
+pub mod capacity {
+    pub const FRONTENDS: u32 = 131_072;
+    pub const SLOTS: u32 = 1_048_576;
+    pub const BACKENDS: u32 = 1_048_576;
+    pub const REVNAT: u32 = 262_144;
+}
+
+/// Key of `LB_FRONTENDS_V4`: a ClusterIP (or other VIP), its port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend4Key {
+    /// IPv4 address, network byte order (as `bpf_sock_addr.user_ip4`).
+    pub addr: u32,
+    /// Port, network byte order in the low 16 bits (as `bpf_sock_addr.user_port`).
+    pub port: u16,
+    /// `proto::TCP`, `proto::UDP` or `proto::SCTP`.
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Key of `LB_FRONTENDS_V6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend6Key {
+    /// IPv6 address as four `u32` words, each in network byte order (as `bpf_sock_addr.user_ip6`).
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Value of both frontend maps: which backend group serves this frontend, and how many slots of
+/// it are valid. `count == 0` means the service has no usable endpoint: the connect is refused.
+///
+/// Invariant kept by the agent's write order: slots `1..=count` of `group` exist whenever this
+/// value is visible, and every backend they name exists.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendValue {
+    /// Backend group id (never 0).
+    pub group: u32,
+    /// Number of valid slots, `1..=count`.
+    pub count: u32,
+    /// `frontend_flags::*` bits.
+    pub flags: u32,
+    /// Session-affinity timeout in seconds (0: no affinity).
+    pub affinity_timeout: u32,
+}
+
+pub mod frontend_flags {
+    /// The frontend is a ClusterIP.
+    pub const CLUSTER_IP: u32 = 1 << 0;
+    /// The frontend is an external IP.
+    pub const EXTERNAL_IP: u32 = 1 << 1;
+    /// The frontend is a LoadBalancer ingress IP.
+    pub const LOAD_BALANCER: u32 = 1 << 2;
+    /// The frontend is a NodePort.
+    pub const NODE_PORT: u32 = 1 << 3;
+}
+
+/// Key of `LB_SLOTS`: slot `slot` (1-based; 0 is reserved and never written) of backend group `group`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub group: u32,
+    pub slot: u32,
+}
+
+/// Value of `LB_SLOTS`: a backend id (never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotValue {
+    pub backend: u32,
+}
+
+/// Value of `LB_BACKENDS` (key: backend id `u32`, never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// IPv4: `addr[0]` in network byte order, the rest 0. IPv6: four words in network byte order.
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// `backend_state::*`.
+    pub state: u8,
+    pub pad: [u8; 3],
+}
+
+pub mod backend_state {
+    /// Eligible for new connections.
+    pub const ACTIVE: u8 = 0;
+    /// Terminating: used only when a service has no ready endpoint (kube-proxy's fallback).
+    pub const TERMINATING: u8 = 1;
+}
+
+/// Key of `LB_REVNAT_V4`: a socket (by cookie) and the backend it was sent to.
+/// Filled at connect/sendmsg, read at recvmsg/getpeername to show the frontend to the application.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevNat4Key {
+    pub cookie: u64,
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub pad: u16,
+}
+
+/// Value of `LB_REVNAT_V4`: the frontend the application addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevNat4Value {
+    pub frontend_addr: u32,
+    pub frontend_port: u16,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevNat6Key {
+    pub cookie: u64,
+    pub backend_addr: [u32; 4],
+    pub backend_port: u16,
+    pub pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevNat6Value {
+    pub frontend_addr: [u32; 4],
+    pub frontend_port: u16,
+    pub pad: u16,
+}
+
+/// Indexes of the per-CPU counters in `LB_STATS` (a `PERCPU_ARRAY` of `u64`).
+pub mod stats {
+    /// Connects/sends to a frontend rewritten to a backend.
+    pub const TRANSLATED: u32 = 0;
+    /// Connects/sends to a frontend with no usable backend, refused with ECONNREFUSED.
+    pub const NO_BACKEND: u32 = 1;
+    /// A slot or backend lookup missed (must stay 0: the write order forbids it).
+    pub const LOOKUP_MISS: u32 = 2;
+    /// Replies whose source was rewritten back to the frontend (recvmsg/getpeername).
+    pub const REVNAT: u32 = 3;
+    pub const COUNT: u32 = 4;
+    pub const NAMES: [&str; COUNT as usize] = ["translated", "no_backend", "lookup_miss", "revnat"];
+}
+
+const _: () = assert!(size_of::<Frontend4Key>() == 8);
+const _: () = assert!(size_of::<Frontend6Key>() == 20);
+const _: () = assert!(size_of::<FrontendValue>() == 16);
+const _: () = assert!(size_of::<SlotKey>() == 8);
+const _: () = assert!(size_of::<SlotValue>() == 4);
+const _: () = assert!(size_of::<Backend>() == 24);
+const _: () = assert!(size_of::<RevNat4Key>() == 16);
+const _: () = assert!(size_of::<RevNat4Value>() == 8);
+const _: () = assert!(size_of::<RevNat6Key>() == 32);
+const _: () = assert!(size_of::<RevNat6Value>() == 20);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // Safety: every type below is `#[repr(C)]`, `Copy`, made only of integers with explicit padding
+    // fields (checked by the size assertions above), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for Frontend4Key {}
+    unsafe impl aya::Pod for Frontend6Key {}
+    unsafe impl aya::Pod for FrontendValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for SlotValue {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for RevNat4Key {}
+    unsafe impl aya::Pod for RevNat4Value {}
+    unsafe impl aya::Pod for RevNat6Key {}
+    unsafe impl aya::Pod for RevNat6Value {}
+}

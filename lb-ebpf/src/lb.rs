@@ -1,0 +1,46 @@
+//! Service lookup → slot choice → backend fetch, shared by every hook.
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use lb_common::{Backend, FrontendValue, SlotKey, stats};
+
+use crate::{maps, stats::bump};
+
+/// What a lookup decided for one connect/send.
+pub enum Verdict {
+    /// Rewrite the destination to this backend.
+    Backend(Backend),
+    /// The address is a frontend with no usable backend: refuse.
+    Reject,
+}
+
+/// Picks a backend of `frontend` (already found in a frontend map).
+#[inline(always)]
+pub fn select(frontend: &FrontendValue) -> Verdict {
+    let count = frontend.count;
+    if count == 0 {
+        bump(stats::NO_BACKEND);
+        return Verdict::Reject;
+    }
+    // Slots are 1-based; slot 0 is reserved and never written.
+    // Safety (of the helper call): bpf_get_prandom_u32 has no preconditions.
+    let slot = unsafe { bpf_get_prandom_u32() } % count + 1;
+    match backend_at(frontend.group, slot) {
+        Some(backend) => {
+            bump(stats::TRANSLATED);
+            Verdict::Backend(backend)
+        }
+        None => {
+            // The agent's write order makes this impossible; count it so a bug is visible.
+            bump(stats::LOOKUP_MISS);
+            Verdict::Reject
+        }
+    }
+}
+
+#[inline(always)]
+fn backend_at(group: u32, slot: u32) -> Option<Backend> {
+    let key = SlotKey { group, slot };
+    // Safety: the maps hold plain-old-data values; a concurrent update can at worst make us read
+    // a whole older or newer value, both of which name a backend that still exists.
+    let backend_id = unsafe { maps::LB_SLOTS.get(&key) }?.backend;
+    unsafe { maps::LB_BACKENDS.get(&backend_id) }.copied()
+}

@@ -1,0 +1,24 @@
+//! Kernel programs of the load balancer.
+//!
+//! The socket hooks translate a connect/sendmsg to a frontend (ClusterIP:port/proto) into a
+//! connect/sendmsg to one of its backends, before any packet exists; the reply-side hooks
+//! (recvmsg, getpeername) show the frontend back to the application. Every hook goes through the
+//! same `lb` module: frontend lookup → slot choice → backend fetch.
+#![no_std]
+#![no_main]
+
+mod lb;
+mod maps;
+mod sock;
+mod stats;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach a panic, so this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

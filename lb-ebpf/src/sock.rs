@@ -1,0 +1,206 @@
+//! cgroup `sock_addr` hooks: socket-level load balancing.
+//!
+//! `connect*` and `sendmsg*` rewrite a frontend destination to a backend (or refuse it with
+//! ECONNREFUSED when the frontend has no usable backend) and remember, per socket cookie, which
+//! frontend the application asked for. `recvmsg*` and `getpeername*` use that memory to show the
+//! frontend again, so a UDP client sees replies come from the ClusterIP it addressed.
+//!
+//! The context holds addresses and ports in network byte order, as do the maps.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use lb_common::{
+    Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, stats,
+};
+
+use crate::{
+    lb::{Verdict, select},
+    maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6, LB_REVNAT_V4, LB_REVNAT_V6},
+    stats::bump,
+};
+
+/// Let the syscall go on (with whatever address the program left in the context).
+const ALLOW: i32 = 1;
+/// Fail the syscall; the error is the one set with `bpf_set_retval`.
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    forward4(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    forward4(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse4(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse4(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn lb_connect6(ctx: SockAddrContext) -> i32 {
+    forward6(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn lb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    forward6(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn lb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse6(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn lb_getpeername6(ctx: SockAddrContext) -> i32 {
+    reverse6(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn refuse() -> i32 {
+    // Safety: bpf_set_retval is allowed for connect and sendmsg hooks; with it the kernel fails
+    // the syscall with this error instead of EPERM when we return REJECT.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REJECT
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockAddrContext) -> u64 {
+    // Safety: the context is a valid bpf_sock_addr for the helper.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
+fn forward4(ctx: &SockAddrContext) -> i32 {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // Safety: `sa` is the kernel-provided context, valid for the whole program run; the fields
+    // read and written here are the ones the verifier allows for connect4/sendmsg4.
+    let (addr, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    let key = Frontend4Key { addr, port, proto, pad: 0 };
+    // Safety: plain-old-data value; see `lb::backend_at`.
+    let Some(frontend) = (unsafe { LB_FRONTENDS_V4.get(&key) }) else {
+        return ALLOW;
+    };
+    match select(frontend) {
+        Verdict::Backend(backend) => {
+            let rev_key = RevNat4Key {
+                cookie: cookie(ctx),
+                backend_addr: backend.addr[0],
+                backend_port: backend.port,
+                pad: 0,
+            };
+            let rev_value = RevNat4Value { frontend_addr: addr, frontend_port: port, pad: 0 };
+            // A full LRU evicts the oldest entry; an error here only loses the reply rewrite.
+            let _ = LB_REVNAT_V4.insert(&rev_key, &rev_value, 0);
+            // Safety: as above; user_ip4/user_port are writable in connect4/sendmsg4.
+            unsafe {
+                (*sa).user_ip4 = backend.addr[0];
+                (*sa).user_port = u32::from(backend.port);
+            }
+            ALLOW
+        }
+        Verdict::Reject => refuse(),
+    }
+}
+
+#[inline(always)]
+fn reverse4(ctx: &SockAddrContext) {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // Safety: valid context; user_ip4/user_port are readable and writable in recvmsg4/getpeername4.
+    let (addr, port) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
+    let key = RevNat4Key { cookie: cookie(ctx), backend_addr: addr, backend_port: port, pad: 0 };
+    // Safety: plain-old-data value.
+    if let Some(rev) = unsafe { LB_REVNAT_V4.get(&key) } {
+        unsafe {
+            (*sa).user_ip4 = rev.frontend_addr;
+            (*sa).user_port = u32::from(rev.frontend_port);
+        }
+        bump(stats::REVNAT);
+    }
+}
+
+#[inline(always)]
+fn read_ip6(sa: *mut bpf_sock_addr) -> [u32; 4] {
+    // Safety: valid context; each word is read with its own 4-byte load, which the verifier
+    // accepts for user_ip6 in every IPv6 sock_addr hook.
+    unsafe {
+        [
+            core::ptr::read_volatile(&(*sa).user_ip6[0]),
+            core::ptr::read_volatile(&(*sa).user_ip6[1]),
+            core::ptr::read_volatile(&(*sa).user_ip6[2]),
+            core::ptr::read_volatile(&(*sa).user_ip6[3]),
+        ]
+    }
+}
+
+#[inline(always)]
+fn write_ip6(sa: *mut bpf_sock_addr, addr: &[u32; 4], port: u16) {
+    // Safety: valid context; user_ip6 and user_port are writable in the IPv6 hooks we attach to.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip6[0], addr[0]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[1], addr[1]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[2], addr[2]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[3], addr[3]);
+        (*sa).user_port = u32::from(port);
+    }
+}
+
+#[inline(always)]
+fn forward6(ctx: &SockAddrContext) -> i32 {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    let addr = read_ip6(sa);
+    // Safety: valid context; readable fields.
+    let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
+    let key = Frontend6Key { addr, port, proto, pad: 0 };
+    // Safety: plain-old-data value.
+    let Some(frontend) = (unsafe { LB_FRONTENDS_V6.get(&key) }) else {
+        return ALLOW;
+    };
+    match select(frontend) {
+        Verdict::Backend(backend) => {
+            let rev_key = RevNat6Key {
+                cookie: cookie(ctx),
+                backend_addr: backend.addr,
+                backend_port: backend.port,
+                pad: [0; 6],
+            };
+            let rev_value = RevNat6Value { frontend_addr: addr, frontend_port: port, pad: 0 };
+            let _ = LB_REVNAT_V6.insert(&rev_key, &rev_value, 0);
+            write_ip6(sa, &backend.addr, backend.port);
+            ALLOW
+        }
+        Verdict::Reject => refuse(),
+    }
+}
+
+#[inline(always)]
+fn reverse6(ctx: &SockAddrContext) {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    let addr = read_ip6(sa);
+    // Safety: valid context.
+    let port = unsafe { (*sa).user_port as u16 };
+    let key = RevNat6Key { cookie: cookie(ctx), backend_addr: addr, backend_port: port, pad: [0; 6] };
+    // Safety: plain-old-data value.
+    if let Some(rev) = unsafe { LB_REVNAT_V6.get(&key) } {
+        let (frontend_addr, frontend_port) = (rev.frontend_addr, rev.frontend_port);
+        write_ip6(sa, &frontend_addr, frontend_port);
+        bump(stats::REVNAT);
+    }
+}
