@@ -106,8 +106,10 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()
             .try_into()
             .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
         program.load().with_context(|| format!("verifier rejected {name}"))?;
+        // A cgroup bpf_link takes no attach flags: links always run side by side (multi-attach),
+        // which is what lets a new agent's program start before the old one is detached.
         let id = program
-            .attach(&cgroup_fd, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup_fd, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
         let link: FdLink = program.take_link(id)?.try_into().context("cgroup link is not an fd link")?;
         let pin = link_pin(bpffs, name);

@@ -7,3 +7,6 @@ mod types;
 
 pub use translate::{Located, NodeContext, Objects, translate};
 pub use types::*;
+
+#[cfg(test)]
+mod tests;

@@ -101,16 +101,18 @@ pub fn translate(objects: &Objects, node: &NodeContext) -> (DesiredState, Vec<Pr
                 }
                 valid.push(svc);
             }
-            Ok(None) => {
-                // Not ours to proxy (headless, ExternalName, another proxy's): still "exists" for
-                // the slice check below.
+            result => {
+                // Not ours to proxy (headless, ExternalName, another proxy's) or malformed (reported
+                // here): still "exists" for the slice check below.
                 let meta = &located.object.metadata;
                 known.insert((
                     meta.namespace.clone().unwrap_or_else(|| "default".into()),
                     meta.name.clone().unwrap_or_default(),
                 ));
+                if let Err(reason) = result {
+                    problems.push(Problem { object: describe("Service", located), reason });
+                }
             }
-            Err(reason) => problems.push(Problem { object: describe("Service", located), reason }),
         }
     }
 
@@ -171,6 +173,10 @@ fn validate_service(svc: &Service) -> Result<Option<ValidService<'_>>, String> {
         let (port_name, protocol, number) = validate_port(port)?;
         if ports.iter().any(|(n, p, _)| *n == port_name && *p == protocol) {
             return Err(format!("port {port_name:?}/{protocol} is listed twice"));
+        }
+        // The API server refuses this too: two ports would claim one frontend.
+        if ports.iter().any(|(_, p, n)| *n == number && *p == protocol) {
+            return Err(format!("port {number}/{protocol} is listed twice"));
         }
         ports.push((port_name, protocol, number));
     }

@@ -1,0 +1,801 @@
+//! Table-driven tests of `translate`, in the style of kube-proxy's proxier tests: each case is a
+//! set of real Kubernetes objects and the frontends → eligible backends (and problems) expected
+//! for `node-1`.
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+
+use super::*;
+
+const NODE: &str = "node-1";
+
+// ---- object builders ----------------------------------------------------------------------------
+
+fn meta(ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() }
+}
+
+fn label(meta: &mut ObjectMeta, key: &str, value: &str) {
+    meta.labels.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
+}
+
+fn port(name: &str, number: i32, protocol: &str) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port: number,
+        protocol: Some(protocol.into()),
+        // Deliberately different from every slice port: the backend port never comes from here.
+        target_port: Some(IntOrString::Int(1)),
+        ..Default::default()
+    }
+}
+
+/// A ClusterIP Service as the API server stores it: `10.96.0.10`, one port `http` 80/TCP.
+fn service(ns: &str, name: &str, f: impl FnOnce(&mut Service)) -> Service {
+    let mut svc = Service {
+        metadata: meta(ns, name),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some("10.96.0.10".into()),
+            cluster_ips: Some(vec!["10.96.0.10".into()]),
+            ip_families: Some(vec!["IPv4".into()]),
+            ports: Some(vec![port("http", 80, "TCP")]),
+            session_affinity: Some("None".into()),
+            internal_traffic_policy: Some("Cluster".into()),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    f(&mut svc);
+    svc
+}
+
+fn spec(s: &mut Service) -> &mut ServiceSpec {
+    s.spec.as_mut().expect("service() always sets a spec")
+}
+
+fn set_ips(s: &mut Service, ips: &[&str]) {
+    let spec = spec(s);
+    spec.cluster_ip = ips.first().map(|ip| (*ip).into());
+    spec.cluster_ips = Some(ips.iter().map(|ip| (*ip).into()).collect());
+    spec.ip_families = Some(
+        ips.iter()
+            .map(|ip| if ip.contains(':') { "IPv6".into() } else { "IPv4".into() })
+            .collect(),
+    );
+}
+
+fn set_ports(s: &mut Service, ports: Vec<ServicePort>) {
+    spec(s).ports = Some(ports);
+}
+
+fn slice_port(name: Option<&str>, number: i32, protocol: &str) -> EndpointPort {
+    EndpointPort { name: name.map(Into::into), port: Some(number), protocol: Some(protocol.into()), app_protocol: None }
+}
+
+/// An EndpointSlice of Service `svc`, with one port `http` 8080/TCP and no endpoints.
+fn slice(ns: &str, name: &str, svc: &str, address_type: &str, f: impl FnOnce(&mut EndpointSlice)) -> EndpointSlice {
+    let mut s = EndpointSlice {
+        metadata: meta(ns, name),
+        address_type: address_type.into(),
+        endpoints: vec![],
+        ports: Some(vec![slice_port(Some("http"), 8080, "TCP")]),
+    };
+    label(&mut s.metadata, "kubernetes.io/service-name", svc);
+    f(&mut s);
+    s
+}
+
+fn conditions(ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> Option<EndpointConditions> {
+    Some(EndpointConditions { ready, serving, terminating })
+}
+
+/// A ready endpoint on `node-1`.
+fn ep(addr: &str) -> Endpoint {
+    Endpoint {
+        addresses: vec![addr.into()],
+        conditions: conditions(Some(true), Some(true), Some(false)),
+        node_name: Some(NODE.into()),
+        ..Default::default()
+    }
+}
+
+fn ep_on(addr: &str, node: Option<&str>) -> Endpoint {
+    Endpoint { node_name: node.map(Into::into), ..ep(addr) }
+}
+
+/// Ready endpoint that is terminating and still serving: only a fallback.
+fn terminating(addr: &str) -> Endpoint {
+    Endpoint { conditions: conditions(Some(false), Some(true), Some(true)), ..ep(addr) }
+}
+
+/// Terminating and no longer serving: never used.
+fn terminating_not_serving(addr: &str) -> Endpoint {
+    Endpoint { conditions: conditions(Some(false), Some(false), Some(true)), ..ep(addr) }
+}
+
+/// Not ready and not terminating (a starting pod): never used, even when `serving` is true.
+fn not_ready(addr: &str, serving: bool) -> Endpoint {
+    Endpoint { conditions: conditions(Some(false), Some(serving), Some(false)), ..ep(addr) }
+}
+
+fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Objects {
+    Objects {
+        services: services.into_iter().map(|object| Located { origin: String::new(), object }).collect(),
+        slices: slices.into_iter().map(|object| Located { origin: String::new(), object }).collect(),
+    }
+}
+
+fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> (DesiredState, Vec<Problem>) {
+    translate(&objects(services, slices), &NodeContext { name: NODE.into() })
+}
+
+/// Frontends → eligible backends, in output order.
+fn frontends(state: &DesiredState) -> Vec<(String, Vec<String>)> {
+    state
+        .groups
+        .iter()
+        .flat_map(|g| g.frontends.iter().map(move |f| (f.to_string(), g.eligible.iter().map(ToString::to_string).collect())))
+        .collect()
+}
+
+fn check_problems(case: &str, problems: &[Problem], expected: &[&str]) {
+    let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), expected.len(), "{case}: problems {shown:#?}, expected substrings {expected:?}");
+    for want in expected {
+        assert!(shown.iter().any(|p| p.contains(want)), "{case}: no problem contains {want:?}: {shown:#?}");
+    }
+}
+
+// ---- the table ----------------------------------------------------------------------------------
+
+struct Case {
+    name: &'static str,
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+    /// Frontend → eligible backends, in output order.
+    expected: Vec<(&'static str, Vec<&'static str>)>,
+    /// Each problem must contain one of these, and there must be exactly as many problems.
+    problems: Vec<&'static str>,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "basic ClusterIP TCP",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-1", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.2"), ep("10.244.1.1")])],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "UDP",
+            services: vec![service("kube-system", "dns", |s| set_ports(s, vec![port("dns", 53, "UDP")]))],
+            slices: vec![slice("kube-system", "dns-1", "dns", "IPv4", |s| {
+                s.ports = Some(vec![slice_port(Some("dns"), 5353, "UDP")]);
+                s.endpoints = vec![ep("10.244.1.1")];
+            })],
+            expected: vec![("10.96.0.10:53/UDP", vec!["10.244.1.1:5353"])],
+            problems: vec![],
+        },
+        Case {
+            name: "unset protocol means TCP",
+            services: vec![service("ns", "web", |s| set_ports(s, vec![ServicePort { protocol: None, ..port("http", 80, "") }]))],
+            slices: vec![slice("ns", "web-1", "web", "IPv4", |s| {
+                s.ports = Some(vec![EndpointPort { protocol: None, ..slice_port(Some("http"), 8080, "") }]);
+                s.endpoints = vec![ep("10.244.1.1")];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "dual-stack: each family gets only its own slices",
+            services: vec![service("ns", "web", |s| set_ips(s, &["10.96.0.10", "fd00:10:96::10"]))],
+            slices: vec![
+                slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "web-v6", "web", "IPv6", |s| s.endpoints = vec![ep("fd00:10:244::1"), ep("fd00:10:244::2")]),
+            ],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("[fd00:10:96::10]:80/TCP", vec!["[fd00:10:244::1]:8080", "[fd00:10:244::2]:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "dual-stack: no IPv6 endpoints means an empty IPv6 group",
+            services: vec![service("ns", "web", |s| set_ips(s, &["fd00:10:96::10", "10.96.0.10"]))],
+            slices: vec![slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]), ("[fd00:10:96::10]:80/TCP", vec![])],
+            problems: vec![],
+        },
+        Case {
+            name: "single-stack IPv4 ignores IPv6 slices",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![
+                slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "web-v6", "web", "IPv6", |s| s.endpoints = vec![ep("fd00:10:244::1")]),
+                slice("ns", "web-fqdn", "web", "FQDN", |s| s.endpoints = vec![ep("example.com")]),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "headless Service skipped without a problem",
+            services: vec![
+                service("ns", "headless", |s| set_ips(s, &["None"])),
+                service("ns", "empty-ip", |s| {
+                    spec(s).cluster_ip = None;
+                    spec(s).cluster_ips = None;
+                }),
+            ],
+            slices: vec![
+                slice("ns", "headless-1", "headless", "IPv4", |s| {
+                    label(&mut s.metadata, "service.kubernetes.io/headless", "");
+                    s.endpoints = vec![ep("10.244.1.1")];
+                }),
+                // Even without the headless label, its Service exists: not reported.
+                slice("ns", "headless-2", "headless", "IPv4", |s| s.endpoints = vec![ep("10.244.1.2")]),
+            ],
+            expected: vec![],
+            problems: vec![],
+        },
+        Case {
+            name: "ExternalName skipped even with a ClusterIP",
+            services: vec![service("ns", "ext", |s| {
+                spec(s).type_ = Some("ExternalName".into());
+                spec(s).external_name = Some("example.com".into());
+            })],
+            slices: vec![slice("ns", "ext-1", "ext", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
+            expected: vec![],
+            problems: vec![],
+        },
+        Case {
+            name: "service-proxy-name label hands the Service to another proxy",
+            services: vec![
+                service("ns", "other", |s| label(&mut s.metadata, "service.kubernetes.io/service-proxy-name", "other-proxy")),
+                service("ns", "mine", |s| set_ips(s, &["10.96.0.11"])),
+            ],
+            slices: vec![
+                slice("ns", "other-1", "other", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "mine-1", "mine", "IPv4", |s| s.endpoints = vec![ep("10.244.1.2")]),
+            ],
+            expected: vec![("10.96.0.11:80/TCP", vec!["10.244.1.2:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "multiple slices merged",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![
+                slice("ns", "web-b", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.3")]),
+                slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.2")]),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "named targetPort resolving to different numbers: slices merge",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![
+                slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "web-b", "web", "IPv4", |s| {
+                    s.ports = Some(vec![slice_port(Some("http"), 9090, "TCP")]);
+                    s.endpoints = vec![ep("10.244.1.2")];
+                }),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:9090"])],
+            problems: vec![],
+        },
+        Case {
+            name: "duplicate endpoint: non-terminating copy wins (terminating copy first)",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![
+                slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![terminating("10.244.1.1")]),
+                slice("ns", "web-b", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.2")]),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "duplicate endpoint: non-terminating copy wins (ready copy first)",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![
+                slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.2")]),
+                slice("ns", "web-b", "web", "IPv4", |s| s.endpoints = vec![terminating("10.244.1.1")]),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "duplicate endpoint in one slice listed once",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.1")])],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "ready nil means ready",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    Endpoint { conditions: None, ..ep("10.244.1.1") },
+                    Endpoint { conditions: conditions(None, None, None), ..ep("10.244.1.2") },
+                    not_ready("10.244.1.3", true),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "not-ready endpoints excluded, ready ones preferred over terminating",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    ep("10.244.1.1"),
+                    not_ready("10.244.1.2", false),
+                    not_ready("10.244.1.3", true),
+                    terminating("10.244.1.4"),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "terminating fallback: no ready endpoint, serving+terminating used",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    terminating("10.244.1.2"),
+                    terminating_not_serving("10.244.1.3"),
+                    not_ready("10.244.1.4", true),
+                    // Fallback ignores where the endpoint runs (cluster policy).
+                    Endpoint { node_name: Some("node-2".into()), ..terminating("10.244.1.1") },
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "terminating but not serving is never used",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![terminating_not_serving("10.244.1.1"), not_ready("10.244.1.2", true)];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec![])],
+            problems: vec![],
+        },
+        Case {
+            name: "no endpoints at all: empty eligible (reject)",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![],
+            expected: vec![("10.96.0.10:80/TCP", vec![])],
+            problems: vec![],
+        },
+        Case {
+            name: "slice port matched by name and protocol; number from the slice",
+            services: vec![service("ns", "web", |s| {
+                set_ports(s, vec![port("http", 80, "TCP"), port("metrics", 9090, "TCP"), port("http", 80, "UDP")]);
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.ports = Some(vec![
+                    slice_port(Some("metrics"), 9100, "TCP"),
+                    slice_port(Some("http"), 8080, "TCP"),
+                    // Same name, other protocol: only for the UDP port.
+                    slice_port(Some("http"), 8081, "UDP"),
+                ]);
+                s.endpoints = vec![ep("10.244.1.1")];
+            })],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("10.96.0.10:80/UDP", vec!["10.244.1.1:8081"]),
+                ("10.96.0.10:9090/TCP", vec!["10.244.1.1:9100"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "slice port with the wrong name or protocol never matches",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.ports = Some(vec![slice_port(Some("https"), 8443, "TCP"), slice_port(Some("http"), 8080, "SCTP")]);
+                s.endpoints = vec![ep("10.244.1.1")];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec![])],
+            problems: vec![],
+        },
+        Case {
+            name: "unnamed port: slice port name \"\" matches, nil name ignored and reported",
+            services: vec![service("ns", "web", |s| set_ports(s, vec![ServicePort { name: None, ..port("", 80, "TCP") }]))],
+            slices: vec![
+                slice("ns", "web-a", "web", "IPv4", |s| {
+                    s.ports = Some(vec![slice_port(Some(""), 8080, "TCP")]);
+                    s.endpoints = vec![ep("10.244.1.1")];
+                }),
+                slice("ns", "web-b", "web", "IPv4", |s| {
+                    s.ports = Some(vec![slice_port(None, 8080, "TCP")]);
+                    s.endpoints = vec![ep("10.244.1.2")];
+                }),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec!["EndpointSlice ns/web-b: a port has no name"],
+        },
+        Case {
+            name: "slice port with nil or 0 port skipped",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![
+                slice("ns", "web-a", "web", "IPv4", |s| {
+                    s.ports = Some(vec![EndpointPort { port: None, ..slice_port(Some("http"), 0, "TCP") }]);
+                    s.endpoints = vec![ep("10.244.1.1")];
+                }),
+                slice("ns", "web-b", "web", "IPv4", |s| {
+                    s.ports = Some(vec![slice_port(Some("http"), 0, "TCP")]);
+                    s.endpoints = vec![ep("10.244.1.2")];
+                }),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec![])],
+            problems: vec![],
+        },
+        Case {
+            name: "endpoint without addresses skipped; only addresses[0] used",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    Endpoint { addresses: vec![], ..ep("10.244.1.1") },
+                    Endpoint { addresses: vec!["10.244.1.2".into(), "10.244.1.3".into()], ..ep("10.244.1.2") },
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.2:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "slice without the service-name label reported and ignored",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![
+                slice("ns", "web-a", "web", "IPv4", |s| {
+                    s.metadata.labels = None;
+                    s.endpoints = vec![ep("10.244.1.1")];
+                }),
+                slice("ns", "web-b", "", "IPv4", |s| s.endpoints = vec![ep("10.244.1.2")]),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec![])],
+            problems: vec![
+                "EndpointSlice ns/web-a: has no kubernetes.io/service-name label",
+                "EndpointSlice ns/web-b: has no kubernetes.io/service-name label",
+            ],
+        },
+        Case {
+            name: "slice for a missing Service reported",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![
+                slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "gone-a", "gone", "IPv4", |s| s.endpoints = vec![ep("10.244.1.2")]),
+                // Same Service name, other namespace: the slice's namespace is what counts.
+                slice("other", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.3")]),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec!["EndpointSlice ns/gone-a: its Service ns/gone does not exist", "Service other/web does not exist"],
+        },
+        Case {
+            name: "unknown protocol: whole Service skipped",
+            services: vec![
+                service("ns", "web", |s| set_ports(s, vec![port("http", 80, "TCP"), port("ping", 7, "ICMP")])),
+                service("ns", "ok", |s| set_ips(s, &["10.96.0.11"])),
+            ],
+            slices: vec![
+                slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "ok-a", "ok", "IPv4", |s| s.endpoints = vec![ep("10.244.1.2")]),
+            ],
+            expected: vec![("10.96.0.11:80/TCP", vec!["10.244.1.2:8080"])],
+            problems: vec!["Service ns/web: port \"ping\": unknown protocol \"ICMP\""],
+        },
+        Case {
+            name: "port 0 or out of range: Service skipped",
+            services: vec![
+                service("ns", "zero", |s| set_ports(s, vec![port("http", 0, "TCP")])),
+                service("ns", "big", |s| {
+                    set_ips(s, &["10.96.0.11"]);
+                    set_ports(s, vec![port("http", 70_000, "TCP")]);
+                }),
+                service("ns", "negative", |s| {
+                    set_ips(s, &["10.96.0.12"]);
+                    set_ports(s, vec![port("http", -80, "TCP"), port("https", 443, "TCP")]);
+                }),
+            ],
+            slices: vec![slice("ns", "zero-a", "zero", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
+            expected: vec![],
+            problems: vec![
+                "Service ns/zero: port \"http\": port 0 is out of range",
+                "Service ns/big: port \"http\": port 70000 is out of range",
+                "Service ns/negative: port \"http\": port -80 is out of range",
+            ],
+        },
+        Case {
+            name: "malformed ClusterIP: Service skipped",
+            services: vec![service("ns", "web", |s| set_ips(s, &["10.96.0.300"]))],
+            slices: vec![],
+            expected: vec![],
+            problems: vec!["Service ns/web: clusterIP \"10.96.0.300\" is not an IP address"],
+        },
+        Case {
+            name: "same port name and protocol listed twice: Service skipped",
+            services: vec![service("ns", "web", |s| set_ports(s, vec![port("http", 80, "TCP"), port("http", 81, "TCP")]))],
+            slices: vec![],
+            expected: vec![],
+            problems: vec!["Service ns/web: port \"http\"/TCP is listed twice"],
+        },
+        Case {
+            // The API server rejects this (`spec.ports[1]: Duplicate value`); from a file it would
+            // give two groups one frontend, and the datapath could not serve both.
+            name: "same port number and protocol on two named ports: Service skipped",
+            services: vec![service("ns", "web", |s| set_ports(s, vec![port("a", 80, "TCP"), port("b", 80, "TCP")]))],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.ports = Some(vec![slice_port(Some("a"), 8080, "TCP"), slice_port(Some("b"), 8081, "TCP")]);
+                s.endpoints = vec![ep("10.244.1.1")];
+            })],
+            expected: vec![],
+            problems: vec!["Service ns/web: port 80/TCP is listed twice"],
+        },
+        Case {
+            name: "two Services on one ClusterIP:port/proto: the second by namespace/name is skipped",
+            services: vec![
+                service("b-ns", "web", |_| {}),
+                service("a-ns", "web", |s| set_ports(s, vec![port("http", 80, "TCP"), port("dns", 53, "UDP")])),
+                // Same address and port, other protocol: no conflict.
+                service("c-ns", "web", |s| set_ports(s, vec![port("http", 80, "UDP")])),
+            ],
+            slices: vec![
+                slice("a-ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("b-ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.2")]),
+            ],
+            expected: vec![
+                ("10.96.0.10:53/UDP", vec![]),
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("10.96.0.10:80/UDP", vec![]),
+            ],
+            problems: vec!["Service b-ns/web: frontend 10.96.0.10:80/TCP is already used by a-ns/web:http"],
+        },
+        Case {
+            name: "Service defined twice: the first definition is used",
+            services: vec![
+                service("ns", "web", |_| {}),
+                service("ns", "web", |s| set_ports(s, vec![port("http", 8000, "TCP")])),
+            ],
+            slices: vec![],
+            expected: vec![("10.96.0.10:80/TCP", vec![])],
+            problems: vec!["Service ns/web: defined more than once"],
+        },
+        Case {
+            name: "internalTrafficPolicy Local: only this node's endpoints",
+            services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    ep_on("10.244.1.1", Some(NODE)),
+                    ep_on("10.244.2.1", Some("node-2")),
+                    ep_on("10.244.3.1", None),
+                    // The zone and hostname never make an endpoint local.
+                    Endpoint { zone: Some(NODE.into()), hostname: Some(NODE.into()), ..ep_on("10.244.4.1", Some("node-4")) },
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "internalTrafficPolicy Local: no local endpoint means empty (drop) even with remote ones",
+            services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep_on("10.244.2.1", Some("node-2"))])],
+            expected: vec![("10.96.0.10:80/TCP", vec![])],
+            problems: vec![],
+        },
+        Case {
+            name: "internalTrafficPolicy Local: local terminating fallback is per node",
+            services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![terminating("10.244.1.1"), ep_on("10.244.2.1", Some("node-2"))];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "output is sorted by namespace, name, port name, protocol, family",
+            services: vec![
+                service("z", "svc", |s| set_ips(s, &["10.96.0.20"])),
+                service("a", "web", |s| {
+                    set_ips(s, &["fd00:10:96::10", "10.96.0.10"]);
+                    set_ports(s, vec![port("web", 80, "TCP"), port("dns", 53, "UDP"), port("dns", 53, "TCP")]);
+                }),
+                service("a", "api", |s| set_ips(s, &["10.96.0.30"])),
+            ],
+            slices: vec![],
+            expected: vec![
+                ("10.96.0.30:80/TCP", vec![]),
+                ("10.96.0.10:53/TCP", vec![]),
+                ("[fd00:10:96::10]:53/TCP", vec![]),
+                ("10.96.0.10:53/UDP", vec![]),
+                ("[fd00:10:96::10]:53/UDP", vec![]),
+                ("10.96.0.10:80/TCP", vec![]),
+                ("[fd00:10:96::10]:80/TCP", vec![]),
+                ("10.96.0.20:80/TCP", vec![]),
+            ],
+            problems: vec![],
+        },
+    ]
+}
+
+#[test]
+fn translate_table() {
+    let mut seen = std::collections::BTreeSet::new();
+    for case in cases() {
+        assert!(seen.insert(case.name), "duplicate case name {}", case.name);
+        let (state, problems) = run(case.services, case.slices);
+        let got = frontends(&state);
+        let want: Vec<(String, Vec<String>)> = case
+            .expected
+            .iter()
+            .map(|(f, e)| ((*f).to_owned(), e.iter().map(|s| (*s).to_owned()).collect()))
+            .collect();
+        assert_eq!(got, want, "case {:?}: frontends (problems: {problems:?})", case.name);
+        check_problems(case.name, &problems, &case.problems);
+    }
+}
+
+#[test]
+fn translate_is_independent_of_input_order() {
+    for case in cases() {
+        let (forward, forward_problems) = run(case.services.clone(), case.slices.clone());
+        let mut services = case.services;
+        let mut slices = case.slices;
+        services.reverse();
+        slices.reverse();
+        let (backward, backward_problems) = run(services, slices);
+        // "Defined twice" keeps the first definition, which depends on the order by design.
+        if case.name.starts_with("Service defined twice") {
+            continue;
+        }
+        assert_eq!(forward, backward, "case {:?}", case.name);
+        let sorted = |p: Vec<Problem>| {
+            let mut p: Vec<String> = p.iter().map(ToString::to_string).collect();
+            p.sort();
+            p
+        };
+        assert_eq!(sorted(forward_problems), sorted(backward_problems), "case {:?}", case.name);
+    }
+}
+
+// ---- fields the table does not show ------------------------------------------------------------
+
+#[test]
+fn groups_carry_service_port_name_and_family() {
+    let (state, _) = run(
+        vec![service("ns", "web", |s| set_ips(s, &["10.96.0.10", "fd00:10:96::10"]))],
+        vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
+    );
+    let summary: Vec<(String, Family, Protocol)> =
+        state.groups.iter().map(|g| (g.service.to_string(), g.family, g.service.protocol)).collect();
+    assert_eq!(
+        summary,
+        vec![("ns/web:http".to_owned(), Family::V4, Protocol::Tcp), ("ns/web:http".to_owned(), Family::V6, Protocol::Tcp)]
+    );
+    assert!(state.groups.iter().all(|g| g.frontends.iter().all(|f| f.kind == FrontendKind::ClusterIP)));
+}
+
+#[test]
+fn backends_list_ready_and_terminating_with_their_state() {
+    let (state, _) = run(
+        vec![service("ns", "web", |_| {})],
+        vec![slice("ns", "web-a", "web", "IPv4", |s| {
+            s.endpoints = vec![
+                ep("10.244.1.1"),
+                terminating("10.244.1.2"),
+                terminating_not_serving("10.244.1.3"),
+                not_ready("10.244.1.4", true),
+                ep_on("10.244.1.5", Some("node-2")),
+            ];
+        })],
+    );
+    let [group] = state.groups.as_slice() else { panic!("one group expected: {state:?}") };
+    let backends: Vec<(String, EndpointState)> = group.backends.iter().map(|b| (b.addr.to_string(), b.state)).collect();
+    assert_eq!(
+        backends,
+        vec![
+            ("10.244.1.1:8080".to_owned(), EndpointState::Active),
+            ("10.244.1.2:8080".to_owned(), EndpointState::Terminating),
+            ("10.244.1.5:8080".to_owned(), EndpointState::Active),
+        ]
+    );
+    let eligible: Vec<String> = group.eligible.iter().map(ToString::to_string).collect();
+    assert_eq!(eligible, ["10.244.1.1:8080", "10.244.1.5:8080"]);
+}
+
+#[test]
+fn session_affinity_timeout() {
+    let with_affinity = |affinity: Option<&str>, timeout: Option<Option<i32>>| {
+        let svc = service("ns", "web", |s| {
+            spec(s).session_affinity = affinity.map(Into::into);
+            spec(s).session_affinity_config = timeout.map(|t| SessionAffinityConfig {
+                client_ip: Some(ClientIPConfig { timeout_seconds: t }),
+            });
+        });
+        let (state, problems) = run(vec![svc], vec![]);
+        (state.groups.iter().map(|g| g.affinity_timeout).collect::<Vec<_>>(), problems)
+    };
+    let cases: [(Option<&str>, Option<Option<i32>>, Vec<Option<u32>>, &[&str]); 8] = [
+        (None, None, vec![None], &[]),
+        (Some("None"), Some(Some(60)), vec![None], &[]),
+        (Some("ClientIP"), None, vec![Some(10_800)], &[]),
+        (Some("ClientIP"), Some(None), vec![Some(10_800)], &[]),
+        (Some("ClientIP"), Some(Some(60)), vec![Some(60)], &[]),
+        (Some("ClientIP"), Some(Some(86_400)), vec![Some(86_400)], &[]),
+        (Some("ClientIP"), Some(Some(0)), vec![], &["timeoutSeconds 0 is not in 1..=86400"]),
+        (Some("Cookie"), None, vec![], &["unknown sessionAffinity \"Cookie\""]),
+    ];
+    for (affinity, timeout, want, want_problems) in cases {
+        let (got, problems) = with_affinity(affinity, timeout);
+        let name = format!("{affinity:?} {timeout:?}");
+        assert_eq!(got, want, "{name}");
+        check_problems(&name, &problems, want_problems);
+    }
+}
+
+#[test]
+fn session_affinity_applies_to_every_family_and_port() {
+    let (state, _) = run(
+        vec![service("ns", "web", |s| {
+            set_ips(s, &["10.96.0.10", "fd00:10:96::10"]);
+            set_ports(s, vec![port("http", 80, "TCP"), port("dns", 53, "UDP")]);
+            spec(s).session_affinity = Some("ClientIP".into());
+            spec(s).session_affinity_config =
+                Some(SessionAffinityConfig { client_ip: Some(ClientIPConfig { timeout_seconds: Some(300) }) });
+        })],
+        vec![],
+    );
+    assert_eq!(state.groups.len(), 4);
+    assert!(state.groups.iter().all(|g| g.affinity_timeout == Some(300)), "{state:?}");
+}
+
+#[test]
+fn problems_name_the_origin() {
+    let mut objects = objects(vec![service("ns", "web", |s| set_ports(s, vec![port("x", 0, "TCP")]))], vec![]);
+    objects.services[0].origin = "cluster.yaml#3".into();
+    let (_, problems) = translate(&objects, &NodeContext { name: NODE.into() });
+    let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["Service ns/web (cluster.yaml#3): port \"x\": port 0 is out of range 1..=65535"]);
+}
+
+#[test]
+fn empty_node_name_means_nothing_is_local() {
+    let svc = service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()));
+    let slices = vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep_on("10.244.1.1", Some(""))])];
+    let (state, _) = translate(&objects(vec![svc], slices), &NodeContext::default());
+    assert_eq!(frontends(&state), vec![("10.96.0.10:80/TCP".to_owned(), vec![])]);
+}
+
+#[test]
+fn translate_is_deterministic() {
+    let build = || {
+        run(
+            vec![
+                service("ns", "b", |s| set_ips(s, &["10.96.0.2", "fd00::2"])),
+                service("ns", "a", |s| set_ips(s, &["10.96.0.1"])),
+            ],
+            vec![
+                slice("ns", "b-2", "b", "IPv4", |s| s.endpoints = vec![ep("10.244.0.9"), ep("10.244.0.3")]),
+                slice("ns", "b-1", "b", "IPv4", |s| s.endpoints = vec![ep("10.244.0.5")]),
+                slice("ns", "a-1", "a", "IPv4", |s| s.endpoints = vec![ep("10.244.0.7"), ep("10.244.0.1")]),
+            ],
+        )
+    };
+    let (first, _) = build();
+    for _ in 0..5 {
+        assert_eq!(build().0, first);
+    }
+    let names: Vec<String> = first.groups.iter().map(|g| format!("{} {:?}", g.service, g.family)).collect();
+    assert_eq!(names, ["ns/a:http V4", "ns/b:http V4", "ns/b:http V6"]);
+    for g in &first.groups {
+        assert!(g.eligible.is_sorted(), "{g:?}");
+        assert!(g.backends.is_sorted(), "{g:?}");
+    }
+}

@@ -1,0 +1,134 @@
+//! The agent as a child process, with its log captured.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// A running `lb-agent run`. Dropping it stops it with SIGTERM (SIGKILL after 3 s).
+pub struct Agent {
+    child: Mutex<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts `lb-agent run` and waits until it says it is ready.
+    pub fn start(source: &Path, cgroup: &Path, bpffs: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(crate::agent_bin())
+            .args(["run", "--node-name", "node-1", "--min-sync-period-ms", "20", "--source"])
+            .arg(source)
+            .arg("--cgroup")
+            .arg(cgroup)
+            .arg("--bpffs")
+            .arg(bpffs)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let agent = Self { child: Mutex::new(child), log };
+        agent.wait_for_log("agent ready", 1, Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.lock().expect("child lock").id()
+    }
+
+    /// Log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// How many log lines contain `pattern`.
+    pub fn count(&self, pattern: &str) -> usize {
+        self.log.lock().expect("log lock").iter().filter(|l| l.contains(pattern)).count()
+    }
+
+    /// Waits until `count` lines contain `pattern`.
+    pub fn wait_for_log(&self, pattern: &str, count: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.count(pattern) >= count {
+                return Ok(());
+            }
+            if let Some(status) = self.child_status() {
+                anyhow::bail!("agent exited ({status}) before logging {pattern:?}:\n{}", self.log().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        anyhow::bail!("agent did not log {pattern:?} {count} times within {timeout:?}:\n{}", self.log().join("\n"))
+    }
+
+    fn child_status(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().expect("child lock").try_wait().ok().flatten()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(self) {
+        let mut child = self.child.lock().expect("child lock");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let child = self.child.get_mut().expect("child lock");
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        // Safety: kill(2) of our own child, by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill()?;
+        let _ = child.wait();
+        anyhow::bail!("agent ignored SIGTERM for 3 s and was killed")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
+/// Runs `lb-agent inspect WHAT --bpffs DIR --output json` and parses the JSON.
+pub fn inspect(what: &str, bpffs: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(crate::agent_bin())
+        .args(["inspect", what, "--output", "json", "--bpffs"])
+        .arg(bpffs)
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "inspect {what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Runs `lb-agent inspect WHAT --bpffs DIR` and returns the table.
+pub fn inspect_table(what: &str, bpffs: &Path) -> anyhow::Result<String> {
+    let out = Command::new(crate::agent_bin()).args(["inspect", what, "--bpffs"]).arg(bpffs).output()?;
+    anyhow::ensure!(out.status.success(), "inspect {what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}

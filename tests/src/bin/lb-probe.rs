@@ -1,0 +1,138 @@
+//! Test client, run inside a test cgroup and namespace by the harness. One line of output per
+//! attempt: `ok <backend-reply> [from=<addr>] [peer=<addr>]` or `err os=<errno> <message> us=<elapsed>`.
+//!
+//! lb-probe tcp ADDR COUNT            COUNT connections, each reads the backend's greeting
+//! lb-probe udp ADDR COUNT            COUNT datagrams from one unconnected socket (sendto/recvfrom)
+//! lb-probe udp-connected ADDR COUNT  one connected UDP socket, COUNT send/recv rounds
+//! lb-probe tcp-hold ADDR             one connection; a round trip per line on stdin
+//! lb-probe tcp-loop ADDR MILLIS      connections back to back for MILLIS; prints a summary
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn err_line(e: &std::io::Error, started: Instant) -> String {
+    format!("err os={} {e} us={}", e.raw_os_error().unwrap_or(0), started.elapsed().as_micros())
+}
+
+fn tcp_once(addr: SocketAddr) -> std::io::Result<(String, TcpStream)> {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+    Ok((line.trim().to_owned(), stream))
+}
+
+fn unspecified(addr: SocketAddr) -> &'static str {
+    if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop ADDR [N]";
+    let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let addr: SocketAddr = addr.parse().expect("ADDR must be IP:PORT");
+    let n: u64 = args.get(3).map_or(1, |s| s.parse().expect("N must be a number"));
+    let mut out = std::io::stdout().lock();
+    match mode.as_str() {
+        "tcp" => {
+            for _ in 0..n {
+                let started = Instant::now();
+                let line = match tcp_once(addr) {
+                    Ok((reply, stream)) => {
+                        let peer = stream.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+                        format!("ok {reply} peer={peer}")
+                    }
+                    Err(e) => err_line(&e, started),
+                };
+                writeln!(out, "{line}").expect("stdout");
+            }
+        }
+        "udp" => {
+            let socket = UdpSocket::bind(unspecified(addr)).expect("bind");
+            socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            let mut buf = [0u8; 1500];
+            for _ in 0..n {
+                let started = Instant::now();
+                let line = match socket.send_to(b"ping", addr).and_then(|_| socket.recv_from(&mut buf)) {
+                    Ok((len, from)) => format!("ok {} from={from}", String::from_utf8_lossy(&buf[..len])),
+                    Err(e) => err_line(&e, started),
+                };
+                writeln!(out, "{line}").expect("stdout");
+            }
+        }
+        "udp-connected" => {
+            let socket = UdpSocket::bind(unspecified(addr)).expect("bind");
+            socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            let started = Instant::now();
+            if let Err(e) = socket.connect(addr) {
+                writeln!(out, "{}", err_line(&e, started)).expect("stdout");
+                return;
+            }
+            let mut buf = [0u8; 1500];
+            for _ in 0..n {
+                let started = Instant::now();
+                let line = match socket.send(b"ping").and_then(|_| socket.recv(&mut buf)) {
+                    Ok(len) => {
+                        let peer = socket.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+                        format!("ok {} peer={peer}", String::from_utf8_lossy(&buf[..len]))
+                    }
+                    Err(e) => err_line(&e, started),
+                };
+                writeln!(out, "{line}").expect("stdout");
+            }
+        }
+        "tcp-hold" => {
+            let started = Instant::now();
+            let (reply, mut stream) = match tcp_once(addr) {
+                Ok(r) => r,
+                Err(e) => {
+                    writeln!(out, "{}", err_line(&e, started)).expect("stdout");
+                    return;
+                }
+            };
+            writeln!(out, "ok {reply}").expect("stdout");
+            out.flush().expect("stdout");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            for _ in std::io::stdin().lock().lines().map_while(Result::ok) {
+                let started = Instant::now();
+                let mut line = String::new();
+                let result = writeln!(stream, "ping").and_then(|()| reader.read_line(&mut line));
+                let text = match result {
+                    Ok(0) => "err os=0 closed us=0".to_owned(),
+                    Ok(_) => format!("ok {}", line.trim()),
+                    Err(e) => err_line(&e, started),
+                };
+                writeln!(out, "{text}").expect("stdout");
+                out.flush().expect("stdout");
+            }
+        }
+        "tcp-loop" => {
+            let until = Instant::now() + Duration::from_millis(n);
+            let (mut ok, mut failed, mut first_err) = (0u64, 0u64, String::new());
+            while Instant::now() < until {
+                let started = Instant::now();
+                match tcp_once(addr) {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        failed += 1;
+                        if first_err.is_empty() {
+                            first_err = err_line(&e, started);
+                        }
+                    }
+                }
+            }
+            writeln!(out, "done ok={ok} err={failed} first_err={first_err}").expect("stdout");
+        }
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Runs the `lb-probe` client inside a test cgroup and network namespace, the way a pod's process
+//! runs: it joins the cgroup first, then the namespace, then execs.
+use std::{
+    fs::File,
+    io::Write as _,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    process::{Child, Command, Output, Stdio},
+};
+
+use crate::guard::{Cgroup, Netns};
+
+/// Where a probe runs.
+pub struct Place<'a> {
+    pub netns: &'a Netns,
+    /// `None`: outside the test cgroup (no socket programs apply).
+    pub cgroup: Option<&'a Cgroup>,
+}
+
+/// Builds a command for `lb-probe ARGS` that runs in `place`.
+pub fn command(place: &Place<'_>, args: &[&str]) -> anyhow::Result<Command> {
+    let ns = place.netns.open()?;
+    let procs: Option<File> = place.cgroup.map(Cgroup::procs_file).transpose()?;
+    let mut cmd = Command::new(crate::sibling_bin("lb-probe"));
+    cmd.args(args);
+    // Safety: between fork and exec the closure only makes async-signal-safe syscalls (write,
+    // setns) on fds opened before the fork, which the closure keeps alive.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                // Join the cgroup before the namespace ("0" means the writing process).
+                let mut f: &File = procs;
+                f.write_all(b"0")?;
+            }
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// Runs a probe to completion and returns its stdout lines.
+pub fn run(place: &Place<'_>, args: &[&str]) -> anyhow::Result<Vec<String>> {
+    let Output { status, stdout, stderr } = command(place, args)?.stderr(Stdio::piped()).output()?;
+    anyhow::ensure!(status.success(), "lb-probe {args:?} failed: {}", String::from_utf8_lossy(&stderr));
+    Ok(String::from_utf8(stdout)?.lines().map(str::to_owned).collect())
+}
+
+/// Starts a probe in the background with piped stdin/stdout.
+pub fn spawn(place: &Place<'_>, args: &[&str]) -> anyhow::Result<Child> {
+    Ok(command(place, args)?.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?)
+}
+
+/// The backend named by an `ok <backend> ...` line.
+pub fn backend_of(line: &str) -> Option<&str> {
+    line.strip_prefix("ok ").and_then(|rest| rest.split_whitespace().next())
+}

@@ -1,0 +1,150 @@
+//! Backend "pods": TCP and UDP servers on addresses inside a test namespace, run by threads of
+//! this process. Each answers with its own address, so a client can tell which backend it reached:
+//! TCP sends `ADDR\n` on accept and again for every line it receives; UDP answers every datagram
+//! with `ADDR`. Every connection and datagram is recorded with its time.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::OwnedFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::guard::{Netns, enter_netns};
+
+/// One connection or datagram a backend received.
+#[derive(Clone, Copy, Debug)]
+pub struct Hit {
+    pub backend: SocketAddr,
+    pub at: Instant,
+    pub udp: bool,
+}
+
+/// Servers for a set of backend addresses. Stopped on drop.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    /// Adds each address to the namespace's `lo` and serves TCP and UDP on it.
+    pub fn start(netns: &Netns, backends: &[SocketAddr]) -> anyhow::Result<Self> {
+        let mut ips: Vec<_> = backends.iter().map(SocketAddr::ip).collect();
+        ips.sort();
+        ips.dedup();
+        for ip in ips {
+            netns.add_lo_address(ip)?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for &addr in backends {
+            let (tcp, udp) = bind_in(netns.open()?, addr)?;
+            let (stop_t, hits_t) = (Arc::clone(&stop), Arc::clone(&hits));
+            threads.push(std::thread::spawn(move || serve_tcp(tcp, addr, &stop_t, &hits_t)));
+            let (stop_u, hits_u) = (Arc::clone(&stop), Arc::clone(&hits));
+            threads.push(std::thread::spawn(move || serve_udp(udp, addr, &stop_u, &hits_u)));
+        }
+        Ok(Self { stop, hits, threads })
+    }
+
+    /// Every hit so far.
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().expect("hits lock").clone()
+    }
+
+    /// Hits on `backend` at or after `since`.
+    pub fn hits_since(&self, backend: SocketAddr, since: Instant) -> usize {
+        self.hits().iter().filter(|h| h.backend == backend && h.at >= since).count()
+    }
+
+    /// Hits per backend.
+    pub fn counts(&self) -> BTreeMap<SocketAddr, usize> {
+        let mut out = BTreeMap::new();
+        for h in self.hits() {
+            *out.entry(h.backend).or_default() += 1;
+        }
+        out
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds in the namespace from a short-lived thread (setns is per thread); the sockets stay there.
+fn bind_in(ns: OwnedFd, addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)> {
+    std::thread::spawn(move || -> anyhow::Result<(TcpListener, UdpSocket)> {
+        enter_netns(&ns)?;
+        let tcp = TcpListener::bind(addr)?;
+        tcp.set_nonblocking(true)?;
+        let udp = UdpSocket::bind(addr)?;
+        udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Ok((tcp, udp))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("bind thread panicked"))?
+}
+
+fn record(hits: &Mutex<Vec<Hit>>, backend: SocketAddr, udp: bool) {
+    hits.lock().expect("hits lock").push(Hit { backend, at: Instant::now(), udp });
+}
+
+fn serve_tcp(listener: TcpListener, addr: SocketAddr, stop: &Arc<AtomicBool>, hits: &Arc<Mutex<Vec<Hit>>>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                record(hits, addr, false);
+                let stop = Arc::clone(stop);
+                std::thread::spawn(move || serve_connection(stream, addr, &stop));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+fn serve_connection(mut stream: TcpStream, addr: SocketAddr, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    if writeln!(stream, "{addr}").is_err() {
+        return;
+    }
+    let Ok(clone) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(clone);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                line.clear();
+                if writeln!(stream, "{addr}").is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn serve_udp(socket: UdpSocket, addr: SocketAddr, stop: &AtomicBool, hits: &Mutex<Vec<Hit>>) {
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, from)) = socket.recv_from(&mut buf) {
+            record(hits, addr, true);
+            let _ = socket.send_to(addr.to_string().as_bytes(), from);
+        }
+    }
+}

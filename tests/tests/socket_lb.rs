@@ -1,0 +1,318 @@
+//! Socket-level load balancing in a real kernel: the agent attaches its cgroup programs to a test
+//! cgroup, clients run in that cgroup inside a test network namespace, and backends are servers on
+//! the namespace's own `lo`. Nothing leaves the namespace: a missed rewrite fails with
+//! ENETUNREACH there.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::{Agent, inspect},
+    guard::{Bpffs, Cgroup, Netns, TempDir},
+    probe::{self, Place, backend_of},
+    require_root,
+    servers::Servers,
+    yaml::{Ep, Port, documents, service, slice},
+};
+
+const ECONNREFUSED: &str = "os=111";
+const ENETUNREACH: &str = "os=101";
+
+/// One test "node": namespace, cgroup, bpffs pins, backends, a source file and the agent.
+/// Fields drop in order: the agent stops, servers stop, pins go (detaching the programs), then
+/// the cgroup, the namespace and the files.
+struct Node {
+    agent: Option<Agent>,
+    servers: Servers,
+    bpffs: Bpffs,
+    cgroup: Cgroup,
+    netns: Netns,
+    dir: TempDir,
+}
+
+impl Node {
+    fn new(backends: &[&str], source: &str) -> Self {
+        require_root();
+        let netns = Netns::new().expect("netns");
+        let cgroup = Cgroup::new().expect("cgroup");
+        let bpffs = Bpffs::new().expect("bpffs");
+        let dir = TempDir::new().expect("tempdir");
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.parse().expect("backend addr")).collect();
+        let servers = Servers::start(&netns, &addrs).expect("servers");
+        dir.write("cluster.yaml", source).expect("source");
+        let mut node = Self { agent: None, servers, bpffs, cgroup, netns, dir };
+        node.start_agent();
+        node
+    }
+
+    fn source(&self) -> std::path::PathBuf {
+        self.dir.path.join("cluster.yaml")
+    }
+
+    fn start_agent(&mut self) {
+        self.agent = Some(Agent::start(&self.source(), &self.cgroup.path, &self.bpffs.path).expect("agent"));
+    }
+
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent running")
+    }
+
+    /// Rewrites the source and waits for the agent to apply it.
+    fn update(&self, source: &str) -> Duration {
+        let before = self.agent().count("sync applied");
+        let started = Instant::now();
+        self.dir.write("cluster.yaml", source).expect("source");
+        self.agent().wait_for_log("sync applied", before + 1, Duration::from_secs(5)).expect("sync");
+        started.elapsed()
+    }
+
+    fn inside(&self) -> Place<'_> {
+        Place { netns: &self.netns, cgroup: Some(&self.cgroup) }
+    }
+
+    fn probe(&self, args: &[&str]) -> Vec<String> {
+        probe::run(&self.inside(), args).expect("probe")
+    }
+}
+
+fn web(ips: &[&str], endpoints: &[&str]) -> String {
+    let v4: Vec<Ep<'_>> = endpoints.iter().filter(|e| !e.contains(':')).map(|e| Ep::ready(e)).collect();
+    let v6: Vec<Ep<'_>> = endpoints.iter().filter(|e| e.contains(':')).map(|e| Ep::ready(e)).collect();
+    documents(&[
+        service("default", "web", ips, &[Port("http", 80, "TCP", 8080)]),
+        slice("default", "web-v4", "web", "IPv4", &[("http", 8080, "TCP")], &v4),
+        slice("default", "web-v6", "web", "IPv6", &[("http", 8080, "TCP")], &v6),
+    ])
+}
+
+fn dns(ips: &[&str], endpoints: &[&str]) -> String {
+    let v4: Vec<Ep<'_>> = endpoints.iter().filter(|e| !e.contains(':')).map(|e| Ep::ready(e)).collect();
+    let v6: Vec<Ep<'_>> = endpoints.iter().filter(|e| e.contains(':')).map(|e| Ep::ready(e)).collect();
+    let ports = [("dns", 5353, "UDP"), ("dns-tcp", 5353, "TCP")];
+    documents(&[
+        service("kube-system", "dns", ips, &[Port("dns", 53, "UDP", 5353), Port("dns-tcp", 53, "TCP", 5353)]),
+        slice("kube-system", "dns-v4", "dns", "IPv4", &ports, &v4),
+        slice("kube-system", "dns-v6", "dns", "IPv6", &ports, &v6),
+    ])
+}
+
+fn tally(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for line in lines {
+        let key = backend_of(line).map_or_else(|| format!("ERROR {line}"), str::to_owned);
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+const POD_IPS: [&str; 3] = ["10.244.1.1", "10.244.1.2", "10.244.1.3"];
+
+fn web_backends() -> Vec<String> {
+    POD_IPS.iter().map(|ip| format!("{ip}:8080")).collect()
+}
+
+#[test]
+fn tcp_to_clusterip_reaches_every_backend() {
+    let node = Node::new(&["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"], &web(&["10.96.0.10"], &POD_IPS));
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "300"]);
+    let counts = tally(&lines);
+    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), web_backends(), "every connection reaches a backend: {counts:?}");
+    for (backend, n) in &counts {
+        assert!(*n >= 45, "{backend} got {n} of 300 connections (< 15%): {counts:?}");
+    }
+    // The application sees the ClusterIP as its peer, as with kube-proxy's DNAT.
+    assert!(lines.iter().all(|l| l.ends_with("peer=10.96.0.10:80")), "{:?}", &lines[..3]);
+    // The servers agree: 300 accepted connections in all.
+    assert_eq!(node.servers.counts().values().sum::<usize>(), 300);
+}
+
+#[test]
+fn udp_replies_come_from_the_clusterip() {
+    let backends = ["10.244.1.1:5353", "10.244.1.2:5353", "10.244.1.3:5353"];
+    let node = Node::new(&backends, &dns(&["10.96.0.53"], &POD_IPS));
+    let lines = node.probe(&["udp", "10.96.0.53:53", "30"]);
+    assert_eq!(lines.len(), 30);
+    for line in &lines {
+        assert!(line.starts_with("ok 10.244.1."), "no answer from a backend: {line}");
+        assert!(line.ends_with("from=10.96.0.53:53"), "recvfrom must show the ClusterIP: {line}");
+    }
+    assert!(tally(&lines).len() >= 2, "datagrams are spread: {:?}", tally(&lines));
+    // A connected UDP socket (resolvers, nginx, Envoy): replies received, peer is the ClusterIP.
+    let lines = node.probe(&["udp-connected", "10.96.0.53:53", "5"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.") && l.ends_with("peer=10.96.0.53:53")), "{lines:?}");
+    // TCP on the same ClusterIP and port number is a different frontend.
+    let lines = node.probe(&["tcp", "10.96.0.53:53", "5"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.")), "{lines:?}");
+}
+
+#[test]
+fn ipv6_clusterip_tcp_and_udp() {
+    let pods = ["fd00:10:244:1::1", "fd00:10:244:1::2", "fd00:10:244:1::3"];
+    let mut backends: Vec<String> = pods.iter().map(|p| format!("[{p}]:8080")).collect();
+    backends.extend(pods.iter().map(|p| format!("[{p}]:5353")));
+    let backend_refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let source = documents(&[web(&["10.96.0.10", "fd00:10:96::10"], &pods), dns(&["fd00:10:96::53"], &pods)]);
+    let node = Node::new(&backend_refs, &source);
+
+    let lines = node.probe(&["tcp", "[fd00:10:96::10]:80", "60"]);
+    let counts = tally(&lines);
+    assert_eq!(counts.len(), 3, "all three IPv6 backends reached: {counts:?}");
+    assert!(counts.keys().all(|k| k.starts_with("[fd00:10:244:1::")), "{counts:?}");
+    assert!(lines.iter().all(|l| l.ends_with("peer=[fd00:10:96::10]:80")), "{:?}", &lines[..3]);
+
+    let lines = node.probe(&["udp", "[fd00:10:96::53]:53", "20"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok [fd00:10:244:1::") && l.ends_with("from=[fd00:10:96::53]:53")), "{lines:?}");
+
+    // The dual-stack Service has no IPv4 endpoints here: its IPv4 ClusterIP refuses.
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "1"]);
+    assert!(lines[0].contains(ECONNREFUSED), "{lines:?}");
+}
+
+#[test]
+fn service_without_ready_endpoints_refuses_promptly() {
+    let not_ready = documents(&[
+        service("default", "web", &["10.96.0.10"], &[Port("http", 80, "TCP", 8080)]),
+        service("kube-system", "dns", &["10.96.0.53"], &[Port("dns", 53, "UDP", 5353)]),
+        slice("default", "web", "web", "IPv4", &[("http", 8080, "TCP")], &[Ep("10.244.1.1", false, false, false)]),
+    ]);
+    let node = Node::new(&["10.244.1.1:8080", "10.244.1.1:5353"], &not_ready);
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "5"]);
+    for line in &lines {
+        assert!(line.starts_with("err") && line.contains(ECONNREFUSED), "connect must be refused: {line}");
+        let us: u64 = line.rsplit("us=").next().and_then(|v| v.parse().ok()).expect("elapsed");
+        assert!(us < 100_000, "refusal took {us} µs: {line}");
+    }
+    let lines = node.probe(&["udp", "10.96.0.53:53", "3"]);
+    assert!(lines.iter().all(|l| l.contains(ECONNREFUSED)), "UDP send must be refused: {lines:?}");
+    assert!(node.servers.hits().is_empty(), "the not-ready backend got traffic");
+}
+
+#[test]
+fn removed_backend_gets_no_new_flows_but_keeps_established_ones() {
+    let node = Node::new(&["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"], &web(&["10.96.0.10"], &POD_IPS));
+    // Hold a connection open to whichever backend it reaches; remove that backend.
+    let mut held = probe::spawn(&node.inside(), &["tcp-hold", "10.96.0.10:80"]).expect("tcp-hold");
+    let mut held_out = std::io::BufReader::new(held.stdout.take().expect("stdout"));
+    let mut held_in = held.stdin.take().expect("stdin");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut held_out, &mut line).expect("greeting");
+    let victim = backend_of(line.trim()).expect("held connection reached a backend").to_owned();
+    let remaining: Vec<&str> = POD_IPS.iter().copied().filter(|ip| !victim.starts_with(&format!("{ip}:"))).collect();
+    assert_eq!(remaining.len(), 2);
+
+    let edited = Instant::now();
+    let applied_after = node.update(&web(&["10.96.0.10"], &remaining));
+    assert!(applied_after < Duration::from_secs(1), "change applied after {applied_after:?}");
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "100"]);
+    let counts = tally(&lines);
+    assert!(!counts.contains_key(&victim), "removed backend {victim} still gets new connections: {counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    let victim_addr: SocketAddr = victim.parse().expect("addr");
+    let new_hits = node.servers.hits_since(victim_addr, edited + applied_after);
+    assert_eq!(new_hits, 0, "{victim} accepted {new_hits} connections after the change was applied");
+
+    // The established connection still works.
+    std::io::Write::write_all(&mut held_in, b"ping\n").expect("stdin");
+    line.clear();
+    std::io::BufRead::read_line(&mut held_out, &mut line).expect("reply");
+    assert_eq!(line.trim(), format!("ok {victim}"), "established connection broke");
+    drop(held_in);
+    let _ = held.wait();
+
+    // The kernel's backend table no longer lists it as active.
+    let backends = inspect("backends", &node.bpffs.path).expect("inspect");
+    let active: Vec<&str> = backends
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|b| b["state"] == "active")
+        .filter_map(|b| b["address"].as_str())
+        .collect();
+    assert!(!active.contains(&victim.as_str()), "inspect backends lists {victim} as active: {backends}");
+    assert_eq!(active.len(), 2, "{backends}");
+}
+
+#[test]
+fn process_outside_the_cgroup_is_not_affected() {
+    let node = Node::new(&["10.244.1.1:8080"], &web(&["10.96.0.10"], &["10.244.1.1"]));
+    let outside = Place { netns: &node.netns, cgroup: None };
+    let lines = probe::run(&outside, &["tcp", "10.96.0.10:80", "3"]).expect("probe");
+    assert!(lines.iter().all(|l| l.contains(ENETUNREACH)), "outside the cgroup the ClusterIP must stay untranslated: {lines:?}");
+    // The same namespace, inside the cgroup, is translated.
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "3"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.1:8080")), "{lines:?}");
+    assert!(node.servers.counts().values().sum::<usize>() == 3);
+}
+
+#[test]
+fn agent_restart_keeps_connections_flowing_and_drops_stale_entries() {
+    let source = documents(&[web(&["10.96.0.10"], &POD_IPS), dns(&["10.96.0.53"], &POD_IPS)]);
+    let backends: Vec<String> = POD_IPS.iter().flat_map(|ip| [format!("{ip}:8080"), format!("{ip}:5353")]).collect();
+    let backend_refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let mut node = Node::new(&backend_refs, &source);
+
+    let looper = probe::spawn(&node.inside(), &["tcp-loop", "10.96.0.10:80", "3000"]).expect("tcp-loop");
+    std::thread::sleep(Duration::from_millis(500));
+    node.agent.take().expect("agent").stop().expect("clean stop");
+    // While no agent runs, the file changes: the dns Service goes and a web backend goes.
+    node.dir.write("cluster.yaml", &web(&["10.96.0.10"], &POD_IPS[..2])).expect("source");
+    std::thread::sleep(Duration::from_millis(500));
+    node.start_agent();
+    let out = looper.wait_with_output().expect("tcp-loop");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains(" err=0 "), "connections failed during the restart: {summary}");
+    let ok: u64 = summary.split("ok=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("ok count");
+    assert!(ok > 50, "too few connections went through: {summary}");
+
+    let services = inspect("services", &node.bpffs.path).expect("inspect");
+    let frontends: Vec<&str> = services.as_array().expect("array").iter().filter_map(|s| s["frontend"].as_str()).collect();
+    assert_eq!(frontends, ["10.96.0.10:80"], "stale frontends stayed: {services}");
+    let backends = inspect("backends", &node.bpffs.path).expect("inspect");
+    let addrs: Vec<&str> = backends.as_array().expect("array").iter().filter_map(|b| b["address"].as_str()).collect();
+    assert_eq!(addrs.len(), 2, "stale backends stayed: {backends}");
+    assert!(!addrs.contains(&"10.244.1.3:8080"), "{backends}");
+    // And the new agent's programs serve: the removed backend gets nothing new.
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "30"]);
+    assert!(tally(&lines).keys().all(|b| b == "10.244.1.1:8080" || b == "10.244.1.2:8080"), "{lines:?}");
+    let lines = node.probe(&["udp", "10.96.0.53:53", "1"]);
+    assert!(lines[0].contains(ENETUNREACH), "the removed dns ClusterIP must no longer translate: {lines:?}");
+}
+
+#[test]
+fn bad_objects_are_reported_and_the_rest_applies() {
+    let source = documents(&[
+        web(&["10.96.0.10"], &["10.244.1.1"]),
+        // Unknown protocol: the whole Service is left out.
+        service("default", "bad-proto", &["10.96.0.20"], &[Port("x", 80, "QUIC", 8080)]),
+        // Port out of range.
+        "apiVersion: v1\nkind: Service\nmetadata: {name: bad-port, namespace: default}\nspec:\n  clusterIP: 10.96.0.21\n  ports: [{name: p, port: 70000, protocol: TCP}]\n".to_owned(),
+        // A second Service on web's frontend.
+        service("default", "zz-duplicate", &["10.96.0.10"], &[Port("http", 80, "TCP", 8080)]),
+        // A slice whose Service does not exist.
+        slice("default", "orphan", "ghost", "IPv4", &[("http", 8080, "TCP")], &[Ep::ready("10.244.1.1")]),
+    ]);
+    let node = Node::new(&["10.244.1.1:8080"], &source);
+    let log = node.agent().log().join("\n");
+    for expected in [
+        "bad-proto",
+        "unknown protocol \"QUIC\"",
+        "bad-port",
+        "70000",
+        "zz-duplicate",
+        "already used by default/web:http",
+        "ghost does not exist",
+    ] {
+        assert!(log.contains(expected), "agent log does not mention {expected:?}:\n{log}");
+    }
+    let services = inspect("services", &node.bpffs.path).expect("inspect");
+    let rows = services.as_array().expect("array");
+    assert_eq!(rows.len(), 1, "only web is programmed: {services}");
+    assert_eq!(rows[0]["frontend"], "10.96.0.10:80");
+    assert_eq!(rows[0]["backends"].as_array().expect("backends").len(), 1);
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "3"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.1:8080")), "{lines:?}");
+    let lines = node.probe(&["tcp", "10.96.0.20:80", "1"]);
+    assert!(lines[0].contains(ENETUNREACH), "{lines:?}");
+}
