@@ -14,8 +14,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `lb-agent run` and waits until it says it is ready.
+    /// Starts `lb-agent run` and waits until it says it is ready; its log is echoed to stderr
+    /// (captured by the test harness, shown when a test fails).
     pub fn start(source: &Path, cgroup: &Path, bpffs: &Path) -> anyhow::Result<Self> {
+        Self::start_with(source, cgroup, bpffs, true)
+    }
+
+    /// As `start`, echoing the agent's log only when `echo` is set.
+    pub fn start_with(source: &Path, cgroup: &Path, bpffs: &Path, echo: bool) -> anyhow::Result<Self> {
         let mut child = Command::new(crate::agent_bin())
             .args(["run", "--node-name", "node-1", "--min-sync-period-ms", "20", "--source"])
             .arg(source)
@@ -35,7 +41,9 @@ impl Agent {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[agent] {line}");
+                if echo {
+                    eprintln!("[agent] {line}");
+                }
                 sink.lock().expect("log lock").push(line);
             }
         });

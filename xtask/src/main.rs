@@ -1,1 +1,91 @@
-fn main(){}
+//! `cargo xtask setup|build|test|demo`: everything a fresh machine needs, installed idempotently.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+#[command(about = "Build, test and demo the load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly rust-src, LLVM 22 libraries, bpf-linker 0.13.0, iproute2;
+    /// mount bpffs.
+    Setup,
+    /// Build the agent (with its embedded eBPF object) into target/release/lb-agent.
+    Build,
+    /// Run every test: unit tests, then the privileged kernel tests (root required).
+    Test,
+    /// Show the load balancer working on the bundled example, in a throw-away network namespace.
+    Demo,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    ensure!(status.success(), "{cmd:?} failed ({status})");
+    Ok(())
+}
+
+fn build() -> anyhow::Result<PathBuf> {
+    setup::setup()?;
+    println!("==> building lb-agent (with the eBPF programs) and the test binaries");
+    run(cargo().args(["build", "--release", "-p", "lb-agent", "-p", "lb-tests", "--bins"]))?;
+    let agent = workspace_root().join("target/release/lb-agent");
+    ensure!(agent.exists(), "{} was not built", agent.display());
+    Ok(agent)
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !setup::is_root() {
+        bail!("{what} needs root (BPF programs, network namespaces, cgroups)");
+    }
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    require_root("cargo xtask test")?;
+    let agent = build()?;
+    println!("==> unit tests");
+    run(cargo().args(["test", "--release", "-p", "lb-common", "-p", "lb-agent", "-p", "xtask"]))?;
+    println!("==> kernel tests (real BPF programs, in test namespaces and cgroups)");
+    run(cargo()
+        .args(["test", "--release", "-p", "lb-tests", "--", "--test-threads=1"])
+        .env("LB_AGENT_BIN", &agent))?;
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    require_root("cargo xtask demo")?;
+    let agent = build()?;
+    println!("==> demo");
+    run(Command::new(workspace_root().join("target/release/lb-demo")).env("LB_AGENT_BIN", &agent))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => build().map(|p| println!("built {}", p.display())),
+        Cmd::Test => test(),
+        Cmd::Demo => demo(),
+    }
+}

@@ -106,6 +106,15 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()
             .try_into()
             .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
         program.load().with_context(|| format!("verifier rejected {name}"))?;
+        if let Ok(info) = program.info() {
+            // xlated bytes / 8 = instructions after the verifier's rewrites.
+            tracing::debug!(
+                program = name,
+                instructions = info.size_translated().unwrap_or(0) / 8,
+                verified_instructions = info.verified_instruction_count().unwrap_or(0),
+                "program loaded"
+            );
+        }
         // A cgroup bpf_link takes no attach flags: links always run side by side (multi-attach),
         // which is what lets a new agent's program start before the old one is detached.
         let id = program
