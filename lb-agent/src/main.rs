@@ -40,9 +40,20 @@ enum Command {
     /// Print the desired state for a node without touching the kernel.
     Plan(cli::plan::PlanArgs),
     /// Remove everything the agent installed: pinned maps and links (which detaches the programs).
+    /// Stop the agent first.
     Cleanup {
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
         bpffs: PathBuf,
+        /// The cgroup the agent attached to: checked afterwards for programs of ours still attached.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+    },
+    /// List the programs attached to a cgroup's socket hooks (ours are named lb_*).
+    Attached {
+        #[arg(long)]
+        cgroup: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -58,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => cli::run::run(args),
         Command::Inspect { what, bpffs, output } => cli::inspect::inspect(what, &bpffs, output),
         Command::Plan(args) => cli::plan::plan(args),
-        Command::Cleanup { bpffs } => cli::cleanup(&bpffs),
+        Command::Cleanup { bpffs, cgroup } => cli::cleanup(&bpffs, cgroup.as_deref()),
+        Command::Attached { cgroup, output } => cli::attached(&cgroup, output),
     }
 }

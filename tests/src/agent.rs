@@ -140,3 +140,27 @@ pub fn inspect_table(what: &str, bpffs: &Path) -> anyhow::Result<String> {
     anyhow::ensure!(out.status.success(), "inspect {what} failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?)
 }
+
+/// Names of the programs attached to `cgroup`'s socket hooks (`lb-agent attached`), as
+/// `hook:name` strings, sorted.
+pub fn attached(cgroup: &Path) -> anyhow::Result<Vec<String>> {
+    let out = Command::new(crate::agent_bin())
+        .args(["attached", "--output", "json", "--cgroup"])
+        .arg(cgroup)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "attached failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut names: Vec<String> = rows
+        .as_array()
+        .map(|a| a.iter().map(|r| format!("{}:{}", r["hook"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""))).collect())
+        .unwrap_or_default();
+    names.sort();
+    Ok(names)
+}
+
+/// Runs `lb-agent cleanup --bpffs DIR --cgroup CG`.
+pub fn cleanup(bpffs: &Path, cgroup: &Path) -> anyhow::Result<String> {
+    let out = Command::new(crate::agent_bin()).args(["cleanup", "--bpffs"]).arg(bpffs).arg("--cgroup").arg(cgroup).output()?;
+    anyhow::ensure!(out.status.success(), "cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}

@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, inspect},
+    agent::{Agent, attached, cleanup, inspect},
     guard::{Bpffs, Cgroup, Netns, TempDir},
     probe::{self, Place, backend_of},
     require_root,
@@ -106,6 +106,17 @@ fn tally(lines: &[String]) -> BTreeMap<String, usize> {
     }
     out
 }
+
+const EXPECTED_PROGRAMS: [&str; 8] = [
+    "connect4:lb_connect4",
+    "connect6:lb_connect6",
+    "getpeername4:lb_getpeername4",
+    "getpeername6:lb_getpeername6",
+    "recvmsg4:lb_recvmsg4",
+    "recvmsg6:lb_recvmsg6",
+    "sendmsg4:lb_sendmsg4",
+    "sendmsg6:lb_sendmsg6",
+];
 
 const POD_IPS: [&str; 3] = ["10.244.1.1", "10.244.1.2", "10.244.1.3"];
 
@@ -273,6 +284,9 @@ fn agent_restart_keeps_connections_flowing_and_drops_stale_entries() {
     let addrs: Vec<&str> = backends.as_array().expect("array").iter().filter_map(|b| b["address"].as_str()).collect();
     assert_eq!(addrs.len(), 2, "stale backends stayed: {backends}");
     assert!(!addrs.contains(&"10.244.1.3:8080"), "{backends}");
+    // The old agent's programs were detached once the new ones were attached: one program per hook.
+    let programs = attached(&node.cgroup.path).expect("attached");
+    assert_eq!(programs, EXPECTED_PROGRAMS, "exactly the new agent's programs are attached");
     // And the new agent's programs serve: the removed backend gets nothing new.
     let lines = node.probe(&["tcp", "10.96.0.10:80", "30"]);
     assert!(tally(&lines).keys().all(|b| b == "10.244.1.1:8080" || b == "10.244.1.2:8080"), "{lines:?}");
@@ -315,4 +329,24 @@ fn bad_objects_are_reported_and_the_rest_applies() {
     assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.1:8080")), "{lines:?}");
     let lines = node.probe(&["tcp", "10.96.0.20:80", "1"]);
     assert!(lines[0].contains(ENETUNREACH), "{lines:?}");
+}
+
+#[test]
+fn datapath_serves_while_the_agent_is_down_and_cleanup_removes_it() {
+    let mut node = Node::new(&["10.244.1.1:8080"], &web(&["10.96.0.10"], &["10.244.1.1"]));
+    node.agent.take().expect("agent").stop().expect("clean stop");
+    // Pinned links and maps keep the programs attached and serving without the agent.
+    assert_eq!(attached(&node.cgroup.path).expect("attached"), EXPECTED_PROGRAMS);
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "3"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.1:8080")), "{lines:?}");
+    // inspect reads the pins, not the agent.
+    let services = inspect("services", &node.bpffs.path).expect("inspect");
+    assert_eq!(services[0]["frontend"], "10.96.0.10:80");
+
+    let out = cleanup(&node.bpffs.path, &node.cgroup.path).expect("cleanup");
+    assert!(out.contains("no lb programs attached"), "{out}");
+    assert!(attached(&node.cgroup.path).expect("attached").is_empty());
+    assert!(!node.bpffs.path.exists(), "pins left behind");
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "1"]);
+    assert!(lines[0].contains(ENETUNREACH), "after cleanup nothing is translated: {lines:?}");
 }

@@ -5,15 +5,58 @@ pub mod run;
 
 use std::path::Path;
 
-use crate::datapath::loader;
+use anyhow::bail;
+use serde::Serialize;
 
-pub fn cleanup(bpffs: &Path) -> anyhow::Result<()> {
+use crate::{
+    Output,
+    datapath::{attached::attached_programs, loader},
+};
+
+pub fn cleanup(bpffs: &Path, cgroup: Option<&Path>) -> anyhow::Result<()> {
     let removed = loader::cleanup(bpffs)?;
     if removed.is_empty() {
         println!("nothing to remove under {}", bpffs.display());
     }
     for path in removed {
         println!("removed {}", path.display());
+    }
+    if let Some(cgroup) = cgroup {
+        let ours: Vec<_> = attached_programs(cgroup)?.into_iter().filter(|a| a.name.starts_with("lb_")).collect();
+        if !ours.is_empty() {
+            let list: Vec<String> = ours.iter().map(|a| format!("{} (id {}) at {}", a.name, a.program_id, a.hook)).collect();
+            bail!(
+                "still attached to {}: {}; a running lb-agent holds them: stop it and run cleanup again",
+                cgroup.display(),
+                list.join(", ")
+            );
+        }
+        println!("no lb programs attached to {}", cgroup.display());
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct AttachedRow {
+    hook: &'static str,
+    program_id: u32,
+    name: String,
+}
+
+pub fn attached(cgroup: &Path, output: Output) -> anyhow::Result<()> {
+    let rows: Vec<AttachedRow> = attached_programs(cgroup)?
+        .into_iter()
+        .map(|a| AttachedRow { hook: a.hook, program_id: a.program_id, name: a.name })
+        .collect();
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            let mut table = new_table(&["HOOK", "PROGRAM ID", "NAME"]);
+            for r in rows {
+                table.add_row([r.hook.to_owned(), r.program_id.to_string(), r.name]);
+            }
+            println!("{table}");
+        }
     }
     Ok(())
 }
