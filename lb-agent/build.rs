@@ -20,9 +20,6 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(out.join("lb-ebpf"), b"").context("writing placeholder eBPF object")?;
     }
     let root_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
-    aya_build::build_ebpf(
-        [Package { name: "lb-ebpf", root_dir, ..Default::default() }],
-        Toolchain::default(),
-    )
-    .context("building lb-ebpf (run `cargo xtask setup` to install the eBPF toolchain)")
+    aya_build::build_ebpf([Package { name: "lb-ebpf", root_dir, ..Default::default() }], Toolchain::default())
+        .context("building lb-ebpf (run `cargo xtask setup` to install the eBPF toolchain)")
 }

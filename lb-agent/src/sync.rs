@@ -51,7 +51,11 @@ impl<M: LbMaps> Syncer<M> {
         let target = layout(desired, &self.programmed);
         check_capacity(&target, self.maps.capacity())?;
         let ops = diff(&self.programmed, &target);
-        let mut report = SyncReport { frontends: target.frontends.len(), backends: target.backends.len(), ..Default::default() };
+        let mut report = SyncReport {
+            frontends: target.frontends.len(),
+            backends: target.backends.len(),
+            ..Default::default()
+        };
         for op in &ops {
             debug!(%op, "map write");
             if let Err(e) = self.maps.apply(op) {

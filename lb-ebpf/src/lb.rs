@@ -39,8 +39,9 @@ pub fn select(frontend: &FrontendValue) -> Verdict {
 #[inline(always)]
 fn backend_at(group: u32, slot: u32) -> Option<Backend> {
     let key = SlotKey { group, slot };
-    // Safety: the maps hold plain-old-data values; a concurrent update can at worst make us read
-    // a whole older or newer value, both of which name a backend that still exists.
+    // Safety: both maps are BPF_F_NO_PREALLOC, so an element deleted concurrently is freed only
+    // after an RCU grace period: the reference stays valid for this program run. The values are
+    // plain old data, copied out at once.
     let backend_id = unsafe { maps::LB_SLOTS.get(&key) }?.backend;
     unsafe { maps::LB_BACKENDS.get(&backend_id) }.copied()
 }

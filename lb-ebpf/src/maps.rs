@@ -1,35 +1,37 @@
 //! The maps, sized by their `lb_common::capacity` defaults; the agent sets the real sizes at load
 //! time and pins them by name under its `--bpffs` directory.
+//!
+//! The service maps are written only by the agent and are not preallocated: kernel memory follows
+//! what is programmed, not the capacity. The LRU reverse-NAT maps must be preallocated.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Frontend4Key, Frontend6Key, FrontendValue, RevNat4Key, RevNat4Value, RevNat6Key,
-    RevNat6Value, SlotKey, SlotValue, capacity, stats,
+    Backend, Frontend4Key, Frontend6Key, FrontendValue, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value,
+    SlotKey, SlotValue, capacity, stats,
 };
 
 #[map]
 pub static LB_FRONTENDS_V4: HashMap<Frontend4Key, FrontendValue> =
-    HashMap::pinned(capacity::FRONTENDS, 0);
+    HashMap::pinned(capacity::FRONTENDS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static LB_FRONTENDS_V6: HashMap<Frontend6Key, FrontendValue> =
-    HashMap::pinned(capacity::FRONTENDS, 0);
+    HashMap::pinned(capacity::FRONTENDS, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static LB_SLOTS: HashMap<SlotKey, SlotValue> = HashMap::pinned(capacity::SLOTS, 0);
+pub static LB_SLOTS: HashMap<SlotKey, SlotValue> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(capacity::BACKENDS, 0);
+pub static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static LB_REVNAT_V4: LruHashMap<RevNat4Key, RevNat4Value> =
-    LruHashMap::pinned(capacity::REVNAT, 0);
+pub static LB_REVNAT_V4: LruHashMap<RevNat4Key, RevNat4Value> = LruHashMap::pinned(capacity::REVNAT, 0);
 
 #[map]
-pub static LB_REVNAT_V6: LruHashMap<RevNat6Key, RevNat6Value> =
-    LruHashMap::pinned(capacity::REVNAT, 0);
+pub static LB_REVNAT_V6: LruHashMap<RevNat6Key, RevNat6Value> = LruHashMap::pinned(capacity::REVNAT, 0);
 
 #[map]
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);

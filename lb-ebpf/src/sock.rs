@@ -13,9 +13,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use lb_common::{
-    Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, stats,
-};
+use lb_common::{Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, stats};
 
 use crate::{
     lb::{Verdict, select},
@@ -162,12 +160,21 @@ fn write_ip6(sa: *mut bpf_sock_addr, addr: &[u32; 4], port: u16) {
     }
 }
 
+/// `::ffff:0:0/96` in network byte order: an IPv4 address used through an IPv6 socket.
+#[inline(always)]
+fn v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == 0xffff_u32.to_be()
+}
+
 #[inline(always)]
 fn forward6(ctx: &SockAddrContext) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     let addr = read_ip6(sa);
     // Safety: valid context; readable fields.
     let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
+    if v4_mapped(&addr) {
+        return forward_mapped(ctx, sa, addr[3], port, proto);
+    }
     let key = Frontend6Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value.
     let Some(frontend) = (unsafe { LB_FRONTENDS_V6.get(&key) }) else {
@@ -190,12 +197,49 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
     }
 }
 
+/// An IPv4 frontend dialled through a dual-stack IPv6 socket (`::ffff:10.96.0.10`, as Java and
+/// other runtimes do): the IPv4 maps decide, the address stays v4-mapped.
+#[inline(always)]
+fn forward_mapped(ctx: &SockAddrContext, sa: *mut bpf_sock_addr, addr: u32, port: u16, proto: u8) -> i32 {
+    let key = Frontend4Key { addr, port, proto, pad: 0 };
+    // Safety: plain-old-data value.
+    let Some(frontend) = (unsafe { LB_FRONTENDS_V4.get(&key) }) else {
+        return ALLOW;
+    };
+    match select(frontend) {
+        Verdict::Backend(backend) => {
+            let rev_key = RevNat4Key {
+                cookie: cookie(ctx),
+                backend_addr: backend.addr[0],
+                backend_port: backend.port,
+                pad: 0,
+            };
+            let rev_value = RevNat4Value { frontend_addr: addr, frontend_port: port, pad: 0 };
+            let _ = LB_REVNAT_V4.insert(&rev_key, &rev_value, 0);
+            write_ip6(sa, &[0, 0, 0xffff_u32.to_be(), backend.addr[0]], backend.port);
+            ALLOW
+        }
+        Verdict::Reject => refuse(),
+    }
+}
+
 #[inline(always)]
 fn reverse6(ctx: &SockAddrContext) {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     let addr = read_ip6(sa);
     // Safety: valid context.
     let port = unsafe { (*sa).user_port as u16 };
+    if v4_mapped(&addr) {
+        let key = RevNat4Key { cookie: cookie(ctx), backend_addr: addr[3], backend_port: port, pad: 0 };
+        // Safety: plain-old-data value.
+        if let Some(rev) = unsafe { LB_REVNAT_V4.get(&key) } {
+            let frontend_addr = rev.frontend_addr;
+            let frontend_port = rev.frontend_port;
+            write_ip6(sa, &[0, 0, 0xffff_u32.to_be(), frontend_addr], frontend_port);
+            bump(stats::REVNAT);
+        }
+        return;
+    }
     let key = RevNat6Key { cookie: cookie(ctx), backend_addr: addr, backend_port: port, pad: [0; 6] };
     // Safety: plain-old-data value.
     if let Some(rev) = unsafe { LB_REVNAT_V6.get(&key) } {

@@ -74,11 +74,17 @@ impl Agent {
                 return Ok(());
             }
             if let Some(status) = self.child_status() {
-                anyhow::bail!("agent exited ({status}) before logging {pattern:?}:\n{}", self.log().join("\n"));
+                anyhow::bail!(
+                    "agent exited ({status}) before logging {pattern:?}:\n{}",
+                    self.log().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        anyhow::bail!("agent did not log {pattern:?} {count} times within {timeout:?}:\n{}", self.log().join("\n"))
+        anyhow::bail!(
+            "agent did not log {pattern:?} {count} times within {timeout:?}:\n{}",
+            self.log().join("\n")
+        )
     }
 
     fn child_status(&self) -> Option<std::process::ExitStatus> {
@@ -152,7 +158,11 @@ pub fn attached(cgroup: &Path) -> anyhow::Result<Vec<String>> {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let mut names: Vec<String> = rows
         .as_array()
-        .map(|a| a.iter().map(|r| format!("{}:{}", r["hook"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""))).collect())
+        .map(|a| {
+            a.iter()
+                .map(|r| format!("{}:{}", r["hook"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")))
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     Ok(names)
@@ -160,7 +170,12 @@ pub fn attached(cgroup: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Runs `lb-agent cleanup --bpffs DIR --cgroup CG`.
 pub fn cleanup(bpffs: &Path, cgroup: &Path) -> anyhow::Result<String> {
-    let out = Command::new(crate::agent_bin()).args(["cleanup", "--bpffs"]).arg(bpffs).arg("--cgroup").arg(cgroup).output()?;
+    let out = Command::new(crate::agent_bin())
+        .args(["cleanup", "--bpffs"])
+        .arg(bpffs)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .output()?;
     anyhow::ensure!(out.status.success(), "cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?)
 }

@@ -25,11 +25,7 @@ pub fn unique_name() -> String {
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let out = cmd.output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    anyhow::ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(())
 }
 
@@ -107,7 +103,9 @@ impl Netns {
     pub fn add_lo_address(&self, addr: std::net::IpAddr) -> anyhow::Result<()> {
         match addr {
             std::net::IpAddr::V4(a) => self.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]),
-            std::net::IpAddr::V6(a) => self.ip(&["-6", "addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"]),
+            std::net::IpAddr::V6(a) => {
+                self.ip(&["-6", "addr", "add", &format!("{a}/128"), "dev", "lo", "nodad"])
+            }
         }
     }
 
@@ -188,9 +186,9 @@ pub struct Bpffs {
 
 impl Bpffs {
     pub fn new() -> anyhow::Result<Self> {
-        let mounted = std::fs::read_to_string("/proc/mounts")?
-            .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some(BPFFS_ROOT) && l.split_whitespace().nth(2) == Some("bpf"));
+        let mounted = std::fs::read_to_string("/proc/mounts")?.lines().any(|l| {
+            l.split_whitespace().nth(1) == Some(BPFFS_ROOT) && l.split_whitespace().nth(2) == Some("bpf")
+        });
         anyhow::ensure!(mounted, "bpffs is not mounted at {BPFFS_ROOT} (`cargo xtask setup` mounts it)");
         let path = Path::new(BPFFS_ROOT).join(unique_name());
         Ok(Self { path })

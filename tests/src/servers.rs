@@ -109,7 +109,9 @@ fn serve_tcp(listener: TcpListener, addr: SocketAddr, stop: &Arc<AtomicBool>, hi
                 let stop = Arc::clone(stop);
                 std::thread::spawn(move || serve_connection(stream, addr, &stop));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     }

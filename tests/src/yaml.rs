@@ -7,12 +7,18 @@ pub struct Port<'a>(pub &'a str, pub u16, pub &'a str, pub u16);
 /// A `v1/Service` of type ClusterIP.
 pub fn service(namespace: &str, name: &str, cluster_ips: &[&str], ports: &[Port<'_>]) -> String {
     let mut s = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  type: ClusterIP\n  clusterIP: \"{}\"\n  clusterIPs: [{}]\n  ports:\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  type: ClusterIP\n  clusterIP: \"{}\"\n  clusterIPs: [{}]\n  ipFamilies: [{}]\n  ports:\n",
         cluster_ips[0],
-        cluster_ips.iter().map(|ip| format!("\"{ip}\"")).collect::<Vec<_>>().join(", ")
+        cluster_ips.iter().map(|ip| format!("\"{ip}\"")).collect::<Vec<_>>().join(", "),
+        cluster_ips
+            .iter()
+            .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for Port(port_name, port, proto, target) in ports {
-        writeln!(s, "  - {{name: \"{port_name}\", port: {port}, protocol: {proto}, targetPort: {target}}}").expect("write");
+        writeln!(s, "  - {{name: \"{port_name}\", port: {port}, protocol: {proto}, targetPort: {target}}}")
+            .expect("write");
     }
     s
 }
@@ -27,7 +33,14 @@ impl<'a> Ep<'a> {
 }
 
 /// A `discovery.k8s.io/v1` EndpointSlice of `service`; ports are (name, port, protocol).
-pub fn slice(namespace: &str, name: &str, service: &str, address_type: &str, ports: &[(&str, u16, &str)], endpoints: &[Ep<'_>]) -> String {
+pub fn slice(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    address_type: &str,
+    ports: &[(&str, u16, &str)],
+    endpoints: &[Ep<'_>],
+) -> String {
     let mut s = format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: {address_type}\nports:\n"
     );

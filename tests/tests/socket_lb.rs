@@ -126,17 +126,28 @@ fn web_backends() -> Vec<String> {
 
 #[test]
 fn tcp_to_clusterip_reaches_every_backend() {
-    let node = Node::new(&["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"], &web(&["10.96.0.10"], &POD_IPS));
+    let node = Node::new(
+        &["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"],
+        &web(&["10.96.0.10"], &POD_IPS),
+    );
     let lines = node.probe(&["tcp", "10.96.0.10:80", "300"]);
     let counts = tally(&lines);
-    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), web_backends(), "every connection reaches a backend: {counts:?}");
+    assert_eq!(
+        counts.keys().cloned().collect::<Vec<_>>(),
+        web_backends(),
+        "every connection reaches a backend: {counts:?}"
+    );
     for (backend, n) in &counts {
         assert!(*n >= 45, "{backend} got {n} of 300 connections (< 15%): {counts:?}");
     }
     // The application sees the ClusterIP as its peer, as with kube-proxy's DNAT.
     assert!(lines.iter().all(|l| l.ends_with("peer=10.96.0.10:80")), "{:?}", &lines[..3]);
-    // The servers agree: 300 accepted connections in all.
-    assert_eq!(node.servers.counts().values().sum::<usize>(), 300);
+    // A dual-stack IPv6 socket dialling the ClusterIP v4-mapped is balanced the same way.
+    let lines = node.probe(&["tcp", "[::ffff:10.96.0.10]:80", "30"]);
+    assert_eq!(tally(&lines).len(), 3, "{:?}", tally(&lines));
+    assert!(lines.iter().all(|l| l.ends_with("peer=[::ffff:10.96.0.10]:80")), "{:?}", &lines[..3]);
+    // The servers agree: 330 accepted connections in all.
+    assert_eq!(node.servers.counts().values().sum::<usize>(), 330);
 }
 
 #[test]
@@ -152,7 +163,16 @@ fn udp_replies_come_from_the_clusterip() {
     assert!(tally(&lines).len() >= 2, "datagrams are spread: {:?}", tally(&lines));
     // A connected UDP socket (resolvers, nginx, Envoy): replies received, peer is the ClusterIP.
     let lines = node.probe(&["udp-connected", "10.96.0.53:53", "5"]);
-    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.") && l.ends_with("peer=10.96.0.53:53")), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("ok 10.244.1.") && l.ends_with("peer=10.96.0.53:53")),
+        "{lines:?}"
+    );
+    // An IPv6 socket dialling the IPv4 ClusterIP v4-mapped (Java and other dual-stack runtimes).
+    let lines = node.probe(&["udp", "[::ffff:10.96.0.53]:53", "5"]);
+    assert!(
+        lines.iter().all(|l| l.starts_with("ok 10.244.1.") && l.ends_with("from=[::ffff:10.96.0.53]:53")),
+        "{lines:?}"
+    );
     // TCP on the same ClusterIP and port number is a different frontend.
     let lines = node.probe(&["tcp", "10.96.0.53:53", "5"]);
     assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.")), "{lines:?}");
@@ -174,7 +194,10 @@ fn ipv6_clusterip_tcp_and_udp() {
     assert!(lines.iter().all(|l| l.ends_with("peer=[fd00:10:96::10]:80")), "{:?}", &lines[..3]);
 
     let lines = node.probe(&["udp", "[fd00:10:96::53]:53", "20"]);
-    assert!(lines.iter().all(|l| l.starts_with("ok [fd00:10:244:1::") && l.ends_with("from=[fd00:10:96::53]:53")), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("ok [fd00:10:244:1::") && l.ends_with("from=[fd00:10:96::53]:53")),
+        "{lines:?}"
+    );
 
     // The dual-stack Service has no IPv4 endpoints here: its IPv4 ClusterIP refuses.
     let lines = node.probe(&["tcp", "10.96.0.10:80", "1"]);
@@ -186,7 +209,14 @@ fn service_without_ready_endpoints_refuses_promptly() {
     let not_ready = documents(&[
         service("default", "web", &["10.96.0.10"], &[Port("http", 80, "TCP", 8080)]),
         service("kube-system", "dns", &["10.96.0.53"], &[Port("dns", 53, "UDP", 5353)]),
-        slice("default", "web", "web", "IPv4", &[("http", 8080, "TCP")], &[Ep("10.244.1.1", false, false, false)]),
+        slice(
+            "default",
+            "web",
+            "web",
+            "IPv4",
+            &[("http", 8080, "TCP")],
+            &[Ep("10.244.1.1", false, false, false)],
+        ),
     ]);
     let node = Node::new(&["10.244.1.1:8080", "10.244.1.1:5353"], &not_ready);
     let lines = node.probe(&["tcp", "10.96.0.10:80", "5"]);
@@ -202,7 +232,10 @@ fn service_without_ready_endpoints_refuses_promptly() {
 
 #[test]
 fn removed_backend_gets_no_new_flows_but_keeps_established_ones() {
-    let node = Node::new(&["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"], &web(&["10.96.0.10"], &POD_IPS));
+    let node = Node::new(
+        &["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"],
+        &web(&["10.96.0.10"], &POD_IPS),
+    );
     // Hold a connection open to whichever backend it reaches; remove that backend.
     let mut held = probe::spawn(&node.inside(), &["tcp-hold", "10.96.0.10:80"]).expect("tcp-hold");
     let mut held_out = std::io::BufReader::new(held.stdout.take().expect("stdout"));
@@ -210,7 +243,8 @@ fn removed_backend_gets_no_new_flows_but_keeps_established_ones() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut held_out, &mut line).expect("greeting");
     let victim = backend_of(line.trim()).expect("held connection reached a backend").to_owned();
-    let remaining: Vec<&str> = POD_IPS.iter().copied().filter(|ip| !victim.starts_with(&format!("{ip}:"))).collect();
+    let remaining: Vec<&str> =
+        POD_IPS.iter().copied().filter(|ip| !victim.starts_with(&format!("{ip}:"))).collect();
     assert_eq!(remaining.len(), 2);
 
     let edited = Instant::now();
@@ -250,7 +284,10 @@ fn process_outside_the_cgroup_is_not_affected() {
     let node = Node::new(&["10.244.1.1:8080"], &web(&["10.96.0.10"], &["10.244.1.1"]));
     let outside = Place { netns: &node.netns, cgroup: None };
     let lines = probe::run(&outside, &["tcp", "10.96.0.10:80", "3"]).expect("probe");
-    assert!(lines.iter().all(|l| l.contains(ENETUNREACH)), "outside the cgroup the ClusterIP must stay untranslated: {lines:?}");
+    assert!(
+        lines.iter().all(|l| l.contains(ENETUNREACH)),
+        "outside the cgroup the ClusterIP must stay untranslated: {lines:?}"
+    );
     // The same namespace, inside the cgroup, is translated.
     let lines = node.probe(&["tcp", "10.96.0.10:80", "3"]);
     assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.1:8080")), "{lines:?}");
@@ -260,7 +297,8 @@ fn process_outside_the_cgroup_is_not_affected() {
 #[test]
 fn agent_restart_keeps_connections_flowing_and_drops_stale_entries() {
     let source = documents(&[web(&["10.96.0.10"], &POD_IPS), dns(&["10.96.0.53"], &POD_IPS)]);
-    let backends: Vec<String> = POD_IPS.iter().flat_map(|ip| [format!("{ip}:8080"), format!("{ip}:5353")]).collect();
+    let backends: Vec<String> =
+        POD_IPS.iter().flat_map(|ip| [format!("{ip}:8080"), format!("{ip}:5353")]).collect();
     let backend_refs: Vec<&str> = backends.iter().map(String::as_str).collect();
     let mut node = Node::new(&backend_refs, &source);
 
@@ -274,18 +312,31 @@ fn agent_restart_keeps_connections_flowing_and_drops_stale_entries() {
     let out = looper.wait_with_output().expect("tcp-loop");
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains(" err=0 "), "connections failed during the restart: {summary}");
-    let ok: u64 = summary.split("ok=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("ok count");
+    let ok: u64 = summary
+        .split("ok=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("ok count");
     assert!(ok > 50, "too few connections went through: {summary}");
 
     let services = inspect("services", &node.bpffs.path).expect("inspect");
-    let frontends: Vec<&str> = services.as_array().expect("array").iter().filter_map(|s| s["frontend"].as_str()).collect();
+    let frontends: Vec<&str> =
+        services.as_array().expect("array").iter().filter_map(|s| s["frontend"].as_str()).collect();
     assert_eq!(frontends, ["10.96.0.10:80"], "stale frontends stayed: {services}");
     let backends = inspect("backends", &node.bpffs.path).expect("inspect");
-    let addrs: Vec<&str> = backends.as_array().expect("array").iter().filter_map(|b| b["address"].as_str()).collect();
+    let addrs: Vec<&str> =
+        backends.as_array().expect("array").iter().filter_map(|b| b["address"].as_str()).collect();
     assert_eq!(addrs.len(), 2, "stale backends stayed: {backends}");
     assert!(!addrs.contains(&"10.244.1.3:8080"), "{backends}");
     // The old agent's programs were detached once the new ones were attached: one program per hook.
-    let programs = attached(&node.cgroup.path).expect("attached");
+    // (The kernel frees an unpinned link from a work queue, so allow it a moment.)
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut programs = attached(&node.cgroup.path).expect("attached");
+    while programs != EXPECTED_PROGRAMS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        programs = attached(&node.cgroup.path).expect("attached");
+    }
     assert_eq!(programs, EXPECTED_PROGRAMS, "exactly the new agent's programs are attached");
     // And the new agent's programs serve: the removed backend gets nothing new.
     let lines = node.probe(&["tcp", "10.96.0.10:80", "30"]);

@@ -62,15 +62,43 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test ...`, echoing its output, and returns (passed, failed) summed over its
+/// `test result:` lines.
+fn cargo_test(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::BufRead as _;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("starting cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    ensure!(status.success(), "{cmd:?} failed ({status})");
+    Ok((passed, failed))
+}
+
 fn test() -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     let agent = build()?;
     println!("==> unit tests");
-    run(cargo().args(["test", "--release", "-p", "lb-common", "-p", "lb-agent", "-p", "xtask"]))?;
+    let unit = cargo_test(cargo().args(["test", "--release", "-p", "lb-common", "-p", "lb-agent", "-p", "xtask"]))?;
     println!("==> kernel tests (real BPF programs, in test namespaces and cgroups)");
-    run(cargo()
-        .args(["test", "--release", "-p", "lb-tests", "--", "--test-threads=1"])
-        .env("LB_AGENT_BIN", &agent))?;
+    let kernel = cargo_test(
+        cargo().args(["test", "--release", "-p", "lb-tests", "--", "--test-threads=1"]).env("LB_AGENT_BIN", &agent),
+    )?;
+    ensure!(kernel.0 > 0, "no kernel test ran");
+    println!("unit tests: {} passed, kernel tests: {} passed", unit.0, kernel.0);
+    println!("xtask: {} passed, {} failed", unit.0 + kernel.0, unit.1 + kernel.1);
     Ok(())
 }
 

@@ -21,13 +21,15 @@ pub fn is_root() -> bool {
 }
 
 fn rust_src() -> anyhow::Result<()> {
-    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required")?;
+    let toolchains =
+        output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is required")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("setup: installing the nightly toolchain");
         run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .unwrap_or_default();
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: nightly rust-src present");
         return Ok(());
@@ -54,7 +56,10 @@ fn apt_packages() -> anyhow::Result<()> {
     }
     println!("setup: installing {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

@@ -92,12 +92,16 @@ fn service_rows(state: &MapState) -> Vec<ServiceRow> {
             affinity_timeout: (value.affinity_timeout != 0).then_some(value.affinity_timeout),
             backends: (1..=value.count)
                 .map(|slot| {
-                    let id = state.slots.get(&lb_common::SlotKey { group: value.group, slot }).map_or(0, |s| s.backend);
+                    let id = state
+                        .slots
+                        .get(&lb_common::SlotKey { group: value.group, slot })
+                        .map_or(0, |s| s.backend);
                     let backend = state.backends.get(&id);
                     SlotRow {
                         slot,
                         id,
-                        address: backend.map_or_else(|| "(missing)".to_owned(), |b| backend_addr(b).to_string()),
+                        address: backend
+                            .map_or_else(|| "(missing)".to_owned(), |b| backend_addr(b).to_string()),
                         state: backend.map_or("missing", |b| state_name(b.state)),
                     }
                 })
@@ -131,21 +135,36 @@ pub fn inspect(what: What, bpffs: &Path, output: Output) -> anyhow::Result<()> {
     let maps = PinnedMaps::open(bpffs).context("opening the pinned maps")?;
     let state = maps.read().context("reading the pinned maps")?;
     match (what, output) {
-        (What::Services, Output::Json) => println!("{}", serde_json::to_string_pretty(&service_rows(&state))?),
+        (What::Services, Output::Json) => {
+            println!("{}", serde_json::to_string_pretty(&service_rows(&state))?)
+        }
         (What::Services, Output::Table) => {
             let mut table = new_table(&["FRONTEND", "PROTO", "KIND", "GROUP", "AFFINITY", "BACKENDS"]);
             for row in service_rows(&state) {
                 let backends = if row.backends.is_empty() {
                     "(none: connections refused)".to_owned()
                 } else {
-                    row.backends.iter().map(|s| format!("{} ({})", s.address, s.state)).collect::<Vec<_>>().join("\n")
+                    row.backends
+                        .iter()
+                        .map(|s| format!("{} ({})", s.address, s.state))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 };
                 let affinity = row.affinity_timeout.map_or_else(|| "-".to_owned(), |t| format!("{t}s"));
-                table.add_row([row.frontend, row.protocol, row.kind.to_owned(), row.group.to_string(), affinity, backends]);
+                table.add_row([
+                    row.frontend,
+                    row.protocol,
+                    row.kind.to_owned(),
+                    row.group.to_string(),
+                    affinity,
+                    backends,
+                ]);
             }
             println!("{table}");
         }
-        (What::Backends, Output::Json) => println!("{}", serde_json::to_string_pretty(&backend_rows(&state))?),
+        (What::Backends, Output::Json) => {
+            println!("{}", serde_json::to_string_pretty(&backend_rows(&state))?)
+        }
         (What::Backends, Output::Table) => {
             let mut table = new_table(&["ID", "ADDRESS", "PROTO", "STATE", "GROUPS"]);
             for row in backend_rows(&state) {

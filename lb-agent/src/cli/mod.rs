@@ -22,9 +22,19 @@ pub fn cleanup(bpffs: &Path, cgroup: Option<&Path>) -> anyhow::Result<()> {
         println!("removed {}", path.display());
     }
     if let Some(cgroup) = cgroup {
-        let ours: Vec<_> = attached_programs(cgroup)?.into_iter().filter(|a| a.name.starts_with("lb_")).collect();
+        // The kernel releases an unpinned link from a work queue: give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let ours = loop {
+            let ours: Vec<_> =
+                attached_programs(cgroup)?.into_iter().filter(|a| a.name.starts_with("lb_")).collect();
+            if ours.is_empty() || std::time::Instant::now() > deadline {
+                break ours;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         if !ours.is_empty() {
-            let list: Vec<String> = ours.iter().map(|a| format!("{} (id {}) at {}", a.name, a.program_id, a.hook)).collect();
+            let list: Vec<String> =
+                ours.iter().map(|a| format!("{} (id {}) at {}", a.name, a.program_id, a.hook)).collect();
             bail!(
                 "still attached to {}: {}; a running lb-agent holds them: stop it and run cleanup again",
                 cgroup.display(),

@@ -59,9 +59,13 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
             ops.push(MapOp::PutFrontend(*k, *v));
         }
     }
-    ops.extend(old.frontends.keys().filter(|k| !new.frontends.contains_key(k)).map(|k| MapOp::DeleteFrontend(*k)));
+    ops.extend(
+        old.frontends.keys().filter(|k| !new.frontends.contains_key(k)).map(|k| MapOp::DeleteFrontend(*k)),
+    );
     ops.extend(old.slots.keys().filter(|k| !new.slots.contains_key(k)).map(|k| MapOp::DeleteSlot(*k)));
-    ops.extend(old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)));
+    ops.extend(
+        old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)),
+    );
     ops
 }
 

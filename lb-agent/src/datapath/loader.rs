@@ -62,8 +62,7 @@ pub fn prepare_bpffs(dir: &Path) -> anyhow::Result<()> {
     if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", dir.display()));
     }
-    #[expect(clippy::unnecessary_cast, reason = "f_type's integer type differs between libc targets")]
-    if st.f_type as i64 != BPF_FS_MAGIC {
+    if st.f_type != BPF_FS_MAGIC {
         bail!(
             "{} is not on a bpf filesystem; mount one first (`mount -t bpf bpf /sys/fs/bpf`)",
             dir.display()
@@ -139,10 +138,8 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let links = bpffs.join(LINKS_DIR);
-    let names = SOCK_PROGRAMS
-        .iter()
-        .map(|p| link_pin(bpffs, p))
-        .chain(map_names::ALL.iter().map(|m| bpffs.join(m)));
+    let names =
+        SOCK_PROGRAMS.iter().map(|p| link_pin(bpffs, p)).chain(map_names::ALL.iter().map(|m| bpffs.join(m)));
     for path in names {
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(path),

@@ -101,7 +101,10 @@ impl PinnedMaps {
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
         (0..stats::COUNT)
             .map(|i| {
-                let values = self.stats.get(&i, 0).map_err(|source| MapsError::Read { name: map_names::STATS, source })?;
+                let values = self
+                    .stats
+                    .get(&i, 0)
+                    .map_err(|source| MapsError::Read { name: map_names::STATS, source })?;
                 Ok((stats::NAMES[i as usize], values.iter().sum()))
             })
             .collect()
@@ -112,9 +115,7 @@ fn read_all<K: aya::Pod + Ord, V: aya::Pod>(
     name: &'static str,
     map: &HashMap<MapData, K, V>,
 ) -> Result<Vec<(K, V)>, MapsError> {
-    map.iter()
-        .map(|r| r.map_err(|source| MapsError::Read { name, source }))
-        .collect()
+    map.iter().map(|r| r.map_err(|source| MapsError::Read { name, source })).collect()
 }
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
@@ -188,4 +189,3 @@ impl LbMaps for MemoryMaps {
         self.capacity.unwrap_or(Capacity { frontends: u32::MAX, slots: u32::MAX, backends: u32::MAX })
     }
 }
-

@@ -115,11 +115,8 @@ pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
     let mut out = MapState::default();
 
     // Backends: one entry per (address, port, protocol), shared by every group that uses it.
-    let programmed_backends: HashMap<BackendIdentity, u32> = programmed
-        .backends
-        .iter()
-        .map(|(id, b)| ((backend_addr(b), b.proto), *id))
-        .collect();
+    let programmed_backends: HashMap<BackendIdentity, u32> =
+        programmed.backends.iter().map(|(id, b)| ((backend_addr(b), b.proto), *id)).collect();
     let mut backend_states: BTreeMap<BackendIdentity, u8> = BTreeMap::new();
     for group in &desired.groups {
         let proto = group.service.protocol.number();
@@ -128,10 +125,7 @@ pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
                 EndpointState::Active => backend_state::ACTIVE,
                 EndpointState::Terminating => backend_state::TERMINATING,
             };
-            backend_states
-                .entry((info.addr, proto))
-                .and_modify(|s| *s = (*s).min(state))
-                .or_insert(state);
+            backend_states.entry((info.addr, proto)).and_modify(|s| *s = (*s).min(state)).or_insert(state);
         }
         for addr in &group.eligible {
             backend_states.entry((*addr, proto)).or_insert(backend_state::ACTIVE);
@@ -149,24 +143,22 @@ pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
     }
 
     // Groups: keep the id a group's frontends already point at, if no other group took it.
-    let mut group_ids = Ids::new(programmed.frontends.values().map(|v| v.group).chain(programmed.slots.keys().map(|k| k.group)));
+    let mut group_ids = Ids::new(
+        programmed.frontends.values().map(|v| v.group).chain(programmed.slots.keys().map(|k| k.group)),
+    );
     let mut reused = BTreeSet::new();
     let mut owners: HashMap<u32, Vec<FrontendKey>> = HashMap::new();
     for (key, value) in &programmed.frontends {
         owners.entry(value.group).or_default().push(*key);
     }
     for group in &desired.groups {
-        let keys: Vec<FrontendKey> = group
-            .frontends
-            .iter()
-            .map(|f| FrontendKey::new(f.addr, f.port, f.protocol))
-            .collect();
+        let keys: Vec<FrontendKey> =
+            group.frontends.iter().map(|f| FrontendKey::new(f.addr, f.port, f.protocol)).collect();
         // Reuse only an id whose programmed frontends all belong to this group: otherwise another
         // Service's frontend would see this group's slots until it is deleted.
-        let previous = keys
-            .iter()
-            .filter_map(|k| programmed.frontends.get(k).map(|v| v.group))
-            .find(|id| !reused.contains(id) && owners.get(id).is_some_and(|o| o.iter().all(|k| keys.contains(k))));
+        let previous = keys.iter().filter_map(|k| programmed.frontends.get(k).map(|v| v.group)).find(|id| {
+            !reused.contains(id) && owners.get(id).is_some_and(|o| o.iter().all(|k| keys.contains(k)))
+        });
         let id = match previous {
             Some(id) => {
                 reused.insert(id);
@@ -201,10 +193,20 @@ impl MapState {
             for slot in 1..=value.count {
                 let slot_key = SlotKey { group: value.group, slot };
                 let Some(s) = self.slots.get(&slot_key) else {
-                    return Err(format!("{} group {} count {}: slot {slot} missing", key.addr(), value.group, value.count));
+                    return Err(format!(
+                        "{} group {} count {}: slot {slot} missing",
+                        key.addr(),
+                        value.group,
+                        value.count
+                    ));
                 };
                 if !self.backends.contains_key(&s.backend) {
-                    return Err(format!("{} group {} slot {slot}: backend {} missing", key.addr(), value.group, s.backend));
+                    return Err(format!(
+                        "{} group {} slot {slot}: backend {} missing",
+                        key.addr(),
+                        value.group,
+                        s.backend
+                    ));
                 }
             }
         }

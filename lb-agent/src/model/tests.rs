@@ -64,11 +64,8 @@ fn set_ips(s: &mut Service, ips: &[&str]) {
     let spec = spec(s);
     spec.cluster_ip = ips.first().map(|ip| (*ip).into());
     spec.cluster_ips = Some(ips.iter().map(|ip| (*ip).into()).collect());
-    spec.ip_families = Some(
-        ips.iter()
-            .map(|ip| if ip.contains(':') { "IPv6".into() } else { "IPv4".into() })
-            .collect(),
-    );
+    spec.ip_families =
+        Some(ips.iter().map(|ip| if ip.contains(':') { "IPv6".into() } else { "IPv4".into() }).collect());
 }
 
 fn set_ports(s: &mut Service, ports: Vec<ServicePort>) {
@@ -76,11 +73,22 @@ fn set_ports(s: &mut Service, ports: Vec<ServicePort>) {
 }
 
 fn slice_port(name: Option<&str>, number: i32, protocol: &str) -> EndpointPort {
-    EndpointPort { name: name.map(Into::into), port: Some(number), protocol: Some(protocol.into()), app_protocol: None }
+    EndpointPort {
+        name: name.map(Into::into),
+        port: Some(number),
+        protocol: Some(protocol.into()),
+        app_protocol: None,
+    }
 }
 
 /// An EndpointSlice of Service `svc`, with one port `http` 8080/TCP and no endpoints.
-fn slice(ns: &str, name: &str, svc: &str, address_type: &str, f: impl FnOnce(&mut EndpointSlice)) -> EndpointSlice {
+fn slice(
+    ns: &str,
+    name: &str,
+    svc: &str,
+    address_type: &str,
+    f: impl FnOnce(&mut EndpointSlice),
+) -> EndpointSlice {
     let mut s = EndpointSlice {
         metadata: meta(ns, name),
         address_type: address_type.into(),
@@ -92,7 +100,11 @@ fn slice(ns: &str, name: &str, svc: &str, address_type: &str, f: impl FnOnce(&mu
     s
 }
 
-fn conditions(ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> Option<EndpointConditions> {
+fn conditions(
+    ready: Option<bool>,
+    serving: Option<bool>,
+    terminating: Option<bool>,
+) -> Option<EndpointConditions> {
     Some(EndpointConditions { ready, serving, terminating })
 }
 
@@ -141,7 +153,11 @@ fn frontends(state: &DesiredState) -> Vec<(String, Vec<String>)> {
     state
         .groups
         .iter()
-        .flat_map(|g| g.frontends.iter().map(move |f| (f.to_string(), g.eligible.iter().map(ToString::to_string).collect())))
+        .flat_map(|g| {
+            g.frontends
+                .iter()
+                .map(move |f| (f.to_string(), g.eligible.iter().map(ToString::to_string).collect()))
+        })
         .collect()
 }
 
@@ -170,7 +186,9 @@ fn cases() -> Vec<Case> {
         Case {
             name: "basic ClusterIP TCP",
             services: vec![service("ns", "web", |_| {})],
-            slices: vec![slice("ns", "web-1", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.2"), ep("10.244.1.1")])],
+            slices: vec![slice("ns", "web-1", "web", "IPv4", |s| {
+                s.endpoints = vec![ep("10.244.1.2"), ep("10.244.1.1")]
+            })],
             expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080"])],
             problems: vec![],
         },
@@ -186,7 +204,9 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "unset protocol means TCP",
-            services: vec![service("ns", "web", |s| set_ports(s, vec![ServicePort { protocol: None, ..port("http", 80, "") }]))],
+            services: vec![service("ns", "web", |s| {
+                set_ports(s, vec![ServicePort { protocol: None, ..port("http", 80, "") }])
+            })],
             slices: vec![slice("ns", "web-1", "web", "IPv4", |s| {
                 s.ports = Some(vec![EndpointPort { protocol: None, ..slice_port(Some("http"), 8080, "") }]);
                 s.endpoints = vec![ep("10.244.1.1")];
@@ -199,7 +219,9 @@ fn cases() -> Vec<Case> {
             services: vec![service("ns", "web", |s| set_ips(s, &["10.96.0.10", "fd00:10:96::10"]))],
             slices: vec![
                 slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
-                slice("ns", "web-v6", "web", "IPv6", |s| s.endpoints = vec![ep("fd00:10:244::1"), ep("fd00:10:244::2")]),
+                slice("ns", "web-v6", "web", "IPv6", |s| {
+                    s.endpoints = vec![ep("fd00:10:244::1"), ep("fd00:10:244::2")]
+                }),
             ],
             expected: vec![
                 ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
@@ -211,8 +233,46 @@ fn cases() -> Vec<Case> {
             name: "dual-stack: no IPv6 endpoints means an empty IPv6 group",
             services: vec![service("ns", "web", |s| set_ips(s, &["fd00:10:96::10", "10.96.0.10"]))],
             slices: vec![slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
-            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]), ("[fd00:10:96::10]:80/TCP", vec![])],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("[fd00:10:96::10]:80/TCP", vec![]),
+            ],
             problems: vec![],
+        },
+        Case {
+            name: "without ipFamilies only clusterIP is used (GetClusterIPByFamily)",
+            services: vec![service("ns", "web", |s| {
+                set_ips(s, &["10.96.0.10", "fd00:10:96::10"]);
+                spec(s).ip_families = None;
+            })],
+            slices: vec![
+                slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "web-v6", "web", "IPv6", |s| s.endpoints = vec![ep("fd00:10:244::1")]),
+            ],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "with ipFamilies, clusterIPs[i] serves ipFamilies[i]; a missing index yields nothing",
+            services: vec![service("ns", "web", |s| {
+                set_ips(s, &["fd00:10:96::10"]);
+                spec(s).ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+            })],
+            slices: vec![
+                slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "web-v6", "web", "IPv6", |s| s.endpoints = vec![ep("fd00:10:244::1")]),
+            ],
+            expected: vec![("[fd00:10:96::10]:80/TCP", vec!["[fd00:10:244::1]:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "a clusterIP that contradicts its ipFamily is reported",
+            services: vec![service("ns", "web", |s| {
+                spec(s).ip_families = Some(vec!["IPv6".into()]);
+            })],
+            slices: vec![],
+            expected: vec![],
+            problems: vec!["does not match its ipFamily IPv6"],
         },
         Case {
             name: "single-stack IPv4 ignores IPv6 slices",
@@ -258,7 +318,9 @@ fn cases() -> Vec<Case> {
         Case {
             name: "service-proxy-name label hands the Service to another proxy",
             services: vec![
-                service("ns", "other", |s| label(&mut s.metadata, "service.kubernetes.io/service-proxy-name", "other-proxy")),
+                service("ns", "other", |s| {
+                    label(&mut s.metadata, "service.kubernetes.io/service-proxy-name", "other-proxy")
+                }),
                 service("ns", "mine", |s| set_ips(s, &["10.96.0.11"])),
             ],
             slices: vec![
@@ -273,9 +335,14 @@ fn cases() -> Vec<Case> {
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-b", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.3")]),
-                slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.2")]),
+                slice("ns", "web-a", "web", "IPv4", |s| {
+                    s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.2")]
+                }),
             ],
-            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"])],
+            expected: vec![(
+                "10.96.0.10:80/TCP",
+                vec!["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"],
+            )],
             problems: vec![],
         },
         Case {
@@ -296,7 +363,9 @@ fn cases() -> Vec<Case> {
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![terminating("10.244.1.1")]),
-                slice("ns", "web-b", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.2")]),
+                slice("ns", "web-b", "web", "IPv4", |s| {
+                    s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.2")]
+                }),
             ],
             expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080"])],
             problems: vec![],
@@ -305,7 +374,9 @@ fn cases() -> Vec<Case> {
             name: "duplicate endpoint: non-terminating copy wins (ready copy first)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
-                slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.2")]),
+                slice("ns", "web-a", "web", "IPv4", |s| {
+                    s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.2")]
+                }),
                 slice("ns", "web-b", "web", "IPv4", |s| s.endpoints = vec![terminating("10.244.1.1")]),
             ],
             expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.1.2:8080"])],
@@ -314,7 +385,9 @@ fn cases() -> Vec<Case> {
         Case {
             name: "duplicate endpoint in one slice listed once",
             services: vec![service("ns", "web", |_| {})],
-            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.1")])],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![ep("10.244.1.1"), ep("10.244.1.1")]
+            })],
             expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
             problems: vec![],
         },
@@ -379,7 +452,10 @@ fn cases() -> Vec<Case> {
         Case {
             name: "slice port matched by name and protocol; number from the slice",
             services: vec![service("ns", "web", |s| {
-                set_ports(s, vec![port("http", 80, "TCP"), port("metrics", 9090, "TCP"), port("http", 80, "UDP")]);
+                set_ports(
+                    s,
+                    vec![port("http", 80, "TCP"), port("metrics", 9090, "TCP"), port("http", 80, "UDP")],
+                );
             })],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.ports = Some(vec![
@@ -401,7 +477,10 @@ fn cases() -> Vec<Case> {
             name: "slice port with the wrong name or protocol never matches",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
-                s.ports = Some(vec![slice_port(Some("https"), 8443, "TCP"), slice_port(Some("http"), 8080, "SCTP")]);
+                s.ports = Some(vec![
+                    slice_port(Some("https"), 8443, "TCP"),
+                    slice_port(Some("http"), 8080, "SCTP"),
+                ]);
                 s.endpoints = vec![ep("10.244.1.1")];
             })],
             expected: vec![("10.96.0.10:80/TCP", vec![])],
@@ -409,7 +488,9 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "unnamed port: slice port name \"\" matches, nil name ignored and reported",
-            services: vec![service("ns", "web", |s| set_ports(s, vec![ServicePort { name: None, ..port("", 80, "TCP") }]))],
+            services: vec![service("ns", "web", |s| {
+                set_ports(s, vec![ServicePort { name: None, ..port("", 80, "TCP") }])
+            })],
             slices: vec![
                 slice("ns", "web-a", "web", "IPv4", |s| {
                     s.ports = Some(vec![slice_port(Some(""), 8080, "TCP")]);
@@ -445,7 +526,10 @@ fn cases() -> Vec<Case> {
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
                     Endpoint { addresses: vec![], ..ep("10.244.1.1") },
-                    Endpoint { addresses: vec!["10.244.1.2".into(), "10.244.1.3".into()], ..ep("10.244.1.2") },
+                    Endpoint {
+                        addresses: vec!["10.244.1.2".into(), "10.244.1.3".into()],
+                        ..ep("10.244.1.2")
+                    },
                 ];
             })],
             expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.2:8080"])],
@@ -477,12 +561,17 @@ fn cases() -> Vec<Case> {
                 slice("other", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.3")]),
             ],
             expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
-            problems: vec!["EndpointSlice ns/gone-a: its Service ns/gone does not exist", "Service other/web does not exist"],
+            problems: vec![
+                "EndpointSlice ns/gone-a: its Service ns/gone does not exist",
+                "Service other/web does not exist",
+            ],
         },
         Case {
             name: "unknown protocol: whole Service skipped",
             services: vec![
-                service("ns", "web", |s| set_ports(s, vec![port("http", 80, "TCP"), port("ping", 7, "ICMP")])),
+                service("ns", "web", |s| {
+                    set_ports(s, vec![port("http", 80, "TCP"), port("ping", 7, "ICMP")])
+                }),
                 service("ns", "ok", |s| set_ips(s, &["10.96.0.11"])),
             ],
             slices: vec![
@@ -522,7 +611,9 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "same port name and protocol listed twice: Service skipped",
-            services: vec![service("ns", "web", |s| set_ports(s, vec![port("http", 80, "TCP"), port("http", 81, "TCP")]))],
+            services: vec![service("ns", "web", |s| {
+                set_ports(s, vec![port("http", 80, "TCP"), port("http", 81, "TCP")])
+            })],
             slices: vec![],
             expected: vec![],
             problems: vec!["Service ns/web: port \"http\"/TCP is listed twice"],
@@ -531,7 +622,9 @@ fn cases() -> Vec<Case> {
             // The API server rejects this (`spec.ports[1]: Duplicate value`); from a file it would
             // give two groups one frontend, and the datapath could not serve both.
             name: "same port number and protocol on two named ports: Service skipped",
-            services: vec![service("ns", "web", |s| set_ports(s, vec![port("a", 80, "TCP"), port("b", 80, "TCP")]))],
+            services: vec![service("ns", "web", |s| {
+                set_ports(s, vec![port("a", 80, "TCP"), port("b", 80, "TCP")])
+            })],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.ports = Some(vec![slice_port(Some("a"), 8080, "TCP"), slice_port(Some("b"), 8081, "TCP")]);
                 s.endpoints = vec![ep("10.244.1.1")];
@@ -543,7 +636,9 @@ fn cases() -> Vec<Case> {
             name: "two Services on one ClusterIP:port/proto: the second by namespace/name is skipped",
             services: vec![
                 service("b-ns", "web", |_| {}),
-                service("a-ns", "web", |s| set_ports(s, vec![port("http", 80, "TCP"), port("dns", 53, "UDP")])),
+                service("a-ns", "web", |s| {
+                    set_ports(s, vec![port("http", 80, "TCP"), port("dns", 53, "UDP")])
+                }),
                 // Same address and port, other protocol: no conflict.
                 service("c-ns", "web", |s| set_ports(s, vec![port("http", 80, "UDP")])),
             ],
@@ -577,7 +672,11 @@ fn cases() -> Vec<Case> {
                     ep_on("10.244.2.1", Some("node-2")),
                     ep_on("10.244.3.1", None),
                     // The zone and hostname never make an endpoint local.
-                    Endpoint { zone: Some(NODE.into()), hostname: Some(NODE.into()), ..ep_on("10.244.4.1", Some("node-4")) },
+                    Endpoint {
+                        zone: Some(NODE.into()),
+                        hostname: Some(NODE.into()),
+                        ..ep_on("10.244.4.1", Some("node-4"))
+                    },
                 ];
             })],
             expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
@@ -586,7 +685,9 @@ fn cases() -> Vec<Case> {
         Case {
             name: "internalTrafficPolicy Local: no local endpoint means empty (drop) even with remote ones",
             services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
-            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep_on("10.244.2.1", Some("node-2"))])],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![ep_on("10.244.2.1", Some("node-2"))]
+            })],
             expected: vec![("10.96.0.10:80/TCP", vec![])],
             problems: vec![],
         },
@@ -605,7 +706,10 @@ fn cases() -> Vec<Case> {
                 service("z", "svc", |s| set_ips(s, &["10.96.0.20"])),
                 service("a", "web", |s| {
                     set_ips(s, &["fd00:10:96::10", "10.96.0.10"]);
-                    set_ports(s, vec![port("web", 80, "TCP"), port("dns", 53, "UDP"), port("dns", 53, "TCP")]);
+                    set_ports(
+                        s,
+                        vec![port("web", 80, "TCP"), port("dns", 53, "UDP"), port("dns", 53, "TCP")],
+                    );
                 }),
                 service("a", "api", |s| set_ips(s, &["10.96.0.30"])),
             ],
@@ -677,9 +781,12 @@ fn groups_carry_service_port_name_and_family() {
         state.groups.iter().map(|g| (g.service.to_string(), g.family, g.service.protocol)).collect();
     assert_eq!(
         summary,
-        vec![("ns/web:http".to_owned(), Family::V4, Protocol::Tcp), ("ns/web:http".to_owned(), Family::V6, Protocol::Tcp)]
+        vec![
+            ("ns/web:http".to_owned(), Family::V4, Protocol::Tcp),
+            ("ns/web:http".to_owned(), Family::V6, Protocol::Tcp)
+        ]
     );
-    assert!(state.groups.iter().all(|g| g.frontends.iter().all(|f| f.kind == FrontendKind::ClusterIP)));
+    assert!(state.groups.iter().all(|g| { g.frontends.iter().all(|f| f.kind == FrontendKind::ClusterIP) }));
 }
 
 #[test]
@@ -697,7 +804,8 @@ fn backends_list_ready_and_terminating_with_their_state() {
         })],
     );
     let [group] = state.groups.as_slice() else { panic!("one group expected: {state:?}") };
-    let backends: Vec<(String, EndpointState)> = group.backends.iter().map(|b| (b.addr.to_string(), b.state)).collect();
+    let backends: Vec<(String, EndpointState)> =
+        group.backends.iter().map(|b| (b.addr.to_string(), b.state)).collect();
     assert_eq!(
         backends,
         vec![
@@ -715,14 +823,15 @@ fn session_affinity_timeout() {
     let with_affinity = |affinity: Option<&str>, timeout: Option<Option<i32>>| {
         let svc = service("ns", "web", |s| {
             spec(s).session_affinity = affinity.map(Into::into);
-            spec(s).session_affinity_config = timeout.map(|t| SessionAffinityConfig {
-                client_ip: Some(ClientIPConfig { timeout_seconds: t }),
-            });
+            spec(s).session_affinity_config = timeout
+                .map(|t| SessionAffinityConfig { client_ip: Some(ClientIPConfig { timeout_seconds: t }) });
         });
         let (state, problems) = run(vec![svc], vec![]);
         (state.groups.iter().map(|g| g.affinity_timeout).collect::<Vec<_>>(), problems)
     };
-    let cases: [(Option<&str>, Option<Option<i32>>, Vec<Option<u32>>, &[&str]); 8] = [
+    /// (sessionAffinity, clientIP.timeoutSeconds if the config is set, timeouts, problems)
+    type AffinityCase<'a> = (Option<&'a str>, Option<Option<i32>>, Vec<Option<u32>>, &'a [&'a str]);
+    let cases: [AffinityCase; 8] = [
         (None, None, vec![None], &[]),
         (Some("None"), Some(Some(60)), vec![None], &[]),
         (Some("ClientIP"), None, vec![Some(10_800)], &[]),
@@ -747,8 +856,9 @@ fn session_affinity_applies_to_every_family_and_port() {
             set_ips(s, &["10.96.0.10", "fd00:10:96::10"]);
             set_ports(s, vec![port("http", 80, "TCP"), port("dns", 53, "UDP")]);
             spec(s).session_affinity = Some("ClientIP".into());
-            spec(s).session_affinity_config =
-                Some(SessionAffinityConfig { client_ip: Some(ClientIPConfig { timeout_seconds: Some(300) }) });
+            spec(s).session_affinity_config = Some(SessionAffinityConfig {
+                client_ip: Some(ClientIPConfig { timeout_seconds: Some(300) }),
+            });
         })],
         vec![],
     );
@@ -758,7 +868,8 @@ fn session_affinity_applies_to_every_family_and_port() {
 
 #[test]
 fn problems_name_the_origin() {
-    let mut objects = objects(vec![service("ns", "web", |s| set_ports(s, vec![port("x", 0, "TCP")]))], vec![]);
+    let mut objects =
+        objects(vec![service("ns", "web", |s| set_ports(s, vec![port("x", 0, "TCP")]))], vec![]);
     objects.services[0].origin = "cluster.yaml#3".into();
     let (_, problems) = translate(&objects, &NodeContext { name: NODE.into() });
     let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -768,7 +879,8 @@ fn problems_name_the_origin() {
 #[test]
 fn empty_node_name_means_nothing_is_local() {
     let svc = service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()));
-    let slices = vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep_on("10.244.1.1", Some(""))])];
+    let slices =
+        vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep_on("10.244.1.1", Some(""))])];
     let (state, _) = translate(&objects(vec![svc], slices), &NodeContext::default());
     assert_eq!(frontends(&state), vec![("10.96.0.10:80/TCP".to_owned(), vec![])]);
 }

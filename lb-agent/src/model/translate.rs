@@ -83,7 +83,8 @@ pub fn translate(objects: &Objects, node: &NodeContext) -> (DesiredState, Vec<Pr
 
     let mut services: Vec<&Located<Service>> = objects.services.iter().collect();
     services.sort_by(|a, b| {
-        let key = |s: &Located<Service>| (s.object.metadata.namespace.clone(), s.object.metadata.name.clone());
+        let key =
+            |s: &Located<Service>| (s.object.metadata.namespace.clone(), s.object.metadata.name.clone());
         key(a).cmp(&key(b))
     });
 
@@ -123,9 +124,10 @@ pub fn translate(objects: &Objects, node: &NodeContext) -> (DesiredState, Vec<Pr
     let mut groups = Vec::new();
     for svc in &valid {
         let svc_groups = service_groups(svc, slices.get(&(svc.namespace, svc.name)), node);
-        let conflict = svc_groups.iter().flat_map(|g| &g.frontends).find_map(|f| {
-            claimed.get(&(f.addr, f.port, f.protocol)).map(|owner| (*f, owner.clone()))
-        });
+        let conflict = svc_groups
+            .iter()
+            .flat_map(|g| &g.frontends)
+            .find_map(|f| claimed.get(&(f.addr, f.port, f.protocol)).map(|owner| (*f, owner.clone())));
         if let Some((frontend, owner)) = conflict {
             problems.push(Problem {
                 object: format!("Service {}/{}", svc.namespace, svc.name),
@@ -156,18 +158,10 @@ fn validate_service(svc: &Service) -> Result<Option<ValidService<'_>>, String> {
     if spec.type_.as_deref() == Some("ExternalName") {
         return Ok(None);
     }
-    let raw_ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
-        (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        (_, Some(ip)) => vec![ip.as_str()],
-        _ => vec![],
-    };
-    if raw_ips.is_empty() || raw_ips.iter().any(|ip| ip.is_empty() || *ip == "None") {
+    let cluster_ips = cluster_ips_by_family(spec)?;
+    if cluster_ips.is_empty() {
         return Ok(None); // headless
     }
-    let cluster_ips = raw_ips
-        .iter()
-        .map(|ip| ip.parse::<IpAddr>().map_err(|_| format!("clusterIP {ip:?} is not an IP address")))
-        .collect::<Result<Vec<_>, _>>()?;
     let mut ports = Vec::new();
     for port in spec.ports.iter().flatten() {
         let (port_name, protocol, number) = validate_port(port)?;
@@ -187,10 +181,9 @@ fn validate_service(svc: &Service) -> Result<Option<ValidService<'_>>, String> {
                 .and_then(|c| c.client_ip.as_ref())
                 .and_then(|c| c.timeout_seconds)
                 .map_or(Ok(DEFAULT_AFFINITY_TIMEOUT), |t| {
-                    u32::try_from(t)
-                        .ok()
-                        .filter(|t| (1..=86_400).contains(t))
-                        .ok_or_else(|| format!("sessionAffinityConfig timeoutSeconds {t} is not in 1..=86400"))
+                    u32::try_from(t).ok().filter(|t| (1..=86_400).contains(t)).ok_or_else(|| {
+                        format!("sessionAffinityConfig timeoutSeconds {t} is not in 1..=86400")
+                    })
                 })?,
         ),
         None | Some("None") => None,
@@ -204,6 +197,38 @@ fn validate_service(svc: &Service) -> Result<Option<ValidService<'_>>, String> {
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         affinity_timeout,
     }))
+}
+
+/// kube-proxy's GetClusterIPByFamily for both families: with `ipFamilies` set, `clusterIPs[i]`
+/// serves `ipFamilies[i]`; without it (objects written by hand, old API servers), only
+/// `clusterIP` is used. Empty: headless (`None`) or no ClusterIP at all.
+fn cluster_ips_by_family(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Vec<IpAddr>, String> {
+    let parse = |ip: &str| ip.parse::<IpAddr>().map_err(|_| format!("clusterIP {ip:?} is not an IP address"));
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    if families.is_empty() {
+        return match spec.cluster_ip.as_deref() {
+            None | Some("" | "None") => Ok(vec![]),
+            Some(ip) => Ok(vec![parse(ip)?]),
+        };
+    }
+    let ips = spec.cluster_ips.as_deref().unwrap_or_default();
+    if ips.iter().any(|ip| ip == "None") || (ips.is_empty() && spec.cluster_ip.as_deref() == Some("None")) {
+        return Ok(vec![]);
+    }
+    let mut out = Vec::new();
+    for (family, ip) in families.iter().zip(ips) {
+        let addr = parse(ip)?;
+        let expected = match family.as_str() {
+            "IPv4" => Family::V4,
+            "IPv6" => Family::V6,
+            other => return Err(format!("unknown ipFamily {other:?}")),
+        };
+        if Family::of(&addr) != expected {
+            return Err(format!("clusterIP {ip} does not match its ipFamily {family}"));
+        }
+        out.push(addr);
+    }
+    Ok(out)
 }
 
 fn validate_port(port: &ServicePort) -> Result<(String, Protocol, u16), String> {
@@ -260,7 +285,9 @@ fn index_slices<'a>(
             if port.name.is_none() {
                 problems.push(Problem {
                     object: describe("EndpointSlice", located),
-                    reason: "a port has no name; kube-proxy ignores it (an unnamed port must be `name: \"\"`)".into(),
+                    reason:
+                        "a port has no name; kube-proxy ignores it (an unnamed port must be `name: \"\"`)"
+                            .into(),
                 });
             }
         }
@@ -270,7 +297,11 @@ fn index_slices<'a>(
 }
 
 /// The groups (one per port and IP family) of a valid Service.
-fn service_groups(svc: &ValidService<'_>, slices: Option<&Vec<&EndpointSlice>>, node: &NodeContext) -> Vec<BackendGroup> {
+fn service_groups(
+    svc: &ValidService<'_>,
+    slices: Option<&Vec<&EndpointSlice>>,
+    node: &NodeContext,
+) -> Vec<BackendGroup> {
     let mut groups = Vec::new();
     for (port_name, protocol, port) in &svc.ports {
         for family in [Family::V4, Family::V6] {
@@ -278,12 +309,18 @@ fn service_groups(svc: &ValidService<'_>, slices: Option<&Vec<&EndpointSlice>>, 
                 .cluster_ips
                 .iter()
                 .filter(|ip| Family::of(ip) == family)
-                .map(|&addr| Frontend { addr, port: *port, protocol: *protocol, kind: FrontendKind::ClusterIP })
+                .map(|&addr| Frontend {
+                    addr,
+                    port: *port,
+                    protocol: *protocol,
+                    kind: FrontendKind::ClusterIP,
+                })
                 .collect();
             if frontends.is_empty() {
                 continue;
             }
-            let endpoints = merge_endpoints(slices.map_or(&[][..], Vec::as_slice), port_name, *protocol, family, node);
+            let endpoints =
+                merge_endpoints(slices.map_or(&[][..], Vec::as_slice), port_name, *protocol, family, node);
             let eligible = if svc.internal_local {
                 choose(endpoints.iter().filter(|e| e.local))
             } else {

@@ -25,7 +25,8 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
         let entries = std::fs::read_dir(&dir)
             .map_err(|source| SourceError::Read { path: dir.display().to_string(), source })?;
         for entry in entries {
-            let entry = entry.map_err(|source| SourceError::Read { path: dir.display().to_string(), source })?;
+            let entry =
+                entry.map_err(|source| SourceError::Read { path: dir.display().to_string(), source })?;
             let p = entry.path();
             let name = entry.file_name();
             if name.to_string_lossy().starts_with('.') {
@@ -79,7 +80,8 @@ fn add_document(origin: &str, doc: Value, objects: &mut Objects, problems: &mut 
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .map_or_else(|| "<unnamed>".to_owned(), str::to_owned);
-    let namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
+    let namespace =
+        doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
     let object = format!("{kind} {namespace}/{name} ({origin})");
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "Service") => match serde_json::from_value::<Service>(doc) {
@@ -126,4 +128,220 @@ pub fn watch(path: &Path, notify: impl Fn() + Send + 'static) -> Result<Recommen
     };
     watcher.watch(target, mode).map_err(watch_err)?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeContext, translate};
+
+    fn parse(text: &str) -> Result<(Objects, Vec<Problem>), SourceError> {
+        let mut objects = Objects::default();
+        let mut problems = Vec::new();
+        parse_into("f.yaml", text, &mut objects, &mut problems)?;
+        Ok((objects, problems))
+    }
+
+    fn names(objects: &Objects) -> (Vec<String>, Vec<String>) {
+        let services = objects
+            .services
+            .iter()
+            .map(|l| format!("{} {}", l.origin, l.object.metadata.name.as_deref().unwrap_or_default()))
+            .collect();
+        let slices = objects
+            .slices
+            .iter()
+            .map(|l| format!("{} {}", l.origin, l.object.metadata.name.as_deref().unwrap_or_default()))
+            .collect();
+        (services, slices)
+    }
+
+    fn shown(problems: &[Problem]) -> Vec<String> {
+        problems.iter().map(ToString::to_string).collect()
+    }
+
+    const SERVICE_A: &str = "apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: ns}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{name: http, port: 80, protocol: TCP}]
+";
+
+    const SLICE_A: &str = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: a-1
+  namespace: ns
+  labels: {kubernetes.io/service-name: a}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.244.1.1]
+  conditions: {ready: true}
+";
+
+    #[test]
+    fn multi_document_yaml() {
+        let text = format!(
+            "---\n{SERVICE_A}---\n{SLICE_A}---\n# a comment\n{}",
+            SERVICE_A.replace("name: a,", "name: b,").replace("10.96.0.1", "10.96.0.2")
+        );
+        let (objects, problems) = parse(&text).expect("valid YAML");
+        assert_eq!(shown(&problems), Vec::<String>::new());
+        let (services, slices) = names(&objects);
+        assert_eq!(services, ["f.yaml#1 a", "f.yaml#3 b"]);
+        assert_eq!(slices, ["f.yaml#2 a-1"]);
+        let slice = &objects.slices[0].object;
+        assert_eq!(slice.endpoints[0].addresses, ["10.244.1.1"]);
+        assert_eq!(slice.endpoints[0].conditions.as_ref().and_then(|c| c.ready), Some(true));
+        let ports =
+            objects.services[0].object.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+        assert_eq!((ports[0].port, ports[0].protocol.as_deref()), (80, Some("TCP")));
+    }
+
+    #[test]
+    fn v1_list_with_items() {
+        let text = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "ns"},
+             "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "http", "port": 80}]}},
+            {"apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": "a-1", "namespace": "ns"}, "addressType": "IPv4", "endpoints": []}]},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}}
+        ]}"#;
+        let (objects, problems) = parse(text).expect("valid YAML");
+        let (services, slices) = names(&objects);
+        assert_eq!(services, ["f.yaml#1/items/0 a"]);
+        assert_eq!(slices, ["f.yaml#1/items/1/items/0 a-1"]);
+        assert_eq!(shown(&problems).len(), 1);
+        assert!(
+            shown(&problems)[0]
+                .starts_with("ConfigMap default/cm (f.yaml#1/items/2): unsupported object v1/ConfigMap"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn unsupported_kind_reported_and_skipped() {
+        let text = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d, namespace: ns}}\n---\n{SERVICE_A}---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {{name: a, namespace: ns}}\n---\n\
+             apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {{name: old}}\n---\n\
+             just a string\n"
+        );
+        let (objects, problems) = parse(&text).expect("valid YAML");
+        assert_eq!(names(&objects), (vec!["f.yaml#2 a".to_owned()], vec![]));
+        let problems = shown(&problems);
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].starts_with("Deployment ns/d (f.yaml#1): unsupported object apps/v1/Deployment"));
+        assert!(problems[1].starts_with("Endpoints ns/a (f.yaml#3): unsupported object v1/Endpoints"));
+        assert!(problems[2].contains("unsupported object discovery.k8s.io/v1beta1/EndpointSlice"));
+        assert!(problems[3].contains("(f.yaml#5): unsupported object /"), "{}", problems[3]);
+    }
+
+    #[test]
+    fn wrong_field_type_reported_and_the_rest_loaded() {
+        let bad_service = SERVICE_A.replace("name: a,", "name: bad,").replace("port: 80", "port: \"abc\"");
+        let bad_slice = SLICE_A
+            .replace("name: a-1", "name: bad-1")
+            .replace("- addresses: [10.244.1.1]", "- addresses: 5");
+        let text = format!("{bad_service}---\n{SERVICE_A}---\n{bad_slice}---\n{SLICE_A}");
+        let (objects, problems) = parse(&text).expect("valid YAML");
+        let (services, slices) = names(&objects);
+        assert_eq!(services, ["f.yaml#2 a"]);
+        assert_eq!(slices, ["f.yaml#4 a-1"]);
+        let problems = shown(&problems);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("Service ns/bad (f.yaml#1): not a valid Service:"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].starts_with("EndpointSlice ns/bad-1 (f.yaml#3): not a valid EndpointSlice:"),
+            "{}",
+            problems[1]
+        );
+    }
+
+    #[test]
+    fn broken_yaml_fails_the_whole_file() {
+        for text in [
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a\n",
+            "apiVersion: v1\n  kind: Service\n bad indentation: [\n",
+            &format!("{SERVICE_A}---\nports: [unclosed\n"),
+        ] {
+            match parse(text) {
+                Err(SourceError::Syntax { path, reason }) => {
+                    assert_eq!(path, "f.yaml");
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{text:?}: expected a syntax error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn empty_file_is_empty() {
+        for text in ["", "\n", "# nothing\n", "---\n---\n"] {
+            let (objects, problems) = parse(text).expect("valid YAML");
+            assert!(
+                objects.services.is_empty() && objects.slices.is_empty() && problems.is_empty(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn example_cluster_loads_and_translates() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.yaml"));
+        let (objects, problems) = load(path).expect("example loads");
+        assert_eq!(shown(&problems), Vec::<String>::new());
+        assert_eq!((objects.services.len(), objects.slices.len()), (2, 4));
+        let (state, problems) = translate(&objects, &NodeContext { name: "node-1".into() });
+        assert_eq!(shown(&problems), Vec::<String>::new());
+        let frontends: Vec<String> = state
+            .groups
+            .iter()
+            .flat_map(|g| g.frontends.iter().map(move |f| format!("{f} -> {}", g.eligible.len())))
+            .collect();
+        assert_eq!(
+            frontends,
+            [
+                "10.96.0.10:80/TCP -> 3",
+                "[fd00:10:96::10]:80/TCP -> 3",
+                "10.96.0.53:53/UDP -> 3",
+                "[fd00:10:96::53]:53/UDP -> 3",
+                "10.96.0.53:53/TCP -> 3",
+                "[fd00:10:96::53]:53/TCP -> 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn directory_is_read_recursively_skipping_hidden_and_other_files() {
+        let dir = std::env::temp_dir().join(format!("lb-agent-file-source-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).expect("temp dir");
+        std::fs::create_dir_all(dir.join(".hidden")).expect("temp dir");
+        std::fs::write(dir.join("b.yaml"), SERVICE_A).expect("write");
+        std::fs::write(dir.join("sub/a.yml"), SLICE_A).expect("write");
+        std::fs::write(dir.join(".swap.yaml"), "not: [valid").expect("write");
+        std::fs::write(dir.join(".hidden/x.yaml"), "not: [valid").expect("write");
+        std::fs::write(dir.join("notes.txt"), "not: [valid").expect("write");
+        let result = load(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (objects, problems) = result.expect("loads");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!((objects.services.len(), objects.slices.len()), (1, 1));
+        assert!(objects.services[0].origin.ends_with("b.yaml#1"), "{}", objects.services[0].origin);
+        assert!(objects.slices[0].origin.ends_with("sub/a.yml#1"), "{}", objects.slices[0].origin);
+    }
+
+    #[test]
+    fn missing_path_is_a_read_error() {
+        let err = load(Path::new("/nonexistent/lb-agent/cluster.yaml")).expect_err("missing");
+        assert!(matches!(err, SourceError::Read { .. }), "{err}");
+    }
 }

@@ -28,7 +28,12 @@ fn main() -> anyhow::Result<()> {
     }
     let servers = Servers::start(&netns, &pods)?;
     let source = dir.write("cluster.yaml", EXAMPLE)?;
-    println!("node: network namespace {}, cgroup {}, pins {}", netns.name, cgroup.path.display(), bpffs.path.display());
+    println!(
+        "node: network namespace {}, cgroup {}, pins {}",
+        netns.name,
+        cgroup.path.display(),
+        bpffs.path.display()
+    );
     println!("pods: 10.244.1.1-3 and fd00:10:244:1::1-3 (TCP 8080, TCP+UDP 5353)\n");
 
     let agent = Agent::start_with(&source, &cgroup.path, &bpffs.path, false)?;
