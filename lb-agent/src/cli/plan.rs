@@ -34,7 +34,7 @@ pub struct PlanRow {
 
 pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let (objects, mut problems) = source::file::load(&args.source).context("reading the source")?;
-    let (desired, more) = translate(&objects, &NodeContext { name: args.node_name });
+    let (desired, more) = translate(&objects, &NodeContext::from_nodes(&args.node_name, objects.nodes.iter().map(|n| &n.object)));
     problems.extend(more);
     for p in &problems {
         eprintln!("skipped: {p}");

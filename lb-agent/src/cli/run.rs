@@ -70,7 +70,7 @@ enum Outcome {
     MapsFailed,
 }
 
-fn sync_from_file(path: &Path, node: &NodeContext, syncer: &mut Syncer<PinnedMaps>) -> Outcome {
+fn sync_from_file(path: &Path, node_name: &str, syncer: &mut Syncer<PinnedMaps>) -> Outcome {
     let started = Instant::now();
     let (objects, mut problems) = match source::file::load(path) {
         Ok(loaded) => loaded,
@@ -79,7 +79,8 @@ fn sync_from_file(path: &Path, node: &NodeContext, syncer: &mut Syncer<PinnedMap
             return Outcome::SourceInvalid;
         }
     };
-    let (desired, more) = translate(&objects, node);
+    let node = NodeContext::from_nodes(node_name, objects.nodes.iter().map(|n| &n.object));
+    let (desired, more) = translate(&objects, &node);
     problems.extend(more);
     for p in &problems {
         warn!(object = %p.object, reason = %p.reason, "skipped");
@@ -133,7 +134,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         let changed = Arc::clone(&changed);
         source::file::watch(&path, move || changed.notify_one()).context("watching the source")?
     };
-    let node = NodeContext { name: args.node_name };
+    let node = args.node_name;
     let mut outcome = sync_from_file(&path, &node, &mut syncer);
     loader::attach(&mut ebpf, &cgroup, &args.bpffs)?;
     info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "programs attached; agent ready");

@@ -141,11 +141,12 @@ fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Objects {
     Objects {
         services: services.into_iter().map(|object| Located { origin: String::new(), object }).collect(),
         slices: slices.into_iter().map(|object| Located { origin: String::new(), object }).collect(),
+        nodes: vec![],
     }
 }
 
 fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> (DesiredState, Vec<Problem>) {
-    translate(&objects(services, slices), &NodeContext { name: NODE.into() })
+    translate(&objects(services, slices), &NodeContext::named(NODE))
 }
 
 /// Frontends → eligible backends, in output order.
@@ -871,7 +872,7 @@ fn problems_name_the_origin() {
     let mut objects =
         objects(vec![service("ns", "web", |s| set_ports(s, vec![port("x", 0, "TCP")]))], vec![]);
     objects.services[0].origin = "cluster.yaml#3".into();
-    let (_, problems) = translate(&objects, &NodeContext { name: NODE.into() });
+    let (_, problems) = translate(&objects, &NodeContext::named(NODE));
     let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert_eq!(shown, ["Service ns/web (cluster.yaml#3): port \"x\": port 0 is out of range 1..=65535"]);
 }

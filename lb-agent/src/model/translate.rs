@@ -7,7 +7,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Service, ServicePort},
+    core::v1::{Node, Service, ServicePort},
     discovery::v1::EndpointSlice,
 };
 
@@ -34,13 +34,51 @@ pub struct Located<T> {
 pub struct Objects {
     pub services: Vec<Located<Service>>,
     pub slices: Vec<Located<EndpointSlice>>,
+    /// Node objects; the one named like this node gives its zone and addresses.
+    pub nodes: Vec<Located<Node>>,
 }
 
 /// What the translation needs to know about the node it runs for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeContext {
     /// This node's name (`--node-name`); empty means no endpoint is local.
     pub name: String,
+    /// The `topology.kubernetes.io/zone` label of this node's Node object (topology hints).
+    pub zone: Option<String>,
+    /// The node's addresses from its Node object (`status.addresses` InternalIP/ExternalIP), for
+    /// NodePort frontends.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Label holding a Node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+impl NodeContext {
+    /// A node known only by name.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { name: name.into(), ..Self::default() }
+    }
+
+    /// This node's context from its Node object, when there is one among `nodes`.
+    pub fn from_nodes<'a>(name: &str, nodes: impl IntoIterator<Item = &'a Node>) -> Self {
+        let node = nodes.into_iter().find(|n| n.metadata.name.as_deref() == Some(name));
+        let zone = node
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(ZONE_LABEL))
+            .filter(|z| !z.is_empty())
+            .cloned();
+        let mut addresses: Vec<IpAddr> = node
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Self { name: name.to_owned(), zone, addresses }
+    }
 }
 
 /// A Service that passed validation, with the parts the translation uses.

@@ -5,7 +5,10 @@
 //! programmed); an object that parses as YAML but not as its kind is reported and skipped.
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use serde_json::Value;
 
@@ -92,6 +95,10 @@ fn add_document(origin: &str, doc: Value, objects: &mut Objects, problems: &mut 
             Ok(object) => objects.slices.push(Located { origin: origin.to_owned(), object }),
             Err(e) => problems.push(Problem { object, reason: format!("not a valid EndpointSlice: {e}") }),
         },
+        ("v1", "Node") => match serde_json::from_value::<Node>(doc) {
+            Ok(object) => objects.nodes.push(Located { origin: origin.to_owned(), object }),
+            Err(e) => problems.push(Problem { object, reason: format!("not a valid Node: {e}") }),
+        },
         ("v1", "List") => {
             let items = match doc {
                 Value::Object(mut map) => map.remove("items"),
@@ -103,7 +110,7 @@ fn add_document(origin: &str, doc: Value, objects: &mut Objects, problems: &mut 
         }
         _ => problems.push(Problem {
             object,
-            reason: format!("unsupported object {api_version}/{kind}; ignored (v1/Service and discovery.k8s.io/v1/EndpointSlice are read)"),
+            reason: format!("unsupported object {api_version}/{kind}; ignored (v1/Service, discovery.k8s.io/v1/EndpointSlice and v1/Node are read)"),
         }),
     }
 }
@@ -299,7 +306,7 @@ endpoints:
         let (objects, problems) = load(path).expect("example loads");
         assert_eq!(shown(&problems), Vec::<String>::new());
         assert_eq!((objects.services.len(), objects.slices.len()), (2, 4));
-        let (state, problems) = translate(&objects, &NodeContext { name: "node-1".into() });
+        let (state, problems) = translate(&objects, &NodeContext::named("node-1"));
         assert_eq!(shown(&problems), Vec::<String>::new());
         let frontends: Vec<String> = state
             .groups
