@@ -88,6 +88,9 @@ pub mod frontend_flags {
     pub const LOAD_BALANCER: u32 = 1 << 2;
     /// The frontend is a NodePort.
     pub const NODE_PORT: u32 = 1 << 3;
+    /// With `count == 0`: endpoints exist, but none in this frontend's Local policy set, so
+    /// kube-proxy drops (EHOSTUNREACH at the socket) rather than rejects (ECONNREFUSED).
+    pub const DROP_WHEN_EMPTY: u32 = 1 << 4;
 }
 
 /// Key of `LB_SLOTS`: slot `slot` (1-based; 0 is reserved and never written) of backend group `group`.

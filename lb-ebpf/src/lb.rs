@@ -1,6 +1,6 @@
 //! Service lookup → slot choice → backend fetch, shared by every hook.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{Backend, FrontendValue, SlotKey, stats};
+use lb_common::{Backend, FrontendValue, SlotKey, frontend_flags, stats};
 
 use crate::{maps, stats::bump};
 
@@ -8,8 +8,10 @@ use crate::{maps, stats::bump};
 pub enum Verdict {
     /// Rewrite the destination to this backend.
     Backend(Backend),
-    /// The address is a frontend with no usable backend: refuse.
+    /// The address is a frontend with no usable backend anywhere: refuse (kube-proxy's REJECT).
     Reject,
+    /// Endpoints exist, but none this frontend's Local traffic policy may use (kube-proxy's DROP).
+    Unreachable,
 }
 
 /// Picks a backend of `frontend` (already found in a frontend map).
@@ -18,6 +20,9 @@ pub fn select(frontend: &FrontendValue) -> Verdict {
     let count = frontend.count;
     if count == 0 {
         bump(stats::NO_BACKEND);
+        if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
+            return Verdict::Unreachable;
+        }
         return Verdict::Reject;
     }
     // Slots are 1-based; slot 0 is reserved and never written.

@@ -26,6 +26,7 @@ const ALLOW: i32 = 1;
 /// Fail the syscall; the error is the one set with `bpf_set_retval`.
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
+const EHOSTUNREACH: i32 = 113;
 
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
@@ -72,10 +73,10 @@ pub fn lb_getpeername6(ctx: SockAddrContext) -> i32 {
 }
 
 #[inline(always)]
-fn refuse() -> i32 {
+fn fail(errno: i32) -> i32 {
     // Safety: bpf_set_retval is allowed for connect and sendmsg hooks; with it the kernel fails
     // the syscall with this error instead of EPERM when we return REJECT.
-    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    unsafe { bpf_set_retval(-errno) };
     REJECT
 }
 
@@ -114,7 +115,8 @@ fn forward4(ctx: &SockAddrContext) -> i32 {
             }
             ALLOW
         }
-        Verdict::Reject => refuse(),
+        Verdict::Reject => fail(ECONNREFUSED),
+        Verdict::Unreachable => fail(EHOSTUNREACH),
     }
 }
 
@@ -193,7 +195,8 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
             write_ip6(sa, &backend.addr, backend.port);
             ALLOW
         }
-        Verdict::Reject => refuse(),
+        Verdict::Reject => fail(ECONNREFUSED),
+        Verdict::Unreachable => fail(EHOSTUNREACH),
     }
 }
 
@@ -219,7 +222,8 @@ fn forward_mapped(ctx: &SockAddrContext, sa: *mut bpf_sock_addr, addr: u32, port
             write_ip6(sa, &[0, 0, 0xffff_u32.to_be(), backend.addr[0]], backend.port);
             ALLOW
         }
-        Verdict::Reject => refuse(),
+        Verdict::Reject => fail(ECONNREFUSED),
+        Verdict::Unreachable => fail(EHOSTUNREACH),
     }
 }
 

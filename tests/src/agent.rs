@@ -1,5 +1,6 @@
 //! The agent as a child process, with its log captured.
 use std::{
+    ffi::OsStr,
     io::{BufRead as _, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
@@ -14,17 +15,30 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `lb-agent run` and waits until it says it is ready; its log is echoed to stderr
-    /// (captured by the test harness, shown when a test fails).
+    /// Starts `lb-agent run --source FILE` and waits until it says it is ready; its log is echoed
+    /// to stderr (captured by the test harness, shown when a test fails).
     pub fn start(source: &Path, cgroup: &Path, bpffs: &Path) -> anyhow::Result<Self> {
         Self::start_with(source, cgroup, bpffs, true)
     }
 
     /// As `start`, echoing the agent's log only when `echo` is set.
     pub fn start_with(source: &Path, cgroup: &Path, bpffs: &Path, echo: bool) -> anyhow::Result<Self> {
+        let agent = Self::spawn(&[OsStr::new("--source"), source.as_os_str()], cgroup, bpffs, echo)?;
+        agent.wait_for_log("agent ready", 1, Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    /// Starts `lb-agent run --source kubernetes --kubeconfig FILE` without waiting for it.
+    pub fn spawn_kubernetes(kubeconfig: &Path, cgroup: &Path, bpffs: &Path) -> anyhow::Result<Self> {
+        let args = [OsStr::new("--source"), OsStr::new("kubernetes"), OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
+        Self::spawn(&args, cgroup, bpffs, true)
+    }
+
+    /// Starts `lb-agent run ARGS --cgroup C --bpffs B --node-name node-1` without waiting.
+    pub fn spawn(args: &[&OsStr], cgroup: &Path, bpffs: &Path, echo: bool) -> anyhow::Result<Self> {
         let mut child = Command::new(crate::agent_bin())
-            .args(["run", "--node-name", "node-1", "--min-sync-period-ms", "20", "--source"])
-            .arg(source)
+            .args(["run", "--node-name", "node-1", "--min-sync-period", "20ms"])
+            .args(args)
             .arg("--cgroup")
             .arg(cgroup)
             .arg("--bpffs")
@@ -47,9 +61,7 @@ impl Agent {
                 sink.lock().expect("log lock").push(line);
             }
         });
-        let agent = Self { child: Mutex::new(child), log };
-        agent.wait_for_log("agent ready", 1, Duration::from_secs(20))?;
-        Ok(agent)
+        Ok(Self { child: Mutex::new(child), log })
     }
 
     pub fn pid(&self) -> u32 {

@@ -6,6 +6,7 @@
 //! Everything is named `lbt-<pid>-<n>`; leftovers of a crashed earlier run (whose pid is gone) are
 //! removed the first time a guard is made.
 pub mod agent;
+pub mod apiserver;
 pub mod guard;
 pub mod probe;
 pub mod servers;

@@ -1,6 +1,6 @@
 //! `lb-agent run`: load and attach the datapath, then keep the maps equal to the source.
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,16 +19,20 @@ use crate::{
         loader::{self, Capacities},
         maps::PinnedMaps,
     },
-    model::{NodeContext, translate},
-    source,
+    model::{NodeContext, Objects, Problem, translate},
+    source::{self, SourceError, kubernetes::KubeSource},
     sync::Syncer,
 };
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// A YAML file or directory of Kubernetes objects (`kubernetes` is reserved for the API watch).
+    /// `kubernetes` to watch the API server, or a YAML file or directory of Kubernetes objects.
     #[arg(long)]
     source: String,
+    /// Kubeconfig for `--source kubernetes` (default: `KUBECONFIG`, `~/.kube/config`, then the
+    /// in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// cgroup v2 directory to attach the socket programs to (default: the cgroup2 root, for
     /// production nodes only; tests and the demo always pass their own).
     #[arg(long)]
@@ -39,9 +43,10 @@ pub struct RunArgs {
     /// This node's name; endpoints with this `nodeName` are local.
     #[arg(long, env = "NODE_NAME", default_value = "")]
     node_name: String,
-    /// How long to wait for more changes after one arrives, so a burst becomes one sync (ms).
-    #[arg(long, default_value_t = 50)]
-    min_sync_period_ms: u64,
+    /// How long to wait for more changes after one arrives, so a burst becomes one sync
+    /// (kube-proxy's flag; a change never waits longer than this). `10ms`, `1s`…
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    min_sync_period: Duration,
     /// Capacity of each frontend map (IPv4 and IPv6), set when the maps are first created.
     #[arg(long, default_value_t = capacity::FRONTENDS)]
     max_frontends: u32,
@@ -54,6 +59,16 @@ pub struct RunArgs {
     /// Capacity of each reverse-NAT map (one entry per translated socket and backend).
     #[arg(long, default_value_t = capacity::REVNAT)]
     max_revnat: u32,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 10ms or 1s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("{s:?}: unit must be ms or s")),
+    }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -70,9 +85,25 @@ enum Outcome {
     MapsFailed,
 }
 
-fn sync_from_file(path: &Path, node_name: &str, syncer: &mut Syncer<PinnedMaps>) -> Outcome {
+/// Where this agent's objects come from.
+enum Source {
+    File { path: PathBuf, _watcher: notify::RecommendedWatcher },
+    Kubernetes(KubeSource),
+}
+
+impl Source {
+    fn load(&self) -> Result<(Objects, Vec<Problem>), SourceError> {
+        match self {
+            Self::File { path, .. } => source::file::load(path),
+            Self::Kubernetes(kube) => Ok((kube.snapshot(), Vec::new())),
+        }
+    }
+}
+
+/// One sync: source snapshot → translate → diff → ordered map writes.
+fn sync_once(source: &Source, node_name: &str, syncer: &mut Syncer<PinnedMaps>) -> Outcome {
     let started = Instant::now();
-    let (objects, mut problems) = match source::file::load(path) {
+    let (objects, mut problems) = match source.load() {
         Ok(loaded) => loaded,
         Err(e) => {
             error!(error = %e, "source is invalid; keeping what is programmed");
@@ -108,10 +139,20 @@ fn sync_from_file(path: &Path, node_name: &str, syncer: &mut Syncer<PinnedMaps>)
 }
 
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
-    if args.source == "kubernetes" {
-        bail!("--source kubernetes is not available in this build yet; pass a YAML file or directory");
-    }
-    let path = PathBuf::from(&args.source);
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let changed = Arc::new(Notify::new());
+    let source = if args.source == "kubernetes" {
+        if args.node_name.is_empty() {
+            bail!("--source kubernetes needs this node's name: --node-name or NODE_NAME");
+        }
+        let client = source::kubernetes::client(args.kubeconfig.as_deref()).await?;
+        Source::Kubernetes(KubeSource::start(&client, &args.node_name, &changed))
+    } else {
+        let path = PathBuf::from(&args.source);
+        let notify = Arc::clone(&changed);
+        let watcher = source::file::watch(&path, move || notify.notify_one()).context("watching the source")?;
+        Source::File { path, _watcher: watcher }
+    };
     let cgroup = match args.cgroup {
         Some(c) => c,
         None => loader::cgroup2_root()?,
@@ -129,28 +170,31 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         info!(frontends = syncer.programmed().frontends.len(), "adopted the maps of an earlier agent");
     }
 
-    let changed = Arc::new(Notify::new());
-    let _watcher = {
-        let changed = Arc::clone(&changed);
-        source::file::watch(&path, move || changed.notify_one()).context("watching the source")?
-    };
-    let node = args.node_name;
-    let mut outcome = sync_from_file(&path, &node, &mut syncer);
+    if let Source::Kubernetes(kube) = &source {
+        // Nothing is written before Services, EndpointSlices and the Node are all listed: a
+        // partial view would delete what an earlier agent programmed.
+        info!("waiting for the initial list of Services, EndpointSlices and this Node");
+        tokio::select! {
+            ready = kube.wait_ready() => ready?,
+            _ = sigterm.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+    let node_name = args.node_name;
+    let mut outcome = sync_once(&source, &node_name, &mut syncer);
     loader::attach(&mut ebpf, &cgroup, &args.bpffs)?;
     info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "programs attached; agent ready");
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let min_sync_period = Duration::from_millis(args.min_sync_period_ms);
     let mut backoff = Duration::from_secs(1);
     loop {
         let retry = matches!(outcome, Outcome::MapsFailed);
         tokio::select! {
-            () = changed.notified() => tokio::time::sleep(min_sync_period).await,
+            () = changed.notified() => tokio::time::sleep(args.min_sync_period).await,
             () = tokio::time::sleep(backoff), if retry => backoff = (backoff * 2).min(Duration::from_secs(30)),
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        outcome = sync_from_file(&path, &node, &mut syncer);
+        outcome = sync_once(&source, &node_name, &mut syncer);
         if matches!(outcome, Outcome::Applied) {
             backoff = Duration::from_secs(1);
         }

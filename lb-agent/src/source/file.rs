@@ -58,6 +58,21 @@ pub fn load(path: &Path) -> Result<(Objects, Vec<Problem>), SourceError> {
     Ok((objects, problems))
 }
 
+/// Parser limits sized for cluster dumps (`kubectl get svc,endpointslices -A -o yaml` of a large
+/// cluster is one document per object and millions of nodes), keeping the depth and alias
+/// limits that guard against hostile input.
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 10_000_000;
+    budget.max_nodes = 200_000_000;
+    budget.max_events = 1_000_000_000;
+    budget.max_total_scalar_bytes = 4 << 30;
+    budget.max_reader_input_bytes = Some(4 << 30);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parses one file's text (exposed for tests).
 pub fn parse_into(
     file: &str,
@@ -65,7 +80,7 @@ pub fn parse_into(
     objects: &mut Objects,
     problems: &mut Vec<Problem>,
 ) -> Result<(), SourceError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options())
         .map_err(|e| SourceError::Syntax { path: file.to_owned(), reason: e.to_string() })?;
     for (index, doc) in docs.into_iter().enumerate() {
         add_document(&format!("{file}#{}", index + 1), doc, objects, problems);

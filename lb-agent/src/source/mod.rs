@@ -1,5 +1,6 @@
 //! Where objects come from. A source only produces `model::Objects`; it knows nothing of maps.
 pub mod file;
+pub mod kubernetes;
 
 use thiserror::Error;
 

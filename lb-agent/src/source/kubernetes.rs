@@ -1,0 +1,173 @@
+//! The Kubernetes source: kube-runtime watchers with reflector stores for Services,
+//! EndpointSlices and this node's Node, as kube-proxy's informers.
+//!
+//! - Selectors as kube-proxy's: Services labelled `service.kubernetes.io/service-proxy-name`
+//!   and slices labelled `service.kubernetes.io/headless` are never even listed; the Node watch
+//!   is restricted to `metadata.name=<this node>`.
+//! - A store changes only at `InitDone` of a (re)list (the reflector swaps the new list in
+//!   atomically) and on watch events, so a relist after `410 Gone` that finds the same objects
+//!   yields the same snapshot, and the sync writes nothing.
+//! - Watch errors (API server down, dropped connections) are retried with kube-runtime's default
+//!   backoff; the maps keep their last good state meanwhile.
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher::{self, Event},
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::{sync::Notify, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::model::{Located, Objects};
+
+/// Connection state of the watches, for logs (and the readiness endpoint of a later issue).
+#[derive(Debug, Default)]
+pub struct WatchStatus {
+    /// Watch streams that failed (connection refused, dropped, 410 Gone…), all kinds together.
+    pub errors: AtomicU64,
+    /// The last event of every watch was a success.
+    pub connected: AtomicBool,
+}
+
+/// The three reflector stores and the tasks that feed them (aborted on drop).
+pub struct KubeSource {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    tasks: Vec<JoinHandle<()>>,
+    pub status: Arc<WatchStatus>,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: &'static str,
+    changed: Arc<Notify>,
+    status: Arc<WatchStatus>,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher::watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect(writer);
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                // The store is replaced at InitDone; nothing to sync before that.
+                Ok(Event::Init | Event::InitApply(_)) => {}
+                Ok(Event::InitDone) => {
+                    info!(kind, "listed");
+                    failing = false;
+                    status.connected.store(true, Ordering::Relaxed);
+                    changed.notify_one();
+                }
+                Ok(Event::Apply(_) | Event::Delete(_)) => {
+                    if failing {
+                        info!(kind, "watch resumed");
+                        failing = false;
+                        status.connected.store(true, Ordering::Relaxed);
+                    }
+                    changed.notify_one();
+                }
+                Err(e) => {
+                    status.errors.fetch_add(1, Ordering::Relaxed);
+                    status.connected.store(false, Ordering::Relaxed);
+                    failing = true;
+                    warn!(kind, error = %e, "watch failed; retrying with backoff, programmed maps are kept");
+                }
+            }
+        }
+    });
+    (reader, task)
+}
+
+impl KubeSource {
+    /// Starts the watches; `changed` is notified whenever a store changes.
+    pub fn start(client: &Client, node_name: &str, changed: &Arc<Notify>) -> Self {
+        let status = Arc::new(WatchStatus::default());
+        let (services, t1) = spawn_watch(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name"),
+            "Service",
+            Arc::clone(changed),
+            Arc::clone(&status),
+        );
+        let (slices, t2) = spawn_watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default().labels("!service.kubernetes.io/headless"),
+            "EndpointSlice",
+            Arc::clone(changed),
+            Arc::clone(&status),
+        );
+        let (nodes, t3) = spawn_watch(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+            "Node",
+            Arc::clone(changed),
+            Arc::clone(&status),
+        );
+        Self { services, slices, nodes, tasks: vec![t1, t2, t3], status }
+    }
+
+    /// Waits until all three stores have their first complete list (kube-proxy's
+    /// `isInitialized`): syncing a partial view would remove what is programmed.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        self.services.wait_until_ready().await?;
+        self.slices.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await?;
+        Ok(())
+    }
+
+    /// The objects in the stores now.
+    pub fn snapshot(&self) -> Objects {
+        fn located<K: Clone>(store: &Store<K>) -> Vec<Located<K>>
+        where
+            K: Resource<DynamicType = ()> + 'static,
+        {
+            store.state().iter().map(|o| Located { origin: String::new(), object: (**o).clone() }).collect()
+        }
+        Objects { services: located(&self.services), slices: located(&self.slices), nodes: located(&self.nodes) }
+    }
+}
+
+/// A client from `--kubeconfig`, else `KUBECONFIG`/`~/.kube/config`, else the in-cluster config.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    use anyhow::Context as _;
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .context("using the kubeconfig")?
+        }
+        None => kube::Config::infer().await.context("no kubeconfig and not running in a cluster")?,
+    };
+    Client::try_from(config).context("building the Kubernetes client")
+}

@@ -1,0 +1,280 @@
+//! The Kubernetes source end to end: the real agent, through the real kube client, watching an
+//! in-process API server that speaks the list/watch protocol; the kernel's behaviour is checked
+//! through the socket hooks in a test namespace and cgroup.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::{Agent, inspect},
+    apiserver::{FakeApiServer, Kind, node, service, slice},
+    guard::{Bpffs, Cgroup, Netns, TempDir},
+    probe::{self, Place, backend_of},
+    require_root,
+    servers::Servers,
+};
+use serde_json::Value;
+
+const PODS: [&str; 3] = ["10.244.1.1", "10.244.1.2", "10.244.1.3"];
+
+/// Fields drop in order: agent, servers, pins, cgroup, namespace, files, API server.
+struct KubeNode {
+    agent: Option<Agent>,
+    servers: Servers,
+    bpffs: Bpffs,
+    cgroup: Cgroup,
+    netns: Netns,
+    dir: TempDir,
+    api: FakeApiServer,
+}
+
+impl KubeNode {
+    fn new() -> Self {
+        require_root();
+        let api = FakeApiServer::start().expect("api server");
+        let netns = Netns::new().expect("netns");
+        let backends: Vec<SocketAddr> = PODS.iter().map(|p| format!("{p}:8080").parse().expect("addr")).collect();
+        let servers = Servers::start(&netns, &backends).expect("servers");
+        Self {
+            agent: None,
+            servers,
+            bpffs: Bpffs::new().expect("bpffs"),
+            cgroup: Cgroup::new().expect("cgroup"),
+            netns,
+            dir: TempDir::new().expect("dir"),
+            api,
+        }
+    }
+
+    fn spawn_agent(&mut self) {
+        let kubeconfig = self.api.kubeconfig(&self.dir.path).expect("kubeconfig");
+        self.agent = Some(Agent::spawn_kubernetes(&kubeconfig, &self.cgroup.path, &self.bpffs.path).expect("agent"));
+    }
+
+    fn start_agent(&mut self) {
+        self.spawn_agent();
+        self.agent().wait_for_log("agent ready", 1, Duration::from_secs(30)).expect("agent ready");
+    }
+
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent")
+    }
+
+    fn probe(&self, args: &[&str]) -> Vec<String> {
+        probe::run(&Place { netns: &self.netns, cgroup: Some(&self.cgroup) }, args).expect("probe")
+    }
+}
+
+/// frontend → sorted backend addresses, from `inspect services` (ids left out).
+fn frontends(bpffs: &std::path::Path) -> BTreeMap<String, Vec<String>> {
+    let rows = inspect("services", bpffs).expect("inspect");
+    rows.as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            let mut backends: Vec<String> = r["backends"]
+                .as_array()
+                .expect("backends")
+                .iter()
+                .map(|b| b["address"].as_str().expect("address").to_owned())
+                .collect();
+            backends.sort();
+            (format!("{}/{}", r["frontend"].as_str().expect("frontend"), r["protocol"].as_str().expect("proto")), backends)
+        })
+        .collect()
+}
+
+/// Waits until `check` holds on the programmed frontends.
+fn wait_frontends(
+    bpffs: &std::path::Path,
+    timeout: Duration,
+    check: impl Fn(&BTreeMap<String, Vec<String>>) -> bool,
+) -> BTreeMap<String, Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let f = frontends(bpffs);
+        if check(&f) || Instant::now() > deadline {
+            return f;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn web() -> Vec<Value> {
+    vec![
+        service("default", "web", "10.96.0.10", &[("http", 80, "TCP")]),
+        slice("default", "web-1", "web", &[("http", 8080, "TCP")], &PODS),
+    ]
+}
+
+/// Service `i` of the bulk set: 10.97.x.y:80 with one backend.
+fn bulk(i: usize) -> Vec<Value> {
+    let ip = format!("10.97.{}.{}", i / 250, i % 250 + 1);
+    let name = format!("svc-{i}");
+    vec![
+        service("bulk", &name, &ip, &[("http", 80, "TCP")]),
+        slice("bulk", &format!("{name}-1"), &name, &[("http", 8080, "TCP")], &[PODS[i % 3]]),
+    ]
+}
+
+fn sync_lines(agent: &Agent) -> Vec<String> {
+    agent.log().into_iter().filter(|l| l.contains("sync applied")).collect()
+}
+
+fn tcp_loop(node: &KubeNode, millis: u32) -> std::process::Child {
+    probe::spawn(&Place { netns: &node.netns, cgroup: Some(&node.cgroup) }, &["tcp-loop", "10.96.0.10:80", &millis.to_string()])
+        .expect("tcp-loop")
+}
+
+fn loop_summary(child: std::process::Child) -> (u64, String) {
+    let out = child.wait_with_output().expect("tcp-loop");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(summary.contains(" err=0 "), "connections failed: {summary}");
+    let ok = summary.split("ok=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok());
+    (ok.expect("ok count"), summary)
+}
+
+#[test]
+fn initial_sync_of_1000_services_and_changes_converge_like_the_file_source() {
+    let mut kn = KubeNode::new();
+    kn.api.apply(node("node-1", "zone-a", "192.0.2.10"));
+    kn.api.apply_all(web());
+    kn.api.apply_all((0..1000).flat_map(bulk));
+    // A Service another proxy owns is not even listed (label selector), as with kube-proxy.
+    let mut foreign = service("default", "foreign", "10.96.0.99", &[("http", 80, "TCP")]);
+    foreign["metadata"]["labels"] = serde_json::json!({"service.kubernetes.io/service-proxy-name": "other"});
+    kn.api.apply(foreign);
+    let started = Instant::now();
+    kn.start_agent();
+    eprintln!("agent ready with 1001 services after {:?}", started.elapsed());
+
+    let f = frontends(&kn.bpffs.path);
+    assert_eq!(f.len(), 1001, "every Service programmed once");
+    assert_eq!(f["10.97.2.1:80/TCP"], ["10.244.1.3:8080"]);
+    assert!(!f.contains_key("10.96.0.99:80/TCP"), "a Service owned by another proxy is skipped");
+    let lines = kn.probe(&["tcp", "10.97.2.1:80", "3"]);
+    assert!(lines.iter().all(|l| backend_of(l) == Some("10.244.1.3:8080")), "{lines:?}");
+
+    // Modify a slice, add a Service, delete a Service and its slice.
+    kn.api.apply(slice("bulk", "svc-500-1", "svc-500", &[("http", 8080, "TCP")], &[PODS[0]]));
+    kn.api.apply_all(bulk(1000));
+    kn.api.delete(Kind::Service, "bulk", "svc-7");
+    kn.api.delete(Kind::EndpointSlice, "bulk", "svc-7-1");
+    let f = wait_frontends(&kn.bpffs.path, Duration::from_secs(5), |f| {
+        f.get("10.97.2.1:80/TCP").is_some_and(|b| b == &["10.244.1.1:8080"])
+            && f.contains_key("10.97.4.1:80/TCP")
+            && !f.contains_key("10.97.0.8:80/TCP")
+    });
+    assert_eq!(f["10.97.2.1:80/TCP"], ["10.244.1.1:8080"], "modified slice applied");
+    assert!(f.contains_key("10.97.4.1:80/TCP"), "added Service applied");
+    assert!(!f.contains_key("10.97.0.8:80/TCP"), "deleted Service removed");
+    let lines = kn.probe(&["tcp", "10.97.2.1:80", "3"]);
+    assert!(lines.iter().all(|l| backend_of(l) == Some("10.244.1.1:8080")), "{lines:?}");
+
+    // The file source, given the same objects, programs the same maps.
+    let docs: Vec<String> = kn.api.objects().iter().map(Value::to_string).collect();
+    let file = kn.dir.write("same.yaml", &docs.join("\n---\n")).expect("file");
+    let (cgroup2, bpffs2) = (Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
+    let file_agent = Agent::start(&file, &cgroup2.path, &bpffs2.path).expect("file agent");
+    assert_eq!(frontends(&bpffs2.path), f, "file and Kubernetes sources disagree");
+    drop(file_agent);
+}
+
+#[test]
+fn dropped_watch_resumes_and_410_relists_without_touching_the_maps() {
+    let mut kn = KubeNode::new();
+    kn.api.apply(node("node-1", "zone-a", "192.0.2.10"));
+    kn.api.apply_all(web());
+    kn.api.apply_all((0..20).flat_map(bulk));
+    kn.start_agent();
+    let lists = kn.api.lists(Kind::Service);
+    let watches = kn.api.watches(Kind::Service);
+
+    // A dropped watch resumes from its resourceVersion: no relist, and new events arrive.
+    kn.api.drop_watches();
+    kn.api.apply_all(bulk(20));
+    let f = wait_frontends(&kn.bpffs.path, Duration::from_secs(10), |f| f.contains_key("10.97.0.21:80/TCP"));
+    assert!(f.contains_key("10.97.0.21:80/TCP"), "event after a dropped watch not applied");
+    assert!(kn.api.watches(Kind::Service) > watches, "the watch was not resumed");
+    assert_eq!(kn.api.lists(Kind::Service), lists, "a dropped watch must resume, not relist");
+
+    // Expired history: the resumed watch gets 410 Gone and the agent relists. Nothing changed,
+    // so no map entry may be removed and re-added, and connections keep flowing.
+    let before = frontends(&kn.bpffs.path);
+    let syncs_before = sync_lines(kn.agent()).len();
+    let looper = tcp_loop(&kn, 2000);
+    kn.api.compact();
+    kn.api.drop_watches();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kn.api.lists(Kind::Service) == lists && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(kn.api.lists(Kind::Service) > lists, "410 Gone did not cause a relist");
+    kn.agent().wait_for_log("sync applied", syncs_before + 1, Duration::from_secs(5)).expect("sync after relist");
+    let (ok, _) = loop_summary(looper);
+    assert!(ok > 20, "too few connections during the relist");
+    for line in &sync_lines(kn.agent())[syncs_before..] {
+        assert!(line.contains("written=0") && line.contains("removed=0"), "relist flapped the maps: {line}");
+    }
+    assert_eq!(frontends(&kn.bpffs.path), before);
+}
+
+#[test]
+fn api_server_down_at_start_and_later_keeps_the_maps() {
+    let mut kn = KubeNode::new();
+    kn.api.apply(node("node-1", "zone-a", "192.0.2.10"));
+    kn.api.apply_all(web());
+    kn.api.stop();
+    kn.spawn_agent();
+    kn.agent().wait_for_log("watch failed", 1, Duration::from_secs(10)).expect("agent reports the outage");
+    assert_eq!(kn.agent().count("agent ready"), 0, "nothing may be programmed before the first full list");
+
+    kn.api.restart().expect("restart");
+    kn.agent().wait_for_log("agent ready", 1, Duration::from_secs(30)).expect("agent ready after the server came up");
+    let lines = kn.probe(&["tcp", "10.96.0.10:80", "30"]);
+    assert!(lines.iter().all(|l| backend_of(l).is_some_and(|b| b.starts_with("10.244.1."))), "{lines:?}");
+
+    // Down for a while: the maps keep their last good state and traffic flows.
+    let before = frontends(&kn.bpffs.path);
+    let failures = kn.agent().count("watch failed");
+    let looper = tcp_loop(&kn, 3000);
+    kn.api.stop();
+    kn.agent().wait_for_log("watch failed", failures + 1, Duration::from_secs(10)).expect("outage logged");
+    let (ok, _) = loop_summary(looper);
+    assert!(ok > 20, "too few connections while the API server was down");
+    assert_eq!(frontends(&kn.bpffs.path), before, "maps changed while the API server was down");
+
+    // Back up: changes flow again.
+    kn.api.restart().expect("restart");
+    kn.api.apply_all(bulk(0));
+    let f = wait_frontends(&kn.bpffs.path, Duration::from_secs(40), |f| f.contains_key("10.97.0.1:80/TCP"));
+    assert!(f.contains_key("10.97.0.1:80/TCP"), "no change applied after the API server came back");
+}
+
+#[test]
+fn agent_restart_with_kubernetes_source_keeps_connections_and_drops_stale_entries() {
+    let mut kn = KubeNode::new();
+    kn.api.apply(node("node-1", "zone-a", "192.0.2.10"));
+    kn.api.apply_all(web());
+    kn.api.apply_all(bulk(0));
+    kn.start_agent();
+    let looper = tcp_loop(&kn, 3000);
+    std::thread::sleep(Duration::from_millis(400));
+    kn.agent.take().expect("agent").stop().expect("clean stop");
+    // While no agent runs: a Service goes, and a web backend goes.
+    kn.api.delete(Kind::Service, "bulk", "svc-0");
+    kn.api.apply(slice("default", "web-1", "web", &[("http", 8080, "TCP")], &PODS[..2]));
+    std::thread::sleep(Duration::from_millis(400));
+    kn.start_agent();
+    let (ok, summary) = loop_summary(looper);
+    assert!(ok > 50, "too few connections through the restart: {summary}");
+    let f = frontends(&kn.bpffs.path);
+    assert_eq!(f.keys().collect::<Vec<_>>(), ["10.96.0.10:80/TCP"], "stale frontend left");
+    assert_eq!(f["10.96.0.10:80/TCP"], ["10.244.1.1:8080", "10.244.1.2:8080"]);
+    let since = Instant::now();
+    let lines = kn.probe(&["tcp", "10.96.0.10:80", "30"]);
+    assert!(lines.iter().all(|l| backend_of(l).is_some_and(|b| b != "10.244.1.3:8080")), "{lines:?}");
+    assert_eq!(kn.servers.hits_since("10.244.1.3:8080".parse().expect("addr"), since), 0);
+}
