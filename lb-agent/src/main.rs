@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod cli;
 mod datapath;
 mod model;
+mod nodeport_addresses;
 mod source;
 mod sync;
 
@@ -40,13 +41,21 @@ enum Command {
     /// Print the desired state for a node without touching the kernel.
     Plan(cli::plan::PlanArgs),
     /// Remove everything the agent installed: pinned maps and links (which detaches the programs).
-    /// Stop the agent first.
+    /// Stop the agent first. With --kube-proxy: remove what kube-proxy left instead (or as well,
+    /// with --bpffs).
     Cleanup {
-        #[arg(long, default_value = "/sys/fs/bpf/lb")]
-        bpffs: PathBuf,
+        /// Directory the agent pins under [default: /sys/fs/bpf/lb]. Cleaned when given, or when
+        /// --kube-proxy is not.
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
         /// The cgroup the agent attached to: checked afterwards for programs of ours still attached.
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// Remove kube-proxy's leftovers in this network namespace: its KUBE-* iptables chains
+        /// (nat, filter, mangle; IPv4 and IPv6; nft and legacy backends) with the jumps to them,
+        /// and the nftables tables `ip kube-proxy` and `ip6 kube-proxy`. Stop kube-proxy first.
+        #[arg(long)]
+        kube_proxy: bool,
     },
     /// List the programs attached to a cgroup's socket hooks (ours are named lb_*).
     Attached {
@@ -69,7 +78,9 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => cli::run::run(args),
         Command::Inspect { what, bpffs, output } => cli::inspect::inspect(what, &bpffs, output),
         Command::Plan(args) => cli::plan::plan(args),
-        Command::Cleanup { bpffs, cgroup } => cli::cleanup(&bpffs, cgroup.as_deref()),
+        Command::Cleanup { bpffs, cgroup, kube_proxy } => {
+            cli::cleanup(bpffs.as_deref(), cgroup.as_deref(), kube_proxy)
+        }
         Command::Attached { cgroup, output } => cli::attached(&cgroup, output),
     }
 }

@@ -30,7 +30,12 @@ impl Agent {
 
     /// Starts `lb-agent run --source kubernetes --kubeconfig FILE` without waiting for it.
     pub fn spawn_kubernetes(kubeconfig: &Path, cgroup: &Path, bpffs: &Path) -> anyhow::Result<Self> {
-        let args = [OsStr::new("--source"), OsStr::new("kubernetes"), OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
+        let args = [
+            OsStr::new("--source"),
+            OsStr::new("kubernetes"),
+            OsStr::new("--kubeconfig"),
+            kubeconfig.as_os_str(),
+        ];
         Self::spawn(&args, cgroup, bpffs, true)
     }
 

@@ -124,7 +124,9 @@ struct Selector {
 impl Selector {
     fn parse(query: &HashMap<String, String>) -> Self {
         let mut s = Self::default();
-        for term in query.get("labelSelector").map(String::as_str).unwrap_or("").split(',').filter(|t| !t.is_empty()) {
+        for term in
+            query.get("labelSelector").map(String::as_str).unwrap_or("").split(',').filter(|t| !t.is_empty())
+        {
             if let Some(k) = term.strip_prefix('!') {
                 s.absent.push(k.to_owned());
             } else if let Some((k, v)) = term.split_once('=') {
@@ -145,7 +147,10 @@ impl Selector {
         self.absent.iter().all(|k| label(k).is_none())
             && self.present.iter().all(|k| label(k).is_some())
             && self.equal.iter().all(|(k, v)| label(k) == Some(v.as_str()))
-            && self.name.as_ref().is_none_or(|n| obj.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| obj.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
     }
 }
 
@@ -162,9 +167,17 @@ fn json_response(code: StatusCode, body: &Value, close: bool) -> Response {
     builder.body(Body::from(body.to_string())).expect("response")
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     if shared.inner.lock().expect("lock").down {
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, &status(503, "ServiceUnavailable", "down"), true);
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &status(503, "ServiceUnavailable", "down"),
+            true,
+        );
     }
     let Some(kind) = Kind::from_path(uri.path()) else {
         return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", uri.path()), false);
@@ -213,7 +226,13 @@ fn events_after(shared: &Shared, kind: Kind, selector: &Selector, since: u64) ->
     Some((out, last.max(since)))
 }
 
-fn watch_response(shared: Arc<Shared>, kind: Kind, selector: Selector, since: u64, timeout: Duration) -> Response {
+fn watch_response(
+    shared: Arc<Shared>,
+    kind: Kind,
+    selector: Selector,
+    since: u64,
+    timeout: Duration,
+) -> Response {
     *shared.inner.lock().expect("lock").watches.entry(kind).or_default() += 1;
     let events = shared.events.subscribe();
     let cut = shared.cut.subscribe();
@@ -238,7 +257,10 @@ fn watch_response(shared: Arc<Shared>, kind: Kind, selector: Selector, since: u6
                     None => {
                         st.done = true;
                         let err = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version")});
-                        return Some((Ok::<_, std::convert::Infallible>(Bytes::from(format!("{err}\n"))), st));
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(Bytes::from(format!("{err}\n"))),
+                            st,
+                        ));
                     }
                     Some((lines, last)) => {
                         st.last = last;
@@ -320,7 +342,8 @@ impl FakeApiServer {
             let mut obj = obj;
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
             let state = inner.kinds.entry(kind).or_default();
-            let event = if state.objects.insert(key(&obj), obj.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+            let event =
+                if state.objects.insert(key(&obj), obj.clone()).is_some() { "MODIFIED" } else { "ADDED" };
             state.history.push((rv, event, obj));
         }
         let _ = self.shared.events.send(());
@@ -416,8 +439,10 @@ impl Drop for FakeApiServer {
 /// A ClusterIP Service object (`ipFamilies` set, as the API server stores it).
 pub fn service(namespace: &str, name: &str, cluster_ip: &str, ports: &[(&str, u16, &str)]) -> Value {
     let family = if cluster_ip.contains(':') { "IPv6" } else { "IPv4" };
-    let ports: Vec<Value> =
-        ports.iter().map(|(n, p, proto)| json!({"name": n, "port": p, "protocol": proto, "targetPort": p})).collect();
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(n, p, proto)| json!({"name": n, "port": p, "protocol": proto, "targetPort": p}))
+        .collect();
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{namespace}-{name}")},
@@ -427,9 +452,16 @@ pub fn service(namespace: &str, name: &str, cluster_ip: &str, ports: &[(&str, u1
 }
 
 /// An EndpointSlice of `service` with ready endpoints on `node`.
-pub fn slice(namespace: &str, name: &str, service: &str, ports: &[(&str, u16, &str)], addrs: &[&str]) -> Value {
+pub fn slice(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    ports: &[(&str, u16, &str)],
+    addrs: &[&str],
+) -> Value {
     let family = if addrs.first().is_some_and(|a| a.contains(':')) { "IPv6" } else { "IPv4" };
-    let ports: Vec<Value> = ports.iter().map(|(n, p, proto)| json!({"name": n, "port": p, "protocol": proto})).collect();
+    let ports: Vec<Value> =
+        ports.iter().map(|(n, p, proto)| json!({"name": n, "port": p, "protocol": proto})).collect();
     let endpoints: Vec<Value> = addrs
         .iter()
         .map(|a| json!({"addresses": [a], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": "node-1"}))

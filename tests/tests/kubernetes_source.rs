@@ -35,7 +35,8 @@ impl KubeNode {
         require_root();
         let api = FakeApiServer::start().expect("api server");
         let netns = Netns::new().expect("netns");
-        let backends: Vec<SocketAddr> = PODS.iter().map(|p| format!("{p}:8080").parse().expect("addr")).collect();
+        let backends: Vec<SocketAddr> =
+            PODS.iter().map(|p| format!("{p}:8080").parse().expect("addr")).collect();
         let servers = Servers::start(&netns, &backends).expect("servers");
         Self {
             agent: None,
@@ -50,7 +51,8 @@ impl KubeNode {
 
     fn spawn_agent(&mut self) {
         let kubeconfig = self.api.kubeconfig(&self.dir.path).expect("kubeconfig");
-        self.agent = Some(Agent::spawn_kubernetes(&kubeconfig, &self.cgroup.path, &self.bpffs.path).expect("agent"));
+        self.agent =
+            Some(Agent::spawn_kubernetes(&kubeconfig, &self.cgroup.path, &self.bpffs.path).expect("agent"));
     }
 
     fn start_agent(&mut self) {
@@ -81,7 +83,14 @@ fn frontends(bpffs: &std::path::Path) -> BTreeMap<String, Vec<String>> {
                 .map(|b| b["address"].as_str().expect("address").to_owned())
                 .collect();
             backends.sort();
-            (format!("{}/{}", r["frontend"].as_str().expect("frontend"), r["protocol"].as_str().expect("proto")), backends)
+            (
+                format!(
+                    "{}/{}",
+                    r["frontend"].as_str().expect("frontend"),
+                    r["protocol"].as_str().expect("proto")
+                ),
+                backends,
+            )
         })
         .collect()
 }
@@ -124,15 +133,19 @@ fn sync_lines(agent: &Agent) -> Vec<String> {
 }
 
 fn tcp_loop(node: &KubeNode, millis: u32) -> std::process::Child {
-    probe::spawn(&Place { netns: &node.netns, cgroup: Some(&node.cgroup) }, &["tcp-loop", "10.96.0.10:80", &millis.to_string()])
-        .expect("tcp-loop")
+    probe::spawn(
+        &Place { netns: &node.netns, cgroup: Some(&node.cgroup) },
+        &["tcp-loop", "10.96.0.10:80", &millis.to_string()],
+    )
+    .expect("tcp-loop")
 }
 
 fn loop_summary(child: std::process::Child) -> (u64, String) {
     let out = child.wait_with_output().expect("tcp-loop");
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(summary.contains(" err=0 "), "connections failed: {summary}");
-    let ok = summary.split("ok=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok());
+    let ok =
+        summary.split("ok=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok());
     (ok.expect("ok count"), summary)
 }
 
@@ -212,7 +225,9 @@ fn dropped_watch_resumes_and_410_relists_without_touching_the_maps() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(kn.api.lists(Kind::Service) > lists, "410 Gone did not cause a relist");
-    kn.agent().wait_for_log("sync applied", syncs_before + 1, Duration::from_secs(5)).expect("sync after relist");
+    kn.agent()
+        .wait_for_log("sync applied", syncs_before + 1, Duration::from_secs(5))
+        .expect("sync after relist");
     let (ok, _) = loop_summary(looper);
     assert!(ok > 20, "too few connections during the relist");
     for line in &sync_lines(kn.agent())[syncs_before..] {
@@ -232,7 +247,9 @@ fn api_server_down_at_start_and_later_keeps_the_maps() {
     assert_eq!(kn.agent().count("agent ready"), 0, "nothing may be programmed before the first full list");
 
     kn.api.restart().expect("restart");
-    kn.agent().wait_for_log("agent ready", 1, Duration::from_secs(30)).expect("agent ready after the server came up");
+    kn.agent()
+        .wait_for_log("agent ready", 1, Duration::from_secs(30))
+        .expect("agent ready after the server came up");
     let lines = kn.probe(&["tcp", "10.96.0.10:80", "30"]);
     assert!(lines.iter().all(|l| backend_of(l).is_some_and(|b| b.starts_with("10.244.1."))), "{lines:?}");
 
@@ -277,4 +294,29 @@ fn agent_restart_with_kubernetes_source_keeps_connections_and_drops_stale_entrie
     let lines = kn.probe(&["tcp", "10.96.0.10:80", "30"]);
     assert!(lines.iter().all(|l| backend_of(l).is_some_and(|b| b != "10.244.1.3:8080")), "{lines:?}");
     assert_eq!(kn.servers.hits_since("10.244.1.3:8080".parse().expect("addr"), since), 0);
+}
+
+#[test]
+fn plan_lists_from_the_api_server_without_a_kernel() {
+    let api = FakeApiServer::start().expect("api server");
+    let dir = TempDir::new().expect("dir");
+    api.apply(node("node-1", "zone-a", "192.0.2.10"));
+    api.apply_all(web());
+    let kubeconfig = api.kubeconfig(&dir.path).expect("kubeconfig");
+    let out = std::process::Command::new(lb_tests::agent_bin())
+        .args(["plan", "--source", "kubernetes", "--node-name", "node-1", "--output", "json", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .expect("plan");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows[0]["frontend"], "10.96.0.10:80/TCP", "{rows}");
+    assert_eq!(rows[0]["kind"], "ClusterIP");
+    assert_eq!(rows[0]["service"], "default/web:http");
+    assert_eq!(
+        rows[0]["backends"],
+        serde_json::json!(["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"])
+    );
+    assert_eq!(rows[0]["reject"], false);
+    assert_eq!(rows.as_array().expect("array").len(), 1);
 }

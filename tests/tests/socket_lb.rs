@@ -19,6 +19,7 @@ use lb_tests::{
 
 const ECONNREFUSED: &str = "os=111";
 const ENETUNREACH: &str = "os=101";
+const EHOSTUNREACH: &str = "os=113";
 
 /// One test "node": namespace, cgroup, bpffs pins, backends, a source file and the agent.
 /// Fields drop in order: the agent stops, servers stop, pins go (detaching the programs), then
@@ -400,4 +401,78 @@ fn datapath_serves_while_the_agent_is_down_and_cleanup_removes_it() {
     assert!(!node.bpffs.path.exists(), "pins left behind");
     let lines = node.probe(&["tcp", "10.96.0.10:80", "1"]);
     assert!(lines[0].contains(ENETUNREACH), "after cleanup nothing is translated: {lines:?}");
+}
+
+#[test]
+fn external_frontends_and_traffic_policies_at_the_socket() {
+    let source = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {topology.kubernetes.io/zone: zone-a}}
+status: {addresses: [{type: InternalIP, address: 192.0.2.10}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.30
+  clusterIPs: [10.96.0.30]
+  ipFamilies: [IPv4]
+  externalIPs: [203.0.113.7]
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.9}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-1, namespace: default, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.244.1.1], conditions: {ready: true}, nodeName: node-2}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: itp, namespace: default}
+spec:
+  clusterIP: 10.96.0.31
+  clusterIPs: [10.96.0.31]
+  ipFamilies: [IPv4]
+  internalTrafficPolicy: Local
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: itp-1, namespace: default, labels: {kubernetes.io/service-name: itp}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.244.1.2], conditions: {ready: true}, nodeName: node-2}]
+"#;
+    let node = Node::new(&["10.244.1.1:8080", "10.244.1.2:8080"], source);
+    // This node's own connections to every frontend of `ext` reach its (remote) endpoint: the
+    // ClusterIP by policy, the external ones by kube-proxy's short-circuit of local traffic.
+    for frontend in ["10.96.0.30:80", "203.0.113.7:80", "198.51.100.9:80", "192.0.2.10:30080"] {
+        let lines = node.probe(&["tcp", frontend, "3"]);
+        assert!(lines.iter().all(|l| backend_of(l) == Some("10.244.1.1:8080")), "{frontend}: {lines:?}");
+    }
+    // internalTrafficPolicy: Local with endpoints only on other nodes: dropped, not refused.
+    let lines = node.probe(&["tcp", "10.96.0.31:80", "2"]);
+    assert!(lines.iter().all(|l| l.contains(EHOSTUNREACH)), "{lines:?}");
+    assert_eq!(
+        node.servers
+            .hits_since("10.244.1.2:8080".parse().expect("addr"), Instant::now() - Duration::from_secs(60)),
+        0
+    );
+    let services = inspect("services", &node.bpffs.path).expect("inspect");
+    let kinds: BTreeMap<String, String> = services
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            (r["frontend"].as_str().unwrap_or("").to_owned(), r["kind"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    assert_eq!(kinds.get("203.0.113.7:80").map(String::as_str), Some("ExternalIP"), "{services}");
+    assert_eq!(kinds.get("198.51.100.9:80").map(String::as_str), Some("LoadBalancer"), "{services}");
+    assert_eq!(kinds.get("192.0.2.10:30080").map(String::as_str), Some("NodePort"), "{services}");
 }

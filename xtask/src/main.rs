@@ -75,7 +75,9 @@ fn cargo_test(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
                 rest.split(';')
-                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok()
+                    })
                     .unwrap_or(0)
             };
             passed += count("passed");
@@ -91,10 +93,13 @@ fn test() -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     let agent = build()?;
     println!("==> unit tests");
-    let unit = cargo_test(cargo().args(["test", "--release", "-p", "lb-common", "-p", "lb-agent", "-p", "xtask"]))?;
+    let unit =
+        cargo_test(cargo().args(["test", "--release", "-p", "lb-common", "-p", "lb-agent", "-p", "xtask"]))?;
     println!("==> kernel tests (real BPF programs, in test namespaces and cgroups)");
     let kernel = cargo_test(
-        cargo().args(["test", "--release", "-p", "lb-tests", "--", "--test-threads=1"]).env("LB_AGENT_BIN", &agent),
+        cargo()
+            .args(["test", "--release", "-p", "lb-tests", "--", "--test-threads=1"])
+            .env("LB_AGENT_BIN", &agent),
     )?;
     ensure!(kernel.0 > 0, "no kernel test ran");
     println!("unit tests: {} passed, kernel tests: {} passed", unit.0, kernel.0);

@@ -9,7 +9,9 @@ use crate::run;
 /// Pinned versions (see ARCHITECTURE.md, "Toolchain"): newer aya releases need rustc 1.98.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const APT_PACKAGES: [&str; 4] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "iproute2"];
+/// iptables and nftables: the kube-proxy cleanup test (tests/tests/kube_proxy_cleanup.rs).
+const APT_PACKAGES: [&str; 6] =
+    ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "iproute2", "iptables", "nftables"];
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;

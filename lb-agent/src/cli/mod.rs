@@ -1,5 +1,6 @@
 //! One module per command; each is a thin function over the library modules.
 pub mod inspect;
+pub mod kube_proxy;
 pub mod plan;
 pub mod run;
 
@@ -13,13 +14,30 @@ use crate::{
     datapath::{attached::attached_programs, loader},
 };
 
-pub fn cleanup(bpffs: &Path, cgroup: Option<&Path>) -> anyhow::Result<()> {
-    let removed = loader::cleanup(bpffs)?;
-    if removed.is_empty() {
-        println!("nothing to remove under {}", bpffs.display());
+/// Where `cleanup` looks for pins when `--bpffs` is not given.
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";
+
+/// `lb-agent cleanup`: the agent's pins (when `bpffs` is given, or when `kube_proxy` is not, at
+/// the default path), then kube-proxy's leftovers (when `kube_proxy`).
+pub fn cleanup(bpffs: Option<&Path>, cgroup: Option<&Path>, kube_proxy: bool) -> anyhow::Result<()> {
+    if bpffs.is_some() || !kube_proxy {
+        let bpffs = bpffs.unwrap_or(Path::new(DEFAULT_BPFFS));
+        let removed = loader::cleanup(bpffs)?;
+        if removed.is_empty() {
+            println!("nothing to remove under {}", bpffs.display());
+        }
+        for path in removed {
+            println!("removed {}", path.display());
+        }
     }
-    for path in removed {
-        println!("removed {}", path.display());
+    if kube_proxy {
+        let removed = kube_proxy::cleanup()?;
+        if removed.is_empty() {
+            println!("no kube-proxy chains, rules or tables to remove");
+        }
+        for thing in removed {
+            println!("removed {thing}");
+        }
     }
     if let Some(cgroup) = cgroup {
         // The kernel releases an unpinned link from a work queue: give it a moment.

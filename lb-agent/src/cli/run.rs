@@ -20,6 +20,7 @@ use crate::{
         maps::PinnedMaps,
     },
     model::{NodeContext, Objects, Problem, translate},
+    nodeport_addresses::{self, NodePortAddresses},
     source::{self, SourceError, kubernetes::KubeSource},
     sync::Syncer,
 };
@@ -40,6 +41,10 @@ pub struct RunArgs {
     /// Directory on a bpf filesystem for the pinned maps and links.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpffs: PathBuf,
+    /// Addresses NodePorts answer on (kube-proxy's flag): CIDRs, or `primary` for the Node
+    /// object's addresses only; empty: every address of the node's interfaces and Node object.
+    #[arg(long, default_value = "", value_parser = |s: &str| NodePortAddresses::parse(s).map_err(|e| e.to_string()))]
+    nodeport_addresses: NodePortAddresses,
     /// This node's name; endpoints with this `nodeName` are local.
     #[arg(long, env = "NODE_NAME", default_value = "")]
     node_name: String,
@@ -100,8 +105,27 @@ impl Source {
     }
 }
 
+/// Who this node is: its name, and from its Node object and interfaces, its zone and the
+/// addresses NodePorts answer on.
+struct NodeIdentity {
+    name: String,
+    nodeport_addresses: NodePortAddresses,
+}
+
+impl NodeIdentity {
+    fn context(&self, objects: &Objects) -> NodeContext {
+        let mut node = NodeContext::from_nodes(&self.name, objects.nodes.iter().map(|n| &n.object));
+        let interfaces = nodeport_addresses::interface_addresses().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot list this node's interface addresses");
+            Vec::new()
+        });
+        node.addresses = self.nodeport_addresses.select(&node.addresses, &interfaces);
+        node
+    }
+}
+
 /// One sync: source snapshot → translate → diff → ordered map writes.
-fn sync_once(source: &Source, node_name: &str, syncer: &mut Syncer<PinnedMaps>) -> Outcome {
+fn sync_once(source: &Source, identity: &NodeIdentity, syncer: &mut Syncer<PinnedMaps>) -> Outcome {
     let started = Instant::now();
     let (objects, mut problems) = match source.load() {
         Ok(loaded) => loaded,
@@ -110,7 +134,7 @@ fn sync_once(source: &Source, node_name: &str, syncer: &mut Syncer<PinnedMaps>) 
             return Outcome::SourceInvalid;
         }
     };
-    let node = NodeContext::from_nodes(node_name, objects.nodes.iter().map(|n| &n.object));
+    let node = identity.context(&objects);
     let (desired, more) = translate(&objects, &node);
     problems.extend(more);
     for p in &problems {
@@ -150,7 +174,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     } else {
         let path = PathBuf::from(&args.source);
         let notify = Arc::clone(&changed);
-        let watcher = source::file::watch(&path, move || notify.notify_one()).context("watching the source")?;
+        let watcher =
+            source::file::watch(&path, move || notify.notify_one()).context("watching the source")?;
         Source::File { path, _watcher: watcher }
     };
     let cgroup = match args.cgroup {
@@ -180,8 +205,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
-    let node_name = args.node_name;
-    let mut outcome = sync_once(&source, &node_name, &mut syncer);
+    let identity = NodeIdentity { name: args.node_name, nodeport_addresses: args.nodeport_addresses };
+    let mut outcome = sync_once(&source, &identity, &mut syncer);
     loader::attach(&mut ebpf, &cgroup, &args.bpffs)?;
     info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "programs attached; agent ready");
 
@@ -194,7 +219,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        outcome = sync_once(&source, &node_name, &mut syncer);
+        outcome = sync_once(&source, &identity, &mut syncer);
         if matches!(outcome, Outcome::Applied) {
             backoff = Duration::from_secs(1);
         }

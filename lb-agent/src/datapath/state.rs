@@ -6,9 +6,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use lb_common::{Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, backend_state};
+use lb_common::{
+    Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, backend_state, frontend_flags,
+};
 
-use crate::model::{DesiredState, EndpointState, Protocol};
+use crate::model::{DesiredState, EndpointState, FrontendKind, Protocol, WhenEmpty};
 
 /// A frontend map key of either family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -110,7 +112,9 @@ impl Ids {
     }
 }
 
-/// Lays `desired` out as map entries, reusing the ids found in `programmed`.
+/// Lays `desired` out as map entries, reusing the ids found in `programmed`. NodePort frontends
+/// are expanded to `desired.node_addresses`; a group with `WhenEmpty::Drop` and no eligible
+/// backend gets `DROP_WHEN_EMPTY` in its frontends' flags.
 pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
     let mut out = MapState::default();
 
@@ -127,7 +131,7 @@ pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
             };
             backend_states.entry((info.addr, proto)).and_modify(|s| *s = (*s).min(state)).or_insert(state);
         }
-        for addr in &group.eligible {
+        for addr in group.eligible.iter().chain(&group.from_node) {
             backend_states.entry((*addr, proto)).or_insert(backend_state::ACTIVE);
         }
     }
@@ -142,6 +146,42 @@ pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
         out.backends.insert(id, backend_value(identity.0, identity.1, *state));
     }
 
+    // Frontend keys per group. A NodePort (unspecified address) becomes one key per node address
+    // of its family. An explicit frontend (ClusterIP, externalIP, LoadBalancer IP) wins over a
+    // NodePort on the same address:port/proto, as kube-proxy's service rules come before its
+    // NodePort jump; otherwise the first group wins (translate refuses such conflicts anyway).
+    let explicit: BTreeSet<FrontendKey> = desired
+        .groups
+        .iter()
+        .flat_map(|g| &g.frontends)
+        .filter(|f| !f.on_every_node_address())
+        .map(|f| FrontendKey::new(f.addr, f.port, f.protocol))
+        .collect();
+    let mut taken: BTreeSet<FrontendKey> = BTreeSet::new();
+    let group_keys: Vec<Vec<(FrontendKey, FrontendKind)>> = desired
+        .groups
+        .iter()
+        .map(|group| {
+            let mut keys = Vec::new();
+            for f in &group.frontends {
+                if f.on_every_node_address() {
+                    for addr in desired.node_addresses.iter().filter(|a| a.is_ipv4() == f.addr.is_ipv4()) {
+                        let key = FrontendKey::new(*addr, f.port, f.protocol);
+                        if !explicit.contains(&key) && taken.insert(key) {
+                            keys.push((key, f.kind));
+                        }
+                    }
+                } else {
+                    let key = FrontendKey::new(f.addr, f.port, f.protocol);
+                    if taken.insert(key) {
+                        keys.push((key, f.kind));
+                    }
+                }
+            }
+            keys
+        })
+        .collect();
+
     // Groups: keep the id a group's frontends already point at, if no other group took it.
     let mut group_ids = Ids::new(
         programmed.frontends.values().map(|v| v.group).chain(programmed.slots.keys().map(|k| k.group)),
@@ -151,14 +191,19 @@ pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
     for (key, value) in &programmed.frontends {
         owners.entry(value.group).or_default().push(*key);
     }
-    for group in &desired.groups {
-        let keys: Vec<FrontendKey> =
-            group.frontends.iter().map(|f| FrontendKey::new(f.addr, f.port, f.protocol)).collect();
+    for (group, keys) in desired.groups.iter().zip(group_keys) {
+        // No frontend on this node (a NodePort-only group and no node address of its family):
+        // no id and no slots, which nothing could reach.
+        if keys.is_empty() {
+            continue;
+        }
         // Reuse only an id whose programmed frontends all belong to this group: otherwise another
         // Service's frontend would see this group's slots until it is deleted.
-        let previous = keys.iter().filter_map(|k| programmed.frontends.get(k).map(|v| v.group)).find(|id| {
-            !reused.contains(id) && owners.get(id).is_some_and(|o| o.iter().all(|k| keys.contains(k)))
-        });
+        let previous =
+            keys.iter().filter_map(|(k, _)| programmed.frontends.get(k).map(|v| v.group)).find(|id| {
+                !reused.contains(id)
+                    && owners.get(id).is_some_and(|o| o.iter().all(|k| keys.iter().any(|(key, _)| key == k)))
+            });
         let id = match previous {
             Some(id) => {
                 reused.insert(id);
@@ -168,14 +213,21 @@ pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
             None => group_ids.allocate(),
         };
         let proto = group.service.protocol.number();
-        for (slot, addr) in (1u32..).zip(&group.eligible) {
+        // The socket hooks see only this node's own connections: they use `from_node`.
+        for (slot, addr) in (1u32..).zip(&group.from_node) {
             out.slots.insert(SlotKey { group: id, slot }, SlotValue { backend: id_of[&(*addr, proto)] });
         }
-        for (key, frontend) in keys.into_iter().zip(&group.frontends) {
+        // Rule 40 against 39: with no slot, drop (EHOSTUNREACH) rather than refuse.
+        let drop = if group.from_node.is_empty() && group.when_empty == WhenEmpty::Drop {
+            frontend_flags::DROP_WHEN_EMPTY
+        } else {
+            0
+        };
+        for (key, kind) in keys {
             let value = FrontendValue {
                 group: id,
-                count: u32::try_from(group.eligible.len()).unwrap_or(u32::MAX),
-                flags: frontend.kind.flag(),
+                count: u32::try_from(group.from_node.len()).unwrap_or(u32::MAX),
+                flags: kind.flag() | drop,
                 affinity_timeout: group.affinity_timeout.unwrap_or(0),
             };
             out.frontends.insert(key, value);

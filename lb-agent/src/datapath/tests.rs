@@ -16,7 +16,7 @@ use super::{
 use crate::{
     model::{
         BackendGroup, BackendInfo, DesiredState, EndpointState, Family, Frontend, FrontendKind, Protocol,
-        ServicePortName,
+        Scope, ServicePortName, WhenEmpty,
     },
     sync::{SyncReport, Syncer},
 };
@@ -27,19 +27,29 @@ fn sock(s: &str) -> SocketAddr {
     s.parse().expect("test socket address")
 }
 
-/// A group of Service `ns/name` port `port_name`, with `frontends` ("ip:port") and `backends`
-/// ("ip:port", all ready). Eligible = every backend.
+/// A frontend from its test spelling: "ip:port" is a ClusterIP, "ext ip:port" an externalIP,
+/// "lb ip:port" a LoadBalancer IP, "np4 port" / "np6 port" a NodePort of that family.
+fn frontend(spelling: &str, protocol: Protocol) -> Frontend {
+    let node_port = |ip: IpAddr, port: &str| SocketAddr::new(ip, port.parse().expect("test port"));
+    let (kind, a) = match spelling.split_once(' ') {
+        None => (FrontendKind::ClusterIP, sock(spelling)),
+        Some(("ext", rest)) => (FrontendKind::ExternalIP, sock(rest)),
+        Some(("lb", rest)) => (FrontendKind::LoadBalancer, sock(rest)),
+        Some(("np4", port)) => (FrontendKind::NodePort, node_port(Ipv4Addr::UNSPECIFIED.into(), port)),
+        Some(("np6", port)) => (FrontendKind::NodePort, node_port(Ipv6Addr::UNSPECIFIED.into(), port)),
+        Some((other, _)) => panic!("test bug: frontend kind {other:?}"),
+    };
+    Frontend { addr: a.ip(), port: a.port(), protocol, kind }
+}
+
+/// A group of Service `ns/name` port `port_name`, with `frontends` (see `frontend`) and
+/// `backends` ("ip:port", all ready). Eligible = every backend. External when its frontends are.
 fn group(svc: &str, protocol: Protocol, frontends: &[&str], backends: &[&str]) -> BackendGroup {
     let (namespace, rest) = svc.split_once('/').expect("ns/name:port");
     let (name, port) = rest.split_once(':').expect("ns/name:port");
-    let frontends: Vec<Frontend> = frontends
-        .iter()
-        .map(|f| {
-            let a = sock(f);
-            Frontend { addr: a.ip(), port: a.port(), protocol, kind: FrontendKind::ClusterIP }
-        })
-        .collect();
+    let frontends: Vec<Frontend> = frontends.iter().map(|f| frontend(f, protocol)).collect();
     let family = Family::of(&frontends.first().expect("at least one frontend").addr);
+    let scope = if frontends[0].kind == FrontendKind::ClusterIP { Scope::Internal } else { Scope::External };
     let mut eligible: Vec<SocketAddr> = backends.iter().map(|b| sock(b)).collect();
     eligible.sort();
     BackendGroup {
@@ -50,21 +60,34 @@ fn group(svc: &str, protocol: Protocol, frontends: &[&str], backends: &[&str]) -
             protocol,
         },
         family,
+        scope,
         frontends,
         backends: eligible.iter().map(|&addr| BackendInfo { addr, state: EndpointState::Active }).collect(),
+        from_node: eligible.clone(),
         eligible,
+        when_empty: WhenEmpty::Reject,
         affinity_timeout: None,
+        source_ranges: vec![],
+        health_check_node_port: None,
     }
 }
 
 fn desired(mut groups: Vec<BackendGroup>) -> DesiredState {
-    groups.sort_by(|a, b| (&a.service, a.family).cmp(&(&b.service, b.family)));
-    DesiredState { groups }
+    groups.sort_by(|a, b| (&a.service, a.family, a.scope).cmp(&(&b.service, b.family, b.scope)));
+    DesiredState { groups, node_addresses: vec![] }
 }
 
+fn with_nodes(mut state: DesiredState, addresses: &[&str]) -> DesiredState {
+    state.node_addresses = addresses.iter().map(|a| a.parse().expect("test address")).collect();
+    state
+}
+
+/// What a frontend serves: backends "ip:port/proto" in slot order, affinity timeout, flags.
+type Served = (Vec<String>, u32, u32);
+
 /// What each frontend really serves in `state`, by following count → slots → backends:
-/// "ip:port/proto" → (backends "ip:port/proto", affinity timeout).
-fn served(state: &MapState) -> BTreeMap<String, (Vec<String>, u32)> {
+/// "ip:port/proto" → `Served`.
+fn served(state: &MapState) -> BTreeMap<String, Served> {
     state
         .frontends
         .iter()
@@ -76,22 +99,42 @@ fn served(state: &MapState) -> BTreeMap<String, (Vec<String>, u32)> {
                     format!("{}/{}", backend_addr(&b), b.proto)
                 })
                 .collect();
-            (format!("{}/{}", k.addr(), k.proto()), (backends, v.affinity_timeout))
+            (format!("{}/{}", k.addr(), k.proto()), (backends, v.affinity_timeout, v.flags))
         })
         .collect()
 }
 
-/// What `desired` says each frontend should serve, in the same shape as `served`.
-fn expected_service(desired: &DesiredState) -> BTreeMap<String, (Vec<String>, u32)> {
+/// What `desired` says each frontend should serve, in the same shape as `served`: NodePorts on
+/// every node address of their family, except where an explicit frontend (ClusterIP, externalIP,
+/// LB IP) has the same address, port and protocol.
+fn expected_service(desired: &DesiredState) -> BTreeMap<String, Served> {
     let mut out = BTreeMap::new();
+    let mut node_ports = BTreeMap::new();
     for g in &desired.groups {
         let proto = g.service.protocol.number();
-        let backends: Vec<String> = g.eligible.iter().map(|b| format!("{b}/{proto}")).collect();
+        let backends: Vec<String> = g.from_node.iter().map(|b| format!("{b}/{proto}")).collect();
+        let drop = if g.from_node.is_empty() && g.when_empty == WhenEmpty::Drop {
+            lb_common::frontend_flags::DROP_WHEN_EMPTY
+        } else {
+            0
+        };
         for f in &g.frontends {
-            let key = format!("{}/{}", SocketAddr::new(f.addr, f.port), f.protocol.number());
-            let previous = out.insert(key.clone(), (backends.clone(), g.affinity_timeout.unwrap_or(0)));
-            assert!(previous.is_none(), "test bug: frontend {key} in two groups");
+            let value = (backends.clone(), g.affinity_timeout.unwrap_or(0), f.kind.flag() | drop);
+            if f.kind == FrontendKind::NodePort {
+                for a in desired.node_addresses.iter().filter(|a| Family::of(a) == g.family) {
+                    let key = format!("{}/{proto}", SocketAddr::new(*a, f.port));
+                    let previous = node_ports.insert(key.clone(), value.clone());
+                    assert!(previous.is_none(), "test bug: NodePort {key} in two groups");
+                }
+            } else {
+                let key = format!("{}/{proto}", SocketAddr::new(f.addr, f.port));
+                let previous = out.insert(key.clone(), value);
+                assert!(previous.is_none(), "test bug: frontend {key} in two groups");
+            }
         }
+    }
+    for (key, value) in node_ports {
+        out.entry(key).or_insert(value);
     }
     out
 }
@@ -210,6 +253,7 @@ fn golden_diff_for_state_and_affinity_changes() {
     let g = &mut new.groups[0];
     g.backends[0].state = EndpointState::Terminating;
     g.eligible = vec![sock("10.244.1.2:8080")];
+    g.from_node = g.eligible.clone();
     g.affinity_timeout = Some(10_800);
     let target = layout(&new, &programmed);
     assert_eq!(
@@ -284,6 +328,71 @@ fn group_id_is_not_reused_while_a_departing_frontend_points_at_it() {
     assert!(!target.slots.keys().any(|k| k.group == 1), "group 1 is freed");
 }
 
+#[test]
+fn node_ports_expand_to_node_addresses_and_drop_is_flagged() {
+    use lb_common::frontend_flags::{CLUSTER_IP, DROP_WHEN_EMPTY, EXTERNAL_IP, NODE_PORT};
+    // ns/web: eTP Local without a local endpoint (drop) on its NodePort 30080, both families.
+    // ns/other: an externalIP on a node address with the same port: it wins that address.
+    let drop = |mut g: BackendGroup| {
+        g.backends = vec![BackendInfo { addr: sock("10.244.2.1:8080"), state: EndpointState::Active }];
+        g.eligible.clear();
+        g.from_node.clear();
+        g.when_empty = WhenEmpty::Drop;
+        g
+    };
+    let world = |web_v4: BackendGroup| {
+        desired(vec![
+            group("ns/web:http", Protocol::Tcp, &["10.96.0.10:80"], &["10.244.2.1:8080"]),
+            web_v4,
+            group("ns/web:http", Protocol::Tcp, &["np6 30080"], &["[fd00::1]:8080"]),
+            group("ns/other:http", Protocol::Tcp, &["ext 192.168.0.2:30080"], &["10.244.1.9:8080"]),
+        ])
+    };
+    let web_v4 = group("ns/web:http", Protocol::Tcp, &["np4 30080"], &[]);
+    let nodes = ["192.168.0.1", "192.168.0.2", "fd00:1::1"];
+    let old = with_nodes(world(drop(web_v4.clone())), &nodes);
+    let programmed = layout(&old, &MapState::default());
+    check_transition(&MapState::default(), &programmed, &old).expect("transition");
+    let backends = |b: &[&str]| b.iter().map(|b| format!("{b}/6")).collect::<Vec<_>>();
+    let want = |web_np4: Served| -> BTreeMap<String, Served> {
+        [
+            ("10.96.0.10:80/6", (backends(&["10.244.2.1:8080"]), 0, CLUSTER_IP)),
+            ("192.168.0.1:30080/6", web_np4),
+            ("192.168.0.2:30080/6", (backends(&["10.244.1.9:8080"]), 0, EXTERNAL_IP)),
+            ("[fd00:1::1]:30080/6", (backends(&["[fd00::1]:8080"]), 0, NODE_PORT)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    };
+    assert_eq!(served(&programmed), want((vec![], 0, NODE_PORT | DROP_WHEN_EMPTY)));
+
+    // A local endpoint appears: served, and the flag goes.
+    let new =
+        with_nodes(world(group("ns/web:http", Protocol::Tcp, &["np4 30080"], &["10.244.1.1:8080"])), &nodes);
+    let target = layout(&new, &programmed);
+    check_transition(&programmed, &target, &new).expect("transition");
+    assert_eq!(served(&target), want((backends(&["10.244.1.1:8080"]), 0, NODE_PORT)));
+    let np4 = key("192.168.0.1:30080", Protocol::Tcp);
+    assert_eq!(target.frontends[&np4].group, programmed.frontends[&np4].group, "same group id");
+
+    // Empty and no endpoint anywhere: a reject, no flag.
+    let reject = with_nodes(world(web_v4), &nodes);
+    let target = layout(&reject, &programmed);
+    check_transition(&programmed, &target, &reject).expect("transition");
+    assert_eq!(served(&target)["192.168.0.1:30080/6"], (vec![], 0, NODE_PORT));
+
+    // The node loses an address and gains one: the NodePort follows; with no IPv6 address the
+    // IPv6 NodePort group has no frontend, and no slots either.
+    let moved =
+        with_nodes(world(drop(group("ns/web:http", Protocol::Tcp, &["np4 30080"], &[]))), &["192.168.0.3"]);
+    let target = layout(&moved, &programmed);
+    check_transition(&programmed, &target, &moved).expect("transition");
+    let keys: Vec<String> = served(&target).into_keys().collect();
+    assert_eq!(keys, ["10.96.0.10:80/6", "192.168.0.2:30080/6", "192.168.0.3:30080/6"]);
+    assert_eq!(target.slots.len(), 2, "{:?}", target.slots);
+}
+
 fn key(f: &str, protocol: Protocol) -> FrontendKey {
     let a = sock(f);
     FrontendKey::new(a.ip(), a.port(), protocol)
@@ -304,7 +413,11 @@ fn ipv6_frontends_and_backends_round_trip() {
         served(&state).into_iter().collect::<Vec<_>>(),
         [(
             "[fd00:10:96::10]:80/132".to_owned(),
-            (vec!["[fd00:10:244::1]:8080/132".to_owned(), "[fd00:10:244::2]:8080/132".to_owned()], 0)
+            (
+                vec!["[fd00:10:244::1]:8080/132".to_owned(), "[fd00:10:244::2]:8080/132".to_owned()],
+                0,
+                lb_common::frontend_flags::CLUSTER_IP
+            )
         )]
     );
 }
@@ -341,9 +454,16 @@ fn check_transition(programmed: &MapState, target: &MapState, new: &DesiredState
     if got != want {
         return Err(format!("served {got:#?}\nwanted {want:#?}"));
     }
-    let slots: usize = new.groups.iter().map(|g| g.eligible.len()).sum();
-    if target.slots.len() != slots {
-        return Err(format!("{} slots for {slots} eligible backends", target.slots.len()));
+    // Every slot is reachable: it belongs to a frontend's group, within its count (and every
+    // frontend of a group has the same count). With `check`, the slots are exactly 1..=count.
+    let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+    for v in target.frontends.values() {
+        if *counts.entry(v.group).or_insert(v.count) != v.count {
+            return Err(format!("group {} has frontends with different counts", v.group));
+        }
+    }
+    if let Some(k) = target.slots.keys().find(|k| counts.get(&k.group).is_none_or(|c| k.slot > *c)) {
+        return Err(format!("slot {}/{} is unreachable", k.group, k.slot));
     }
     let mut backends = BTreeSet::new();
     for g in &new.groups {
@@ -407,6 +527,14 @@ fn check_transition(programmed: &MapState, target: &MapState, new: &DesiredState
 const SERVICES: usize = 4;
 const VIPS: u8 = 5;
 const PODS: usize = 5;
+/// Pods `0..LOCAL_PODS` run on this node.
+const LOCAL_PODS: usize = 2;
+/// NodePort numbers; 80 collides with the http port of externalIPs on a node address.
+const NODE_PORTS: [u16; 3] = [80, 30000, 30001];
+/// externalIP choices: the first of each family is also a node address (when present).
+const EXTERNAL_IPS: [&str; 4] = ["192.168.0.1", "192.168.0.9", "fd00:1::1", "fd00:1::9"];
+/// Node address choices, by bit of `World::nodes`.
+const NODE_ADDRS: [&str; 3] = ["192.168.0.1", "192.168.0.2", "fd00:1::1"];
 
 /// One Service of the generated world.
 #[derive(Clone, Copy, Debug, Default)]
@@ -419,6 +547,19 @@ struct Svc {
     /// Per pod: 0 absent, 1 ready, 2 serving+terminating.
     pods: [u8; PODS],
     affinity: Option<u32>,
+    /// NodePort of the http port, an index into `NODE_PORTS`.
+    node_port: Option<u8>,
+    /// An index into `EXTERNAL_IPS`.
+    external: Option<u8>,
+    internal_local: bool,
+    external_local: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct World {
+    svcs: [Svc; SERVICES],
+    /// Bit i: this node has `NODE_ADDRS[i]`.
+    nodes: u8,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -431,6 +572,12 @@ enum Change {
     Affinity(usize, Option<u32>),
     /// ClusterIP reassignment: two Services swap their addresses.
     Swap(usize, usize),
+    NodePort(usize, Option<u8>),
+    External(usize, Option<u8>),
+    /// internalTrafficPolicy, externalTrafficPolicy Local or not.
+    Policy(usize, bool, bool),
+    /// The node's addresses change.
+    Nodes(u8),
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -443,45 +590,82 @@ fn change() -> impl Strategy<Value = Change> {
         4 => (svc.clone(), 0..PODS, 0..3u8).prop_map(|(s, p, st)| Change::Pod(s, p, st)),
         1 => svc.clone().prop_map(Change::ToggleUdp),
         1 => (svc.clone(), prop::option::of(1..100u32)).prop_map(|(s, t)| Change::Affinity(s, t)),
-        2 => (svc.clone(), svc).prop_map(|(a, b)| Change::Swap(a, b)),
+        2 => (svc.clone(), svc.clone()).prop_map(|(a, b)| Change::Swap(a, b)),
+        1 => (svc.clone(), prop::option::of(0..3u8)).prop_map(|(s, n)| Change::NodePort(s, n)),
+        1 => (svc.clone(), prop::option::of(0..4u8)).prop_map(|(s, e)| Change::External(s, e)),
+        2 => (svc, any::<bool>(), any::<bool>()).prop_map(|(s, i, e)| Change::Policy(s, i, e)),
+        1 => (0..8u8).prop_map(Change::Nodes),
     ]
 }
 
 fn svc() -> impl Strategy<Value = Svc> {
     (
-        prop::bool::weighted(0.8),
-        prop::option::weighted(0.9, 0..VIPS),
-        prop::option::of(0..VIPS),
-        any::<bool>(),
-        prop::array::uniform5(0..3u8),
-        prop::option::of(1..100u32),
+        (
+            prop::bool::weighted(0.8),
+            prop::option::weighted(0.9, 0..VIPS),
+            prop::option::of(0..VIPS),
+            any::<bool>(),
+            prop::array::uniform5(0..3u8),
+            prop::option::of(1..100u32),
+        ),
+        (prop::option::of(0..3u8), prop::option::of(0..4u8), prop::bool::weighted(0.2), any::<bool>()),
     )
-        .prop_map(|(present, v4, v6, udp, pods, affinity)| Svc { present, v4, v6, udp, pods, affinity })
+        .prop_map(
+            |(
+                (present, v4, v6, udp, pods, affinity),
+                (node_port, external, internal_local, external_local),
+            )| {
+                Svc {
+                    present,
+                    v4,
+                    v6,
+                    udp,
+                    pods,
+                    affinity,
+                    node_port,
+                    external,
+                    internal_local,
+                    external_local,
+                }
+            },
+        )
 }
 
-fn apply_change(world: &mut [Svc; SERVICES], c: Change) {
+fn world() -> impl Strategy<Value = World> {
+    (prop::array::uniform4(svc()), 0..8u8).prop_map(|(svcs, nodes)| World { svcs, nodes })
+}
+
+fn apply_change(world: &mut World, c: Change) {
+    let svcs = &mut world.svcs;
     match c {
-        Change::Toggle(s) => world[s].present = !world[s].present,
-        Change::SetV4(s, v) => world[s].v4 = v,
-        Change::SetV6(s, v) => world[s].v6 = v,
-        Change::Pod(s, p, st) => world[s].pods[p] = st,
-        Change::ToggleUdp(s) => world[s].udp = !world[s].udp,
-        Change::Affinity(s, t) => world[s].affinity = t,
+        Change::Toggle(s) => svcs[s].present = !svcs[s].present,
+        Change::SetV4(s, v) => svcs[s].v4 = v,
+        Change::SetV6(s, v) => svcs[s].v6 = v,
+        Change::Pod(s, p, st) => svcs[s].pods[p] = st,
+        Change::ToggleUdp(s) => svcs[s].udp = !svcs[s].udp,
+        Change::Affinity(s, t) => svcs[s].affinity = t,
         Change::Swap(a, b) => {
-            let (v4, v6) = (world[a].v4, world[a].v6);
-            (world[a].v4, world[a].v6) = (world[b].v4, world[b].v6);
-            (world[b].v4, world[b].v6) = (v4, v6);
+            let (v4, v6) = (svcs[a].v4, svcs[a].v6);
+            (svcs[a].v4, svcs[a].v6) = (svcs[b].v4, svcs[b].v6);
+            (svcs[b].v4, svcs[b].v6) = (v4, v6);
         }
+        Change::NodePort(s, n) => svcs[s].node_port = n,
+        Change::External(s, e) => svcs[s].external = e,
+        Change::Policy(s, i, e) => (svcs[s].internal_local, svcs[s].external_local) = (i, e),
+        Change::Nodes(n) => world.nodes = n,
     }
 }
 
-/// The desired state of a world, built the way `translate` builds it: sorted, one group per port
-/// and family, a Service whose frontend is already taken left out, eligible = ready backends or
-/// else the terminating ones. Pods are shared between Services (so are backend entries).
-fn world_state(world: &[Svc; SERVICES]) -> DesiredState {
+/// The desired state of a world, built the way `translate` builds it: sorted, per port and
+/// family an Internal group (ClusterIPs) and, with an externalIP or a NodePort, an External one;
+/// a Service whose frontend is already taken left out; eligible = the Cluster set (ready
+/// backends, else the terminating ones) or the Local set (the same among local pods), drop when
+/// the Local set is empty while backends exist. Pods are shared between Services (so are backend
+/// entries).
+fn world_state(world: &World) -> DesiredState {
     let mut claimed = BTreeSet::new();
     let mut groups = Vec::new();
-    for (i, s) in world.iter().enumerate() {
+    for (i, s) in world.svcs.iter().enumerate() {
         if !s.present {
             continue;
         }
@@ -490,25 +674,55 @@ fn world_state(world: &[Svc; SERVICES]) -> DesiredState {
                 .into_iter()
                 .chain(s.v6.map(|v| IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(v) + 1))))
                 .collect();
-        let mut ports = vec![("http", 80, Protocol::Tcp)];
+        let has_family = |ip: &IpAddr| ips.iter().any(|c| Family::of(c) == Family::of(ip));
+        let external: Option<IpAddr> = s
+            .external
+            .map(|e| EXTERNAL_IPS[usize::from(e)].parse().expect("test address"))
+            .filter(|ip| has_family(ip));
+        let node_port = s.node_port.map(|n| NODE_PORTS[usize::from(n)]);
+        let mut ports = vec![("http", 80, Protocol::Tcp, node_port)];
         if s.udp {
-            ports.push(("dns", 53, Protocol::Udp));
+            ports.push(("dns", 53, Protocol::Udp, None));
         }
-        let frontends: Vec<(IpAddr, u16, Protocol)> =
-            ports.iter().flat_map(|&(_, port, proto)| ips.iter().map(move |&ip| (ip, port, proto))).collect();
+        let mut frontends: Vec<(IpAddr, u16, Protocol)> = Vec::new();
+        for &(_, port, proto, node_port) in &ports {
+            frontends.extend(ips.iter().chain(&external).map(|&ip| (ip, port, proto)));
+            if let Some(np) = node_port {
+                for ip in &ips {
+                    let any: IpAddr = if ip.is_ipv4() {
+                        Ipv4Addr::UNSPECIFIED.into()
+                    } else {
+                        Ipv6Addr::UNSPECIFIED.into()
+                    };
+                    frontends.push((any, np, proto));
+                }
+            }
+        }
         if frontends.iter().any(|f| claimed.contains(f)) {
             continue;
         }
         claimed.extend(frontends);
-        for &(port_name, port, protocol) in &ports {
+        for &(port_name, port, protocol, node_port) in &ports {
             for family in [Family::V4, Family::V6] {
-                let fronts: Vec<Frontend> = ips
+                let internal: Vec<Frontend> = ips
                     .iter()
                     .filter(|ip| Family::of(ip) == family)
                     .map(|&addr| Frontend { addr, port, protocol, kind: FrontendKind::ClusterIP })
                     .collect();
-                if fronts.is_empty() {
+                if internal.is_empty() {
                     continue;
+                }
+                let mut external_fronts: Vec<Frontend> = external
+                    .iter()
+                    .filter(|ip| Family::of(ip) == family)
+                    .map(|&addr| Frontend { addr, port, protocol, kind: FrontendKind::ExternalIP })
+                    .collect();
+                if let Some(np) = node_port {
+                    let addr: IpAddr = match family {
+                        Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+                        Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+                    };
+                    external_fronts.push(Frontend { addr, port: np, protocol, kind: FrontendKind::NodePort });
                 }
                 let pod_addr = |p: usize| -> SocketAddr {
                     let p = u8::try_from(p).expect("few pods") + 1;
@@ -529,32 +743,63 @@ fn world_state(world: &[Svc; SERVICES]) -> DesiredState {
                         },
                     })
                     .collect();
-                let ready: Vec<SocketAddr> =
-                    backends.iter().filter(|b| b.state == EndpointState::Active).map(|b| b.addr).collect();
-                let eligible =
-                    if ready.is_empty() { backends.iter().map(|b| b.addr).collect() } else { ready };
-                groups.push(BackendGroup {
-                    service: ServicePortName {
-                        namespace: "ns".into(),
-                        name: format!("svc-{i}"),
-                        port: port_name.into(),
-                        protocol,
-                    },
-                    family,
-                    frontends: fronts,
-                    eligible,
-                    backends,
-                    affinity_timeout: s.affinity,
-                });
+                let set = |pods: &[usize]| -> Vec<SocketAddr> {
+                    let of = |state: u8| -> Vec<SocketAddr> {
+                        pods.iter().filter(|&&p| s.pods[p] == state).map(|&p| pod_addr(p)).collect()
+                    };
+                    let ready = of(1);
+                    if ready.is_empty() { of(2) } else { ready }
+                };
+                let cluster = set(&(0..PODS).collect::<Vec<_>>());
+                let local = set(&(0..LOCAL_PODS).collect::<Vec<_>>());
+                let group = |scope, frontends, policy_local: bool| {
+                    let eligible: Vec<SocketAddr> =
+                        if policy_local { local.clone() } else { cluster.clone() };
+                    let from_node = if scope == Scope::External { cluster.clone() } else { eligible.clone() };
+                    let when_empty = if eligible.is_empty() && !backends.is_empty() {
+                        WhenEmpty::Drop
+                    } else {
+                        WhenEmpty::Reject
+                    };
+                    BackendGroup {
+                        service: ServicePortName {
+                            namespace: "ns".into(),
+                            name: format!("svc-{i}"),
+                            port: port_name.into(),
+                            protocol,
+                        },
+                        family,
+                        scope,
+                        frontends,
+                        eligible,
+                        from_node,
+                        when_empty,
+                        backends: backends.clone(),
+                        affinity_timeout: s.affinity,
+                        source_ranges: vec![],
+                        health_check_node_port: None,
+                    }
+                };
+                groups.push(group(Scope::Internal, internal, s.internal_local));
+                if !external_fronts.is_empty() {
+                    groups.push(group(Scope::External, external_fronts, s.external_local));
+                }
             }
         }
     }
-    desired(groups)
+    let mut state = desired(groups);
+    state.node_addresses = NODE_ADDRS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| world.nodes & (1 << bit) != 0)
+        .map(|(_, a)| a.parse().expect("test address"))
+        .collect();
+    state
 }
 
 /// A start world, then batches of changes.
-fn scenario() -> impl Strategy<Value = ([Svc; SERVICES], Vec<Vec<Change>>)> {
-    (prop::array::uniform4(svc()), prop::collection::vec(prop::collection::vec(change(), 1..5), 1..12))
+fn scenario() -> impl Strategy<Value = (World, Vec<Vec<Change>>)> {
+    (world(), prop::collection::vec(prop::collection::vec(change(), 1..5), 1..12))
 }
 
 proptest! {

@@ -1,12 +1,17 @@
 //! Table-driven tests of `translate`, in the style of kube-proxy's proxier tests: each case is a
 //! set of real Kubernetes objects and the frontends → eligible backends (and problems) expected
-//! for `node-1`.
+//! for `node-1` in zone `zone-a`. Rule numbers are those of `shared/KUBE-PROXY-RULES.md`.
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        core::v1::{ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+        core::v1::{
+            ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
+            ServiceStatus, SessionAffinityConfig,
+        },
+        discovery::v1::{
+            Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
+        },
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
@@ -14,6 +19,10 @@ use k8s_openapi::{
 use super::*;
 
 const NODE: &str = "node-1";
+const ZONE: &str = "zone-a";
+/// How the table shows an empty group whose connections are dropped (`WhenEmpty::Drop`); an
+/// empty list means rejected.
+const DROP: &str = "(drop)";
 
 // ---- object builders ----------------------------------------------------------------------------
 
@@ -72,6 +81,52 @@ fn set_ports(s: &mut Service, ports: Vec<ServicePort>) {
     spec(s).ports = Some(ports);
 }
 
+fn set_type(s: &mut Service, type_: &str) {
+    spec(s).type_ = Some(type_.into());
+}
+
+/// Port `http` 80/TCP with a NodePort.
+fn node_port(number: i32) -> ServicePort {
+    ServicePort { node_port: Some(number), ..port("http", 80, "TCP") }
+}
+
+/// `type: NodePort`, port `http` 80/TCP with NodePort 30080.
+fn make_node_port(s: &mut Service) {
+    set_type(s, "NodePort");
+    set_ports(s, vec![node_port(30080)]);
+}
+
+fn set_external_ips(s: &mut Service, ips: &[&str]) {
+    spec(s).external_ips = Some(ips.iter().map(|ip| (*ip).into()).collect());
+}
+
+fn etp_local(s: &mut Service) {
+    spec(s).external_traffic_policy = Some("Local".into());
+}
+
+fn ingress(ip: Option<&str>, hostname: Option<&str>, ip_mode: Option<&str>) -> LoadBalancerIngress {
+    LoadBalancerIngress {
+        ip: ip.map(Into::into),
+        hostname: hostname.map(Into::into),
+        ip_mode: ip_mode.map(Into::into),
+        ..Default::default()
+    }
+}
+
+fn set_ingress(s: &mut Service, entries: Vec<LoadBalancerIngress>) {
+    s.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus { ingress: Some(entries) }),
+        ..Default::default()
+    });
+}
+
+/// `type: LoadBalancer`, NodePort 30080, ingress IP 203.0.113.10.
+fn make_load_balancer(s: &mut Service) {
+    set_type(s, "LoadBalancer");
+    set_ports(s, vec![node_port(30080)]);
+    set_ingress(s, vec![ingress(Some("203.0.113.10"), None, None)]);
+}
+
 fn slice_port(name: Option<&str>, number: i32, protocol: &str) -> EndpointPort {
     EndpointPort {
         name: name.map(Into::into),
@@ -122,6 +177,18 @@ fn ep_on(addr: &str, node: Option<&str>) -> Endpoint {
     Endpoint { node_name: node.map(Into::into), ..ep(addr) }
 }
 
+fn zones(endpoint: Endpoint, zones: &[&str]) -> Endpoint {
+    let mut hints = endpoint.hints.clone().unwrap_or_default();
+    hints.for_zones = Some(zones.iter().map(|z| ForZone { name: (*z).into() }).collect());
+    Endpoint { hints: Some(hints), ..endpoint }
+}
+
+fn nodes(endpoint: Endpoint, nodes: &[&str]) -> Endpoint {
+    let mut hints: EndpointHints = endpoint.hints.clone().unwrap_or_default();
+    hints.for_nodes = Some(nodes.iter().map(|n| ForNode { name: (*n).into() }).collect());
+    Endpoint { hints: Some(hints), ..endpoint }
+}
+
 /// Ready endpoint that is terminating and still serving: only a fallback.
 fn terminating(addr: &str) -> Endpoint {
     Endpoint { conditions: conditions(Some(false), Some(true), Some(true)), ..ep(addr) }
@@ -145,21 +212,56 @@ fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Objects {
     }
 }
 
-fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> (DesiredState, Vec<Problem>) {
-    translate(&objects(services, slices), &NodeContext::named(NODE))
+/// `node-1`, in `zone-a`, with one address per family.
+fn node() -> NodeContext {
+    NodeContext {
+        name: NODE.into(),
+        zone: Some(ZONE.into()),
+        addresses: vec!["fd00:192::1".parse().expect("ip"), "192.168.0.1".parse().expect("ip")],
+    }
 }
 
-/// Frontends → eligible backends, in output order.
+fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> (DesiredState, Vec<Problem>) {
+    translate(&objects(services, slices), &node())
+}
+
+/// Frontends → eligible backends, in output order. A frontend other than a ClusterIP is prefixed
+/// with its kind ("NodePort *:30080/TCP"); an empty group that drops shows as `[DROP]`.
 fn frontends(state: &DesiredState) -> Vec<(String, Vec<String>)> {
     state
         .groups
         .iter()
         .flat_map(|g| {
-            g.frontends
-                .iter()
-                .map(move |f| (f.to_string(), g.eligible.iter().map(ToString::to_string).collect()))
+            g.frontends.iter().map(move |f| {
+                let name =
+                    if f.kind == FrontendKind::ClusterIP { f.to_string() } else { format!("{} {f}", f.kind) };
+                let backends = if g.eligible.is_empty() && g.when_empty == WhenEmpty::Drop {
+                    vec![DROP.to_owned()]
+                } else {
+                    g.eligible.iter().map(ToString::to_string).collect()
+                };
+                (name, backends)
+            })
         })
         .collect()
+}
+
+/// What holds for every translation: scopes match frontend kinds, a Drop group is empty, groups
+/// are sorted and unique per (service, family, scope), backends hold every eligible address.
+fn check_groups(case: &str, state: &DesiredState) {
+    for g in &state.groups {
+        let internal = g.frontends.iter().all(|f| f.kind == FrontendKind::ClusterIP);
+        let external = g.frontends.iter().all(|f| f.kind != FrontendKind::ClusterIP);
+        match g.scope {
+            Scope::Internal => assert!(internal && !g.frontends.is_empty(), "{case}: {g:?}"),
+            Scope::External => assert!(external && !g.frontends.is_empty(), "{case}: {g:?}"),
+        }
+        assert!(g.when_empty == WhenEmpty::Reject || g.eligible.is_empty(), "{case}: {g:?}");
+        assert!(g.frontends.iter().all(|f| Family::of(&f.addr) == g.family), "{case}: {g:?}");
+        assert!(g.eligible.iter().all(|a| g.backends.iter().any(|b| b.addr == *a)), "{case}: {g:?}");
+    }
+    let keys: Vec<_> = state.groups.iter().map(|g| (&g.service, g.family, g.scope)).collect();
+    assert!(keys.is_sorted() && keys.windows(2).all(|w| w[0] != w[1]), "{case}: {keys:?}");
 }
 
 fn check_problems(case: &str, problems: &[Problem], expected: &[&str]) {
@@ -689,6 +791,28 @@ fn cases() -> Vec<Case> {
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![ep_on("10.244.2.1", Some("node-2"))]
             })],
+            expected: vec![("10.96.0.10:80/TCP", vec![DROP])],
+            problems: vec![],
+        },
+        Case {
+            name: "internalTrafficPolicy Local: a remote terminating endpoint also makes it a drop",
+            services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    Endpoint { node_name: Some("node-2".into()), ..terminating("10.244.2.1") },
+                    // Never usable: does not make this node's set non-empty.
+                    terminating_not_serving("10.244.1.1"),
+                ]
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec![DROP])],
+            problems: vec![],
+        },
+        Case {
+            name: "internalTrafficPolicy Local: no usable endpoint anywhere is a reject",
+            services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![not_ready("10.244.1.1", true), terminating_not_serving("10.244.2.1")]
+            })],
             expected: vec![("10.96.0.10:80/TCP", vec![])],
             problems: vec![],
         },
@@ -699,6 +823,582 @@ fn cases() -> Vec<Case> {
                 s.endpoints = vec![terminating("10.244.1.1"), ep_on("10.244.2.1", Some("node-2"))];
             })],
             expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        // ---- frontends per Service port (rules 4, 7, 8, 9, 44) ----
+        Case {
+            name: "externalIPs: any type may use them, each family gets its own (rule 8)",
+            services: vec![service("ns", "web", |s| {
+                set_ips(s, &["10.96.0.10", "fd00:10:96::10"]);
+                set_external_ips(s, &["198.51.100.2", "2001:db8::2", "198.51.100.1"]);
+            })],
+            slices: vec![
+                slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "web-v6", "web", "IPv6", |s| s.endpoints = vec![ep("fd00:10:244::1")]),
+            ],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("ExternalIP 198.51.100.1:80/TCP", vec!["10.244.1.1:8080"]),
+                ("ExternalIP 198.51.100.2:80/TCP", vec!["10.244.1.1:8080"]),
+                ("[fd00:10:96::10]:80/TCP", vec!["[fd00:10:244::1]:8080"]),
+                ("ExternalIP [2001:db8::2]:80/TCP", vec!["[fd00:10:244::1]:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "no ClusterIP in a family: no externalIP, LB or NodePort frontend in it (rule 4)",
+            services: vec![service("ns", "web", |s| {
+                make_node_port(s);
+                set_external_ips(s, &["2001:db8::2", "198.51.100.1"]);
+                set_ingress(s, vec![ingress(Some("2001:db8::10"), None, None)]);
+            })],
+            slices: vec![
+                slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "web-v6", "web", "IPv6", |s| s.endpoints = vec![ep("fd00:10:244::1")]),
+            ],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("ExternalIP 198.51.100.1:80/TCP", vec!["10.244.1.1:8080"]),
+                ("NodePort *:30080/TCP", vec!["10.244.1.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "LB ingress: ip with ipMode unset or VIP counts; hostname-only and Proxy do not (rule 9)",
+            services: vec![service("ns", "web", |s| {
+                make_load_balancer(s);
+                set_ingress(
+                    s,
+                    vec![
+                        ingress(Some("203.0.113.10"), None, None),
+                        ingress(None, Some("lb.example.com"), None),
+                        ingress(Some(""), Some("lb2.example.com"), None),
+                        ingress(Some("203.0.113.11"), None, Some("Proxy")),
+                        ingress(Some("203.0.113.12"), Some("lb3.example.com"), Some("VIP")),
+                    ],
+                );
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("LoadBalancer 203.0.113.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("LoadBalancer 203.0.113.12:80/TCP", vec!["10.244.1.1:8080"]),
+                ("NodePort *:30080/TCP", vec!["10.244.1.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "NodePort iff nodePort is set and not 0, whatever the type (rule 7)",
+            services: vec![
+                service("ns", "np", make_node_port),
+                // A ClusterIP Service with a nodePort (the API server would refuse it): still served.
+                service("ns", "cip", |s| {
+                    set_ips(s, &["10.96.0.11"]);
+                    set_ports(s, vec![node_port(30081)]);
+                }),
+                service("ns", "zero", |s| {
+                    set_ips(s, &["10.96.0.12"]);
+                    set_type(s, "NodePort");
+                    set_ports(s, vec![node_port(0)]);
+                }),
+                service("ns", "unset", |s| {
+                    set_ips(s, &["10.96.0.13"]);
+                    set_type(s, "NodePort");
+                }),
+            ],
+            slices: vec![slice("ns", "np-a", "np", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
+            expected: vec![
+                ("10.96.0.11:80/TCP", vec![]),
+                ("NodePort *:30081/TCP", vec![]),
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("NodePort *:30080/TCP", vec!["10.244.1.1:8080"]),
+                ("10.96.0.13:80/TCP", vec![]),
+                ("10.96.0.12:80/TCP", vec![]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "LoadBalancer with allocateLoadBalancerNodePorts false: no NodePort (rule 7)",
+            services: vec![service("ns", "web", |s| {
+                make_load_balancer(s);
+                set_ports(s, vec![port("http", 80, "TCP")]);
+                spec(s).allocate_load_balancer_node_ports = Some(false);
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("LoadBalancer 203.0.113.10:80/TCP", vec!["10.244.1.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "dual-stack NodePort: one per family, each with its family's endpoints",
+            services: vec![service("ns", "web", |s| {
+                set_ips(s, &["fd00:10:96::10", "10.96.0.10"]);
+                make_node_port(s);
+            })],
+            slices: vec![
+                slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "web-v6", "web", "IPv6", |s| s.endpoints = vec![ep("fd00:10:244::1")]),
+            ],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("NodePort *:30080/TCP", vec!["10.244.1.1:8080"]),
+                ("[fd00:10:96::10]:80/TCP", vec!["[fd00:10:244::1]:8080"]),
+                ("NodePort *:30080/TCP", vec!["[fd00:10:244::1]:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "each port has its own NodePort and protocol (rule 44)",
+            services: vec![service("ns", "dns", |s| {
+                set_type(s, "NodePort");
+                set_ports(
+                    s,
+                    vec![node_port(30080), ServicePort { node_port: Some(30053), ..port("dns", 53, "UDP") }],
+                );
+            })],
+            slices: vec![slice("ns", "dns-a", "dns", "IPv4", |s| {
+                s.ports =
+                    Some(vec![slice_port(Some("http"), 8080, "TCP"), slice_port(Some("dns"), 5353, "UDP")]);
+                s.endpoints = vec![ep("10.244.1.1")];
+            })],
+            expected: vec![
+                ("10.96.0.10:53/UDP", vec!["10.244.1.1:5353"]),
+                ("NodePort *:30053/UDP", vec!["10.244.1.1:5353"]),
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("NodePort *:30080/TCP", vec!["10.244.1.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "an address listed as ClusterIP, externalIP and LB IP keeps its first kind",
+            services: vec![service("ns", "web", |s| {
+                make_load_balancer(s);
+                set_external_ips(s, &["10.96.0.10", "198.51.100.1", "198.51.100.1"]);
+                set_ingress(
+                    s,
+                    vec![
+                        ingress(Some("198.51.100.1"), None, None),
+                        ingress(Some("203.0.113.10"), None, None),
+                        ingress(Some("203.0.113.10"), None, None),
+                    ],
+                );
+            })],
+            slices: vec![],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec![]),
+                ("ExternalIP 198.51.100.1:80/TCP", vec![]),
+                ("LoadBalancer 203.0.113.10:80/TCP", vec![]),
+                ("NodePort *:30080/TCP", vec![]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "two Services on one NodePort or externalIP:port: the second is skipped",
+            services: vec![
+                service("ns", "a", make_node_port),
+                service("ns", "b", |s| {
+                    set_ips(s, &["10.96.0.11"]);
+                    make_node_port(s);
+                }),
+                // Same NodePort number, other protocol: no conflict.
+                service("ns", "c", |s| {
+                    set_ips(s, &["10.96.0.12"]);
+                    set_type(s, "NodePort");
+                    set_ports(s, vec![ServicePort { node_port: Some(30080), ..port("http", 80, "UDP") }]);
+                    set_external_ips(s, &["198.51.100.1"]);
+                }),
+                service("ns", "d", |s| {
+                    set_ips(s, &["10.96.0.13"]);
+                    set_ports(s, vec![port("http", 80, "UDP")]);
+                    set_external_ips(s, &["198.51.100.1"]);
+                }),
+            ],
+            slices: vec![],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec![]),
+                ("NodePort *:30080/TCP", vec![]),
+                ("10.96.0.12:80/UDP", vec![]),
+                ("ExternalIP 198.51.100.1:80/UDP", vec![]),
+                ("NodePort *:30080/UDP", vec![]),
+            ],
+            problems: vec![
+                "Service ns/b: frontend *:30080/TCP is already used by ns/a:http; Service skipped",
+                "Service ns/d: frontend 198.51.100.1:80/UDP is already used by ns/c:http",
+            ],
+        },
+        Case {
+            name: "malformed type, nodePort, externalIP, ingress IP or source range: Service skipped",
+            services: vec![
+                service("ns", "type", |s| set_type(s, "Ingress")),
+                service("ns", "nodeport", |s| {
+                    set_ips(s, &["10.96.0.11"]);
+                    set_ports(s, vec![node_port(70_000)]);
+                }),
+                service("ns", "nodeport-twice", |s| {
+                    set_ips(s, &["10.96.0.12"]);
+                    set_ports(
+                        s,
+                        vec![
+                            node_port(30080),
+                            ServicePort { node_port: Some(30080), ..port("b", 81, "TCP") },
+                        ],
+                    );
+                }),
+                service("ns", "external", |s| {
+                    set_ips(s, &["10.96.0.13"]);
+                    set_external_ips(s, &["198.51.100.1", "example.com"]);
+                }),
+                service("ns", "ingress", |s| {
+                    set_ips(s, &["10.96.0.14"]);
+                    set_ingress(s, vec![ingress(Some("203.0.113.300"), None, None)]);
+                }),
+                service("ns", "ranges", |s| {
+                    set_ips(s, &["10.96.0.15"]);
+                    spec(s).load_balancer_source_ranges =
+                        Some(vec![" 10.0.0.0/8 ".into(), "10.0.0.0/33".into()]);
+                }),
+                service("ns", "ok", |s| set_ips(s, &["10.96.0.16"])),
+            ],
+            slices: vec![],
+            expected: vec![("10.96.0.16:80/TCP", vec![])],
+            problems: vec![
+                "Service ns/type: unknown type \"Ingress\"",
+                "Service ns/nodeport: port \"http\": nodePort 70000 is out of range 1..=65535",
+                "Service ns/nodeport-twice: nodePort 30080/TCP is listed twice",
+                "Service ns/external: externalIP \"example.com\" is not an IP address",
+                "Service ns/ingress: status.loadBalancer.ingress ip \"203.0.113.300\" is not an IP address",
+                "Service ns/ranges: loadBalancerSourceRanges entry \"10.0.0.0/33\" is not a CIDR",
+            ],
+        },
+        // ---- traffic policies (rules 11, 25, 26, 29, 30, 39, 40) ----
+        Case {
+            name: "externalTrafficPolicy Local: external frontends use this node's ready endpoints only",
+            services: vec![service("ns", "web", |s| {
+                make_load_balancer(s);
+                etp_local(s);
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    ep("10.244.1.1"),
+                    not_ready("10.244.1.2", true),
+                    terminating("10.244.1.3"),
+                    ep_on("10.244.2.1", Some("node-2")),
+                ];
+            })],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.2.1:8080"]),
+                ("LoadBalancer 203.0.113.10:80/TCP", vec!["10.244.1.1:8080"]),
+                ("NodePort *:30080/TCP", vec!["10.244.1.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "externalTrafficPolicy Local: a local terminating endpoint is used although others are ready",
+            services: vec![service("ns", "web", |s| {
+                make_node_port(s);
+                etp_local(s);
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    terminating("10.244.1.1"),
+                    terminating_not_serving("10.244.1.2"),
+                    ep_on("10.244.2.1", Some("node-2")),
+                ];
+            })],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.2.1:8080"]),
+                ("NodePort *:30080/TCP", vec!["10.244.1.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "externalTrafficPolicy Local: no local endpoint drops external traffic, ClusterIP unaffected",
+            services: vec![service("ns", "web", |s| {
+                make_load_balancer(s);
+                etp_local(s);
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![ep_on("10.244.2.1", Some("node-2")), not_ready("10.244.1.1", true)];
+            })],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.2.1:8080"]),
+                ("LoadBalancer 203.0.113.10:80/TCP", vec![DROP]),
+                ("NodePort *:30080/TCP", vec![DROP]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "both policies Local and no usable endpoint anywhere: every frontend rejects (rule 39)",
+            services: vec![service("ns", "web", |s| {
+                make_load_balancer(s);
+                etp_local(s);
+                spec(s).internal_traffic_policy = Some("Local".into());
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![not_ready("10.244.1.1", true), terminating_not_serving("10.244.2.1")];
+            })],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec![]),
+                ("LoadBalancer 203.0.113.10:80/TCP", vec![]),
+                ("NodePort *:30080/TCP", vec![]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "externalTrafficPolicy Local is ignored when not externally accessible (rule 11)",
+            // type ClusterIP without externalIPs, yet with a nodePort and an ingress IP: both are
+            // served (rules 7, 9), under the Cluster policy.
+            services: vec![service("ns", "web", |s| {
+                set_ports(s, vec![node_port(30080)]);
+                set_ingress(s, vec![ingress(Some("203.0.113.10"), None, None)]);
+                etp_local(s);
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![ep("10.244.1.1"), ep_on("10.244.2.1", Some("node-2"))];
+            })],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.2.1:8080"]),
+                ("LoadBalancer 203.0.113.10:80/TCP", vec!["10.244.1.1:8080", "10.244.2.1:8080"]),
+                ("NodePort *:30080/TCP", vec!["10.244.1.1:8080", "10.244.2.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "externalTrafficPolicy Local applies to a ClusterIP Service with externalIPs (rule 11)",
+            services: vec![service("ns", "web", |s| {
+                set_external_ips(s, &["198.51.100.1"]);
+                etp_local(s);
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![ep("10.244.1.1"), ep_on("10.244.2.1", Some("node-2"))];
+            })],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.2.1:8080"]),
+                ("ExternalIP 198.51.100.1:80/TCP", vec!["10.244.1.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "externalIPs of the other family make a Service externally accessible (rule 11)",
+            // kube-proxy tests `len(externalIPs) > 0` before any family filter.
+            services: vec![service("ns", "web", |s| {
+                set_ports(s, vec![node_port(30080)]);
+                set_external_ips(s, &["2001:db8::1"]);
+                etp_local(s);
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![ep_on("10.244.2.1", Some("node-2"))];
+            })],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.2.1:8080"]),
+                ("NodePort *:30080/TCP", vec![DROP]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "internalTrafficPolicy Local restricts ClusterIPs only, not external frontends",
+            services: vec![service("ns", "web", |s| {
+                make_node_port(s);
+                spec(s).internal_traffic_policy = Some("Local".into());
+            })],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![ep_on("10.244.2.1", Some("node-2")), ep_on("10.244.3.1", Some("node-3"))];
+            })],
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec![DROP]),
+                ("NodePort *:30080/TCP", vec!["10.244.2.1:8080", "10.244.3.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        // ---- topology (rules 33-38) ----
+        Case {
+            name: "topology: every ready endpoint zone-hinted: those for this node's zone (rule 35)",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    zones(ep_on("10.244.1.1", Some("node-1")), &["zone-a"]),
+                    zones(ep_on("10.244.2.1", Some("node-2")), &["zone-b"]),
+                    zones(ep_on("10.244.3.1", Some("node-3")), &["zone-c", "zone-a"]),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.3.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: one ready endpoint without hints: no filter",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    zones(ep_on("10.244.1.1", Some("node-1")), &["zone-a"]),
+                    zones(ep_on("10.244.2.1", Some("node-2")), &["zone-b"]),
+                    ep_on("10.244.3.1", Some("node-3")),
+                ];
+            })],
+            expected: vec![(
+                "10.96.0.10:80/TCP",
+                vec!["10.244.1.1:8080", "10.244.2.1:8080", "10.244.3.1:8080"],
+            )],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: an empty forZones counts as no hints",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    zones(ep_on("10.244.1.1", Some("node-1")), &["zone-a"]),
+                    zones(ep_on("10.244.2.1", Some("node-2")), &[]),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.2.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: not-ready endpoints without hints do not disable the filter",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    zones(ep_on("10.244.1.1", Some("node-1")), &["zone-a"]),
+                    zones(ep_on("10.244.2.1", Some("node-2")), &["zone-b"]),
+                    not_ready("10.244.1.2", true),
+                    terminating("10.244.1.3"),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: this node's zone in no hint: no filter",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    zones(ep_on("10.244.2.1", Some("node-2")), &["zone-b"]),
+                    zones(ep_on("10.244.3.1", Some("node-3")), &["zone-c"]),
+                    // Hinted for this zone but not ready: does not count.
+                    zones(not_ready("10.244.1.1", true), &["zone-a"]),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.2.1:8080", "10.244.3.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: the endpoint's zone field is never compared (rule 34)",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    Endpoint {
+                        zone: Some(ZONE.into()),
+                        ..zones(ep_on("10.244.1.1", Some("node-1")), &["zone-b"])
+                    },
+                    Endpoint {
+                        zone: Some("zone-b".into()),
+                        ..zones(ep_on("10.244.2.1", Some("node-2")), &[ZONE])
+                    },
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.2.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: same-node hints (forNodes) come before zones (rule 36)",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    nodes(zones(ep_on("10.244.1.1", Some("node-1")), &["zone-a"]), &["node-1"]),
+                    nodes(zones(ep_on("10.244.2.1", Some("node-2")), &["zone-a"]), &["node-2"]),
+                    nodes(zones(ep_on("10.244.3.1", Some("node-3")), &["zone-b"]), &["node-3"]),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: the forNodes hint counts, not the endpoint's nodeName",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    nodes(ep_on("10.244.1.1", Some("node-1")), &["node-2"]),
+                    nodes(ep_on("10.244.2.1", Some("node-2")), &["node-1", "node-2"]),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.2.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: no forNodes hint for this node falls back to zones",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    nodes(zones(ep_on("10.244.2.1", Some("node-2")), &["zone-a"]), &["node-2"]),
+                    nodes(zones(ep_on("10.244.3.1", Some("node-3")), &["zone-b"]), &["node-3"]),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.2.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: forNodes on only some ready endpoints is ignored, zones still apply",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    nodes(zones(ep_on("10.244.1.1", Some("node-1")), &["zone-a"]), &["node-1"]),
+                    zones(ep_on("10.244.2.1", Some("node-2")), &["zone-a"]),
+                    zones(ep_on("10.244.3.1", Some("node-3")), &["zone-b"]),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.2.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: the terminating fallback ignores hints (rule 38)",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
+                s.endpoints = vec![
+                    zones(terminating("10.244.1.1"), &["zone-b"]),
+                    nodes(
+                        zones(
+                            Endpoint { node_name: Some("node-2".into()), ..terminating("10.244.2.1") },
+                            &["zone-a"],
+                        ),
+                        &["node-2"],
+                    ),
+                ];
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080", "10.244.2.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "topology: never applied to the Local set; applies to external Cluster sets (rule 33)",
+            services: vec![
+                service("ns", "etp", |s| {
+                    make_node_port(s);
+                    etp_local(s);
+                }),
+                service("ns", "itp", |s| {
+                    set_ips(s, &["10.96.0.11"]);
+                    set_type(s, "NodePort");
+                    set_ports(s, vec![node_port(30081)]);
+                    spec(s).internal_traffic_policy = Some("Local".into());
+                }),
+            ],
+            slices: ["etp", "itp"]
+                .into_iter()
+                .map(|svc| {
+                    slice("ns", &format!("{svc}-a"), svc, "IPv4", |s| {
+                        s.endpoints = vec![
+                            zones(ep_on("10.244.1.1", Some("node-1")), &["zone-b"]),
+                            zones(ep_on("10.244.2.1", Some("node-2")), &["zone-a"]),
+                        ];
+                    })
+                })
+                .collect(),
+            expected: vec![
+                ("10.96.0.10:80/TCP", vec!["10.244.2.1:8080"]),
+                ("NodePort *:30080/TCP", vec!["10.244.1.1:8080"]),
+                ("10.96.0.11:80/TCP", vec!["10.244.1.1:8080"]),
+                ("NodePort *:30081/TCP", vec!["10.244.2.1:8080"]),
+            ],
             problems: vec![],
         },
         Case {
@@ -736,6 +1436,7 @@ fn translate_table() {
     for case in cases() {
         assert!(seen.insert(case.name), "duplicate case name {}", case.name);
         let (state, problems) = run(case.services, case.slices);
+        check_groups(case.name, &state);
         let got = frontends(&state);
         let want: Vec<(String, Vec<String>)> = case
             .expected
@@ -883,7 +1584,8 @@ fn empty_node_name_means_nothing_is_local() {
     let slices =
         vec![slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep_on("10.244.1.1", Some(""))])];
     let (state, _) = translate(&objects(vec![svc], slices), &NodeContext::default());
-    assert_eq!(frontends(&state), vec![("10.96.0.10:80/TCP".to_owned(), vec![])]);
+    // Not local, yet an endpoint exists: a drop, not a reject.
+    assert_eq!(frontends(&state), vec![("10.96.0.10:80/TCP".to_owned(), vec![DROP.to_owned()])]);
 }
 
 #[test]
@@ -911,4 +1613,232 @@ fn translate_is_deterministic() {
         assert!(g.eligible.is_sorted(), "{g:?}");
         assert!(g.backends.is_sorted(), "{g:?}");
     }
+}
+
+#[test]
+fn groups_carry_scope_and_when_empty() {
+    let (state, _) = run(
+        vec![service("ns", "web", |s| {
+            set_ips(s, &["10.96.0.10", "fd00:10:96::10"]);
+            make_load_balancer(s);
+            etp_local(s);
+        })],
+        vec![slice("ns", "web-a", "web", "IPv4", |s| {
+            s.endpoints = vec![ep_on("10.244.2.1", Some("node-2"))]
+        })],
+    );
+    let summary: Vec<(Family, Scope, Vec<FrontendKind>, usize, WhenEmpty)> = state
+        .groups
+        .iter()
+        .map(|g| {
+            (g.family, g.scope, g.frontends.iter().map(|f| f.kind).collect(), g.eligible.len(), g.when_empty)
+        })
+        .collect();
+    use FrontendKind::*;
+    assert_eq!(
+        summary,
+        vec![
+            (Family::V4, Scope::Internal, vec![ClusterIP], 1, WhenEmpty::Reject),
+            (Family::V4, Scope::External, vec![LoadBalancer, NodePort], 0, WhenEmpty::Drop),
+            // No IPv6 endpoint anywhere: reject, although the policy is Local.
+            (Family::V6, Scope::Internal, vec![ClusterIP], 0, WhenEmpty::Reject),
+            (Family::V6, Scope::External, vec![NodePort], 0, WhenEmpty::Reject),
+        ]
+    );
+    let node_ports: Vec<String> = state
+        .groups
+        .iter()
+        .flat_map(|g| &g.frontends)
+        .filter(|f| f.kind == NodePort)
+        .map(|f| f.addr.to_string())
+        .collect();
+    assert_eq!(node_ports, ["0.0.0.0", "::"]);
+    // The External group lists every backend too (draining, display).
+    assert_eq!(state.groups[1].backends, state.groups[0].backends);
+    assert_eq!(state.groups[1].backends.len(), 1);
+    // Rule 31: this node's own connections to the LB IP or NodePort are short-circuited to the
+    // Cluster set, so the socket hooks reach the remote endpoint instead of dropping.
+    let from_node: Vec<String> = state.groups[1].from_node.iter().map(ToString::to_string).collect();
+    assert_eq!(from_node, ["10.244.2.1:8080"]);
+    assert_eq!(state.groups[0].from_node, state.groups[0].eligible, "Internal: the policy set itself");
+}
+
+#[test]
+fn external_group_only_with_external_frontends() {
+    let (state, _) = run(
+        vec![
+            service("ns", "plain", etp_local),
+            // A LoadBalancer still waiting for its IP, without NodePorts: nothing external yet.
+            service("ns", "pending", |s| {
+                set_ips(s, &["10.96.0.11"]);
+                set_type(s, "LoadBalancer");
+                spec(s).allocate_load_balancer_node_ports = Some(false);
+            }),
+        ],
+        vec![],
+    );
+    let scopes: Vec<(String, Scope)> =
+        state.groups.iter().map(|g| (g.service.to_string(), g.scope)).collect();
+    assert_eq!(
+        scopes,
+        [("ns/pending:http".to_owned(), Scope::Internal), ("ns/plain:http".to_owned(), Scope::Internal)]
+    );
+}
+
+#[test]
+fn frontend_display() {
+    let f = |addr: &str, kind| Frontend {
+        addr: addr.parse().expect("ip"),
+        port: 30080,
+        protocol: Protocol::Udp,
+        kind,
+    };
+    assert_eq!(f("0.0.0.0", FrontendKind::NodePort).to_string(), "*:30080/UDP");
+    assert_eq!(f("::", FrontendKind::NodePort).to_string(), "*:30080/UDP");
+    // An unspecified address of another kind, or a NodePort on one address, shows the address.
+    assert_eq!(f("0.0.0.0", FrontendKind::ExternalIP).to_string(), "0.0.0.0:30080/UDP");
+    assert_eq!(f("192.168.0.1", FrontendKind::NodePort).to_string(), "192.168.0.1:30080/UDP");
+    assert_eq!(f("fd00::1", FrontendKind::LoadBalancer).to_string(), "[fd00::1]:30080/UDP");
+    let names: Vec<String> = [
+        FrontendKind::ClusterIP,
+        FrontendKind::ExternalIP,
+        FrontendKind::LoadBalancer,
+        FrontendKind::NodePort,
+    ]
+    .iter()
+    .map(|k| format!("{k} {:#x}", k.flag()))
+    .collect();
+    assert_eq!(names, ["ClusterIP 0x1", "ExternalIP 0x2", "LoadBalancer 0x4", "NodePort 0x8"]);
+}
+
+#[test]
+fn node_addresses_come_from_the_node_context_sorted_and_canonical() {
+    let node = NodeContext {
+        name: NODE.into(),
+        zone: None,
+        addresses: ["192.168.0.2", "fd00::1", "::ffff:192.168.0.1", "192.168.0.2"]
+            .iter()
+            .map(|a| a.parse().expect("ip"))
+            .collect(),
+    };
+    let (state, _) = translate(&objects(vec![], vec![]), &node);
+    let shown: Vec<String> = state.node_addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["192.168.0.1", "192.168.0.2", "fd00::1"]);
+    assert!(state.groups.is_empty());
+}
+
+#[test]
+fn node_without_zone_uses_no_zone_filter() {
+    let svc = service("ns", "web", |_| {});
+    let slices = vec![slice("ns", "web-a", "web", "IPv4", |s| {
+        s.endpoints = vec![
+            zones(ep_on("10.244.1.1", Some("node-1")), &["zone-a"]),
+            zones(ep_on("10.244.2.1", Some("node-2")), &["zone-b"]),
+        ]
+    })];
+    let objects = objects(vec![svc], slices);
+    let zoned = |zone: Option<&str>| {
+        let node = NodeContext { zone: zone.map(Into::into), ..node() };
+        frontends(&translate(&objects, &node).0)
+    };
+    let all = vec!["10.244.1.1:8080".to_owned(), "10.244.2.1:8080".to_owned()];
+    assert_eq!(zoned(None), vec![("10.96.0.10:80/TCP".to_owned(), all)]);
+    assert_eq!(
+        zoned(Some("zone-b")),
+        vec![("10.96.0.10:80/TCP".to_owned(), vec!["10.244.2.1:8080".to_owned()])]
+    );
+}
+
+#[test]
+fn load_balancer_source_ranges_are_trimmed_parsed_and_split_by_family() {
+    let (state, problems) = run(
+        vec![service("ns", "web", |s| {
+            set_ips(s, &["10.96.0.10", "fd00:10:96::10"]);
+            make_load_balancer(s);
+            spec(s).load_balancer_source_ranges = Some(vec![
+                " 192.168.0.0/16".into(),
+                "10.1.2.3/8 ".into(),
+                "2001:db8::1/32".into(),
+                "203.0.113.7/32".into(),
+                "10.0.0.0/8".into(),
+            ]);
+        })],
+        vec![],
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let ranges: Vec<(Family, Scope, Vec<String>)> = state
+        .groups
+        .iter()
+        .map(|g| (g.family, g.scope, g.source_ranges.iter().map(ToString::to_string).collect()))
+        .collect();
+    let v4 = vec!["10.0.0.0/8".to_owned(), "192.168.0.0/16".to_owned(), "203.0.113.7/32".to_owned()];
+    let v6 = vec!["2001:db8::/32".to_owned()];
+    assert_eq!(
+        ranges,
+        vec![
+            (Family::V4, Scope::Internal, v4.clone()),
+            (Family::V4, Scope::External, v4),
+            (Family::V6, Scope::Internal, v6.clone()),
+            (Family::V6, Scope::External, v6),
+        ]
+    );
+    // None set: empty everywhere.
+    let (state, _) = run(vec![service("ns", "web", make_load_balancer)], vec![]);
+    assert!(state.groups.iter().all(|g| g.source_ranges.is_empty()), "{state:?}");
+}
+
+#[test]
+fn cidr_parsing() {
+    let parse = |s: &str| Cidr::parse(s).map(|c| c.to_string());
+    assert_eq!(parse("10.1.2.3/8").as_deref(), Some("10.0.0.0/8"));
+    assert_eq!(parse("0.0.0.0/0").as_deref(), Some("0.0.0.0/0"));
+    assert_eq!(parse("10.1.2.3/32").as_deref(), Some("10.1.2.3/32"));
+    assert_eq!(parse("2001:db8:ffff::1/33").as_deref(), Some("2001:db8:8000::/33"));
+    assert_eq!(parse("::/0").as_deref(), Some("::/0"));
+    assert_eq!(parse("fd00::1/128").as_deref(), Some("fd00::1/128"));
+    for bad in [
+        "10.0.0.0",
+        "10.0.0.0/33",
+        "fd00::/129",
+        "10.0.0.0/",
+        "10.0.0.0/+8",
+        "10.0.0/8",
+        "/8",
+        "",
+        " 10.0.0.0/8",
+    ] {
+        assert_eq!(parse(bad), None, "{bad:?}");
+    }
+    assert_eq!(Cidr::parse("fd00::/8").map(|c| c.family()), Some(Family::V6));
+}
+
+#[test]
+fn health_check_node_port_only_for_load_balancer_with_local_external_policy() {
+    let hc = |type_: &str, local: bool, port: Option<i32>| {
+        let svc = service("ns", "web", |s| {
+            make_load_balancer(s);
+            set_type(s, type_);
+            if local {
+                etp_local(s);
+            }
+            spec(s).health_check_node_port = port;
+        });
+        let (state, problems) = run(vec![svc], vec![]);
+        let ports: Vec<Option<u16>> = state.groups.iter().map(|g| g.health_check_node_port).collect();
+        (ports, problems.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let none: Vec<String> = vec![];
+    assert_eq!(hc("LoadBalancer", true, Some(31_000)), (vec![Some(31_000), Some(31_000)], none.clone()));
+    assert_eq!(hc("LoadBalancer", false, Some(31_000)), (vec![None, None], none.clone()));
+    assert_eq!(hc("NodePort", true, Some(31_000)), (vec![None, None], none.clone()));
+    assert_eq!(hc("ClusterIP", true, Some(31_000)), (vec![None, None], none.clone()));
+    // 0 (or unset) is ignored, as kube-proxy does.
+    assert_eq!(hc("LoadBalancer", true, Some(0)), (vec![None, None], none.clone()));
+    assert_eq!(hc("LoadBalancer", true, None), (vec![None, None], none.clone()));
+    // Out of range when it is used: the Service is skipped.
+    assert_eq!(
+        hc("LoadBalancer", true, Some(65_536)),
+        (vec![], vec!["Service ns/web: healthCheckNodePort 65536 is out of range 1..=65535".to_owned()])
+    );
+    assert_eq!(hc("NodePort", true, Some(65_536)), (vec![None, None], none));
 }

@@ -1,9 +1,20 @@
 //! Kubernetes objects → `DesiredState`, with kube-proxy's semantics (`pkg/proxy` of kubernetes).
 //! Pure: no I/O, never fails as a whole; an object it cannot use is reported as a `Problem` and
 //! left out entirely, so no Service is ever half-applied.
+//!
+//! Rule numbers are those of `shared/KUBE-PROXY-RULES.md`. Per Service port and IP family (only a
+//! family with a ClusterIP, 4): the `Internal` group holds the ClusterIPs and follows
+//! `internalTrafficPolicy` (29); the `External` group, made only when there is one, holds the
+//! externalIPs (8), the LoadBalancer ingress IPs with `ipMode` unset or `VIP` (9) and the NodePort
+//! (`nodePort != 0`, whatever the type, 7) as the family's unspecified address, and follows
+//! `externalTrafficPolicy` when the Service is externally accessible (11, 30). The Cluster set is
+//! the ready endpoints after the topology filter (same node, then same zone: 33-37), else the
+//! serving-and-terminating ones (25, 38); the Local set is this node's ready endpoints, else its
+//! serving-and-terminating ones (26). An empty set drops when endpoints exist elsewhere (40), else
+//! rejects (39). Short-circuit of local traffic to external frontends (31) is the datapath's.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use k8s_openapi::api::{
@@ -55,6 +66,7 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 impl NodeContext {
     /// A node known only by name.
+    #[cfg_attr(not(test), allow(dead_code, reason = "tests and sources without Node objects"))]
     pub fn named(name: impl Into<String>) -> Self {
         Self { name: name.into(), ..Self::default() }
     }
@@ -86,9 +98,28 @@ struct ValidService<'a> {
     namespace: &'a str,
     name: &'a str,
     cluster_ips: Vec<IpAddr>,
-    ports: Vec<(String, Protocol, u16)>,
+    /// `spec.externalIPs`, both families, sorted and de-duplicated.
+    external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` with `ipMode` unset or `VIP`, sorted, de-duplicated.
+    load_balancer_ips: Vec<IpAddr>,
+    ports: Vec<ValidPort>,
+    /// `internalTrafficPolicy: Local` (rule 11: InternalPolicyLocal).
     internal_local: bool,
+    /// `externalTrafficPolicy: Local` on an externally accessible Service (ExternalPolicyLocal).
+    external_local: bool,
     affinity_timeout: Option<u32>,
+    /// Both families, sorted and de-duplicated.
+    source_ranges: Vec<Cidr>,
+    health_check_node_port: Option<u16>,
+}
+
+/// One `spec.ports[i]`.
+struct ValidPort {
+    name: String,
+    protocol: Protocol,
+    port: u16,
+    /// `nodePort`, when set and not 0 (rule 7: whatever the Service type).
+    node_port: Option<u16>,
 }
 
 /// One endpoint after merging every slice of a Service port.
@@ -99,6 +130,21 @@ struct Endpoint {
     serving: bool,
     terminating: bool,
     local: bool,
+    /// `hints.forNodes` is not empty.
+    node_hints: bool,
+    /// `hints.forNodes` names this node.
+    for_this_node: bool,
+    /// `hints.forZones` is not empty.
+    zone_hints: bool,
+    /// `hints.forZones` names this node's zone.
+    for_this_zone: bool,
+}
+
+impl Endpoint {
+    /// Counts for `hasAnyEndpoints` (rule 27): usable by some policy set somewhere.
+    fn usable(&self) -> bool {
+        self.ready || (self.serving && self.terminating)
+    }
 }
 
 fn describe<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
@@ -180,8 +226,11 @@ pub fn translate(objects: &Objects, node: &NodeContext) -> (DesiredState, Vec<Pr
             groups.push(group);
         }
     }
-    groups.sort_by(|a, b| (&a.service, a.family).cmp(&(&b.service, b.family)));
-    (DesiredState { groups }, problems)
+    groups.sort_by(|a, b| (&a.service, a.family, a.scope).cmp(&(&b.service, b.family, b.scope)));
+    let mut node_addresses: Vec<IpAddr> = node.addresses.iter().map(IpAddr::to_canonical).collect();
+    node_addresses.sort();
+    node_addresses.dedup();
+    (DesiredState { groups, node_addresses }, problems)
 }
 
 /// `Ok(None)`: a Service kube-proxy deliberately ignores. `Err`: malformed, reported.
@@ -193,24 +242,34 @@ fn validate_service(svc: &Service) -> Result<Option<ValidService<'_>>, String> {
         return Ok(None);
     }
     let spec = svc.spec.as_ref().ok_or("spec is missing")?;
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return Ok(None);
+    // Unset: a hand-written object; the API server defaults it to ClusterIP.
+    let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    match service_type {
+        "ExternalName" => return Ok(None),
+        "ClusterIP" | "NodePort" | "LoadBalancer" => {}
+        other => return Err(format!("unknown type {other:?}")),
     }
     let cluster_ips = cluster_ips_by_family(spec)?;
     if cluster_ips.is_empty() {
         return Ok(None); // headless
     }
-    let mut ports = Vec::new();
+    let mut ports: Vec<ValidPort> = Vec::new();
     for port in spec.ports.iter().flatten() {
-        let (port_name, protocol, number) = validate_port(port)?;
-        if ports.iter().any(|(n, p, _)| *n == port_name && *p == protocol) {
+        let valid = validate_port(port)?;
+        let (port_name, protocol, number) = (&valid.name, valid.protocol, valid.port);
+        if ports.iter().any(|p| p.name == *port_name && p.protocol == protocol) {
             return Err(format!("port {port_name:?}/{protocol} is listed twice"));
         }
         // The API server refuses this too: two ports would claim one frontend.
-        if ports.iter().any(|(_, p, n)| *n == number && *p == protocol) {
+        if ports.iter().any(|p| p.port == number && p.protocol == protocol) {
             return Err(format!("port {number}/{protocol} is listed twice"));
         }
-        ports.push((port_name, protocol, number));
+        if let Some(node_port) = valid.node_port
+            && ports.iter().any(|p| p.node_port == Some(node_port) && p.protocol == protocol)
+        {
+            return Err(format!("nodePort {node_port}/{protocol} is listed twice"));
+        }
+        ports.push(valid);
     }
     let affinity_timeout = match spec.session_affinity.as_deref() {
         Some("ClientIP") => Some(
@@ -227,13 +286,76 @@ fn validate_service(svc: &Service) -> Result<Option<ValidService<'_>>, String> {
         None | Some("None") => None,
         Some(other) => return Err(format!("unknown sessionAffinity {other:?}")),
     };
+    // kube-proxy skips an unparsable externalIP or ingress IP with a log line and keeps the rest;
+    // the API server never lets one through. Here (a hand-written file) the Service is left out
+    // whole, like any other malformed field, so it is never half-applied.
+    let parse_ips = |what: &str, ips: &mut dyn Iterator<Item = &str>| -> Result<Vec<IpAddr>, String> {
+        let mut out = ips
+            .map(|ip| {
+                ip.parse::<IpAddr>()
+                    .map(|a| a.to_canonical())
+                    .map_err(|_| format!("{what} {ip:?} is not an IP address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    };
+    let raw_external_ips = spec.external_ips.as_deref().unwrap_or_default();
+    let external_ips = parse_ips("externalIP", &mut raw_external_ips.iter().map(String::as_str))?;
+    // Rule 9: an ingress entry counts only with an `ip` and an `ipMode` that is unset or `VIP`
+    // (hostname-only entries and `Proxy` ones are the load balancer's business).
+    let ingress =
+        svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    let load_balancer_ips = parse_ips(
+        "status.loadBalancer.ingress ip",
+        &mut ingress
+            .into_iter()
+            .flatten()
+            .filter(|i| matches!(i.ip_mode.as_deref(), None | Some("VIP")))
+            .filter_map(|i| i.ip.as_deref().filter(|ip| !ip.is_empty())),
+    )?;
+    // Rule 10: trimmed; both families kept here, each group takes its own.
+    let mut source_ranges = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .map(|r| {
+            Cidr::parse(r.trim()).ok_or_else(|| format!("loadBalancerSourceRanges entry {r:?} is not a CIDR"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    source_ranges.sort();
+    source_ranges.dedup();
+    // Rule 11.
+    let externally_accessible = matches!(service_type, "LoadBalancer" | "NodePort")
+        || (service_type == "ClusterIP" && !raw_external_ips.is_empty());
+    let external_local = externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
+    // Rule 12 (NeedsHealthCheck). A 0 port is ignored, as kube-proxy does (it logs it).
+    let health_check_node_port = if service_type == "LoadBalancer" && external_local {
+        match spec.health_check_node_port {
+            None | Some(0) => None,
+            Some(p) => Some(
+                u16::try_from(p)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("healthCheckNodePort {p} is out of range 1..=65535"))?,
+            ),
+        }
+    } else {
+        None
+    };
     Ok(Some(ValidService {
         namespace,
         name,
         cluster_ips,
+        external_ips,
+        load_balancer_ips,
         ports,
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        external_local,
         affinity_timeout,
+        source_ranges,
+        health_check_node_port,
     }))
 }
 
@@ -269,7 +391,7 @@ fn cluster_ips_by_family(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Resu
     Ok(out)
 }
 
-fn validate_port(port: &ServicePort) -> Result<(String, Protocol, u16), String> {
+fn validate_port(port: &ServicePort) -> Result<ValidPort, String> {
     let port_name = port.name.clone().unwrap_or_default();
     let protocol = Protocol::parse(port.protocol.as_deref()).ok_or_else(|| {
         format!(
@@ -281,7 +403,14 @@ fn validate_port(port: &ServicePort) -> Result<(String, Protocol, u16), String> 
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("port {port_name:?}: port {} is out of range 1..=65535", port.port))?;
-    Ok((port_name, protocol, number))
+    let node_port = match port.node_port {
+        None | Some(0) => None,
+        Some(n) => Some(
+            u16::try_from(n)
+                .map_err(|_| format!("port {port_name:?}: nodePort {n} is out of range 1..=65535"))?,
+        ),
+    };
+    Ok(ValidPort { name: port_name, protocol, port: number, node_port })
 }
 
 /// Slices by (namespace, service name), for the Services that exist. Reports slices that cannot be
@@ -334,72 +463,170 @@ fn index_slices<'a>(
     by_service
 }
 
-/// The groups (one per port and IP family) of a valid Service.
+/// The groups of a valid Service: per port and IP family, the `Internal` group (ClusterIPs) and,
+/// when there are external frontends in that family, the `External` group.
 fn service_groups(
     svc: &ValidService<'_>,
     slices: Option<&Vec<&EndpointSlice>>,
     node: &NodeContext,
 ) -> Vec<BackendGroup> {
     let mut groups = Vec::new();
-    for (port_name, protocol, port) in &svc.ports {
+    for port in &svc.ports {
         for family in [Family::V4, Family::V6] {
-            let frontends: Vec<Frontend> = svc
-                .cluster_ips
-                .iter()
-                .filter(|ip| Family::of(ip) == family)
-                .map(|&addr| Frontend {
-                    addr,
-                    port: *port,
-                    protocol: *protocol,
-                    kind: FrontendKind::ClusterIP,
-                })
+            let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
+                ips.iter().copied().filter(|ip| Family::of(ip) == family).collect()
+            };
+            let frontend = |addr, kind| Frontend { addr, port: port.port, protocol: port.protocol, kind };
+            let internal: Vec<Frontend> = of_family(&svc.cluster_ips)
+                .into_iter()
+                .map(|a| frontend(a, FrontendKind::ClusterIP))
                 .collect();
-            if frontends.is_empty() {
+            // Rule 4: no ClusterIP in this family, nothing at all in this family.
+            if internal.is_empty() {
                 continue;
             }
-            let endpoints =
-                merge_endpoints(slices.map_or(&[][..], Vec::as_slice), port_name, *protocol, family, node);
-            let eligible = if svc.internal_local {
-                choose(endpoints.iter().filter(|e| e.local))
-            } else {
-                choose(endpoints.iter())
-            };
+            // Rules 8, 9, 7. An address that is already a frontend of this port keeps its first kind
+            // (kube-proxy's ClusterIP rule comes before its externalIP and LB rules).
+            let mut external: Vec<Frontend> = Vec::new();
+            let candidates = of_family(&svc.external_ips)
+                .into_iter()
+                .map(|a| frontend(a, FrontendKind::ExternalIP))
+                .chain(
+                    of_family(&svc.load_balancer_ips)
+                        .into_iter()
+                        .map(|a| frontend(a, FrontendKind::LoadBalancer)),
+                );
+            for f in candidates {
+                if !internal.iter().chain(&external).any(|e| e.addr == f.addr) {
+                    external.push(f);
+                }
+            }
+            if let Some(node_port) = port.node_port {
+                let every_address = match family {
+                    Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
+                external
+                    .push(Frontend { port: node_port, ..frontend(every_address, FrontendKind::NodePort) });
+            }
+
+            let endpoints = merge_endpoints(
+                slices.map_or(&[][..], Vec::as_slice),
+                &port.name,
+                port.protocol,
+                family,
+                node,
+            );
+            // Rule 27: decides reject (nothing anywhere) against drop (nothing in the Local set).
+            let has_any_endpoints = endpoints.iter().any(Endpoint::usable);
+            let cluster = cluster_set(&endpoints);
+            let local = local_set(&endpoints);
             let mut backends: Vec<BackendInfo> = endpoints
                 .iter()
-                .filter(|e| e.ready || (e.serving && e.terminating))
+                .filter(|e| e.usable())
                 .map(|e| BackendInfo {
                     addr: e.addr,
                     state: if e.ready { EndpointState::Active } else { EndpointState::Terminating },
                 })
                 .collect();
             backends.sort();
-            groups.push(BackendGroup {
-                service: ServicePortName {
-                    namespace: svc.namespace.to_owned(),
-                    name: svc.name.to_owned(),
-                    port: port_name.clone(),
-                    protocol: *protocol,
-                },
-                family,
-                frontends,
-                eligible,
-                backends,
-                affinity_timeout: svc.affinity_timeout,
-            });
+            let mut source_ranges: Vec<Cidr> =
+                svc.source_ranges.iter().copied().filter(|c| c.family() == family).collect();
+            source_ranges.sort();
+            let group = |scope, frontends, policy_local: bool| {
+                let eligible: Vec<SocketAddr> = if policy_local { local.clone() } else { cluster.clone() };
+                let from_node = if scope == Scope::External { cluster.clone() } else { eligible.clone() };
+                // The Cluster set is empty only when no endpoint is usable anywhere, so a Drop
+                // always comes from a Local policy (rule 40).
+                let when_empty = if eligible.is_empty() && has_any_endpoints {
+                    WhenEmpty::Drop
+                } else {
+                    WhenEmpty::Reject
+                };
+                BackendGroup {
+                    service: ServicePortName {
+                        namespace: svc.namespace.to_owned(),
+                        name: svc.name.to_owned(),
+                        port: port.name.clone(),
+                        protocol: port.protocol,
+                    },
+                    family,
+                    scope,
+                    frontends,
+                    eligible,
+                    from_node,
+                    when_empty,
+                    backends: backends.clone(),
+                    affinity_timeout: svc.affinity_timeout,
+                    source_ranges: source_ranges.clone(),
+                    health_check_node_port: svc.health_check_node_port,
+                }
+            };
+            // Rules 29, 30 (rule 31, short-circuit, is the datapath's: see `BackendGroup`).
+            groups.push(group(Scope::Internal, internal, svc.internal_local));
+            if !external.is_empty() {
+                groups.push(group(Scope::External, external, svc.external_local));
+            }
         }
     }
     groups
 }
 
-/// kube-proxy's CategorizeEndpoints for one policy set: the ready endpoints, or when there is
-/// none, the serving-and-terminating ones. Sorted.
-fn choose<'a>(endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<SocketAddr> {
-    let ready: Vec<SocketAddr> = endpoints.clone().filter(|e| e.ready).map(|e| e.addr).collect();
-    let mut chosen = if ready.is_empty() {
-        endpoints.filter(|e| e.serving && e.terminating).map(|e| e.addr).collect()
+/// kube-proxy's Local policy set (rule 26): this node's ready endpoints, or when it has none,
+/// its serving-and-terminating ones (decided per node). Never topology-filtered (rule 33). Sorted.
+fn local_set(endpoints: &[Endpoint]) -> Vec<SocketAddr> {
+    let local = || endpoints.iter().filter(|e| e.local);
+    let mut chosen: Vec<SocketAddr> = local().filter(|e| e.ready).map(|e| e.addr).collect();
+    if chosen.is_empty() {
+        chosen = local().filter(|e| e.serving && e.terminating).map(|e| e.addr).collect();
+    }
+    chosen.sort();
+    chosen
+}
+
+/// Which topology filter applies to the Cluster set (kube-proxy's topologyModeFromHints).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// No filter: every ready endpoint.
+    None,
+    /// Ready endpoints hinted for this node (`hints.forNodes`, PreferSameNode).
+    SameNode,
+    /// Ready endpoints hinted for this node's zone (`hints.forZones`).
+    SameZone,
+}
+
+/// Rules 35, 36: only ready endpoints count. Same-node first: every ready endpoint has node hints
+/// and one names this node. Then same-zone: every ready endpoint has zone hints and one names this
+/// node's zone. Otherwise none. Either filter keeps at least one ready endpoint.
+fn topology(endpoints: &[Endpoint]) -> Topology {
+    let ready = || endpoints.iter().filter(|e| e.ready);
+    if ready().all(|e| e.node_hints) && ready().any(|e| e.for_this_node) {
+        Topology::SameNode
+    } else if ready().all(|e| e.zone_hints) && ready().any(|e| e.for_this_zone) {
+        Topology::SameZone
     } else {
-        ready
-    };
+        Topology::None
+    }
+}
+
+/// kube-proxy's Cluster policy set (rule 25): the ready endpoints after the topology filter
+/// (33-37), or when there is no ready endpoint, every serving-and-terminating one with no
+/// topology filter (38). Sorted.
+fn cluster_set(endpoints: &[Endpoint]) -> Vec<SocketAddr> {
+    let mode = topology(endpoints);
+    let mut chosen: Vec<SocketAddr> = endpoints
+        .iter()
+        .filter(|e| e.ready)
+        .filter(|e| match mode {
+            Topology::None => true,
+            Topology::SameNode => e.for_this_node,
+            Topology::SameZone => e.for_this_zone,
+        })
+        .map(|e| e.addr)
+        .collect();
+    if chosen.is_empty() {
+        chosen = endpoints.iter().filter(|e| e.serving && e.terminating).map(|e| e.addr).collect();
+    }
     chosen.sort();
     chosen
 }
@@ -436,6 +663,12 @@ fn merge_endpoints(
                     continue;
                 }
                 let conditions = endpoint.conditions.as_ref();
+                // Rule 34: the node's zone label against the hints; the endpoint's own `zone`
+                // field is never read. A node without a zone compares as "" (as kube-proxy does).
+                let hints = endpoint.hints.as_ref();
+                let for_nodes = hints.and_then(|h| h.for_nodes.as_deref()).unwrap_or_default();
+                let for_zones = hints.and_then(|h| h.for_zones.as_deref()).unwrap_or_default();
+                let zone = node.zone.as_deref().unwrap_or_default();
                 let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
                 let candidate = Endpoint {
                     addr: SocketAddr::new(ip, number),
@@ -443,6 +676,10 @@ fn merge_endpoints(
                     serving: conditions.and_then(|c| c.serving).unwrap_or(true),
                     terminating,
                     local: !node.name.is_empty() && endpoint.node_name.as_deref() == Some(node.name.as_str()),
+                    node_hints: !for_nodes.is_empty(),
+                    for_this_node: for_nodes.iter().any(|n| n.name == node.name),
+                    zone_hints: !for_zones.is_empty(),
+                    for_this_zone: for_zones.iter().any(|z| z.name == zone),
                 };
                 merged
                     .entry(candidate.addr)

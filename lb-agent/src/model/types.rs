@@ -92,32 +92,138 @@ impl fmt::Display for ServicePortName {
     }
 }
 
-/// Which kind of address a frontend is.
+/// Which kind of address a frontend is. The order is kube-proxy's rule order: when one address
+/// is several kinds at once (an externalIP equal to the ClusterIP), the first kind wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum FrontendKind {
+    /// An address of `spec.clusterIPs`.
     ClusterIP,
+    /// An address of `spec.externalIPs`.
+    ExternalIP,
+    /// An address of `status.loadBalancer.ingress[].ip` (`ipMode` unset or `VIP`).
+    LoadBalancer,
+    /// `ports[i].nodePort` on every node address of the family: in the model its address is the
+    /// unspecified one (`0.0.0.0` or `::`), which `datapath::state::layout` expands to
+    /// `DesiredState::node_addresses`.
+    NodePort,
 }
 
 impl FrontendKind {
     pub const fn flag(self) -> u32 {
         match self {
             Self::ClusterIP => lb_common::frontend_flags::CLUSTER_IP,
+            Self::ExternalIP => lb_common::frontend_flags::EXTERNAL_IP,
+            Self::LoadBalancer => lb_common::frontend_flags::LOAD_BALANCER,
+            Self::NodePort => lb_common::frontend_flags::NODE_PORT,
         }
+    }
+
+    /// The name `plan` and `inspect` show.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::ExternalIP => "ExternalIP",
+            Self::LoadBalancer => "LoadBalancer",
+            Self::NodePort => "NodePort",
+        }
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 /// One address:port/protocol that clients dial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
+    /// For a NodePort: the unspecified address of its family, meaning "every node address".
     pub addr: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub kind: FrontendKind,
 }
 
+impl Frontend {
+    /// A NodePort frontend standing for every node address of its family.
+    pub fn on_every_node_address(&self) -> bool {
+        self.kind == FrontendKind::NodePort && self.addr.is_unspecified()
+    }
+}
+
 impl fmt::Display for Frontend {
+    /// `ADDR:PORT/PROTO` (IPv6 in brackets); a NodePort on every node address is `*:PORT/PROTO`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", SocketAddr::new(self.addr, self.port), self.protocol)
+        if self.on_every_node_address() {
+            write!(f, "*:{}/{}", self.port, self.protocol)
+        } else {
+            write!(f, "{}/{}", SocketAddr::new(self.addr, self.port), self.protocol)
+        }
+    }
+}
+
+/// Which traffic policy a group follows, and so which frontends it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Scope {
+    /// ClusterIP frontends, under `internalTrafficPolicy` (kube-proxy rule 29).
+    Internal,
+    /// NodePort, externalIP and LoadBalancer frontends, under `externalTrafficPolicy` when the
+    /// Service is externally accessible (rules 11, 30).
+    External,
+}
+
+/// What the datapath does with a new connection to a group whose `eligible` is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum WhenEmpty {
+    /// No usable endpoint anywhere in the cluster (kube-proxy rule 39, `hasAnyEndpoints` false):
+    /// refuse (ECONNREFUSED at the socket, ICMP port unreachable / TCP RST on the packet path).
+    /// Also the value of every group whose `eligible` is not empty.
+    Reject,
+    /// Endpoints exist elsewhere, but the group's Local policy set on this node is empty
+    /// (rule 40): drop silently (EHOSTUNREACH at the socket). Laid out as
+    /// `lb_common::frontend_flags::DROP_WHEN_EMPTY` on the group's frontends.
+    Drop,
+}
+
+/// An address prefix, as in `loadBalancerSourceRanges`; host bits are cleared (Go's ParseCIDR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR/PREFIX` (no surrounding whitespace).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = text.split_once('/')?;
+        let addr: IpAddr = addr.parse().ok()?;
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let prefix: u8 = prefix.parse().ok()?;
+        let addr = match addr {
+            IpAddr::V4(a) if prefix <= 32 => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) if prefix <= 128 => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+            _ => return None,
+        };
+        Some(Self { addr, prefix })
+    }
+
+    pub const fn family(&self) -> Family {
+        Family::of(&self.addr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -137,25 +243,52 @@ pub struct BackendInfo {
     pub state: EndpointState,
 }
 
-/// A set of frontends that share one backend set: one Service port, one IP family.
+/// A set of frontends that share one backend set: one Service port, one IP family, one `Scope`.
 /// The datapath gives each group an id and a slot array.
+///
+/// The `External` group exists only when the Service has external frontends in that family. Its
+/// `eligible` is the set for traffic that arrives from outside the node. kube-proxy
+/// "short-circuits" traffic from this node's pods and from the host itself to an external
+/// frontend (rule 31): with `externalTrafficPolicy: Local` such traffic still uses the Cluster
+/// set (all ready endpoints, after topology), not the Local one. Which traffic is which is for the
+/// datapath to tell; the socket hooks only ever see local traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendGroup {
     pub service: ServicePortName,
     pub family: Family,
+    pub scope: Scope,
+    /// `Internal`: the ClusterIPs. `External`: externalIPs, LoadBalancer IPs, then the NodePort.
     pub frontends: Vec<Frontend>,
-    /// Backends eligible for new connections, sorted. Empty: connections are refused.
+    /// Backends eligible for new connections under the group's traffic policy (for `External`,
+    /// what traffic arriving from outside the node may use), sorted. Empty: see `when_empty`.
     pub eligible: Vec<SocketAddr>,
+    /// Backends for connections made on this node (the socket hooks), sorted: `eligible` for
+    /// `Internal`; for `External` the Cluster set, because kube-proxy short-circuits this node's
+    /// own traffic to external frontends (rule 31) even with `externalTrafficPolicy: Local`.
+    pub from_node: Vec<SocketAddr>,
+    /// Reject or drop when `eligible` is empty (`Reject` whenever it is not).
+    pub when_empty: WhenEmpty,
     /// Every known backend of the group (eligible or not), sorted, for display and draining.
     pub backends: Vec<BackendInfo>,
     /// Session-affinity timeout in seconds, when `sessionAffinity: ClientIP`.
     pub affinity_timeout: Option<u32>,
+    /// The Service's `loadBalancerSourceRanges` of this family, sorted, de-duplicated (same value
+    /// in every group of the Service and family). They gate only the LoadBalancer frontends
+    /// (kube-proxy rule 10); empty means every source. Not written to the maps yet.
+    pub source_ranges: Vec<Cidr>,
+    /// The Service's `healthCheckNodePort`, set only for `type: LoadBalancer` with
+    /// `externalTrafficPolicy: Local` and a port other than 0 (rule 12); the same value in every
+    /// group of the Service. Not written to the maps yet.
+    pub health_check_node_port: Option<u16>,
 }
 
-/// Everything this node should program, sorted by (service, family).
+/// Everything this node should program: groups sorted by (service, family, scope).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub groups: Vec<BackendGroup>,
+    /// This node's addresses (sorted, de-duplicated): every NodePort frontend is served on each
+    /// address of its family.
+    pub node_addresses: Vec<IpAddr>,
 }
 
 /// An object (or part of one) that was not applied, and why.

@@ -9,10 +9,7 @@
 //!   yields the same snapshot, and the sync writes nothing.
 //! - Watch errors (API server down, dropped connections) are retried with kube-runtime's default
 //!   backoff; the maps keep their last good state meanwhile.
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::{
@@ -33,22 +30,12 @@ use tracing::{info, warn};
 
 use crate::model::{Located, Objects};
 
-/// Connection state of the watches, for logs (and the readiness endpoint of a later issue).
-#[derive(Debug, Default)]
-pub struct WatchStatus {
-    /// Watch streams that failed (connection refused, dropped, 410 Gone…), all kinds together.
-    pub errors: AtomicU64,
-    /// The last event of every watch was a success.
-    pub connected: AtomicBool,
-}
-
 /// The three reflector stores and the tasks that feed them (aborted on drop).
 pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     tasks: Vec<JoinHandle<()>>,
-    pub status: Arc<WatchStatus>,
 }
 
 impl Drop for KubeSource {
@@ -64,7 +51,6 @@ fn spawn_watch<K>(
     config: watcher::Config,
     kind: &'static str,
     changed: Arc<Notify>,
-    status: Arc<WatchStatus>,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -84,20 +70,16 @@ where
                 Ok(Event::InitDone) => {
                     info!(kind, "listed");
                     failing = false;
-                    status.connected.store(true, Ordering::Relaxed);
                     changed.notify_one();
                 }
                 Ok(Event::Apply(_) | Event::Delete(_)) => {
                     if failing {
                         info!(kind, "watch resumed");
                         failing = false;
-                        status.connected.store(true, Ordering::Relaxed);
                     }
                     changed.notify_one();
                 }
                 Err(e) => {
-                    status.errors.fetch_add(1, Ordering::Relaxed);
-                    status.connected.store(false, Ordering::Relaxed);
                     failing = true;
                     warn!(kind, error = %e, "watch failed; retrying with backoff, programmed maps are kept");
                 }
@@ -110,29 +92,25 @@ where
 impl KubeSource {
     /// Starts the watches; `changed` is notified whenever a store changes.
     pub fn start(client: &Client, node_name: &str, changed: &Arc<Notify>) -> Self {
-        let status = Arc::new(WatchStatus::default());
         let (services, t1) = spawn_watch(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name"),
             "Service",
             Arc::clone(changed),
-            Arc::clone(&status),
         );
         let (slices, t2) = spawn_watch(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/headless"),
             "EndpointSlice",
             Arc::clone(changed),
-            Arc::clone(&status),
         );
         let (nodes, t3) = spawn_watch(
             Api::<Node>::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             "Node",
             Arc::clone(changed),
-            Arc::clone(&status),
         );
-        Self { services, slices, nodes, tasks: vec![t1, t2, t3], status }
+        Self { services, slices, nodes, tasks: vec![t1, t2, t3] }
     }
 
     /// Waits until all three stores have their first complete list (kube-proxy's
@@ -152,7 +130,11 @@ impl KubeSource {
         {
             store.state().iter().map(|o| Located { origin: String::new(), object: (**o).clone() }).collect()
         }
-        Objects { services: located(&self.services), slices: located(&self.slices), nodes: located(&self.nodes) }
+        Objects {
+            services: located(&self.services),
+            slices: located(&self.slices),
+            nodes: located(&self.nodes),
+        }
     }
 }
 
