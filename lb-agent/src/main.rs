@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod cli;
 mod datapath;
+mod health;
 mod model;
 mod nodeport_addresses;
 mod source;

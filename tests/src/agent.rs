@@ -28,14 +28,20 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Starts `lb-agent run --source kubernetes --kubeconfig FILE` without waiting for it.
-    pub fn spawn_kubernetes(kubeconfig: &Path, cgroup: &Path, bpffs: &Path) -> anyhow::Result<Self> {
-        let args = [
+    /// Starts `lb-agent run --source kubernetes --kubeconfig FILE [EXTRA…]` without waiting for it.
+    pub fn spawn_kubernetes(
+        kubeconfig: &Path,
+        cgroup: &Path,
+        bpffs: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut args = vec![
             OsStr::new("--source"),
             OsStr::new("kubernetes"),
             OsStr::new("--kubeconfig"),
             kubeconfig.as_os_str(),
         ];
+        args.extend(extra.iter().map(OsStr::new));
         Self::spawn(&args, cgroup, bpffs, true)
     }
 
@@ -195,4 +201,24 @@ pub fn cleanup(bpffs: &Path, cgroup: &Path) -> anyhow::Result<String> {
         .output()?;
     anyhow::ensure!(out.status.success(), "cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The HTTP status code of `GET path` on `addr` (0 when nothing answers).
+pub fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").is_err() {
+        return 0;
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// A loopback address with a port nobody listens on now.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port")
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, inspect},
+    agent::{Agent, free_local_addr, http_status, inspect},
     apiserver::{FakeApiServer, Kind, node, service, slice},
     guard::{Bpffs, Cgroup, Netns, TempDir},
     probe::{self, Place, backend_of},
@@ -50,9 +50,14 @@ impl KubeNode {
     }
 
     fn spawn_agent(&mut self) {
+        self.spawn_agent_with(&[]);
+    }
+
+    fn spawn_agent_with(&mut self, extra: &[&str]) {
         let kubeconfig = self.api.kubeconfig(&self.dir.path).expect("kubeconfig");
-        self.agent =
-            Some(Agent::spawn_kubernetes(&kubeconfig, &self.cgroup.path, &self.bpffs.path).expect("agent"));
+        self.agent = Some(
+            Agent::spawn_kubernetes(&kubeconfig, &self.cgroup.path, &self.bpffs.path, extra).expect("agent"),
+        );
     }
 
     fn start_agent(&mut self) {
@@ -242,14 +247,21 @@ fn api_server_down_at_start_and_later_keeps_the_maps() {
     kn.api.apply(node("node-1", "zone-a", "192.0.2.10"));
     kn.api.apply_all(web());
     kn.api.stop();
-    kn.spawn_agent();
+    let healthz = free_local_addr();
+    kn.spawn_agent_with(&["--healthz-addr", &healthz.to_string()]);
     kn.agent().wait_for_log("watch failed", 1, Duration::from_secs(10)).expect("agent reports the outage");
     assert_eq!(kn.agent().count("agent ready"), 0, "nothing may be programmed before the first full list");
+    // Alive, not ready: kube-proxy's endpoints, as the DaemonSet's probes use them.
+    assert_eq!(http_status(healthz, "/livez"), 200);
+    assert_eq!(http_status(healthz, "/readyz"), 503);
+    assert_eq!(http_status(healthz, "/healthz"), 503);
 
     kn.api.restart().expect("restart");
     kn.agent()
         .wait_for_log("agent ready", 1, Duration::from_secs(30))
         .expect("agent ready after the server came up");
+    assert_eq!(http_status(healthz, "/readyz"), 200);
+    assert_eq!(http_status(healthz, "/healthz"), 200);
     let lines = kn.probe(&["tcp", "10.96.0.10:80", "30"]);
     assert!(lines.iter().all(|l| backend_of(l).is_some_and(|b| b.starts_with("10.244.1."))), "{lines:?}");
 

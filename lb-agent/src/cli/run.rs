@@ -19,6 +19,7 @@ use crate::{
         loader::{self, Capacities},
         maps::PinnedMaps,
     },
+    health::Health,
     model::{NodeContext, Objects, Problem, translate},
     nodeport_addresses::{self, NodePortAddresses},
     source::{self, SourceError, kubernetes::KubeSource},
@@ -45,6 +46,9 @@ pub struct RunArgs {
     /// object's addresses only; empty: every address of the node's interfaces and Node object.
     #[arg(long, default_value = "", value_parser = |s: &str| NodePortAddresses::parse(s).map_err(|e| e.to_string()))]
     nodeport_addresses: NodePortAddresses,
+    /// Serve /livez, /healthz and /readyz here (kube-proxy uses 0.0.0.0:10256); empty: off.
+    #[arg(long, default_value = "")]
+    healthz_addr: String,
     /// This node's name; endpoints with this `nodeName` are local.
     #[arg(long, env = "NODE_NAME", default_value = "")]
     node_name: String,
@@ -79,6 +83,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Result of one attempt to bring the maps in line with the source.
@@ -164,6 +177,19 @@ fn sync_once(source: &Source, identity: &NodeIdentity, syncer: &mut Syncer<Pinne
 
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let health = Arc::new(Health::default());
+    let _health_server = if args.healthz_addr.is_empty() {
+        None
+    } else {
+        let addr: std::net::SocketAddr =
+            args.healthz_addr.parse().with_context(|| format!("--healthz-addr {:?}", args.healthz_addr))?;
+        let health = Arc::clone(&health);
+        Some(AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::health::serve(addr, health).await {
+                error!(%addr, error = %e, "health endpoints stopped");
+            }
+        })))
+    };
     let changed = Arc::new(Notify::new());
     let source = if args.source == "kubernetes" {
         if args.node_name.is_empty() {
@@ -207,7 +233,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     }
     let identity = NodeIdentity { name: args.node_name, nodeport_addresses: args.nodeport_addresses };
     let mut outcome = sync_once(&source, &identity, &mut syncer);
+    health.record_sync(matches!(outcome, Outcome::Applied));
     loader::attach(&mut ebpf, &cgroup, &args.bpffs)?;
+    health.set_ready();
     info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "programs attached; agent ready");
 
     let mut backoff = Duration::from_secs(1);
@@ -220,6 +248,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
         outcome = sync_once(&source, &identity, &mut syncer);
+        health.record_sync(matches!(outcome, Outcome::Applied));
         if matches!(outcome, Outcome::Applied) {
             backoff = Duration::from_secs(1);
         }
