@@ -86,37 +86,56 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
+/// What a connect/send to an IPv4 destination becomes.
+enum Translation {
+    /// Not a frontend: leave it alone.
+    Pass,
+    /// Send it here (address and port in network byte order).
+    To(u32, u16),
+    /// Fail the syscall with this errno.
+    Fail(i32),
+}
+
+/// Looks an IPv4 destination up, picks a backend and remembers the frontend for the replies.
+/// Shared by `connect4`/`sendmsg4` and v4-mapped destinations of the IPv6 hooks.
+#[inline(always)]
+fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Translation {
+    let key = Frontend4Key { addr, port, proto, pad: 0 };
+    // Safety: plain-old-data value; see `lb::backend_at`.
+    let Some(frontend) = (unsafe { LB_FRONTENDS_V4.get(&key) }) else {
+        return Translation::Pass;
+    };
+    match select(frontend) {
+        Verdict::Backend(backend) => {
+            let rev_key =
+                RevNat4Key { cookie: cookie(ctx), backend_addr: backend.addr[0], backend_port: backend.port, pad: 0 };
+            let rev_value = RevNat4Value { frontend_addr: addr, frontend_port: port, pad: 0 };
+            // A full LRU evicts the oldest entry; an error here only loses the reply rewrite.
+            let _ = LB_REVNAT_V4.insert(&rev_key, &rev_value, 0);
+            Translation::To(backend.addr[0], backend.port)
+        }
+        Verdict::Reject => Translation::Fail(ECONNREFUSED),
+        Verdict::Unreachable => Translation::Fail(EHOSTUNREACH),
+    }
+}
+
 #[inline(always)]
 fn forward4(ctx: &SockAddrContext) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     // Safety: `sa` is the kernel-provided context, valid for the whole program run; the fields
     // read and written here are the ones the verifier allows for connect4/sendmsg4.
     let (addr, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
-    let key = Frontend4Key { addr, port, proto, pad: 0 };
-    // Safety: plain-old-data value; see `lb::backend_at`.
-    let Some(frontend) = (unsafe { LB_FRONTENDS_V4.get(&key) }) else {
-        return ALLOW;
-    };
-    match select(frontend) {
-        Verdict::Backend(backend) => {
-            let rev_key = RevNat4Key {
-                cookie: cookie(ctx),
-                backend_addr: backend.addr[0],
-                backend_port: backend.port,
-                pad: 0,
-            };
-            let rev_value = RevNat4Value { frontend_addr: addr, frontend_port: port, pad: 0 };
-            // A full LRU evicts the oldest entry; an error here only loses the reply rewrite.
-            let _ = LB_REVNAT_V4.insert(&rev_key, &rev_value, 0);
+    match translate4(ctx, addr, port, proto) {
+        Translation::Pass => ALLOW,
+        Translation::To(backend_addr, backend_port) => {
             // Safety: as above; user_ip4/user_port are writable in connect4/sendmsg4.
             unsafe {
-                (*sa).user_ip4 = backend.addr[0];
-                (*sa).user_port = u32::from(backend.port);
+                (*sa).user_ip4 = backend_addr;
+                (*sa).user_port = u32::from(backend_port);
             }
             ALLOW
         }
-        Verdict::Reject => fail(ECONNREFUSED),
-        Verdict::Unreachable => fail(EHOSTUNREACH),
+        Translation::Fail(errno) => fail(errno),
     }
 }
 
@@ -204,26 +223,13 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
 /// other runtimes do): the IPv4 maps decide, the address stays v4-mapped.
 #[inline(always)]
 fn forward_mapped(ctx: &SockAddrContext, sa: *mut bpf_sock_addr, addr: u32, port: u16, proto: u8) -> i32 {
-    let key = Frontend4Key { addr, port, proto, pad: 0 };
-    // Safety: plain-old-data value.
-    let Some(frontend) = (unsafe { LB_FRONTENDS_V4.get(&key) }) else {
-        return ALLOW;
-    };
-    match select(frontend) {
-        Verdict::Backend(backend) => {
-            let rev_key = RevNat4Key {
-                cookie: cookie(ctx),
-                backend_addr: backend.addr[0],
-                backend_port: backend.port,
-                pad: 0,
-            };
-            let rev_value = RevNat4Value { frontend_addr: addr, frontend_port: port, pad: 0 };
-            let _ = LB_REVNAT_V4.insert(&rev_key, &rev_value, 0);
-            write_ip6(sa, &[0, 0, 0xffff_u32.to_be(), backend.addr[0]], backend.port);
+    match translate4(ctx, addr, port, proto) {
+        Translation::Pass => ALLOW,
+        Translation::To(backend_addr, backend_port) => {
+            write_ip6(sa, &[0, 0, 0xffff_u32.to_be(), backend_addr], backend_port);
             ALLOW
         }
-        Verdict::Reject => fail(ECONNREFUSED),
-        Verdict::Unreachable => fail(EHOSTUNREACH),
+        Translation::Fail(errno) => fail(errno),
     }
 }
 
