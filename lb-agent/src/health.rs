@@ -31,9 +31,10 @@ struct Inner {
 }
 
 impl Health {
-    /// The first full sync is programmed and the programs are attached.
-    pub fn set_ready(&self) {
-        self.inner.lock().expect("health lock").ready = true;
+    /// The first full sync is programmed and the programs are attached. True the first time.
+    pub fn set_ready(&self) -> bool {
+        let mut inner = self.inner.lock().expect("health lock");
+        !std::mem::replace(&mut inner.ready, true)
     }
 
     /// Records a sync: `ok` when the maps now match the source.

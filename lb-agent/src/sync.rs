@@ -1,13 +1,18 @@
 //! The sync: desired state → map layout (keeping programmed ids) → ordered diff → map writes.
 //! Like kube-proxy's `syncProxyRules`, it is single-flight (one `&mut self`) and, after a failed
 //! apply, re-reads what the kernel really holds before the next attempt (`need_full_sync`).
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
 use tracing::{debug, info_span};
 
 use crate::{
     datapath::{
         diff::{MapOp, diff},
         maps::{LbMaps, MapsError, check_capacity},
-        state::{MapState, layout},
+        state::{MapState, Reserved, layout_reserving},
     },
     model::DesiredState,
 };
@@ -27,13 +32,26 @@ pub struct Syncer<M: LbMaps> {
     programmed: MapState,
     /// The last apply failed part-way: read the maps back before diffing again.
     need_full_sync: bool,
+    /// Group and backend ids freed by recent syncs, with when; not reused until `QUARANTINE` has
+    /// passed, so a program that read a frontend just before a change never finds another
+    /// Service's slots or backend under the id it read.
+    freed: Vec<(Instant, Freed)>,
+}
+
+/// How long a freed id stays unused (far longer than any program run).
+const QUARANTINE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug)]
+enum Freed {
+    Group(u32),
+    Backend(u32),
 }
 
 impl<M: LbMaps> Syncer<M> {
     /// Adopts whatever is already programmed (pinned maps of an earlier agent): nothing is flushed.
     pub fn new(maps: M) -> Result<Self, MapsError> {
         let programmed = maps.read()?;
-        Ok(Self { maps, programmed, need_full_sync: false })
+        Ok(Self { maps, programmed, need_full_sync: false, freed: Vec::new() })
     }
 
     pub fn programmed(&self) -> &MapState {
@@ -48,7 +66,16 @@ impl<M: LbMaps> Syncer<M> {
             self.programmed = self.maps.read()?;
             self.need_full_sync = false;
         }
-        let target = layout(desired, &self.programmed);
+        let now = Instant::now();
+        self.freed.retain(|(at, _)| now.duration_since(*at) < QUARANTINE);
+        let mut reserved = Reserved::default();
+        for (_, id) in &self.freed {
+            match id {
+                Freed::Group(g) => reserved.groups.insert(*g),
+                Freed::Backend(b) => reserved.backends.insert(*b),
+            };
+        }
+        let target = layout_reserving(desired, &self.programmed, &reserved);
         check_capacity(&target, self.maps.capacity())?;
         let ops = diff(&self.programmed, &target);
         let mut report = SyncReport {
@@ -67,6 +94,12 @@ impl<M: LbMaps> Syncer<M> {
                 _ => report.removed += 1,
             }
         }
+        // Ids in use before this sync and not after it: quarantined (see `QUARANTINE`).
+        let groups_before: BTreeSet<u32> = self.programmed.slots.keys().map(|k| k.group).collect();
+        let groups_after: BTreeSet<u32> = target.slots.keys().map(|k| k.group).collect();
+        self.freed.extend(groups_before.difference(&groups_after).map(|g| (now, Freed::Group(*g))));
+        let backends_freed = self.programmed.backends.keys().filter(|b| !target.backends.contains_key(b));
+        self.freed.extend(backends_freed.map(|b| (now, Freed::Backend(*b))));
         self.programmed = target;
         Ok(report)
     }

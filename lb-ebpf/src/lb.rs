@@ -14,39 +14,48 @@ pub enum Verdict {
     Unreachable,
 }
 
-/// Picks a backend of `frontend` (already found in a frontend map).
+/// Looks a frontend up with `lookup` (which copies the value out at once) and picks a backend.
+/// `None`: not a frontend. A slot or backend miss means the agent changed the service between
+/// our reads (it shrank the slots, or an element was recycled): look the frontend up again, once.
 #[inline(always)]
-pub fn select(frontend: &FrontendValue) -> Verdict {
+pub fn resolve(lookup: impl Fn() -> Option<FrontendValue>) -> Option<Verdict> {
+    for _ in 0..2 {
+        let frontend = lookup()?;
+        if let Some(verdict) = select(&frontend) {
+            return Some(verdict);
+        }
+    }
+    // Two misses in a row: the service is being rewritten under us. Count it; refuse.
+    bump(stats::LOOKUP_MISS);
+    Some(Verdict::Reject)
+}
+
+/// Picks a backend of `frontend`; `None` when its slot or backend is missing.
+#[inline(always)]
+fn select(frontend: &FrontendValue) -> Option<Verdict> {
     let count = frontend.count;
     if count == 0 {
         bump(stats::NO_BACKEND);
         if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
-            return Verdict::Unreachable;
+            return Some(Verdict::Unreachable);
         }
-        return Verdict::Reject;
+        return Some(Verdict::Reject);
     }
     // Slots are 1-based; slot 0 is reserved and never written.
     // Safety (of the helper call): bpf_get_prandom_u32 has no preconditions.
     let slot = unsafe { bpf_get_prandom_u32() } % count + 1;
-    match backend_at(frontend.group, slot) {
-        Some(backend) => {
-            bump(stats::TRANSLATED);
-            Verdict::Backend(backend)
-        }
-        None => {
-            // The agent's write order makes this impossible; count it so a bug is visible.
-            bump(stats::LOOKUP_MISS);
-            Verdict::Reject
-        }
-    }
+    let backend = backend_at(frontend.group, slot)?;
+    bump(stats::TRANSLATED);
+    Some(Verdict::Backend(backend))
 }
 
 #[inline(always)]
 fn backend_at(group: u32, slot: u32) -> Option<Backend> {
     let key = SlotKey { group, slot };
-    // Safety: both maps are BPF_F_NO_PREALLOC, so an element deleted concurrently is freed only
-    // after an RCU grace period: the reference stays valid for this program run. The values are
-    // plain old data, copied out at once.
+    // Safety: the values are plain old data copied out at once. A concurrent delete can make an
+    // element be reused for another key while we read it (non-preallocated hash maps recycle
+    // elements); the agent's write order and id quarantine make that window harmless in
+    // practice, and a miss is retried by `resolve`.
     let backend_id = unsafe { maps::LB_SLOTS.get(&key) }?.backend;
     unsafe { maps::LB_BACKENDS.get(&backend_id) }.copied()
 }

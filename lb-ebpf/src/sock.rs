@@ -16,7 +16,7 @@ use aya_ebpf::{
 use lb_common::{Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, stats};
 
 use crate::{
-    lb::{Verdict, select},
+    lb::{Verdict, resolve},
     maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6, LB_REVNAT_V4, LB_REVNAT_V6},
     stats::bump,
 };
@@ -101,14 +101,18 @@ enum Translation {
 #[inline(always)]
 fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Translation {
     let key = Frontend4Key { addr, port, proto, pad: 0 };
-    // Safety: plain-old-data value; see `lb::backend_at`.
-    let Some(frontend) = (unsafe { LB_FRONTENDS_V4.get(&key) }) else {
+    // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
+    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V4.get(&key) }.copied()) else {
         return Translation::Pass;
     };
-    match select(frontend) {
+    match verdict {
         Verdict::Backend(backend) => {
-            let rev_key =
-                RevNat4Key { cookie: cookie(ctx), backend_addr: backend.addr[0], backend_port: backend.port, pad: 0 };
+            let rev_key = RevNat4Key {
+                cookie: cookie(ctx),
+                backend_addr: backend.addr[0],
+                backend_port: backend.port,
+                pad: 0,
+            };
             let rev_value = RevNat4Value { frontend_addr: addr, frontend_port: port, pad: 0 };
             // A full LRU evicts the oldest entry; an error here only loses the reply rewrite.
             let _ = LB_REVNAT_V4.insert(&rev_key, &rev_value, 0);
@@ -197,11 +201,11 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
         return forward_mapped(ctx, sa, addr[3], port, proto);
     }
     let key = Frontend6Key { addr, port, proto, pad: 0 };
-    // Safety: plain-old-data value.
-    let Some(frontend) = (unsafe { LB_FRONTENDS_V6.get(&key) }) else {
+    // Safety: plain-old-data value, copied out at once.
+    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V6.get(&key) }.copied()) else {
         return ALLOW;
     };
-    match select(frontend) {
+    match verdict {
         Verdict::Backend(backend) => {
             let rev_key = RevNat6Key {
                 cookie: cookie(ctx),

@@ -205,8 +205,10 @@ async fn handle(
     json_response(StatusCode::OK, &list, false)
 }
 
-/// Events of `kind` after `since`, as watch lines; `None` when that history was compacted.
-fn events_after(shared: &Shared, kind: Kind, selector: &Selector, since: u64) -> Option<(Vec<u8>, u64)> {
+/// Events of `kind` after `since`, as watch lines, with the last of them and the store's current
+/// resourceVersion (read under the same lock, so a BOOKMARK at it skips no event); `None` when
+/// that history was compacted.
+fn events_after(shared: &Shared, kind: Kind, selector: &Selector, since: u64) -> Option<(Vec<u8>, u64, u64)> {
     let inner = shared.inner.lock().expect("lock");
     let state = inner.kinds.get(&kind);
     if state.is_some_and(|s| since < s.oldest) {
@@ -223,7 +225,7 @@ fn events_after(shared: &Shared, kind: Kind, selector: &Selector, since: u64) ->
             }
         }
     }
-    Some((out, last.max(since)))
+    Some((out, last.max(since), inner.rv.max(last)))
 }
 
 fn watch_response(
@@ -262,14 +264,13 @@ fn watch_response(
                             st,
                         ));
                     }
-                    Some((lines, last)) => {
+                    Some((lines, last, current)) => {
                         st.last = last;
                         let mut chunk = lines;
                         if st.first {
                             st.first = false;
-                            let rv = st.shared.inner.lock().expect("lock").rv.max(st.last);
                             let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.name(),
-                                "apiVersion": kind.api_version(), "metadata": {"resourceVersion": rv.to_string()}}});
+                                "apiVersion": kind.api_version(), "metadata": {"resourceVersion": current.to_string()}}});
                             chunk.extend_from_slice(format!("{bookmark}\n").as_bytes());
                         }
                         if !chunk.is_empty() {

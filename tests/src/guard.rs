@@ -153,10 +153,18 @@ impl Cgroup {
 
 fn remove_cgroup(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(3);
+    let own = std::process::id() as i32;
     loop {
-        if let Ok(procs) = std::fs::read_to_string(path.join("cgroup.procs")) {
+        // Every process in the test's own cgroup was started by the test. `cgroup.kill` (5.14+)
+        // kills them all at once; on older kernels kill them one by one, by pid.
+        if std::fs::write(path.join("cgroup.kill"), "1").is_err()
+            && let Ok(procs) = std::fs::read_to_string(path.join("cgroup.procs"))
+        {
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // Safety: plain kill(2) of a pid found in our own test cgroup.
+                if pid <= 0 || pid == own {
+                    continue; // never a process group, never ourselves
+                }
+                // Safety: plain kill(2) of one positive pid found in our own test cgroup.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }

@@ -712,7 +712,7 @@ fn deploy_daemonset_runs_the_kubernetes_source_on_every_node_with_named_capabili
     assert_eq!(host_path("/sys/fs/cgroup").as_deref(), Some("/sys/fs/cgroup"));
 
     // Probes at kube-proxy's healthz port.
-    for (probe, path) in [(&container.liveness_probe, "/healthz"), (&container.readiness_probe, "/readyz")] {
+    for (probe, path) in [(&container.liveness_probe, "/livez"), (&container.readiness_probe, "/readyz")] {
         let get =
             probe.as_ref().and_then(|p| p.http_get.as_ref()).unwrap_or_else(|| panic!("no {path} probe"));
         assert_eq!(get.path.as_deref(), Some(path));

@@ -235,8 +235,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let mut outcome = sync_once(&source, &identity, &mut syncer);
     health.record_sync(matches!(outcome, Outcome::Applied));
     loader::attach(&mut ebpf, &cgroup, &args.bpffs)?;
-    health.set_ready();
-    info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "programs attached; agent ready");
+    // Ready means the first full sync is programmed: not before a sync has applied.
+    info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "programs attached");
+    if matches!(outcome, Outcome::Applied) && health.set_ready() {
+        info!("agent ready");
+    }
 
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -251,6 +254,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         health.record_sync(matches!(outcome, Outcome::Applied));
         if matches!(outcome, Outcome::Applied) {
             backoff = Duration::from_secs(1);
+            if health.set_ready() {
+                info!("agent ready");
+            }
         }
     }
     info!(

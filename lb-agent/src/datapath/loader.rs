@@ -93,6 +93,20 @@ fn link_pin(bpffs: &Path, program: &str) -> PathBuf {
     bpffs.join(LINKS_DIR).join(program)
 }
 
+/// Where a new link is pinned before it replaces `link_pin` by rename.
+fn staged_pin(bpffs: &Path, program: &str) -> PathBuf {
+    bpffs.join(LINKS_DIR).join(format!("{program}.new"))
+}
+
+/// Removes `path`; true if it existed.
+fn remove_if_present(path: &Path) -> anyhow::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
 /// Attaches every socket program to `cgroup` and pins the links, replacing the links an earlier
 /// agent pinned only once the new program is attached.
 pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()> {
@@ -120,15 +134,16 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()
             .attach(&cgroup_fd, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
         let link: FdLink = program.take_link(id)?.try_into().context("cgroup link is not an fd link")?;
+        // The new program runs now. Pin its link beside the old one, then rename it over the old
+        // pin in one step: the old link loses its last reference and detaches, and at no moment
+        // is the program missing or the pin absent (a crash here leaves at most a `.new` pin,
+        // which the next attach or `cleanup` removes).
         let pin = link_pin(bpffs, name);
-        // The new program runs now; removing the old pin drops the old link's last reference,
-        // which detaches the old program.
-        match std::fs::remove_file(&pin) {
-            Ok(()) => tracing::debug!(program = name, "replaced the previous agent's link"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing old link pin {}", pin.display())),
-        }
-        link.pin(&pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        let staged = staged_pin(bpffs, name);
+        remove_if_present(&staged)?;
+        link.pin(&staged).with_context(|| format!("pinning link {}", staged.display()))?;
+        std::fs::rename(&staged, &pin)
+            .with_context(|| format!("renaming {} over {}", staged.display(), pin.display()))?;
     }
     Ok(())
 }
@@ -138,13 +153,13 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let links = bpffs.join(LINKS_DIR);
-    let names =
-        SOCK_PROGRAMS.iter().map(|p| link_pin(bpffs, p)).chain(map_names::ALL.iter().map(|m| bpffs.join(m)));
+    let names = SOCK_PROGRAMS
+        .iter()
+        .flat_map(|p| [link_pin(bpffs, p), staged_pin(bpffs, p)])
+        .chain(map_names::ALL.iter().map(|m| bpffs.join(m)));
     for path in names {
-        match std::fs::remove_file(&path) {
-            Ok(()) => removed.push(path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        if remove_if_present(&path)? {
+            removed.push(path);
         }
     }
     for dir in [&links, &bpffs.to_path_buf()] {

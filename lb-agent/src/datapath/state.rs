@@ -116,6 +116,19 @@ impl Ids {
 /// are expanded to `desired.node_addresses`; a group with `WhenEmpty::Drop` and no eligible
 /// backend gets `DROP_WHEN_EMPTY` in its frontends' flags.
 pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
+    layout_reserving(desired, programmed, &Reserved::default())
+}
+
+/// Ids freed recently that must not be handed out yet: a program that read the old frontend
+/// just before the change may still look up that id's slots or backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    pub groups: BTreeSet<u32>,
+    pub backends: BTreeSet<u32>,
+}
+
+/// As `layout`, never allocating a new id from `reserved`.
+pub fn layout_reserving(desired: &DesiredState, programmed: &MapState, reserved: &Reserved) -> MapState {
     let mut out = MapState::default();
 
     // Backends: one entry per (address, port, protocol), shared by every group that uses it.
@@ -135,7 +148,7 @@ pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
             backend_states.entry((*addr, proto)).or_insert(backend_state::ACTIVE);
         }
     }
-    let mut backend_ids = Ids::new(programmed.backends.keys().copied());
+    let mut backend_ids = Ids::new(programmed.backends.keys().chain(&reserved.backends).copied());
     let mut id_of: HashMap<BackendIdentity, u32> = HashMap::new();
     for (identity, state) in &backend_states {
         let id = match programmed_backends.get(identity) {
@@ -184,7 +197,12 @@ pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
 
     // Groups: keep the id a group's frontends already point at, if no other group took it.
     let mut group_ids = Ids::new(
-        programmed.frontends.values().map(|v| v.group).chain(programmed.slots.keys().map(|k| k.group)),
+        programmed
+            .frontends
+            .values()
+            .map(|v| v.group)
+            .chain(programmed.slots.keys().map(|k| k.group))
+            .chain(reserved.groups.iter().copied()),
     );
     let mut reused = BTreeSet::new();
     let mut owners: HashMap<u32, Vec<FrontendKey>> = HashMap::new();

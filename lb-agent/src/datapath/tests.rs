@@ -1017,3 +1017,35 @@ fn restart_over_maps_from_an_unknown_layout_converges() {
     let target = layout(&after(), &foreign);
     check_transition(&foreign, &target, &after()).expect("transition from foreign ids");
 }
+
+#[test]
+fn freed_ids_are_not_handed_to_the_next_service_at_once() {
+    let maps = Shared::default();
+    let mut syncer = Syncer::new(maps.clone()).expect("read");
+    syncer.sync(&before()).expect("sync");
+    let old = key("10.96.0.20:80", Protocol::Tcp);
+    let first = maps.state();
+    let old_group = first.frontends[&old].group;
+    let old_backend = first
+        .backends
+        .iter()
+        .find(|(_, b)| backend_addr(b) == sock("10.244.1.3:8080"))
+        .map(|(id, _)| *id)
+        .expect("backend of ns/old");
+
+    // ns/old goes away; in the same sync a new Service with a new backend arrives.
+    syncer.sync(&after()).expect("sync");
+    let mut next = after();
+    next.groups.push(group("ns/newer:http", Protocol::Tcp, &["10.96.0.40:80"], &["10.244.1.9:8080"]));
+    syncer.sync(&next).expect("sync");
+    let state = maps.state();
+    let newer = key("10.96.0.40:80", Protocol::Tcp);
+    assert_ne!(state.frontends[&newer].group, old_group, "a just-freed group id was reused");
+    assert!(!state.backends.contains_key(&old_backend), "a just-freed backend id was reused");
+    // Without the quarantine the plain layout would have reused them: the test can fail.
+    let plain = layout(&next, &layout(&after(), &first));
+    assert!(
+        plain.frontends[&newer].group == old_group || plain.backends.contains_key(&old_backend),
+        "layout without reservation hands out the lowest free ids"
+    );
+}
