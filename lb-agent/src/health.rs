@@ -37,6 +37,12 @@ impl Health {
         !std::mem::replace(&mut inner.ready, true)
     }
 
+    /// What `/healthz` answers: ready, and the last sync succeeded.
+    pub fn healthy(&self) -> bool {
+        let inner = self.inner.lock().expect("health lock");
+        inner.ready && inner.healthy
+    }
+
     /// Records a sync: `ok` when the maps now match the source.
     pub fn record_sync(&self, ok: bool) {
         let mut inner = self.inner.lock().expect("health lock");

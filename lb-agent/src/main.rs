@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod cli;
 mod datapath;
 mod health;
+mod health_check;
 mod model;
 mod nodeport_addresses;
 mod source;

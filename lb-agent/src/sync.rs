@@ -12,7 +12,7 @@ use crate::{
     datapath::{
         diff::{MapOp, diff},
         maps::{LbMaps, MapsError, check_capacity},
-        state::{MapState, Reserved, layout_reserving},
+        state::{LayoutOptions, MapState, Reserved, layout_reserving},
     },
     model::DesiredState,
 };
@@ -36,6 +36,8 @@ pub struct Syncer<M: LbMaps> {
     /// passed, so a program that read a frontend just before a change never finds another
     /// Service's slots or backend under the id it read.
     freed: Vec<(Instant, Freed)>,
+    /// How slots are filled (`--lb-algorithm`, `--maglev-table-size`).
+    options: LayoutOptions,
 }
 
 /// How long a freed id stays unused (far longer than any program run).
@@ -49,9 +51,17 @@ enum Freed {
 
 impl<M: LbMaps> Syncer<M> {
     /// Adopts whatever is already programmed (pinned maps of an earlier agent): nothing is flushed.
+    /// Default layout options (random backend choice).
+    #[cfg_attr(not(test), allow(dead_code, reason = "`run` passes its options to `with_options`"))]
     pub fn new(maps: M) -> Result<Self, MapsError> {
+        Self::with_options(maps, LayoutOptions::default())
+    }
+
+    /// As `new`, laying slots out with `options`. Programmed slots of another layout (an agent
+    /// restarted with another `--lb-algorithm`) are rewritten by the first sync, make before break.
+    pub fn with_options(maps: M, options: LayoutOptions) -> Result<Self, MapsError> {
         let programmed = maps.read()?;
-        Ok(Self { maps, programmed, need_full_sync: false, freed: Vec::new() })
+        Ok(Self { maps, programmed, need_full_sync: false, freed: Vec::new(), options })
     }
 
     pub fn programmed(&self) -> &MapState {
@@ -75,8 +85,8 @@ impl<M: LbMaps> Syncer<M> {
                 Freed::Backend(b) => reserved.backends.insert(*b),
             };
         }
-        let target = layout_reserving(desired, &self.programmed, &reserved);
-        check_capacity(&target, self.maps.capacity())?;
+        let target = layout_reserving(desired, &self.programmed, &reserved, &self.options);
+        check_capacity(&target, self.maps.capacity(), &self.options)?;
         let ops = diff(&self.programmed, &target);
         let mut report = SyncReport {
             frontends: target.frontends.len(),

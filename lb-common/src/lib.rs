@@ -25,7 +25,9 @@ pub mod map_names {
     pub const REVNAT_V4: &str = "LB_REVNAT_V4";
     pub const REVNAT_V6: &str = "LB_REVNAT_V6";
     pub const STATS: &str = "LB_STATS";
-    pub const ALL: [&str; 7] = [FRONTENDS_V4, FRONTENDS_V6, SLOTS, BACKENDS, REVNAT_V4, REVNAT_V6, STATS];
+    pub const CONNTRACK: &str = "LB_CONNTRACK";
+    pub const ALL: [&str; 8] =
+        [FRONTENDS_V4, FRONTENDS_V6, SLOTS, BACKENDS, REVNAT_V4, REVNAT_V6, STATS, CONNTRACK];
 }
 
 /// Default capacities; the agent overrides them at load time (`--max-frontends` and friends).
@@ -35,6 +37,8 @@ pub mod capacity {
     pub const SLOTS: u32 = 1_048_576;
     pub const BACKENDS: u32 = 1_048_576;
     pub const REVNAT: u32 = 262_144;
+    /// Two entries per flow (original and reply direction).
+    pub const CONNTRACK: u32 = 524_288;
 }
 
 /// Key of `LB_FRONTENDS_V4`: a ClusterIP (or other VIP), its port and protocol.
@@ -121,7 +125,15 @@ pub struct Backend {
     pub family: u8,
     /// `backend_state::*`.
     pub state: u8,
-    pub pad: [u8; 3],
+    /// `backend_flags::*` bits.
+    pub flags: u8,
+    pub pad: [u8; 2],
+}
+
+pub mod backend_flags {
+    /// The endpoint runs on this node: packets from outside reach it without SNAT (its reply is
+    /// routed back through this node anyway), so the client's address is preserved.
+    pub const LOCAL: u8 = 1 << 0;
 }
 
 pub mod backend_state {
@@ -168,6 +180,119 @@ pub struct RevNat6Value {
     pub pad: u16,
 }
 
+/// Key of `LB_CONNTRACK`: a flow's 5-tuple as it appears on the wire in one direction, for packets
+/// the TC programs translate (NodePort, LoadBalancer, external IP, ClusterIP from outside).
+/// Addresses as in `Backend::addr` (IPv4 in `[0]`); ports in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// `ct_dir::*`.
+    pub dir: u8,
+    pub pad: u8,
+}
+
+pub mod ct_dir {
+    /// Client → frontend, as the client sent it.
+    pub const ORIGINAL: u8 = 0;
+    /// Backend → client (or → the SNAT address), as the backend sent it.
+    pub const REPLY: u8 = 1;
+}
+
+/// Value of `LB_CONNTRACK`: the tuple a packet matching the key is rewritten to. For `ORIGINAL`:
+/// destination = the backend, source = the SNAT address and port (or the client, unchanged). For
+/// `REPLY`: source = the frontend, destination = the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtValue {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    /// `ct_flags::*`.
+    pub flags: u16,
+    pub pad: u16,
+    /// Backend id chosen for the flow (0 on REPLY entries).
+    pub backend: u32,
+    pub pad2: u32,
+    /// `bpf_ktime_get_ns` of the last packet in either direction.
+    pub last_seen: u64,
+}
+
+pub mod ct_flags {
+    /// The entry rewrites the source too (SNAT to this node's address, backend on another node).
+    pub const SNAT: u16 = 1 << 0;
+    /// A reply was seen (TCP: the handshake went through).
+    pub const SEEN_REPLY: u16 = 1 << 1;
+    /// TCP FIN or RST seen: the entry expires soon.
+    pub const CLOSING: u16 = 1 << 2;
+}
+
+/// Conntrack lifetimes since the last packet, in nanoseconds (Cilium's defaults).
+pub mod ct_timeout {
+    const SEC: u64 = 1_000_000_000;
+    /// TCP before a reply was seen.
+    pub const TCP_SYN: u64 = 60 * SEC;
+    pub const TCP_ESTABLISHED: u64 = 21_600 * SEC;
+    /// TCP after FIN or RST.
+    pub const TCP_CLOSING: u64 = 10 * SEC;
+    pub const OTHER: u64 = 60 * SEC;
+}
+
+/// Lifetime of a conntrack entry with `flags` for protocol `proto`, in nanoseconds.
+pub const fn ct_lifetime(proto: u8, flags: u16) -> u64 {
+    if proto != proto::TCP {
+        ct_timeout::OTHER
+    } else if flags & ct_flags::CLOSING != 0 {
+        ct_timeout::TCP_CLOSING
+    } else if flags & ct_flags::SEEN_REPLY != 0 {
+        ct_timeout::TCP_ESTABLISHED
+    } else {
+        ct_timeout::TCP_SYN
+    }
+}
+
+/// Ports the TC programs pick SNAT source ports from (host order, inclusive), outside Linux's
+/// default ephemeral range (32768–60999) so they never collide with the node's own sockets.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// Hash of a flow's client side and service port, the same on every node and in the agent (used
+/// to pick a slot: with a Maglev table every node picks the same backend for a flow). The
+/// destination address is left out so a NodePort flow hashes alike whichever node it reaches.
+/// `src` as in `Backend::addr`; ports in network byte order.
+#[inline(always)]
+pub const fn flow_hash(src: &[u32; 4], sport: u16, dport: u16, proto: u8) -> u32 {
+    let mut h: u32 = 0x9e37_79b9 ^ proto as u32;
+    h = mix(h, src[0]);
+    h = mix(h, src[1]);
+    h = mix(h, src[2]);
+    h = mix(h, src[3]);
+    h = mix(h, (sport as u32) << 16 | dport as u32);
+    fmix(h)
+}
+
+#[inline(always)]
+const fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
 /// Indexes of the per-CPU counters in `LB_STATS` (a `PERCPU_ARRAY` of `u64`).
 pub mod stats {
     /// Connects/sends to a frontend rewritten to a backend.
@@ -178,8 +303,31 @@ pub mod stats {
     pub const LOOKUP_MISS: u32 = 2;
     /// Replies whose source was rewritten back to the frontend (recvmsg/getpeername).
     pub const REVNAT: u32 = 3;
-    pub const COUNT: u32 = 4;
-    pub const NAMES: [&str; COUNT as usize] = ["translated", "no_backend", "lookup_miss", "revnat"];
+    /// Packets to a frontend translated at TC (new flows and flows in the conntrack table).
+    pub const TC_TRANSLATED: u32 = 4;
+    /// Reply packets translated back at TC.
+    pub const TC_REVNAT: u32 = 5;
+    /// New flows at TC: a backend was chosen and conntrack entries were made.
+    pub const TC_NEW_FLOW: u32 = 6;
+    /// Packets to a frontend without a usable backend, dropped at TC.
+    pub const TC_DROPPED: u32 = 7;
+    /// New flows dropped at TC because no SNAT port or route was found.
+    pub const TC_NAT_FAILED: u32 = 8;
+    /// Translated packets sent out by redirect (after a FIB lookup) rather than the stack.
+    pub const TC_REDIRECTED: u32 = 9;
+    pub const COUNT: u32 = 10;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "translated",
+        "no_backend",
+        "lookup_miss",
+        "revnat",
+        "tc_translated",
+        "tc_revnat",
+        "tc_new_flow",
+        "tc_dropped",
+        "tc_nat_failed",
+        "tc_redirected",
+    ];
 }
 
 const _: () = assert!(size_of::<Frontend4Key>() == 8);
@@ -192,6 +340,8 @@ const _: () = assert!(size_of::<RevNat4Key>() == 16);
 const _: () = assert!(size_of::<RevNat4Value>() == 8);
 const _: () = assert!(size_of::<RevNat6Key>() == 32);
 const _: () = assert!(size_of::<RevNat6Value>() == 20);
+const _: () = assert!(size_of::<CtKey>() == 40);
+const _: () = assert!(size_of::<CtValue>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -208,4 +358,6 @@ mod pod {
     unsafe impl aya::Pod for RevNat4Value {}
     unsafe impl aya::Pod for RevNat6Key {}
     unsafe impl aya::Pod for RevNat6Value {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
 }

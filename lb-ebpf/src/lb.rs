@@ -1,5 +1,4 @@
 //! Service lookup → slot choice → backend fetch, shared by every hook.
-use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{Backend, FrontendValue, SlotKey, frontend_flags, stats};
 
 use crate::{maps, stats::bump};
@@ -14,14 +13,15 @@ pub enum Verdict {
     Unreachable,
 }
 
-/// Looks a frontend up with `lookup` (which copies the value out at once) and picks a backend.
-/// `None`: not a frontend. A slot or backend miss means the agent changed the service between
-/// our reads (it shrank the slots, or an element was recycled): look the frontend up again, once.
+/// Looks a frontend up with `lookup` (which copies the value out at once) and picks the backend in
+/// slot `hash % count + 1` (a random number at the socket, the flow hash at TC). `None`: not a
+/// frontend. A slot or backend miss means the agent changed the service between our reads (it
+/// shrank the slots, or an element was recycled): look the frontend up again, once.
 #[inline(always)]
-pub fn resolve(lookup: impl Fn() -> Option<FrontendValue>) -> Option<Verdict> {
+pub fn resolve(lookup: impl Fn() -> Option<FrontendValue>, hash: u32) -> Option<Verdict> {
     for _ in 0..2 {
         let frontend = lookup()?;
-        if let Some(verdict) = select(&frontend) {
+        if let Some(verdict) = select(&frontend, hash) {
             return Some(verdict);
         }
     }
@@ -32,20 +32,16 @@ pub fn resolve(lookup: impl Fn() -> Option<FrontendValue>) -> Option<Verdict> {
 
 /// Picks a backend of `frontend`; `None` when its slot or backend is missing.
 #[inline(always)]
-fn select(frontend: &FrontendValue) -> Option<Verdict> {
+fn select(frontend: &FrontendValue, hash: u32) -> Option<Verdict> {
     let count = frontend.count;
     if count == 0 {
-        bump(stats::NO_BACKEND);
         if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
             return Some(Verdict::Unreachable);
         }
         return Some(Verdict::Reject);
     }
     // Slots are 1-based; slot 0 is reserved and never written.
-    // Safety (of the helper call): bpf_get_prandom_u32 has no preconditions.
-    let slot = unsafe { bpf_get_prandom_u32() } % count + 1;
-    let backend = backend_at(frontend.group, slot)?;
-    bump(stats::TRANSLATED);
+    let backend = backend_at(frontend.group, hash % count + 1)?;
     Some(Verdict::Backend(backend))
 }
 

@@ -3,14 +3,18 @@
 //! The socket hooks translate a connect/sendmsg to a frontend (ClusterIP:port/proto) into a
 //! connect/sendmsg to one of its backends, before any packet exists; the reply-side hooks
 //! (recvmsg, getpeername) show the frontend back to the application. Every hook goes through the
-//! same `lb` module: frontend lookup → slot choice → backend fetch.
+//! same `lb` module: frontend lookup → slot choice → backend fetch. The TC programs (`tc`) do
+//! the same per packet for traffic from outside the node, with a conntrack table.
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod lb;
 mod maps;
+mod packet;
 mod sock;
 mod stats;
+mod tc;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -9,8 +9,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Frontend4Key, Frontend6Key, FrontendValue, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value,
-    SlotKey, SlotValue, capacity, stats,
+    Backend, CtKey, CtValue, Frontend4Key, Frontend6Key, FrontendValue, RevNat4Key, RevNat4Value, RevNat6Key,
+    RevNat6Value, SlotKey, SlotValue, capacity, stats,
 };
 
 #[map]
@@ -35,3 +35,8 @@ pub static LB_REVNAT_V6: LruHashMap<RevNat6Key, RevNat6Value> = LruHashMap::pinn
 
 #[map]
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
+
+/// Conntrack of the TC programs: preallocated LRU, so a flood of new flows evicts the oldest
+/// instead of failing.
+#[map]
+pub static LB_CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(capacity::CONNTRACK, 0);

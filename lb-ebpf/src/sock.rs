@@ -9,7 +9,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -27,6 +27,13 @@ const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
+
+/// A random number for the slot choice (a socket has no flow hash yet at connect time).
+#[inline(always)]
+fn random() -> u32 {
+    // Safety: bpf_get_prandom_u32 has no preconditions.
+    unsafe { bpf_get_prandom_u32() }
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
@@ -102,7 +109,7 @@ enum Translation {
 fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Translation {
     let key = Frontend4Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
-    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V4.get(&key) }.copied()) else {
+    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V4.get(&key) }.copied(), random()) else {
         return Translation::Pass;
     };
     match verdict {
@@ -116,10 +123,17 @@ fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Transla
             let rev_value = RevNat4Value { frontend_addr: addr, frontend_port: port, pad: 0 };
             // A full LRU evicts the oldest entry; an error here only loses the reply rewrite.
             let _ = LB_REVNAT_V4.insert(&rev_key, &rev_value, 0);
+            bump(stats::TRANSLATED);
             Translation::To(backend.addr[0], backend.port)
         }
-        Verdict::Reject => Translation::Fail(ECONNREFUSED),
-        Verdict::Unreachable => Translation::Fail(EHOSTUNREACH),
+        Verdict::Reject => {
+            bump(stats::NO_BACKEND);
+            Translation::Fail(ECONNREFUSED)
+        }
+        Verdict::Unreachable => {
+            bump(stats::NO_BACKEND);
+            Translation::Fail(EHOSTUNREACH)
+        }
     }
 }
 
@@ -202,7 +216,7 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
     }
     let key = Frontend6Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once.
-    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V6.get(&key) }.copied()) else {
+    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V6.get(&key) }.copied(), random()) else {
         return ALLOW;
     };
     match verdict {
@@ -215,11 +229,18 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
             };
             let rev_value = RevNat6Value { frontend_addr: addr, frontend_port: port, pad: 0 };
             let _ = LB_REVNAT_V6.insert(&rev_key, &rev_value, 0);
+            bump(stats::TRANSLATED);
             write_ip6(sa, &backend.addr, backend.port);
             ALLOW
         }
-        Verdict::Reject => fail(ECONNREFUSED),
-        Verdict::Unreachable => fail(EHOSTUNREACH),
+        Verdict::Reject => {
+            bump(stats::NO_BACKEND);
+            fail(ECONNREFUSED)
+        }
+        Verdict::Unreachable => {
+            bump(stats::NO_BACKEND);
+            fail(EHOSTUNREACH)
+        }
     }
 }
 

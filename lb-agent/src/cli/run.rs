@@ -17,10 +17,13 @@ use tracing::{error, info, warn};
 use crate::{
     datapath::{
         loader::{self, Capacities},
+        maglev,
         maps::PinnedMaps,
+        state::{LayoutOptions, LbAlgorithm},
     },
     health::Health,
-    model::{NodeContext, Objects, Problem, translate},
+    health_check::ServiceHealthServer,
+    model::{DesiredState, NodeContext, Objects, Problem, translate},
     nodeport_addresses::{self, NodePortAddresses},
     source::{self, SourceError, kubernetes::KubeSource},
     sync::Syncer,
@@ -56,6 +59,14 @@ pub struct RunArgs {
     /// (kube-proxy's flag; a change never waits longer than this). `10ms`, `1s`…
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     min_sync_period: Duration,
+    /// Node interfaces to load-balance traffic from outside on (NodePort, LoadBalancer and
+    /// external IPs, ClusterIPs): TC programs on their ingress and egress. Comma-separated;
+    /// empty: socket-level load balancing only.
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    interfaces: Vec<String>,
+    /// Capacity of the TC conntrack map (two entries per flow).
+    #[arg(long, default_value_t = capacity::CONNTRACK)]
+    max_conntrack: u32,
     /// Capacity of each frontend map (IPv4 and IPv6), set when the maps are first created.
     #[arg(long, default_value_t = capacity::FRONTENDS)]
     max_frontends: u32,
@@ -68,6 +79,14 @@ pub struct RunArgs {
     /// Capacity of each reverse-NAT map (one entry per translated socket and backend).
     #[arg(long, default_value_t = capacity::REVNAT)]
     max_revnat: u32,
+    /// Backend choice for NodePort, externalIP and LoadBalancer frontends: `maglev` hashes the
+    /// 5-tuple so every node picks the same backend for a flow. ClusterIPs are always random.
+    #[arg(long, value_enum, default_value_t)]
+    lb_algorithm: LbAlgorithm,
+    /// Entries of each Maglev table: a prime up to 65521. Each external group then takes this
+    /// many slots (about 64 B of kernel memory each), so `--max-slots` must cover them.
+    #[arg(long, default_value_t = maglev::DEFAULT_SIZE, value_parser = maglev::parse_size)]
+    maglev_table_size: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -137,14 +156,19 @@ impl NodeIdentity {
     }
 }
 
-/// One sync: source snapshot → translate → diff → ordered map writes.
-fn sync_once(source: &Source, identity: &NodeIdentity, syncer: &mut Syncer<PinnedMaps>) -> Outcome {
+/// One sync: source snapshot → translate → diff → ordered map writes. The desired state comes
+/// back when it was applied.
+fn sync_once(
+    source: &Source,
+    identity: &NodeIdentity,
+    syncer: &mut Syncer<PinnedMaps>,
+) -> (Outcome, Option<DesiredState>) {
     let started = Instant::now();
     let (objects, mut problems) = match source.load() {
         Ok(loaded) => loaded,
         Err(e) => {
             error!(error = %e, "source is invalid; keeping what is programmed");
-            return Outcome::SourceInvalid;
+            return (Outcome::SourceInvalid, None);
         }
     };
     let node = identity.context(&objects);
@@ -166,11 +190,11 @@ fn sync_once(source: &Source, identity: &NodeIdentity, syncer: &mut Syncer<Pinne
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "sync applied"
             );
-            Outcome::Applied
+            (Outcome::Applied, Some(desired))
         }
         Err(e) => {
             error!(error = %e, "sync failed; nothing half-applied is visible, will retry");
-            Outcome::MapsFailed
+            (Outcome::MapsFailed, None)
         }
     }
 }
@@ -190,6 +214,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             }
         })))
     };
+    // kube-proxy's healthCheckNodePort servers, on every address (kube-proxy's default).
+    let mut service_health = ServiceHealthServer::new(Arc::clone(&health), Vec::new());
     let changed = Arc::new(Notify::new());
     let source = if args.source == "kubernetes" {
         if args.node_name.is_empty() {
@@ -213,10 +239,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         slots: args.max_slots,
         backends: args.max_backends,
         revnat: args.max_revnat,
+        conntrack: args.max_conntrack,
     };
     let mut ebpf = loader::load(&args.bpffs, caps)?;
     let maps = PinnedMaps::open(&args.bpffs).context("opening the maps just pinned")?;
-    let mut syncer = Syncer::new(maps).context("reading the pinned maps")?;
+    let options = LayoutOptions { algorithm: args.lb_algorithm, maglev_size: args.maglev_table_size };
+    let mut syncer = Syncer::with_options(maps, options).context("reading the pinned maps")?;
     if !syncer.programmed().frontends.is_empty() {
         info!(frontends = syncer.programmed().frontends.len(), "adopted the maps of an earlier agent");
     }
@@ -232,9 +260,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let identity = NodeIdentity { name: args.node_name, nodeport_addresses: args.nodeport_addresses };
-    let mut outcome = sync_once(&source, &identity, &mut syncer);
+    let (mut outcome, desired) = sync_once(&source, &identity, &mut syncer);
+    if let Some(desired) = &desired {
+        service_health.sync(desired);
+    }
     health.record_sync(matches!(outcome, Outcome::Applied));
     loader::attach(&mut ebpf, &cgroup, &args.bpffs)?;
+    let interfaces: Vec<String> = args.interfaces.iter().filter(|i| !i.is_empty()).cloned().collect();
+    loader::attach_tc(&mut ebpf, &interfaces, &args.bpffs)?;
     // Ready means the first full sync is programmed: not before a sync has applied.
     info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "programs attached");
     if matches!(outcome, Outcome::Applied) && health.set_ready() {
@@ -250,7 +283,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        outcome = sync_once(&source, &identity, &mut syncer);
+        let (next, desired) = sync_once(&source, &identity, &mut syncer);
+        outcome = next;
+        if let Some(desired) = &desired {
+            service_health.sync(desired);
+        }
         health.record_sync(matches!(outcome, Outcome::Applied));
         if matches!(outcome, Outcome::Applied) {
             backoff = Duration::from_secs(1);

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, links::FdLink, tc},
 };
 use lb_common::{capacity, map_names};
 
@@ -30,6 +30,10 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
     "lb_getpeername6",
 ];
 
+/// The TC programs (`lb-ebpf/src/tc.rs`), attached to every `--interfaces` device.
+pub const TC_INGRESS: &str = "lb_tc_ingress";
+pub const TC_EGRESS: &str = "lb_tc_egress";
+
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const LINKS_DIR: &str = "links";
 
@@ -40,6 +44,7 @@ pub struct Capacities {
     pub slots: u32,
     pub backends: u32,
     pub revnat: u32,
+    pub conntrack: u32,
 }
 
 impl Default for Capacities {
@@ -49,6 +54,7 @@ impl Default for Capacities {
             slots: capacity::SLOTS,
             backends: capacity::BACKENDS,
             revnat: capacity::REVNAT,
+            conntrack: capacity::CONNTRACK,
         }
     }
 }
@@ -85,6 +91,7 @@ pub fn load(bpffs: &Path, cap: Capacities) -> anyhow::Result<Ebpf> {
         .map_max_entries(map_names::BACKENDS, cap.backends)
         .map_max_entries(map_names::REVNAT_V4, cap.revnat)
         .map_max_entries(map_names::REVNAT_V6, cap.revnat)
+        .map_max_entries(map_names::CONNTRACK, cap.conntrack)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")
 }
@@ -93,9 +100,10 @@ fn link_pin(bpffs: &Path, program: &str) -> PathBuf {
     bpffs.join(LINKS_DIR).join(program)
 }
 
-/// Where a new link is pinned before it replaces `link_pin` by rename.
+/// Where a new link is pinned before it replaces `link_pin` by rename (bpffs refuses names with
+/// a dot, hence no `.new`).
 fn staged_pin(bpffs: &Path, program: &str) -> PathBuf {
-    bpffs.join(LINKS_DIR).join(format!("{program}.new"))
+    bpffs.join(LINKS_DIR).join(format!("{program}_new"))
 }
 
 /// Removes `path`; true if it existed.
@@ -134,16 +142,73 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()
             .attach(&cgroup_fd, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
         let link: FdLink = program.take_link(id)?.try_into().context("cgroup link is not an fd link")?;
-        // The new program runs now. Pin its link beside the old one, then rename it over the old
-        // pin in one step: the old link loses its last reference and detaches, and at no moment
-        // is the program missing or the pin absent (a crash here leaves at most a `.new` pin,
-        // which the next attach or `cleanup` removes).
-        let pin = link_pin(bpffs, name);
-        let staged = staged_pin(bpffs, name);
-        remove_if_present(&staged)?;
-        link.pin(&staged).with_context(|| format!("pinning link {}", staged.display()))?;
-        std::fs::rename(&staged, &pin)
-            .with_context(|| format!("renaming {} over {}", staged.display(), pin.display()))?;
+        replace_pin(link, bpffs, name)?;
+    }
+    Ok(())
+}
+
+/// Pins `link` as `links/<name>`, replacing an earlier agent's link of that name. The new program
+/// already runs: pin it beside the old one, then rename it over the old pin in one step, so the
+/// old link loses its last reference and detaches, and at no moment is the program missing or the
+/// pin absent (a crash here leaves at most a `_new` pin, which the next attach or `cleanup`
+/// removes).
+fn replace_pin(link: FdLink, bpffs: &Path, name: &str) -> anyhow::Result<()> {
+    let pin = link_pin(bpffs, name);
+    let staged = staged_pin(bpffs, name);
+    remove_if_present(&staged)?;
+    link.pin(&staged).with_context(|| format!("pinning link {}", staged.display()))?;
+    std::fs::rename(&staged, &pin)
+        .with_context(|| format!("renaming {} over {}", staged.display(), pin.display()))?;
+    Ok(())
+}
+
+/// Attaches the TC programs to the ingress and egress of each interface (TCX links on Linux 6.6+,
+/// pinned as `links/tc-<interface>-<direction>` and replaced like the socket links; on older
+/// kernels a clsact filter, which stays attached by itself).
+pub fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String], bpffs: &Path) -> anyhow::Result<()> {
+    if interfaces.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(bpffs.join(LINKS_DIR)).context("creating the links directory")?;
+    for (name, direction, attach_type) in
+        [(TC_INGRESS, "ingress", TcAttachType::Ingress), (TC_EGRESS, "egress", TcAttachType::Egress)]
+    {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} is missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a TC classifier"))?;
+        program.load().with_context(|| format!("verifier rejected {name}"))?;
+        if let Ok(info) = program.info() {
+            tracing::debug!(
+                program = name,
+                instructions = info.size_translated().unwrap_or(0) / 8,
+                verified_instructions = info.verified_instruction_count().unwrap_or(0),
+                "program loaded"
+            );
+        }
+        for interface in interfaces {
+            let id = match program.attach(interface, attach_type) {
+                Ok(id) => id,
+                Err(first) => {
+                    // Pre-TCX kernels need the clsact qdisc first.
+                    if let Err(e) = tc::qdisc_add_clsact(interface) {
+                        tracing::debug!(interface, error = %e, "clsact qdisc not added (it may exist)");
+                    }
+                    program.attach(interface, attach_type).with_context(|| {
+                        format!("attaching {name} to {direction} of {interface} (first try: {first})")
+                    })?
+                }
+            };
+            let link = program.take_link(id)?;
+            match FdLink::try_from(link) {
+                // bpffs refuses dots in names (VLAN devices are called `eth0.100`).
+                Ok(link) => {
+                    replace_pin(link, bpffs, &format!("tc-{interface}-{direction}").replace('.', "_"))?
+                }
+                Err(_) => tracing::info!(interface, direction, "attached as a clsact filter (no TCX)"),
+            }
+        }
     }
     Ok(())
 }
@@ -153,10 +218,14 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()
 pub fn cleanup(bpffs: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let links = bpffs.join(LINKS_DIR);
-    let names = SOCK_PROGRAMS
-        .iter()
-        .flat_map(|p| [link_pin(bpffs, p), staged_pin(bpffs, p)])
-        .chain(map_names::ALL.iter().map(|m| bpffs.join(m)));
+    // Every pin under links/ is one of ours (socket links, TC links, staged `_new` pins).
+    let mut link_pins: Vec<PathBuf> = match std::fs::read_dir(&links) {
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", links.display())),
+    };
+    link_pins.sort();
+    let names = link_pins.into_iter().chain(map_names::ALL.iter().map(|m| bpffs.join(m)));
     for path in names {
         if remove_if_present(&path)? {
             removed.push(path);

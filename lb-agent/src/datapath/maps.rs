@@ -1,13 +1,18 @@
 //! Map writers: the kernel's pinned maps, and an in-memory fake with the same interface for tests.
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
-use lb_common::{Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, map_names, stats};
+use lb_common::{
+    Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, frontend_flags, map_names, stats,
+};
 use thiserror::Error;
 
 use super::{
     diff::MapOp,
-    state::{FrontendKey, MapState},
+    state::{FrontendKey, LayoutOptions, LbAlgorithm, MapState},
 };
 
 #[derive(Debug, Error)]
@@ -20,6 +25,14 @@ pub enum MapsError {
     Write { op: String, source: MapError },
     #[error("map {name} is full: {needed} entries needed, capacity {capacity}")]
     Full { name: &'static str, needed: usize, capacity: u32 },
+    /// The slot map would fit with one slot per backend: the Maglev tables are what overflow it.
+    #[error(
+        "map {} is full: {needed} entries needed, capacity {capacity}, because {groups} external \
+         groups take a Maglev table of {size} slots each: raise --max-slots, lower \
+         --maglev-table-size or use --lb-algorithm random",
+        map_names::SLOTS
+    )]
+    MaglevFull { needed: usize, capacity: u32, groups: usize, size: u32 },
 }
 
 /// Capacity of each service map, as created in the kernel.
@@ -39,8 +52,8 @@ pub trait LbMaps {
     fn capacity(&self) -> Capacity;
 }
 
-/// Fails, before anything is written, when `target` does not fit.
-pub fn check_capacity(target: &MapState, cap: Capacity) -> Result<(), MapsError> {
+/// Fails, before anything is written, when `target` (laid out with `options`) does not fit.
+pub fn check_capacity(target: &MapState, cap: Capacity, options: &LayoutOptions) -> Result<(), MapsError> {
     let v4 = target.frontends.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count();
     let v6 = target.frontends.len() - v4;
     for (name, needed, capacity) in [
@@ -50,10 +63,43 @@ pub fn check_capacity(target: &MapState, cap: Capacity) -> Result<(), MapsError>
         (map_names::BACKENDS, target.backends.len(), cap.backends),
     ] {
         if needed > capacity as usize {
+            if name == map_names::SLOTS
+                && let Some(e) = maglev_overflow(target, capacity, options)
+            {
+                return Err(e);
+            }
             return Err(MapsError::Full { name, needed, capacity });
         }
     }
     Ok(())
+}
+
+/// The slot map of `target` overflows `capacity`: `MaglevFull` if one slot per backend in place
+/// of each Maglev table would fit, so the operator is told which knob to turn.
+fn maglev_overflow(target: &MapState, capacity: u32, options: &LayoutOptions) -> Option<MapsError> {
+    if options.algorithm != LbAlgorithm::Maglev {
+        return None;
+    }
+    // A Maglev group: external frontends with a full table (`LayoutOptions::maglev`).
+    let external = frontend_flags::EXTERNAL_IP | frontend_flags::LOAD_BALANCER | frontend_flags::NODE_PORT;
+    let groups: BTreeSet<u32> = target
+        .frontends
+        .values()
+        .filter(|v| v.flags & external != 0 && v.count == options.maglev_size)
+        .map(|v| v.group)
+        .collect();
+    let mut backends: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for (k, v) in target.slots.iter().filter(|(k, _)| groups.contains(&k.group)) {
+        backends.entry(k.group).or_default().insert(v.backend);
+    }
+    let tables = groups.len() * options.maglev_size as usize;
+    let plain = target.slots.len() - tables + backends.values().map(BTreeSet::len).sum::<usize>();
+    (!groups.is_empty() && plain <= capacity as usize).then_some(MapsError::MaglevFull {
+        needed: target.slots.len(),
+        capacity,
+        groups: groups.len(),
+        size: options.maglev_size,
+    })
 }
 
 /// The agent's maps, opened from their pins under `--bpffs`.

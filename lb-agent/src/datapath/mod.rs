@@ -1,8 +1,10 @@
-//! Everything that touches the kernel: the map layout of a `DesiredState` (`state`), the ordered
-//! diff between two layouts (`diff`), the map writers (`maps`), and loading/attaching (`loader`).
+//! Everything that touches the kernel: the map layout of a `DesiredState` (`state`, with Maglev
+//! tables from `maglev`), the ordered diff between two layouts (`diff`), the map writers (`maps`),
+//! and loading/attaching (`loader`).
 pub mod attached;
 pub mod diff;
 pub mod loader;
+pub mod maglev;
 pub mod maps;
 pub mod state;
 

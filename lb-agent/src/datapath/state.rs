@@ -7,10 +7,12 @@ use std::{
 };
 
 use lb_common::{
-    Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, backend_state, frontend_flags,
+    Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, backend_flags, backend_state,
+    frontend_flags,
 };
 
-use crate::model::{DesiredState, EndpointState, FrontendKind, Protocol, WhenEmpty};
+use super::maglev;
+use crate::model::{BackendGroup, DesiredState, EndpointState, FrontendKind, Protocol, Scope, WhenEmpty};
 
 /// A frontend map key of either family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,12 +65,12 @@ pub fn words_ip6(w: [u32; 4]) -> Ipv6Addr {
 }
 
 /// Builds a backend map value.
-pub fn backend_value(addr: SocketAddr, protocol: u8, state: u8) -> Backend {
+pub fn backend_value(addr: SocketAddr, protocol: u8, state: u8, flags: u8) -> Backend {
     let (words, family) = match addr.ip() {
         IpAddr::V4(a) => ([ip4_word(a), 0, 0, 0], 4),
         IpAddr::V6(a) => (ip6_words(a), 6),
     };
-    Backend { addr: words, port: addr.port().to_be(), proto: protocol, family, state, pad: [0; 3] }
+    Backend { addr: words, port: addr.port().to_be(), proto: protocol, family, state, flags, pad: [0; 2] }
 }
 
 /// The socket address a backend map value names.
@@ -115,8 +117,44 @@ impl Ids {
 /// Lays `desired` out as map entries, reusing the ids found in `programmed`. NodePort frontends
 /// are expanded to `desired.node_addresses`; a group with `WhenEmpty::Drop` and no eligible
 /// backend gets `DROP_WHEN_EMPTY` in its frontends' flags.
+#[cfg_attr(not(test), allow(dead_code, reason = "the agent lays out through `Syncer`; tests use this"))]
 pub fn layout(desired: &DesiredState, programmed: &MapState) -> MapState {
-    layout_reserving(desired, programmed, &Reserved::default())
+    layout_reserving(desired, programmed, &Reserved::default(), &LayoutOptions::default())
+}
+
+/// How the kernel picks among a group's backends (`--lb-algorithm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbAlgorithm {
+    /// A random backend per connection: one slot per backend.
+    #[default]
+    Random,
+    /// Maglev consistent hashing of the 5-tuple for NodePort, externalIP and LoadBalancer
+    /// traffic, so every node picks the same backend for a flow; ClusterIPs stay random.
+    Maglev,
+}
+
+/// What `layout` needs besides the desired state: how a group's slots are filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayoutOptions {
+    pub algorithm: LbAlgorithm,
+    /// Slots of a Maglev group (`maglev::is_valid_size`); unused with `Random`.
+    pub maglev_size: u32,
+}
+
+impl Default for LayoutOptions {
+    fn default() -> Self {
+        Self { algorithm: LbAlgorithm::Random, maglev_size: maglev::DEFAULT_SIZE }
+    }
+}
+
+impl LayoutOptions {
+    /// Whether `group`'s slots hold a Maglev table. Only `External` groups: their traffic will
+    /// arrive per packet (TC/XDP) at whichever node the network picks, so every node must choose
+    /// the same backend for a flow. A ClusterIP is only reached from the client's own node, at
+    /// connect time, where a random choice is as good and costs one slot per backend.
+    pub fn maglev(&self, group: &BackendGroup) -> bool {
+        self.algorithm == LbAlgorithm::Maglev && group.scope == Scope::External
+    }
 }
 
 /// Ids freed recently that must not be handed out yet: a program that read the old frontend
@@ -127,16 +165,23 @@ pub struct Reserved {
     pub backends: BTreeSet<u32>,
 }
 
-/// As `layout`, never allocating a new id from `reserved`.
-pub fn layout_reserving(desired: &DesiredState, programmed: &MapState, reserved: &Reserved) -> MapState {
+/// As `layout`, never allocating a new id from `reserved`, filling slots as `options` say.
+pub fn layout_reserving(
+    desired: &DesiredState,
+    programmed: &MapState,
+    reserved: &Reserved,
+    options: &LayoutOptions,
+) -> MapState {
     let mut out = MapState::default();
 
     // Backends: one entry per (address, port, protocol), shared by every group that uses it.
     let programmed_backends: HashMap<BackendIdentity, u32> =
         programmed.backends.iter().map(|(id, b)| ((backend_addr(b), b.proto), *id)).collect();
     let mut backend_states: BTreeMap<BackendIdentity, u8> = BTreeMap::new();
+    let mut local: BTreeSet<IpAddr> = BTreeSet::new();
     for group in &desired.groups {
         let proto = group.service.protocol.number();
+        local.extend(group.backends.iter().filter(|b| b.local).map(|b| b.addr.ip()));
         for info in &group.backends {
             let state = match info.state {
                 EndpointState::Active => backend_state::ACTIVE,
@@ -156,7 +201,8 @@ pub fn layout_reserving(desired: &DesiredState, programmed: &MapState, reserved:
             None => backend_ids.allocate(),
         };
         id_of.insert(*identity, id);
-        out.backends.insert(id, backend_value(identity.0, identity.1, *state));
+        let flags = if local.contains(&identity.0.ip()) { backend_flags::LOCAL } else { 0 };
+        out.backends.insert(id, backend_value(identity.0, identity.1, *state, flags));
     }
 
     // Frontend keys per group. A NodePort (unspecified address) becomes one key per node address
@@ -232,8 +278,16 @@ pub fn layout_reserving(desired: &DesiredState, programmed: &MapState, reserved:
         };
         let proto = group.service.protocol.number();
         // The socket hooks see only this node's own connections: they use `from_node`.
-        for (slot, addr) in (1u32..).zip(&group.from_node) {
-            out.slots.insert(SlotKey { group: id, slot }, SlotValue { backend: id_of[&(*addr, proto)] });
+        let ids: Vec<u32> = group.from_node.iter().map(|addr| id_of[&(*addr, proto)]).collect();
+        // Maglev: slot i+1 holds table entry i, which depends only on the backend set, so a
+        // backend change rewrites only the slots whose entry changed (about 1/N of them).
+        let slots = if options.maglev(group) {
+            maglev::table(&group.from_node, options.maglev_size).into_iter().map(|i| ids[i]).collect()
+        } else {
+            ids
+        };
+        for (slot, backend) in (1u32..).zip(&slots) {
+            out.slots.insert(SlotKey { group: id, slot }, SlotValue { backend: *backend });
         }
         // Rule 40 against 39: with no slot, drop (EHOSTUNREACH) rather than refuse.
         let drop = if group.from_node.is_empty() && group.when_empty == WhenEmpty::Drop {
@@ -244,7 +298,7 @@ pub fn layout_reserving(desired: &DesiredState, programmed: &MapState, reserved:
         for (key, kind) in keys {
             let value = FrontendValue {
                 group: id,
-                count: u32::try_from(group.from_node.len()).unwrap_or(u32::MAX),
+                count: u32::try_from(slots.len()).unwrap_or(u32::MAX),
                 flags: kind.flag() | drop,
                 affinity_timeout: group.affinity_timeout.unwrap_or(0),
             };

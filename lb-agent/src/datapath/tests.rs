@@ -10,8 +10,9 @@ use proptest::prelude::*;
 
 use super::{
     diff::{MapOp, apply_in_memory, diff},
+    maglev,
     maps::{Capacity, LbMaps, MapsError, MemoryMaps},
-    state::{FrontendKey, MapState, backend_addr, layout},
+    state::{FrontendKey, LayoutOptions, MapState, Reserved, backend_addr, layout, layout_reserving},
 };
 use crate::{
     model::{
@@ -62,7 +63,10 @@ fn group(svc: &str, protocol: Protocol, frontends: &[&str], backends: &[&str]) -
         family,
         scope,
         frontends,
-        backends: eligible.iter().map(|&addr| BackendInfo { addr, state: EndpointState::Active }).collect(),
+        backends: eligible
+            .iter()
+            .map(|&addr| BackendInfo { addr, state: EndpointState::Active, local: false })
+            .collect(),
         from_node: eligible.clone(),
         eligible,
         when_empty: WhenEmpty::Reject,
@@ -108,11 +112,21 @@ fn served(state: &MapState) -> BTreeMap<String, Served> {
 /// every node address of their family, except where an explicit frontend (ClusterIP, externalIP,
 /// LB IP) has the same address, port and protocol.
 fn expected_service(desired: &DesiredState) -> BTreeMap<String, Served> {
+    expected_service_with(desired, &LayoutOptions::default())
+}
+
+/// As `expected_service`, with a Maglev group's slots holding its table.
+fn expected_service_with(desired: &DesiredState, options: &LayoutOptions) -> BTreeMap<String, Served> {
     let mut out = BTreeMap::new();
     let mut node_ports = BTreeMap::new();
     for g in &desired.groups {
         let proto = g.service.protocol.number();
-        let backends: Vec<String> = g.from_node.iter().map(|b| format!("{b}/{proto}")).collect();
+        let slots: Vec<SocketAddr> = if options.maglev(g) {
+            maglev::table(&g.from_node, options.maglev_size).into_iter().map(|i| g.from_node[i]).collect()
+        } else {
+            g.from_node.clone()
+        };
+        let backends: Vec<String> = slots.iter().map(|b| format!("{b}/{proto}")).collect();
         let drop = if g.from_node.is_empty() && g.when_empty == WhenEmpty::Drop {
             lb_common::frontend_flags::DROP_WHEN_EMPTY
         } else {
@@ -334,7 +348,8 @@ fn node_ports_expand_to_node_addresses_and_drop_is_flagged() {
     // ns/web: eTP Local without a local endpoint (drop) on its NodePort 30080, both families.
     // ns/other: an externalIP on a node address with the same port: it wins that address.
     let drop = |mut g: BackendGroup| {
-        g.backends = vec![BackendInfo { addr: sock("10.244.2.1:8080"), state: EndpointState::Active }];
+        g.backends =
+            vec![BackendInfo { addr: sock("10.244.2.1:8080"), state: EndpointState::Active, local: false }];
         g.eligible.clear();
         g.from_node.clear();
         g.when_empty = WhenEmpty::Drop;
@@ -443,6 +458,16 @@ fn the_checker_catches_a_break_before_make_order() {
 
 /// Every property of one `programmed` → `target = layout(new, programmed)` transition.
 fn check_transition(programmed: &MapState, target: &MapState, new: &DesiredState) -> Result<(), String> {
+    check_transition_with(programmed, target, new, &LayoutOptions::default())
+}
+
+/// As `check_transition`, for a layout made with `options`.
+fn check_transition_with(
+    programmed: &MapState,
+    target: &MapState,
+    new: &DesiredState,
+    options: &LayoutOptions,
+) -> Result<(), String> {
     // Applied op by op, the invariant holds after every op, and the result is the target.
     let ops = diff(programmed, target);
     let reached = apply_checked(programmed, &ops)?;
@@ -450,7 +475,7 @@ fn check_transition(programmed: &MapState, target: &MapState, new: &DesiredState
         return Err("applying the diff does not reach the layout".into());
     }
     // The target serves exactly the desired state, and holds nothing else.
-    let (got, want) = (served(target), expected_service(new));
+    let (got, want) = (served(target), expected_service_with(new, options));
     if got != want {
         return Err(format!("served {got:#?}\nwanted {want:#?}"));
     }
@@ -515,7 +540,7 @@ fn check_transition(programmed: &MapState, target: &MapState, new: &DesiredState
         }
     }
     // Converged: laying out the same state again changes nothing.
-    let again = layout(new, target);
+    let again = layout_reserving(new, target, &Reserved::default(), options);
     if again != *target {
         return Err(format!("not idempotent: {:?}", lines(&diff(target, &again))));
     }
@@ -741,6 +766,7 @@ fn world_state(world: &World) -> DesiredState {
                         } else {
                             EndpointState::Terminating
                         },
+                        local: false,
                     })
                     .collect();
                 let set = |pods: &[usize]| -> Vec<SocketAddr> {
@@ -1049,3 +1075,7 @@ fn freed_ids_are_not_handed_to_the_next_service_at_once() {
         "layout without reservation hands out the lowest free ids"
     );
 }
+
+// ---- (f) Maglev ---------------------------------------------------------------------------------
+
+mod maglev_layout;

@@ -527,6 +527,7 @@ fn service_groups(
                 .map(|e| BackendInfo {
                     addr: e.addr,
                     state: if e.ready { EndpointState::Active } else { EndpointState::Terminating },
+                    local: e.local,
                 })
                 .collect();
             backends.sort();

@@ -241,6 +241,8 @@ pub enum EndpointState {
 pub struct BackendInfo {
     pub addr: SocketAddr,
     pub state: EndpointState,
+    /// The endpoint's `nodeName` is this node.
+    pub local: bool,
 }
 
 /// A set of frontends that share one backend set: one Service port, one IP family, one `Scope`.

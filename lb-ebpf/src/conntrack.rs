@@ -1,0 +1,100 @@
+//! The TC programs' connection tracking (`LB_CONNTRACK`, an LRU hash): two entries per flow, one
+//! per direction, each holding the tuple its packets are rewritten to. Either entry's value, with
+//! source and destination swapped and the direction flipped, is the key of the other.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{CtKey, CtValue, ct_dir, ct_flags, ct_lifetime};
+
+use crate::{maps::LB_CONNTRACK, packet::Flow};
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // Safety: bpf_ktime_get_ns has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The key of `flow` in direction `dir`.
+#[inline(always)]
+pub fn key(flow: &Flow, dir: u8) -> CtKey {
+    CtKey {
+        src: flow.src,
+        dst: flow.dst,
+        sport: flow.sport,
+        dport: flow.dport,
+        proto: flow.proto,
+        family: flow.family,
+        dir,
+        pad: 0,
+    }
+}
+
+/// The key of the other direction's entry, from this entry's value.
+#[inline(always)]
+pub fn peer_key(key: &CtKey, value: &CtValue) -> CtKey {
+    CtKey {
+        src: value.dst,
+        dst: value.src,
+        sport: value.dport,
+        dport: value.sport,
+        proto: key.proto,
+        family: key.family,
+        dir: if key.dir == ct_dir::ORIGINAL { ct_dir::REPLY } else { ct_dir::ORIGINAL },
+        pad: 0,
+    }
+}
+
+#[inline(always)]
+fn expired(proto: u8, value: &CtValue, now: u64) -> bool {
+    now.wrapping_sub(value.last_seen) > ct_lifetime(proto, value.flags)
+}
+
+/// The live entry for `key` (expired entries count as absent), read in place (no copy: the
+/// programs' stack is 512 bytes).
+#[inline(always)]
+pub fn lookup(key: &CtKey, now: u64) -> Option<&'static CtValue> {
+    // Safety: plain-old-data value read during this program run; a concurrent update can at
+    // worst mix the fields of two writes of the same flow, which carry the same addresses, and
+    // an LRU eviction racing with us makes this one packet go to a stale tuple, as in Cilium.
+    let value = unsafe { LB_CONNTRACK.get(key) }?;
+    if expired(key.proto, value, now) { None } else { Some(value) }
+}
+
+/// Marks a packet of a tracked flow: refreshes both entries and records the TCP state
+/// (`reply`: the packet came from the backend).
+#[inline(always)]
+pub fn touch(key: &CtKey, value: &CtValue, tcp_flags: u8, reply: bool, now: u64) {
+    let mut set = 0;
+    if reply {
+        set |= ct_flags::SEEN_REPLY;
+    }
+    if tcp_flags & (crate::packet::TCP_FIN | crate::packet::TCP_RST) != 0 {
+        set |= ct_flags::CLOSING;
+    }
+    // A new SYN on a closing entry is the client reusing its port: the flow starts over.
+    let reopen = tcp_flags & crate::packet::TCP_SYN != 0 && tcp_flags & crate::packet::TCP_RST == 0 && !reply;
+    for k in [*key, peer_key(key, value)] {
+        if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&k) {
+            // Safety: `entry` points into the map element for this program run; the writes are
+            // plain stores of a timestamp and flag bits (a racing writer can only lose a bit of
+            // TCP state, which the next packet sets again).
+            unsafe {
+                (*entry).last_seen = now;
+                if reopen {
+                    (*entry).flags &= !ct_flags::CLOSING;
+                }
+                (*entry).flags |= set;
+            }
+        }
+    }
+}
+
+/// Whether `key` is free (absent or expired) for a new entry.
+#[inline(always)]
+pub fn is_free(key: &CtKey, now: u64) -> bool {
+    lookup(key, now).is_none()
+}
+
+/// Stores an entry (replacing an expired one).
+#[inline(always)]
+pub fn store(key: &CtKey, value: &CtValue) -> Result<(), ()> {
+    LB_CONNTRACK.insert(key, value, 0).map_err(|_| ())
+}

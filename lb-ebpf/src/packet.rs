@@ -1,0 +1,180 @@
+//! Parsing and rewriting the headers of one packet at TC, through the skb helpers (which check
+//! bounds at run time, so variable header lengths need no pointer arithmetic for the verifier).
+//!
+//! Only what the load balancer translates is parsed: Ethernet + IPv4 (not a fragment) or IPv6
+//! (no extension header) + TCP or UDP. Anything else, including a truncated header, is `None` and
+//! passes untouched.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use lb_common::proto;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IP4_CSUM: usize = ETH_HLEN + 10;
+const IP4_SRC: usize = ETH_HLEN + 12;
+const IP4_DST: usize = ETH_HLEN + 16;
+const IP6_SRC: usize = ETH_HLEN + 8;
+const IP6_DST: usize = ETH_HLEN + 24;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+
+/// The addresses and ports of one TCP or UDP packet (network byte order, IPv4 in `[0]`).
+#[derive(Clone, Copy)]
+pub struct Flow {
+    /// 4 or 6.
+    pub family: u8,
+    pub proto: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    /// Offset of the TCP/UDP header.
+    pub l4: usize,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Option<Flow> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let (family, proto, src, dst, l4) = if ethertype == ETH_P_IP {
+        let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+        let ihl = usize::from(version_ihl & 0x0f) * 4;
+        if version_ihl >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        // More-fragments flag or a fragment offset: the ports are not in this packet (or, for
+        // the first fragment, the rest would go untranslated). Leave fragments alone.
+        let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
+        if frag & 0x3fff != 0 {
+            return None;
+        }
+        let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+        let src: u32 = ctx.load(IP4_SRC).ok()?;
+        let dst: u32 = ctx.load(IP4_DST).ok()?;
+        (4, proto, [src, 0, 0, 0], [dst, 0, 0, 0], ETH_HLEN + ihl)
+    } else if ethertype == ETH_P_IPV6 {
+        let version: u8 = ctx.load(ETH_HLEN).ok()?;
+        if version >> 4 != 6 {
+            return None;
+        }
+        let proto: u8 = ctx.load(ETH_HLEN + 6).ok()?;
+        let src: [u32; 4] = ctx.load(IP6_SRC).ok()?;
+        let dst: [u32; 4] = ctx.load(IP6_DST).ok()?;
+        (6, proto, src, dst, ETH_HLEN + 40)
+    } else {
+        return None;
+    };
+    if proto != proto::TCP && proto != proto::UDP {
+        return None;
+    }
+    let sport: u16 = ctx.load(l4).ok()?;
+    let dport: u16 = ctx.load(l4 + 2).ok()?;
+    let tcp_flags = if proto == proto::TCP {
+        // The whole fixed TCP header must be there, or the checksum cannot be updated.
+        ctx.load::<u8>(l4 + 13).ok()?
+    } else {
+        let _: u16 = ctx.load(l4 + 6).ok()?;
+        0
+    };
+    Some(Flow { family, proto, src, dst, sport, dport, l4, tcp_flags })
+}
+
+/// Offset of the L4 checksum and the flags for its updates.
+#[inline(always)]
+fn l4_csum(flow: &Flow) -> (usize, u64) {
+    if flow.proto == proto::TCP {
+        (flow.l4 + 16, 0)
+    } else {
+        // A UDP/IPv4 checksum of 0 means "none": keep it so, and never produce 0 by an update.
+        (flow.l4 + 6, u64::from(BPF_F_MARK_MANGLED_0))
+    }
+}
+
+/// Rewrites the packet's source and destination to `src:sport` → `dst:dport`, updating the IPv4
+/// header checksum and the TCP/UDP checksum (pseudo-header included) incrementally. Fields that
+/// do not change are not touched. `Err` leaves the packet partly rewritten: drop it.
+#[inline(always)]
+pub fn rewrite(
+    ctx: &TcContext,
+    flow: &Flow,
+    src: &[u32; 4],
+    sport: u16,
+    dst: &[u32; 4],
+    dport: u16,
+) -> Result<(), ()> {
+    let (csum, mangled) = l4_csum(flow);
+    if flow.family == 4 {
+        if src[0] != flow.src[0] {
+            rewrite_addr4(ctx, IP4_SRC, csum, mangled, flow.src[0], src[0])?;
+        }
+        if dst[0] != flow.dst[0] {
+            rewrite_addr4(ctx, IP4_DST, csum, mangled, flow.dst[0], dst[0])?;
+        }
+    } else {
+        if *src != flow.src {
+            rewrite_addr6(ctx, IP6_SRC, csum, mangled, &flow.src, src)?;
+        }
+        if *dst != flow.dst {
+            rewrite_addr6(ctx, IP6_DST, csum, mangled, &flow.dst, dst)?;
+        }
+    }
+    if sport != flow.sport {
+        rewrite_port(ctx, flow.l4, csum, mangled, flow.sport, sport)?;
+    }
+    if dport != flow.dport {
+        rewrite_port(ctx, flow.l4 + 2, csum, mangled, flow.dport, dport)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn rewrite_addr4(
+    ctx: &TcContext,
+    at: usize,
+    csum: usize,
+    mangled: u64,
+    old: u32,
+    new: u32,
+) -> Result<(), ()> {
+    ctx.store(at, &new, 0).map_err(|_| ())?;
+    ctx.l3_csum_replace(IP4_CSUM, u64::from(old), u64::from(new), 4).map_err(|_| ())?;
+    let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
+    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags).map_err(|_| ())
+}
+
+#[inline(always)]
+fn rewrite_addr6(
+    ctx: &TcContext,
+    at: usize,
+    csum: usize,
+    mangled: u64,
+    old: &[u32; 4],
+    new: &[u32; 4],
+) -> Result<(), ()> {
+    ctx.store(at, new, 0).map_err(|_| ())?;
+    let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
+    for i in 0..4 {
+        if old[i] != new[i] {
+            ctx.l4_csum_replace(csum, u64::from(old[i]), u64::from(new[i]), flags).map_err(|_| ())?;
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn rewrite_port(ctx: &TcContext, at: usize, csum: usize, mangled: u64, old: u16, new: u16) -> Result<(), ()> {
+    ctx.store(at, &new, 0).map_err(|_| ())?;
+    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), mangled | 2).map_err(|_| ())
+}
+
+/// Writes the Ethernet destination and source addresses (before a redirect).
+#[inline(always)]
+pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
+    ctx.store(0, dst, 0).map_err(|_| ())?;
+    ctx.store(6, src, 0).map_err(|_| ())
+}
