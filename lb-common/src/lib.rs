@@ -65,22 +65,33 @@ pub struct Frontend6Key {
     pub pad: u8,
 }
 
-/// Value of both frontend maps: which backend group serves this frontend, and how many slots of
-/// it are valid. `count == 0` means the service has no usable endpoint: the connect is refused.
+/// Value of both frontend maps: which backend group serves this frontend, and which of its slots
+/// each path may use.
 ///
-/// Invariant kept by the agent's write order: slots `1..=count` of `group` exist whenever this
+/// Two slot ranges, because kube-proxy treats a node's own connections and traffic from outside
+/// differently for an external frontend with `externalTrafficPolicy: Local` (its own connections
+/// may use every endpoint, outside traffic only this node's): the socket hooks use slots
+/// `1..=count`, the TC/XDP programs slots `ext_offset+1..=ext_offset+ext_count`. When both sets
+/// are equal the ranges are the same (`ext_offset == 0`, `ext_count == count`).
+/// `count == 0` / `ext_count == 0`: no usable endpoint on that path.
+///
+/// Invariant kept by the agent's write order: every slot of both ranges exists whenever this
 /// value is visible, and every backend they name exists.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendValue {
     /// Backend group id (never 0).
     pub group: u32,
-    /// Number of valid slots, `1..=count`.
+    /// Number of slots for the socket hooks, `1..=count`.
     pub count: u32,
     /// `frontend_flags::*` bits.
     pub flags: u32,
     /// Session-affinity timeout in seconds (0: no affinity).
     pub affinity_timeout: u32,
+    /// Slots for packets from outside start after this one.
+    pub ext_offset: u32,
+    /// Number of slots for packets from outside.
+    pub ext_count: u32,
 }
 
 pub mod frontend_flags {
@@ -332,7 +343,7 @@ pub mod stats {
 
 const _: () = assert!(size_of::<Frontend4Key>() == 8);
 const _: () = assert!(size_of::<Frontend6Key>() == 20);
-const _: () = assert!(size_of::<FrontendValue>() == 16);
+const _: () = assert!(size_of::<FrontendValue>() == 24);
 const _: () = assert!(size_of::<SlotKey>() == 8);
 const _: () = assert!(size_of::<SlotValue>() == 4);
 const _: () = assert!(size_of::<Backend>() == 24);

@@ -13,15 +13,25 @@ pub enum Verdict {
     Unreachable,
 }
 
+/// Which slot range of a frontend a hook uses (see `FrontendValue`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The socket hooks: this node's own connections.
+    Socket,
+    /// TC/XDP: packets from outside.
+    Packet,
+}
+
 /// Looks a frontend up with `lookup` (which copies the value out at once) and picks the backend in
-/// slot `hash % count + 1` (a random number at the socket, the flow hash at TC). `None`: not a
-/// frontend. A slot or backend miss means the agent changed the service between our reads (it
-/// shrank the slots, or an element was recycled): look the frontend up again, once.
+/// slot `hash % count + 1` of `path`'s range (a random number at the socket, the flow hash at
+/// TC). `None`: not a frontend. A slot or backend miss means the agent changed the service
+/// between our reads (it shrank the slots, or an element was recycled): look the frontend up
+/// again, once.
 #[inline(always)]
-pub fn resolve(lookup: impl Fn() -> Option<FrontendValue>, hash: u32) -> Option<Verdict> {
+pub fn resolve(lookup: impl Fn() -> Option<FrontendValue>, hash: u32, path: Path) -> Option<Verdict> {
     for _ in 0..2 {
         let frontend = lookup()?;
-        if let Some(verdict) = select(&frontend, hash) {
+        if let Some(verdict) = select(&frontend, hash, path) {
             return Some(verdict);
         }
     }
@@ -32,8 +42,11 @@ pub fn resolve(lookup: impl Fn() -> Option<FrontendValue>, hash: u32) -> Option<
 
 /// Picks a backend of `frontend`; `None` when its slot or backend is missing.
 #[inline(always)]
-fn select(frontend: &FrontendValue, hash: u32) -> Option<Verdict> {
-    let count = frontend.count;
+fn select(frontend: &FrontendValue, hash: u32, path: Path) -> Option<Verdict> {
+    let (offset, count) = match path {
+        Path::Socket => (0, frontend.count),
+        Path::Packet => (frontend.ext_offset, frontend.ext_count),
+    };
     if count == 0 {
         if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
             return Some(Verdict::Unreachable);
@@ -41,7 +54,7 @@ fn select(frontend: &FrontendValue, hash: u32) -> Option<Verdict> {
         return Some(Verdict::Reject);
     }
     // Slots are 1-based; slot 0 is reserved and never written.
-    let backend = backend_at(frontend.group, hash % count + 1)?;
+    let backend = backend_at(frontend.group, offset.wrapping_add(hash % count + 1))?;
     Some(Verdict::Backend(backend))
 }
 

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use lb_common::{Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, stats};
 
 use crate::{
-    lb::{Verdict, resolve},
+    lb::{Path, Verdict, resolve},
     maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6, LB_REVNAT_V4, LB_REVNAT_V6},
     stats::bump,
 };
@@ -109,7 +109,8 @@ enum Translation {
 fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Translation {
     let key = Frontend4Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
-    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V4.get(&key) }.copied(), random()) else {
+    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V4.get(&key) }.copied(), random(), Path::Socket)
+    else {
         return Translation::Pass;
     };
     match verdict {
@@ -216,7 +217,8 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
     }
     let key = Frontend6Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once.
-    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V6.get(&key) }.copied(), random()) else {
+    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V6.get(&key) }.copied(), random(), Path::Socket)
+    else {
         return ALLOW;
     };
     match verdict {

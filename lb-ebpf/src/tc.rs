@@ -32,7 +32,7 @@ use lb_common::{
 
 use crate::{
     conntrack,
-    lb::{Verdict, resolve},
+    lb::{Path, Verdict, resolve},
     maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6},
     packet::{self, Flow},
     stats::bump,
@@ -148,11 +148,11 @@ fn new_flow(ctx: &TcContext, flow: &Flow, now: u64) -> i32 {
     let verdict = if flow.family == 4 {
         let key = Frontend4Key { addr: flow.dst[0], port: flow.dport, proto: flow.proto, pad: 0 };
         // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
-        resolve(|| unsafe { LB_FRONTENDS_V4.get(&key) }.copied(), hash)
+        resolve(|| unsafe { LB_FRONTENDS_V4.get(&key) }.copied(), hash, Path::Packet)
     } else {
         let key = Frontend6Key { addr: flow.dst, port: flow.dport, proto: flow.proto, pad: 0 };
         // Safety: as above.
-        resolve(|| unsafe { LB_FRONTENDS_V6.get(&key) }.copied(), hash)
+        resolve(|| unsafe { LB_FRONTENDS_V6.get(&key) }.copied(), hash, Path::Packet)
     };
     let backend = match verdict {
         None => return NEXT,

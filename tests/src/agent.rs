@@ -2,11 +2,17 @@
 use std::{
     ffi::OsStr,
     io::{BufRead as _, BufReader},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use crate::guard::Netns;
 
 /// A running `lb-agent run`. Dropping it stops it with SIGTERM (SIGKILL after 3 s).
 pub struct Agent {
@@ -47,8 +53,51 @@ impl Agent {
 
     /// Starts `lb-agent run ARGS --cgroup C --bpffs B --node-name node-1` without waiting.
     pub fn spawn(args: &[&OsStr], cgroup: &Path, bpffs: &Path, echo: bool) -> anyhow::Result<Self> {
-        let mut child = Command::new(crate::agent_bin())
-            .args(["run", "--node-name", "node-1", "--min-sync-period", "20ms"])
+        Self::spawn_impl(None, "node-1", args, cgroup, bpffs, echo)
+    }
+
+    /// As `start_with`, but the agent runs inside `netns` as node `node_name`, with `EXTRA` flags
+    /// after `--source FILE` (e.g. `--interfaces …`). Waits until it says it is ready; its log is
+    /// echoed to stderr.
+    pub fn start_in(
+        netns: &Netns,
+        source: &Path,
+        cgroup: &Path,
+        bpffs: &Path,
+        node_name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut args = vec![OsStr::new("--source"), source.as_os_str()];
+        args.extend(extra.iter().map(OsStr::new));
+        let agent = Self::spawn_in(netns, &args, cgroup, bpffs, node_name, true)?;
+        agent.wait_for_log("agent ready", 1, Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    /// Starts `lb-agent run ARGS --cgroup C --bpffs B --node-name NODE` inside `netns` without
+    /// waiting. The child enters the namespace with `setns` before exec (not `ip netns exec`,
+    /// which would remount /sys and hide bpffs); its mounts and cgroup stay the test's.
+    pub fn spawn_in(
+        netns: &Netns,
+        args: &[&OsStr],
+        cgroup: &Path,
+        bpffs: &Path,
+        node_name: &str,
+        echo: bool,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_impl(Some(netns.open()?), node_name, args, cgroup, bpffs, echo)
+    }
+
+    fn spawn_impl(
+        netns: Option<OwnedFd>,
+        node_name: &str,
+        args: &[&OsStr],
+        cgroup: &Path,
+        bpffs: &Path,
+        echo: bool,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(crate::agent_bin());
+        cmd.args(["run", "--node-name", node_name, "--min-sync-period", "20ms"])
             .args(args)
             .arg("--cgroup")
             .arg(cgroup)
@@ -59,8 +108,20 @@ impl Agent {
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        if let Some(ns) = netns {
+            // Safety: between fork and exec the closure only calls setns(2) (async-signal-safe)
+            // on an fd opened before the fork, which the closure keeps alive.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn()?;
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&log);

@@ -5,8 +5,9 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::OwnedFd,
+    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -23,6 +24,9 @@ pub struct Hit {
     pub backend: SocketAddr,
     pub at: Instant,
     pub udp: bool,
+    /// The client as the backend saw it (the accepted connection's peer, the datagram's source):
+    /// shows whether the client's address was preserved or SNATed on the way.
+    pub peer: SocketAddr,
 }
 
 /// Servers for a set of backend addresses. Stopped on drop.
@@ -33,13 +37,17 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Adds each address to the namespace's `lo` and serves TCP and UDP on it.
+    /// Adds each address to the namespace's `lo` (unless it is there already, e.g. put there by
+    /// `topology::Topology`) and serves TCP and UDP on it.
     pub fn start(netns: &Netns, backends: &[SocketAddr]) -> anyhow::Result<Self> {
         let mut ips: Vec<_> = backends.iter().map(SocketAddr::ip).collect();
         ips.sort();
         ips.dedup();
+        let present = lo_addresses(netns)?;
         for ip in ips {
-            netns.add_lo_address(ip)?;
+            if !present.contains(&ip) {
+                netns.add_lo_address(ip)?;
+            }
         }
         let stop = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(Mutex::new(Vec::new()));
@@ -83,6 +91,25 @@ impl Drop for Servers {
     }
 }
 
+/// The addresses on the namespace's `lo`.
+fn lo_addresses(netns: &Netns) -> anyhow::Result<Vec<IpAddr>> {
+    let out = Command::new("ip").args(["-n", &netns.name, "-o", "addr", "show", "dev", "lo"]).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip -n {} addr show dev lo failed: {}",
+        netns.name,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    // `1: lo    inet 10.244.1.2/32 scope global lo ...`
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace().skip_while(|w| *w != "inet" && *w != "inet6").skip(1);
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect())
+}
+
 /// Binds in the namespace from a short-lived thread (setns is per thread); the sockets stay there.
 fn bind_in(ns: OwnedFd, addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)> {
     std::thread::spawn(move || -> anyhow::Result<(TcpListener, UdpSocket)> {
@@ -97,15 +124,15 @@ fn bind_in(ns: OwnedFd, addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSoc
     .map_err(|_| anyhow::anyhow!("bind thread panicked"))?
 }
 
-fn record(hits: &Mutex<Vec<Hit>>, backend: SocketAddr, udp: bool) {
-    hits.lock().expect("hits lock").push(Hit { backend, at: Instant::now(), udp });
+fn record(hits: &Mutex<Vec<Hit>>, backend: SocketAddr, udp: bool, peer: SocketAddr) {
+    hits.lock().expect("hits lock").push(Hit { backend, at: Instant::now(), udp, peer });
 }
 
 fn serve_tcp(listener: TcpListener, addr: SocketAddr, stop: &Arc<AtomicBool>, hits: &Arc<Mutex<Vec<Hit>>>) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => {
-                record(hits, addr, false);
+            Ok((stream, peer)) => {
+                record(hits, addr, false, peer);
                 let stop = Arc::clone(stop);
                 std::thread::spawn(move || serve_connection(stream, addr, &stop));
             }
@@ -145,7 +172,7 @@ fn serve_udp(socket: UdpSocket, addr: SocketAddr, stop: &AtomicBool, hits: &Mute
     let mut buf = [0u8; 1500];
     while !stop.load(Ordering::Relaxed) {
         if let Ok((_, from)) = socket.recv_from(&mut buf) {
-            record(hits, addr, true);
+            record(hits, addr, true, from);
             let _ = socket.send_to(addr.to_string().as_bytes(), from);
         }
     }

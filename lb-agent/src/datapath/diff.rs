@@ -32,7 +32,11 @@ impl fmt::Display for MapOp {
             Self::PutBackend(id, b) => write!(f, "put backend {id} = {} state {}", backend_addr(b), b.state),
             Self::PutSlot(k, v) => write!(f, "put slot {}/{} = backend {}", k.group, k.slot, v.backend),
             Self::PutFrontend(k, v) => {
-                write!(f, "put frontend {}/{} = group {} count {}", k.addr(), k.proto(), v.group, v.count)
+                write!(f, "put frontend {}/{} = group {} count {}", k.addr(), k.proto(), v.group, v.count)?;
+                if (v.ext_offset, v.ext_count) != (0, v.count) {
+                    write!(f, " external {}+{}", v.ext_offset, v.ext_count)?;
+                }
+                Ok(())
             }
             Self::DeleteFrontend(k) => write!(f, "delete frontend {}/{}", k.addr(), k.proto()),
             Self::DeleteSlot(k) => write!(f, "delete slot {}/{}", k.group, k.slot),

@@ -277,18 +277,37 @@ pub fn layout_reserving(
             None => group_ids.allocate(),
         };
         let proto = group.service.protocol.number();
-        // The socket hooks see only this node's own connections: they use `from_node`.
-        let ids: Vec<u32> = group.from_node.iter().map(|addr| id_of[&(*addr, proto)]).collect();
+        let ids_of =
+            |set: &[SocketAddr]| -> Vec<u32> { set.iter().map(|addr| id_of[&(*addr, proto)]).collect() };
         // Maglev: slot i+1 holds table entry i, which depends only on the backend set, so a
         // backend change rewrites only the slots whose entry changed (about 1/N of them).
-        let slots = if options.maglev(group) {
-            maglev::table(&group.from_node, options.maglev_size).into_iter().map(|i| ids[i]).collect()
-        } else {
-            ids
+        let maglev_slots = |set: &[SocketAddr]| -> Vec<u32> {
+            let ids = ids_of(set);
+            maglev::table(set, options.maglev_size).into_iter().map(|i| ids[i]).collect()
         };
-        for (slot, backend) in (1u32..).zip(&slots) {
+        // The socket hooks see only this node's own connections: they use `from_node`. Packets
+        // from outside (TC/XDP) use `eligible`; both are one range unless they differ (an
+        // external group with a Local policy).
+        let sorted = |set: &[SocketAddr]| -> BTreeSet<SocketAddr> { set.iter().copied().collect() };
+        let shared = sorted(&group.from_node) == sorted(&group.eligible);
+        let socket_slots = if options.maglev(group) {
+            maglev_slots(&group.from_node)
+        } else {
+            ids_of(&group.from_node)
+        };
+        let packet_slots = if shared {
+            Vec::new()
+        } else if options.maglev(group) {
+            maglev_slots(&group.eligible)
+        } else {
+            ids_of(&group.eligible)
+        };
+        for (slot, backend) in (1u32..).zip(socket_slots.iter().chain(&packet_slots)) {
             out.slots.insert(SlotKey { group: id, slot }, SlotValue { backend: *backend });
         }
+        let count = u32::try_from(socket_slots.len()).unwrap_or(u32::MAX);
+        let (ext_offset, ext_count) =
+            if shared { (0, count) } else { (count, u32::try_from(packet_slots.len()).unwrap_or(u32::MAX)) };
         // Rule 40 against 39: with no slot, drop (EHOSTUNREACH) rather than refuse.
         let drop = if group.from_node.is_empty() && group.when_empty == WhenEmpty::Drop {
             frontend_flags::DROP_WHEN_EMPTY
@@ -298,9 +317,11 @@ pub fn layout_reserving(
         for (key, kind) in keys {
             let value = FrontendValue {
                 group: id,
-                count: u32::try_from(slots.len()).unwrap_or(u32::MAX),
+                count,
                 flags: kind.flag() | drop,
                 affinity_timeout: group.affinity_timeout.unwrap_or(0),
+                ext_offset,
+                ext_count,
             };
             out.frontends.insert(key, value);
         }
@@ -310,11 +331,13 @@ pub fn layout_reserving(
 
 #[cfg(test)]
 impl MapState {
-    /// Checks the invariant the kernel relies on: every frontend's slots `1..=count` exist and name
-    /// existing backends. Returns the first violation.
+    /// Checks the invariant the kernel relies on: every frontend's slots `1..=count` and
+    /// `ext_offset+1..=ext_offset+ext_count` exist and name existing backends. Returns the first
+    /// violation.
     pub fn check(&self) -> Result<(), String> {
         for (key, value) in &self.frontends {
-            for slot in 1..=value.count {
+            let packet = value.ext_offset + 1..=value.ext_offset + value.ext_count;
+            for slot in (1..=value.count).chain(packet) {
                 let slot_key = SlotKey { group: value.group, slot };
                 let Some(s) = self.slots.get(&slot_key) else {
                     return Err(format!(

@@ -483,8 +483,36 @@ fn check_transition_with(
     // frontend of a group has the same count). With `check`, the slots are exactly 1..=count.
     let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
     for v in target.frontends.values() {
-        if *counts.entry(v.group).or_insert(v.count) != v.count {
+        let end = v.count.max(v.ext_offset + v.ext_count);
+        if *counts.entry(v.group).or_insert(end) != end {
             return Err(format!("group {} has frontends with different counts", v.group));
+        }
+    }
+    // Packets from outside reach exactly the eligible backends of each frontend's group.
+    for g in &new.groups {
+        let want: BTreeSet<String> =
+            g.eligible.iter().map(|a| format!("{a}/{}", g.service.protocol.number())).collect();
+        for f in g.frontends.iter().filter(|f| !f.on_every_node_address()) {
+            let Some(v) = target.frontends.get(&FrontendKey::new(f.addr, f.port, f.protocol)) else {
+                continue; // a conflicting frontend another group owns
+            };
+            if v.group != target.frontends[&FrontendKey::new(f.addr, f.port, f.protocol)].group {
+                continue;
+            }
+            let got: BTreeSet<String> = (v.ext_offset + 1..=v.ext_offset + v.ext_count)
+                .map(|slot| {
+                    let s = target.slots[&lb_common::SlotKey { group: v.group, slot }];
+                    let b = target.backends[&s.backend];
+                    format!("{}/{}", backend_addr(&b), b.proto)
+                })
+                .collect();
+            if got != want
+                && served(target)
+                    .get(&format!("{}/{}", SocketAddr::new(f.addr, f.port), f.protocol.number()))
+                    .is_some()
+            {
+                return Err(format!("{f}: packets reach {got:?}, wanted {want:?}"));
+            }
         }
     }
     if let Some(k) = target.slots.keys().find(|k| counts.get(&k.group).is_none_or(|c| k.slot > *c)) {
