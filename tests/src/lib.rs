@@ -10,6 +10,7 @@ pub mod apiserver;
 pub mod guard;
 pub mod probe;
 pub mod servers;
+pub mod topology;
 pub mod yaml;
 
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! Backend "pods": TCP and UDP servers on addresses inside a test namespace, run by threads of
 //! this process. Each answers with its own address, so a client can tell which backend it reached:
 //! TCP sends `ADDR\n` on accept and again for every line it receives; UDP answers every datagram
-//! with `ADDR`. Every connection and datagram is recorded with its time.
+//! with `ADDR`. Every connection and datagram is recorded with its time and the peer (client) address.
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},

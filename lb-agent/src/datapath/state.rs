@@ -290,11 +290,8 @@ pub fn layout_reserving(
         // external group with a Local policy).
         let sorted = |set: &[SocketAddr]| -> BTreeSet<SocketAddr> { set.iter().copied().collect() };
         let shared = sorted(&group.from_node) == sorted(&group.eligible);
-        let socket_slots = if options.maglev(group) {
-            maglev_slots(&group.from_node)
-        } else {
-            ids_of(&group.from_node)
-        };
+        let socket_slots =
+            if options.maglev(group) { maglev_slots(&group.from_node) } else { ids_of(&group.from_node) };
         let packet_slots = if shared {
             Vec::new()
         } else if options.maglev(group) {

@@ -134,8 +134,10 @@ fn add_document(origin: &str, doc: Value, objects: &mut Objects, problems: &mut 
 /// Keep the returned watcher alive.
 pub fn watch(path: &Path, notify: impl Fn() + Send + 'static) -> Result<RecommendedWatcher, SourceError> {
     let watch_err = |source| SourceError::Watch { path: path.display().to_string(), source };
+    let source = path.to_owned();
+    let is_dir = path.is_dir();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        if event.is_ok_and(|e| !e.kind.is_access() && relevant(&source, is_dir, &e.paths)) {
             notify();
         }
     })
@@ -150,6 +152,24 @@ pub fn watch(path: &Path, notify: impl Fn() + Send + 'static) -> Result<Recommen
     };
     watcher.watch(target, mode).map_err(watch_err)?;
     Ok(watcher)
+}
+
+/// Whether a change to `paths` can change what `source` holds. A file is watched through its
+/// directory, whose other files (a log the agent itself writes, say) must not trigger syncs.
+/// ConfigMap volumes swap a `..data` link, so `..`-names always count.
+fn relevant(source: &Path, is_dir: bool, paths: &[PathBuf]) -> bool {
+    paths.iter().any(|p| {
+        let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        if name.starts_with("..") {
+            return true;
+        }
+        if is_dir {
+            let yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json");
+            !name.starts_with('.') && (yaml || p.extension().is_none())
+        } else {
+            p.file_name() == source.file_name()
+        }
+    })
 }
 
 #[cfg(test)]
@@ -359,6 +379,20 @@ endpoints:
         assert_eq!((objects.services.len(), objects.slices.len()), (1, 1));
         assert!(objects.services[0].origin.ends_with("b.yaml#1"), "{}", objects.services[0].origin);
         assert!(objects.slices[0].origin.ends_with("sub/a.yml#1"), "{}", objects.slices[0].origin);
+    }
+
+    #[test]
+    fn only_changes_to_the_source_trigger_a_sync() {
+        let p = |s: &str| vec![PathBuf::from(s)];
+        let file = Path::new("/etc/lb/cluster.yaml");
+        assert!(relevant(file, false, &p("/etc/lb/cluster.yaml")));
+        assert!(!relevant(file, false, &p("/etc/lb/agent.log")), "a neighbour file");
+        assert!(relevant(file, false, &p("/etc/lb/..data")), "ConfigMap swap");
+        let dir = Path::new("/etc/lb");
+        assert!(relevant(dir, true, &p("/etc/lb/svc/web.yaml")));
+        assert!(relevant(dir, true, &p("/etc/lb/svc")), "a directory");
+        assert!(!relevant(dir, true, &p("/etc/lb/.web.yaml.swp")));
+        assert!(!relevant(dir, true, &p("/etc/lb/agent.log")));
     }
 
     #[test]

@@ -1,0 +1,314 @@
+//! North-south load balancing in a real kernel: an external client, two nodes joined by a link,
+//! a pod behind node 1 and a pod on node 2 (`lb_tests::topology`). The agent runs inside node 1's
+//! network namespace with its TC programs on node 1's interfaces; the client's packets to a
+//! NodePort must reach both backends, come back from the NodePort, be SNATed only towards the
+//! remote backend, and keep working in IPv6 and UDP.
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{Agent, inspect},
+    guard::{Bpffs, Cgroup, Netns, TempDir, enter_netns},
+    probe::{self, Place, backend_of},
+    require_root,
+    servers::Servers,
+    topology::{
+        CLIENT_V4, CLIENT_V6, NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_IF, NODE1_N2_V4,
+        NODE1_N2_V6, NODE1_NAME, NODE2_N1_IF, NODE2_NAME, NODE2_V4, POD1_V4, POD1_V6, POD2_V4, POD2_V6,
+        Topology,
+    },
+};
+
+const NODE_PORT: u16 = 30080;
+const LOCAL_NODE_PORT: u16 = 30081;
+const HEALTH_CHECK_PORT: u16 = 32000;
+
+/// A Service `web` (NodePort 30080, dual-stack, Cluster policy) with one pod on each node, and a
+/// Service `local` (LoadBalancer, NodePort 30081, externalTrafficPolicy Local, health check on
+/// 32000) with its only pod on node 1.
+fn cluster() -> String {
+    let endpoints = |family: &str, pod1: &str, pod2: &str| {
+        format!(
+            "
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-{family}, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: {family}
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 8080, protocol: UDP}}]
+endpoints:
+- {{addresses: ['{pod1}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}
+- {{addresses: ['{pod2}'], nodeName: {NODE2_NAME}, conditions: {{ready: true}}}}"
+        )
+    };
+    let mut yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, 'fd00:96::10']
+  ports:
+  - {{name: http, port: 80, nodePort: {NODE_PORT}, targetPort: 8080, protocol: TCP}}
+  - {{name: dns, port: 53, nodePort: {NODE_PORT}, targetPort: 8080, protocol: UDP}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: local, namespace: default}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {HEALTH_CHECK_PORT}
+  clusterIP: 10.96.0.11
+  ports:
+  - {{name: http, port: 80, nodePort: {LOCAL_NODE_PORT}, targetPort: 8080, protocol: TCP}}
+status: {{loadBalancer: {{ingress: [{{ip: 192.0.2.80}}]}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: local-1, namespace: default, labels: {{kubernetes.io/service-name: local}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: ['{POD1_V4}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}"
+    );
+    yaml.push_str(&endpoints("IPv4", POD1_V4, POD2_V4));
+    yaml.push_str(&endpoints("IPv6", POD1_V6, POD2_V6));
+    yaml.push('\n');
+    yaml
+}
+
+struct Cluster {
+    // Dropped in field order: agents first (they run in the namespaces), servers, then the rest.
+    agent1: Agent,
+    agent2: Option<Agent>,
+    pods: Vec<Servers>,
+    bpffs1: Bpffs,
+    _bpffs2: Bpffs,
+    cgroups: [Cgroup; 2],
+    dir: TempDir,
+    topo: Topology,
+}
+
+impl Cluster {
+    /// Node 1's agent always; node 2's only with `both` (its own maps, cgroup and interfaces).
+    fn start(both: bool) -> Self {
+        require_root();
+        let topo = Topology::new().expect("topology");
+        let pod = |ns: &Netns, addrs: [&str; 2]| {
+            let backends: Vec<SocketAddr> =
+                addrs.iter().map(|a| SocketAddr::new(a.parse().expect("ip"), 8080)).collect();
+            Servers::start(ns, &backends).expect("servers")
+        };
+        let pods = vec![pod(&topo.pod1, [POD1_V4, POD1_V6]), pod(&topo.node2, [POD2_V4, POD2_V6])];
+        let dir = TempDir::new().expect("tempdir");
+        let source = dir.write("cluster.yaml", &cluster()).expect("source");
+        let cgroups = [Cgroup::new().expect("cgroup"), Cgroup::new().expect("cgroup")];
+        let (bpffs1, bpffs2) = (Bpffs::new().expect("bpffs"), Bpffs::new().expect("bpffs"));
+        let interfaces1 = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
+        let agent1 = Agent::start_in(
+            &topo.node1,
+            &source,
+            &cgroups[0].path,
+            &bpffs1.path,
+            NODE1_NAME,
+            &["--interfaces", &interfaces1, "--healthz-addr", "127.0.0.1:10256"],
+        )
+        .expect("agent on node 1");
+        let agent2 = both.then(|| {
+            Agent::start_in(
+                &topo.node2,
+                &source,
+                &cgroups[1].path,
+                &bpffs2.path,
+                NODE2_NAME,
+                &["--interfaces", NODE2_N1_IF, "--healthz-addr", "127.0.0.1:10256"],
+            )
+            .expect("agent on node 2")
+        });
+        Self { agent1, agent2, pods, bpffs1, _bpffs2: bpffs2, cgroups, dir, topo }
+    }
+
+    fn client(&self) -> Place<'_> {
+        Place { netns: &self.topo.client, cgroup: None }
+    }
+
+    /// The peer addresses each backend saw, by backend IP.
+    fn peers(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for hit in self.pods.iter().flat_map(Servers::hits) {
+            out.entry(hit.backend.ip().to_string()).or_default().push(hit.peer.ip().to_string());
+        }
+        out
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        inspect("stats", &self.bpffs1.path).expect("stats")[name].as_u64().unwrap_or(0)
+    }
+}
+
+/// `n` TCP connects from the client; returns the backend of each.
+fn tcp(place: &Place<'_>, to: &str, n: usize) -> Vec<String> {
+    let lines = probe::run(place, &["tcp", to, &n.to_string()]).expect("probe");
+    assert_eq!(lines.len(), n, "{lines:?}");
+    lines
+        .iter()
+        .map(|l| backend_of(l).unwrap_or_else(|| panic!("connect to {to} failed: {l}")).to_owned())
+        .collect()
+}
+
+fn ip_of(backend: &str) -> String {
+    backend.parse::<SocketAddr>().expect("backend addr").ip().to_string()
+}
+
+#[test]
+fn nodeport_from_outside_reaches_both_nodes_and_snats_only_towards_the_remote_one() {
+    let c = Cluster::start(false);
+    let to = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+    let backends = tcp(&c.client(), &to, 40);
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    for b in &backends {
+        *spread.entry(ip_of(b)).or_default() += 1;
+    }
+    assert_eq!(spread.keys().cloned().collect::<Vec<_>>(), [POD1_V4, POD2_V4], "{spread:?}");
+    assert!(spread.values().all(|n| *n >= 5), "both backends get a share: {spread:?}");
+
+    // The local pod sees the client itself; the pod on node 2 sees node 1 (SNAT), so its reply
+    // returns through node 1, which translates it back.
+    let peers = c.peers();
+    assert!(peers[POD1_V4].iter().all(|p| p == CLIENT_V4), "{peers:?}");
+    assert!(peers[POD2_V4].iter().all(|p| p == NODE1_N2_V4), "{peers:?}");
+
+    // The TC path did it (the client is outside every cgroup), new flows were tracked, and the
+    // SNATed packets left by redirect.
+    assert!(c.stat("tc_new_flow") >= 40, "one conntrack flow per connection");
+    assert!(c.stat("tc_revnat") > 0 && c.stat("tc_redirected") > 0);
+    assert_eq!(c.stat("translated"), 0, "no socket-level translation was involved");
+    assert_eq!(c.stat("tc_nat_failed"), 0);
+}
+
+#[test]
+fn udp_nodeport_replies_come_from_the_nodeport() {
+    let c = Cluster::start(false);
+    for addr in [format!("{NODE1_EXT_V4}:{NODE_PORT}"), format!("[{NODE1_EXT_V6}]:{NODE_PORT}")] {
+        let lines = probe::run(&c.client(), &["udp", &addr, "20"]).expect("probe");
+        assert_eq!(lines.len(), 20);
+        let mut reached = BTreeMap::new();
+        for l in &lines {
+            // `ok <backend> from=<source of the reply>`: the reply must come from the NodePort
+            // the client addressed, or an unconnected UDP client would not accept it.
+            let backend = backend_of(l).unwrap_or_else(|| panic!("udp to {addr}: {l}"));
+            let from = l.split("from=").nth(1).expect("from=");
+            assert_eq!(from, addr, "{l}");
+            *reached.entry(ip_of(backend)).or_insert(0) += 1;
+        }
+        // One socket, one 5-tuple: every datagram of it stays on one backend (conntrack).
+        assert_eq!(reached.len(), 1, "{addr}: {reached:?}");
+    }
+}
+
+#[test]
+fn ipv6_nodeport_reaches_both_nodes() {
+    let c = Cluster::start(false);
+    let to = format!("[{NODE1_EXT_V6}]:{NODE_PORT}");
+    let backends = tcp(&c.client(), &to, 40);
+    let reached: std::collections::BTreeSet<String> = backends.iter().map(|b| ip_of(b)).collect();
+    assert_eq!(reached.into_iter().collect::<Vec<_>>(), [POD1_V6, POD2_V6]);
+    let peers = c.peers();
+    assert!(peers[POD1_V6].iter().all(|p| p == CLIENT_V6), "{peers:?}");
+    assert!(peers[POD2_V6].iter().all(|p| p == NODE1_N2_V6), "{peers:?}");
+}
+
+#[test]
+fn tracked_flow_keeps_its_backend_and_survives_an_agent_restart() {
+    let mut c = Cluster::start(false);
+    let to = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+    let mut held = probe::spawn(&c.client(), &["tcp-hold", &to]).expect("probe");
+    let mut stdin = held.stdin.take().expect("stdin");
+    let mut stdout = std::io::BufReader::new(held.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    stdout.read_line(&mut line).expect("first line");
+    let first = backend_of(line.trim()).expect("connected").to_owned();
+    let mut ping = |stdin: &mut std::process::ChildStdin| {
+        writeln!(stdin, "ping").expect("ping");
+        let mut reply = String::new();
+        stdout.read_line(&mut reply).expect("reply");
+        reply.trim().to_owned()
+    };
+    for _ in 0..5 {
+        assert_eq!(ping(&mut stdin), format!("ok {first}"));
+    }
+    // A new agent takes over the pinned maps (conntrack included) and links.
+    let interfaces1 = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
+    let source = c.dir.path.join("cluster.yaml");
+    let cgroup = c.cgroups[0].path.clone();
+    let old = std::mem::replace(
+        &mut c.agent1,
+        Agent::start_in(
+            &c.topo.node1,
+            &source,
+            &cgroup,
+            &c.bpffs1.path,
+            NODE1_NAME,
+            &["--interfaces", &interfaces1],
+        )
+        .expect("second agent"),
+    );
+    old.stop().expect("old agent stops");
+    for _ in 0..5 {
+        assert_eq!(ping(&mut stdin), format!("ok {first}"), "the flow stays on its backend");
+    }
+    drop(stdin);
+    let _ = held.wait();
+}
+
+/// GET / on `addr` from inside `netns`: (status, body).
+fn http_get(netns: &Netns, addr: SocketAddr) -> (u16, String) {
+    let fd = netns.open().expect("netns fd");
+    std::thread::spawn(move || {
+        enter_netns(&fd).expect("setns");
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        write!(stream, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    })
+    .join()
+    .expect("http thread")
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_node2_drops() {
+    let c = Cluster::start(true);
+    // Node 1 has the only endpoint: the pod sees the client's own address.
+    let backends = tcp(&c.client(), &format!("{NODE1_EXT_V4}:{LOCAL_NODE_PORT}"), 10);
+    assert!(backends.iter().all(|b| ip_of(b) == POD1_V4), "{backends:?}");
+    assert!(c.peers()[POD1_V4].iter().all(|p| p == CLIENT_V4));
+
+    // Node 2 has none: its NodePort drops (the connect times out) instead of forwarding.
+    let lines =
+        probe::run(&c.client(), &["tcp", &format!("{NODE2_V4}:{LOCAL_NODE_PORT}"), "1"]).expect("probe");
+    assert!(lines[0].starts_with("err"), "node 2 must not serve a Local service: {lines:?}");
+    assert!(c.agent2.is_some());
+
+    // The health-check node port says so to the cloud load balancer.
+    let (status, body) =
+        http_get(&c.topo.client, SocketAddr::new(NODE1_EXT_V4.parse().unwrap(), HEALTH_CHECK_PORT));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"localEndpoints\": 1"), "{body}");
+    let (status, body) =
+        http_get(&c.topo.client, SocketAddr::new(NODE2_V4.parse().unwrap(), HEALTH_CHECK_PORT));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"localEndpoints\": 0"), "{body}");
+}
