@@ -1,4 +1,4 @@
-//! lb-agent: the node agent (`run`) and the operator CLI (`inspect`, `plan`, `cleanup`).
+//! lb-agent: the node agent (`run`) and the operator CLI (`inspect`, `plan`, `cleanup`, `trace`).
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -66,6 +66,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// What would the TC datapath do with this packet? (BPF_PROG_TEST_RUN on the pinned maps;
+    /// creates conntrack entries like a real packet.)
+    ///
+    /// Runs lb_tc_ingress or lb_tc_egress once on an Ethernet frame (BPF_PROG_TEST_RUN) against
+    /// the maps pinned under --bpffs, and prints the verdict and the output frame decoded
+    /// (addresses, ports, checksums). Nothing is attached and nothing is sent, but the maps are
+    /// live: a packet that starts a flow to a frontend creates conntrack entries (a remote
+    /// backend's SNAT port included), a packet of a tracked flow refreshes its entries, and the
+    /// datapath counters count it.
+    Trace(cli::trace::TraceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,5 +94,6 @@ fn main() -> anyhow::Result<()> {
             cli::cleanup(bpffs.as_deref(), cgroup.as_deref(), kube_proxy)
         }
         Command::Attached { cgroup, output } => cli::attached(&cgroup, output),
+        Command::Trace(args) => cli::trace::trace(args),
     }
 }

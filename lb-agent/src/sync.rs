@@ -100,13 +100,19 @@ impl<M: LbMaps> Syncer<M> {
                 return Err(e);
             }
             match op {
-                MapOp::PutBackend(..) | MapOp::PutSlot(..) | MapOp::PutFrontend(..) => report.written += 1,
+                MapOp::PutBackend(..)
+                | MapOp::PutSlot(..)
+                | MapOp::PutSourceRange(..)
+                | MapOp::PutFrontend(..) => report.written += 1,
                 _ => report.removed += 1,
             }
         }
         // Ids in use before this sync and not after it: quarantined (see `QUARANTINE`).
-        let groups_before: BTreeSet<u32> = self.programmed.slots.keys().map(|k| k.group).collect();
-        let groups_after: BTreeSet<u32> = target.slots.keys().map(|k| k.group).collect();
+        // (A group's source ranges count too: a stale frontend copy may still look them up.)
+        let groups = |s: &MapState| -> BTreeSet<u32> {
+            s.slots.keys().map(|k| k.group).chain(s.source_ranges.iter().map(|r| r.group)).collect()
+        };
+        let (groups_before, groups_after) = (groups(&self.programmed), groups(&target));
         self.freed.extend(groups_before.difference(&groups_after).map(|g| (now, Freed::Group(*g))));
         let backends_freed = self.programmed.backends.keys().filter(|b| !target.backends.contains_key(b));
         self.freed.extend(backends_freed.map(|b| (now, Freed::Backend(*b))));

@@ -26,8 +26,20 @@ pub mod map_names {
     pub const REVNAT_V6: &str = "LB_REVNAT_V6";
     pub const STATS: &str = "LB_STATS";
     pub const CONNTRACK: &str = "LB_CONNTRACK";
-    pub const ALL: [&str; 8] =
-        [FRONTENDS_V4, FRONTENDS_V6, SLOTS, BACKENDS, REVNAT_V4, REVNAT_V6, STATS, CONNTRACK];
+    pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
+    pub const AFFINITY: &str = "LB_AFFINITY";
+    pub const ALL: [&str; 10] = [
+        FRONTENDS_V4,
+        FRONTENDS_V6,
+        SLOTS,
+        BACKENDS,
+        REVNAT_V4,
+        REVNAT_V6,
+        STATS,
+        CONNTRACK,
+        SOURCE_RANGES,
+        AFFINITY,
+    ];
 }
 
 /// Default capacities; the agent overrides them at load time (`--max-frontends` and friends).
@@ -39,6 +51,10 @@ pub mod capacity {
     pub const REVNAT: u32 = 262_144;
     /// Two entries per flow (original and reply direction).
     pub const CONNTRACK: u32 = 524_288;
+    /// `loadBalancerSourceRanges` entries, all Services and both families together.
+    pub const SOURCE_RANGES: u32 = 65_536;
+    /// Session-affinity entries (one per client and Service port with `sessionAffinity: ClientIP`).
+    pub const AFFINITY: u32 = 65_536;
 }
 
 /// Key of `LB_FRONTENDS_V4`: a ClusterIP (or other VIP), its port and protocol.
@@ -106,7 +122,29 @@ pub mod frontend_flags {
     /// With `count == 0`: endpoints exist, but none in this frontend's Local policy set, so
     /// kube-proxy drops (EHOSTUNREACH at the socket) rather than rejects (ECONNREFUSED).
     pub const DROP_WHEN_EMPTY: u32 = 1 << 4;
+    /// A LoadBalancer frontend of a Service with `loadBalancerSourceRanges`: packets from outside
+    /// start a flow only from a source in `LB_SOURCE_RANGES` under the frontend's group.
+    pub const SOURCE_RANGES: u32 = 1 << 5;
 }
+
+/// The data of an `LB_SOURCE_RANGES` key: the LPM trie key is `{prefix_len: u32, data: this}`,
+/// aya's `lpm_trie::Key<SourceRangeKey>` on both sides (24 bytes). `prefix_len` counts the
+/// group's 32 bits plus the prefix's (`SOURCE_RANGE_GROUP_BITS + prefix`), so a lookup with
+/// `SOURCE_RANGE_GROUP_BITS + 32` (IPv4) or `+ 128` (IPv6) matches a range of that group only.
+/// A group id belongs to one family, so both families share the map. The value is a `u8` marker
+/// (1): a match allows the source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    /// Backend group id of the LoadBalancer frontends the range applies to. Always matched whole,
+    /// so its byte order does not matter.
+    pub group: u32,
+    /// As in `Backend::addr`: IPv4 in `addr[0]` (the rest 0), network byte order.
+    pub addr: [u32; 4],
+}
+
+/// Bits of `SourceRangeKey::group` at the front of every `LB_SOURCE_RANGES` prefix.
+pub const SOURCE_RANGE_GROUP_BITS: u32 = 32;
 
 /// Key of `LB_SLOTS`: slot `slot` (1-based; 0 is reserved and never written) of backend group `group`.
 #[repr(C)]
@@ -189,6 +227,46 @@ pub struct RevNat6Value {
     pub frontend_addr: [u32; 4],
     pub frontend_port: u16,
     pub pad: u16,
+}
+
+/// Key of `LB_AFFINITY`: a client of a backend group with `sessionAffinity: ClientIP`
+/// (`FrontendValue::affinity_timeout != 0`). The TC programs know the client by its source
+/// address; the socket hooks run before a source address exists, so they use the socket's network
+/// namespace (every process of a pod shares it, as they share the pod's IP), as Cilium does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    /// Backend group id.
+    pub group: u32,
+    /// `affinity_kind::IPV4`: the address in `[0]` (as `Backend::addr`); `IPV6`: four words;
+    /// `NETNS`: the netns cookie, low 32 bits in `[0]`, high in `[1]`. The rest 0.
+    pub client: [u32; 4],
+    /// `affinity_kind::*`.
+    pub kind: u8,
+    pub pad: [u8; 3],
+}
+
+pub mod affinity_kind {
+    /// The TC path: an IPv4 source address (equal to `CtKey::family` 4).
+    pub const IPV4: u8 = 4;
+    /// The TC path: an IPv6 source address.
+    pub const IPV6: u8 = 6;
+    /// The socket hooks: a network namespace cookie (`bpf_get_netns_cookie`).
+    pub const NETNS: u8 = 1;
+}
+
+/// Value of `LB_AFFINITY`: the backend the client was last sent to, and through which slot.
+/// The choice holds while `slot` is in the path's slot range and `LB_SLOTS[(group, slot)]` still
+/// names `backend`, and the client connected within the timeout (`last_used`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityValue {
+    /// Backend id.
+    pub backend: u32,
+    /// The slot (of `AffinityKey::group`) `backend` was found in.
+    pub slot: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the client's last new connection.
+    pub last_used: u64,
 }
 
 /// Key of `LB_CONNTRACK`: a flow's 5-tuple as it appears on the wire in one direction, for packets
@@ -326,7 +404,10 @@ pub mod stats {
     pub const TC_NAT_FAILED: u32 = 8;
     /// Translated packets sent out by redirect (after a FIB lookup) rather than the stack.
     pub const TC_REDIRECTED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// New flows to a LoadBalancer frontend from a source outside its `loadBalancerSourceRanges`,
+    /// dropped at TC.
+    pub const TC_SOURCE_DENIED: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const NAMES: [&str; COUNT as usize] = [
         "translated",
         "no_backend",
@@ -338,6 +419,7 @@ pub mod stats {
         "tc_dropped",
         "tc_nat_failed",
         "tc_redirected",
+        "tc_source_denied",
     ];
 }
 
@@ -353,6 +435,9 @@ const _: () = assert!(size_of::<RevNat6Key>() == 32);
 const _: () = assert!(size_of::<RevNat6Value>() == 20);
 const _: () = assert!(size_of::<CtKey>() == 40);
 const _: () = assert!(size_of::<CtValue>() == 56);
+const _: () = assert!(size_of::<SourceRangeKey>() == 20);
+const _: () = assert!(size_of::<AffinityKey>() == 24);
+const _: () = assert!(size_of::<AffinityValue>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -371,4 +456,7 @@ mod pod {
     unsafe impl aya::Pod for RevNat6Value {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
 }

@@ -1,5 +1,6 @@
 //! Service lookup → slot choice → backend fetch, shared by every hook.
-use lb_common::{Backend, FrontendValue, SlotKey, frontend_flags, stats};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{AffinityKey, AffinityValue, Backend, FrontendValue, SlotKey, frontend_flags, stats};
 
 use crate::{maps, stats::bump};
 
@@ -22,16 +23,31 @@ pub enum Path {
     Packet,
 }
 
+/// Who a new connection comes from, for session affinity (`lb_common::AffinityKey`).
+pub struct Client {
+    /// `AffinityKey::client`.
+    pub id: [u32; 4],
+    /// `lb_common::affinity_kind::*`.
+    pub kind: u8,
+}
+
 /// Looks a frontend up with `lookup` (which copies the value out at once) and picks the backend in
 /// slot `hash % count + 1` of `path`'s range (a random number at the socket, the flow hash at
-/// TC). `None`: not a frontend. A slot or backend miss means the agent changed the service
-/// between our reads (it shrank the slots, or an element was recycled): look the frontend up
-/// again, once.
+/// TC). With session affinity on the frontend, the backend `client()` got last time is kept while
+/// it is still in the range and the client came back within the timeout (`affine`); `client` is
+/// called only then. `None`: not a frontend. A slot or backend miss means the agent changed the
+/// service between our reads (it shrank the slots, or an element was recycled): look the
+/// frontend up again, once.
 #[inline(always)]
-pub fn resolve(lookup: impl Fn() -> Option<FrontendValue>, hash: u32, path: Path) -> Option<Verdict> {
+pub fn resolve(
+    lookup: impl Fn() -> Option<FrontendValue>,
+    hash: u32,
+    path: Path,
+    client: impl Fn() -> Client,
+) -> Option<Verdict> {
     for _ in 0..2 {
         let frontend = lookup()?;
-        if let Some(verdict) = select(&frontend, hash, path) {
+        if let Some(verdict) = select(&frontend, hash, path, &client) {
             return Some(verdict);
         }
     }
@@ -42,7 +58,7 @@ pub fn resolve(lookup: impl Fn() -> Option<FrontendValue>, hash: u32, path: Path
 
 /// Picks a backend of `frontend`; `None` when its slot or backend is missing.
 #[inline(always)]
-fn select(frontend: &FrontendValue, hash: u32, path: Path) -> Option<Verdict> {
+fn select(frontend: &FrontendValue, hash: u32, path: Path, client: &impl Fn() -> Client) -> Option<Verdict> {
     let (offset, count) = match path {
         Path::Socket => (0, frontend.count),
         Path::Packet => (frontend.ext_offset, frontend.ext_count),
@@ -53,18 +69,58 @@ fn select(frontend: &FrontendValue, hash: u32, path: Path) -> Option<Verdict> {
         }
         return Some(Verdict::Reject);
     }
+    if frontend.affinity_timeout != 0 {
+        return affine(frontend, offset, count, hash, client()).map(Verdict::Backend);
+    }
     // Slots are 1-based; slot 0 is reserved and never written.
-    let backend = backend_at(frontend.group, offset.wrapping_add(hash % count + 1))?;
+    let (_, backend) = backend_at(frontend.group, offset.wrapping_add(hash % count + 1))?;
     Some(Verdict::Backend(backend))
 }
 
+/// Session affinity (kube-proxy's `recent` match): the client's entry in `LB_AFFINITY` names a
+/// backend and the slot it was found in. It is kept when the client's last new connection is at
+/// most `affinity_timeout` seconds old, the slot is in this path's range `offset+1..=offset+count`
+/// and still names that backend, so a backend removed from this group (even if it lives on for
+/// another Service, or its id was given out again) is never reused. Then only `last_used` is
+/// refreshed. Otherwise the slot of `hash` is taken and recorded.
 #[inline(always)]
-fn backend_at(group: u32, slot: u32) -> Option<Backend> {
+fn affine(frontend: &FrontendValue, offset: u32, count: u32, hash: u32, client: Client) -> Option<Backend> {
+    let key = AffinityKey { group: frontend.group, client: client.id, kind: client.kind, pad: [0; 3] };
+    // Safety: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = maps::LB_AFFINITY.get_ptr_mut(&key) {
+        // Safety: `entry` points into the map element for this program run. The fields are read
+        // once each; a concurrent writer (another connection of the same client) stores a choice
+        // that is as valid as ours, and a torn read fails the slot check or picks anew.
+        let (id, slot, last_used) = unsafe { ((*entry).backend, (*entry).slot, (*entry).last_used) };
+        let timeout = u64::from(frontend.affinity_timeout) * 1_000_000_000;
+        if now.saturating_sub(last_used) <= timeout
+            && slot > offset
+            && slot - offset <= count
+            && let Some((found, backend)) = backend_at(frontend.group, slot)
+            && found == id
+        {
+            // Safety: as above; a plain store of a timestamp.
+            unsafe { (*entry).last_used = now };
+            return Some(backend);
+        }
+    }
+    let slot = offset.wrapping_add(hash % count + 1);
+    let (id, backend) = backend_at(frontend.group, slot)?;
+    // A full LRU evicts its least recently used entry; an error only loses the affinity.
+    let _ = maps::LB_AFFINITY.insert(&key, &AffinityValue { backend: id, slot, last_used: now }, 0);
+    Some(backend)
+}
+
+/// The backend id in slot `slot` of `group`, and the backend.
+#[inline(always)]
+fn backend_at(group: u32, slot: u32) -> Option<(u32, Backend)> {
     let key = SlotKey { group, slot };
     // Safety: the values are plain old data copied out at once. A concurrent delete can make an
     // element be reused for another key while we read it (non-preallocated hash maps recycle
     // elements); the agent's write order and id quarantine make that window harmless in
     // practice, and a miss is retried by `resolve`.
     let backend_id = unsafe { maps::LB_SLOTS.get(&key) }?.backend;
-    unsafe { maps::LB_BACKENDS.get(&backend_id) }.copied()
+    let backend = unsafe { maps::LB_BACKENDS.get(&backend_id) }.copied()?;
+    Some((backend_id, backend))
 }

@@ -13,6 +13,7 @@ mod lb;
 mod maps;
 mod packet;
 mod sock;
+mod source_range;
 mod stats;
 mod tc;
 

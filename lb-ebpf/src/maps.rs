@@ -40,3 +40,21 @@ pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 /// instead of failing.
 #[map]
 pub static LB_CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(capacity::CONNTRACK, 0);
+
+/// Session affinity (`sessionAffinity: ClientIP`): `(group, client)` → the backend last chosen
+/// (see `lb::resolve`). Written by the programs only; a preallocated LRU, so a full map evicts the
+/// least recently used client instead of failing.
+#[map]
+pub static LB_AFFINITY: LruHashMap<lb_common::AffinityKey, lb_common::AffinityValue> =
+    LruHashMap::pinned(capacity::AFFINITY, 0);
+
+/// `loadBalancerSourceRanges`: `(group, prefix)` → 1 (see `lb_common::SourceRangeKey`). Written
+/// only by the agent; an LPM trie must be created with `BPF_F_NO_PREALLOC` (aya-ebpf adds it).
+#[map]
+pub static LB_SOURCE_RANGES: aya_ebpf::maps::LpmTrie<lb_common::SourceRangeKey, u8> =
+    aya_ebpf::maps::LpmTrie::pinned(capacity::SOURCE_RANGES, 0);
+
+const _: () = assert!(
+    core::mem::size_of::<aya_ebpf::maps::lpm_trie::Key<lb_common::SourceRangeKey>>()
+        == 4 + core::mem::size_of::<lb_common::SourceRangeKey>()
+);

@@ -75,7 +75,9 @@ pub fn parse(ctx: &TcContext) -> Option<Flow> {
     let sport: u16 = ctx.load(l4).ok()?;
     let dport: u16 = ctx.load(l4 + 2).ok()?;
     let tcp_flags = if proto == proto::TCP {
-        // The whole fixed TCP header must be there, or the checksum cannot be updated.
+        // The whole fixed TCP header must be there, or the checksum cannot be updated: its last
+        // field (the urgent pointer, bytes 18-19) is read to check, not the flags (byte 13).
+        let _: u16 = ctx.load(l4 + 18).ok()?;
         ctx.load::<u8>(l4 + 13).ok()?
     } else {
         let _: u16 = ctx.load(l4 + 6).ok()?;

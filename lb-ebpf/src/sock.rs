@@ -9,14 +9,16 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use lb_common::{Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, stats};
+use lb_common::{
+    Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, affinity_kind, stats,
+};
 
 use crate::{
-    lb::{Path, Verdict, resolve},
+    lb::{Client, Path, Verdict, resolve},
     maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6, LB_REVNAT_V4, LB_REVNAT_V6},
     stats::bump,
 };
@@ -33,6 +35,16 @@ const EHOSTUNREACH: i32 = 113;
 fn random() -> u32 {
     // Safety: bpf_get_prandom_u32 has no preconditions.
     unsafe { bpf_get_prandom_u32() }
+}
+
+/// The client for session affinity: the socket's network namespace. The source address is not
+/// known yet at connect time; the namespace stands for the pod (its processes share it, as they
+/// share the pod's IP).
+#[inline(always)]
+fn netns_client(ctx: &SockAddrContext) -> Client {
+    // Safety: bpf_get_netns_cookie is allowed for sock_addr programs and reads the socket's netns.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    Client { id: [cookie as u32, (cookie >> 32) as u32, 0, 0], kind: affinity_kind::NETNS }
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -109,8 +121,8 @@ enum Translation {
 fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Translation {
     let key = Frontend4Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
-    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V4.get(&key) }.copied(), random(), Path::Socket)
-    else {
+    let lookup = || unsafe { LB_FRONTENDS_V4.get(&key) }.copied();
+    let Some(verdict) = resolve(lookup, random(), Path::Socket, || netns_client(ctx)) else {
         return Translation::Pass;
     };
     match verdict {
@@ -217,8 +229,8 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
     }
     let key = Frontend6Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once.
-    let Some(verdict) = resolve(|| unsafe { LB_FRONTENDS_V6.get(&key) }.copied(), random(), Path::Socket)
-    else {
+    let lookup = || unsafe { LB_FRONTENDS_V6.get(&key) }.copied();
+    let Some(verdict) = resolve(lookup, random(), Path::Socket, || netns_client(ctx)) else {
         return ALLOW;
     };
     match verdict {

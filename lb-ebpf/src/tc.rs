@@ -35,6 +35,7 @@ use crate::{
     lb::{Path, Verdict, resolve},
     maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6},
     packet::{self, Flow},
+    source_range,
     stats::bump,
 };
 
@@ -145,16 +146,28 @@ fn apply(ctx: &TcContext, flow: &Flow, entry: &CtValue, direct: bool) -> i32 {
 #[inline(never)]
 fn new_flow(ctx: &TcContext, flow: &Flow, now: u64) -> i32 {
     let hash = flow_hash(&flow.src, flow.sport, flow.dport, flow.proto);
+    // A LoadBalancer frontend whose source ranges leave this client out is, for `resolve`, no
+    // frontend; `denied` tells the two apart (checked before the backend choice, so a Service
+    // without endpoints drops such a client too, as kube-proxy's firewall chain comes first).
+    let denied = core::cell::Cell::new(false);
+    let (family, src) = (flow.family, &flow.src);
+    let client = || affinity_client(flow);
     let verdict = if flow.family == 4 {
         let key = Frontend4Key { addr: flow.dst[0], port: flow.dport, proto: flow.proto, pad: 0 };
         // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
-        resolve(|| unsafe { LB_FRONTENDS_V4.get(&key) }.copied(), hash, Path::Packet)
+        let lookup = || unsafe { LB_FRONTENDS_V4.get(&key) }.copied();
+        resolve(|| source_range::admitted(lookup, family, src, &denied), hash, Path::Packet, client)
     } else {
         let key = Frontend6Key { addr: flow.dst, port: flow.dport, proto: flow.proto, pad: 0 };
         // Safety: as above.
-        resolve(|| unsafe { LB_FRONTENDS_V6.get(&key) }.copied(), hash, Path::Packet)
+        let lookup = || unsafe { LB_FRONTENDS_V6.get(&key) }.copied();
+        resolve(|| source_range::admitted(lookup, family, src, &denied), hash, Path::Packet, client)
     };
     let backend = match verdict {
+        None if denied.get() => {
+            bump(stats::TC_SOURCE_DENIED);
+            return DROP;
+        }
         None => return NEXT,
         Some(Verdict::Backend(backend)) => backend,
         Some(Verdict::Reject | Verdict::Unreachable) => {
@@ -249,6 +262,13 @@ fn new_flow(ctx: &TcContext, flow: &Flow, now: u64) -> i32 {
         Some(found) => redirect(ctx, &scratch.fib, found),
         None => OK,
     }
+}
+
+/// The client of a flow for session affinity: its source address (`affinity_kind::IPV4` and
+/// `IPV6` are the family numbers 4 and 6).
+#[inline(always)]
+fn affinity_client(flow: &Flow) -> crate::lb::Client {
+    crate::lb::Client { id: flow.src, kind: flow.family }
 }
 
 /// Key of the reply direction of a flow translated to `backend` from `src:sport`.

@@ -100,6 +100,11 @@ struct Cluster {
 impl Cluster {
     /// Node 1's agent always; node 2's only with `both` (its own maps, cgroup and interfaces).
     fn start(both: bool) -> Self {
+        Self::start_with(both, &cluster())
+    }
+
+    /// As `start`, with `yaml` as the agents' source instead of `cluster()`.
+    fn start_with(both: bool, yaml: &str) -> Self {
         require_root();
         let topo = Topology::new().expect("topology");
         let pod = |ns: &Netns, addrs: [&str; 2]| {
@@ -109,7 +114,7 @@ impl Cluster {
         };
         let pods = vec![pod(&topo.pod1, [POD1_V4, POD1_V6]), pod(&topo.node2, [POD2_V4, POD2_V6])];
         let dir = TempDir::new().expect("tempdir");
-        let source = dir.write("cluster.yaml", &cluster()).expect("source");
+        let source = dir.write("cluster.yaml", yaml).expect("source");
         let cgroups = [Cgroup::new().expect("cgroup"), Cgroup::new().expect("cgroup")];
         let (bpffs1, bpffs2) = (Bpffs::new().expect("bpffs"), Bpffs::new().expect("bpffs"));
         let interfaces1 = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
@@ -192,6 +197,22 @@ fn nodeport_from_outside_reaches_both_nodes_and_snats_only_towards_the_remote_on
     assert!(c.stat("tc_revnat") > 0 && c.stat("tc_redirected") > 0);
     assert_eq!(c.stat("translated"), 0, "no socket-level translation was involved");
     assert_eq!(c.stat("tc_nat_failed"), 0);
+
+    // `inspect conntrack` shows the flows as the kernel tracks them.
+    let flows = inspect("conntrack", &c.bpffs1.path).expect("conntrack");
+    let flows = flows.as_array().expect("rows");
+    assert!(flows.len() >= 40, "{flows:?}");
+    for f in flows {
+        let backend: SocketAddr = f["backend"].as_str().expect("backend").parse().expect("addr");
+        assert_eq!(f["frontend"], to.as_str(), "{f}");
+        assert!(f["client"].as_str().is_some_and(|c| c.starts_with(CLIENT_V4)), "{f}");
+        let snat = f["snat"].as_str();
+        if backend.ip().to_string() == POD2_V4 {
+            assert!(snat.is_some_and(|s| s.starts_with(NODE1_N2_V4)), "{f}");
+        } else {
+            assert_eq!(snat, None, "{f}");
+        }
+    }
 }
 
 #[test]
@@ -304,11 +325,200 @@ fn external_traffic_policy_local_keeps_the_client_address_and_node2_drops() {
 
     // The health-check node port says so to the cloud load balancer.
     let (status, body) =
-        http_get(&c.topo.client, SocketAddr::new(NODE1_EXT_V4.parse().unwrap(), HEALTH_CHECK_PORT));
+        http_get(&c.topo.client, SocketAddr::new(NODE1_EXT_V4.parse().expect("ip"), HEALTH_CHECK_PORT));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"localEndpoints\": 1"), "{body}");
     let (status, body) =
-        http_get(&c.topo.client, SocketAddr::new(NODE2_V4.parse().unwrap(), HEALTH_CHECK_PORT));
+        http_get(&c.topo.client, SocketAddr::new(NODE2_V4.parse().expect("ip"), HEALTH_CHECK_PORT));
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"localEndpoints\": 0"), "{body}");
+}
+
+const GUARDED_LB_V4: &str = "192.0.2.81";
+const GUARDED_LB_V6: &str = "2001:db8::81";
+const GUARDED_EXTERNAL_V4: &str = "192.0.2.82";
+const GUARDED_NODE_PORT: u16 = 30082;
+
+/// A dual-stack LoadBalancer Service `guarded` (LB IPs 192.0.2.81 and 2001:db8::81, externalIP
+/// 192.0.2.82, NodePort 30082) with its pod on node 1 and `loadBalancerSourceRanges: ranges`
+/// (none when empty).
+fn guarded(ranges: &[&str]) -> String {
+    let ranges = if ranges.is_empty() {
+        String::new()
+    } else {
+        format!("  loadBalancerSourceRanges: ['{}']\n", ranges.join("', '"))
+    };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: guarded, namespace: default}}
+spec:
+  type: LoadBalancer
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: 10.96.0.12
+  clusterIPs: [10.96.0.12, 'fd00:96::12']
+  externalIPs: [{GUARDED_EXTERNAL_V4}]
+{ranges}  ports:
+  - {{name: http, port: 80, nodePort: {GUARDED_NODE_PORT}, targetPort: 8080, protocol: TCP}}
+status: {{loadBalancer: {{ingress: [{{ip: {GUARDED_LB_V4}}}, {{ip: '{GUARDED_LB_V6}'}}]}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: guarded-v4, namespace: default, labels: {{kubernetes.io/service-name: guarded}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: ['{POD1_V4}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: guarded-v6, namespace: default, labels: {{kubernetes.io/service-name: guarded}}}}
+addressType: IPv6
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: ['{POD1_V6}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}
+"
+    )
+}
+
+/// Rewrites the agents' source and waits until node 1's agent applied a sync that removed an
+/// entry (the file source re-reads within about a second).
+fn resync(c: &Cluster, yaml: &str) {
+    let from = c.agent1.log().len();
+    c.dir.write("cluster.yaml", yaml).expect("source");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if c.agent1.log()[from..].iter().any(|l| l.contains("sync applied") && !l.contains("removed=0")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no sync applied the change:\n{}", c.agent1.log()[from..].join("\n"));
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_listed_clients_only() {
+    let c = Cluster::start_with(false, &guarded(&[&format!("{CLIENT_V4}/32"), &format!("{CLIENT_V6}/128")]));
+    // The LB IPs and the externalIP are routed to node 1, which holds none of them: TC matches
+    // the frontend at ext0's ingress, before routing.
+    for vip in [GUARDED_LB_V4, GUARDED_EXTERNAL_V4] {
+        c.topo.client.ip(&["route", "add", &format!("{vip}/32"), "via", NODE1_EXT_V4]).expect("route");
+    }
+    let route6 = format!("{GUARDED_LB_V6}/128");
+    c.topo.client.ip(&["-6", "route", "add", &route6, "via", NODE1_EXT_V6]).expect("route");
+    let lbs = [(format!("{GUARDED_LB_V4}:80"), POD1_V4), (format!("[{GUARDED_LB_V6}]:80"), POD1_V6)];
+    for (lb, pod) in &lbs {
+        let backends = tcp(&c.client(), lb, 3);
+        assert!(backends.iter().all(|b| ip_of(b) == *pod), "{lb}: {backends:?}");
+    }
+    assert_eq!(c.stat("tc_source_denied"), 0);
+    // `inspect services` reads the ranges back from the kernel's trie, on the LB IPs only.
+    let rows = inspect("services", &c.bpffs1.path).expect("services");
+    let ranges_of = |frontend: &str| {
+        let row = rows.as_array().expect("rows").iter().find(|r| r["frontend"] == frontend);
+        row.unwrap_or_else(|| panic!("{frontend} in {rows}"))["source_ranges"].clone()
+    };
+    assert_eq!(ranges_of(&lbs[0].0), serde_json::json!([format!("{CLIENT_V4}/32")]));
+    assert_eq!(ranges_of(&lbs[1].0), serde_json::json!([format!("{CLIENT_V6}/128")]));
+    assert_eq!(ranges_of(&format!("{NODE1_EXT_V4}:{GUARDED_NODE_PORT}")), serde_json::Value::Null);
+    assert_eq!(ranges_of(&format!("{GUARDED_EXTERNAL_V4}:80")), serde_json::Value::Null);
+
+    // The client is no longer in a range: its connects to the LB IPs are dropped (they time out).
+    resync(&c, &guarded(&["10.9.9.0/24", "fd00:9::/64"]));
+    for (lb, _) in &lbs {
+        let denied = c.stat("tc_source_denied");
+        let lines = probe::run(&c.client(), &["tcp", lb, "1"]).expect("probe");
+        assert!(lines[0].starts_with("err"), "{lb} must drop the client: {lines:?}");
+        assert!(c.stat("tc_source_denied") > denied, "{lb}: counted as denied");
+    }
+    // kube-proxy rule 10: the NodePort and the externalIP of the same Service are not gated.
+    for to in [format!("{NODE1_EXT_V4}:{GUARDED_NODE_PORT}"), format!("{GUARDED_EXTERNAL_V4}:80")] {
+        let backends = tcp(&c.client(), &to, 2);
+        assert!(backends.iter().all(|b| ip_of(b) == POD1_V4), "{to}: {backends:?}");
+    }
+
+    // Ranges gone: open again.
+    resync(&c, &guarded(&[]));
+    let denied = c.stat("tc_source_denied");
+    for (lb, pod) in &lbs {
+        let backends = tcp(&c.client(), lb, 3);
+        assert!(backends.iter().all(|b| ip_of(b) == *pod), "{lb}: {backends:?}");
+    }
+    assert_eq!(c.stat("tc_source_denied"), denied);
+}
+
+const STICKY_NODE_PORT: u16 = 30083;
+
+/// `cluster()` plus a Service `sticky` (NodePort 30083, dual-stack, `sessionAffinity: ClientIP`
+/// with the default timeout) on the same two pods as `web`.
+fn sticky_cluster() -> String {
+    let mut yaml = cluster();
+    yaml.push_str(&format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: sticky, namespace: default}}
+spec:
+  type: NodePort
+  sessionAffinity: ClientIP
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: 10.96.0.13
+  clusterIPs: [10.96.0.13, 'fd00:96::13']
+  ports:
+  - {{name: http, port: 80, nodePort: {STICKY_NODE_PORT}, targetPort: 8080, protocol: TCP}}
+"
+    ));
+    for (family, pod1, pod2) in [("IPv4", POD1_V4, POD2_V4), ("IPv6", POD1_V6, POD2_V6)] {
+        yaml.push_str(&format!(
+            "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: sticky-{family}, namespace: default, labels: {{kubernetes.io/service-name: sticky}}}}
+addressType: {family}
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: ['{pod1}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}
+- {{addresses: ['{pod2}'], nodeName: {NODE2_NAME}, conditions: {{ready: true}}}}
+"
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn session_affinity_keeps_an_outside_client_on_one_backend() {
+    let c = Cluster::start_with(false, &sticky_cluster());
+    let reached = |backends: &[String]| -> Vec<String> {
+        let ips: std::collections::BTreeSet<String> = backends.iter().map(|b| ip_of(b)).collect();
+        ips.into_iter().collect()
+    };
+    // Without affinity the client's 50 connections (50 source ports, 50 flow hashes) spread.
+    let plain = tcp(&c.client(), &format!("{NODE1_EXT_V4}:{NODE_PORT}"), 50);
+    assert_eq!(reached(&plain), [POD1_V4, POD2_V4], "{plain:?}");
+    // With affinity every connection after the first goes where the first went.
+    let sticky = tcp(&c.client(), &format!("{NODE1_EXT_V4}:{STICKY_NODE_PORT}"), 50);
+    let chosen = reached(&sticky);
+    assert_eq!(chosen.len(), 1, "{sticky:?}");
+    // IPv6: the client's IPv6 address, the IPv6 group.
+    let sticky6 = tcp(&c.client(), &format!("[{NODE1_EXT_V6}]:{STICKY_NODE_PORT}"), 20);
+    let chosen6 = reached(&sticky6);
+    assert_eq!(chosen6.len(), 1, "{sticky6:?}");
+    // Every connection was a new flow at TC (the client is outside every cgroup).
+    assert!(c.stat("tc_new_flow") >= 120, "{}", c.stat("tc_new_flow"));
+    assert_eq!(c.stat("translated"), 0);
+
+    // The kernel's entries: one per client address and group, on the backend chosen.
+    let rows = inspect("affinity", &c.bpffs1.path).expect("inspect affinity");
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in rows {
+        let (client, backend) = (row["client"].as_str(), row["backend"].as_str().map(ip_of));
+        let expected = if client == Some(CLIENT_V4) { &chosen[0] } else { &chosen6[0] };
+        assert!(client == Some(CLIENT_V4) || client == Some(CLIENT_V6), "{row}");
+        assert_eq!(backend.as_ref(), Some(expected), "{row}");
+        assert_eq!(row["state"], "active", "{row}");
+        assert_eq!(row["timeout_seconds"], 10800, "{row}");
+    }
 }

@@ -476,3 +476,113 @@ endpoints: [{addresses: [10.244.1.2], conditions: {ready: true}, nodeName: node-
     assert_eq!(kinds.get("198.51.100.9:80").map(String::as_str), Some("LoadBalancer"), "{services}");
     assert_eq!(kinds.get("192.0.2.10:30080").map(String::as_str), Some("NodePort"), "{services}");
 }
+
+/// `spec.sessionAffinity: ClientIP` (and `timeoutSeconds`, when given) added to a Service.
+fn with_affinity(service: String, timeout: Option<u32>) -> String {
+    let config = timeout.map_or_else(String::new, |t| {
+        format!("  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {t}}}}}\n")
+    });
+    service.replacen("spec:\n", &format!("spec:\n  sessionAffinity: ClientIP\n{config}"), 1)
+}
+
+/// `web` (10.96.0.10) with ClientIP affinity on `endpoints`, and `other` (10.96.0.11) on all
+/// three pods without affinity: the same backends (ids) behind a second Service.
+fn sticky_web(timeout: Option<u32>, endpoints: &[&str]) -> String {
+    let eps: Vec<Ep<'_>> = endpoints.iter().map(|e| Ep::ready(e)).collect();
+    let all: Vec<Ep<'_>> = POD_IPS.iter().map(|e| Ep::ready(e)).collect();
+    documents(&[
+        with_affinity(service("default", "web", &["10.96.0.10"], &[Port("http", 80, "TCP", 8080)]), timeout),
+        slice("default", "web", "web", "IPv4", &[("http", 8080, "TCP")], &eps),
+        service("default", "other", &["10.96.0.11"], &[Port("http", 80, "TCP", 8080)]),
+        slice("default", "other", "other", "IPv4", &[("http", 8080, "TCP")], &all),
+    ])
+}
+
+/// `n` connects to `to` from the node's namespace; asserts they all reach one backend and returns it.
+fn one_backend(node: &Node, to: &str, n: usize) -> String {
+    let counts = tally(&node.probe(&["tcp", to, &n.to_string()]));
+    assert_eq!(counts.len(), 1, "{n} connections to {to} must reach one backend: {counts:?}");
+    let (backend, got) = counts.into_iter().next().expect("one backend");
+    assert!(!backend.starts_with("ERROR") && got == n, "{backend}");
+    backend
+}
+
+/// The `inspect affinity` rows.
+fn affinity_rows(node: &Node) -> Vec<serde_json::Value> {
+    inspect("affinity", &node.bpffs.path).expect("inspect affinity").as_array().expect("rows").clone()
+}
+
+#[test]
+fn session_affinity_keeps_a_client_namespace_on_one_backend() {
+    let backends = web_backends();
+    let backend_refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let node = Node::new(&backend_refs, &sticky_web(None, &POD_IPS));
+    let chosen = one_backend(&node, "10.96.0.10:80", 50);
+    // The same namespace through a dual-stack socket (the same Service port) is the same client.
+    let lines = node.probe(&["tcp", "[::ffff:10.96.0.10]:80", "10"]);
+    assert!(lines.iter().all(|l| backend_of(l) == Some(chosen.as_str())), "{chosen}: {lines:?}");
+    // Without affinity the same pods are spread.
+    let counts = tally(&node.probe(&["tcp", "10.96.0.11:80", "50"]));
+    assert!(counts.len() >= 2 && counts.keys().all(|k| backends.contains(k)), "{counts:?}");
+
+    // The kernel's entry: the client is the network namespace, kept on `chosen`, default timeout.
+    let rows = affinity_rows(&node);
+    assert_eq!(rows.len(), 1, "one client of one group (`other` has no affinity): {rows:?}");
+    assert!(rows[0]["client"].as_str().is_some_and(|c| c.starts_with("netns:")), "{rows:?}");
+    assert_eq!(rows[0]["backend"], chosen.as_str(), "{rows:?}");
+    assert_eq!(rows[0]["state"], "active", "{rows:?}");
+    assert_eq!(rows[0]["timeout_seconds"], 10800, "{rows:?}");
+
+    // `chosen` leaves `web` but stays a backend of `other` (same backend id, still in the maps):
+    // web's slots no longer name it, so its clients move, and stick to their new backend.
+    let remaining: Vec<&str> =
+        POD_IPS.iter().copied().filter(|ip| !chosen.starts_with(&format!("{ip}:"))).collect();
+    node.update(&sticky_web(None, &remaining));
+    let services = inspect("backends", &node.bpffs.path).expect("inspect");
+    assert!(
+        services.as_array().expect("rows").iter().any(|b| b["address"] == chosen.as_str()),
+        "{chosen} is still other's backend: {services}"
+    );
+    let moved = one_backend(&node, "10.96.0.10:80", 50);
+    assert_ne!(moved, chosen, "a backend removed from the Service must not be kept by affinity");
+    let rows = affinity_rows(&node);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["backend"], moved.as_str(), "{rows:?}");
+    assert_eq!(rows[0]["state"], "active", "{rows:?}");
+}
+
+#[test]
+fn session_affinity_is_refreshed_by_each_connection_and_expires_after_the_timeout() {
+    let backends = web_backends();
+    let backend_refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let node = Node::new(&backend_refs, &sticky_web(Some(2), &POD_IPS));
+    let first = one_backend(&node, "10.96.0.10:80", 10);
+    // A client that keeps connecting within the timeout keeps its backend (kube-proxy's `recent`
+    // match refreshes on every new connection), well past the timeout since its first one.
+    let started = Instant::now();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(one_backend(&node, "10.96.0.10:80", 1), first);
+    }
+    assert!(started.elapsed() > Duration::from_secs(3));
+    let rows = affinity_rows(&node);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["state"], "active", "{rows:?}");
+    assert_eq!(rows[0]["timeout_seconds"], 2, "{rows:?}");
+
+    // Idle for longer than the timeout: the entry has expired, and the next connection chooses
+    // anew. Which backend a new random choice takes cannot be asserted (it may be `first` again);
+    // the entry's expiry and its replacement can.
+    std::thread::sleep(Duration::from_secs(3));
+    let rows = affinity_rows(&node);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["state"], "expired", "{rows:?}");
+    assert!(rows[0]["idle_ms"].as_u64().is_some_and(|ms| ms >= 3000), "{rows:?}");
+    assert_eq!(rows[0]["backend"], first.as_str(), "{rows:?}");
+    let second = one_backend(&node, "10.96.0.10:80", 10);
+    let rows = affinity_rows(&node);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["state"], "active", "a new choice was recorded: {rows:?}");
+    assert!(rows[0]["idle_ms"].as_u64().is_some_and(|ms| ms < 2000), "{rows:?}");
+    assert_eq!(rows[0]["backend"], second.as_str(), "{rows:?}");
+}

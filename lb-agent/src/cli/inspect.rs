@@ -24,6 +24,10 @@ pub enum What {
     Backends,
     /// Datapath counters.
     Stats,
+    /// Flows the TC programs track (traffic from outside: client → frontend → backend).
+    Conntrack,
+    /// Session affinity (`sessionAffinity: ClientIP`): which backend each client is kept on.
+    Affinity,
 }
 
 #[derive(Serialize)]
@@ -43,6 +47,8 @@ struct ServiceRow {
     kind: &'static str,
     group: u32,
     affinity_timeout: Option<u32>,
+    /// `loadBalancerSourceRanges` enforced for packets from outside; `None`: every source.
+    source_ranges: Option<Vec<String>>,
     backends: Vec<SlotRow>,
 }
 
@@ -81,6 +87,10 @@ fn kind_name(flags: u32) -> &'static str {
 }
 
 fn service_rows(state: &MapState) -> Vec<ServiceRow> {
+    let mut ranges: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for r in &state.source_ranges {
+        ranges.entry(r.group).or_default().push(r.cidr.to_string());
+    }
     state
         .frontends
         .iter()
@@ -90,6 +100,8 @@ fn service_rows(state: &MapState) -> Vec<ServiceRow> {
             kind: kind_name(value.flags),
             group: value.group,
             affinity_timeout: (value.affinity_timeout != 0).then_some(value.affinity_timeout),
+            source_ranges: (value.flags & frontend_flags::SOURCE_RANGES != 0)
+                .then(|| ranges.get(&value.group).cloned().unwrap_or_default()),
             backends: (1..=value.count)
                 .map(|slot| {
                     let id = state
@@ -132,6 +144,9 @@ fn backend_rows(state: &MapState) -> Vec<BackendRow> {
 }
 
 pub fn inspect(what: What, bpffs: &Path, output: Output) -> anyhow::Result<()> {
+    if matches!(what, What::Conntrack) {
+        return conntrack(bpffs, output);
+    }
     let maps = PinnedMaps::open(bpffs).context("opening the pinned maps")?;
     let state = maps.read().context("reading the pinned maps")?;
     match (what, output) {
@@ -151,14 +166,11 @@ pub fn inspect(what: What, bpffs: &Path, output: Output) -> anyhow::Result<()> {
                         .join("\n")
                 };
                 let affinity = row.affinity_timeout.map_or_else(|| "-".to_owned(), |t| format!("{t}s"));
-                table.add_row([
-                    row.frontend,
-                    row.protocol,
-                    row.kind.to_owned(),
-                    row.group.to_string(),
-                    affinity,
-                    backends,
-                ]);
+                let kind = match &row.source_ranges {
+                    Some(ranges) => format!("{}\nfrom {}", row.kind, ranges.join("\n     ")),
+                    None => row.kind.to_owned(),
+                };
+                table.add_row([row.frontend, row.protocol, kind, row.group.to_string(), affinity, backends]);
             }
             println!("{table}");
         }
@@ -173,6 +185,8 @@ pub fn inspect(what: What, bpffs: &Path, output: Output) -> anyhow::Result<()> {
             }
             println!("{table}");
         }
+        (What::Conntrack, _) => unreachable!("handled above"),
+        (What::Affinity, output) => affinity(bpffs, &state, output)?,
         (What::Stats, output) => {
             let stats = maps.stats()?;
             match output {
@@ -188,6 +202,53 @@ pub fn inspect(what: What, bpffs: &Path, output: Output) -> anyhow::Result<()> {
                     println!("{table}");
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+fn conntrack(bpffs: &Path, output: Output) -> anyhow::Result<()> {
+    let rows = crate::datapath::conntrack::flows(bpffs).context("reading the conntrack map")?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            let mut table = new_table(&["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "STATE", "IDLE"]);
+            for r in rows {
+                let idle = if r.live { format!("{}s", r.idle_seconds) } else { "expired".to_owned() };
+                table.add_row([
+                    proto_name(r.protocol),
+                    r.client.to_string(),
+                    r.frontend.to_string(),
+                    r.backend.to_string(),
+                    r.snat.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                    r.state.to_owned(),
+                    idle,
+                ]);
+            }
+            println!("{table}");
+        }
+    }
+    Ok(())
+}
+
+fn affinity(bpffs: &Path, state: &MapState, output: Output) -> anyhow::Result<()> {
+    let rows = crate::datapath::affinity::entries(bpffs, state).context("reading the affinity map")?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            let mut table = new_table(&["GROUP", "CLIENT", "BACKEND", "SLOT", "IDLE", "TIMEOUT", "STATE"]);
+            for r in rows {
+                table.add_row([
+                    r.group.to_string(),
+                    r.client,
+                    r.backend.unwrap_or_else(|| format!("id {} (gone)", r.backend_id)),
+                    r.slot.to_string(),
+                    format!("{:.1}s", r.idle_ms as f64 / 1000.0),
+                    r.timeout_seconds.map_or_else(|| "-".to_owned(), |t| format!("{t}s")),
+                    r.state.to_owned(),
+                ]);
+            }
+            println!("{table}");
         }
     }
     Ok(())

@@ -3,6 +3,7 @@ pub mod inspect;
 pub mod kube_proxy;
 pub mod plan;
 pub mod run;
+pub mod trace;
 
 use std::path::Path;
 

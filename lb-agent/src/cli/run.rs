@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Capacity of the TC conntrack map (two entries per flow).
     #[arg(long, default_value_t = capacity::CONNTRACK)]
     max_conntrack: u32,
+    /// Capacity of the session-affinity map (one entry per client and Service port with
+    /// `sessionAffinity: ClientIP`; least recently used entries are evicted when full).
+    #[arg(long, default_value_t = capacity::AFFINITY)]
+    max_affinity: u32,
     /// Capacity of each frontend map (IPv4 and IPv6), set when the maps are first created.
     #[arg(long, default_value_t = capacity::FRONTENDS)]
     max_frontends: u32,
@@ -79,6 +83,10 @@ pub struct RunArgs {
     /// Capacity of each reverse-NAT map (one entry per translated socket and backend).
     #[arg(long, default_value_t = capacity::REVNAT)]
     max_revnat: u32,
+    /// Capacity of the `loadBalancerSourceRanges` map (one entry per range of each LoadBalancer
+    /// Service port and family).
+    #[arg(long, default_value_t = capacity::SOURCE_RANGES)]
+    max_source_ranges: u32,
     /// Backend choice for NodePort, externalIP and LoadBalancer frontends: `maglev` hashes the
     /// 5-tuple so every node picks the same backend for a flow. ClusterIPs are always random.
     #[arg(long, value_enum, default_value_t)]
@@ -240,6 +248,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         backends: args.max_backends,
         revnat: args.max_revnat,
         conntrack: args.max_conntrack,
+        affinity: args.max_affinity,
+        source_ranges: args.max_source_ranges,
     };
     let mut ebpf = loader::load(&args.bpffs, caps)?;
     let maps = PinnedMaps::open(&args.bpffs).context("opening the maps just pinned")?;

@@ -3,25 +3,33 @@
 //!
 //! 1. new or changed backends;
 //! 2. new or changed slots;
-//! 3. new or changed frontends (their `count` now covers only written slots);
-//! 4. removed frontends;
-//! 5. removed slots (no frontend's `count` reaches them any more);
-//! 6. removed backends (no slot names them any more).
+//! 3. new source ranges;
+//! 4. new or changed frontends (their `count` now covers only written slots, and a frontend
+//!    flagged `SOURCE_RANGES` finds its group's ranges written);
+//! 5. removed frontends;
+//! 6. removed source ranges (no frontend flagged for their group needs them any more);
+//! 7. removed slots (no frontend's `count` reaches them any more);
+//! 8. removed backends (no slot names them any more).
 //!
 //! Every prefix of the list leaves `MapState::check` true, so an apply that fails half-way leaves
-//! a consistent datapath, and applying the list again is harmless.
+//! a consistent datapath, and applying the list again is harmless. For source ranges, every
+//! prefix admits, at each frontend, every source both the old and the new state admit, and none
+//! that neither admits: ranges are added before and removed after the frontends change, so a
+//! change of ranges briefly admits their union, and clearing the flag precedes the removal.
 use std::fmt;
 
 use lb_common::{Backend, FrontendValue, SlotKey, SlotValue};
 
-use super::state::{FrontendKey, MapState, backend_addr};
+use super::state::{FrontendKey, MapState, SourceRange, backend_addr};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapOp {
     PutBackend(u32, Backend),
     PutSlot(SlotKey, SlotValue),
+    PutSourceRange(SourceRange),
     PutFrontend(FrontendKey, FrontendValue),
     DeleteFrontend(FrontendKey),
+    DeleteSourceRange(SourceRange),
     DeleteSlot(SlotKey),
     DeleteBackend(u32),
 }
@@ -31,14 +39,19 @@ impl fmt::Display for MapOp {
         match self {
             Self::PutBackend(id, b) => write!(f, "put backend {id} = {} state {}", backend_addr(b), b.state),
             Self::PutSlot(k, v) => write!(f, "put slot {}/{} = backend {}", k.group, k.slot, v.backend),
+            Self::PutSourceRange(r) => write!(f, "put source range {} for group {}", r.cidr, r.group),
             Self::PutFrontend(k, v) => {
                 write!(f, "put frontend {}/{} = group {} count {}", k.addr(), k.proto(), v.group, v.count)?;
                 if (v.ext_offset, v.ext_count) != (0, v.count) {
                     write!(f, " external {}+{}", v.ext_offset, v.ext_count)?;
                 }
+                if v.flags & lb_common::frontend_flags::SOURCE_RANGES != 0 {
+                    write!(f, " source-ranges")?;
+                }
                 Ok(())
             }
             Self::DeleteFrontend(k) => write!(f, "delete frontend {}/{}", k.addr(), k.proto()),
+            Self::DeleteSourceRange(r) => write!(f, "delete source range {} for group {}", r.cidr, r.group),
             Self::DeleteSlot(k) => write!(f, "delete slot {}/{}", k.group, k.slot),
             Self::DeleteBackend(id) => write!(f, "delete backend {id}"),
         }
@@ -58,6 +71,7 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
             ops.push(MapOp::PutSlot(*k, *v));
         }
     }
+    ops.extend(new.source_ranges.difference(&old.source_ranges).map(|r| MapOp::PutSourceRange(*r)));
     for (k, v) in &new.frontends {
         if old.frontends.get(k) != Some(v) {
             ops.push(MapOp::PutFrontend(*k, *v));
@@ -66,6 +80,7 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
     ops.extend(
         old.frontends.keys().filter(|k| !new.frontends.contains_key(k)).map(|k| MapOp::DeleteFrontend(*k)),
     );
+    ops.extend(old.source_ranges.difference(&new.source_ranges).map(|r| MapOp::DeleteSourceRange(*r)));
     ops.extend(old.slots.keys().filter(|k| !new.slots.contains_key(k)).map(|k| MapOp::DeleteSlot(*k)));
     ops.extend(
         old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)),
@@ -83,11 +98,17 @@ pub fn apply_in_memory(state: &mut MapState, op: &MapOp) {
         MapOp::PutSlot(k, v) => {
             state.slots.insert(k, v);
         }
+        MapOp::PutSourceRange(r) => {
+            state.source_ranges.insert(r);
+        }
         MapOp::PutFrontend(k, v) => {
             state.frontends.insert(k, v);
         }
         MapOp::DeleteFrontend(k) => {
             state.frontends.remove(&k);
+        }
+        MapOp::DeleteSourceRange(r) => {
+            state.source_ranges.remove(&r);
         }
         MapOp::DeleteSlot(k) => {
             state.slots.remove(&k);

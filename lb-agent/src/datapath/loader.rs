@@ -45,6 +45,8 @@ pub struct Capacities {
     pub backends: u32,
     pub revnat: u32,
     pub conntrack: u32,
+    pub affinity: u32,
+    pub source_ranges: u32,
 }
 
 impl Default for Capacities {
@@ -55,6 +57,8 @@ impl Default for Capacities {
             backends: capacity::BACKENDS,
             revnat: capacity::REVNAT,
             conntrack: capacity::CONNTRACK,
+            affinity: capacity::AFFINITY,
+            source_ranges: capacity::SOURCE_RANGES,
         }
     }
 }
@@ -92,6 +96,8 @@ pub fn load(bpffs: &Path, cap: Capacities) -> anyhow::Result<Ebpf> {
         .map_max_entries(map_names::REVNAT_V4, cap.revnat)
         .map_max_entries(map_names::REVNAT_V6, cap.revnat)
         .map_max_entries(map_names::CONNTRACK, cap.conntrack)
+        .map_max_entries(map_names::AFFINITY, cap.affinity)
+        .map_max_entries(map_names::SOURCE_RANGES, cap.source_ranges)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")
 }
@@ -251,4 +257,25 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
             (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
         })
         .context("no cgroup2 filesystem is mounted")
+}
+
+/// Loads the object against the maps an agent pinned under `bpffs`, for `lb-agent trace`: every
+/// pinned map is adopted, none is created (a missing pin is an error, not a new empty map pinned
+/// beside the agent's). Only the kernel-internal unpinned maps are new. Nothing is attached.
+pub fn load_pinned(bpffs: &Path) -> anyhow::Result<Ebpf> {
+    if EBPF_OBJECT.is_empty() {
+        bail!("this lb-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs");
+    }
+    if !bpffs.is_dir() {
+        bail!("{} is not a directory: pass the --bpffs the agent pins its maps under", bpffs.display());
+    }
+    let missing: Vec<&str> = map_names::ALL.iter().copied().filter(|m| !bpffs.join(m).exists()).collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} holds no pinned {} (not the --bpffs of an agent of this version?)",
+            bpffs.display(),
+            missing.join(", ")
+        );
+    }
+    EbpfLoader::new().default_map_pin_directory(bpffs).load(EBPF_OBJECT).context("loading the eBPF object")
 }

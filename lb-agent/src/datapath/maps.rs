@@ -1,19 +1,28 @@
 //! Map writers: the kernel's pinned maps, and an in-memory fake with the same interface for tests.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    HashMap, Map, MapData, MapError, PerCpuArray,
+    lpm_trie::{Key as LpmKey, LpmTrie},
+};
 use lb_common::{
-    Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, frontend_flags, map_names, stats,
+    Backend, Frontend4Key, Frontend6Key, FrontendValue, SOURCE_RANGE_GROUP_BITS, SlotKey, SlotValue,
+    SourceRangeKey, frontend_flags, map_names, stats,
 };
 use thiserror::Error;
 
 use super::{
     diff::MapOp,
-    state::{FrontendKey, LayoutOptions, LbAlgorithm, MapState},
+    state::{
+        FrontendKey, LayoutOptions, LbAlgorithm, MapState, SourceRange, ip4_word, ip6_words, word_ip4,
+        words_ip6,
+    },
 };
+use crate::model::Cidr;
 
 #[derive(Debug, Error)]
 pub enum MapsError {
@@ -41,6 +50,7 @@ pub struct Capacity {
     pub frontends: u32,
     pub slots: u32,
     pub backends: u32,
+    pub source_ranges: u32,
 }
 
 /// What the sync needs from the maps.
@@ -61,6 +71,7 @@ pub fn check_capacity(target: &MapState, cap: Capacity, options: &LayoutOptions)
         (map_names::FRONTENDS_V6, v6, cap.frontends),
         (map_names::SLOTS, target.slots.len(), cap.slots),
         (map_names::BACKENDS, target.backends.len(), cap.backends),
+        (map_names::SOURCE_RANGES, target.source_ranges.len(), cap.source_ranges),
     ] {
         if needed > capacity as usize {
             if name == map_names::SLOTS
@@ -108,8 +119,33 @@ pub struct PinnedMaps {
     frontends6: HashMap<MapData, Frontend6Key, FrontendValue>,
     slots: HashMap<MapData, SlotKey, SlotValue>,
     backends: HashMap<MapData, u32, Backend>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     stats: PerCpuArray<MapData, u64>,
     capacity: Capacity,
+}
+
+/// The value of every `LB_SOURCE_RANGES` entry (only a match matters).
+const SOURCE_RANGE_MARK: u8 = 1;
+
+/// The trie key of a source range: the group's bits, then the prefix's.
+fn source_range_key(r: &SourceRange) -> LpmKey<SourceRangeKey> {
+    let addr = match r.cidr.addr {
+        IpAddr::V4(a) => [ip4_word(a), 0, 0, 0],
+        IpAddr::V6(a) => ip6_words(a),
+    };
+    LpmKey::new(SOURCE_RANGE_GROUP_BITS + u32::from(r.cidr.prefix), SourceRangeKey { group: r.group, addr })
+}
+
+/// A trie key read back. The key does not say its family: a group's frontends do (`v6_groups`);
+/// a range whose group has no frontend (left by a failed apply) is taken as IPv4 when it fits,
+/// which names the same key either way.
+fn source_range_of(key: &LpmKey<SourceRangeKey>, v6_groups: &BTreeSet<u32>) -> SourceRange {
+    let (data, bits) = (key.data(), key.prefix_len().saturating_sub(SOURCE_RANGE_GROUP_BITS));
+    let v4 = !v6_groups.contains(&data.group) && bits <= 32 && data.addr[1..] == [0, 0, 0];
+    let (addr, max) =
+        if v4 { (IpAddr::V4(word_ip4(data.addr[0])), 32) } else { (IpAddr::V6(words_ip6(data.addr)), 128) };
+    let prefix = u8::try_from(bits.min(max)).unwrap_or(0);
+    SourceRange { group: data.group, cidr: Cidr { addr, prefix } }
 }
 
 fn open(dir: &Path, name: &'static str) -> Result<(Map, u32), MapsError> {
@@ -131,6 +167,8 @@ impl PinnedMaps {
         let slots = HashMap::try_from(m).map_err(conv(map_names::SLOTS))?;
         let (m, backends_cap) = open(dir, map_names::BACKENDS)?;
         let backends = HashMap::try_from(m).map_err(conv(map_names::BACKENDS))?;
+        let (m, source_ranges_cap) = open(dir, map_names::SOURCE_RANGES)?;
+        let source_ranges = LpmTrie::try_from(m).map_err(conv(map_names::SOURCE_RANGES))?;
         let (m, _) = open(dir, map_names::STATS)?;
         let stats = PerCpuArray::try_from(m).map_err(conv(map_names::STATS))?;
         Ok(Self {
@@ -138,8 +176,14 @@ impl PinnedMaps {
             frontends6,
             slots,
             backends,
+            source_ranges,
             stats,
-            capacity: Capacity { frontends, slots: slots_cap, backends: backends_cap },
+            capacity: Capacity {
+                frontends,
+                slots: slots_cap,
+                backends: backends_cap,
+                source_ranges: source_ranges_cap,
+            },
         })
     }
 
@@ -183,6 +227,16 @@ impl LbMaps for PinnedMaps {
         }
         state.slots.extend(read_all(map_names::SLOTS, &self.slots)?);
         state.backends.extend(read_all(map_names::BACKENDS, &self.backends)?);
+        let v6_groups: BTreeSet<u32> = state
+            .frontends
+            .iter()
+            .filter(|(k, _)| matches!(k, FrontendKey::V6(_)))
+            .map(|(_, v)| v.group)
+            .collect();
+        for key in self.source_ranges.keys() {
+            let key = key.map_err(|source| MapsError::Read { name: map_names::SOURCE_RANGES, source })?;
+            state.source_ranges.insert(source_range_of(&key, &v6_groups));
+        }
         Ok(state)
     }
 
@@ -190,11 +244,13 @@ impl LbMaps for PinnedMaps {
         let result = match op {
             MapOp::PutBackend(id, b) => self.backends.insert(id, b, 0),
             MapOp::PutSlot(k, v) => self.slots.insert(k, v, 0),
+            MapOp::PutSourceRange(r) => self.source_ranges.insert(&source_range_key(r), SOURCE_RANGE_MARK, 0),
             MapOp::PutFrontend(FrontendKey::V4(k), v) => self.frontends4.insert(k, v, 0),
             MapOp::PutFrontend(FrontendKey::V6(k), v) => self.frontends6.insert(k, v, 0),
             MapOp::DeleteFrontend(FrontendKey::V4(k)) => ignore_missing(self.frontends4.remove(k)),
             MapOp::DeleteFrontend(FrontendKey::V6(k)) => ignore_missing(self.frontends6.remove(k)),
             MapOp::DeleteSlot(k) => ignore_missing(self.slots.remove(k)),
+            MapOp::DeleteSourceRange(r) => ignore_missing(self.source_ranges.remove(&source_range_key(r))),
             MapOp::DeleteBackend(id) => ignore_missing(self.backends.remove(id)),
         };
         result.map_err(|source| MapsError::Write { op: op.to_string(), source })
@@ -232,6 +288,11 @@ impl LbMaps for MemoryMaps {
     }
 
     fn capacity(&self) -> Capacity {
-        self.capacity.unwrap_or(Capacity { frontends: u32::MAX, slots: u32::MAX, backends: u32::MAX })
+        self.capacity.unwrap_or(Capacity {
+            frontends: u32::MAX,
+            slots: u32::MAX,
+            backends: u32::MAX,
+            source_ranges: u32::MAX,
+        })
     }
 }

@@ -1,7 +1,9 @@
 //! Everything that touches the kernel: the map layout of a `DesiredState` (`state`, with Maglev
 //! tables from `maglev`), the ordered diff between two layouts (`diff`), the map writers (`maps`),
 //! and loading/attaching (`loader`).
+pub mod affinity;
 pub mod attached;
+pub mod conntrack;
 pub mod diff;
 pub mod loader;
 pub mod maglev;

@@ -1,5 +1,5 @@
-//! The map-level picture of the load balancer: exactly the entries of the frontend, slot and
-//! backend maps. `layout` turns a `DesiredState` into one, keeping the ids that are already
+//! The map-level picture of the load balancer: exactly the entries of the frontend, slot,
+//! backend and source-range maps. `layout` turns a `DesiredState` into one, keeping the ids that are already
 //! programmed so a change rewrites only what changed and a restarted agent adopts its own maps.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -12,7 +12,9 @@ use lb_common::{
 };
 
 use super::maglev;
-use crate::model::{BackendGroup, DesiredState, EndpointState, FrontendKind, Protocol, Scope, WhenEmpty};
+use crate::model::{
+    BackendGroup, Cidr, DesiredState, EndpointState, FrontendKind, Protocol, Scope, WhenEmpty,
+};
 
 /// A frontend map key of either family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,12 +84,21 @@ pub fn backend_addr(b: &Backend) -> SocketAddr {
 /// Identity of a backend entry: address, port and protocol.
 type BackendIdentity = (SocketAddr, u8);
 
-/// The content of the three service maps.
+/// An `LB_SOURCE_RANGES` entry: sources in `cidr` may reach the LoadBalancer frontends of
+/// `group` that carry `frontend_flags::SOURCE_RANGES`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    pub group: u32,
+    pub cidr: Cidr,
+}
+
+/// The content of the service maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapState {
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
     pub slots: BTreeMap<SlotKey, SlotValue>,
     pub backends: BTreeMap<u32, Backend>,
+    pub source_ranges: BTreeSet<SourceRange>,
 }
 
 /// Hands out the lowest id that is neither programmed nor already given out in this layout, so
@@ -248,6 +259,7 @@ pub fn layout_reserving(
             .values()
             .map(|v| v.group)
             .chain(programmed.slots.keys().map(|k| k.group))
+            .chain(programmed.source_ranges.iter().map(|r| r.group))
             .chain(reserved.groups.iter().copied()),
     );
     let mut reused = BTreeSet::new();
@@ -311,11 +323,29 @@ pub fn layout_reserving(
         } else {
             0
         };
+        // Rule 10: the Service's source ranges gate its LoadBalancer frontends only. kube-proxy
+        // also lets in packets from the LB IPs themselves when a node address is in a range
+        // (a VIP bound on the node loops back with itself as source).
+        let gated =
+            !group.source_ranges.is_empty() && keys.iter().any(|(_, k)| *k == FrontendKind::LoadBalancer);
+        if gated {
+            out.source_ranges.extend(group.source_ranges.iter().map(|&cidr| SourceRange { group: id, cidr }));
+            let node_inside =
+                desired.node_addresses.iter().any(|a| group.source_ranges.iter().any(|r| r.contains(a)));
+            if node_inside {
+                let vips = keys.iter().filter(|(_, k)| *k == FrontendKind::LoadBalancer);
+                out.source_ranges.extend(
+                    vips.map(|(key, _)| SourceRange { group: id, cidr: Cidr::host(key.addr().ip()) }),
+                );
+            }
+        }
         for (key, kind) in keys {
+            let ranges =
+                if gated && kind == FrontendKind::LoadBalancer { frontend_flags::SOURCE_RANGES } else { 0 };
             let value = FrontendValue {
                 group: id,
                 count,
-                flags: kind.flag() | drop,
+                flags: kind.flag() | drop | ranges,
                 affinity_timeout: group.affinity_timeout.unwrap_or(0),
                 ext_offset,
                 ext_count,
@@ -329,10 +359,20 @@ pub fn layout_reserving(
 #[cfg(test)]
 impl MapState {
     /// Checks the invariant the kernel relies on: every frontend's slots `1..=count` and
-    /// `ext_offset+1..=ext_offset+ext_count` exist and name existing backends. Returns the first
-    /// violation.
+    /// `ext_offset+1..=ext_offset+ext_count` exist and name existing backends, and a frontend
+    /// flagged `SOURCE_RANGES` has at least one range under its group (or it would drop every
+    /// client). Returns the first violation.
     pub fn check(&self) -> Result<(), String> {
         for (key, value) in &self.frontends {
+            if value.flags & frontend_flags::SOURCE_RANGES != 0
+                && !self.source_ranges.iter().any(|r| r.group == value.group)
+            {
+                return Err(format!(
+                    "{} group {}: source ranges flagged, none present",
+                    key.addr(),
+                    value.group
+                ));
+            }
             let packet = value.ext_offset + 1..=value.ext_offset + value.ext_count;
             for slot in (1..=value.count).chain(packet) {
                 let slot_key = SlotKey { group: value.group, slot };

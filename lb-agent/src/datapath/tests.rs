@@ -12,12 +12,14 @@ use super::{
     diff::{MapOp, apply_in_memory, diff},
     maglev,
     maps::{Capacity, LbMaps, MapsError, MemoryMaps},
-    state::{FrontendKey, LayoutOptions, MapState, Reserved, backend_addr, layout, layout_reserving},
+    state::{
+        FrontendKey, LayoutOptions, MapState, Reserved, SourceRange, backend_addr, layout, layout_reserving,
+    },
 };
 use crate::{
     model::{
-        BackendGroup, BackendInfo, DesiredState, EndpointState, Family, Frontend, FrontendKind, Protocol,
-        Scope, ServicePortName, WhenEmpty,
+        BackendGroup, BackendInfo, Cidr, DesiredState, EndpointState, Family, Frontend, FrontendKind,
+        Protocol, Scope, ServicePortName, WhenEmpty,
     },
     sync::{SyncReport, Syncer},
 };
@@ -133,7 +135,12 @@ fn expected_service_with(desired: &DesiredState, options: &LayoutOptions) -> BTr
             0
         };
         for f in &g.frontends {
-            let value = (backends.clone(), g.affinity_timeout.unwrap_or(0), f.kind.flag() | drop);
+            let ranges = if f.kind == FrontendKind::LoadBalancer && !g.source_ranges.is_empty() {
+                lb_common::frontend_flags::SOURCE_RANGES
+            } else {
+                0
+            };
+            let value = (backends.clone(), g.affinity_timeout.unwrap_or(0), f.kind.flag() | drop | ranges);
             if f.kind == FrontendKind::NodePort {
                 for a in desired.node_addresses.iter().filter(|a| Family::of(a) == g.family) {
                     let key = format!("{}/{proto}", SocketAddr::new(*a, f.port));
@@ -158,15 +165,79 @@ fn lines(ops: &[MapOp]) -> Vec<String> {
     ops.iter().map(ToString::to_string).collect()
 }
 
-/// Applies `ops` one by one to a copy of `from`, checking the kernel's invariant after each.
+/// Applies `ops` one by one to a copy of `from`, checking the kernel's invariant after each, and
+/// that no intermediate state turns away a source both ends admit (`check_admission`).
 fn apply_checked(from: &MapState, ops: &[MapOp]) -> Result<MapState, String> {
+    let mut to = from.clone();
+    for op in ops {
+        apply_in_memory(&mut to, op);
+    }
     let mut state = from.clone();
     state.check().map_err(|e| format!("before any op: {e}"))?;
     for (i, op) in ops.iter().enumerate() {
         apply_in_memory(&mut state, op);
         state.check().map_err(|e| format!("after op {i} ({op}): {e}"))?;
+        check_admission(from, &to, &state).map_err(|e| format!("after op {i} ({op}): {e}"))?;
     }
     Ok(state)
+}
+
+/// Whether `state` lets a packet from `src` start a flow to frontend `key` (`None`: no such
+/// frontend), as `lb-ebpf`'s `source_range::allowed` decides.
+fn admits(state: &MapState, key: &FrontendKey, src: &IpAddr) -> Option<bool> {
+    let v = state.frontends.get(key)?;
+    Some(
+        v.flags & lb_common::frontend_flags::SOURCE_RANGES == 0
+            || state.source_ranges.iter().any(|r| r.group == v.group && r.cidr.contains(src)),
+    )
+}
+
+/// Sources worth trying against `states`: the first and last address of every range, every
+/// frontend address, and one address outside everything per family.
+fn probe_sources(states: &[&MapState]) -> BTreeSet<IpAddr> {
+    let mut out: BTreeSet<IpAddr> =
+        ["203.0.113.254", "2001:db8:ffff::1"].iter().map(|a| a.parse().expect("test address")).collect();
+    for state in states {
+        out.extend(state.frontends.keys().map(|k| k.addr().ip()));
+        for r in &state.source_ranges {
+            out.insert(r.cidr.addr);
+            out.insert(match r.cidr.addr {
+                IpAddr::V4(a) => IpAddr::V4(
+                    (u32::from(a) | u32::MAX.checked_shr(u32::from(r.cidr.prefix)).unwrap_or(0)).into(),
+                ),
+                IpAddr::V6(a) => IpAddr::V6(
+                    (u128::from(a) | u128::MAX.checked_shr(u32::from(r.cidr.prefix)).unwrap_or(0)).into(),
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// The source-range property of `mid`, a state on the way from `from` to `to`: each frontend
+/// admits every source that both ends admit there (one end, for a frontend only one end has), so
+/// no change turns away a client that is allowed before and after it; and a frontend that keeps
+/// its group admits no source that neither end admits.
+fn check_admission(from: &MapState, to: &MapState, mid: &MapState) -> Result<(), String> {
+    let sources = probe_sources(&[from, to, mid]);
+    for key in mid.frontends.keys() {
+        let same_group = matches!(
+            (from.frontends.get(key), to.frontends.get(key)),
+            (Some(a), Some(b)) if a.group == b.group
+        );
+        for src in sources.iter().filter(|s| s.is_ipv4() == key.addr().is_ipv4()) {
+            let now = admits(mid, key, src).expect("frontend of mid");
+            let ends: Vec<bool> =
+                [admits(from, key, src), admits(to, key, src)].into_iter().flatten().collect();
+            if ends.iter().all(|a| *a) && !now {
+                return Err(format!("{} turns away {src}, which {ends:?} admit", key.addr()));
+            }
+            if same_group && now && !ends.iter().any(|a| *a) {
+                return Err(format!("{} admits {src}, which neither end admits", key.addr()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Maps shared between a `Syncer` and the test, so the test can look at and tweak them.
@@ -479,6 +550,27 @@ fn check_transition_with(
     if got != want {
         return Err(format!("served {got:#?}\nwanted {want:#?}"));
     }
+    // Source ranges: exactly those of each group with a LoadBalancer frontend, under its id, plus
+    // its LB IPs when a node address is in a range (kube-proxy rule 10); nothing for other groups.
+    let mut want_ranges = BTreeSet::new();
+    for g in new.groups.iter().filter(|g| !g.source_ranges.is_empty()) {
+        let vips: Vec<&Frontend> =
+            g.frontends.iter().filter(|f| f.kind == FrontendKind::LoadBalancer).collect();
+        let Some(id) = vips
+            .iter()
+            .find_map(|f| target.frontends.get(&FrontendKey::new(f.addr, f.port, f.protocol)))
+            .map(|v| v.group)
+        else {
+            continue;
+        };
+        want_ranges.extend(g.source_ranges.iter().map(|&cidr| SourceRange { group: id, cidr }));
+        if new.node_addresses.iter().any(|a| g.source_ranges.iter().any(|r| r.contains(a))) {
+            want_ranges.extend(vips.iter().map(|f| SourceRange { group: id, cidr: Cidr::host(f.addr) }));
+        }
+    }
+    if target.source_ranges != want_ranges {
+        return Err(format!("source ranges {:?}, wanted {want_ranges:?}", target.source_ranges));
+    }
     // Every slot is reachable: it belongs to a frontend's group, within its count (and every
     // frontend of a group has the same count). With `check`, the slots are exactly 1..=count.
     let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
@@ -496,21 +588,23 @@ fn check_transition_with(
             let Some(v) = target.frontends.get(&FrontendKey::new(f.addr, f.port, f.protocol)) else {
                 continue; // a conflicting frontend another group owns
             };
-            if v.group != target.frontends[&FrontendKey::new(f.addr, f.port, f.protocol)].group {
+            let slot_set = |range: std::ops::RangeInclusive<u32>| -> BTreeSet<String> {
+                range
+                    .map(|slot| {
+                        let s = target.slots[&lb_common::SlotKey { group: v.group, slot }];
+                        let b = target.backends[&s.backend];
+                        format!("{}/{}", backend_addr(&b), b.proto)
+                    })
+                    .collect()
+            };
+            // Only a frontend this group owns (its socket range is this group's `from_node`).
+            let from_node: BTreeSet<String> =
+                g.from_node.iter().map(|a| format!("{a}/{}", g.service.protocol.number())).collect();
+            if slot_set(1..=v.count) != from_node {
                 continue;
             }
-            let got: BTreeSet<String> = (v.ext_offset + 1..=v.ext_offset + v.ext_count)
-                .map(|slot| {
-                    let s = target.slots[&lb_common::SlotKey { group: v.group, slot }];
-                    let b = target.backends[&s.backend];
-                    format!("{}/{}", backend_addr(&b), b.proto)
-                })
-                .collect();
-            if got != want
-                && served(target)
-                    .get(&format!("{}/{}", SocketAddr::new(f.addr, f.port), f.protocol.number()))
-                    .is_some()
-            {
+            let got = slot_set(v.ext_offset + 1..=v.ext_offset + v.ext_count);
+            if got != want {
                 return Err(format!("{f}: packets reach {got:?}, wanted {want:?}"));
             }
         }
@@ -588,6 +682,12 @@ const NODE_PORTS: [u16; 3] = [80, 30000, 30001];
 const EXTERNAL_IPS: [&str; 4] = ["192.168.0.1", "192.168.0.9", "fd00:1::1", "fd00:1::9"];
 /// Node address choices, by bit of `World::nodes`.
 const NODE_ADDRS: [&str; 3] = ["192.168.0.1", "192.168.0.2", "fd00:1::1"];
+/// LoadBalancer ingress IP choices (two Services may pick the same one: the later is left out).
+const LB_IPS: [&str; 4] = ["192.0.2.1", "192.0.2.2", "fd00:2::1", "fd00:2::2"];
+/// `loadBalancerSourceRanges` choices, by bit of `Svc::ranges`; 192.168.0.0/24 and fd00:1::/64
+/// hold node addresses, 10.1.0.0/16 is inside 10.0.0.0/8.
+const RANGES: [&str; 6] =
+    ["10.0.0.0/8", "10.1.0.0/16", "192.168.0.0/24", "203.0.113.7/32", "fd00:1::/64", "fd00:9::/32"];
 
 /// One Service of the generated world.
 #[derive(Clone, Copy, Debug, Default)]
@@ -606,6 +706,10 @@ struct Svc {
     external: Option<u8>,
     internal_local: bool,
     external_local: bool,
+    /// A LoadBalancer ingress IP, an index into `LB_IPS`.
+    lb: Option<u8>,
+    /// Bit i: `RANGES[i]` is a source range.
+    ranges: u8,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -631,6 +735,8 @@ enum Change {
     Policy(usize, bool, bool),
     /// The node's addresses change.
     Nodes(u8),
+    LoadBalancer(usize, Option<u8>),
+    Ranges(usize, u8),
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -646,8 +752,10 @@ fn change() -> impl Strategy<Value = Change> {
         2 => (svc.clone(), svc.clone()).prop_map(|(a, b)| Change::Swap(a, b)),
         1 => (svc.clone(), prop::option::of(0..3u8)).prop_map(|(s, n)| Change::NodePort(s, n)),
         1 => (svc.clone(), prop::option::of(0..4u8)).prop_map(|(s, e)| Change::External(s, e)),
-        2 => (svc, any::<bool>(), any::<bool>()).prop_map(|(s, i, e)| Change::Policy(s, i, e)),
+        2 => (svc.clone(), any::<bool>(), any::<bool>()).prop_map(|(s, i, e)| Change::Policy(s, i, e)),
         1 => (0..8u8).prop_map(Change::Nodes),
+        1 => (svc.clone(), prop::option::of(0..4u8)).prop_map(|(s, l)| Change::LoadBalancer(s, l)),
+        2 => (svc, 0..64u8).prop_map(|(s, r)| Change::Ranges(s, r)),
     ]
 }
 
@@ -661,12 +769,19 @@ fn svc() -> impl Strategy<Value = Svc> {
             prop::array::uniform5(0..3u8),
             prop::option::of(1..100u32),
         ),
-        (prop::option::of(0..3u8), prop::option::of(0..4u8), prop::bool::weighted(0.2), any::<bool>()),
+        (
+            prop::option::of(0..3u8),
+            prop::option::of(0..4u8),
+            prop::bool::weighted(0.2),
+            any::<bool>(),
+            prop::option::of(0..4u8),
+            0..64u8,
+        ),
     )
         .prop_map(
             |(
                 (present, v4, v6, udp, pods, affinity),
-                (node_port, external, internal_local, external_local),
+                (node_port, external, internal_local, external_local, lb, ranges),
             )| {
                 Svc {
                     present,
@@ -679,6 +794,8 @@ fn svc() -> impl Strategy<Value = Svc> {
                     external,
                     internal_local,
                     external_local,
+                    lb,
+                    ranges,
                 }
             },
         )
@@ -706,6 +823,8 @@ fn apply_change(world: &mut World, c: Change) {
         Change::External(s, e) => svcs[s].external = e,
         Change::Policy(s, i, e) => (svcs[s].internal_local, svcs[s].external_local) = (i, e),
         Change::Nodes(n) => world.nodes = n,
+        Change::LoadBalancer(s, l) => svcs[s].lb = l,
+        Change::Ranges(s, r) => svcs[s].ranges = r,
     }
 }
 
@@ -732,6 +851,8 @@ fn world_state(world: &World) -> DesiredState {
             .external
             .map(|e| EXTERNAL_IPS[usize::from(e)].parse().expect("test address"))
             .filter(|ip| has_family(ip));
+        let lb: Option<IpAddr> =
+            s.lb.map(|l| LB_IPS[usize::from(l)].parse().expect("test address")).filter(|ip| has_family(ip));
         let node_port = s.node_port.map(|n| NODE_PORTS[usize::from(n)]);
         let mut ports = vec![("http", 80, Protocol::Tcp, node_port)];
         if s.udp {
@@ -739,7 +860,7 @@ fn world_state(world: &World) -> DesiredState {
         }
         let mut frontends: Vec<(IpAddr, u16, Protocol)> = Vec::new();
         for &(_, port, proto, node_port) in &ports {
-            frontends.extend(ips.iter().chain(&external).map(|&ip| (ip, port, proto)));
+            frontends.extend(ips.iter().chain(&external).chain(&lb).map(|&ip| (ip, port, proto)));
             if let Some(np) = node_port {
                 for ip in &ips {
                     let any: IpAddr = if ip.is_ipv4() {
@@ -769,6 +890,21 @@ fn world_state(world: &World) -> DesiredState {
                     .iter()
                     .filter(|ip| Family::of(ip) == family)
                     .map(|&addr| Frontend { addr, port, protocol, kind: FrontendKind::ExternalIP })
+                    .chain(lb.iter().filter(|ip| Family::of(ip) == family).map(|&addr| Frontend {
+                        addr,
+                        port,
+                        protocol,
+                        kind: FrontendKind::LoadBalancer,
+                    }))
+                    .collect();
+                let source_ranges: Vec<Cidr> = RANGES
+                    .iter()
+                    .enumerate()
+                    .filter(|(bit, _)| s.ranges & (1 << bit) != 0)
+                    .map(|(_, r)| Cidr::parse(r).expect("test range"))
+                    .filter(|c| c.family() == family)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
                     .collect();
                 if let Some(np) = node_port {
                     let addr: IpAddr = match family {
@@ -830,7 +966,7 @@ fn world_state(world: &World) -> DesiredState {
                         when_empty,
                         backends: backends.clone(),
                         affinity_timeout: s.affinity,
-                        source_ranges: vec![],
+                        source_ranges: source_ranges.clone(),
                         health_check_node_port: None,
                     }
                 };
@@ -972,7 +1108,7 @@ fn failure_on_the_first_sync_then_converges() {
 
 #[test]
 fn over_capacity_fails_before_writing_anything() {
-    let cap = |frontends, slots, backends| Some(Capacity { frontends, slots, backends });
+    let cap = |frontends, slots, backends| Some(Capacity { frontends, slots, backends, source_ranges: 10 });
     for (capacity, map, needed) in [
         (cap(1, 10, 10), lb_common::map_names::FRONTENDS_V4, 2),
         (cap(10, 2, 10), lb_common::map_names::SLOTS, 3),
@@ -992,7 +1128,7 @@ fn over_capacity_fails_before_writing_anything() {
 #[test]
 fn over_capacity_keeps_what_is_programmed() {
     let maps = Shared::with(MemoryMaps {
-        capacity: Some(Capacity { frontends: 1, slots: 10, backends: 10 }),
+        capacity: Some(Capacity { frontends: 1, slots: 10, backends: 10, source_ranges: 10 }),
         ..Default::default()
     });
     let mut syncer = Syncer::new(maps.clone()).expect("read");
@@ -1107,3 +1243,7 @@ fn freed_ids_are_not_handed_to_the_next_service_at_once() {
 // ---- (f) Maglev ---------------------------------------------------------------------------------
 
 mod maglev_layout;
+
+// ---- (g) loadBalancerSourceRanges ---------------------------------------------------------------
+
+mod source_ranges;

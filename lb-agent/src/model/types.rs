@@ -219,6 +219,30 @@ impl Cidr {
     pub const fn family(&self) -> Family {
         Family::of(&self.addr)
     }
+
+    /// The prefix holding only `addr` (`/32` or `/128`).
+    pub const fn host(addr: IpAddr) -> Self {
+        let prefix = match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        Self { addr, prefix }
+    }
+
+    /// Whether `ip` (of the same family) is inside the prefix.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(*ip) & mask == u32::from(net) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(*ip) & mask == u128::from(net) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for Cidr {
@@ -276,7 +300,7 @@ pub struct BackendGroup {
     pub affinity_timeout: Option<u32>,
     /// The Service's `loadBalancerSourceRanges` of this family, sorted, de-duplicated (same value
     /// in every group of the Service and family). They gate only the LoadBalancer frontends
-    /// (kube-proxy rule 10); empty means every source. Not written to the maps yet.
+    /// (kube-proxy rule 10); empty means every source. Laid out as `LB_SOURCE_RANGES` entries.
     pub source_ranges: Vec<Cidr>,
     /// The Service's `healthCheckNodePort`, set only for `type: LoadBalancer` with
     /// `externalTrafficPolicy: Local` and a port other than 0 (rule 12); the same value in every

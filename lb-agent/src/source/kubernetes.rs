@@ -124,9 +124,9 @@ impl KubeSource {
 
     /// The objects in the stores now.
     pub fn snapshot(&self) -> Objects {
-        fn located<K: Clone>(store: &Store<K>) -> Vec<Located<K>>
+        fn located<K>(store: &Store<K>) -> Vec<Located<K>>
         where
-            K: Resource<DynamicType = ()> + 'static,
+            K: Clone + Resource<DynamicType = ()> + 'static,
         {
             store.state().iter().map(|o| Located { origin: String::new(), object: (**o).clone() }).collect()
         }

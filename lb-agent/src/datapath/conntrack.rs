@@ -1,0 +1,128 @@
+//! Reading the TC programs' conntrack table (`LB_CONNTRACK`) for `lb-agent inspect conntrack`:
+//! one row per flow (its original-direction entry), with what it was translated to.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use aya::maps::{HashMap, MapData};
+use lb_common::{CtKey, CtValue, ct_dir, ct_flags, ct_lifetime, map_names};
+use serde::Serialize;
+
+use super::{
+    maps::MapsError,
+    state::{word_ip4, words_ip6},
+};
+
+/// One tracked flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowRow {
+    pub protocol: u8,
+    /// The client, as it sent the packets.
+    pub client: SocketAddr,
+    /// The frontend it addressed.
+    pub frontend: SocketAddr,
+    /// The backend the flow goes to.
+    pub backend: SocketAddr,
+    /// The source the backend sees, when SNATed (backend on another node).
+    pub snat: Option<SocketAddr>,
+    /// `syn`, `established` or `closing` for TCP; `-` otherwise.
+    pub state: &'static str,
+    /// Seconds since the last packet.
+    pub idle_seconds: u64,
+    /// Still live (not past its lifetime; an expired entry is reused by the next packet).
+    pub live: bool,
+}
+
+fn addr(family: u8, words: &[u32; 4], port: u16) -> SocketAddr {
+    let ip = if family == 4 { IpAddr::V4(word_ip4(words[0])) } else { IpAddr::V6(words_ip6(*words)) };
+    SocketAddr::new(ip, u16::from_be(port))
+}
+
+/// Nanoseconds on the clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The row of one original-direction entry, at time `now` (ns).
+pub fn row(key: &CtKey, value: &CtValue, now: u64) -> FlowRow {
+    let tcp = key.proto == lb_common::proto::TCP;
+    let state = match (tcp, value.flags) {
+        (false, _) => "-",
+        (true, f) if f & ct_flags::CLOSING != 0 => "closing",
+        (true, f) if f & ct_flags::SEEN_REPLY != 0 => "established",
+        (true, _) => "syn",
+    };
+    let idle = now.saturating_sub(value.last_seen);
+    FlowRow {
+        protocol: key.proto,
+        client: addr(key.family, &key.src, key.sport),
+        frontend: addr(key.family, &key.dst, key.dport),
+        backend: addr(key.family, &value.dst, value.dport),
+        snat: (value.flags & ct_flags::SNAT != 0).then(|| addr(key.family, &value.src, value.sport)),
+        state,
+        idle_seconds: idle / 1_000_000_000,
+        live: idle <= ct_lifetime(key.proto, value.flags),
+    }
+}
+
+/// Every flow in the pinned conntrack map under `bpffs`, sorted.
+pub fn flows(bpffs: &Path) -> Result<Vec<FlowRow>, MapsError> {
+    let path = bpffs.join(map_names::CONNTRACK);
+    let data = MapData::from_pin(&path).map_err(|source| MapsError::Open { path: path.clone(), source })?;
+    let map: HashMap<MapData, CtKey, CtValue> = HashMap::try_from(aya::maps::Map::LruHashMap(data))
+        .map_err(|source| MapsError::Open { path: path.clone(), source })?;
+    let now = monotonic_ns();
+    let mut rows = Vec::new();
+    for entry in map.iter() {
+        let (key, value) = entry.map_err(|source| MapsError::Read { name: map_names::CONNTRACK, source })?;
+        if key.dir == ct_dir::ORIGINAL {
+            rows.push(row(&key, &value, now));
+        }
+    }
+    rows.sort_by_key(|r| (r.frontend, r.client, r.protocol));
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::state::ip4_word;
+
+    #[test]
+    fn rows_name_client_frontend_backend_and_snat() {
+        let w = |s: &str| [ip4_word(s.parse().expect("ip")), 0, 0, 0];
+        let key = CtKey {
+            src: w("10.0.1.2"),
+            dst: w("10.0.1.1"),
+            sport: 40000u16.to_be(),
+            dport: 30080u16.to_be(),
+            proto: 6,
+            family: 4,
+            dir: ct_dir::ORIGINAL,
+            pad: 0,
+        };
+        let value = CtValue {
+            src: w("10.0.2.1"),
+            dst: w("10.244.2.2"),
+            sport: 61000u16.to_be(),
+            dport: 8080u16.to_be(),
+            flags: ct_flags::SNAT | ct_flags::SEEN_REPLY,
+            pad: 0,
+            backend: 0,
+            pad2: 0,
+            last_seen: 1_000_000_000,
+        };
+        let r = row(&key, &value, 3_500_000_000);
+        assert_eq!(r.client.to_string(), "10.0.1.2:40000");
+        assert_eq!(r.frontend.to_string(), "10.0.1.1:30080");
+        assert_eq!(r.backend.to_string(), "10.244.2.2:8080");
+        assert_eq!(r.snat.map(|s| s.to_string()).as_deref(), Some("10.0.2.1:61000"));
+        assert_eq!((r.state, r.idle_seconds, r.live), ("established", 2, true));
+        let closing = CtValue { flags: ct_flags::CLOSING, ..value };
+        assert!(!row(&key, &closing, 20_000_000_000).live, "10 s after FIN the entry is expired");
+    }
+}
