@@ -6,8 +6,8 @@ use crate::{maps, stats::bump};
 
 /// What a lookup decided for one connect/send.
 pub enum Verdict {
-    /// Rewrite the destination to this backend.
-    Backend(Backend),
+    /// Rewrite the destination to this backend (with its id).
+    Backend(u32, Backend),
     /// The address is a frontend with no usable backend anywhere: refuse (kube-proxy's REJECT).
     Reject,
     /// Endpoints exist, but none this frontend's Local traffic policy may use (kube-proxy's DROP).
@@ -70,11 +70,11 @@ fn select(frontend: &FrontendValue, hash: u32, path: Path, client: &impl Fn() ->
         return Some(Verdict::Reject);
     }
     if frontend.affinity_timeout != 0 {
-        return affine(frontend, offset, count, hash, client()).map(Verdict::Backend);
+        return affine(frontend, offset, count, hash, client()).map(|(id, b)| Verdict::Backend(id, b));
     }
     // Slots are 1-based; slot 0 is reserved and never written.
-    let (_, backend) = backend_at(frontend.group, offset.wrapping_add(hash % count + 1))?;
-    Some(Verdict::Backend(backend))
+    let (id, backend) = backend_at(frontend.group, offset.wrapping_add(hash % count + 1))?;
+    Some(Verdict::Backend(id, backend))
 }
 
 /// Session affinity (kube-proxy's `recent` match): the client's entry in `LB_AFFINITY` names a
@@ -84,7 +84,13 @@ fn select(frontend: &FrontendValue, hash: u32, path: Path, client: &impl Fn() ->
 /// another Service, or its id was given out again) is never reused. Then only `last_used` is
 /// refreshed. Otherwise the slot of `hash` is taken and recorded.
 #[inline(always)]
-fn affine(frontend: &FrontendValue, offset: u32, count: u32, hash: u32, client: Client) -> Option<Backend> {
+fn affine(
+    frontend: &FrontendValue,
+    offset: u32,
+    count: u32,
+    hash: u32,
+    client: Client,
+) -> Option<(u32, Backend)> {
     let key = AffinityKey { group: frontend.group, client: client.id, kind: client.kind, pad: [0; 3] };
     // Safety: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -102,14 +108,14 @@ fn affine(frontend: &FrontendValue, offset: u32, count: u32, hash: u32, client: 
         {
             // Safety: as above; a plain store of a timestamp.
             unsafe { (*entry).last_used = now };
-            return Some(backend);
+            return Some((id, backend));
         }
     }
     let slot = offset.wrapping_add(hash % count + 1);
     let (id, backend) = backend_at(frontend.group, slot)?;
     // A full LRU evicts its least recently used entry; an error only loses the affinity.
     let _ = maps::LB_AFFINITY.insert(&key, &AffinityValue { backend: id, slot, last_used: now }, 0);
-    Some(backend)
+    Some((id, backend))
 }
 
 /// The backend id in slot `slot` of `group`, and the backend.

@@ -126,7 +126,7 @@ fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Transla
         return Translation::Pass;
     };
     match verdict {
-        Verdict::Backend(backend) => {
+        Verdict::Backend(_, backend) => {
             let rev_key = RevNat4Key {
                 cookie: cookie(ctx),
                 backend_addr: backend.addr[0],
@@ -234,7 +234,7 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     };
     match verdict {
-        Verdict::Backend(backend) => {
+        Verdict::Backend(_, backend) => {
             let rev_key = RevNat6Key {
                 cookie: cookie(ctx),
                 backend_addr: backend.addr,

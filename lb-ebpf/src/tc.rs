@@ -33,7 +33,7 @@ use lb_common::{
 use crate::{
     conntrack,
     lb::{Path, Verdict, resolve},
-    maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6},
+    maps::{LB_BACKENDS, LB_FRONTENDS_V4, LB_FRONTENDS_V6},
     packet::{self, Flow},
     source_range,
     stats::bump,
@@ -91,7 +91,9 @@ const UNTRACKED: i32 = i32::MIN;
 #[inline(never)]
 fn tracked(ctx: &TcContext, flow: &Flow, now: u64) -> i32 {
     let original = conntrack::key(flow, ct_dir::ORIGINAL);
-    if let Some(entry) = conntrack::lookup(&original, now) {
+    if let Some(entry) = conntrack::lookup(&original, now)
+        && backend_alive(entry)
+    {
         conntrack::touch(&original, entry, flow.tcp_flags, false, now);
         bump(stats::TC_TRANSLATED);
         return apply(ctx, flow, entry, entry.flags & ct_flags::SNAT != 0);
@@ -122,6 +124,22 @@ fn egress(ctx: &TcContext) -> i32 {
         return DROP;
     }
     OK
+}
+
+/// Whether the backend a tracked flow goes to is still programmed (same id, same address). When
+/// it is gone (its endpoint left every Service), the flow is treated as new and gets a live
+/// backend, as kube-proxy clears the conntrack entries of a removed UDP endpoint; otherwise a
+/// UDP client that keeps sending would be stuck on a dead backend.
+#[inline(always)]
+fn backend_alive(entry: &CtValue) -> bool {
+    if entry.backend == 0 {
+        return true; // made by an agent that did not record ids: trust it
+    }
+    // Safety: plain-old-data value read once in place.
+    match unsafe { LB_BACKENDS.get(&entry.backend) } {
+        Some(b) => b.addr == entry.dst && b.port == entry.dport,
+        None => false,
+    }
 }
 
 /// Rewrites a tracked packet and sends it on: through the stack when its source is still the
@@ -163,13 +181,13 @@ fn new_flow(ctx: &TcContext, flow: &Flow, now: u64) -> i32 {
         let lookup = || unsafe { LB_FRONTENDS_V6.get(&key) }.copied();
         resolve(|| source_range::admitted(lookup, family, src, &denied), hash, Path::Packet, client)
     };
-    let backend = match verdict {
+    let (backend_id, backend) = match verdict {
         None if denied.get() => {
             bump(stats::TC_SOURCE_DENIED);
             return DROP;
         }
         None => return NEXT,
-        Some(Verdict::Backend(backend)) => backend,
+        Some(Verdict::Backend(id, backend)) => (id, backend),
         Some(Verdict::Reject | Verdict::Unreachable) => {
             bump(stats::TC_DROPPED);
             return DROP;
@@ -206,7 +224,7 @@ fn new_flow(ctx: &TcContext, flow: &Flow, now: u64) -> i32 {
         dport: backend.port,
         flags,
         pad: 0,
-        backend: 0,
+        backend: backend_id,
         pad2: 0,
         last_seen: now,
     };

@@ -522,3 +522,59 @@ fn session_affinity_keeps_an_outside_client_on_one_backend() {
         assert_eq!(row["timeout_seconds"], 10800, "{row}");
     }
 }
+
+#[test]
+fn udp_flow_to_a_removed_backend_moves_to_a_live_one() {
+    let c = Cluster::start(false);
+    let nodeport = SocketAddr::new(NODE1_EXT_V4.parse().expect("ip"), NODE_PORT);
+    // One UDP socket in the client namespace, kept across the change (one 5-tuple, one flow).
+    let fd = c.topo.client.open().expect("netns fd");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<String>>();
+    let client = std::thread::spawn(move || {
+        enter_netns(&fd).expect("setns");
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let mut exchange = || {
+            let mut buf = [0u8; 256];
+            socket.send_to(b"ping", nodeport).expect("send");
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => format!("{} from={from}", String::from_utf8_lossy(&buf[..n])),
+                Err(e) => format!("err {e}"),
+            }
+        };
+        let before: Vec<String> = (0..5).map(|_| exchange()).collect();
+        done_tx.send(before).expect("send");
+        rx.recv().expect("go on");
+        // After the change: the first datagrams may still be in flight to the old backend.
+        let after: Vec<String> = (0..20).map(|_| exchange()).collect();
+        done_tx.send(after).expect("send");
+    });
+    let before = done_rx.recv().expect("before");
+    let first = before[0].split_whitespace().next().expect("backend").to_owned();
+    assert!(
+        before.iter().all(|l| l == &format!("{first} from={nodeport}")),
+        "one flow, one backend: {before:?}"
+    );
+
+    // The endpoint the flow uses leaves the Service (and every Service: its backend is deleted).
+    let gone_ip = ip_of(&first);
+    let kept_ip = if gone_ip == POD1_V4 { POD2_V4 } else { POD1_V4 };
+    let yaml: String = cluster()
+        .lines()
+        .filter(|l| !(l.contains(&format!("['{gone_ip}']")) && l.contains("addresses")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let syncs = c.agent1.count("sync applied");
+    std::fs::write(c.dir.path.join("cluster.yaml"), yaml).expect("rewrite source");
+    c.agent1.wait_for_log("sync applied", syncs + 1, Duration::from_secs(10)).expect("resync");
+    tx.send(()).expect("go on");
+    let after = done_rx.recv().expect("after");
+    client.join().expect("client thread");
+    let last = after.last().expect("replies");
+    assert!(
+        last.starts_with(&format!("{kept_ip}:8080 from={nodeport}")),
+        "the same socket now reaches the live backend, still from the NodePort: {after:?}"
+    );
+    assert!(after.iter().filter(|l| l.starts_with(&gone_ip)).count() == 0, "{after:?}");
+}
