@@ -9,6 +9,7 @@ mod health;
 mod health_check;
 mod model;
 mod nodeport_addresses;
+mod snat_ports;
 mod source;
 mod sync;
 

@@ -87,10 +87,18 @@ pub fn touch(key: &CtKey, value: &CtValue, tcp_flags: u8, reply: bool, now: u64)
     }
 }
 
-/// Whether `key` is free (absent or expired) for a new entry.
+/// Claims `key` for a new entry: only if it is absent, or expired (then deleted first), and only
+/// if no other CPU claims it between the check and the insert (`BPF_NOEXIST`).
 #[inline(always)]
-pub fn is_free(key: &CtKey, now: u64) -> bool {
-    lookup(key, now).is_none()
+pub fn claim(key: &CtKey, value: &CtValue, now: u64) -> Result<(), ()> {
+    // Safety: plain-old-data value read in place.
+    if let Some(old) = unsafe { LB_CONNTRACK.get(key) } {
+        if !expired(key.proto, old, now) {
+            return Err(());
+        }
+        let _ = LB_CONNTRACK.remove(key);
+    }
+    LB_CONNTRACK.insert(key, value, u64::from(aya_ebpf::bindings::BPF_NOEXIST)).map_err(|_| ())
 }
 
 /// Stores an entry (replacing an expired one).

@@ -155,7 +155,11 @@ fn apply(ctx: &TcContext, flow: &Flow, entry: &CtValue, direct: bool) -> i32 {
     let mut fib = fib_params(flow.family, flow.proto, &entry.src, &entry.dst, ctx_ifindex(ctx));
     match fib_lookup(ctx, &mut fib, 0) {
         Some(found) => redirect(ctx, &fib, found),
-        None => OK,
+        // The stack would drop it anyway (a local source): drop it here, counted.
+        None => {
+            bump(stats::TC_NAT_FAILED);
+            DROP
+        }
     }
 }
 
@@ -248,7 +252,7 @@ fn new_flow(ctx: &TcContext, flow: &Flow, now: u64) -> i32 {
             let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
             let port = (SNAT_PORT_MIN + (hash.wrapping_add(tries.wrapping_mul(7919)) % span) as u16).to_be();
             let reply_key = reply_key(flow, &backend.addr, backend.port, &src, port);
-            if conntrack::is_free(&reply_key, now) && conntrack::store(&reply_key, &scratch.back).is_ok() {
+            if conntrack::claim(&reply_key, &scratch.back, now).is_ok() {
                 sport = port;
                 break;
             }

@@ -198,6 +198,11 @@ fn nodeport_from_outside_reaches_both_nodes_and_snats_only_towards_the_remote_on
     assert_eq!(c.stat("translated"), 0, "no socket-level translation was involved");
     assert_eq!(c.stat("tc_nat_failed"), 0);
 
+    // The SNAT ports are reserved in node 1's namespace, so its own sockets never take them.
+    let reserved =
+        lb_tests::topology::sysctl_get(&c.topo.node1, "net.ipv4.ip_local_reserved_ports").expect("sysctl");
+    assert!(reserved.split(',').any(|r| r == "61000-65535"), "{reserved:?}");
+
     // `inspect conntrack` shows the flows as the kernel tracks them.
     let flows = inspect("conntrack", &c.bpffs1.path).expect("conntrack");
     let flows = flows.as_array().expect("rows");

@@ -278,6 +278,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     loader::attach(&mut ebpf, &cgroup, &args.bpffs)?;
     let interfaces: Vec<String> = args.interfaces.iter().filter(|i| !i.is_empty()).cloned().collect();
     loader::attach_tc(&mut ebpf, &interfaces, &args.bpffs)?;
+    if !interfaces.is_empty() {
+        crate::snat_ports::reserve();
+    }
     // Ready means the first full sync is programmed: not before a sync has applied.
     info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "programs attached");
     if matches!(outcome, Outcome::Applied) && health.set_ready() {
