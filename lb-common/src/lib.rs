@@ -319,8 +319,12 @@ pub mod ct_flags {
     pub const SNAT: u16 = 1 << 0;
     /// A reply was seen (TCP: the handshake went through).
     pub const SEEN_REPLY: u16 = 1 << 1;
-    /// TCP FIN or RST seen: the entry expires soon.
+    /// TCP FIN seen from both sides, or RST: the entry expires soon.
     pub const CLOSING: u16 = 1 << 2;
+    /// TCP FIN seen from the client (half-closed; the server may still send for a long time).
+    pub const FIN_ORIGINAL: u16 = 1 << 3;
+    /// TCP FIN seen from the backend.
+    pub const FIN_REPLY: u16 = 1 << 4;
 }
 
 /// Conntrack lifetimes since the last packet, in nanoseconds (Cilium's defaults).
@@ -329,7 +333,7 @@ pub mod ct_timeout {
     /// TCP before a reply was seen.
     pub const TCP_SYN: u64 = 60 * SEC;
     pub const TCP_ESTABLISHED: u64 = 21_600 * SEC;
-    /// TCP after FIN or RST.
+    /// TCP after a FIN from each side, or a RST.
     pub const TCP_CLOSING: u64 = 10 * SEC;
     pub const OTHER: u64 = 60 * SEC;
 }

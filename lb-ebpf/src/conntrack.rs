@@ -66,8 +66,17 @@ pub fn touch(key: &CtKey, value: &CtValue, tcp_flags: u8, reply: bool, now: u64)
     if reply {
         set |= ct_flags::SEEN_REPLY;
     }
-    if tcp_flags & (crate::packet::TCP_FIN | crate::packet::TCP_RST) != 0 {
+    // One FIN only half-closes (the other side may stream on for long): the short lifetime
+    // starts with the second FIN, or with a RST.
+    let fin = if reply { ct_flags::FIN_REPLY } else { ct_flags::FIN_ORIGINAL };
+    if tcp_flags & crate::packet::TCP_RST != 0
+        || (tcp_flags & crate::packet::TCP_FIN != 0
+            && value.flags & !fin & (ct_flags::FIN_ORIGINAL | ct_flags::FIN_REPLY) != 0)
+    {
         set |= ct_flags::CLOSING;
+    }
+    if tcp_flags & crate::packet::TCP_FIN != 0 {
+        set |= fin;
     }
     // A new SYN on a closing entry is the client reusing its port: the flow starts over.
     let reopen = tcp_flags & crate::packet::TCP_SYN != 0 && tcp_flags & crate::packet::TCP_RST == 0 && !reply;
@@ -79,7 +88,7 @@ pub fn touch(key: &CtKey, value: &CtValue, tcp_flags: u8, reply: bool, now: u64)
             unsafe {
                 (*entry).last_seen = now;
                 if reopen {
-                    (*entry).flags &= !ct_flags::CLOSING;
+                    (*entry).flags &= !(ct_flags::CLOSING | ct_flags::FIN_ORIGINAL | ct_flags::FIN_REPLY);
                 }
                 (*entry).flags |= set;
             }
@@ -87,13 +96,18 @@ pub fn touch(key: &CtKey, value: &CtValue, tcp_flags: u8, reply: bool, now: u64)
     }
 }
 
-/// Claims `key` for a new entry: only if it is absent, or expired (then deleted first), and only
-/// if no other CPU claims it between the check and the insert (`BPF_NOEXIST`).
+/// Claims `key` for a new entry: only if it is absent, expired (then deleted first), or a live
+/// entry of this same flow (its original entry was evicted: the reply entry already says the
+/// same), and only if no other CPU claims it between the check and the insert (`BPF_NOEXIST`).
 #[inline(always)]
 pub fn claim(key: &CtKey, value: &CtValue, now: u64) -> Result<(), ()> {
     // Safety: plain-old-data value read in place.
     if let Some(old) = unsafe { LB_CONNTRACK.get(key) } {
-        if !expired(key.proto, old, now) {
+        let same = old.src == value.src
+            && old.dst == value.dst
+            && old.sport == value.sport
+            && old.dport == value.dport;
+        if !expired(key.proto, old, now) && !same {
             return Err(());
         }
         let _ = LB_CONNTRACK.remove(key);

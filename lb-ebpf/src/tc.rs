@@ -264,8 +264,11 @@ fn new_flow(ctx: &TcContext, flow: &Flow, now: u64) -> i32 {
         }
         scratch.entry.sport = sport;
     } else {
+        // The reply tuple names no frontend: if another live flow of this client port already
+        // owns it (the same client port to two frontends of one backend), refuse this one
+        // rather than send the other's replies from the wrong frontend.
         let reply_key = reply_key(flow, &backend.addr, backend.port, &src, flow.sport);
-        if conntrack::store(&reply_key, &scratch.back).is_err() {
+        if conntrack::claim(&reply_key, &scratch.back, now).is_err() {
             bump(stats::TC_NAT_FAILED);
             return DROP;
         }

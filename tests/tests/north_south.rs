@@ -540,7 +540,7 @@ fn udp_flow_to_a_removed_backend_moves_to_a_live_one() {
         enter_netns(&fd).expect("setns");
         let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
         socket.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
-        let mut exchange = || {
+        let exchange = || {
             let mut buf = [0u8; 256];
             socket.send_to(b"ping", nodeport).expect("send");
             match socket.recv_from(&mut buf) {
