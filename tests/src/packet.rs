@@ -16,6 +16,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_PSH: u8 = 0x08;

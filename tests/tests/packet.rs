@@ -22,7 +22,7 @@ use lb_tests::{
     agent::{Agent, inspect},
     guard::{Bpffs, Cgroup, Netns, TempDir},
     packet::{
-        L4, Packet, TCP_ACK, TCP_PSH, TCP_SYN, Traced, fold, hex, ipv4_checksum_ok, ipv4_fragment,
+        L4, Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, Traced, fold, hex, ipv4_checksum_ok, ipv4_fragment,
         l4_checksum, l4_checksum_ok, layout, set_l4_checksum, sum, trace, trace_on, tuple, vlan_tagged,
         with_ipv4_options, without_checksums,
     },
@@ -478,4 +478,59 @@ fn the_checksum_checks_catch_a_rewrite_that_misses_the_pseudo_header() {
         // And the field comparison sees any rewrite beyond the checksums.
         assert_ne!(without_checksums(&bad), without_checksums(&good));
     }
+}
+
+/// The state `inspect conntrack` shows for the flow from `client` to `frontend`.
+fn ct_state(node: &Node, client: &str, frontend: &str) -> String {
+    let flows = inspect("conntrack", &node.bpffs.path).expect("inspect conntrack");
+    let row = flows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|f| f["client"] == client && f["frontend"] == frontend)
+        .unwrap_or_else(|| panic!("no flow {client} → {frontend}: {flows:#}"))
+        .clone();
+    row["state"].as_str().expect("state").to_owned()
+}
+
+#[test]
+fn a_half_closed_tcp_flow_stays_established_until_both_sides_finish() {
+    let node = Node::start();
+    let (client, frontend, backend) = (addr(CLIENT4, 41000), addr(EXTERNAL4, 80), addr(POD4, 8080));
+    tcp_flow(&node, &client, &frontend, &backend);
+    assert_eq!(ct_state(&node, &client, &frontend), "established");
+    // The client half-closes; the server may stream on for a long time: not yet closing.
+    let fin = Packet::tcp(&client, &frontend, TCP_FIN | TCP_ACK);
+    assert_translated(&node.trace("ingress", &frame(&fin)), &fin.with(&client, &backend), "client FIN");
+    assert_eq!(ct_state(&node, &client, &frontend), "established", "one FIN only half-closes");
+    // The server finishes too: now the short closing lifetime applies.
+    let fin_back = Packet::tcp(&backend, &client, TCP_FIN | TCP_ACK);
+    assert_translated(
+        &node.trace("egress", &frame(&fin_back)),
+        &fin_back.with(&frontend, &client),
+        "server FIN",
+    );
+    assert_eq!(ct_state(&node, &client, &frontend), "closing");
+}
+
+#[test]
+fn one_client_port_to_two_frontends_of_one_local_backend_is_not_cross_wired() {
+    let node = Node::start();
+    let client = addr(CLIENT4, 42000);
+    let (external, cluster, backend) = (addr(EXTERNAL4, 80), addr(CLUSTER4, 80), addr(POD4, 8080));
+    let syn = Packet::tcp(&client, &external, TCP_SYN);
+    assert_translated(&node.trace("ingress", &frame(&syn)), &syn.with(&client, &backend), "first flow");
+    // The same client port to the ClusterIP of the same backend: its reply tuple (backend →
+    // client) is the first flow's, so the second is refused rather than stealing the replies.
+    let other = Packet::tcp(&client, &cluster, TCP_SYN);
+    let t = node.trace("ingress", &frame(&other));
+    assert_eq!(t.verdict, 2, "refused (TC_ACT_SHOT): {:#}", t.json);
+    assert_eq!(t.json["counters"]["tc_nat_failed"], 1, "{:#}", t.json);
+    // The first flow's replies still come from the frontend it addressed.
+    let reply = Packet::tcp(&backend, &client, TCP_SYN | TCP_ACK);
+    assert_translated(
+        &node.trace("egress", &frame(&reply)),
+        &reply.with(&external, &client),
+        "first flow's reply",
+    );
 }
