@@ -81,7 +81,7 @@ pub fn touch(key: &CtKey, value: &CtValue, tcp_flags: u8, reply: bool, now: u64)
     // A new SYN on a closing entry is the client reusing its port: the flow starts over.
     let reopen = tcp_flags & crate::packet::TCP_SYN != 0 && tcp_flags & crate::packet::TCP_RST == 0 && !reply;
     for k in [*key, peer_key(key, value)] {
-        if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&k) {
+        if let Some(entry) = LB_CONNTRACK.get_ptr_mut(k) {
             // Safety: `entry` points into the map element for this program run; the writes are
             // plain stores of a timestamp and flag bits (a racing writer can only lose a bit of
             // TCP state, which the next packet sets again).

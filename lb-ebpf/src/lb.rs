@@ -94,7 +94,7 @@ fn affine(
     let key = AffinityKey { group: frontend.group, client: client.id, kind: client.kind, pad: [0; 3] };
     // Safety: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(entry) = maps::LB_AFFINITY.get_ptr_mut(&key) {
+    if let Some(entry) = maps::LB_AFFINITY.get_ptr_mut(key) {
         // Safety: `entry` points into the map element for this program run. The fields are read
         // once each; a concurrent writer (another connection of the same client) stores a choice
         // that is as valid as ours, and a torn read fails the slot check or picks anew.
@@ -114,7 +114,7 @@ fn affine(
     let slot = offset.wrapping_add(hash % count + 1);
     let (id, backend) = backend_at(frontend.group, slot)?;
     // A full LRU evicts its least recently used entry; an error only loses the affinity.
-    let _ = maps::LB_AFFINITY.insert(&key, &AffinityValue { backend: id, slot, last_used: now }, 0);
+    let _ = maps::LB_AFFINITY.insert(key, AffinityValue { backend: id, slot, last_used: now }, 0);
     Some((id, backend))
 }
 
@@ -126,7 +126,7 @@ fn backend_at(group: u32, slot: u32) -> Option<(u32, Backend)> {
     // element be reused for another key while we read it (non-preallocated hash maps recycle
     // elements); the agent's write order and id quarantine make that window harmless in
     // practice, and a miss is retried by `resolve`.
-    let backend_id = unsafe { maps::LB_SLOTS.get(&key) }?.backend;
-    let backend = unsafe { maps::LB_BACKENDS.get(&backend_id) }.copied()?;
+    let backend_id = unsafe { maps::LB_SLOTS.get(key) }?.backend;
+    let backend = unsafe { maps::LB_BACKENDS.get(backend_id) }.copied()?;
     Some((backend_id, backend))
 }

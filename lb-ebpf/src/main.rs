@@ -17,7 +17,9 @@ mod source_range;
 mod stats;
 mod tc;
 
-#[cfg(not(test))]
+// Only on the BPF target: a host build (`cargo clippy --workspace`) gets std through the agent's
+// features of lb-common, and std brings its own.
+#[cfg(all(not(test), target_arch = "bpf"))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // The verifier rejects any program that could reach a panic, so this is never executed.

@@ -121,7 +121,7 @@ enum Translation {
 fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Translation {
     let key = Frontend4Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
-    let lookup = || unsafe { LB_FRONTENDS_V4.get(&key) }.copied();
+    let lookup = || unsafe { LB_FRONTENDS_V4.get(key) }.copied();
     let Some(verdict) = resolve(lookup, random(), Path::Socket, || netns_client(ctx)) else {
         return Translation::Pass;
     };
@@ -135,7 +135,7 @@ fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Transla
             };
             let rev_value = RevNat4Value { frontend_addr: addr, frontend_port: port, pad: 0 };
             // A full LRU evicts the oldest entry; an error here only loses the reply rewrite.
-            let _ = LB_REVNAT_V4.insert(&rev_key, &rev_value, 0);
+            let _ = LB_REVNAT_V4.insert(rev_key, rev_value, 0);
             bump(stats::TRANSLATED);
             Translation::To(backend.addr[0], backend.port)
         }
@@ -177,7 +177,7 @@ fn reverse4(ctx: &SockAddrContext) {
     let (addr, port) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
     let key = RevNat4Key { cookie: cookie(ctx), backend_addr: addr, backend_port: port, pad: 0 };
     // Safety: plain-old-data value.
-    if let Some(rev) = unsafe { LB_REVNAT_V4.get(&key) } {
+    if let Some(rev) = unsafe { LB_REVNAT_V4.get(key) } {
         unsafe {
             (*sa).user_ip4 = rev.frontend_addr;
             (*sa).user_port = u32::from(rev.frontend_port);
@@ -229,7 +229,7 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
     }
     let key = Frontend6Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once.
-    let lookup = || unsafe { LB_FRONTENDS_V6.get(&key) }.copied();
+    let lookup = || unsafe { LB_FRONTENDS_V6.get(key) }.copied();
     let Some(verdict) = resolve(lookup, random(), Path::Socket, || netns_client(ctx)) else {
         return ALLOW;
     };
@@ -242,7 +242,7 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
                 pad: [0; 6],
             };
             let rev_value = RevNat6Value { frontend_addr: addr, frontend_port: port, pad: 0 };
-            let _ = LB_REVNAT_V6.insert(&rev_key, &rev_value, 0);
+            let _ = LB_REVNAT_V6.insert(rev_key, rev_value, 0);
             bump(stats::TRANSLATED);
             write_ip6(sa, &backend.addr, backend.port);
             ALLOW
@@ -281,7 +281,7 @@ fn reverse6(ctx: &SockAddrContext) {
     if v4_mapped(&addr) {
         let key = RevNat4Key { cookie: cookie(ctx), backend_addr: addr[3], backend_port: port, pad: 0 };
         // Safety: plain-old-data value.
-        if let Some(rev) = unsafe { LB_REVNAT_V4.get(&key) } {
+        if let Some(rev) = unsafe { LB_REVNAT_V4.get(key) } {
             let frontend_addr = rev.frontend_addr;
             let frontend_port = rev.frontend_port;
             write_ip6(sa, &[0, 0, 0xffff_u32.to_be(), frontend_addr], frontend_port);
@@ -291,7 +291,7 @@ fn reverse6(ctx: &SockAddrContext) {
     }
     let key = RevNat6Key { cookie: cookie(ctx), backend_addr: addr, backend_port: port, pad: [0; 6] };
     // Safety: plain-old-data value.
-    if let Some(rev) = unsafe { LB_REVNAT_V6.get(&key) } {
+    if let Some(rev) = unsafe { LB_REVNAT_V6.get(key) } {
         let (frontend_addr, frontend_port) = (rev.frontend_addr, rev.frontend_port);
         write_ip6(sa, &frontend_addr, frontend_port);
         bump(stats::REVNAT);

@@ -52,8 +52,8 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Not ours: let the next program (TCX) or the default action (clsact) decide.
 const NEXT: i32 = -1;
-const OK: i32 = TC_ACT_OK as i32;
-const DROP: i32 = TC_ACT_SHOT as i32;
+const OK: i32 = TC_ACT_OK;
+const DROP: i32 = TC_ACT_SHOT;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// How many SNAT ports a new flow tries before giving up.
@@ -120,10 +120,8 @@ fn egress(ctx: &TcContext) -> i32 {
     };
     conntrack::touch(&reply, entry, flow.tcp_flags, true, now);
     bump(stats::TC_REVNAT);
-    if packet::rewrite(ctx, &flow, &entry.src, entry.sport, &entry.dst, entry.dport).is_err() {
-        return DROP;
-    }
-    OK
+    // A local backend's reply, routed here by the stack: the source becomes the frontend.
+    apply(ctx, &flow, entry, false)
 }
 
 /// Whether the backend a tracked flow goes to is still programmed (same id, same address). When
@@ -136,7 +134,7 @@ fn backend_alive(entry: &CtValue) -> bool {
         return true; // made by an agent that did not record ids: trust it
     }
     // Safety: plain-old-data value read once in place.
-    match unsafe { LB_BACKENDS.get(&entry.backend) } {
+    match unsafe { LB_BACKENDS.get(entry.backend) } {
         Some(b) => b.addr == entry.dst && b.port == entry.dport,
         None => false,
     }
@@ -177,12 +175,12 @@ fn new_flow(ctx: &TcContext, flow: &Flow, now: u64) -> i32 {
     let verdict = if flow.family == 4 {
         let key = Frontend4Key { addr: flow.dst[0], port: flow.dport, proto: flow.proto, pad: 0 };
         // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
-        let lookup = || unsafe { LB_FRONTENDS_V4.get(&key) }.copied();
+        let lookup = || unsafe { LB_FRONTENDS_V4.get(key) }.copied();
         resolve(|| source_range::admitted(lookup, family, src, &denied), hash, Path::Packet, client)
     } else {
         let key = Frontend6Key { addr: flow.dst, port: flow.dport, proto: flow.proto, pad: 0 };
         // Safety: as above.
-        let lookup = || unsafe { LB_FRONTENDS_V6.get(&key) }.copied();
+        let lookup = || unsafe { LB_FRONTENDS_V6.get(key) }.copied();
         resolve(|| source_range::admitted(lookup, family, src, &denied), hash, Path::Packet, client)
     };
     let (backend_id, backend) = match verdict {

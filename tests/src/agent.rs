@@ -266,17 +266,24 @@ pub fn cleanup(bpffs: &Path, cgroup: &Path) -> anyhow::Result<String> {
 
 /// The HTTP status code of `GET path` on `addr` (0 when nothing answers).
 pub fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    http_get(addr, path).0
+}
+
+/// `GET path` on `addr`: the status code (0 when nothing answers) and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read as _, Write as _};
     let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return 0;
+        return (0, String::new());
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     if write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").is_err() {
-        return 0;
+        return (0, String::new());
     }
     let mut reply = String::new();
     let _ = stream.read_to_string(&mut reply);
-    reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    let status = reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
 }
 
 /// A loopback address with a port nobody listens on now.

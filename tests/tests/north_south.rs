@@ -3,12 +3,7 @@
 //! network namespace with its TC programs on node 1's interfaces; the client's packets to a
 //! NodePort must reach both backends, come back from the NodePort, be SNATed only towards the
 //! remote backend, and keep working in IPv6 and UDP.
-use std::{
-    collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+use std::{collections::BTreeMap, io::Write as _, net::SocketAddr, time::Duration};
 
 use lb_tests::{
     agent::{Agent, inspect},
@@ -301,14 +296,7 @@ fn http_get(netns: &Netns, addr: SocketAddr) -> (u16, String) {
     let fd = netns.open().expect("netns fd");
     std::thread::spawn(move || {
         enter_netns(&fd).expect("setns");
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-        write!(stream, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-        (status, body)
+        lb_tests::agent::http_get(addr, "/")
     })
     .join()
     .expect("http thread")

@@ -18,6 +18,26 @@ use lb_common::{capacity, map_names};
 /// The kernel object built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
+/// The embedded object, or an error when the build skipped it.
+fn object() -> anyhow::Result<&'static [u8]> {
+    if EBPF_OBJECT.is_empty() {
+        bail!("this lb-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs");
+    }
+    Ok(EBPF_OBJECT)
+}
+
+/// Logs a loaded program's size (xlated bytes / 8 = instructions after the verifier's rewrites).
+fn log_loaded(name: &str, info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>) {
+    if let Ok(info) = info {
+        tracing::debug!(
+            program = name,
+            instructions = info.size_translated().unwrap_or(0) / 8,
+            verified_instructions = info.verified_instruction_count().unwrap_or(0),
+            "program loaded"
+        );
+    }
+}
+
 /// The cgroup socket programs, by their function names in `lb-ebpf/src/sock.rs`.
 pub const SOCK_PROGRAMS: [&str; 8] = [
     "lb_connect4",
@@ -83,9 +103,7 @@ pub fn prepare_bpffs(dir: &Path) -> anyhow::Result<()> {
 
 /// Loads the programs; maps are created and pinned under `bpffs`, or adopted if already pinned.
 pub fn load(bpffs: &Path, cap: Capacities) -> anyhow::Result<Ebpf> {
-    if EBPF_OBJECT.is_empty() {
-        bail!("this lb-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs");
-    }
+    let object = object()?;
     prepare_bpffs(bpffs)?;
     EbpfLoader::new()
         .default_map_pin_directory(bpffs)
@@ -98,7 +116,7 @@ pub fn load(bpffs: &Path, cap: Capacities) -> anyhow::Result<Ebpf> {
         .map_max_entries(map_names::CONNTRACK, cap.conntrack)
         .map_max_entries(map_names::AFFINITY, cap.affinity)
         .map_max_entries(map_names::SOURCE_RANGES, cap.source_ranges)
-        .load(EBPF_OBJECT)
+        .load(object)
         .context("loading the eBPF object")
 }
 
@@ -133,15 +151,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()
             .try_into()
             .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
         program.load().with_context(|| format!("verifier rejected {name}"))?;
-        if let Ok(info) = program.info() {
-            // xlated bytes / 8 = instructions after the verifier's rewrites.
-            tracing::debug!(
-                program = name,
-                instructions = info.size_translated().unwrap_or(0) / 8,
-                verified_instructions = info.verified_instruction_count().unwrap_or(0),
-                "program loaded"
-            );
-        }
+        log_loaded(name, program.info());
         // A cgroup bpf_link takes no attach flags: links always run side by side (multi-attach),
         // which is what lets a new agent's program start before the old one is detached.
         let id = program
@@ -185,14 +195,7 @@ pub fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String], bpffs: &Path) -> anyhow
             .try_into()
             .with_context(|| format!("program {name} is not a TC classifier"))?;
         program.load().with_context(|| format!("verifier rejected {name}"))?;
-        if let Ok(info) = program.info() {
-            tracing::debug!(
-                program = name,
-                instructions = info.size_translated().unwrap_or(0) / 8,
-                verified_instructions = info.verified_instruction_count().unwrap_or(0),
-                "program loaded"
-            );
-        }
+        log_loaded(name, program.info());
         for interface in interfaces {
             let id = match program.attach(interface, attach_type) {
                 Ok(id) => id,
@@ -263,9 +266,7 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
 /// pinned map is adopted, none is created (a missing pin is an error, not a new empty map pinned
 /// beside the agent's). Only the kernel-internal unpinned maps are new. Nothing is attached.
 pub fn load_pinned(bpffs: &Path) -> anyhow::Result<Ebpf> {
-    if EBPF_OBJECT.is_empty() {
-        bail!("this lb-agent was built with AYA_BUILD_SKIP=1 and carries no kernel programs");
-    }
+    let object = object()?;
     if !bpffs.is_dir() {
         bail!("{} is not a directory: pass the --bpffs the agent pins its maps under", bpffs.display());
     }
@@ -277,5 +278,5 @@ pub fn load_pinned(bpffs: &Path) -> anyhow::Result<Ebpf> {
             missing.join(", ")
         );
     }
-    EbpfLoader::new().default_map_pin_directory(bpffs).load(EBPF_OBJECT).context("loading the eBPF object")
+    EbpfLoader::new().default_map_pin_directory(bpffs).load(object).context("loading the eBPF object")
 }
