@@ -411,7 +411,20 @@ pub mod stats {
     /// New flows to a LoadBalancer frontend from a source outside its `loadBalancerSourceRanges`,
     /// dropped at TC.
     pub const TC_SOURCE_DENIED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// The same seven at XDP (`--xdp`), which handles only flows to remote backends whole
+    /// (translated and sent out again without the stack).
+    pub const XDP_TRANSLATED: u32 = 11;
+    pub const XDP_REVNAT: u32 = 12;
+    pub const XDP_NEW_FLOW: u32 = 13;
+    pub const XDP_DROPPED: u32 = 14;
+    pub const XDP_NAT_FAILED: u32 = 15;
+    /// Sent out by XDP_TX (same device) or XDP_REDIRECT.
+    pub const XDP_REDIRECTED: u32 = 16;
+    pub const XDP_SOURCE_DENIED: u32 = 17;
+    /// Packets of a frontend or a tracked flow that XDP left, untouched, to TC: a local backend,
+    /// an unresolved next hop, or an output device without XDP.
+    pub const XDP_DEFERRED: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const NAMES: [&str; COUNT as usize] = [
         "translated",
         "no_backend",
@@ -424,6 +437,14 @@ pub mod stats {
         "tc_nat_failed",
         "tc_redirected",
         "tc_source_denied",
+        "xdp_translated",
+        "xdp_revnat",
+        "xdp_new_flow",
+        "xdp_dropped",
+        "xdp_nat_failed",
+        "xdp_redirected",
+        "xdp_source_denied",
+        "xdp_deferred",
     ];
 }
 

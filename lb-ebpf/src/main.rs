@@ -11,11 +11,13 @@
 mod conntrack;
 mod lb;
 mod maps;
+mod nat;
 mod packet;
 mod sock;
 mod source_range;
 mod stats;
 mod tc;
+mod xdp;
 
 // Only on the BPF target: a host build (`cargo clippy --workspace`) gets std through the agent's
 // features of lb-common, and std brings its own.

@@ -1,12 +1,18 @@
-//! Parsing and rewriting the headers of one packet at TC, through the skb helpers (which check
-//! bounds at run time, so variable header lengths need no pointer arithmetic for the verifier).
+//! Parsing and rewriting the headers of one packet, at TC through the skb helpers and at XDP
+//! through `bpf_xdp_load_bytes`/`bpf_xdp_store_bytes` (both check bounds at run time, so variable
+//! header lengths need no pointer arithmetic for the verifier). `Packet` is what the two hooks
+//! differ in; everything above it (parse, rewrite, and `nat`) is one code path.
 //!
 //! Only what the load balancer translates is parsed: Ethernet + IPv4 (not a fragment) or IPv6
 //! (no extension header) + TCP or UDP. Anything else, including a truncated header, is `None` and
 //! passes untouched.
+use core::ffi::c_void;
+
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
+    helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::{TcContext, XdpContext},
 };
 use lb_common::proto;
 
@@ -21,6 +27,132 @@ const IP6_DST: usize = ETH_HLEN + 24;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+
+/// What a hook's packet offers the shared code: bounds-checked loads and stores at byte offsets
+/// from the Ethernet header, incremental checksum updates, and the device it arrived on.
+pub trait Packet: EbpfContext {
+    fn load<T>(&self, offset: usize) -> Result<T, ()>;
+    fn store<T>(&self, offset: usize, value: &T) -> Result<(), ()>;
+    /// Updates the 16-bit checksum at `offset` for 4 bytes that changed from `from` to `to`.
+    fn l3_csum_replace(&self, offset: usize, from: u32, to: u32) -> Result<(), ()>;
+    /// Updates the TCP/UDP checksum at `offset`; `flags` as for `bpf_l4_csum_replace` (the low
+    /// bits are the size, 2 or 4; `BPF_F_MARK_MANGLED_0` keeps an absent UDP checksum absent).
+    fn l4_csum_replace(&self, offset: usize, from: u32, to: u32, flags: u64) -> Result<(), ()>;
+    /// The index of the device the packet is on.
+    fn ifindex(&self) -> u32;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn load<T>(&self, offset: usize) -> Result<T, ()> {
+        TcContext::load(self, offset).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn store<T>(&self, offset: usize, value: &T) -> Result<(), ()> {
+        TcContext::store(self, offset, value, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(&self, offset: usize, from: u32, to: u32) -> Result<(), ()> {
+        TcContext::l3_csum_replace(self, offset, u64::from(from), u64::from(to), 4).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(&self, offset: usize, from: u32, to: u32, flags: u64) -> Result<(), ()> {
+        TcContext::l4_csum_replace(self, offset, u64::from(from), u64::from(to), flags).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // Safety: the context pointer is the kernel's `__sk_buff` for this run; `ifindex` is a
+        // readable field of it.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+}
+
+/// At XDP there is no skb to keep a checksum state in: a packet from a NIC carries full
+/// checksums, which are updated in the packet itself (`csum_replace`). (A packet whose checksum
+/// a local sender left to "hardware", as on a veth between namespaces, carries only the
+/// pseudo-header sum and is not fixed up by this; see ARCHITECTURE.md, XDP.)
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn load<T>(&self, offset: usize) -> Result<T, ()> {
+        let mut value = core::mem::MaybeUninit::<T>::uninit();
+        // Safety: the helper writes exactly `size_of::<T>()` bytes into `value` or fails; only
+        // plain-old-data types (integers and arrays of them) are loaded.
+        let ret = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx,
+                offset as u32,
+                value.as_mut_ptr() as *mut c_void,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        if ret == 0 {
+            // Safety: fully written by the helper (ret 0).
+            Ok(unsafe { value.assume_init() })
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn store<T>(&self, offset: usize, value: &T) -> Result<(), ()> {
+        // Safety: the helper reads `size_of::<T>()` bytes from `value`, a live reference.
+        let ret = unsafe {
+            bpf_xdp_store_bytes(
+                self.ctx,
+                offset as u32,
+                value as *const T as *mut c_void,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        if ret == 0 { Ok(()) } else { Err(()) }
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(&self, offset: usize, from: u32, to: u32) -> Result<(), ()> {
+        let check: u16 = Packet::load(self, offset)?;
+        Packet::store(self, offset, &csum_replace(check, from, to, 4))
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(&self, offset: usize, from: u32, to: u32, flags: u64) -> Result<(), ()> {
+        let check: u16 = Packet::load(self, offset)?;
+        let mangled = flags & u64::from(BPF_F_MARK_MANGLED_0) != 0;
+        if mangled && check == 0 {
+            return Ok(()); // UDP over IPv4 without a checksum stays without one
+        }
+        let mut new = csum_replace(check, from, to, flags & 0xf);
+        if mangled && new == 0 {
+            new = 0xffff; // 0 would mean "no checksum"
+        }
+        Packet::store(self, offset, &new)
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // Safety: the context pointer is the kernel's `xdp_md` for this run.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+}
+
+/// The one's-complement checksum `check` of data in which a 2- or 4-byte field (`size`) changed
+/// from `from` to `to` (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')). Values are as loaded from the
+/// packet; the sum does not depend on byte order.
+#[inline(always)]
+fn csum_replace(check: u16, from: u32, to: u32, size: u64) -> u16 {
+    // 64-bit arithmetic with explicit 16-bit masks: no intermediate value can wrap.
+    let (from, to) = (u64::from(from), u64::from(to));
+    let mut sum = u64::from(!check) + (!from & 0xffff) + (to & 0xffff);
+    if size == 4 {
+        sum += ((!from >> 16) & 0xffff) + ((to >> 16) & 0xffff);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
 
 /// The addresses and ports of one TCP or UDP packet (network byte order, IPv4 in `[0]`).
 #[derive(Clone, Copy)]
@@ -39,7 +171,7 @@ pub struct Flow {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<Flow> {
+pub fn parse<P: Packet>(ctx: &P) -> Option<Flow> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     let (family, proto, src, dst, l4) = if ethertype == ETH_P_IP {
         let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
@@ -101,8 +233,8 @@ fn l4_csum(flow: &Flow) -> (usize, u64) {
 /// header checksum and the TCP/UDP checksum (pseudo-header included) incrementally. Fields that
 /// do not change are not touched. `Err` leaves the packet partly rewritten: drop it.
 #[inline(always)]
-pub fn rewrite(
-    ctx: &TcContext,
+pub fn rewrite<P: Packet>(
+    ctx: &P,
     flow: &Flow,
     src: &[u32; 4],
     sport: u16,
@@ -135,48 +267,55 @@ pub fn rewrite(
 }
 
 #[inline(always)]
-fn rewrite_addr4(
-    ctx: &TcContext,
+fn rewrite_addr4<P: Packet>(
+    ctx: &P,
     at: usize,
     csum: usize,
     mangled: u64,
     old: u32,
     new: u32,
 ) -> Result<(), ()> {
-    ctx.store(at, &new, 0).map_err(|_| ())?;
-    ctx.l3_csum_replace(IP4_CSUM, u64::from(old), u64::from(new), 4).map_err(|_| ())?;
+    ctx.store(at, &new)?;
+    ctx.l3_csum_replace(IP4_CSUM, old, new)?;
     let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
-    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags).map_err(|_| ())
+    ctx.l4_csum_replace(csum, old, new, flags)
 }
 
 #[inline(always)]
-fn rewrite_addr6(
-    ctx: &TcContext,
+fn rewrite_addr6<P: Packet>(
+    ctx: &P,
     at: usize,
     csum: usize,
     mangled: u64,
     old: &[u32; 4],
     new: &[u32; 4],
 ) -> Result<(), ()> {
-    ctx.store(at, new, 0).map_err(|_| ())?;
+    ctx.store(at, new)?;
     let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
     for i in 0..4 {
         if old[i] != new[i] {
-            ctx.l4_csum_replace(csum, u64::from(old[i]), u64::from(new[i]), flags).map_err(|_| ())?;
+            ctx.l4_csum_replace(csum, old[i], new[i], flags)?;
         }
     }
     Ok(())
 }
 
 #[inline(always)]
-fn rewrite_port(ctx: &TcContext, at: usize, csum: usize, mangled: u64, old: u16, new: u16) -> Result<(), ()> {
-    ctx.store(at, &new, 0).map_err(|_| ())?;
-    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), mangled | 2).map_err(|_| ())
+fn rewrite_port<P: Packet>(
+    ctx: &P,
+    at: usize,
+    csum: usize,
+    mangled: u64,
+    old: u16,
+    new: u16,
+) -> Result<(), ()> {
+    ctx.store(at, &new)?;
+    ctx.l4_csum_replace(csum, u32::from(old), u32::from(new), mangled | 2)
 }
 
 /// Writes the Ethernet destination and source addresses (before a redirect).
 #[inline(always)]
-pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
-    ctx.store(0, dst, 0).map_err(|_| ())?;
-    ctx.store(6, src, 0).map_err(|_| ())
+pub fn set_macs<P: Packet>(ctx: &P, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
+    ctx.store(0, dst)?;
+    ctx.store(6, src)
 }

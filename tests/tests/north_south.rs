@@ -12,7 +12,7 @@ use lb_tests::{
     require_root,
     servers::Servers,
     topology::{
-        CLIENT_V4, CLIENT_V6, NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_IF, NODE1_N2_V4,
+        CLIENT_IF, CLIENT_V4, CLIENT_V6, NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_IF, NODE1_N2_V4,
         NODE1_N2_V6, NODE1_NAME, NODE2_N1_IF, NODE2_NAME, NODE2_V4, POD1_V4, POD1_V6, POD2_V4, POD2_V6,
         Topology,
     },
@@ -100,6 +100,11 @@ impl Cluster {
 
     /// As `start`, with `yaml` as the agents' source instead of `cluster()`.
     fn start_with(both: bool, yaml: &str) -> Self {
+        Self::start_flags(both, yaml, &[])
+    }
+
+    /// As `start_with`, with `extra` flags for both agents (e.g. `--xdp native`).
+    fn start_flags(both: bool, yaml: &str, extra: &[&str]) -> Self {
         require_root();
         let topo = Topology::new().expect("topology");
         let pod = |ns: &Netns, addrs: [&str; 2]| {
@@ -119,7 +124,7 @@ impl Cluster {
             &cgroups[0].path,
             &bpffs1.path,
             NODE1_NAME,
-            &["--interfaces", &interfaces1, "--healthz-addr", "127.0.0.1:10256"],
+            &[&["--interfaces", &interfaces1, "--healthz-addr", "127.0.0.1:10256"], extra].concat(),
         )
         .expect("agent on node 1");
         let agent2 = both.then(|| {
@@ -129,7 +134,7 @@ impl Cluster {
                 &cgroups[1].path,
                 &bpffs2.path,
                 NODE2_NAME,
-                &["--interfaces", NODE2_N1_IF, "--healthz-addr", "127.0.0.1:10256"],
+                &[&["--interfaces", NODE2_N1_IF, "--healthz-addr", "127.0.0.1:10256"], extra].concat(),
             )
             .expect("agent on node 2")
         });
@@ -192,6 +197,7 @@ fn nodeport_from_outside_reaches_both_nodes_and_snats_only_towards_the_remote_on
     assert!(c.stat("tc_revnat") > 0 && c.stat("tc_redirected") > 0);
     assert_eq!(c.stat("translated"), 0, "no socket-level translation was involved");
     assert_eq!(c.stat("tc_nat_failed"), 0);
+    assert_eq!(c.stat("xdp_new_flow") + c.stat("xdp_deferred"), 0, "no XDP without --xdp");
 
     // The SNAT ports are reserved in node 1's namespace, so its own sockets never take them.
     let reserved =
@@ -213,6 +219,61 @@ fn nodeport_from_outside_reaches_both_nodes_and_snats_only_towards_the_remote_on
             assert_eq!(snat, None, "{f}");
         }
     }
+}
+
+/// Runs `ethtool ARGS` in `ns`.
+fn ethtool(ns: &Netns, args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ethtool"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("ethtool (cargo xtask setup installs it)");
+    assert!(status.success(), "ethtool {args:?} in {}", ns.name);
+}
+
+/// `--xdp native` on both nodes: the flows to node 2's pod are SNATed and sent out by XDP on node
+/// 1, in both directions, and TC never sees them (it redirects nothing); the flows to the local
+/// pod are left to TC, which translates them as without XDP. Every connection succeeds.
+///
+/// On a veth, a sender's stack leaves the TCP checksum to "hardware" (CHECKSUM_PARTIAL) and
+/// nothing computes it while the packet stays an skb; XDP_REDIRECT turns it into a bare frame,
+/// whose receiver verifies the checksum. The senders here (the client, and node 2 for its pod's
+/// replies) so compute full checksums (`tx off`), as packets from a wire carry. A redirect into a
+/// veth also needs NAPI on the receiving peer: XDP on node 2's `n1`, GRO on the client's `eth0`.
+#[test]
+fn nodeport_through_native_xdp_reaches_the_remote_pod_without_tc() {
+    let c = Cluster::start_flags(true, &cluster(), &["--xdp", "native"]);
+    ethtool(&c.topo.client, &["-K", CLIENT_IF, "tx", "off", "gro", "on"]);
+    ethtool(&c.topo.node2, &["-K", NODE2_N1_IF, "tx", "off"]);
+    let to = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+    // XDP needs the next hop's MAC: until the kernel has resolved it (TC's redirect does, for
+    // the first flow to node 2), XDP leaves the flow to TC. A first round warms that up.
+    tcp(&c.client(), &to, 20);
+    let before: BTreeMap<&str, u64> =
+        ["xdp_new_flow", "xdp_deferred", "tc_new_flow", "tc_redirected"].map(|n| (n, c.stat(n))).into();
+    let moved = |name: &str| c.stat(name) - before[name];
+    let backends = tcp(&c.client(), &to, 40);
+    let remote = backends.iter().filter(|b| ip_of(b) == POD2_V4).count() as u64;
+    assert!((5..=35).contains(&remote), "both backends get a share: {backends:?}");
+    let peers = c.peers();
+    assert!(peers[POD2_V4].iter().all(|p| p == NODE1_N2_V4), "SNAT towards node 2: {peers:?}");
+    assert!(peers[POD1_V4].iter().all(|p| p == CLIENT_V4), "{peers:?}");
+
+    assert_eq!(moved("xdp_new_flow"), remote, "one XDP flow per connection to node 2's pod");
+    assert_eq!(moved("tc_redirected"), 0, "TC sent no SNATed packet: XDP did, both ways");
+    assert_eq!(moved("tc_new_flow"), 40 - remote, "TC took the local pod's flows");
+    assert!(moved("xdp_deferred") >= 40 - remote, "XDP left the local flows to TC");
+    assert!(c.stat("xdp_revnat") > 0, "node 2's replies were translated at XDP");
+    assert_eq!(c.stat("tc_nat_failed") + c.stat("xdp_nat_failed"), 0);
+    let links = std::fs::read_dir(c.bpffs1.path.join("links")).expect("links");
+    let mut xdp_links: Vec<String> = links
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("xdp-"))
+        .collect();
+    xdp_links.sort();
+    assert_eq!(xdp_links, ["xdp-ext0-native", "xdp-n2-native"], "native XDP on node 1's interfaces");
 }
 
 #[test]

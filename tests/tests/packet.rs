@@ -40,6 +40,8 @@ const POD6: &str = "fd00:244::5";
 /// A Service whose only endpoint runs on another node: its flows are SNATed.
 const REMOTE_EXTERNAL: &str = "203.0.113.20";
 const REMOTE_POD: &str = "10.244.2.5";
+const REMOTE_EXTERNAL6: &str = "2001:db8:e::20";
+const REMOTE_POD6: &str = "fd00:244:2::5";
 
 /// TC_ACT_UNSPEC: not ours, the packet passes as it came.
 const PASS: i64 = -1;
@@ -80,18 +82,30 @@ kind: Service
 metadata: {{name: remote, namespace: default}}
 spec:
   type: ClusterIP
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
   clusterIP: 10.96.0.20
-  externalIPs: [{REMOTE_EXTERNAL}]
+  clusterIPs: [10.96.0.20, 'fd00:96::20']
+  externalIPs: [{REMOTE_EXTERNAL}, '{REMOTE_EXTERNAL6}']
   ports:
   - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: remote-ipv4, namespace: default, labels: {{kubernetes.io/service-name: remote}}}}
 addressType: IPv4
-ports: [{{name: http, port: 8080, protocol: TCP}}]
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]
 endpoints:
 - {{addresses: ['{REMOTE_POD}'], nodeName: node-2, conditions: {{ready: true}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: remote-ipv6, namespace: default, labels: {{kubernetes.io/service-name: remote}}}}
+addressType: IPv6
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]
+endpoints:
+- {{addresses: ['{REMOTE_POD6}'], nodeName: node-2, conditions: {{ready: true}}}}
 ",
         slice("IPv4", POD4),
         slice("IPv6", POD6)
@@ -115,6 +129,17 @@ impl Node {
         let cgroup = Cgroup::new().expect("cgroup");
         let bpffs = Bpffs::new().expect("bpffs");
         let agent = Agent::start(&source, &cgroup.path, &bpffs.path).expect("agent");
+        Self { _agent: agent, bpffs, _cgroup: cgroup, _dir: dir }
+    }
+
+    /// An agent inside `ns` with `extra` flags (e.g. `--interfaces ext0 --xdp native`).
+    fn start_in(ns: &Netns, extra: &[&str]) -> Self {
+        require_root();
+        let dir = TempDir::new().expect("tempdir");
+        let source = dir.write("cluster.yaml", &cluster()).expect("source");
+        let cgroup = Cgroup::new().expect("cgroup");
+        let bpffs = Bpffs::new().expect("bpffs");
+        let agent = Agent::start_in(ns, &source, &cgroup.path, &bpffs.path, "node-1", extra).expect("agent");
         Self { _agent: agent, bpffs, _cgroup: cgroup, _dir: dir }
     }
 
@@ -269,15 +294,11 @@ fn udp_datagrams_are_translated_both_ways_and_a_zero_checksum_stays_zero() {
     assert_eq!(l4_checksum(&t.output), 0xffff);
 }
 
-/// TC_ACT_REDIRECT: sent out of the interface a FIB lookup chose (trace only reports it).
-const REDIRECT: i64 = 7;
-
-#[test]
-fn a_flow_to_a_remote_backend_is_snatted_and_redirected_and_its_reply_comes_back_from_the_frontend() {
-    let node = Node::start();
-    // The FIB lookups run in the namespace trace runs in, for the interface it names: a test
-    // namespace with a client-side link (ext0, 198.51.100.0/24) and a link towards the other node's
-    // pods (veth0, 10.244.2.0/24 via 192.168.50.2), forwarding on, neighbours known.
+/// The namespace FIB lookups of flows to remote backends run in (trace runs there, for the
+/// interface it names): a client-side link (ext0, 198.51.100.0/24, 2001:db8:c::/64) and a link
+/// towards the other node's pods (veth0, 10.244.2.0/24 via 192.168.50.2, fd00:244:2::/64 via
+/// fd00:50::2), forwarding on, neighbours known.
+fn forwarding_ns() -> Netns {
     let ns = Netns::new().expect("netns");
     for args in [
         "link add ext0 address 02:00:00:00:51:01 type veth peer name ext1",
@@ -288,19 +309,34 @@ fn a_flow_to_a_remote_backend_is_snatted_and_redirected_and_its_reply_comes_back
         "link set veth1 up",
         "addr add 198.51.100.1/24 dev ext0",
         "addr add 192.168.50.1/24 dev veth0",
+        "addr add 2001:db8:c::1/64 dev ext0 nodad",
+        "addr add fd00:50::1/64 dev veth0 nodad",
         "route add 10.244.2.0/24 via 192.168.50.2 dev veth0",
+        "route add fd00:244:2::/64 via fd00:50::2 dev veth0",
         "neigh add 192.168.50.2 lladdr 02:00:00:00:50:02 dev veth0 nud permanent",
         "neigh add 198.51.100.7 lladdr 02:00:00:00:51:07 dev ext0 nud permanent",
+        "neigh add fd00:50::2 lladdr 02:00:00:00:50:02 dev veth0 nud permanent",
+        "neigh add 2001:db8:c::7 lladdr 02:00:00:00:51:07 dev ext0 nud permanent",
     ] {
         ns.ip(&args.split(' ').collect::<Vec<_>>()).expect("ip");
     }
-    let sysctl = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])
-        .status()
-        .expect("sysctl");
-    assert!(sysctl.success());
-    let mac =
-        |s: &str| -> Vec<u8> { s.split(':').map(|b| u8::from_str_radix(b, 16).expect("mac")).collect() };
+    for key in ["net.ipv4.conf.all.forwarding=1", "net.ipv6.conf.all.forwarding=1"] {
+        let sysctl = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sysctl", "-qw", key])
+            .status()
+            .expect("sysctl");
+        assert!(sysctl.success(), "{key}");
+    }
+    ns
+}
+
+/// TC_ACT_REDIRECT: sent out of the interface a FIB lookup chose (trace only reports it).
+const REDIRECT: i64 = 7;
+
+#[test]
+fn a_flow_to_a_remote_backend_is_snatted_and_redirected_and_its_reply_comes_back_from_the_frontend() {
+    let node = Node::start();
+    let ns = forwarding_ns();
 
     let client = addr(CLIENT4, 40001);
     let frontend = addr(REMOTE_EXTERNAL, 80);
@@ -533,4 +569,116 @@ fn one_client_port_to_two_frontends_of_one_local_backend_is_not_cross_wired() {
         &reply.with(&external, &client),
         "first flow's reply",
     );
+}
+
+const XDP_PASS: i64 = 2;
+const XDP_REDIRECT: i64 = 4;
+
+fn mac(s: &str) -> Vec<u8> {
+    s.split(':').map(|b| u8::from_str_radix(b, 16).expect("mac")).collect()
+}
+
+/// XDP (`--xdp native` on both links of `forwarding_ns`): a flow to a remote backend is SNATed and
+/// sent out by XDP itself in both directions, IPv4 and IPv6, TCP and UDP, with checksums that
+/// verify (XDP has no checksum helpers: these are its own incremental updates). A flow to a local
+/// backend, and anything malformed, passes untouched with no state made, and TC then does the
+/// same work as without XDP.
+#[test]
+fn xdp_finishes_flows_to_remote_backends_and_leaves_everything_else_untouched_to_tc() {
+    let ns = forwarding_ns();
+    let node = Node::start_in(&ns, &["--interfaces", "ext0,veth0", "--xdp", "native"]);
+    let xdp =
+        |iface: &str, f: &[u8]| trace_on(&node.bpffs.path, "xdp", f, Some((&ns, iface))).expect("trace");
+
+    // TCP over IPv4: SYN out to the backend, SYN-ACK back to the client, then data.
+    let client = addr(CLIENT4, 40001);
+    let frontend = addr(REMOTE_EXTERNAL, 80);
+    let backend = addr(REMOTE_POD, 8080);
+    let syn = Packet::tcp(&client, &frontend, TCP_SYN);
+    let t = xdp("ext0", &frame(&syn));
+    assert_eq!(t.verdict, XDP_REDIRECT, "{:#}", t.json);
+    let (_, src, dst) = tuple(&t.output);
+    assert_eq!(src.ip().to_string(), "192.168.50.1", "SNAT to the node's address towards the backend");
+    assert!((61_000..=65_535).contains(&src.port()), "SNAT port {}", src.port());
+    assert_eq!(dst.to_string(), backend);
+    assert_eq!(t.output[..6], mac("02:00:00:00:50:02"), "destination MAC: the next hop");
+    assert_eq!(t.output[6..12], mac("02:00:00:00:50:01"), "source MAC: veth0");
+    let want = syn.with(&src.to_string(), &backend).frame();
+    assert_eq!(hex(&without_checksums(&t.output)[12..]), hex(&without_checksums(&want)[12..]), "SYN");
+    assert_checksums(&t, "SNATed SYN at XDP");
+    let reply = Packet {
+        l4: L4::Tcp { flags: TCP_SYN | TCP_ACK, seq: 0x2000_0001, ack: 0x1000_0002 },
+        ..Packet::tcp(&backend, &src.to_string(), 0)
+    };
+    let t = xdp("veth0", &frame(&reply));
+    assert_eq!(t.verdict, XDP_REDIRECT, "{:#}", t.json);
+    assert_eq!(
+        tuple(&t.output),
+        tuple(&reply.with(&frontend, &client).frame()),
+        "the reply restores the client's tuple"
+    );
+    assert_eq!(t.output[..6], mac("02:00:00:00:51:07"), "destination MAC: the client");
+    assert_checksums(&t, "SYN-ACK back from the frontend at XDP");
+    let data = Packet::tcp(&client, &frontend, TCP_ACK | TCP_PSH).payload(b"GET / HTTP/1.0\r\n\r\n");
+    let t = xdp("ext0", &frame(&data));
+    assert_eq!(t.verdict, XDP_REDIRECT, "{:#}", t.json);
+    assert_eq!(tuple(&t.output).1, src, "the tracked flow keeps its SNAT port");
+    assert_checksums(&t, "data segment at XDP");
+
+    // TCP over IPv6.
+    let syn6 = Packet::tcp(&addr(CLIENT6, 40002), &addr(REMOTE_EXTERNAL6, 80), TCP_SYN);
+    let t = xdp("ext0", &frame(&syn6));
+    assert_eq!(t.verdict, XDP_REDIRECT, "{:#}", t.json);
+    let (_, src6, dst6) = tuple(&t.output);
+    assert_eq!(src6.ip().to_string(), "fd00:50::1");
+    assert_eq!(dst6.to_string(), addr(REMOTE_POD6, 8080));
+    assert_checksums(&t, "SNATed IPv6 SYN at XDP");
+
+    // UDP over IPv4, with a checksum and without one (0 stays 0).
+    let query = Packet::udp(&addr(CLIENT4, 50001), &addr(REMOTE_EXTERNAL, 53), b"query");
+    let t = xdp("ext0", &frame(&query));
+    assert_eq!(t.verdict, XDP_REDIRECT, "{:#}", t.json);
+    assert_eq!(tuple(&t.output).2.to_string(), addr(REMOTE_POD, 5353));
+    assert_checksums(&t, "SNATed UDP at XDP");
+    let mut bare = Packet::udp(&addr(CLIENT4, 50002), &addr(REMOTE_EXTERNAL, 53), b"query").frame();
+    set_l4_checksum(&mut bare, 0);
+    let t = xdp("ext0", &bare);
+    assert_eq!(t.verdict, XDP_REDIRECT, "{:#}", t.json);
+    assert_eq!(l4_checksum(&t.output), 0, "an absent UDP checksum stays absent");
+    assert!(ipv4_checksum_ok(&t.output), "IPv4 header checksum");
+
+    assert_eq!(node.stat("xdp_new_flow"), 4);
+    assert_eq!(node.stat("xdp_revnat"), 1);
+    assert_eq!(node.stat("xdp_redirected"), 6);
+    assert_eq!(node.stat("tc_new_flow"), 0, "TC saw none of these");
+
+    // A flow to a local backend: XDP passes it as it came and makes no state; TC translates it.
+    let local = frame(&Packet::tcp(&addr(CLIENT4, 40003), &addr(EXTERNAL4, 80), TCP_SYN));
+    let t = xdp("ext0", &local);
+    assert_eq!((t.verdict, &t.output), (XDP_PASS, &local), "{:#}", t.json);
+    assert_eq!(node.stat("xdp_deferred"), 1);
+    assert_eq!(node.stat("xdp_new_flow"), 4, "no flow made at XDP");
+    let t = trace_on(&node.bpffs.path, "ingress", &local, Some((&ns, "ext0"))).expect("trace");
+    assert_eq!(t.verdict, OK, "TC translates it: {:#}", t.json);
+    assert_eq!(tuple(&t.output).2.to_string(), addr(POD4, 8080));
+    let t = xdp("ext0", &local);
+    assert_eq!((t.verdict, &t.output), (XDP_PASS, &local), "its next packet is TC's too: {:#}", t.json);
+    assert_eq!(node.stat("xdp_deferred"), 2);
+
+    // Malformed, truncated and foreign frames pass untouched and move no counter.
+    let syn4 = frame(&Packet::tcp(&addr(CLIENT4, 40004), &frontend, TCP_SYN));
+    let udp4 = frame(&Packet::udp(&addr(CLIENT4, 50004), &addr(REMOTE_EXTERNAL, 53), b"q"));
+    let l4 = 14 + 20;
+    for (name, input) in [
+        ("TCP header cut before the urgent pointer", syn4[..l4 + 18].to_vec()),
+        ("UDP header cut before the checksum", udp4[..l4 + 6].to_vec()),
+        ("IPv4 first fragment", ipv4_fragment(&syn4, true, 0)),
+        ("IPv6 hop-by-hop header before TCP", syn6.frame_with_ipv6_ext(Some(0))),
+        ("802.1Q-tagged frame", vlan_tagged(&syn4)),
+        ("to an address that is no frontend", frame(&Packet::tcp(&client, "203.0.113.99:80", TCP_SYN))),
+    ] {
+        let t = xdp("ext0", &input);
+        assert_eq!((t.verdict, &t.output), (XDP_PASS, &input), "{name}: {:#}", t.json);
+        assert_eq!(t.json["counters"], serde_json::json!({}), "{name}: counters moved");
+    }
 }

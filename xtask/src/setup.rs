@@ -9,9 +9,10 @@ use crate::run;
 /// Pinned versions (see ARCHITECTURE.md, "Toolchain"): newer aya releases need rustc 1.98.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// iptables and nftables: the kube-proxy cleanup test (tests/tests/kube_proxy_cleanup.rs).
-const APT_PACKAGES: [&str; 6] =
-    ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "iproute2", "iptables", "nftables"];
+/// iptables and nftables: the kube-proxy cleanup test (tests/tests/kube_proxy_cleanup.rs);
+/// ethtool: the XDP test's veth offload settings (tests/tests/north_south.rs).
+const APT_PACKAGES: [&str; 7] =
+    ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "iproute2", "iptables", "nftables", "ethtool"];
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;

@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// empty: socket-level load balancing only.
     #[arg(long, value_delimiter = ',', default_value = "")]
     interfaces: Vec<String>,
+    /// XDP fast path on the `--interfaces`: flows to backends on other nodes (SNAT) are
+    /// translated and sent out again before the stack sees them; everything else goes on to TC.
+    /// `native` runs in the driver (falling back to `generic` where the driver refuses).
+    #[arg(long, value_enum, default_value_t)]
+    xdp: loader::XdpSetting,
     /// Capacity of the TC conntrack map (two entries per flow).
     #[arg(long, default_value_t = capacity::CONNTRACK)]
     max_conntrack: u32,
@@ -278,6 +283,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     loader::attach(&mut ebpf, &cgroup, &args.bpffs)?;
     let interfaces: Vec<String> = args.interfaces.iter().filter(|i| !i.is_empty()).cloned().collect();
     loader::attach_tc(&mut ebpf, &interfaces, &args.bpffs)?;
+    loader::attach_xdp(&mut ebpf, &interfaces, args.xdp, &args.bpffs)?;
     if !interfaces.is_empty() {
         crate::snat_ports::reserve();
     }

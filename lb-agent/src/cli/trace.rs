@@ -1,4 +1,4 @@
-//! `lb-agent trace`: what the TC datapath does with one packet. The TC program is loaded from the
+//! `lb-agent trace`: what the TC or XDP datapath does with one packet. The program is loaded from the
 //! embedded object against the maps an agent pinned, run once on the given Ethernet frame with
 //! `BPF_PROG_TEST_RUN`, and its verdict and output frame are decoded (addresses, ports, checksums).
 //!
@@ -13,7 +13,10 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::{
+    maps::DevMapHash,
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -28,8 +31,11 @@ pub struct TraceArgs {
     /// Directory the agent pinned its maps under. The pins must exist: trace never creates maps.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpffs: PathBuf,
-    /// Which TC program runs: `ingress` (lb_tc_ingress: packets arriving on an interface) or
-    /// `egress` (lb_tc_egress: packets leaving it, e.g. a local backend's reply).
+    /// Which program runs: `ingress` (lb_tc_ingress: packets arriving on an interface), `egress`
+    /// (lb_tc_egress: packets leaving it, e.g. a local backend's reply) or `xdp` (lb_xdp, the fast
+    /// path in front of lb_tc_ingress with `--xdp`; with `--interface`, that interface must have
+    /// native XDP attached, as the kernel's test run asks). XDP may send packets out of the
+    /// interfaces the agent attached it to (read from its pinned links) and `--interface`.
     #[arg(long, value_enum)]
     direction: Direction,
     /// The Ethernet frame, in hex (whitespace, ':', 0x and `tcpdump -xx` line offsets are
@@ -50,6 +56,7 @@ pub struct TraceArgs {
 pub enum Direction {
     Ingress,
     Egress,
+    Xdp,
 }
 
 impl Direction {
@@ -57,6 +64,7 @@ impl Direction {
         match self {
             Self::Ingress => loader::TC_INGRESS,
             Self::Egress => loader::TC_EGRESS,
+            Self::Xdp => loader::XDP,
         }
     }
 
@@ -64,6 +72,7 @@ impl Direction {
         match self {
             Self::Ingress => "ingress",
             Self::Egress => "egress",
+            Self::Xdp => "xdp",
         }
     }
 }
@@ -72,7 +81,8 @@ impl Direction {
 struct Report {
     program: &'static str,
     direction: &'static str,
-    /// The program's return value (`TC_ACT_*`; -1 is TC_ACT_UNSPEC, "not ours").
+    /// The program's return value (`TC_ACT_*`, -1 being TC_ACT_UNSPEC, "not ours"; `XDP_*` for
+    /// `xdp`).
     return_code: i32,
     verdict: &'static str,
     meaning: &'static str,
@@ -124,52 +134,79 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let frame = parse_hex(&text)?;
     ensure!(frame.len() >= ETH_HLEN, "a frame needs at least its {ETH_HLEN}-byte Ethernet header");
 
-    // `struct __sk_buff` up to `ifindex` (offset 40), the only field set: BPF_PROG_TEST_RUN
-    // accepts a shorter context and takes the rest as zero.
-    let ctx_in = match &args.interface {
-        Some(interface) => {
-            let index = interface_index(interface)?;
+    let index = args.interface.as_deref().map(loader::interface_index).transpose()?;
+    let ctx_in = match (args.direction, index) {
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (`__u32` each); the kernel wants data_end to be the frame's length.
+        (Direction::Xdp, Some(index)) => {
+            let mut ctx = vec![0u8; 24];
+            ctx[4..8].copy_from_slice(&u32::try_from(frame.len()).unwrap_or(u32::MAX).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&index.to_ne_bytes());
+            Some(ctx)
+        }
+        // `struct __sk_buff` up to `ifindex` (offset 40), the only field set: BPF_PROG_TEST_RUN
+        // accepts a shorter context and takes the rest as zero.
+        (_, Some(index)) => {
             let mut ctx = vec![0u8; SKB_IFINDEX_OFFSET + 4];
             ctx[SKB_IFINDEX_OFFSET..].copy_from_slice(&index.to_ne_bytes());
             Some(ctx)
         }
-        None => None,
+        (_, None) => None,
     };
 
     let mut ebpf = loader::load_pinned(&args.bpffs)?;
     let stats = PinnedMaps::open(&args.bpffs).context("opening the pinned maps")?;
     let name = args.direction.program();
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} is missing from the eBPF object"))?
-        .try_into()
-        .with_context(|| format!("program {name} is not a TC classifier"))?;
-    program.load().with_context(|| format!("verifier rejected {name}"))?;
+    if matches!(args.direction, Direction::Xdp) {
+        let mut ports: DevMapHash<_> = ebpf
+            .map_mut("LB_XDP_PORTS")
+            .context("map LB_XDP_PORTS is missing from the eBPF object")?
+            .try_into()
+            .context("map LB_XDP_PORTS is not a DEVMAP_HASH")?;
+        for port in loader::xdp_interfaces(&args.bpffs)?.into_iter().chain(index) {
+            ports.insert(port, port, None, 0).context("filling LB_XDP_PORTS")?;
+        }
+    }
     // The programs never grow a packet; the slack only turns a surprise into a clear ENOSPC.
     let mut out = vec![0u8; frame.len() + 256];
+    let options = TestRunOptions {
+        data_in: Some(&frame),
+        data_out: Some(&mut out),
+        ctx_in: ctx_in.as_deref(),
+        ..TestRunOptions::new()
+    };
+    let program =
+        ebpf.program_mut(name).with_context(|| format!("program {name} is missing from the eBPF object"))?;
     let before = stats.stats().context("reading the counters")?;
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(&frame),
-            data_out: Some(&mut out),
-            ctx_in: ctx_in.as_deref(),
-            ..TestRunOptions::new()
-        })
-        .with_context(|| {
-            let short_ip = match be16(&frame, 12) {
-                Some(ETH_P_IP) => frame.len() < ETH_HLEN + 20,
-                Some(ETH_P_IPV6) => frame.len() < ETH_HLEN + 40,
-                _ => false,
-            };
-            if short_ip {
-                format!(
-                    "BPF_PROG_TEST_RUN of {name} (recent kernels refuse an IP frame shorter than its \
+    let result = match args.direction {
+        Direction::Xdp => {
+            let program: &mut Xdp =
+                program.try_into().with_context(|| format!("{name} is not an XDP program"))?;
+            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            program.test_run(options)
+        }
+        _ => {
+            let program: &mut SchedClassifier =
+                program.try_into().with_context(|| format!("{name} is not a TC classifier"))?;
+            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            program.test_run(options)
+        }
+    }
+    .with_context(|| {
+        let short_ip = match be16(&frame, 12) {
+            Some(ETH_P_IP) => frame.len() < ETH_HLEN + 20,
+            Some(ETH_P_IPV6) => frame.len() < ETH_HLEN + 40,
+            _ => false,
+        };
+        if short_ip {
+            format!(
+                "BPF_PROG_TEST_RUN of {name} (recent kernels refuse an IP frame shorter than its \
                      IP header before the program runs)"
-                )
-            } else {
-                format!("BPF_PROG_TEST_RUN of {name}")
-            }
-        })?;
+            )
+        } else {
+            format!("BPF_PROG_TEST_RUN of {name}")
+        }
+    })?;
     out.truncate(usize::try_from(result.data_size_out).unwrap_or(usize::MAX).min(out.len()));
     // The kernel reports the program's `int` return value as a `u32`.
     let return_code = result.return_value as i32;
@@ -185,8 +222,8 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
         program: name,
         direction: args.direction.name(),
         return_code,
-        verdict: verdict_name(return_code),
-        meaning: verdict_meaning(return_code),
+        verdict: verdict_name(args.direction, return_code),
+        meaning: verdict_meaning(args.direction, return_code),
         rewritten: out != frame,
         input: decode(&frame),
         output: decode(&out),
@@ -248,7 +285,17 @@ fn print_table(r: &Report) {
     }
 }
 
-fn verdict_name(code: i32) -> &'static str {
+fn verdict_name(direction: Direction, code: i32) -> &'static str {
+    if matches!(direction, Direction::Xdp) {
+        return match code {
+            0 => "XDP_ABORTED",
+            1 => "XDP_DROP",
+            2 => "XDP_PASS",
+            3 => "XDP_TX",
+            4 => "XDP_REDIRECT",
+            _ => "unknown",
+        };
+    }
     match code {
         -1 => "TC_ACT_UNSPEC",
         0 => "TC_ACT_OK",
@@ -264,7 +311,16 @@ fn verdict_name(code: i32) -> &'static str {
     }
 }
 
-fn verdict_meaning(code: i32) -> &'static str {
+fn verdict_meaning(direction: Direction, code: i32) -> &'static str {
+    if matches!(direction, Direction::Xdp) {
+        return match code {
+            1 => "dropped",
+            2 => "passed to the stack (and TC) as the output frame shows; XDP left it to TC when it is ours",
+            3 => "sent back out of the interface it came in on (trace does not send it)",
+            4 => "redirected to the interface a FIB lookup chose (trace does not send it)",
+            _ => "not a verdict lb_xdp returns",
+        };
+    }
     match code {
         -1 => "not ours: the next program or the default action decides (the packet passes as it came)",
         0 => "passed on to the stack (as the output frame shows)",
@@ -277,14 +333,6 @@ fn verdict_meaning(code: i32) -> &'static str {
 /// Offset of `ifindex` in `struct __sk_buff` (after len, pkt_type, mark, queue_mapping, protocol,
 /// vlan_present, vlan_tci, vlan_proto, priority, ingress_ifindex: ten `__u32`), UAPI-stable.
 const SKB_IFINDEX_OFFSET: usize = 40;
-
-fn interface_index(name: &str) -> anyhow::Result<u32> {
-    let c_name = std::ffi::CString::new(name).context("interface name")?;
-    // Safety: if_nametoindex reads the NUL-terminated name, which outlives the call.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    ensure!(index != 0, "no interface {name:?} in this network namespace");
-    Ok(index)
-}
 
 /// Parses hex digits, ignoring whitespace, ':', a leading `0x` and `tcpdump -xx` line offsets
 /// (`0x0010:` at the start of a line).

@@ -11,7 +11,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, links::FdLink, tc},
+    maps::DevMapHash,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc,
+        xdp::XdpLink,
+    },
 };
 use lb_common::{capacity, map_names};
 
@@ -53,6 +59,23 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
 /// The TC programs (`lb-ebpf/src/tc.rs`), attached to every `--interfaces` device.
 pub const TC_INGRESS: &str = "lb_tc_ingress";
 pub const TC_EGRESS: &str = "lb_tc_egress";
+
+/// The XDP program (`lb-ebpf/src/xdp.rs`), attached to every `--interfaces` device with `--xdp`.
+pub const XDP: &str = "lb_xdp";
+/// The devices the XDP program may send packets out of (not pinned: filled at attach time).
+const XDP_PORTS: &str = "LB_XDP_PORTS";
+
+/// `--xdp`: whether and how the XDP fast path is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpSetting {
+    /// TC only.
+    #[default]
+    Off,
+    /// In the driver (veth and most physical NICs); generic where the driver refuses.
+    Native,
+    /// In the stack, after the skb is made (any device; slower than native, still before TC).
+    Generic,
+}
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const LINKS_DIR: &str = "links";
@@ -220,6 +243,159 @@ pub fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String], bpffs: &Path) -> anyhow
         }
     }
     Ok(())
+}
+
+/// The pin of the XDP link of `interface` in `mode` (`native` or `generic`).
+fn xdp_pin_name(interface: &str, mode: &str) -> String {
+    format!("xdp-{interface}-{mode}").replace('.', "_")
+}
+
+/// Names of the XDP link pins under `links/` (staged `_new` pins included).
+fn xdp_pins(bpffs: &Path) -> anyhow::Result<Vec<String>> {
+    let links = bpffs.join(LINKS_DIR);
+    let entries = match std::fs::read_dir(&links) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", links.display())),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("xdp-"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Indexes of the interfaces the pinned XDP links are on, from the pins' names (for `trace`,
+/// which fills its own `LB_XDP_PORTS` like the agent's). A name whose interface is gone, or was
+/// renamed, is skipped.
+pub fn xdp_interfaces(bpffs: &Path) -> anyhow::Result<Vec<u32>> {
+    let mut indexes = Vec::new();
+    for name in xdp_pins(bpffs)? {
+        let Some(interface) = name
+            .strip_prefix("xdp-")
+            .and_then(|n| n.strip_suffix("-native").or_else(|| n.strip_suffix("-generic")))
+        else {
+            continue;
+        };
+        // The pin name has `_` for `.` (bpffs refuses dots): try the name with dots too.
+        if let Some(index) = [interface.to_owned(), interface.replace('_', ".")]
+            .iter()
+            .find_map(|candidate| interface_index(candidate).ok())
+        {
+            indexes.push(index);
+        }
+    }
+    Ok(indexes)
+}
+
+/// Attaches the XDP program to each interface (`--xdp native|generic`), pinned as
+/// `links/xdp-<interface>-<mode>`. A link pinned by an earlier agent in the same mode is updated
+/// to the new program in place (atomic); one in another mode, or on an interface no longer
+/// listed, is removed (with `--xdp off`, all are). XDP is only a fast path in front of TC, which
+/// does the same work, so a moment without it loses nothing. `native` falls back to generic, with
+/// a warning, on a driver that refuses it.
+pub fn attach_xdp(
+    ebpf: &mut Ebpf,
+    interfaces: &[String],
+    setting: XdpSetting,
+    bpffs: &Path,
+) -> anyhow::Result<()> {
+    let links = bpffs.join(LINKS_DIR);
+    let mut stale = xdp_pins(bpffs)?;
+    if setting == XdpSetting::Off || interfaces.is_empty() {
+        for name in stale {
+            remove_if_present(&links.join(&name))?;
+            tracing::info!(link = name, "XDP link removed (--xdp off)");
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&links).context("creating the links directory")?;
+    let mut ports: DevMapHash<_> = ebpf
+        .map_mut(XDP_PORTS)
+        .with_context(|| format!("map {XDP_PORTS} is missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("map {XDP_PORTS} is not a DEVMAP_HASH"))?;
+    let mut indexes = Vec::new();
+    for interface in interfaces {
+        let index = interface_index(interface)?;
+        ports.insert(index, index, None, 0).with_context(|| format!("adding {interface} to {XDP_PORTS}"))?;
+        indexes.push(index);
+    }
+    let program: &mut Xdp = ebpf
+        .program_mut(XDP)
+        .with_context(|| format!("program {XDP} is missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {XDP} is not an XDP program"))?;
+    program.load().with_context(|| format!("verifier rejected {XDP}"))?;
+    log_loaded(XDP, program.info());
+    let modes: &[(XdpMode, &str)] = match setting {
+        XdpSetting::Native => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        _ => &[(XdpMode::Skb, "generic")],
+    };
+    for (interface, index) in interfaces.iter().zip(indexes) {
+        let mut attached = None;
+        for &(mode, label) in modes {
+            let name = xdp_pin_name(interface, label);
+            let pin = links.join(&name);
+            if pin.exists() {
+                let link: FdLink =
+                    PinnedLink::from_pin(&pin).with_context(|| format!("opening link pin {name}"))?.into();
+                let update = XdpLink::try_from(link)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|link| program.attach_to_link(link).map_err(anyhow::Error::from));
+                match update {
+                    Ok(_) => {
+                        attached = Some(label);
+                        stale.retain(|n| *n != name);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(interface, error = %e, "could not update the pinned XDP link; replacing it");
+                        remove_if_present(&pin)?;
+                    }
+                }
+            }
+            // Another mode's link on this interface would refuse ours: remove it first.
+            for other in
+                ["native", "generic"].map(|l| xdp_pin_name(interface, l)).into_iter().filter(|n| *n != name)
+            {
+                remove_if_present(&links.join(&other))?;
+            }
+            match program.attach_to_if_index(index, mode) {
+                Ok(id) => {
+                    let link = FdLink::try_from(program.take_link(id)?)
+                        .context("the kernel attached XDP without a link (Linux 5.9+ expected)")?;
+                    replace_pin(link, bpffs, &name)?;
+                    stale.retain(|n| *n != name);
+                    attached = Some(label);
+                    break;
+                }
+                Err(e) if mode == XdpMode::Driver => {
+                    tracing::warn!(interface, error = %e, "native XDP refused; trying generic");
+                }
+                Err(e) => return Err(e).with_context(|| format!("attaching {XDP} to {interface}")),
+            }
+        }
+        tracing::info!(interface, mode = attached.unwrap_or("none"), "XDP attached");
+    }
+    for name in stale {
+        remove_if_present(&links.join(&name))?;
+        tracing::info!(link = name, "XDP link removed (interface no longer listed)");
+    }
+    Ok(())
+}
+
+/// The index of `interface` in this network namespace.
+pub fn interface_index(interface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(interface).with_context(|| format!("interface name {interface:?}"))?;
+    // Safety: `name` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {interface} in this network namespace");
+    }
+    Ok(index)
 }
 
 /// Removes everything the agent pinned under `bpffs` (detaching its programs). Returns what it

@@ -1,0 +1,469 @@
+//! Per-packet load balancing shared by TC and XDP: conntrack lookup, new-flow backend choice
+//! (through `lb::resolve`, as at the sockets), SNAT for remote backends, and the rewrite. The
+//! hooks differ only in their `Hook` (how a packet is read and written, which counters move, and
+//! whether the hook may leave a flow to the next stage) and in how they turn an `Action` into a
+//! return code.
+//!
+//! - a packet of a tracked flow is rewritten as its conntrack entry says;
+//! - a packet to a frontend starts a flow: a backend is picked from the slot the flow hash names
+//!   (so with a Maglev table every node picks the same one), the destination becomes the backend,
+//!   and when the backend is on another node the source becomes this node's address towards it
+//!   (SNAT, a port from `SNAT_PORT_MIN..=SNAT_PORT_MAX`), so its reply comes back here;
+//! - a packet whose source is now one of this node's addresses (SNAT, or a reply rewritten back
+//!   to come from the frontend) cannot go through the stack's forwarding, which drops packets
+//!   with a local source: it is sent out directly after a FIB lookup.
+//!
+//! XDP (`Hook::WHOLE_ONLY`) takes only what it can finish without the stack: flows with SNAT
+//! whose next hop is resolved and whose output device takes XDP redirects. Anything else it
+//! leaves untouched, with no state made, for TC to do the same work.
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
+    },
+    helpers::bpf_fib_lookup,
+    macros::map,
+    maps::PerCpuArray,
+};
+use lb_common::{
+    CtKey, CtValue, Frontend4Key, Frontend6Key, SNAT_PORT_MAX, SNAT_PORT_MIN, backend_flags, ct_dir,
+    ct_flags, flow_hash,
+};
+
+use crate::{
+    conntrack,
+    lb::{Path, Verdict, resolve},
+    maps::{LB_BACKENDS, LB_FRONTENDS_V4, LB_FRONTENDS_V6},
+    packet::{self, Flow, Packet},
+    source_range,
+    stats::bump,
+};
+
+/// Indexes in `LB_STATS` (`lb_common::stats`) a hook counts its work under.
+pub struct Counters {
+    pub translated: u32,
+    pub revnat: u32,
+    pub new_flow: u32,
+    pub dropped: u32,
+    pub nat_failed: u32,
+    pub redirected: u32,
+    pub source_denied: u32,
+}
+
+/// A hook the shared code runs in.
+pub trait Hook: Packet {
+    /// Only flows the hook finishes itself (XDP); others get `Action::NEXT`, untouched.
+    const WHOLE_ONLY: bool;
+    const COUNTERS: Counters;
+    /// Whether a packet may be sent out of `ifindex` from this hook.
+    fn can_send_out(&self, ifindex: u32) -> bool;
+}
+
+/// What to do with a packet after the shared code ran: a kind in the high half and, for the
+/// `OUT*` kinds, a device index in the low half. One register, not an enum: the out-of-line steps
+/// return it, and an enum returned through memory compiles to stack stores the verifier refuses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Action(u64);
+
+impl Action {
+    /// Not ours (or not one this hook finishes): untouched, on to the next stage.
+    pub const NEXT: Self = Self(0);
+    /// Rewritten; on through the stack.
+    pub const STACK: Self = Self(1 << 32);
+    pub const DROP: Self = Self(2 << 32);
+    const OUT: u64 = 3 << 32;
+    const OUT_RESOLVE: u64 = 4 << 32;
+
+    /// Rewritten, MAC addresses set: send out of this device.
+    #[inline(always)]
+    fn out(ifindex: u32) -> Self {
+        Self(Self::OUT | u64::from(ifindex))
+    }
+
+    /// Rewritten: send out of this device, the kernel resolving the next hop (TC only).
+    #[inline(always)]
+    fn out_resolve(ifindex: u32) -> Self {
+        Self(Self::OUT_RESOLVE | u64::from(ifindex))
+    }
+
+    /// The device of an `out` action.
+    #[inline(always)]
+    pub fn out_device(self) -> Option<u32> {
+        if self.0 & !0xffff_ffff == Self::OUT { Some(self.0 as u32) } else { None }
+    }
+
+    /// The device of an `out_resolve` action.
+    #[inline(always)]
+    pub fn out_resolve_device(self) -> Option<u32> {
+        if self.0 & !0xffff_ffff == Self::OUT_RESOLVE { Some(self.0 as u32) } else { None }
+    }
+}
+
+/// `tracked`'s answer for a packet of no tracked flow.
+const UNTRACKED: Action = Action(u64::MAX);
+
+/// Per-CPU working space of `new_flow` (kernel-internal, not pinned).
+#[repr(C)]
+struct Scratch {
+    entry: CtValue,
+    back: CtValue,
+    fib: FibParams,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// How many SNAT ports a new flow tries before giving up.
+const SNAT_TRIES: u32 = 8;
+
+/// Translates one packet arriving at a node interface.
+#[inline(always)]
+pub fn ingress<H: Hook>(ctx: &H) -> Action {
+    let Some(flow) = packet::parse(ctx) else {
+        return Action::NEXT;
+    };
+    let now = conntrack::now();
+    // Two out-of-line steps, each with its own stack frame: the 512-byte limit applies to the
+    // deepest call chain, not to the sum of everything inlined.
+    let action = tracked(ctx, &flow, now);
+    if action != UNTRACKED {
+        return action;
+    }
+    new_flow(ctx, &flow, now)
+}
+
+/// A packet of a tracked flow, in either direction, is rewritten as its entry says; `UNTRACKED`
+/// for a packet of no tracked flow.
+#[inline(never)]
+fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
+    let original = conntrack::key(flow, ct_dir::ORIGINAL);
+    if let Some(entry) = conntrack::lookup(&original, now)
+        && backend_alive(entry)
+    {
+        let snat = entry.flags & ct_flags::SNAT != 0;
+        if H::WHOLE_ONLY && !snat {
+            return defer();
+        }
+        let action = apply(ctx, flow, entry, snat);
+        if action != Action::NEXT {
+            conntrack::touch(&original, entry, flow.tcp_flags, false, now);
+            bump(H::COUNTERS.translated);
+        }
+        return action;
+    }
+    let reply = conntrack::key(flow, ct_dir::REPLY);
+    if let Some(entry) = conntrack::lookup(&reply, now) {
+        if H::WHOLE_ONLY && entry.flags & ct_flags::SNAT == 0 {
+            return defer();
+        }
+        // The reply now comes from the frontend, an address of ours for a NodePort.
+        let action = apply(ctx, flow, entry, true);
+        if action != Action::NEXT {
+            conntrack::touch(&reply, entry, flow.tcp_flags, true, now);
+            bump(H::COUNTERS.revnat);
+        }
+        return action;
+    }
+    UNTRACKED
+}
+
+/// A local backend's reply leaving through a node interface (TC egress): its source becomes the
+/// frontend, and the stack sends it on.
+#[inline(always)]
+pub fn egress<H: Hook>(ctx: &H) -> Action {
+    let Some(flow) = packet::parse(ctx) else {
+        return Action::NEXT;
+    };
+    let now = conntrack::now();
+    let reply = conntrack::key(&flow, ct_dir::REPLY);
+    let Some(entry) = conntrack::lookup(&reply, now) else {
+        return Action::NEXT;
+    };
+    conntrack::touch(&reply, entry, flow.tcp_flags, true, now);
+    bump(H::COUNTERS.revnat);
+    apply(ctx, &flow, entry, false)
+}
+
+/// A packet of ours that this hook leaves to the next stage (counted).
+#[inline(always)]
+fn defer() -> Action {
+    bump(lb_common::stats::XDP_DEFERRED);
+    Action::NEXT
+}
+
+/// Whether the backend a tracked flow goes to is still programmed (same id, same address). When
+/// it is gone (its endpoint left every Service), the flow is treated as new and gets a live
+/// backend, as kube-proxy clears the conntrack entries of a removed UDP endpoint; otherwise a
+/// UDP client that keeps sending would be stuck on a dead backend.
+#[inline(always)]
+fn backend_alive(entry: &CtValue) -> bool {
+    if entry.backend == 0 {
+        return true; // made by an agent that did not record ids: trust it
+    }
+    // Safety: plain-old-data value read once in place.
+    match unsafe { LB_BACKENDS.get(entry.backend) } {
+        Some(b) => b.addr == entry.dst && b.port == entry.dport,
+        None => false,
+    }
+}
+
+/// Rewrites a tracked packet to `entry`'s tuple and sends it on: through the stack when its
+/// source is still the client's, out of the device the FIB names (`direct`) when the source may
+/// now be one of ours. The route is looked up first, so a hook that cannot finish the packet
+/// leaves it untouched.
+#[inline(always)]
+fn apply<H: Hook>(ctx: &H, flow: &Flow, entry: &CtValue, direct: bool) -> Action {
+    if !direct {
+        return match rewrite(ctx, flow, entry) {
+            Ok(()) => Action::STACK,
+            Err(()) => Action::DROP,
+        };
+    }
+    let mut fib = fib_params(flow.family, flow.proto, &entry.src, &entry.dst, ctx.ifindex());
+    let Some(found) = fib_lookup(ctx, &mut fib, 0) else {
+        if H::WHOLE_ONLY {
+            return defer();
+        }
+        // The stack would drop it anyway (a local source): drop it here, counted.
+        bump(H::COUNTERS.nat_failed);
+        return Action::DROP;
+    };
+    if H::WHOLE_ONLY && !finishes(ctx, &fib, found) {
+        return defer();
+    }
+    if rewrite(ctx, flow, entry).is_err() {
+        return Action::DROP;
+    }
+    out(ctx, &fib, found)
+}
+
+#[inline(always)]
+fn rewrite<H: Hook>(ctx: &H, flow: &Flow, entry: &CtValue) -> Result<(), ()> {
+    packet::rewrite(ctx, flow, &entry.src, entry.sport, &entry.dst, entry.dport)
+}
+
+/// Whether a hook that must finish a packet itself can send it where the FIB said: the next
+/// hop's MAC is known and the device takes packets from this hook.
+#[inline(always)]
+fn finishes<H: Hook>(ctx: &H, fib: &FibParams, found: Found) -> bool {
+    matches!(found, Found::Neighbour) && ctx.can_send_out(fib.ifindex)
+}
+
+/// A packet that is not part of a tracked flow: if it is addressed to a frontend, pick a backend
+/// and track the flow. Not inlined: its own stack frame keeps the program under 512 bytes.
+#[inline(never)]
+fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
+    let hash = flow_hash(&flow.src, flow.sport, flow.dport, flow.proto);
+    // A LoadBalancer frontend whose source ranges leave this client out is, for `resolve`, no
+    // frontend; `denied` tells the two apart (checked before the backend choice, so a Service
+    // without endpoints drops such a client too, as kube-proxy's firewall chain comes first).
+    let denied = core::cell::Cell::new(false);
+    let (family, src) = (flow.family, &flow.src);
+    let client = || affinity_client(flow);
+    let verdict = if flow.family == 4 {
+        let key = Frontend4Key { addr: flow.dst[0], port: flow.dport, proto: flow.proto, pad: 0 };
+        // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
+        let lookup = || unsafe { LB_FRONTENDS_V4.get(key) }.copied();
+        resolve(|| source_range::admitted(lookup, family, src, &denied), hash, Path::Packet, client)
+    } else {
+        let key = Frontend6Key { addr: flow.dst, port: flow.dport, proto: flow.proto, pad: 0 };
+        // Safety: as above.
+        let lookup = || unsafe { LB_FRONTENDS_V6.get(key) }.copied();
+        resolve(|| source_range::admitted(lookup, family, src, &denied), hash, Path::Packet, client)
+    };
+    let (backend_id, backend) = match verdict {
+        None if denied.get() => {
+            bump(H::COUNTERS.source_denied);
+            return Action::DROP;
+        }
+        None => return Action::NEXT,
+        Some(Verdict::Backend(id, backend)) => (id, backend),
+        Some(Verdict::Reject | Verdict::Unreachable) => {
+            bump(H::COUNTERS.dropped);
+            return Action::DROP;
+        }
+    };
+    // The flow's tuple after translation: to the backend, from the client or (SNAT) from us.
+    let snat = backend.flags & backend_flags::LOCAL == 0;
+    if H::WHOLE_ONLY && !snat {
+        return defer();
+    }
+
+    // Big values live in a per-CPU scratch slot, not on the 512-byte stack.
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Action::DROP;
+    };
+    // Safety: this CPU's slot of a per-CPU array, used by this program run only (TC and XDP
+    // programs run to completion on a CPU without another of ours in between), and valid until
+    // the run ends.
+    let scratch = unsafe { &mut *scratch };
+
+    scratch.fib = fib_params(flow.family, flow.proto, &flow.src, &backend.addr, ctx.ifindex());
+    let mut found = None;
+    let mut src = flow.src;
+    if snat {
+        // The source this node uses towards the backend (BPF_FIB_LOOKUP_SRC, Linux 6.7+).
+        found = fib_lookup(ctx, &mut scratch.fib, BPF_FIB_LOOKUP_SRC);
+        match found {
+            Some(f) if !H::WHOLE_ONLY || finishes(ctx, &scratch.fib, f) => {}
+            _ if H::WHOLE_ONLY => return defer(),
+            _ => {
+                bump(H::COUNTERS.nat_failed);
+                return Action::DROP;
+            }
+        }
+        src = fib_src(&scratch.fib, flow.family);
+    }
+    let flags = if snat { ct_flags::SNAT } else { 0 };
+    scratch.entry = CtValue {
+        src,
+        dst: backend.addr,
+        sport: flow.sport,
+        dport: backend.port,
+        flags,
+        pad: 0,
+        backend: backend_id,
+        pad2: 0,
+        last_seen: now,
+    };
+    scratch.back = CtValue {
+        src: flow.dst,
+        dst: flow.src,
+        sport: flow.dport,
+        dport: flow.sport,
+        flags,
+        pad: 0,
+        backend: 0,
+        pad2: 0,
+        last_seen: now,
+    };
+    if snat {
+        // A port whose reply tuple is free; the reply entry is made first so a concurrent flow
+        // cannot take the same one.
+        let mut sport = 0;
+        let mut tries = 0;
+        while tries < SNAT_TRIES {
+            let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+            let port = (SNAT_PORT_MIN + (hash.wrapping_add(tries.wrapping_mul(7919)) % span) as u16).to_be();
+            let reply_key = reply_key(flow, &backend.addr, backend.port, &src, port);
+            if conntrack::claim(&reply_key, &scratch.back, now).is_ok() {
+                sport = port;
+                break;
+            }
+            tries += 1;
+        }
+        if sport == 0 {
+            bump(H::COUNTERS.nat_failed);
+            return Action::DROP;
+        }
+        scratch.entry.sport = sport;
+    } else {
+        // The reply tuple names no frontend: if another live flow of this client port already
+        // owns it (the same client port to two frontends of one backend), refuse this one
+        // rather than send the other's replies from the wrong frontend.
+        let reply_key = reply_key(flow, &backend.addr, backend.port, &src, flow.sport);
+        if conntrack::claim(&reply_key, &scratch.back, now).is_err() {
+            bump(H::COUNTERS.nat_failed);
+            return Action::DROP;
+        }
+    }
+    if conntrack::store(&conntrack::key(flow, ct_dir::ORIGINAL), &scratch.entry).is_err() {
+        bump(H::COUNTERS.nat_failed);
+        return Action::DROP;
+    }
+    bump(H::COUNTERS.new_flow);
+    bump(H::COUNTERS.translated);
+    if rewrite(ctx, flow, &scratch.entry).is_err() {
+        return Action::DROP;
+    }
+    match found {
+        Some(found) => out(ctx, &scratch.fib, found),
+        None => Action::STACK,
+    }
+}
+
+/// The client of a flow for session affinity: its source address (`affinity_kind::IPV4` and
+/// `IPV6` are the family numbers 4 and 6).
+#[inline(always)]
+fn affinity_client(flow: &Flow) -> crate::lb::Client {
+    crate::lb::Client { id: flow.src, kind: flow.family }
+}
+
+/// Key of the reply direction of a flow translated to `backend` from `src:sport`.
+#[inline(always)]
+fn reply_key(flow: &Flow, backend: &[u32; 4], backend_port: u16, src: &[u32; 4], sport: u16) -> CtKey {
+    CtKey {
+        src: *backend,
+        dst: *src,
+        sport: backend_port,
+        dport: sport,
+        proto: flow.proto,
+        family: flow.family,
+        dir: ct_dir::REPLY,
+        pad: 0,
+    }
+}
+
+#[inline(always)]
+fn fib_params(family: u8, proto: u8, src: &[u32; 4], dst: &[u32; 4], ifindex: u32) -> FibParams {
+    // Safety: an all-zero `bpf_fib_lookup` is a valid (empty) parameter block.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.l4_protocol = proto;
+    p.ifindex = ifindex;
+    if family == 4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = src[0];
+        p.__bindgen_anon_4.ipv4_dst = dst[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = *src;
+        p.__bindgen_anon_4.ipv6_dst = *dst;
+    }
+    p
+}
+
+#[inline(always)]
+fn fib_src(p: &FibParams, family: u8) -> [u32; 4] {
+    // Safety: the union member read is the one of `family`, written by the kernel's lookup.
+    unsafe { if family == 4 { [p.__bindgen_anon_3.ipv4_src, 0, 0, 0] } else { p.__bindgen_anon_3.ipv6_src } }
+}
+
+/// How a FIB lookup found the next hop.
+#[derive(Clone, Copy)]
+enum Found {
+    /// Next hop's MAC known: set the MACs and send.
+    Neighbour,
+    /// Route found, neighbour not resolved: let `bpf_redirect_neigh` resolve it (TC only).
+    Route,
+}
+
+#[inline(always)]
+fn fib_lookup<H: Hook>(ctx: &H, p: &mut FibParams, flags: u32) -> Option<Found> {
+    // Safety: `p` is a valid, initialised parameter block of the size passed, and the context
+    // is this run's.
+    let ret = unsafe {
+        bpf_fib_lookup(ctx.as_ptr(), p as *mut FibParams, core::mem::size_of::<FibParams>() as i32, flags)
+    };
+    if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        Some(Found::Neighbour)
+    } else if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        Some(Found::Route)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn out<H: Hook>(ctx: &H, p: &FibParams, found: Found) -> Action {
+    bump(H::COUNTERS.redirected);
+    match found {
+        Found::Neighbour => {
+            if packet::set_macs(ctx, &p.dmac, &p.smac).is_err() {
+                return Action::DROP;
+            }
+            Action::out(p.ifindex)
+        }
+        Found::Route => Action::out_resolve(p.ifindex),
+    }
+}
