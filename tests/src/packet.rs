@@ -402,3 +402,35 @@ pub fn trace_on(
     let output = unhex(json["output_hex"].as_str().ok_or_else(|| anyhow::anyhow!("no output_hex: {json}"))?);
     Ok(Traced { verdict, output, json })
 }
+
+/// Runs every frame of `frames` once through one program, loaded once (`lb-agent trace --batch`,
+/// frames on stdin); one `Traced` per frame, in order.
+pub fn trace_batch(bpffs: &Path, direction: &str, frames: &[Vec<u8>]) -> anyhow::Result<Vec<Traced>> {
+    use std::io::Write as _;
+    let mut child = Command::new(crate::agent_bin())
+        .args(["trace", "--batch", "--output", "json", "--direction", direction, "--packet", "-", "--bpffs"])
+        .arg(bpffs)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input: String = frames.iter().map(|f| hex(f) + "\n").collect();
+    // Written from a thread: the child's stdout fills while we still write.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output()?;
+    writer.join().expect("writer thread")?;
+    anyhow::ensure!(out.status.success(), "trace --batch failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut traced = Vec::with_capacity(frames.len());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let json: serde_json::Value = serde_json::from_str(line)?;
+        let verdict =
+            json["return_code"].as_i64().ok_or_else(|| anyhow::anyhow!("no return_code: {json}"))?;
+        let output =
+            unhex(json["output_hex"].as_str().ok_or_else(|| anyhow::anyhow!("no output_hex: {json}"))?);
+        traced.push(Traced { verdict, output, json });
+    }
+    anyhow::ensure!(traced.len() == frames.len(), "{} reports for {} frames", traced.len(), frames.len());
+    Ok(traced)
+}

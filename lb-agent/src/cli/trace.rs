@@ -42,6 +42,10 @@ pub struct TraceArgs {
     /// ignored); `-` reads it from stdin.
     #[arg(long)]
     packet: String,
+    /// `--packet` holds many frames, one per line (`-`: stdin): each runs in turn through the
+    /// program loaded once, and each report is one line (`--output json`: JSON lines).
+    #[arg(long)]
+    batch: bool,
     /// The interface the packet is on (in this network namespace): the program sees it as the
     /// packet's device, so its FIB lookups (SNAT towards another node's backend, the redirect of
     /// a reply) route as they would for that interface. Without it the device is `lo`, where
@@ -131,10 +135,77 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
     } else {
         args.packet.clone()
     };
-    let frame = parse_hex(&text)?;
-    ensure!(frame.len() >= ETH_HLEN, "a frame needs at least its {ETH_HLEN}-byte Ethernet header");
+    // One frame, or with --batch one per line (blank lines skipped).
+    let frames: Vec<Vec<u8>> = if args.batch {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| parse_hex(l).with_context(|| format!("frame {}", i + 1)))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        vec![parse_hex(&text)?]
+    };
+    for frame in &frames {
+        ensure!(frame.len() >= ETH_HLEN, "a frame needs at least its {ETH_HLEN}-byte Ethernet header");
+    }
 
     let index = args.interface.as_deref().map(loader::interface_index).transpose()?;
+    let mut ebpf = loader::load_pinned(&args.bpffs)?;
+    let stats = PinnedMaps::open(&args.bpffs).context("opening the pinned maps")?;
+    let name = args.direction.program();
+    if matches!(args.direction, Direction::Xdp) {
+        let mut ports: DevMapHash<_> = ebpf
+            .map_mut("LB_XDP_PORTS")
+            .context("map LB_XDP_PORTS is missing from the eBPF object")?
+            .try_into()
+            .context("map LB_XDP_PORTS is not a DEVMAP_HASH")?;
+        for port in loader::xdp_interfaces(&args.bpffs)?.into_iter().chain(index) {
+            ports.insert(port, port, None, 0).context("filling LB_XDP_PORTS")?;
+        }
+    }
+    let program =
+        ebpf.program_mut(name).with_context(|| format!("program {name} is missing from the eBPF object"))?;
+    let program = match args.direction {
+        Direction::Xdp => {
+            let program: &mut Xdp =
+                program.try_into().with_context(|| format!("{name} is not an XDP program"))?;
+            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            Loaded::Xdp(program)
+        }
+        _ => {
+            let program: &mut SchedClassifier =
+                program.try_into().with_context(|| format!("{name} is not a TC classifier"))?;
+            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            Loaded::Tc(program)
+        }
+    };
+    for frame in &frames {
+        let report = run_one(&program, &args, index, &stats, frame)?;
+        match (args.output, args.batch) {
+            (Output::Json, false) => println!("{}", serde_json::to_string_pretty(&report)?),
+            // One compact object per line: thousands of frames stay easy to stream and parse.
+            (Output::Json, true) => println!("{}", serde_json::to_string(&report)?),
+            (Output::Table, _) => print_table(&report),
+        }
+    }
+    Ok(())
+}
+
+/// The loaded program a frame runs through.
+enum Loaded<'a> {
+    Tc(&'a mut SchedClassifier),
+    Xdp(&'a mut Xdp),
+}
+
+/// Runs `frame` once through the program and reports what it did.
+fn run_one(
+    program: &Loaded<'_>,
+    args: &TraceArgs,
+    index: Option<u32>,
+    stats: &PinnedMaps,
+    frame: &[u8],
+) -> anyhow::Result<Report> {
+    let name = args.direction.program();
     let ctx_in = match (args.direction, index) {
         // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex (`__u32` each); the kernel wants data_end to be the frame's length.
@@ -153,47 +224,21 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
         }
         (_, None) => None,
     };
-
-    let mut ebpf = loader::load_pinned(&args.bpffs)?;
-    let stats = PinnedMaps::open(&args.bpffs).context("opening the pinned maps")?;
-    let name = args.direction.program();
-    if matches!(args.direction, Direction::Xdp) {
-        let mut ports: DevMapHash<_> = ebpf
-            .map_mut("LB_XDP_PORTS")
-            .context("map LB_XDP_PORTS is missing from the eBPF object")?
-            .try_into()
-            .context("map LB_XDP_PORTS is not a DEVMAP_HASH")?;
-        for port in loader::xdp_interfaces(&args.bpffs)?.into_iter().chain(index) {
-            ports.insert(port, port, None, 0).context("filling LB_XDP_PORTS")?;
-        }
-    }
     // The programs never grow a packet; the slack only turns a surprise into a clear ENOSPC.
     let mut out = vec![0u8; frame.len() + 256];
     let options = TestRunOptions {
-        data_in: Some(&frame),
+        data_in: Some(frame),
         data_out: Some(&mut out),
         ctx_in: ctx_in.as_deref(),
         ..TestRunOptions::new()
     };
-    let program =
-        ebpf.program_mut(name).with_context(|| format!("program {name} is missing from the eBPF object"))?;
     let before = stats.stats().context("reading the counters")?;
-    let result = match args.direction {
-        Direction::Xdp => {
-            let program: &mut Xdp =
-                program.try_into().with_context(|| format!("{name} is not an XDP program"))?;
-            program.load().with_context(|| format!("verifier rejected {name}"))?;
-            program.test_run(options)
-        }
-        _ => {
-            let program: &mut SchedClassifier =
-                program.try_into().with_context(|| format!("{name} is not a TC classifier"))?;
-            program.load().with_context(|| format!("verifier rejected {name}"))?;
-            program.test_run(options)
-        }
+    let result = match program {
+        Loaded::Xdp(program) => program.test_run(options),
+        Loaded::Tc(program) => program.test_run(options),
     }
     .with_context(|| {
-        let short_ip = match be16(&frame, 12) {
+        let short_ip = match be16(frame, 12) {
             Some(ETH_P_IP) => frame.len() < ETH_HLEN + 20,
             Some(ETH_P_IPV6) => frame.len() < ETH_HLEN + 40,
             _ => false,
@@ -218,23 +263,18 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
         .filter(|((_, a), (_, b))| a != b)
         .map(|((name, a), (_, b))| (*name, a.wrapping_sub(*b)))
         .collect();
-    let report = Report {
+    Ok(Report {
         program: name,
         direction: args.direction.name(),
         return_code,
         verdict: verdict_name(args.direction, return_code),
         meaning: verdict_meaning(args.direction, return_code),
         rewritten: out != frame,
-        input: decode(&frame),
+        input: decode(frame),
         output: decode(&out),
         output_hex: hex(&out),
         counters,
-    };
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Table => print_table(&report),
-    }
-    Ok(())
+    })
 }
 
 fn print_table(r: &Report) {
