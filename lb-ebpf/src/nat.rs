@@ -121,7 +121,7 @@ const SNAT_TRIES: u32 = 8;
 #[inline(always)]
 pub fn ingress<H: Hook>(ctx: &H) -> Action {
     let Some(flow) = packet::parse(ctx) else {
-        return Action::NEXT;
+        return if H::WHOLE_ONLY { Action::NEXT } else { icmp_error(ctx, true) };
     };
     let now = conntrack::now();
     // Two out-of-line steps, each with its own stack frame: the 512-byte limit applies to the
@@ -168,13 +168,92 @@ fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
     UNTRACKED
 }
 
+/// An ICMP error about a packet this node translated (kube-proxy's conntrack does the same):
+/// the packet it quotes is put back as it was before translation, and the error goes to that
+/// packet's sender. The quoted packet `T` was made from a packet `T0` by one conntrack entry, whose
+/// peer is keyed by `T` reversed and holds `T0` reversed (see `conntrack`). An error that came from
+/// the host `T` was sent to (a backend's port unreachable) now comes from where `T0` was sent (the
+/// frontend); one from a router on the way keeps its source. At ingress the error is sent out by
+/// FIB (`direct`), at egress through the stack. Not inlined: its own stack frame.
+#[inline(never)]
+fn icmp_error<H: Hook>(ctx: &H, direct: bool) -> Action {
+    let Some(e) = packet::parse_icmp_error(ctx) else {
+        return Action::NEXT;
+    };
+    let now = conntrack::now();
+    let inner = &e.inner;
+    let mut key = CtKey {
+        src: inner.dst,
+        dst: inner.src,
+        sport: inner.dport,
+        dport: inner.sport,
+        proto: inner.proto,
+        family: inner.family,
+        dir: ct_dir::REPLY,
+        pad: 0,
+    };
+    let entry = match conntrack::lookup(&key, now) {
+        Some(entry) => entry,
+        None => {
+            key.dir = ct_dir::ORIGINAL;
+            match conntrack::lookup(&key, now) {
+                Some(entry) => entry,
+                None => return Action::NEXT,
+            }
+        }
+    };
+    // `T0` reversed is the entry's value: T0 = (value.dst:value.dport → value.src:value.sport).
+    let outer_src = if e.src == inner.dst { entry.src } else { e.src };
+    let outer_dst = entry.dst;
+    if packet::rewrite_icmp_error(
+        ctx,
+        &e,
+        &outer_src,
+        &outer_dst,
+        &entry.dst,
+        entry.dport,
+        &entry.src,
+        entry.sport,
+    )
+    .is_err()
+    {
+        return Action::DROP;
+    }
+    bump(H::COUNTERS.revnat);
+    if !direct {
+        return Action::STACK;
+    }
+    // The FIB block lives in the per-CPU scratch slot: this frame's stack is already large.
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Action::DROP;
+    };
+    // Safety: as in `new_flow`: this CPU's slot, this program run's only user.
+    let fib = unsafe { &mut (*scratch).fib };
+    *fib = fib_params(e.family, inner.proto, &outer_src, &outer_dst, ctx.ifindex());
+    match fib_lookup(ctx, fib, 0) {
+        Some(found) => out(ctx, fib, found),
+        None => {
+            bump(H::COUNTERS.nat_failed);
+            Action::DROP
+        }
+    }
+}
+
 /// A local backend's reply leaving through a node interface (TC egress): its source becomes the
 /// frontend, and the stack sends it on.
 #[inline(always)]
 pub fn egress<H: Hook>(ctx: &H) -> Action {
     let Some(flow) = packet::parse(ctx) else {
-        return Action::NEXT;
+        return icmp_error(ctx, false);
     };
+    reply(ctx, &flow)
+}
+
+/// `egress` for a TCP/UDP packet. Not inlined: `icmp_error`'s frame and this one are never on
+/// the stack together.
+#[inline(never)]
+fn reply<H: Hook>(ctx: &H, flow: &Flow) -> Action {
+    let flow = *flow;
     let now = conntrack::now();
     let reply = conntrack::key(&flow, ct_dir::REPLY);
     let Some(entry) = conntrack::lookup(&reply, now) else {

@@ -319,3 +319,168 @@ pub fn set_macs<P: Packet>(ctx: &P, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), 
     ctx.store(0, dst)?;
     ctx.store(6, src)
 }
+
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+/// An ICMP error (IPv4 destination unreachable, time exceeded, parameter problem; ICMPv6
+/// destination unreachable, packet too big, time exceeded, parameter problem) that carries the
+/// start of a TCP or UDP packet: the headers of the packet it reports on.
+pub struct IcmpError {
+    /// 4 or 6.
+    pub family: u8,
+    /// Outer addresses.
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Offset of the ICMP header (its checksum is 2 bytes further).
+    pub icmp: usize,
+    /// Offset of the embedded IP header.
+    pub inner_l3: usize,
+    /// The embedded packet's tuple; `l4` is the offset of its ports.
+    pub inner: Flow,
+}
+
+/// Parses an ICMP error about a TCP/UDP packet; `None` for anything else (including an embedded
+/// packet with IPv4 options cut short, or IPv6 extension headers).
+#[inline(always)]
+pub fn parse_icmp_error<P: Packet>(ctx: &P) -> Option<IcmpError> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let (family, src, dst, icmp, inner_l3) = if ethertype == ETH_P_IP {
+        let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+        let ihl = usize::from(version_ihl & 0x0f) * 4;
+        let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
+        if version_ihl >> 4 != 4
+            || ihl < 20
+            || frag & 0x3fff != 0
+            || ctx.load::<u8>(ETH_HLEN + 9).ok()? != ICMP
+        {
+            return None;
+        }
+        let icmp = ETH_HLEN + ihl;
+        let kind: u8 = ctx.load(icmp).ok()?;
+        if kind != 3 && kind != 11 && kind != 12 {
+            return None;
+        }
+        let src: u32 = ctx.load(IP4_SRC).ok()?;
+        let dst: u32 = ctx.load(IP4_DST).ok()?;
+        (4, [src, 0, 0, 0], [dst, 0, 0, 0], icmp, icmp + 8)
+    } else if ethertype == ETH_P_IPV6 {
+        let version: u8 = ctx.load(ETH_HLEN).ok()?;
+        if version >> 4 != 6 || ctx.load::<u8>(ETH_HLEN + 6).ok()? != ICMPV6 {
+            return None;
+        }
+        let icmp = ETH_HLEN + 40;
+        let kind: u8 = ctx.load(icmp).ok()?;
+        if kind == 0 || kind > 4 {
+            return None;
+        }
+        let src: [u32; 4] = ctx.load(IP6_SRC).ok()?;
+        let dst: [u32; 4] = ctx.load(IP6_DST).ok()?;
+        (6, src, dst, icmp, icmp + 8)
+    } else {
+        return None;
+    };
+    let (proto, isrc, idst, il4) = if family == 4 {
+        let version_ihl: u8 = ctx.load(inner_l3).ok()?;
+        let ihl = usize::from(version_ihl & 0x0f) * 4;
+        if version_ihl >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        let proto: u8 = ctx.load(inner_l3 + 9).ok()?;
+        let s: u32 = ctx.load(inner_l3 + 12).ok()?;
+        let d: u32 = ctx.load(inner_l3 + 16).ok()?;
+        (proto, [s, 0, 0, 0], [d, 0, 0, 0], inner_l3 + ihl)
+    } else {
+        let version: u8 = ctx.load(inner_l3).ok()?;
+        if version >> 4 != 6 {
+            return None;
+        }
+        let proto: u8 = ctx.load(inner_l3 + 6).ok()?;
+        let s: [u32; 4] = ctx.load(inner_l3 + 8).ok()?;
+        let d: [u32; 4] = ctx.load(inner_l3 + 24).ok()?;
+        (proto, s, d, inner_l3 + 40)
+    };
+    if proto != proto::TCP && proto != proto::UDP {
+        return None;
+    }
+    let sport: u16 = ctx.load(il4).ok()?;
+    let dport: u16 = ctx.load(il4 + 2).ok()?;
+    let inner = Flow { family, proto, src: isrc, dst: idst, sport, dport, l4: il4, tcp_flags: 0 };
+    Some(IcmpError { family, src, dst, icmp, inner_l3, inner })
+}
+
+/// Rewrites an ICMP error: the embedded packet's tuple becomes `src:sport → dst:dport` and the
+/// outer addresses `outer_src → outer_dst`, with every checksum kept right: the outer IPv4
+/// header's, the embedded IPv4 header's, and the ICMP checksum (which covers the embedded
+/// packet, and for ICMPv6 a pseudo-header of the outer addresses). An embedded IPv4 header with
+/// its own checksum kept right sums to the same value whatever its addresses, so its changes
+/// leave the ICMPv4 checksum alone. The embedded TCP/UDP checksum is not updated (an ICMP error
+/// may not carry it, and no receiver checks it). `Err` leaves the packet partly rewritten.
+#[inline(always)]
+pub fn rewrite_icmp_error<P: Packet>(
+    ctx: &P,
+    e: &IcmpError,
+    outer_src: &[u32; 4],
+    outer_dst: &[u32; 4],
+    src: &[u32; 4],
+    sport: u16,
+    dst: &[u32; 4],
+    dport: u16,
+) -> Result<(), ()> {
+    let csum = e.icmp + 2;
+    let inner = &e.inner;
+    if e.family == 4 {
+        swap4(ctx, IP4_SRC, IP4_CSUM, e.src[0], outer_src[0])?;
+        swap4(ctx, IP4_DST, IP4_CSUM, e.dst[0], outer_dst[0])?;
+        swap4(ctx, e.inner_l3 + 12, e.inner_l3 + 10, inner.src[0], src[0])?;
+        swap4(ctx, e.inner_l3 + 16, e.inner_l3 + 10, inner.dst[0], dst[0])?;
+    } else {
+        let pseudo = u64::from(BPF_F_PSEUDO_HDR);
+        swap16(ctx, IP6_SRC, csum, pseudo, &e.src, outer_src)?;
+        swap16(ctx, IP6_DST, csum, pseudo, &e.dst, outer_dst)?;
+        swap16(ctx, e.inner_l3 + 8, csum, 0, &inner.src, src)?;
+        swap16(ctx, e.inner_l3 + 24, csum, 0, &inner.dst, dst)?;
+    }
+    if sport != inner.sport {
+        ctx.store(inner.l4, &sport)?;
+        ctx.l4_csum_replace(csum, u32::from(inner.sport), u32::from(sport), 2)?;
+    }
+    if dport != inner.dport {
+        ctx.store(inner.l4 + 2, &dport)?;
+        ctx.l4_csum_replace(csum, u32::from(inner.dport), u32::from(dport), 2)?;
+    }
+    Ok(())
+}
+
+/// Replaces an IPv4 address at `at`, updating the IPv4 header checksum at `check`.
+#[inline(always)]
+fn swap4<P: Packet>(ctx: &P, at: usize, check: usize, old: u32, new: u32) -> Result<(), ()> {
+    if old == new {
+        return Ok(());
+    }
+    ctx.store(at, &new)?;
+    ctx.l3_csum_replace(check, old, new)
+}
+
+/// Replaces an IPv6 address at `at`, updating the ICMPv6 checksum at `csum` (`flags`:
+/// `BPF_F_PSEUDO_HDR` for an address of the pseudo-header).
+#[inline(always)]
+fn swap16<P: Packet>(
+    ctx: &P,
+    at: usize,
+    csum: usize,
+    flags: u64,
+    old: &[u32; 4],
+    new: &[u32; 4],
+) -> Result<(), ()> {
+    if old == new {
+        return Ok(());
+    }
+    ctx.store(at, new)?;
+    for i in 0..4 {
+        if old[i] != new[i] {
+            ctx.l4_csum_replace(csum, old[i], new[i], flags | 4)?;
+        }
+    }
+    Ok(())
+}

@@ -434,3 +434,92 @@ pub fn trace_batch(bpffs: &Path, direction: &str, frames: &[Vec<u8>]) -> anyhow:
     anyhow::ensure!(traced.len() == frames.len(), "{} reports for {} frames", traced.len(), frames.len());
     Ok(traced)
 }
+
+/// An ICMP error frame (`kind`/`code`: ICMPv4 for IPv4 addresses, ICMPv6 for IPv6) from `from` to
+/// `to`, quoting `quoted`'s IP header and the first 8 bytes of its TCP/UDP header, with correct
+/// IPv4 header and ICMP checksums. The 4 bytes after the checksum carry `mtu` (a fragmentation-
+/// needed / packet-too-big error's next-hop MTU).
+pub fn icmp_error(from: IpAddr, to: IpAddr, kind: u8, code: u8, mtu: u32, quoted: &[u8]) -> Vec<u8> {
+    let l = layout(quoted);
+    let quote = &quoted[ETH_HLEN..(l.l4 + 8).min(quoted.len())];
+    let mut msg = vec![kind, code, 0, 0];
+    msg.extend_from_slice(&mtu.to_be_bytes());
+    msg.extend_from_slice(quote);
+    let mut f = Vec::new();
+    f.extend_from_slice(&DST_MAC);
+    f.extend_from_slice(&SRC_MAC);
+    match (from, to) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let csum = !fold(sum(&msg, 0));
+            msg[2..4].copy_from_slice(&csum.to_be_bytes());
+            f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+            let total = u16::try_from(20 + msg.len()).expect("IPv4 length");
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&total.to_be_bytes());
+            ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&dst.octets());
+            let csum = !fold(sum(&ip, 0));
+            ip[10..12].copy_from_slice(&csum.to_be_bytes());
+            f.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let csum = !fold(sum(&msg, pseudo6(&src.octets(), &dst.octets(), 58, msg.len())));
+            msg[2..4].copy_from_slice(&csum.to_be_bytes());
+            f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&u16::try_from(msg.len()).expect("IPv6 length").to_be_bytes());
+            ip.extend_from_slice(&[58, 64]);
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&dst.octets());
+            f.extend_from_slice(&ip);
+        }
+        _ => panic!("mixed address families: {from} → {to}"),
+    }
+    f.extend_from_slice(&msg);
+    f
+}
+
+/// What an ICMP error frame says: outer source and destination, the quoted packet's tuple, and
+/// whether its checksums verify (outer IPv4 header, ICMP message with ICMPv6's pseudo-header,
+/// quoted IPv4 header).
+#[derive(Debug, PartialEq, Eq)]
+pub struct IcmpSeen {
+    pub from: IpAddr,
+    pub to: IpAddr,
+    pub quoted_src: SocketAddr,
+    pub quoted_dst: SocketAddr,
+    pub checksums_ok: bool,
+}
+
+pub fn icmp_seen(f: &[u8]) -> IcmpSeen {
+    let v4 = u16::from_be_bytes([f[12], f[13]]) == ETH_P_IP;
+    let (from, to, icmp) = if v4 {
+        let a = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&f[at..at + 4]).expect("4 bytes"));
+        (a(ETH_HLEN + 12), a(ETH_HLEN + 16), ETH_HLEN + 20)
+    } else {
+        let a = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&f[at..at + 16]).expect("16 bytes"));
+        (a(ETH_HLEN + 8), a(ETH_HLEN + 24), ETH_HLEN + 40)
+    };
+    let msg = &f[icmp..];
+    let quoted = &msg[8..];
+    let (quoted_src, quoted_dst, quoted_ok) = if v4 {
+        let ihl = usize::from(quoted[0] & 0x0f) * 4;
+        let a = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&quoted[at..at + 4]).expect("4 bytes"));
+        let p = |at: usize| u16::from_be_bytes([quoted[ihl + at], quoted[ihl + at + 1]]);
+        let ok = fold(sum(&quoted[..ihl], 0)) == 0xffff;
+        (SocketAddr::new(a(12), p(0)), SocketAddr::new(a(16), p(2)), ok)
+    } else {
+        let a = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&quoted[at..at + 16]).expect("16 bytes"));
+        let p = |at: usize| u16::from_be_bytes([quoted[40 + at], quoted[40 + at + 1]]);
+        (SocketAddr::new(a(8), p(0)), SocketAddr::new(a(24), p(2)), true)
+    };
+    let icmp_ok = match (from, to) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            fold(sum(msg, pseudo6(&s.octets(), &d.octets(), 58, msg.len()))) == 0xffff
+        }
+        _ => fold(sum(msg, 0)) == 0xffff,
+    };
+    let outer_ok = !v4 || fold(sum(&f[ETH_HLEN..ETH_HLEN + 20], 0)) == 0xffff;
+    IcmpSeen { from, to, quoted_src, quoted_dst, checksums_ok: icmp_ok && quoted_ok && outer_ok }
+}

@@ -22,9 +22,9 @@ use lb_tests::{
     agent::{Agent, inspect},
     guard::{Bpffs, Cgroup, Netns, TempDir},
     packet::{
-        L4, Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, Traced, fold, hex, ipv4_checksum_ok, ipv4_fragment,
-        l4_checksum, l4_checksum_ok, layout, set_l4_checksum, sum, trace, trace_on, tuple, vlan_tagged,
-        with_ipv4_options, without_checksums,
+        IcmpSeen, L4, Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, Traced, fold, hex, icmp_error, icmp_seen,
+        ipv4_checksum_ok, ipv4_fragment, l4_checksum, l4_checksum_ok, layout, set_l4_checksum, sum, trace,
+        trace_on, tuple, vlan_tagged, with_ipv4_options, without_checksums,
     },
     require_root,
 };
@@ -680,5 +680,100 @@ fn xdp_finishes_flows_to_remote_backends_and_leaves_everything_else_untouched_to
         let t = xdp("ext0", &input);
         assert_eq!((t.verdict, &t.output), (XDP_PASS, &input), "{name}: {:#}", t.json);
         assert_eq!(t.json["counters"], serde_json::json!({}), "{name}: counters moved");
+    }
+}
+
+/// ICMP errors about translated packets are translated back, as kube-proxy's conntrack does: the
+/// quoted packet becomes the one the client (or, for a reply, the backend) really sent, and the
+/// error goes to it. A router's error keeps the router as its source; the backend's own error
+/// comes from the frontend. Outer, quoted and ICMP checksums all verify. An error about no
+/// tracked flow passes untouched.
+#[test]
+fn icmp_errors_about_translated_packets_are_translated_back() {
+    let ns = forwarding_ns();
+    let node = Node::start();
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().expect("ip") };
+    let sock = |s: &str| -> std::net::SocketAddr { s.parse().expect("socket address") };
+    let on = |iface: &'static str, f: &[u8]| {
+        trace_on(&node.bpffs.path, "ingress", f, Some((&ns, iface))).expect("trace")
+    };
+
+    // IPv4, SNATed to a remote backend: "fragmentation needed" from the next-hop router, then
+    // "port unreachable" from the backend itself, both to the node's SNAT address.
+    let client = addr(CLIENT4, 40001);
+    let frontend = addr(REMOTE_EXTERNAL, 80);
+    let syn = frame(&Packet::tcp(&client, &frontend, TCP_SYN));
+    let sent = on("ext0", &syn);
+    assert_eq!(sent.verdict, REDIRECT, "{:#}", sent.json);
+    let (_, snat, backend) = tuple(&sent.output);
+    for (from, kind, code, want_from) in
+        [("192.168.50.2", 3, 4, "192.168.50.2"), (REMOTE_POD, 3, 3, REMOTE_EXTERNAL)]
+    {
+        let error = icmp_error(ip(from), snat.ip(), kind, code, 1400, &sent.output);
+        assert!(icmp_seen(&error).checksums_ok, "test input");
+        let t = on("veth0", &error);
+        assert_eq!(t.verdict, REDIRECT, "error from {from}: {:#}", t.json);
+        let seen = icmp_seen(&t.output);
+        assert_eq!(
+            seen,
+            IcmpSeen {
+                from: ip(want_from),
+                to: ip(CLIENT4),
+                quoted_src: sock(&client),
+                quoted_dst: sock(&frontend),
+                checksums_ok: true
+            },
+            "error from {from}, quoting {snat} → {backend}"
+        );
+        assert_eq!(t.output[..6], mac("02:00:00:00:51:07"), "to the client's MAC");
+    }
+
+    // IPv6: "packet too big" from the router.
+    let client6 = addr(CLIENT6, 40002);
+    let frontend6 = addr(REMOTE_EXTERNAL6, 80);
+    let sent = on("ext0", &frame(&Packet::tcp(&client6, &frontend6, TCP_SYN)));
+    assert_eq!(sent.verdict, REDIRECT, "{:#}", sent.json);
+    let (_, snat6, _) = tuple(&sent.output);
+    let error = icmp_error(ip("fd00:50::2"), snat6.ip(), 2, 0, 1280, &sent.output);
+    assert!(icmp_seen(&error).checksums_ok, "test input");
+    let t = on("veth0", &error);
+    assert_eq!(t.verdict, REDIRECT, "{:#}", t.json);
+    assert_eq!(
+        icmp_seen(&t.output),
+        IcmpSeen {
+            from: ip("fd00:50::2"),
+            to: ip(CLIENT6),
+            quoted_src: sock(&client6),
+            quoted_dst: sock(&frontend6),
+            checksums_ok: true
+        }
+    );
+
+    // A local backend's "port unreachable" to the client leaves through egress, from the frontend
+    // and quoting the packet the client sent.
+    let client = addr(CLIENT4, 40003);
+    let frontend = addr(EXTERNAL4, 80);
+    let sent = node.trace("ingress", &frame(&Packet::tcp(&client, &frontend, TCP_SYN)));
+    assert_eq!(sent.verdict, OK, "{:#}", sent.json);
+    let error = icmp_error(ip(POD4), ip(CLIENT4), 3, 3, 0, &sent.output);
+    let t = node.trace("egress", &error);
+    assert_eq!(t.verdict, OK, "{:#}", t.json);
+    assert_eq!(
+        icmp_seen(&t.output),
+        IcmpSeen {
+            from: ip(EXTERNAL4),
+            to: ip(CLIENT4),
+            quoted_src: sock(&client),
+            quoted_dst: sock(&frontend),
+            checksums_ok: true
+        }
+    );
+
+    // About a packet of no tracked flow: untouched.
+    let stray = frame(&Packet::tcp(&addr(CLIENT4, 40009), &addr(REMOTE_POD, 8080), TCP_SYN));
+    let error = icmp_error(ip("192.168.50.2"), ip(CLIENT4), 3, 1, 0, &stray);
+    for direction in ["ingress", "egress"] {
+        let t = node.trace(direction, &error);
+        assert_eq!((t.verdict, &t.output), (PASS, &error), "{direction}: {:#}", t.json);
     }
 }
