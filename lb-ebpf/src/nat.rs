@@ -232,10 +232,8 @@ fn icmp_error<H: Hook>(ctx: &H, direct: bool) -> Action {
     *fib = fib_params(e.family, inner.proto, &outer_src, &outer_dst, ctx.ifindex());
     match fib_lookup(ctx, fib, 0) {
         Some(found) => out(ctx, fib, found),
-        None => {
-            bump(H::COUNTERS.nat_failed);
-            Action::DROP
-        }
+        // Not forwarded (e.g. the error is now for this node itself): the stack decides.
+        None => Action::STACK,
     }
 }
 

@@ -312,17 +312,7 @@ pub fn attach_xdp(
         return Ok(());
     }
     std::fs::create_dir_all(&links).context("creating the links directory")?;
-    let mut ports: DevMapHash<_> = ebpf
-        .map_mut(XDP_PORTS)
-        .with_context(|| format!("map {XDP_PORTS} is missing from the eBPF object"))?
-        .try_into()
-        .with_context(|| format!("map {XDP_PORTS} is not a DEVMAP_HASH"))?;
-    let mut indexes = Vec::new();
-    for interface in interfaces {
-        let index = interface_index(interface)?;
-        ports.insert(index, index, None, 0).with_context(|| format!("adding {interface} to {XDP_PORTS}"))?;
-        indexes.push(index);
-    }
+    let indexes = interfaces.iter().map(|i| interface_index(i)).collect::<anyhow::Result<Vec<u32>>>()?;
     let program: &mut Xdp = ebpf
         .program_mut(XDP)
         .with_context(|| format!("program {XDP} is missing from the eBPF object"))?
@@ -334,55 +324,84 @@ pub fn attach_xdp(
         XdpSetting::Native => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
         _ => &[(XdpMode::Skb, "generic")],
     };
-    for (interface, index) in interfaces.iter().zip(indexes) {
+    // Devices XDP may redirect into: with `native`, only those in native mode (a driver that
+    // refused native XDP usually cannot transmit XDP frames either).
+    let mut ports = Vec::new();
+    for (interface, &index) in interfaces.iter().zip(&indexes) {
         let mut attached = None;
-        for &(mode, label) in modes {
+        // A link an earlier agent pinned in an allowed mode is updated in place (atomic).
+        for &(_, label) in modes {
             let name = xdp_pin_name(interface, label);
             let pin = links.join(&name);
-            if pin.exists() {
-                let link: FdLink =
-                    PinnedLink::from_pin(&pin).with_context(|| format!("opening link pin {name}"))?.into();
-                let update = XdpLink::try_from(link)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|link| program.attach_to_link(link).map_err(anyhow::Error::from));
-                match update {
-                    Ok(_) => {
-                        attached = Some(label);
-                        stale.retain(|n| *n != name);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(interface, error = %e, "could not update the pinned XDP link; replacing it");
-                        remove_if_present(&pin)?;
-                    }
-                }
+            if !pin.exists() {
+                continue;
             }
-            // Another mode's link on this interface would refuse ours: remove it first.
-            for other in
-                ["native", "generic"].map(|l| xdp_pin_name(interface, l)).into_iter().filter(|n| *n != name)
-            {
-                remove_if_present(&links.join(&other))?;
-            }
-            match program.attach_to_if_index(index, mode) {
-                Ok(id) => {
-                    let link = FdLink::try_from(program.take_link(id)?)
-                        .context("the kernel attached XDP without a link (Linux 5.9+ expected)")?;
-                    replace_pin(link, bpffs, &name)?;
-                    stale.retain(|n| *n != name);
+            let link: FdLink =
+                PinnedLink::from_pin(&pin).with_context(|| format!("opening link pin {name}"))?.into();
+            let update = XdpLink::try_from(link)
+                .map_err(anyhow::Error::from)
+                .and_then(|link| program.attach_to_link(link).map_err(anyhow::Error::from));
+            match update {
+                Ok(_) => {
                     attached = Some(label);
+                    stale.retain(|n| *n != name);
                     break;
                 }
-                Err(e) if mode == XdpMode::Driver => {
-                    tracing::warn!(interface, error = %e, "native XDP refused; trying generic");
+                Err(e) => {
+                    tracing::warn!(interface, error = %e, "could not update the pinned XDP link; replacing it");
+                    remove_if_present(&pin)?;
                 }
-                Err(e) => return Err(e).with_context(|| format!("attaching {XDP} to {interface}")),
             }
         }
-        tracing::info!(interface, mode = attached.unwrap_or("none"), "XDP attached");
+        if attached.is_none() {
+            // Any other XDP link of ours on this interface (another mode, or a staged `_new` pin
+            // left by a crash) would refuse the new one: remove them first.
+            for label in ["native", "generic"] {
+                let name = xdp_pin_name(interface, label);
+                for pin in [links.join(&name), staged_pin(bpffs, &name)] {
+                    if remove_if_present(&pin)? {
+                        tracing::info!(interface, link = %pin.display(), "XDP link removed (mode change or crash leftover)");
+                    }
+                }
+            }
+            for &(mode, label) in modes {
+                match program.attach_to_if_index(index, mode) {
+                    Ok(id) => {
+                        let name = xdp_pin_name(interface, label);
+                        let link = FdLink::try_from(program.take_link(id)?)
+                            .context("the kernel attached XDP without a link (Linux 5.9+ expected)")?;
+                        replace_pin(link, bpffs, &name)?;
+                        stale.retain(|n| *n != name);
+                        attached = Some(label);
+                        break;
+                    }
+                    Err(e) if mode == XdpMode::Driver => {
+                        tracing::warn!(interface, error = %e, "native XDP refused; trying generic");
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("attaching {XDP} to {interface}")),
+                }
+            }
+        }
+        let mode = attached.unwrap_or("none");
+        if setting == XdpSetting::Generic || mode == "native" {
+            ports.push(index);
+        }
+        tracing::info!(interface, mode, "XDP attached");
+    }
+    // Filled after attaching: until then XDP redirects nothing and leaves those flows to TC.
+    let mut map: DevMapHash<_> = ebpf
+        .map_mut(XDP_PORTS)
+        .with_context(|| format!("map {XDP_PORTS} is missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("map {XDP_PORTS} is not a DEVMAP_HASH"))?;
+    for index in ports {
+        map.insert(index, index, None, 0)
+            .with_context(|| format!("adding ifindex {index} to {XDP_PORTS}"))?;
     }
     for name in stale {
-        remove_if_present(&links.join(&name))?;
-        tracing::info!(link = name, "XDP link removed (interface no longer listed)");
+        if remove_if_present(&links.join(&name))? {
+            tracing::info!(link = name, "XDP link removed (interface no longer listed)");
+        }
     }
     Ok(())
 }

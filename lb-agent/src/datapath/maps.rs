@@ -189,7 +189,10 @@ impl PinnedMaps {
 
     /// The datapath counters, summed over CPUs, by `lb_common::stats` index.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
-        (0..stats::COUNT)
+        // A map pinned by an older agent may have fewer counters: read those it has (the newer
+        // ones stay uncounted until `lb-agent cleanup` lets the map be made anew).
+        let pinned = self.stats.len().min(stats::COUNT);
+        (0..pinned)
             .map(|i| {
                 let values = self
                     .stats
