@@ -205,18 +205,7 @@ fn icmp_error<H: Hook>(ctx: &H, direct: bool) -> Action {
     // `T0` reversed is the entry's value: T0 = (value.dst:value.dport → value.src:value.sport).
     let outer_src = if e.src == inner.dst { entry.src } else { e.src };
     let outer_dst = entry.dst;
-    if packet::rewrite_icmp_error(
-        ctx,
-        &e,
-        &outer_src,
-        &outer_dst,
-        &entry.dst,
-        entry.dport,
-        &entry.src,
-        entry.sport,
-    )
-    .is_err()
-    {
+    if packet::rewrite_icmp_error(ctx, &e, &outer_src, entry).is_err() {
         return Action::DROP;
     }
     bump(H::COUNTERS.revnat);

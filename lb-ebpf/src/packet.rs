@@ -409,8 +409,9 @@ pub fn parse_icmp_error<P: Packet>(ctx: &P) -> Option<IcmpError> {
     Some(IcmpError { family, src, dst, icmp, inner_l3, inner })
 }
 
-/// Rewrites an ICMP error: the embedded packet's tuple becomes `src:sport → dst:dport` and the
-/// outer addresses `outer_src → outer_dst`, with every checksum kept right: the outer IPv4
+/// Rewrites an ICMP error: the embedded packet's tuple becomes `peer` reversed (the conntrack
+/// value of the entry keyed by the quoted tuple reversed) and the outer addresses `outer_src →`
+/// that tuple's source, with every checksum kept right: the outer IPv4
 /// header's, the embedded IPv4 header's, and the ICMP checksum (which covers the embedded
 /// packet, and for ICMPv6 a pseudo-header of the outer addresses). An embedded IPv4 header with
 /// its own checksum kept right sums to the same value whatever its addresses, so its changes
@@ -421,12 +422,10 @@ pub fn rewrite_icmp_error<P: Packet>(
     ctx: &P,
     e: &IcmpError,
     outer_src: &[u32; 4],
-    outer_dst: &[u32; 4],
-    src: &[u32; 4],
-    sport: u16,
-    dst: &[u32; 4],
-    dport: u16,
+    peer: &lb_common::CtValue,
 ) -> Result<(), ()> {
+    // The quoted packet's original tuple is `peer` reversed; the error goes to its sender.
+    let (outer_dst, src, sport, dst, dport) = (&peer.dst, &peer.dst, peer.dport, &peer.src, peer.sport);
     let csum = e.icmp + 2;
     let inner = &e.inner;
     if e.family == 4 {
