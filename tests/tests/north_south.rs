@@ -243,7 +243,17 @@ fn ethtool(ns: &Netns, args: &[&str]) {
 /// veth also needs NAPI on the receiving peer: XDP on node 2's `n1`, GRO on the client's `eth0`.
 #[test]
 fn nodeport_through_native_xdp_reaches_the_remote_pod_without_tc() {
-    let c = Cluster::start_flags(true, &cluster(), &["--xdp", "native"]);
+    nodeport_through_xdp("native");
+}
+
+/// The same with `--xdp generic` (XDP on the skb, for drivers without native XDP).
+#[test]
+fn nodeport_through_generic_xdp_reaches_the_remote_pod_without_tc() {
+    nodeport_through_xdp("generic");
+}
+
+fn nodeport_through_xdp(mode: &str) {
+    let c = Cluster::start_flags(true, &cluster(), &["--xdp", mode]);
     ethtool(&c.topo.client, &["-K", CLIENT_IF, "tx", "off", "gro", "on"]);
     ethtool(&c.topo.node2, &["-K", NODE2_N1_IF, "tx", "off"]);
     let to = format!("{NODE1_EXT_V4}:{NODE_PORT}");
@@ -273,7 +283,11 @@ fn nodeport_through_native_xdp_reaches_the_remote_pod_without_tc() {
         .filter(|n| n.starts_with("xdp-"))
         .collect();
     xdp_links.sort();
-    assert_eq!(xdp_links, ["xdp-ext0-native", "xdp-n2-native"], "native XDP on node 1's interfaces");
+    assert_eq!(
+        xdp_links,
+        [format!("xdp-ext0-{mode}"), format!("xdp-n2-{mode}")],
+        "{mode} XDP on node 1's interfaces"
+    );
 }
 
 #[test]

@@ -330,6 +330,26 @@ fn forwarding_ns() -> Netns {
     ns
 }
 
+/// `t`'s output is `syn` SNATed towards `backend` in `forwarding_ns`: from the node's address on
+/// veth0 and a port in the SNAT range, to the next hop's MAC, every other byte as sent, checksums
+/// right. Returns the SNAT source.
+fn assert_snatted(t: &Traced, syn: &Packet, backend: &str, what: &str) -> std::net::SocketAddr {
+    let (_, src, dst) = tuple(&t.output);
+    assert_eq!(
+        src.ip().to_string(),
+        "192.168.50.1",
+        "{what}: SNAT to the node's address towards the backend"
+    );
+    assert!((61_000..=65_535).contains(&src.port()), "{what}: SNAT port {}", src.port());
+    assert_eq!(dst.to_string(), backend, "{what}");
+    assert_eq!(t.output[..6], mac("02:00:00:00:50:02"), "{what}: destination MAC: the next hop");
+    assert_eq!(t.output[6..12], mac("02:00:00:00:50:01"), "{what}: source MAC: veth0");
+    let want = syn.with(&src.to_string(), backend).frame();
+    assert_eq!(hex(&without_checksums(&t.output)[12..]), hex(&without_checksums(&want)[12..]), "{what}");
+    assert_checksums(t, what);
+    src
+}
+
 /// TC_ACT_REDIRECT: sent out of the interface a FIB lookup chose (trace only reports it).
 const REDIRECT: i64 = 7;
 
@@ -344,15 +364,7 @@ fn a_flow_to_a_remote_backend_is_snatted_and_redirected_and_its_reply_comes_back
     let syn = Packet::tcp(&client, &frontend, TCP_SYN);
     let t = trace_on(&node.bpffs.path, "ingress", &frame(&syn), Some((&ns, "ext0"))).expect("trace");
     assert_eq!(t.verdict, REDIRECT, "{:#}", t.json);
-    let (_, src, dst) = tuple(&t.output);
-    assert_eq!(src.ip().to_string(), "192.168.50.1", "SNAT to the node's address towards the backend");
-    assert!((61_000..=65_535).contains(&src.port()), "SNAT port {}", src.port());
-    assert_eq!(dst.to_string(), backend);
-    assert_eq!(t.output[..6], mac("02:00:00:00:50:02"), "destination MAC: the next hop");
-    assert_eq!(t.output[6..12], mac("02:00:00:00:50:01"), "source MAC: veth0");
-    let want = syn.with(&src.to_string(), &backend).frame();
-    assert_eq!(hex(&without_checksums(&t.output)[12..]), hex(&without_checksums(&want)[12..]), "SYN");
-    assert_checksums(&t, "SNATed SYN");
+    let src = assert_snatted(&t, &syn, &backend, "SNATed SYN");
 
     // The backend answers the node's address and SNAT port; it arrives on veth0 and leaves for
     // the client from the frontend.
@@ -597,15 +609,7 @@ fn xdp_finishes_flows_to_remote_backends_and_leaves_everything_else_untouched_to
     let syn = Packet::tcp(&client, &frontend, TCP_SYN);
     let t = xdp("ext0", &frame(&syn));
     assert_eq!(t.verdict, XDP_REDIRECT, "{:#}", t.json);
-    let (_, src, dst) = tuple(&t.output);
-    assert_eq!(src.ip().to_string(), "192.168.50.1", "SNAT to the node's address towards the backend");
-    assert!((61_000..=65_535).contains(&src.port()), "SNAT port {}", src.port());
-    assert_eq!(dst.to_string(), backend);
-    assert_eq!(t.output[..6], mac("02:00:00:00:50:02"), "destination MAC: the next hop");
-    assert_eq!(t.output[6..12], mac("02:00:00:00:50:01"), "source MAC: veth0");
-    let want = syn.with(&src.to_string(), &backend).frame();
-    assert_eq!(hex(&without_checksums(&t.output)[12..]), hex(&without_checksums(&want)[12..]), "SYN");
-    assert_checksums(&t, "SNATed SYN at XDP");
+    let src = assert_snatted(&t, &syn, &backend, "SNATed SYN at XDP");
     let reply = Packet {
         l4: L4::Tcp { flags: TCP_SYN | TCP_ACK, seq: 0x2000_0001, ack: 0x1000_0002 },
         ..Packet::tcp(&backend, &src.to_string(), 0)
