@@ -103,14 +103,17 @@ impl<M: LbMaps> Syncer<M> {
                 MapOp::PutBackend(..)
                 | MapOp::PutSlot(..)
                 | MapOp::PutSourceRange(..)
+                | MapOp::PutService(..)
                 | MapOp::PutFrontend(..) => report.written += 1,
                 _ => report.removed += 1,
             }
         }
         // Ids in use before this sync and not after it: quarantined (see `QUARANTINE`).
-        // (A group's source ranges count too: a stale frontend copy may still look them up.)
+        // (A group's source ranges and counters count too: a stale frontend copy may still use
+        // them.)
         let groups = |s: &MapState| -> BTreeSet<u32> {
-            s.slots.keys().map(|k| k.group).chain(s.source_ranges.iter().map(|r| r.group)).collect()
+            let ranges = s.source_ranges.iter().map(|r| r.group);
+            s.slots.keys().map(|k| k.group).chain(ranges).chain(s.services.keys().copied()).collect()
         };
         let (groups_before, groups_after) = (groups(&self.programmed), groups(&target));
         self.freed.extend(groups_before.difference(&groups_after).map(|g| (now, Freed::Group(*g))));

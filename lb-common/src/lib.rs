@@ -28,7 +28,10 @@ pub mod map_names {
     pub const CONNTRACK: &str = "LB_CONNTRACK";
     pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
     pub const AFFINITY: &str = "LB_AFFINITY";
-    pub const ALL: [&str; 10] = [
+    pub const SERVICES: &str = "LB_SERVICES";
+    pub const SERVICE_STATS: &str = "LB_SERVICE_STATS";
+    pub const AGENT: &str = "LB_AGENT";
+    pub const ALL: [&str; 13] = [
         FRONTENDS_V4,
         FRONTENDS_V6,
         SLOTS,
@@ -39,6 +42,9 @@ pub mod map_names {
         CONNTRACK,
         SOURCE_RANGES,
         AFFINITY,
+        SERVICES,
+        SERVICE_STATS,
+        AGENT,
     ];
 }
 
@@ -55,7 +61,14 @@ pub mod capacity {
     pub const SOURCE_RANGES: u32 = 65_536;
     /// Session-affinity entries (one per client and Service port with `sessionAffinity: ClientIP`).
     pub const AFFINITY: u32 = 65_536;
+    /// Backend groups (one per Service port, family and traffic scope): the size of
+    /// `LB_SERVICES` and `LB_SERVICE_STATS`.
+    pub const SERVICES: u32 = 131_072;
 }
+
+/// Version of the layout of the pinned maps (keys, values, which maps exist), recorded in
+/// `LB_AGENT` so a later agent and the CLI can tell what they read.
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// Key of `LB_FRONTENDS_V4`: a ClusterIP (or other VIP), its port and protocol.
 #[repr(C)]
@@ -448,6 +461,128 @@ pub mod stats {
     ];
 }
 
+/// Value of `LB_SERVICES` (key: backend group id `u32`): the Service port a group serves, so
+/// the CLI can print `default/web:http` next to a frontend. Written by the agent only (the
+/// programs never read it). Strings are UTF-8, NUL-padded; Kubernetes limits namespaces and
+/// names to 63 bytes and port names to 15.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName {
+    pub namespace: [u8; 64],
+    pub name: [u8; 64],
+    pub port: [u8; 16],
+    /// IANA protocol number.
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// `service_scope::*`.
+    pub scope: u8,
+    pub pad: [u8; 5],
+}
+
+pub mod service_scope {
+    /// ClusterIP and traffic from this node: the Service's internal traffic policy.
+    pub const CLUSTER: u8 = 0;
+    /// NodePort, LoadBalancer and external IPs: the external traffic policy.
+    pub const EXTERNAL: u8 = 1;
+}
+
+/// Value of `LB_SERVICE_STATS`, a per-CPU hash keyed by backend group id: what happened to new
+/// connections and flows of one group, by path and verdict (`service_stats::*` indexes). The
+/// agent creates a zeroed entry with the group's name and deletes it with the group, so a
+/// recycled id starts from zero; the programs only count into an entry that exists.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceStats {
+    pub counters: [u64; service_stats::COUNT as usize],
+}
+
+/// Indexes in `ServiceStats::counters`.
+pub mod service_stats {
+    /// Connects/sends from this node rewritten to a backend (socket hooks).
+    pub const SOCKET_TRANSLATED: u32 = 0;
+    /// Connects/sends refused (no endpoint: ECONNREFUSED; none local: EHOSTUNREACH).
+    pub const SOCKET_NO_BACKEND: u32 = 1;
+    /// TC: new flows translated, dropped for lack of a backend, dropped by
+    /// `loadBalancerSourceRanges`, dropped for lack of an SNAT port or route.
+    pub const TC_NEW_FLOW: u32 = 2;
+    pub const TC_NO_BACKEND: u32 = 3;
+    pub const TC_SOURCE_DENIED: u32 = 4;
+    pub const TC_NAT_FAILED: u32 = 5;
+    /// The same four at XDP (flows it finished itself).
+    pub const XDP_NEW_FLOW: u32 = 6;
+    pub const XDP_NO_BACKEND: u32 = 7;
+    pub const XDP_SOURCE_DENIED: u32 = 8;
+    pub const XDP_NAT_FAILED: u32 = 9;
+    pub const COUNT: u32 = 10;
+    /// Offsets from `TC_NEW_FLOW` / `XDP_NEW_FLOW` (the packet hooks count alike).
+    pub const NEW_FLOW: u32 = 0;
+    pub const NO_BACKEND: u32 = 1;
+    pub const SOURCE_DENIED: u32 = 2;
+    pub const NAT_FAILED: u32 = 3;
+    /// `(path, verdict)` of each index, as the agent's metrics label them.
+    pub const LABELS: [(&str, &str); COUNT as usize] = [
+        ("socket", "translated"),
+        ("socket", "no_backend"),
+        ("tc", "translated"),
+        ("tc", "no_backend"),
+        ("tc", "source_denied"),
+        ("tc", "nat_failed"),
+        ("xdp", "translated"),
+        ("xdp", "no_backend"),
+        ("xdp", "source_denied"),
+        ("xdp", "nat_failed"),
+    ];
+}
+
+/// Value of `LB_AGENT`, an array of one entry the agent rewrites after every sync: what
+/// `lb-agent status` shows while the agent is down too. The programs never read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentStatus {
+    /// `SCHEMA_VERSION` of the agent that last wrote the maps.
+    pub schema: u32,
+    /// Process id of that agent.
+    pub pid: u32,
+    /// Wall-clock times, milliseconds since the Unix epoch (0: never).
+    pub started_ms: u64,
+    pub last_sync_ms: u64,
+    /// Last sync that left the maps equal to the source.
+    pub last_applied_ms: u64,
+    /// How long the last sync took, in microseconds.
+    pub last_sync_us: u64,
+    pub syncs: u64,
+    pub failed_syncs: u64,
+    /// `sync_result::*` of the last sync.
+    pub last_result: u8,
+    /// `source_state::*`.
+    pub source: u8,
+    /// 1 once the first full sync is in the maps and the programs are attached.
+    pub ready: u8,
+    pub pad: [u8; 5],
+}
+
+pub mod sync_result {
+    pub const NONE: u8 = 0;
+    pub const APPLIED: u8 = 1;
+    /// The source could not be read: the last good state stays programmed.
+    pub const SOURCE_INVALID: u8 = 2;
+    /// A map write failed (a full map, say): nothing half-applied is visible; retried.
+    pub const MAPS_FAILED: u8 = 3;
+}
+
+pub mod source_state {
+    pub const UNKNOWN: u8 = 0;
+    /// A YAML file or directory.
+    pub const FILE: u8 = 1;
+    /// Kubernetes: the initial list is not complete yet.
+    pub const LISTING: u8 = 2;
+    /// Kubernetes: every watch is running.
+    pub const WATCHING: u8 = 3;
+    /// Kubernetes: a watch failed and is being retried; the last state stays programmed.
+    pub const RECONNECTING: u8 = 4;
+}
+
 const _: () = assert!(size_of::<Frontend4Key>() == 8);
 const _: () = assert!(size_of::<Frontend6Key>() == 20);
 const _: () = assert!(size_of::<FrontendValue>() == 24);
@@ -463,6 +598,9 @@ const _: () = assert!(size_of::<CtValue>() == 56);
 const _: () = assert!(size_of::<SourceRangeKey>() == 20);
 const _: () = assert!(size_of::<AffinityKey>() == 24);
 const _: () = assert!(size_of::<AffinityValue>() == 16);
+const _: () = assert!(size_of::<ServiceName>() == 152);
+const _: () = assert!(size_of::<ServiceStats>() == 80);
+const _: () = assert!(size_of::<AgentStatus>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -484,4 +622,7 @@ mod pod {
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for AgentStatus {}
 }

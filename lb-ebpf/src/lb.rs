@@ -14,6 +14,12 @@ pub enum Verdict {
     Unreachable,
 }
 
+/// A `Verdict` and the backend group of the frontend that gave it (for per-service counters).
+pub struct Resolved {
+    pub group: u32,
+    pub verdict: Verdict,
+}
+
 /// Which slot range of a frontend a hook uses (see `FrontendValue`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Path {
@@ -44,16 +50,18 @@ pub fn resolve(
     hash: u32,
     path: Path,
     client: impl Fn() -> Client,
-) -> Option<Verdict> {
+) -> Option<Resolved> {
+    let mut group = 0;
     for _ in 0..2 {
         let frontend = lookup()?;
+        group = frontend.group;
         if let Some(verdict) = select(&frontend, hash, path, &client) {
-            return Some(verdict);
+            return Some(Resolved { group, verdict });
         }
     }
     // Two misses in a row: the service is being rewritten under us. Count it; refuse.
     bump(stats::LOOKUP_MISS);
-    Some(Verdict::Reject)
+    Some(Resolved { group, verdict: Verdict::Reject })
 }
 
 /// Picks a backend of `frontend`; `None` when its slot or backend is missing.

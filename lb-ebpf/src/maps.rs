@@ -6,11 +6,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
-    Backend, CtKey, CtValue, Frontend4Key, Frontend6Key, FrontendValue, RevNat4Key, RevNat4Value, RevNat6Key,
-    RevNat6Value, SlotKey, SlotValue, capacity, stats,
+    AgentStatus, Backend, CtKey, CtValue, Frontend4Key, Frontend6Key, FrontendValue, RevNat4Key,
+    RevNat4Value, RevNat6Key, RevNat6Value, ServiceName, ServiceStats, SlotKey, SlotValue, capacity, stats,
 };
 
 #[map]
@@ -58,3 +58,19 @@ const _: () = assert!(
     core::mem::size_of::<aya_ebpf::maps::lpm_trie::Key<lb_common::SourceRangeKey>>()
         == 4 + core::mem::size_of::<lb_common::SourceRangeKey>()
 );
+
+/// Backend group id → the Service port it serves. Written by the agent for the CLI; no program
+/// reads it.
+#[map]
+pub static LB_SERVICES: HashMap<u32, ServiceName> = HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+
+/// Backend group id → per-CPU counters of its new connections and flows by path and verdict
+/// (`lb_common::service_stats`). The agent creates and deletes the entries; the programs count
+/// only into an existing one.
+#[map]
+pub static LB_SERVICE_STATS: PerCpuHashMap<u32, ServiceStats> =
+    PerCpuHashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+
+/// The agent's own record (`lb_common::AgentStatus`), for `lb-agent status`. No program reads it.
+#[map]
+pub static LB_AGENT: Array<AgentStatus> = Array::pinned(1, 0);

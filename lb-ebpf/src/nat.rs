@@ -26,16 +26,16 @@ use aya_ebpf::{
 };
 use lb_common::{
     CtKey, CtValue, Frontend4Key, Frontend6Key, SNAT_PORT_MAX, SNAT_PORT_MIN, backend_flags, ct_dir,
-    ct_flags, flow_hash,
+    ct_flags, flow_hash, service_stats,
 };
 
 use crate::{
     conntrack,
-    lb::{Path, Verdict, resolve},
+    lb::{Path, Resolved, Verdict, resolve},
     maps::{LB_BACKENDS, LB_FRONTENDS_V4, LB_FRONTENDS_V6},
     packet::{self, Flow, Packet},
     source_range,
-    stats::bump,
+    stats::{bump, bump_service},
 };
 
 /// Indexes in `LB_STATS` (`lb_common::stats`) a hook counts its work under.
@@ -47,6 +47,9 @@ pub struct Counters {
     pub nat_failed: u32,
     pub redirected: u32,
     pub source_denied: u32,
+    /// The hook's first index in `lb_common::ServiceStats` (`service_stats::TC_NEW_FLOW` or
+    /// `XDP_NEW_FLOW`); its verdicts follow at `service_stats::NEW_FLOW` and the other offsets.
+    pub service: u32,
 }
 
 /// A hook the shared code runs in.
@@ -324,7 +327,7 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
     // A LoadBalancer frontend whose source ranges leave this client out is, for `resolve`, no
     // frontend; `denied` tells the two apart (checked before the backend choice, so a Service
     // without endpoints drops such a client too, as kube-proxy's firewall chain comes first).
-    let denied = core::cell::Cell::new(false);
+    let denied = core::cell::Cell::new(0);
     let (family, src) = (flow.family, &flow.src);
     let client = || affinity_client(flow);
     let verdict = if flow.family == 4 {
@@ -338,15 +341,17 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
         let lookup = || unsafe { LB_FRONTENDS_V6.get(key) }.copied();
         resolve(|| source_range::admitted(lookup, family, src, &denied), hash, Path::Packet, client)
     };
-    let (backend_id, backend) = match verdict {
-        None if denied.get() => {
+    let (group, backend_id, backend) = match verdict {
+        None if denied.get() != 0 => {
             bump(H::COUNTERS.source_denied);
+            bump_service(denied.get(), H::COUNTERS.service + service_stats::SOURCE_DENIED);
             return Action::DROP;
         }
         None => return Action::NEXT,
-        Some(Verdict::Backend(id, backend)) => (id, backend),
-        Some(Verdict::Reject | Verdict::Unreachable) => {
+        Some(Resolved { group, verdict: Verdict::Backend(id, backend) }) => (group, id, backend),
+        Some(Resolved { group, verdict: Verdict::Reject | Verdict::Unreachable }) => {
             bump(H::COUNTERS.dropped);
+            bump_service(group, H::COUNTERS.service + service_stats::NO_BACKEND);
             return Action::DROP;
         }
     };
@@ -376,6 +381,7 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
             _ if H::WHOLE_ONLY => return defer(),
             _ => {
                 bump(H::COUNTERS.nat_failed);
+                bump_service(group, H::COUNTERS.service + service_stats::NAT_FAILED);
                 return Action::DROP;
             }
         }
@@ -421,6 +427,7 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
         }
         if sport == 0 {
             bump(H::COUNTERS.nat_failed);
+            bump_service(group, H::COUNTERS.service + service_stats::NAT_FAILED);
             return Action::DROP;
         }
         scratch.entry.sport = sport;
@@ -431,14 +438,17 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
         let reply_key = reply_key(flow, &backend.addr, backend.port, &src, flow.sport);
         if conntrack::claim(&reply_key, &scratch.back, now).is_err() {
             bump(H::COUNTERS.nat_failed);
+            bump_service(group, H::COUNTERS.service + service_stats::NAT_FAILED);
             return Action::DROP;
         }
     }
     if conntrack::store(&conntrack::key(flow, ct_dir::ORIGINAL), &scratch.entry).is_err() {
         bump(H::COUNTERS.nat_failed);
+        bump_service(group, H::COUNTERS.service + service_stats::NAT_FAILED);
         return Action::DROP;
     }
     bump(H::COUNTERS.new_flow);
+    bump_service(group, H::COUNTERS.service + service_stats::NEW_FLOW);
     bump(H::COUNTERS.translated);
     if rewrite(ctx, flow, &scratch.entry).is_err() {
         return Action::DROP;

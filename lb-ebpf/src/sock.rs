@@ -14,13 +14,14 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{
-    Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, affinity_kind, stats,
+    Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, affinity_kind,
+    service_stats, stats,
 };
 
 use crate::{
-    lb::{Client, Path, Verdict, resolve},
+    lb::{Client, Path, Resolved, Verdict, resolve},
     maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6, LB_REVNAT_V4, LB_REVNAT_V6},
-    stats::bump,
+    stats::{bump, bump_service},
 };
 
 /// Let the syscall go on (with whatever address the program left in the context).
@@ -122,7 +123,8 @@ fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Transla
     let key = Frontend4Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
     let lookup = || unsafe { LB_FRONTENDS_V4.get(key) }.copied();
-    let Some(verdict) = resolve(lookup, random(), Path::Socket, || netns_client(ctx)) else {
+    let Some(Resolved { group, verdict }) = resolve(lookup, random(), Path::Socket, || netns_client(ctx))
+    else {
         return Translation::Pass;
     };
     match verdict {
@@ -137,14 +139,17 @@ fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Transla
             // A full LRU evicts the oldest entry; an error here only loses the reply rewrite.
             let _ = LB_REVNAT_V4.insert(rev_key, rev_value, 0);
             bump(stats::TRANSLATED);
+            bump_service(group, service_stats::SOCKET_TRANSLATED);
             Translation::To(backend.addr[0], backend.port)
         }
         Verdict::Reject => {
             bump(stats::NO_BACKEND);
+            bump_service(group, service_stats::SOCKET_NO_BACKEND);
             Translation::Fail(ECONNREFUSED)
         }
         Verdict::Unreachable => {
             bump(stats::NO_BACKEND);
+            bump_service(group, service_stats::SOCKET_NO_BACKEND);
             Translation::Fail(EHOSTUNREACH)
         }
     }
@@ -230,7 +235,8 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
     let key = Frontend6Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once.
     let lookup = || unsafe { LB_FRONTENDS_V6.get(key) }.copied();
-    let Some(verdict) = resolve(lookup, random(), Path::Socket, || netns_client(ctx)) else {
+    let Some(Resolved { group, verdict }) = resolve(lookup, random(), Path::Socket, || netns_client(ctx))
+    else {
         return ALLOW;
     };
     match verdict {
@@ -244,15 +250,18 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
             let rev_value = RevNat6Value { frontend_addr: addr, frontend_port: port, pad: 0 };
             let _ = LB_REVNAT_V6.insert(rev_key, rev_value, 0);
             bump(stats::TRANSLATED);
+            bump_service(group, service_stats::SOCKET_TRANSLATED);
             write_ip6(sa, &backend.addr, backend.port);
             ALLOW
         }
         Verdict::Reject => {
             bump(stats::NO_BACKEND);
+            bump_service(group, service_stats::SOCKET_NO_BACKEND);
             fail(ECONNREFUSED)
         }
         Verdict::Unreachable => {
             bump(stats::NO_BACKEND);
+            bump_service(group, service_stats::SOCKET_NO_BACKEND);
             fail(EHOSTUNREACH)
         }
     }

@@ -22,7 +22,8 @@ pub fn allowed(frontend: &FrontendValue, family: u8, src: &[u32; 4]) -> bool {
 }
 
 /// The frontend `lookup` reads (a fresh copy per call), unless `src` may not reach it: then
-/// `None` with `denied` set, so the caller tells "denied" from "not a frontend". A denial is
+/// `None` with `denied` set to the frontend's group (never 0), so the caller tells "denied" from
+/// "not a frontend". A denial is
 /// checked once against a fresh read: the agent clears the flag (or moves the frontend to another
 /// group) before it deletes the ranges, so a value read just before that must not deny.
 #[inline(always)]
@@ -30,7 +31,7 @@ pub fn admitted(
     lookup: impl Fn() -> Option<FrontendValue>,
     family: u8,
     src: &[u32; 4],
-    denied: &Cell<bool>,
+    denied: &Cell<u32>,
 ) -> Option<FrontendValue> {
     let frontend = lookup()?;
     if allowed(&frontend, family, src) {
@@ -40,6 +41,6 @@ pub fn admitted(
     if (again.group, again.flags) != (frontend.group, frontend.flags) && allowed(&again, family, src) {
         return Some(again);
     }
-    denied.set(true);
+    denied.set(again.group);
     None
 }

@@ -28,6 +28,7 @@ impl Hook for TcContext {
         nat_failed: stats::TC_NAT_FAILED,
         redirected: stats::TC_REDIRECTED,
         source_denied: stats::TC_SOURCE_DENIED,
+        service: lb_common::service_stats::TC_NEW_FLOW,
     };
 
     #[inline(always)]

@@ -32,6 +32,7 @@ impl Hook for XdpContext {
         nat_failed: stats::XDP_NAT_FAILED,
         redirected: stats::XDP_REDIRECTED,
         source_denied: stats::XDP_SOURCE_DENIED,
+        service: lb_common::service_stats::XDP_NEW_FLOW,
     };
 
     #[inline(always)]

@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// Service port and family).
     #[arg(long, default_value_t = capacity::SOURCE_RANGES)]
     max_source_ranges: u32,
+    /// Capacity of the service-name and per-service counter maps (one entry per Service port,
+    /// family and traffic scope).
+    #[arg(long, default_value_t = capacity::SERVICES)]
+    max_services: u32,
     /// Backend choice for NodePort, externalIP and LoadBalancer frontends: `maglev` hashes the
     /// 5-tuple so every node picks the same backend for a flow. ClusterIPs are always random.
     #[arg(long, value_enum, default_value_t)]
@@ -255,6 +259,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         conntrack: args.max_conntrack,
         affinity: args.max_affinity,
         source_ranges: args.max_source_ranges,
+        services: args.max_services,
     };
     let mut ebpf = loader::load(&args.bpffs, caps)?;
     let maps = PinnedMaps::open(&args.bpffs).context("opening the maps just pinned")?;

@@ -4,12 +4,14 @@
 //! 1. new or changed backends;
 //! 2. new or changed slots;
 //! 3. new source ranges;
-//! 4. new or changed frontends (their `count` now covers only written slots, and a frontend
+//! 4. new or changed service names (with zeroed per-service counters, when the group is new);
+//! 5. new or changed frontends (their `count` now covers only written slots, and a frontend
 //!    flagged `SOURCE_RANGES` finds its group's ranges written);
-//! 5. removed frontends;
-//! 6. removed source ranges (no frontend flagged for their group needs them any more);
-//! 7. removed slots (no frontend's `count` reaches them any more);
-//! 8. removed backends (no slot names them any more).
+//! 6. removed frontends;
+//! 7. removed source ranges (no frontend flagged for their group needs them any more);
+//! 8. removed slots (no frontend's `count` reaches them any more);
+//! 9. removed service names and counters (no frontend names their group any more);
+//! 10. removed backends (no slot names them any more).
 //!
 //! Every prefix of the list leaves `MapState::check` true, so an apply that fails half-way leaves
 //! a consistent datapath, and applying the list again is harmless. For source ranges, every
@@ -18,19 +20,24 @@
 //! change of ranges briefly admits their union, and clearing the flag precedes the removal.
 use std::fmt;
 
-use lb_common::{Backend, FrontendValue, SlotKey, SlotValue};
+use lb_common::{Backend, FrontendValue, ServiceName, SlotKey, SlotValue};
 
-use super::state::{FrontendKey, MapState, SourceRange, backend_addr};
+use super::{
+    names::ServiceLabel,
+    state::{FrontendKey, MapState, SourceRange, backend_addr},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapOp {
     PutBackend(u32, Backend),
     PutSlot(SlotKey, SlotValue),
     PutSourceRange(SourceRange),
+    PutService(u32, ServiceName),
     PutFrontend(FrontendKey, FrontendValue),
     DeleteFrontend(FrontendKey),
     DeleteSourceRange(SourceRange),
     DeleteSlot(SlotKey),
+    DeleteService(u32),
     DeleteBackend(u32),
 }
 
@@ -40,6 +47,7 @@ impl fmt::Display for MapOp {
             Self::PutBackend(id, b) => write!(f, "put backend {id} = {} state {}", backend_addr(b), b.state),
             Self::PutSlot(k, v) => write!(f, "put slot {}/{} = backend {}", k.group, k.slot, v.backend),
             Self::PutSourceRange(r) => write!(f, "put source range {} for group {}", r.cidr, r.group),
+            Self::PutService(g, n) => write!(f, "put service {g} = {}", ServiceLabel::decode(n)),
             Self::PutFrontend(k, v) => {
                 write!(f, "put frontend {}/{} = group {} count {}", k.addr(), k.proto(), v.group, v.count)?;
                 if (v.ext_offset, v.ext_count) != (0, v.count) {
@@ -53,6 +61,7 @@ impl fmt::Display for MapOp {
             Self::DeleteFrontend(k) => write!(f, "delete frontend {}/{}", k.addr(), k.proto()),
             Self::DeleteSourceRange(r) => write!(f, "delete source range {} for group {}", r.cidr, r.group),
             Self::DeleteSlot(k) => write!(f, "delete slot {}/{}", k.group, k.slot),
+            Self::DeleteService(g) => write!(f, "delete service {g}"),
             Self::DeleteBackend(id) => write!(f, "delete backend {id}"),
         }
     }
@@ -72,6 +81,11 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
         }
     }
     ops.extend(new.source_ranges.difference(&old.source_ranges).map(|r| MapOp::PutSourceRange(*r)));
+    for (g, n) in &new.services {
+        if old.services.get(g) != Some(n) {
+            ops.push(MapOp::PutService(*g, *n));
+        }
+    }
     for (k, v) in &new.frontends {
         if old.frontends.get(k) != Some(v) {
             ops.push(MapOp::PutFrontend(*k, *v));
@@ -82,6 +96,9 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
     );
     ops.extend(old.source_ranges.difference(&new.source_ranges).map(|r| MapOp::DeleteSourceRange(*r)));
     ops.extend(old.slots.keys().filter(|k| !new.slots.contains_key(k)).map(|k| MapOp::DeleteSlot(*k)));
+    ops.extend(
+        old.services.keys().filter(|g| !new.services.contains_key(g)).map(|g| MapOp::DeleteService(*g)),
+    );
     ops.extend(
         old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)),
     );
@@ -101,6 +118,9 @@ pub fn apply_in_memory(state: &mut MapState, op: &MapOp) {
         MapOp::PutSourceRange(r) => {
             state.source_ranges.insert(r);
         }
+        MapOp::PutService(g, n) => {
+            state.services.insert(g, n);
+        }
         MapOp::PutFrontend(k, v) => {
             state.frontends.insert(k, v);
         }
@@ -112,6 +132,9 @@ pub fn apply_in_memory(state: &mut MapState, op: &MapOp) {
         }
         MapOp::DeleteSlot(k) => {
             state.slots.remove(&k);
+        }
+        MapOp::DeleteService(g) => {
+            state.services.remove(&g);
         }
         MapOp::DeleteBackend(id) => {
             state.backends.remove(&id);

@@ -90,6 +90,7 @@ pub struct Capacities {
     pub conntrack: u32,
     pub affinity: u32,
     pub source_ranges: u32,
+    pub services: u32,
 }
 
 impl Default for Capacities {
@@ -102,6 +103,7 @@ impl Default for Capacities {
             conntrack: capacity::CONNTRACK,
             affinity: capacity::AFFINITY,
             source_ranges: capacity::SOURCE_RANGES,
+            services: capacity::SERVICES,
         }
     }
 }
@@ -139,6 +141,8 @@ pub fn load(bpffs: &Path, cap: Capacities) -> anyhow::Result<Ebpf> {
         .map_max_entries(map_names::CONNTRACK, cap.conntrack)
         .map_max_entries(map_names::AFFINITY, cap.affinity)
         .map_max_entries(map_names::SOURCE_RANGES, cap.source_ranges)
+        .map_max_entries(map_names::SERVICES, cap.services)
+        .map_max_entries(map_names::SERVICE_STATS, cap.services)
         .load(object)
         .context("loading the eBPF object")
 }

@@ -5,13 +5,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{
-    HashMap, Map, MapData, MapError, PerCpuArray,
-    lpm_trie::{Key as LpmKey, LpmTrie},
+use aya::{
+    maps::{
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
+    util::nr_cpus,
 };
 use lb_common::{
-    Backend, Frontend4Key, Frontend6Key, FrontendValue, SOURCE_RANGE_GROUP_BITS, SlotKey, SlotValue,
-    SourceRangeKey, frontend_flags, map_names, stats,
+    AgentStatus, Backend, Frontend4Key, Frontend6Key, FrontendValue, SOURCE_RANGE_GROUP_BITS, ServiceName,
+    ServiceStats, SlotKey, SlotValue, SourceRangeKey, frontend_flags, map_names, service_stats, stats,
 };
 use thiserror::Error;
 
@@ -51,6 +54,8 @@ pub struct Capacity {
     pub slots: u32,
     pub backends: u32,
     pub source_ranges: u32,
+    /// Backend groups (`LB_SERVICES`, `LB_SERVICE_STATS`).
+    pub services: u32,
 }
 
 /// What the sync needs from the maps.
@@ -72,6 +77,7 @@ pub fn check_capacity(target: &MapState, cap: Capacity, options: &LayoutOptions)
         (map_names::SLOTS, target.slots.len(), cap.slots),
         (map_names::BACKENDS, target.backends.len(), cap.backends),
         (map_names::SOURCE_RANGES, target.source_ranges.len(), cap.source_ranges),
+        (map_names::SERVICES, target.services.len(), cap.services),
     ] {
         if needed > capacity as usize {
             if name == map_names::SLOTS
@@ -121,6 +127,9 @@ pub struct PinnedMaps {
     backends: HashMap<MapData, u32, Backend>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     stats: PerCpuArray<MapData, u64>,
+    services: HashMap<MapData, u32, ServiceName>,
+    service_stats: PerCpuHashMap<MapData, u32, ServiceStats>,
+    agent: Array<MapData, AgentStatus>,
     capacity: Capacity,
 }
 
@@ -171,6 +180,12 @@ impl PinnedMaps {
         let source_ranges = LpmTrie::try_from(m).map_err(conv(map_names::SOURCE_RANGES))?;
         let (m, _) = open(dir, map_names::STATS)?;
         let stats = PerCpuArray::try_from(m).map_err(conv(map_names::STATS))?;
+        let (m, services_cap) = open(dir, map_names::SERVICES)?;
+        let services = HashMap::try_from(m).map_err(conv(map_names::SERVICES))?;
+        let (m, _) = open(dir, map_names::SERVICE_STATS)?;
+        let service_stats = PerCpuHashMap::try_from(m).map_err(conv(map_names::SERVICE_STATS))?;
+        let (m, _) = open(dir, map_names::AGENT)?;
+        let agent = Array::try_from(m).map_err(conv(map_names::AGENT))?;
         Ok(Self {
             frontends4,
             frontends6,
@@ -178,11 +193,15 @@ impl PinnedMaps {
             backends,
             source_ranges,
             stats,
+            services,
+            service_stats,
+            agent,
             capacity: Capacity {
                 frontends,
                 slots: slots_cap,
                 backends: backends_cap,
                 source_ranges: source_ranges_cap,
+                services: services_cap,
             },
         })
     }
@@ -202,6 +221,45 @@ impl PinnedMaps {
             })
             .collect()
     }
+
+    /// The per-service counters, summed over CPUs, by backend group id.
+    pub fn service_stats(&self) -> Result<BTreeMap<u32, [u64; service_stats::COUNT as usize]>, MapsError> {
+        let read = |source| MapsError::Read { name: map_names::SERVICE_STATS, source };
+        let mut out = BTreeMap::new();
+        for entry in self.service_stats.iter() {
+            let (group, values) = entry.map_err(read)?;
+            let mut sum = [0u64; service_stats::COUNT as usize];
+            for cpu in values.iter() {
+                for (total, v) in sum.iter_mut().zip(cpu.counters) {
+                    *total += v;
+                }
+            }
+            out.insert(group, sum);
+        }
+        Ok(out)
+    }
+
+    /// What the agent last recorded about itself (all zero before any agent wrote it).
+    pub fn agent_status(&self) -> Result<AgentStatus, MapsError> {
+        self.agent.get(&0, 0).map_err(|source| MapsError::Read { name: map_names::AGENT, source })
+    }
+
+    pub fn set_agent_status(&mut self, status: &AgentStatus) -> Result<(), MapsError> {
+        self.agent
+            .set(0, status, 0)
+            .map_err(|source| MapsError::Write { op: "agent status".to_owned(), source })
+    }
+}
+
+/// A zeroed per-service counter value for every possible CPU.
+fn zeroed_service_stats() -> Result<PerCpuValues<ServiceStats>, MapError> {
+    let cpus = nr_cpus().map_err(|(_, io_error)| {
+        MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error })
+    })?;
+    let zero = ServiceStats { counters: [0; service_stats::COUNT as usize] };
+    PerCpuValues::try_from(vec![zero; cpus]).map_err(|io_error| {
+        MapError::SyscallError(aya::sys::SyscallError { call: "per-cpu values", io_error })
+    })
 }
 
 fn read_all<K: aya::Pod + Ord, V: aya::Pod>(
@@ -230,6 +288,7 @@ impl LbMaps for PinnedMaps {
         }
         state.slots.extend(read_all(map_names::SLOTS, &self.slots)?);
         state.backends.extend(read_all(map_names::BACKENDS, &self.backends)?);
+        state.services.extend(read_all(map_names::SERVICES, &self.services)?);
         let v6_groups: BTreeSet<u32> = state
             .frontends
             .iter()
@@ -248,12 +307,19 @@ impl LbMaps for PinnedMaps {
             MapOp::PutBackend(id, b) => self.backends.insert(id, b, 0),
             MapOp::PutSlot(k, v) => self.slots.insert(k, v, 0),
             MapOp::PutSourceRange(r) => self.source_ranges.insert(&source_range_key(r), SOURCE_RANGE_MARK, 0),
+            // A new group, or a group id that now serves another Service port (`diff` puts only
+            // those): its counters start from zero.
+            MapOp::PutService(g, n) => zeroed_service_stats()
+                .and_then(|zero| self.service_stats.insert(g, zero, 0))
+                .and_then(|()| self.services.insert(g, n, 0)),
             MapOp::PutFrontend(FrontendKey::V4(k), v) => self.frontends4.insert(k, v, 0),
             MapOp::PutFrontend(FrontendKey::V6(k), v) => self.frontends6.insert(k, v, 0),
             MapOp::DeleteFrontend(FrontendKey::V4(k)) => ignore_missing(self.frontends4.remove(k)),
             MapOp::DeleteFrontend(FrontendKey::V6(k)) => ignore_missing(self.frontends6.remove(k)),
             MapOp::DeleteSlot(k) => ignore_missing(self.slots.remove(k)),
             MapOp::DeleteSourceRange(r) => ignore_missing(self.source_ranges.remove(&source_range_key(r))),
+            MapOp::DeleteService(g) => ignore_missing(self.service_stats.remove(g))
+                .and_then(|()| ignore_missing(self.services.remove(g))),
             MapOp::DeleteBackend(id) => ignore_missing(self.backends.remove(id)),
         };
         result.map_err(|source| MapsError::Write { op: op.to_string(), source })
@@ -296,6 +362,7 @@ impl LbMaps for MemoryMaps {
             slots: u32::MAX,
             backends: u32::MAX,
             source_ranges: u32::MAX,
+            services: u32::MAX,
         })
     }
 }

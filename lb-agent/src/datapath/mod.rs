@@ -8,6 +8,7 @@ pub mod diff;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod names;
 pub mod state;
 
 #[cfg(test)]

@@ -7,11 +7,11 @@ use std::{
 };
 
 use lb_common::{
-    Backend, Frontend4Key, Frontend6Key, FrontendValue, SlotKey, SlotValue, backend_flags, backend_state,
-    frontend_flags,
+    Backend, Frontend4Key, Frontend6Key, FrontendValue, ServiceName, SlotKey, SlotValue, backend_flags,
+    backend_state, frontend_flags,
 };
 
-use super::maglev;
+use super::{maglev, names};
 use crate::model::{
     BackendGroup, Cidr, DesiredState, EndpointState, FrontendKind, Protocol, Scope, WhenEmpty,
 };
@@ -95,6 +95,8 @@ pub struct SourceRange {
 /// The content of the service maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapState {
+    /// Backend group id → the Service port it serves (`LB_SERVICES`; the programs never read it).
+    pub services: BTreeMap<u32, ServiceName>,
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
     pub slots: BTreeMap<SlotKey, SlotValue>,
     pub backends: BTreeMap<u32, Backend>,
@@ -260,6 +262,7 @@ pub fn layout_reserving(
             .map(|v| v.group)
             .chain(programmed.slots.keys().map(|k| k.group))
             .chain(programmed.source_ranges.iter().map(|r| r.group))
+            .chain(programmed.services.keys().copied())
             .chain(reserved.groups.iter().copied()),
     );
     let mut reused = BTreeSet::new();
@@ -339,6 +342,7 @@ pub fn layout_reserving(
                 );
             }
         }
+        out.services.insert(id, names::encode(group));
         for (key, kind) in keys {
             let ranges =
                 if gated && kind == FrontendKind::LoadBalancer { frontend_flags::SOURCE_RANGES } else { 0 };

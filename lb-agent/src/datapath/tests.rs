@@ -297,14 +297,16 @@ fn golden_diff_for_a_small_change() {
             "put slot 1/1 = backend 3",
             "put slot 2/1 = backend 1",
             "put slot 2/2 = backend 2",
+            "put service 1 = ns/old:http",
+            "put service 2 = ns/web:http",
             "put frontend 10.96.0.10:80/6 = group 2 count 2",
             "put frontend 10.96.0.20:80/6 = group 1 count 1",
         ]
     );
 
     let target = layout(&after(), &programmed);
-    // Order: put backends, put slots, put frontends, delete frontends, delete slots, delete
-    // backends. 10.244.1.2 over UDP is a new backend entry (a backend is address, port and
+    // Order: put backends, put slots, put service names, put frontends, delete frontends, delete
+    // slots, delete service names, delete backends. 10.244.1.2 over UDP is a new backend entry (a backend is address, port and
     // protocol), the unchanged web frontend is not rewritten, freed ids are not reused.
     assert_eq!(
         lines(&diff(&programmed, &target)),
@@ -314,9 +316,11 @@ fn golden_diff_for_a_small_change() {
             "put slot 2/1 = backend 2",
             "put slot 2/2 = backend 5",
             "put slot 3/1 = backend 4",
+            "put service 3 = ns/new:dns",
             "put frontend 10.96.0.30:53/17 = group 3 count 1",
             "delete frontend 10.96.0.20:80/6",
             "delete slot 1/1",
+            "delete service 1",
             "delete backend 1",
             "delete backend 3",
         ]
@@ -386,7 +390,16 @@ fn swapped_cluster_ips_keep_each_frontends_group() {
     }
     assert_eq!(served(&target), expected_service(&new));
     let ops = diff(&programmed, &target);
-    assert_eq!(lines(&ops), ["put slot 1/1 = backend 2", "put slot 2/1 = backend 1"]);
+    // Each group id now serves the other Service: its name (and counters) follow.
+    assert_eq!(
+        lines(&ops),
+        [
+            "put slot 1/1 = backend 2",
+            "put slot 2/1 = backend 1",
+            "put service 1 = ns/b:http",
+            "put service 2 = ns/a:http"
+        ]
+    );
     apply_checked(&programmed, &ops).expect("invariant");
 }
 
@@ -1061,7 +1074,7 @@ fn failed_apply_leaves_a_consistent_state_and_the_next_sync_converges() {
         let programmed = layout(&before(), &MapState::default());
         diff(&programmed, &layout(&after(), &programmed)).len()
     };
-    assert_eq!(total, 10);
+    assert_eq!(total, 12);
     for k in 0..total {
         let maps = Shared::default();
         let mut syncer = Syncer::new(maps.clone()).expect("read");
@@ -1108,7 +1121,9 @@ fn failure_on_the_first_sync_then_converges() {
 
 #[test]
 fn over_capacity_fails_before_writing_anything() {
-    let cap = |frontends, slots, backends| Some(Capacity { frontends, slots, backends, source_ranges: 10 });
+    let cap = |frontends, slots, backends| {
+        Some(Capacity { frontends, slots, backends, source_ranges: 10, services: 100 })
+    };
     for (capacity, map, needed) in [
         (cap(1, 10, 10), lb_common::map_names::FRONTENDS_V4, 2),
         (cap(10, 2, 10), lb_common::map_names::SLOTS, 3),
@@ -1128,7 +1143,7 @@ fn over_capacity_fails_before_writing_anything() {
 #[test]
 fn over_capacity_keeps_what_is_programmed() {
     let maps = Shared::with(MemoryMaps {
-        capacity: Some(Capacity { frontends: 1, slots: 10, backends: 10, source_ranges: 10 }),
+        capacity: Some(Capacity { frontends: 1, slots: 10, backends: 10, source_ranges: 10, services: 100 }),
         ..Default::default()
     });
     let mut syncer = Syncer::new(maps.clone()).expect("read");
@@ -1196,6 +1211,7 @@ fn restart_over_maps_from_an_unknown_layout_converges() {
         for v in s.frontends.values_mut() {
             v.group = renumber(v.group);
         }
+        s.services = s.services.into_iter().map(|(g, n)| (renumber(g), n)).collect();
         s
     };
     foreign.check().expect("consistent");

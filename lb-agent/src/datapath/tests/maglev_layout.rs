@@ -155,7 +155,8 @@ fn switching_the_algorithm_is_a_checked_transition() {
 
 #[test]
 fn over_capacity_names_the_maglev_table_when_it_is_the_cause() {
-    let capacity = |slots| Some(Capacity { frontends: 100, slots, backends: 100, source_ranges: 100 });
+    let capacity =
+        |slots| Some(Capacity { frontends: 100, slots, backends: 100, source_ranges: 100, services: 100 });
     // Two external groups (ns/web, ns/api) of 251 slots and two ClusterIP groups (3 and 2 slots):
     // 507 slots; one slot per backend would need 10.
     let mut two = web(&[1, 2, 3]);

@@ -177,7 +177,7 @@ fn a_frontend_moving_to_another_group_keeps_admitting_its_clients() {
 #[test]
 fn over_capacity_of_the_range_map_fails_before_writing() {
     let maps = Shared::with(MemoryMaps {
-        capacity: Some(Capacity { frontends: 10, slots: 10, backends: 10, source_ranges: 1 }),
+        capacity: Some(Capacity { frontends: 10, slots: 10, backends: 10, source_ranges: 1, services: 100 }),
         ..Default::default()
     });
     let mut syncer = Syncer::new(maps.clone()).expect("read");
