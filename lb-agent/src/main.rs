@@ -77,6 +77,15 @@ enum Command {
     /// backend's SNAT port included), a packet of a tracked flow refreshes its entries, and the
     /// datapath counters count it.
     Trace(cli::trace::TraceArgs),
+    /// How the node's load balancer is doing: the agent (running, ready, source, last sync),
+    /// the attached programs and where, and each map's fill level (works while the agent is down).
+    Status {
+        /// Directory the agent pins its maps under.
+        #[arg(long, default_value = "/sys/fs/bpf/lb")]
+        bpffs: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,5 +105,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Attached { cgroup, output } => cli::attached(&cgroup, output),
         Command::Trace(args) => cli::trace::trace(args),
+        Command::Status { bpffs, output } => cli::status::status(&bpffs, output),
     }
 }

@@ -68,6 +68,11 @@ impl<M: LbMaps> Syncer<M> {
         &self.programmed
     }
 
+    /// The maps, for writes outside the service state (the agent's own record).
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
     /// Makes the maps equal to `desired`. On error nothing visible is half-built (see `diff`) and
     /// the next call starts from a fresh read of the maps.
     pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, MapsError> {

@@ -224,6 +224,26 @@ pub fn inspect(what: &str, bpffs: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// Runs `lb-agent ARGS… --bpffs DIR --output json` (`inspect services --service web`, `status`…)
+/// and parses the JSON.
+pub fn cli_json(args: &[&str], bpffs: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(crate::agent_bin())
+        .args(args)
+        .args(["--output", "json", "--bpffs"])
+        .arg(bpffs)
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Runs `lb-agent ARGS… --bpffs DIR` and returns what it printed (a table).
+pub fn cli_table(args: &[&str], bpffs: &Path) -> anyhow::Result<String> {
+    let out = Command::new(crate::agent_bin()).args(args).arg("--bpffs").arg(bpffs).output()?;
+    anyhow::ensure!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Runs `lb-agent inspect WHAT --bpffs DIR` and returns the table.
 pub fn inspect_table(what: &str, bpffs: &Path) -> anyhow::Result<String> {
     let out = Command::new(crate::agent_bin()).args(["inspect", what, "--bpffs"]).arg(bpffs).output()?;

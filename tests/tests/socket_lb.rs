@@ -9,74 +9,15 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, attached, cleanup, inspect},
-    guard::{Bpffs, Cgroup, Netns, TempDir},
+    agent::{attached, cleanup, inspect},
+    node::Node,
     probe::{self, Place, backend_of},
-    require_root,
-    servers::Servers,
     yaml::{Ep, Port, documents, service, slice},
 };
 
 const ECONNREFUSED: &str = "os=111";
 const ENETUNREACH: &str = "os=101";
 const EHOSTUNREACH: &str = "os=113";
-
-/// One test "node": namespace, cgroup, bpffs pins, backends, a source file and the agent.
-/// Fields drop in order: the agent stops, servers stop, pins go (detaching the programs), then
-/// the cgroup, the namespace and the files.
-struct Node {
-    agent: Option<Agent>,
-    servers: Servers,
-    bpffs: Bpffs,
-    cgroup: Cgroup,
-    netns: Netns,
-    dir: TempDir,
-}
-
-impl Node {
-    fn new(backends: &[&str], source: &str) -> Self {
-        require_root();
-        let netns = Netns::new().expect("netns");
-        let cgroup = Cgroup::new().expect("cgroup");
-        let bpffs = Bpffs::new().expect("bpffs");
-        let dir = TempDir::new().expect("tempdir");
-        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.parse().expect("backend addr")).collect();
-        let servers = Servers::start(&netns, &addrs).expect("servers");
-        dir.write("cluster.yaml", source).expect("source");
-        let mut node = Self { agent: None, servers, bpffs, cgroup, netns, dir };
-        node.start_agent();
-        node
-    }
-
-    fn source(&self) -> std::path::PathBuf {
-        self.dir.path.join("cluster.yaml")
-    }
-
-    fn start_agent(&mut self) {
-        self.agent = Some(Agent::start(&self.source(), &self.cgroup.path, &self.bpffs.path).expect("agent"));
-    }
-
-    fn agent(&self) -> &Agent {
-        self.agent.as_ref().expect("agent running")
-    }
-
-    /// Rewrites the source and waits for the agent to apply it.
-    fn update(&self, source: &str) -> Duration {
-        let before = self.agent().count("sync applied");
-        let started = Instant::now();
-        self.dir.write("cluster.yaml", source).expect("source");
-        self.agent().wait_for_log("sync applied", before + 1, Duration::from_secs(5)).expect("sync");
-        started.elapsed()
-    }
-
-    fn inside(&self) -> Place<'_> {
-        Place { netns: &self.netns, cgroup: Some(&self.cgroup) }
-    }
-
-    fn probe(&self, args: &[&str]) -> Vec<String> {
-        probe::run(&self.inside(), args).expect("probe")
-    }
-}
 
 fn web(ips: &[&str], endpoints: &[&str]) -> String {
     let v4: Vec<Ep<'_>> = endpoints.iter().filter(|e| !e.contains(':')).map(|e| Ep::ready(e)).collect();

@@ -3,6 +3,7 @@ pub mod inspect;
 pub mod kube_proxy;
 pub mod plan;
 pub mod run;
+pub mod status;
 pub mod trace;
 
 use std::path::Path;

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use lb_common::capacity;
+use lb_common::{AgentStatus, SCHEMA_VERSION, capacity, source_state, sync_result};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::Notify,
@@ -139,6 +139,64 @@ enum Outcome {
     MapsFailed,
 }
 
+/// The agent's record in the pinned `LB_AGENT` map, rewritten after every sync so
+/// `lb-agent status` can tell how the node is doing, while the agent is down too.
+struct Record(AgentStatus);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Record {
+    fn new() -> Self {
+        Self(AgentStatus {
+            schema: SCHEMA_VERSION,
+            pid: std::process::id(),
+            started_ms: unix_ms(),
+            last_sync_ms: 0,
+            last_applied_ms: 0,
+            last_sync_us: 0,
+            syncs: 0,
+            failed_syncs: 0,
+            last_result: sync_result::NONE,
+            source: source_state::UNKNOWN,
+            ready: 0,
+            pad: [0; 5],
+        })
+    }
+
+    /// Records a sync that took `elapsed` and writes the record (a failed write is logged:
+    /// the record is for operators, the datapath does not need it).
+    fn sync(&mut self, maps: &mut PinnedMaps, outcome: &Outcome, elapsed: Duration, source: u8) {
+        let now = unix_ms();
+        let r = &mut self.0;
+        r.last_sync_ms = now;
+        r.last_sync_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        r.syncs += 1;
+        r.source = source;
+        r.last_result = match outcome {
+            Outcome::Applied => {
+                r.last_applied_ms = now;
+                sync_result::APPLIED
+            }
+            Outcome::SourceInvalid => sync_result::SOURCE_INVALID,
+            Outcome::MapsFailed => sync_result::MAPS_FAILED,
+        };
+        if !matches!(outcome, Outcome::Applied) {
+            r.failed_syncs += 1;
+        }
+        self.write(maps);
+    }
+
+    fn write(&self, maps: &mut PinnedMaps) {
+        if let Err(e) = maps.set_agent_status(&self.0) {
+            warn!(error = %e, "cannot write the agent record for `lb-agent status`");
+        }
+    }
+}
+
 /// Where this agent's objects come from.
 enum Source {
     File { path: PathBuf, _watcher: notify::RecommendedWatcher },
@@ -146,6 +204,15 @@ enum Source {
 }
 
 impl Source {
+    /// `lb_common::source_state` now.
+    fn state(&self) -> u8 {
+        match self {
+            Self::File { .. } => source_state::FILE,
+            Self::Kubernetes(kube) if kube.reconnecting() => source_state::RECONNECTING,
+            Self::Kubernetes(_) => source_state::WATCHING,
+        }
+    }
+
     fn load(&self) -> Result<(Objects, Vec<Problem>), SourceError> {
         match self {
             Self::File { path, .. } => source::file::load(path),
@@ -269,6 +336,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         info!(frontends = syncer.programmed().frontends.len(), "adopted the maps of an earlier agent");
     }
 
+    let mut record = Record::new();
+    record.0.source = match source {
+        Source::File { .. } => source_state::FILE,
+        Source::Kubernetes(_) => source_state::LISTING,
+    };
+    record.write(syncer.maps_mut());
     if let Source::Kubernetes(kube) = &source {
         // Nothing is written before Services, EndpointSlices and the Node are all listed: a
         // partial view would delete what an earlier agent programmed.
@@ -280,7 +353,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let identity = NodeIdentity { name: args.node_name, nodeport_addresses: args.nodeport_addresses };
+    let started = Instant::now();
     let (mut outcome, desired) = sync_once(&source, &identity, &mut syncer);
+    record.sync(syncer.maps_mut(), &outcome, started.elapsed(), source.state());
     if let Some(desired) = &desired {
         service_health.sync(desired);
     }
@@ -295,6 +370,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     // Ready means the first full sync is programmed: not before a sync has applied.
     info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "programs attached");
     if matches!(outcome, Outcome::Applied) && health.set_ready() {
+        record.0.ready = 1;
+        record.write(syncer.maps_mut());
         info!("agent ready");
     }
 
@@ -307,8 +384,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
+        let started = Instant::now();
         let (next, desired) = sync_once(&source, &identity, &mut syncer);
         outcome = next;
+        record.sync(syncer.maps_mut(), &outcome, started.elapsed(), source.state());
         if let Some(desired) = &desired {
             service_health.sync(desired);
         }
@@ -316,6 +395,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         if matches!(outcome, Outcome::Applied) {
             backoff = Duration::from_secs(1);
             if health.set_ready() {
+                record.0.ready = 1;
+                record.write(syncer.maps_mut());
                 info!("agent ready");
             }
         }

@@ -9,6 +9,7 @@ pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod names;
+pub mod pinned;
 pub mod state;
 
 #[cfg(test)]

@@ -68,11 +68,6 @@ impl ServiceLabel {
         }
     }
 
-    /// `namespace/name`.
-    pub fn service(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
     /// Whether `filter` names this Service: `namespace/name`, `name`, or either with `:port`.
     pub fn matches(&self, filter: &str) -> bool {
         let (service, port) = match filter.rsplit_once(':') {

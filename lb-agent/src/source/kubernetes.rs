@@ -9,7 +9,10 @@
 //!   yields the same snapshot, and the sync writes nothing.
 //! - Watch errors (API server down, dropped connections) are retried with kube-runtime's default
 //!   backoff; the maps keep their last good state meanwhile.
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::{
@@ -36,6 +39,8 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     tasks: Vec<JoinHandle<()>>,
+    /// How many of the three watches are failing now (retrying with backoff).
+    failing: Arc<AtomicUsize>,
 }
 
 impl Drop for KubeSource {
@@ -46,11 +51,31 @@ impl Drop for KubeSource {
     }
 }
 
+/// Whether one watch is failing, kept in the count of failing watches.
+struct Failing {
+    now: bool,
+    count: Arc<AtomicUsize>,
+}
+
+impl Failing {
+    fn set(&mut self, now: bool) {
+        if now != self.now {
+            self.now = now;
+            if now {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 fn spawn_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     kind: &'static str,
     changed: Arc<Notify>,
+    failing_watches: Arc<AtomicUsize>,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -62,25 +87,25 @@ where
         .reflect(writer);
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut failing = false;
+        let mut failing = Failing { now: false, count: failing_watches };
         while let Some(event) = stream.next().await {
             match event {
                 // The store is replaced at InitDone; nothing to sync before that.
                 Ok(Event::Init | Event::InitApply(_)) => {}
                 Ok(Event::InitDone) => {
                     info!(kind, "listed");
-                    failing = false;
+                    failing.set(false);
                     changed.notify_one();
                 }
                 Ok(Event::Apply(_) | Event::Delete(_)) => {
-                    if failing {
+                    if failing.now {
                         info!(kind, "watch resumed");
-                        failing = false;
+                        failing.set(false);
                     }
                     changed.notify_one();
                 }
                 Err(e) => {
-                    failing = true;
+                    failing.set(true);
                     warn!(kind, error = %e, "watch failed; retrying with backoff, programmed maps are kept");
                 }
             }
@@ -92,25 +117,29 @@ where
 impl KubeSource {
     /// Starts the watches; `changed` is notified whenever a store changes.
     pub fn start(client: &Client, node_name: &str, changed: &Arc<Notify>) -> Self {
+        let failing = Arc::new(AtomicUsize::new(0));
         let (services, t1) = spawn_watch(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name"),
             "Service",
             Arc::clone(changed),
+            Arc::clone(&failing),
         );
         let (slices, t2) = spawn_watch(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/headless"),
             "EndpointSlice",
             Arc::clone(changed),
+            Arc::clone(&failing),
         );
         let (nodes, t3) = spawn_watch(
             Api::<Node>::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             "Node",
             Arc::clone(changed),
+            Arc::clone(&failing),
         );
-        Self { services, slices, nodes, tasks: vec![t1, t2, t3] }
+        Self { services, slices, nodes, tasks: vec![t1, t2, t3], failing }
     }
 
     /// Waits until all three stores have their first complete list (kube-proxy's
@@ -120,6 +149,11 @@ impl KubeSource {
         self.slices.wait_until_ready().await?;
         self.nodes.wait_until_ready().await?;
         Ok(())
+    }
+
+    /// Whether a watch is failing now (the API server is unreachable or refuses us).
+    pub fn reconnecting(&self) -> bool {
+        self.failing.load(Ordering::Relaxed) > 0
     }
 
     /// The objects in the stores now.

@@ -1,0 +1,71 @@
+//! One socket-LB test "node" (namespace, cgroup, bpffs pins, backend servers, a source file and
+//! the agent), shared by the socket-level tests.
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    agent::Agent,
+    guard::{Bpffs, Cgroup, Netns, TempDir},
+    probe::{self, Place},
+    require_root,
+    servers::Servers,
+};
+
+/// One test "node": namespace, cgroup, bpffs pins, backends, a source file and the agent.
+/// Fields drop in order: the agent stops, servers stop, pins go (detaching the programs), then
+/// the cgroup, the namespace and the files.
+pub struct Node {
+    pub agent: Option<Agent>,
+    pub servers: Servers,
+    pub bpffs: Bpffs,
+    pub cgroup: Cgroup,
+    pub netns: Netns,
+    pub dir: TempDir,
+}
+
+impl Node {
+    pub fn new(backends: &[&str], source: &str) -> Self {
+        require_root();
+        let netns = Netns::new().expect("netns");
+        let cgroup = Cgroup::new().expect("cgroup");
+        let bpffs = Bpffs::new().expect("bpffs");
+        let dir = TempDir::new().expect("tempdir");
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.parse().expect("backend addr")).collect();
+        let servers = Servers::start(&netns, &addrs).expect("servers");
+        dir.write("cluster.yaml", source).expect("source");
+        let mut node = Self { agent: None, servers, bpffs, cgroup, netns, dir };
+        node.start_agent();
+        node
+    }
+
+    pub fn source(&self) -> std::path::PathBuf {
+        self.dir.path.join("cluster.yaml")
+    }
+
+    pub fn start_agent(&mut self) {
+        self.agent = Some(Agent::start(&self.source(), &self.cgroup.path, &self.bpffs.path).expect("agent"));
+    }
+
+    pub fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent running")
+    }
+
+    /// Rewrites the source and waits for the agent to apply it.
+    pub fn update(&self, source: &str) -> Duration {
+        let before = self.agent().count("sync applied");
+        let started = Instant::now();
+        self.dir.write("cluster.yaml", source).expect("source");
+        self.agent().wait_for_log("sync applied", before + 1, Duration::from_secs(5)).expect("sync");
+        started.elapsed()
+    }
+
+    pub fn inside(&self) -> Place<'_> {
+        Place { netns: &self.netns, cgroup: Some(&self.cgroup) }
+    }
+
+    pub fn probe(&self, args: &[&str]) -> Vec<String> {
+        probe::run(&self.inside(), args).expect("probe")
+    }
+}
