@@ -17,7 +17,7 @@ pub fn bump_service(group: u32, index: u32) {
     if index >= lb_common::service_stats::COUNT {
         return;
     }
-    if let Some(entry) = LB_SERVICE_STATS.get_ptr_mut(&group) {
+    if let Some(entry) = LB_SERVICE_STATS.get_ptr_mut(group) {
         // Safety: this CPU's value of the group's entry, valid for this program run (an entry the
         // agent deletes meanwhile is freed only after the run); `index` is in bounds (checked
         // above), and as for `bump` the add is not torn.
