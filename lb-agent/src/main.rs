@@ -77,6 +77,15 @@ enum Command {
     /// backend's SNAT port included), a packet of a tracked flow refreshes its entries, and the
     /// datapath counters count it.
     Trace(cli::trace::TraceArgs),
+    /// Switch the kernel programs' own log on for one frontend's Service port, or off (at run
+    /// time; the running agent prints the messages).
+    Log {
+        #[command(subcommand)]
+        switch: cli::log::Switch,
+        /// Directory the agent pins its maps under.
+        #[arg(long, default_value = "/sys/fs/bpf/lb", global = true)]
+        bpffs: PathBuf,
+    },
     /// How the node's load balancer is doing: the agent (running, ready, source, last sync),
     /// the attached programs and where, and each map's fill level (works while the agent is down).
     Status {
@@ -105,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Attached { cgroup, output } => cli::attached(&cgroup, output),
         Command::Trace(args) => cli::trace::trace(args),
+        Command::Log { switch, bpffs } => cli::log::log(switch, &bpffs),
         Command::Status { bpffs, output } => cli::status::status(&bpffs, output),
     }
 }

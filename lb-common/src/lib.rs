@@ -31,7 +31,8 @@ pub mod map_names {
     pub const SERVICES: &str = "LB_SERVICES";
     pub const SERVICE_STATS: &str = "LB_SERVICE_STATS";
     pub const AGENT: &str = "LB_AGENT";
-    pub const ALL: [&str; 13] = [
+    pub const LOG: &str = "LB_LOG";
+    pub const ALL: [&str; 14] = [
         FRONTENDS_V4,
         FRONTENDS_V6,
         SLOTS,
@@ -45,6 +46,7 @@ pub mod map_names {
         SERVICES,
         SERVICE_STATS,
         AGENT,
+        LOG,
     ];
 }
 

@@ -10,6 +10,7 @@
 
 mod conntrack;
 mod lb;
+mod log;
 mod maps;
 mod nat;
 mod packet;

@@ -24,6 +24,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
+use aya_log_ebpf::info;
 use lb_common::{
     CtKey, CtValue, Frontend4Key, Frontend6Key, SNAT_PORT_MAX, SNAT_PORT_MIN, backend_flags, ct_dir,
     ct_flags, flow_hash, service_stats,
@@ -32,6 +33,7 @@ use lb_common::{
 use crate::{
     conntrack,
     lb::{Path, Resolved, Verdict, resolve},
+    log,
     maps::{LB_BACKENDS, LB_FRONTENDS_V4, LB_FRONTENDS_V6},
     packet::{self, Flow, Packet},
     source_range,
@@ -88,6 +90,21 @@ impl Action {
         Self(Self::OUT_RESOLVE | u64::from(ifindex))
     }
 
+    /// Bit 63: a new flow was recorded for the kernel log (`log_new_flow`); the hook's entry
+    /// prints it after the out-of-line step returned, where the stack is shallow.
+    const LOG: u64 = 1 << 63;
+
+    #[inline(always)]
+    fn logged(self) -> Self {
+        Self(self.0 | Self::LOG)
+    }
+
+    /// The action without the log bit, and whether it was set.
+    #[inline(always)]
+    fn take_log(self) -> (Self, bool) {
+        (Self(self.0 & !Self::LOG), self.0 & Self::LOG != 0)
+    }
+
     /// The device of an `out` action.
     #[inline(always)]
     pub fn out_device(self) -> Option<u32> {
@@ -133,7 +150,11 @@ pub fn ingress<H: Hook>(ctx: &H) -> Action {
     if action != UNTRACKED {
         return action;
     }
-    new_flow(ctx, &flow, now)
+    let (action, log) = new_flow(ctx, &flow, now).take_log();
+    if log {
+        log_flow(ctx);
+    }
+    action
 }
 
 /// A packet of a tracked flow, in either direction, is rewritten as its entry says; `UNTRACKED`
@@ -261,6 +282,101 @@ fn defer() -> Action {
     Action::NEXT
 }
 
+/// What `log_flow` says happened to a new flow.
+const LOG_TRANSLATED: u32 = 0;
+const LOG_SNAT: u32 = 1;
+const LOG_NO_BACKEND: u32 = 2;
+const LOG_SOURCE_DENIED: u32 = 3;
+
+/// A new flow to log, in per-CPU memory (see `log_flow`).
+#[repr(C)]
+struct LogFlow {
+    src: [u32; 4],
+    dst: [u32; 4],
+    backend: [u32; 4],
+    sport: u16,
+    dport: u16,
+    backend_port: u16,
+    proto: u8,
+    family: u8,
+    pad: u16,
+    group: u32,
+    what: u32,
+}
+
+#[map]
+static LOG_SCRATCH: PerCpuArray<LogFlow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records a new flow of a group with logging on (`log`) for `log_flow`, which the hook's entry
+/// calls when `new_flow`'s action carries `Action::LOG`. Only called when logging is on for
+/// `group`.
+#[inline(always)]
+fn log_new_flow(flow: &Flow, group: u32, what: u32, backend: &[u32; 4], port: u16) {
+    let Some(entry) = LOG_SCRATCH.get_ptr_mut(0) else { return };
+    // Safety: this CPU's slot of a per-CPU array, used by this program run only (as `SCRATCH`).
+    unsafe {
+        (*entry).src = flow.src;
+        (*entry).dst = flow.dst;
+        (*entry).backend = *backend;
+        (*entry).sport = flow.sport;
+        (*entry).dport = flow.dport;
+        (*entry).backend_port = port;
+        (*entry).proto = flow.proto;
+        (*entry).family = flow.family;
+        (*entry).group = group;
+        (*entry).what = what;
+    }
+}
+
+/// Logs the flow `log_new_flow` recorded, from per-CPU memory. Out of line and called from the
+/// hook's entry, not from `new_flow`: building a log record takes about 240 bytes of stack,
+/// which on top of `new_flow`'s frame would pass the 512-byte combined limit.
+#[inline(never)]
+fn log_flow<H: Hook>(ctx: &H) {
+    let Some(f) = LOG_SCRATCH.get_ptr(0) else { return };
+    // Safety: as in `log_new_flow`; the slot was written during this program run.
+    let f = unsafe { &*f };
+    let (group, what) = (f.group, f.what);
+    let hook = if H::WHOLE_ONLY { "xdp" } else { "tc" };
+    let what = match what {
+        LOG_TRANSLATED => "new flow",
+        LOG_SNAT => "new flow, SNAT",
+        LOG_NO_BACKEND => "no usable endpoint, dropped",
+        _ => "source not in loadBalancerSourceRanges, dropped",
+    };
+    if f.family == 4 {
+        info!(
+            ctx,
+            "{}: group {} {:i}:{} -> {:i}:{} proto {}: {} -> {:i}:{}",
+            hook,
+            group,
+            u32::from_be(f.src[0]),
+            u16::from_be(f.sport),
+            u32::from_be(f.dst[0]),
+            u16::from_be(f.dport),
+            f.proto,
+            what,
+            u32::from_be(f.backend[0]),
+            u16::from_be(f.backend_port)
+        );
+    } else {
+        info!(
+            ctx,
+            "{}: group {} [{:i}]:{} -> [{:i}]:{} proto {}: {} -> [{:i}]:{}",
+            hook,
+            group,
+            log::ip6_bytes(&f.src),
+            u16::from_be(f.sport),
+            log::ip6_bytes(&f.dst),
+            u16::from_be(f.dport),
+            f.proto,
+            what,
+            log::ip6_bytes(&f.backend),
+            u16::from_be(f.backend_port)
+        );
+    }
+}
+
 /// Whether the backend a tracked flow goes to is still programmed (same id, same address). When
 /// it is gone (its endpoint left every Service), the flow is treated as new and gets a live
 /// backend, as kube-proxy clears the conntrack entries of a removed UDP endpoint; otherwise a
@@ -345,6 +461,10 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
         None if denied.get() != 0 => {
             bump(H::COUNTERS.source_denied);
             bump_service(denied.get(), H::COUNTERS.service + service_stats::SOURCE_DENIED);
+            if log::enabled(denied.get()) {
+                log_new_flow(flow, denied.get(), LOG_SOURCE_DENIED, &[0; 4], 0);
+                return Action::DROP.logged();
+            }
             return Action::DROP;
         }
         None => return Action::NEXT,
@@ -352,6 +472,10 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
         Some(Resolved { group, verdict: Verdict::Reject | Verdict::Unreachable }) => {
             bump(H::COUNTERS.dropped);
             bump_service(group, H::COUNTERS.service + service_stats::NO_BACKEND);
+            if log::enabled(group) {
+                log_new_flow(flow, group, LOG_NO_BACKEND, &[0; 4], 0);
+                return Action::DROP.logged();
+            }
             return Action::DROP;
         }
     };
@@ -449,14 +573,20 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
     }
     bump(H::COUNTERS.new_flow);
     bump_service(group, H::COUNTERS.service + service_stats::NEW_FLOW);
+    let logged = log::enabled(group);
+    if logged {
+        let what = if snat { LOG_SNAT } else { LOG_TRANSLATED };
+        log_new_flow(flow, group, what, &backend.addr, backend.port);
+    }
     bump(H::COUNTERS.translated);
     if rewrite(ctx, flow, &scratch.entry).is_err() {
         return Action::DROP;
     }
-    match found {
+    let action = match found {
         Some(found) => out(ctx, &scratch.fib, found),
         None => Action::STACK,
-    }
+    };
+    if logged { action.logged() } else { action }
 }
 
 /// The client of a flow for session affinity: its source address (`affinity_kind::IPV4` and

@@ -13,6 +13,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
+use aya_log_ebpf::info;
 use lb_common::{
     Frontend4Key, Frontend6Key, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, affinity_kind,
     service_stats, stats,
@@ -20,6 +21,7 @@ use lb_common::{
 
 use crate::{
     lb::{Client, Path, Resolved, Verdict, resolve},
+    log,
     maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6, LB_REVNAT_V4, LB_REVNAT_V6},
     stats::{bump, bump_service},
 };
@@ -140,16 +142,48 @@ fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Transla
             let _ = LB_REVNAT_V4.insert(rev_key, rev_value, 0);
             bump(stats::TRANSLATED);
             bump_service(group, service_stats::SOCKET_TRANSLATED);
+            if log::enabled(group) {
+                info!(
+                    ctx,
+                    "socket: group {} {:i}:{} proto {} -> backend {:i}:{}",
+                    group,
+                    u32::from_be(addr),
+                    u16::from_be(port),
+                    proto,
+                    u32::from_be(backend.addr[0]),
+                    u16::from_be(backend.port)
+                );
+            }
             Translation::To(backend.addr[0], backend.port)
         }
         Verdict::Reject => {
             bump(stats::NO_BACKEND);
             bump_service(group, service_stats::SOCKET_NO_BACKEND);
+            if log::enabled(group) {
+                info!(
+                    ctx,
+                    "socket: group {} {:i}:{} proto {}: no endpoint, refused",
+                    group,
+                    u32::from_be(addr),
+                    u16::from_be(port),
+                    proto
+                );
+            }
             Translation::Fail(ECONNREFUSED)
         }
         Verdict::Unreachable => {
             bump(stats::NO_BACKEND);
             bump_service(group, service_stats::SOCKET_NO_BACKEND);
+            if log::enabled(group) {
+                info!(
+                    ctx,
+                    "socket: group {} {:i}:{} proto {}: no local endpoint, unreachable",
+                    group,
+                    u32::from_be(addr),
+                    u16::from_be(port),
+                    proto
+                );
+            }
             Translation::Fail(EHOSTUNREACH)
         }
     }
@@ -251,17 +285,49 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
             let _ = LB_REVNAT_V6.insert(rev_key, rev_value, 0);
             bump(stats::TRANSLATED);
             bump_service(group, service_stats::SOCKET_TRANSLATED);
+            if log::enabled(group) {
+                info!(
+                    ctx,
+                    "socket: group {} [{:i}]:{} proto {} -> backend [{:i}]:{}",
+                    group,
+                    log::ip6_bytes(&addr),
+                    u16::from_be(port),
+                    proto,
+                    log::ip6_bytes(&backend.addr),
+                    u16::from_be(backend.port)
+                );
+            }
             write_ip6(sa, &backend.addr, backend.port);
             ALLOW
         }
         Verdict::Reject => {
             bump(stats::NO_BACKEND);
             bump_service(group, service_stats::SOCKET_NO_BACKEND);
+            if log::enabled(group) {
+                info!(
+                    ctx,
+                    "socket: group {} [{:i}]:{} proto {}: no endpoint, refused",
+                    group,
+                    log::ip6_bytes(&addr),
+                    u16::from_be(port),
+                    proto
+                );
+            }
             fail(ECONNREFUSED)
         }
         Verdict::Unreachable => {
             bump(stats::NO_BACKEND);
             bump_service(group, service_stats::SOCKET_NO_BACKEND);
+            if log::enabled(group) {
+                info!(
+                    ctx,
+                    "socket: group {} [{:i}]:{} proto {}: no local endpoint, unreachable",
+                    group,
+                    log::ip6_bytes(&addr),
+                    u16::from_be(port),
+                    proto
+                );
+            }
             fail(EHOSTUNREACH)
         }
     }

@@ -344,8 +344,8 @@ fn maglev_tables_and_packet_path_counters_per_service() {
         String::from_utf8_lossy(&out.stderr).contains("no NodePort, LoadBalancer or external-IP frontend")
     );
 
-    // Packets from outside count per Service and verdict: 20 new flows to web, 2 SYNs to idle
-    // (no endpoints: dropped), 3 SYNs to lb from outside its source ranges (denied), 1 from inside.
+    // Packets from outside count per Service and verdict: 21 new flows to web, 2 SYNs to idle
+    // (no endpoints: dropped), 4 SYNs to lb from outside its source ranges (denied), 1 from inside.
     let syns: Vec<Vec<u8>> = (0..20)
         .map(|i| {
             Packet::tcp(&format!("198.18.0.{}:{}", 1 + i, 40_000 + i), &format!("{EXTERNAL}:80"), TCP_SYN)
@@ -375,9 +375,29 @@ fn maglev_tables_and_packet_path_counters_per_service() {
         .expect("trace");
         assert_eq!(t.verdict, 2, "outside loadBalancerSourceRanges: dropped");
     }
+    // With the kernel log on for lb's LoadBalancer IP, the program says what it did.
+    cli_table(&["log", "on", "--frontend", "203.0.113.60:80/TCP"], bpffs).expect("log on");
     let t = trace(bpffs, "ingress", &Packet::tcp("192.0.2.7:50000", "203.0.113.60:80", TCP_SYN).frame())
         .expect("trace");
     assert_ne!(t.verdict, 2, "inside the ranges: translated");
+    let log = t.json["kernel_log"].to_string();
+    assert!(
+        log.contains("tc: group")
+            && log.contains("192.0.2.7:50000 -> 203.0.113.60:80 proto 6: new flow -> 10.244.1.9:8080"),
+        "{log}"
+    );
+    let t = trace(bpffs, "ingress", &Packet::tcp("198.18.2.9:50000", "203.0.113.60:80", TCP_SYN).frame())
+        .expect("trace");
+    assert!(
+        t.json["kernel_log"].to_string().contains("source not in loadBalancerSourceRanges, dropped"),
+        "{}",
+        t.json
+    );
+    let t =
+        trace(bpffs, "ingress", &Packet::tcp("198.18.3.1:50000", &format!("{EXTERNAL}:80"), TCP_SYN).frame())
+            .expect("trace");
+    assert_eq!(t.json["kernel_log"], serde_json::json!([]), "web is not logged");
+    cli_table(&["log", "off"], bpffs).expect("log off");
 
     let stats = cli_json(&["inspect", "stats"], bpffs).expect("stats");
     // web's external group (the table) and its ClusterIP group are separate rows.
@@ -385,7 +405,7 @@ fn maglev_tables_and_packet_path_counters_per_service() {
         .iter()
         .find(|r| r["service"]["name"] == "web" && r["service"]["scope"] == "external")
         .expect("web external counters");
-    assert_eq!(external["counters"]["tc/translated"], 20, "{stats}");
+    assert_eq!(external["counters"]["tc/translated"], 21, "{stats}");
     assert_eq!(external["counters"]["socket/translated"], 0);
     let idle = rows(&stats["services"])
         .iter()
@@ -396,8 +416,48 @@ fn maglev_tables_and_packet_path_counters_per_service() {
         .iter()
         .find(|r| r["service"]["name"] == "lb" && r["service"]["scope"] == "external")
         .expect("lb");
-    assert_eq!(lb["counters"]["tc/source_denied"], 3, "{stats}");
+    assert_eq!(lb["counters"]["tc/source_denied"], 4, "{stats}");
     assert_eq!(lb["counters"]["tc/translated"], 1, "{stats}");
-    assert_eq!(stats["totals"]["tc_source_denied"], 3);
-    assert_eq!(stats["totals"]["tc_new_flow"], 21);
+    assert_eq!(stats["totals"]["tc_source_denied"], 4);
+    assert_eq!(stats["totals"]["tc_new_flow"], 22);
+}
+
+#[test]
+fn kernel_log_is_off_by_default_and_switches_on_for_one_frontend() {
+    let node = Node::new(&["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:5353"], &cluster());
+    let bpffs = &node.bpffs.path;
+    let agent = node.agent();
+    let logged = |frontend: &str| {
+        agent.log().iter().filter(|l| l.contains("socket: group") && l.contains(frontend)).count()
+    };
+
+    // Off by default: traffic logs nothing.
+    assert!(node.probe(&["tcp", "10.96.0.10:80", "2"]).iter().all(|l| l.starts_with("ok ")));
+    assert_eq!(cli_table(&["log", "show"], bpffs).expect("show").trim(), "kernel logging off");
+
+    let on = cli_table(&["log", "on", "--frontend", "10.96.0.10:80/TCP"], bpffs).expect("log on");
+    assert!(on.contains("default/web:http"), "{on}");
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "3"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok ")), "{lines:?}");
+    assert!(node.probe(&["tcp", "10.96.0.53:53", "2"]).iter().all(|l| l.starts_with("ok ")));
+    agent
+        .wait_for_log("10.96.0.10:80 proto 6 -> backend 10.244.1.", 3, Duration::from_secs(3))
+        .expect("three kernel log lines for web's connections");
+    assert_eq!(logged("10.96.0.10:80"), 3, "{:?}", agent.log());
+    assert_eq!(logged("10.96.0.53"), 0, "another Service is not logged");
+    assert!(cli_table(&["log", "show"], bpffs).expect("show").contains("default/web:http"));
+
+    // A frontend that does not exist is refused with a clear error.
+    let out = std::process::Command::new(lb_tests::agent_bin())
+        .args(["log", "on", "--frontend", "10.96.0.99:80/TCP", "--bpffs"])
+        .arg(bpffs)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a frontend"));
+
+    cli_table(&["log", "off"], bpffs).expect("log off");
+    assert!(node.probe(&["tcp", "10.96.0.10:80", "3"]).iter().all(|l| l.starts_with("ok ")));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(logged("10.96.0.10:80"), 3, "nothing more once off");
 }

@@ -1,6 +1,7 @@
 //! One module per command; each is a thin function over the library modules.
 pub mod inspect;
 pub mod kube_proxy;
+pub mod log;
 pub mod plan;
 pub mod run;
 pub mod status;

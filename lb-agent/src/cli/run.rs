@@ -130,6 +130,34 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Prints the kernel programs' log records as they arrive (through the `log` → `tracing`
+/// bridge), until the task is aborted.
+async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // Safety: the ring buffer's fd is owned by `logger`, which the AsyncFd owns from here on, so
+    // it stays open for as long as it is registered and is closed only after deregistering.
+    let registered =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "cannot poll the kernel log");
+            return;
+        }
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(e) => {
+                warn!(error = %e, "kernel log stopped");
+                return;
+            }
+        }
+    }
+}
+
 /// Result of one attempt to bring the maps in line with the source.
 enum Outcome {
     Applied,
@@ -329,6 +357,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         services: args.max_services,
     };
     let mut ebpf = loader::load(&args.bpffs, caps)?;
+    // The programs' own log (`lb-agent log on`), printed as this agent's log lines.
+    let _kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(AbortOnDrop(tokio::spawn(forward_kernel_log(logger)))),
+        Err(e) => {
+            warn!(error = %e, "kernel log unavailable; `lb-agent log on` will print nothing");
+            None
+        }
+    };
     let maps = PinnedMaps::open(&args.bpffs).context("opening the maps just pinned")?;
     let options = LayoutOptions { algorithm: args.lb_algorithm, maglev_size: args.maglev_table_size };
     let mut syncer = Syncer::with_options(maps, options).context("reading the pinned maps")?;

@@ -98,6 +98,25 @@ struct Report {
     /// Datapath counters that moved during the run (`inspect stats` names), e.g. `tc_nat_failed`
     /// for a drop. On a node with traffic, other packets count too.
     counters: BTreeMap<&'static str, u64>,
+    /// What the program logged during the run (`lb-agent log on --frontend …`; empty when
+    /// kernel logging is off for the frontend).
+    kernel_log: Vec<String>,
+}
+
+/// Collects the kernel log records of a run (aya-log) as lines.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push(record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
 }
 
 /// What `decode` makes of a frame. Fields that do not apply (or could not be read) are `None`.
@@ -152,6 +171,9 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let index = args.interface.as_deref().map(loader::interface_index).transpose()?;
     let mut ebpf = loader::load_pinned(&args.bpffs)?;
     let stats = PinnedMaps::open(&args.bpffs).context("opening the pinned maps")?;
+    let captured = Captured::default();
+    let mut kernel_log = aya_log::EbpfLogger::init_with_logger(&mut ebpf, captured.clone())
+        .context("reading the kernel log")?;
     let name = args.direction.program();
     if matches!(args.direction, Direction::Xdp) {
         let mut ports: DevMapHash<_> = ebpf
@@ -180,7 +202,9 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
         }
     };
     for frame in &frames {
-        let report = run_one(&program, &args, index, &stats, frame)?;
+        let mut report = run_one(&program, &args, index, &stats, frame)?;
+        kernel_log.flush();
+        report.kernel_log = captured.0.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
         match (args.output, args.batch) {
             (Output::Json, false) => println!("{}", serde_json::to_string_pretty(&report)?),
             // One compact object per line: thousands of frames stay easy to stream and parse.
@@ -274,11 +298,15 @@ fn run_one(
         output: decode(&out),
         output_hex: hex(&out),
         counters,
+        kernel_log: Vec::new(),
     })
 }
 
 fn print_table(r: &Report) {
     println!("{} ({}): {} ({}): {}", r.program, r.direction, r.verdict, r.return_code, r.meaning);
+    for line in &r.kernel_log {
+        println!("kernel log: {line}");
+    }
     let mut table = new_table(&["", "INPUT", "OUTPUT"]);
     let endpoint = |ip: Option<IpAddr>, port: Option<u16>| match (ip, port) {
         (Some(IpAddr::V6(ip)), Some(port)) => format!("[{ip}]:{port}"),

@@ -1,0 +1,89 @@
+//! `lb-agent log on|off|show`: switches the kernel programs' own log (aya-log) on for one
+//! frontend's backend group, or off, at run time, through the pinned `LB_LOG` map. The running
+//! agent prints the messages in its log (target `lb_ebpf`). Off by default.
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{Array, Map, MapData};
+use clap::Subcommand;
+use lb_common::map_names;
+
+use crate::{
+    datapath::{
+        maps::{LbMaps as _, PinnedMaps},
+        names::ServiceLabel,
+        state::FrontendKey,
+    },
+    model::Protocol,
+};
+
+#[derive(Subcommand)]
+pub enum Switch {
+    /// Log every new connection or flow of this frontend's Service port (all its frontends of
+    /// the same family and traffic scope), with its verdict.
+    On {
+        /// `ADDR:PORT/PROTO`, e.g. `10.96.0.10:80/TCP` or `[fd00::10]:53/UDP`.
+        #[arg(long)]
+        frontend: String,
+    },
+    /// Stop logging.
+    Off,
+    /// Which group is logged now.
+    Show,
+}
+
+/// `ADDR:PORT/PROTO`.
+pub fn parse_frontend(text: &str) -> anyhow::Result<(SocketAddr, Protocol)> {
+    let (addr, proto) =
+        text.rsplit_once('/').with_context(|| format!("{text:?}: expected ADDR:PORT/PROTO"))?;
+    let addr: SocketAddr = addr.parse().with_context(|| format!("{addr:?} is not ADDR:PORT"))?;
+    let proto = match proto.to_ascii_uppercase().as_str() {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        other => bail!("unknown protocol {other:?}: TCP, UDP or SCTP"),
+    };
+    Ok((addr, proto))
+}
+
+fn open(bpffs: &Path) -> anyhow::Result<Array<MapData, u32>> {
+    let path = bpffs.join(map_names::LOG);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening {} (is the agent installed with this --bpffs?)", path.display()))?;
+    Array::try_from(Map::Array(data)).context("LB_LOG is not an array")
+}
+
+pub fn log(switch: Switch, bpffs: &Path) -> anyhow::Result<()> {
+    let mut map = open(bpffs)?;
+    let state =
+        PinnedMaps::open(bpffs).context("opening the pinned maps")?.read().context("reading the maps")?;
+    let name = |group: u32| {
+        state.services.get(&group).map_or_else(
+            || format!("group {group}"),
+            |n| format!("{} (group {group})", ServiceLabel::decode(n)),
+        )
+    };
+    match switch {
+        Switch::On { frontend } => {
+            let (addr, proto) = parse_frontend(&frontend)?;
+            let key = FrontendKey::new(addr.ip(), addr.port(), proto);
+            let Some(value) = state.frontends.get(&key) else {
+                bail!("{frontend} is not a frontend (see `lb-agent inspect services`)");
+            };
+            map.set(0, value.group, 0).context("writing LB_LOG")?;
+            println!(
+                "logging new connections of {}: the agent prints them (target lb_ebpf)",
+                name(value.group)
+            );
+        }
+        Switch::Off => {
+            map.set(0, 0, 0).context("writing LB_LOG")?;
+            println!("kernel logging off");
+        }
+        Switch::Show => match map.get(&0, 0).context("reading LB_LOG")? {
+            0 => println!("kernel logging off"),
+            group => println!("logging new connections of {}", name(group)),
+        },
+    }
+    Ok(())
+}
