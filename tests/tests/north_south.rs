@@ -155,7 +155,7 @@ impl Cluster {
     }
 
     fn stat(&self, name: &str) -> u64 {
-        inspect("stats", &self.bpffs1.path).expect("stats")[name].as_u64().unwrap_or(0)
+        inspect("stats", &self.bpffs1.path).expect("stats")["totals"][name].as_u64().unwrap_or(0)
     }
 }
 

@@ -149,7 +149,7 @@ impl Node {
 
     fn stat(&self, name: &str) -> u64 {
         let stats = inspect("stats", &self.bpffs.path).expect("inspect stats");
-        stats[name].as_u64().unwrap_or_else(|| panic!("no counter {name}: {stats}"))
+        stats["totals"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}: {stats}"))
     }
 }
 
