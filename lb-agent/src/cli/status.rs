@@ -134,7 +134,9 @@ fn print_table(s: &Status) {
         a.failed_syncs,
         ago(a.last_applied_unix_ms),
     );
-    let mut programs = new_table(&["PROGRAM", "HOOK", "ATTACHED TO", "LINK", "PROGRAM ID"]);
+    let mut programs =
+        new_table(&["PROGRAM", "HOOK", "ATTACHED TO", "LINK", "PROGRAM ID", "INSNS (VERIFIED)"]);
+    let count = |n: Option<u32>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     for p in &s.programs {
         programs.add_row([
             p.program.clone(),
@@ -142,6 +144,7 @@ fn print_table(s: &Status) {
             p.target.clone(),
             p.link_id.to_string(),
             p.program_id.to_string(),
+            format!("{} ({})", count(p.instructions), count(p.verified)),
         ]);
     }
     println!("{programs}");

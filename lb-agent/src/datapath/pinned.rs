@@ -128,6 +128,10 @@ pub struct LinkRow {
     pub kind: &'static str,
     /// The cgroup's path, or the interface (by name when it exists in this network namespace).
     pub target: String,
+    /// The program's size after the verifier's rewrites, in instructions.
+    pub instructions: Option<u32>,
+    /// Instructions the verifier walked to accept it (its complexity; the limit is 1M).
+    pub verified: Option<u32>,
 }
 
 /// The links pinned under `bpffs/links`, sorted by pin name.
@@ -138,9 +142,13 @@ pub fn links(bpffs: &Path) -> Result<Vec<LinkRow>, PinnedError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(PinnedError::List { path: dir, source }),
     };
-    let programs: HashMap<u32, String> = aya::programs::loaded_programs()
+    let programs: HashMap<u32, (String, Option<u32>, Option<u32>)> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_owned()))
+        .map(|p| {
+            let name = p.name_as_str().unwrap_or_default().to_owned();
+            // Translated size in 8-byte BPF instructions.
+            (p.id(), (name, p.size_translated().map(|b| b / 8), p.verified_instruction_count()))
+        })
         .collect();
     let mut cgroups: Option<HashMap<u64, PathBuf>> = None;
     let mut rows = Vec::new();
@@ -164,13 +172,16 @@ pub fn links(bpffs: &Path) -> Result<Vec<LinkRow>, PinnedError> {
             }
             other => ("other", format!("link type {other}")),
         };
+        let (program, instructions, verified) = programs.get(&raw.prog_id).cloned().unwrap_or_default();
         rows.push(LinkRow {
             pin: entry.file_name().to_string_lossy().into_owned(),
             link_id: raw.id,
             program_id: raw.prog_id,
-            program: programs.get(&raw.prog_id).cloned().unwrap_or_default(),
+            program,
             kind,
             target,
+            instructions,
+            verified,
         });
     }
     rows.sort_by(|a, b| a.pin.cmp(&b.pin));
