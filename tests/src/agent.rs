@@ -224,6 +224,34 @@ pub fn inspect(what: &str, bpffs: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// Runs `lb-agent explain --bpffs DIR --output json ARGS…` (e.g. `--to ADDR:PORT/PROTO --from
+/// ADDR:PORT`) and parses the JSON.
+pub fn explain(bpffs: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(crate::agent_bin())
+        .args(["explain", "--output", "json", "--bpffs"])
+        .arg(bpffs)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "explain {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Runs `lb-agent explain --bpffs DIR ARGS…` and returns what it prints (tables and notes).
+pub fn explain_table(bpffs: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(crate::agent_bin()).args(["explain", "--bpffs"]).arg(bpffs).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "explain {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Runs `lb-agent inspect WHAT --bpffs DIR` and returns the table.
 pub fn inspect_table(what: &str, bpffs: &Path) -> anyhow::Result<String> {
     let out = Command::new(crate::agent_bin()).args(["inspect", what, "--bpffs"]).arg(bpffs).output()?;
