@@ -240,6 +240,7 @@ pub fn explain(state: &MapState, query: &Query, live: &impl LiveTables, now: u64
     out
 }
 
+/// Fills `out` step by step in the kernel's order; each step that ends the decision returns.
 fn decide(state: &MapState, query: &Query, live: &impl LiveTables, now: u64, out: &mut Explanation) {
     let (to, protocol) = (query.to.addr, query.to.protocol);
     match query.path {
@@ -329,56 +330,21 @@ fn decide(state: &MapState, query: &Query, live: &impl LiveTables, now: u64, out
     }
 
     // TC checks the source ranges before anything else about the frontend.
-    let denied = source_ranges(state, &value, query, out);
-
-    if denied {
+    if source_ranges(state, &value, query, out) {
         return;
     }
     if count == 0 {
         out.verdict = empty(&value, query.path, !elsewhere.is_empty());
         return;
     }
-    let chosen = if value.affinity_timeout != 0 {
+    let kept = if value.affinity_timeout != 0 {
         affinity(state, &value, query, offset, count, live, now, out)
     } else {
         None
     };
-    out.verdict = match chosen {
+    out.verdict = match kept {
         Some((slot, id)) => translate(state, Choice::Affinity, Some(slot), id, None),
-        None => match (query.path, query.from.and_then(|f| f.port.map(|p| (f.addr, p)))) {
-            (Path::Packet, Some((src, sport))) => {
-                let hash = flow_hash(&words(src), sport.to_be(), to.port().to_be(), protocol.number());
-                let slot = offset.wrapping_add(hash % count + 1);
-                match state.slots.get(&SlotKey { group: value.group, slot }).map(|s| s.backend) {
-                    Some(id) if state.backends.contains_key(&id) => {
-                        translate(state, Choice::FlowHash, Some(slot), id, Some(hash))
-                    }
-                    _ => Verdict::Reject {
-                        reason: format!(
-                            "slot {slot} (flow hash {hash:#010x}) is missing: the kernel retries once, then \
-                             refuses (lookup_miss)"
-                        ),
-                    },
-                }
-            }
-            (path, _) => {
-                let choice = if path == Path::Socket { Choice::Random } else { Choice::FlowHash };
-                if path == Path::Packet {
-                    out.notes.push(
-                        "the slot is the flow hash (client address and port, service port, protocol) \
-                         modulo the range: give --from ADDR:PORT to name the exact backend"
-                            .to_owned(),
-                    );
-                }
-                let only = (here.len() == 1).then(|| here.keys().next().copied()).flatten();
-                Verdict::Translate {
-                    choice,
-                    slot: None,
-                    backend: only.and_then(|id| state.backends.get(&id).map(|b| view(id, b))),
-                    hash: None,
-                }
-            }
-        },
+        None => choose(state, &value, query, offset, count, &here, out),
     };
     if query.path == Path::Packet
         && let Verdict::Translate { backend: Some(b), .. } = &out.verdict
@@ -392,6 +358,58 @@ fn decide(state: &MapState, query: &Query, live: &impl LiveTables, now: u64, out
                 b.address
             )
         });
+    }
+}
+
+/// The slot choice without affinity (`lb::select`): on the packet path with a client port, the
+/// slot `offset + flow_hash % count + 1` and its backend, exactly; otherwise the candidates only
+/// (`here`: backend id → slots), unless there is one.
+fn choose(
+    state: &MapState,
+    value: &FrontendValue,
+    query: &Query,
+    offset: u32,
+    count: u32,
+    here: &BTreeMap<u32, u32>,
+    out: &mut Explanation,
+) -> Verdict {
+    if query.path == Path::Packet
+        && let Some(from) = query.from
+        && let Some(sport) = from.port
+    {
+        // As `nat::new_flow`: the ports straight from the packet, i.e. in network byte order.
+        let (dport, proto) = (query.to.addr.port().to_be(), query.to.protocol.number());
+        let hash = flow_hash(&words(from.addr), sport.to_be(), dport, proto);
+        let slot = offset.wrapping_add(hash % count + 1);
+        return match state.slots.get(&SlotKey { group: value.group, slot }).map(|s| s.backend) {
+            Some(id) if state.backends.contains_key(&id) => {
+                translate(state, Choice::FlowHash, Some(slot), id, Some(hash))
+            }
+            _ => Verdict::Reject {
+                reason: format!(
+                    "slot {slot} (flow hash {hash:#010x}) is missing: the kernel retries once, then refuses \
+                     (lookup_miss)"
+                ),
+            },
+        };
+    }
+    let choice = match query.path {
+        Path::Socket => Choice::Random,
+        Path::Packet => {
+            out.notes.push(
+                "the slot is the flow hash (client address and port, service port, protocol) modulo the \
+                 range: give --from ADDR:PORT to name the exact backend"
+                    .to_owned(),
+            );
+            Choice::FlowHash
+        }
+    };
+    let only = if here.len() == 1 { here.keys().next().copied() } else { None };
+    Verdict::Translate {
+        choice,
+        slot: None,
+        backend: only.and_then(|id| state.backends.get(&id).map(|b| view(id, b))),
+        hash: None,
     }
 }
 
@@ -427,12 +445,18 @@ fn frontend(state: &MapState, key: &FrontendKey, value: &FrontendValue, path: Pa
         source_ranges: (value.flags & frontend_flags::SOURCE_RANGES != 0).then_some(ranges),
     });
     if value.ext_offset != 0 || value.ext_count != value.count {
+        let shown = |offset: u32, count: u32| {
+            if count == 0 {
+                "no slot".to_owned()
+            } else {
+                format!("slots {}..={}", offset + 1, offset + count)
+            }
+        };
         out.notes.push(format!(
-            "this frontend has two slot ranges: 1..={} for this node's own connections, {}..={} for \
-             packets from outside (externalTrafficPolicy: Local)",
-            value.count,
-            value.ext_offset + 1,
-            value.ext_offset + value.ext_count
+            "this frontend has two slot ranges: {} for this node's own connections, {} for packets from \
+             outside (externalTrafficPolicy: Local)",
+            shown(0, value.count),
+            shown(value.ext_offset, value.ext_count)
         ));
     }
 }

@@ -302,7 +302,11 @@ fn explains_each_reason_as_the_kernel_decides() {
                 ("10.244.2.2:8080", "not local"),
                 ("10.244.3.2:8080", "not local"),
             ],
-            says: vec!["drop: endpoints exist but none local", "tc_dropped"],
+            says: vec![
+                "drop: endpoints exist but none local",
+                "tc_dropped",
+                "slots 1..=3 for this node's own connections, no slot for packets from outside",
+            ],
             ..Case::new(
                 "no local endpoint on the packet path",
                 layout(&local_policy(false), &MapState::default()),
