@@ -1,4 +1,5 @@
-//! lb-agent: the node agent (`run`) and the operator CLI (`inspect`, `plan`, `cleanup`, `trace`).
+//! lb-agent: the node agent (`run`) and the operator CLI (`inspect`, `explain`, `plan`, `cleanup`,
+//! `trace`).
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -41,6 +42,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t, global = true)]
         output: Output,
     },
+    /// Why does a connection or packet to ADDR:PORT/PROTO go where it goes? Walks the kernel's
+    /// lookups over the pinned maps (works while the agent is down) and says, in plain words,
+    /// which Service, which backends may be picked on this path and why others may not, and the
+    /// verdict; with --from ADDR:PORT on the packet path, the exact backend of a new flow.
+    Explain(cli::explain::ExplainArgs),
     /// Print the desired state for a node without touching the kernel.
     Plan(cli::plan::PlanArgs),
     /// Remove everything the agent installed: pinned maps and links (which detaches the programs).
@@ -108,6 +114,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => cli::run::run(args),
         Command::Inspect { what, bpffs, output } => cli::inspect::inspect(what, &bpffs, output),
+        Command::Explain(args) => cli::explain::explain(args),
         Command::Plan(args) => cli::plan::plan(args),
         Command::Cleanup { bpffs, cgroup, kube_proxy } => {
             cli::cleanup(bpffs.as_deref(), cgroup.as_deref(), kube_proxy)

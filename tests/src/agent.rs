@@ -244,6 +244,17 @@ pub fn cli_table(args: &[&str], bpffs: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// Runs `lb-agent explain ARGS… --bpffs DIR --output json` (e.g. `--to ADDR:PORT/PROTO --from
+/// ADDR:PORT`) and parses the JSON.
+pub fn explain(bpffs: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    cli_json(&[&["explain"], args].concat(), bpffs)
+}
+
+/// Runs `lb-agent explain ARGS… --bpffs DIR` and returns what it prints (tables and notes).
+pub fn explain_table(bpffs: &Path, args: &[&str]) -> anyhow::Result<String> {
+    cli_table(&[&["explain"], args].concat(), bpffs)
+}
+
 /// Runs `lb-agent inspect WHAT --bpffs DIR` and returns the table.
 pub fn inspect_table(what: &str, bpffs: &Path) -> anyhow::Result<String> {
     let out = Command::new(crate::agent_bin()).args(["inspect", what, "--bpffs"]).arg(bpffs).output()?;

@@ -1,20 +1,18 @@
 //! `lb-agent log on|off|show`: switches the kernel programs' own log (aya-log) on for one
 //! frontend's backend group, or off, at run time, through the pinned `LB_LOG` map. The running
 //! agent prints the messages in its log (target `lb_ebpf`). Off by default.
-use std::{net::SocketAddr, path::Path};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, Map, MapData};
 use clap::Subcommand;
 use lb_common::map_names;
 
-use crate::{
-    datapath::{
-        maps::{LbMaps as _, PinnedMaps},
-        names::ServiceLabel,
-        state::FrontendKey,
-    },
-    model::Protocol,
+use crate::datapath::{
+    explain::Target,
+    maps::{LbMaps as _, PinnedMaps},
+    names::ServiceLabel,
+    state::FrontendKey,
 };
 
 #[derive(Subcommand)]
@@ -30,20 +28,6 @@ pub enum Switch {
     Off,
     /// Which group is logged now.
     Show,
-}
-
-/// `ADDR:PORT/PROTO`.
-pub fn parse_frontend(text: &str) -> anyhow::Result<(SocketAddr, Protocol)> {
-    let (addr, proto) =
-        text.rsplit_once('/').with_context(|| format!("{text:?}: expected ADDR:PORT/PROTO"))?;
-    let addr: SocketAddr = addr.parse().with_context(|| format!("{addr:?} is not ADDR:PORT"))?;
-    let proto = match proto.to_ascii_uppercase().as_str() {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        "SCTP" => Protocol::Sctp,
-        other => bail!("unknown protocol {other:?}: TCP, UDP or SCTP"),
-    };
-    Ok((addr, proto))
 }
 
 fn open(bpffs: &Path) -> anyhow::Result<Array<MapData, u32>> {
@@ -65,8 +49,8 @@ pub fn log(switch: Switch, bpffs: &Path) -> anyhow::Result<()> {
     };
     match switch {
         Switch::On { frontend } => {
-            let (addr, proto) = parse_frontend(&frontend)?;
-            let key = FrontendKey::new(addr.ip(), addr.port(), proto);
+            let target: Target = frontend.parse()?;
+            let key = FrontendKey::new(target.addr.ip(), target.addr.port(), target.protocol);
             let Some(value) = state.frontends.get(&key) else {
                 bail!("{frontend} is not a frontend (see `lb-agent inspect services`)");
             };

@@ -1,4 +1,5 @@
 //! One module per command; each is a thin function over the library modules.
+pub mod explain;
 pub mod inspect;
 pub mod kube_proxy;
 pub mod log;

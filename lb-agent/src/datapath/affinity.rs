@@ -48,7 +48,7 @@ fn client(key: &AffinityKey) -> String {
 }
 
 /// Nanoseconds on the clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC).
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
@@ -91,13 +91,16 @@ pub fn row(key: &AffinityKey, value: &AffinityValue, state: &MapState, now: u64)
     }
 }
 
-/// Every entry of the pinned affinity map under `bpffs`, sorted by group and client.
-pub fn entries(bpffs: &Path, state: &MapState) -> Result<Vec<AffinityRow>, MapsError> {
+/// The pinned affinity map under `bpffs`.
+pub fn open(bpffs: &Path) -> Result<HashMap<MapData, AffinityKey, AffinityValue>, MapsError> {
     let path = bpffs.join(map_names::AFFINITY);
     let data = MapData::from_pin(&path).map_err(|source| MapsError::Open { path: path.clone(), source })?;
-    let map: HashMap<MapData, AffinityKey, AffinityValue> =
-        HashMap::try_from(aya::maps::Map::LruHashMap(data))
-            .map_err(|source| MapsError::Open { path: path.clone(), source })?;
+    HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|source| MapsError::Open { path, source })
+}
+
+/// Every entry of the pinned affinity map under `bpffs`, sorted by group and client.
+pub fn entries(bpffs: &Path, state: &MapState) -> Result<Vec<AffinityRow>, MapsError> {
+    let map = open(bpffs)?;
     let now = monotonic_ns();
     let mut rows = Vec::new();
     for entry in map.iter() {

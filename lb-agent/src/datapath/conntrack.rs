@@ -69,12 +69,16 @@ pub fn row(key: &CtKey, value: &CtValue, now: u64) -> FlowRow {
     }
 }
 
-/// Every flow in the pinned conntrack map under `bpffs`, sorted.
-pub fn flows(bpffs: &Path) -> Result<Vec<FlowRow>, MapsError> {
+/// The pinned conntrack map under `bpffs`.
+pub fn open(bpffs: &Path) -> Result<HashMap<MapData, CtKey, CtValue>, MapsError> {
     let path = bpffs.join(map_names::CONNTRACK);
     let data = MapData::from_pin(&path).map_err(|source| MapsError::Open { path: path.clone(), source })?;
-    let map: HashMap<MapData, CtKey, CtValue> = HashMap::try_from(aya::maps::Map::LruHashMap(data))
-        .map_err(|source| MapsError::Open { path: path.clone(), source })?;
+    HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|source| MapsError::Open { path, source })
+}
+
+/// Every flow in the pinned conntrack map under `bpffs`, sorted.
+pub fn flows(bpffs: &Path) -> Result<Vec<FlowRow>, MapsError> {
+    let map = open(bpffs)?;
     let now = monotonic_ns();
     let mut rows = Vec::new();
     for entry in map.iter() {

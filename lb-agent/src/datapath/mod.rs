@@ -1,10 +1,12 @@
 //! Everything that touches the kernel: the map layout of a `DesiredState` (`state`, with Maglev
 //! tables from `maglev`), the ordered diff between two layouts (`diff`), the map writers (`maps`),
-//! and loading/attaching (`loader`).
+//! loading/attaching (`loader`), and the kernel's decision for one connection walked over the
+//! maps read back (`explain`).
 pub mod affinity;
 pub mod attached;
 pub mod conntrack;
 pub mod diff;
+pub mod explain;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
