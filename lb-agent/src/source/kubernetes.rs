@@ -24,6 +24,7 @@ use kube::{
         watcher::{self, Event},
     },
 };
+use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use tokio::{sync::Notify, task::JoinHandle};
 use tracing::{info, warn};
@@ -51,6 +52,7 @@ fn spawn_watch<K>(
     config: watcher::Config,
     kind: &'static str,
     changed: Arc<Notify>,
+    restarts: Counter,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -80,6 +82,9 @@ where
                     changed.notify_one();
                 }
                 Err(e) => {
+                    // Every error is followed by a retry (a new watch, or a relist after
+                    // 410 Gone) once the backoff allows.
+                    restarts.inc();
                     failing = true;
                     warn!(kind, error = %e, "watch failed; retrying with backoff, programmed maps are kept");
                 }
@@ -90,25 +95,35 @@ where
 }
 
 impl KubeSource {
-    /// Starts the watches; `changed` is notified whenever a store changes.
-    pub fn start(client: &Client, node_name: &str, changed: &Arc<Notify>) -> Self {
+    /// Starts the watches; `changed` is notified whenever a store changes, and the counter
+    /// `restarts(resource)` (`services`, `endpointslices`, `nodes`) counts each watch error,
+    /// every one of which is followed by a retry.
+    pub fn start(
+        client: &Client,
+        node_name: &str,
+        changed: &Arc<Notify>,
+        restarts: &dyn Fn(&'static str) -> Counter,
+    ) -> Self {
         let (services, t1) = spawn_watch(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name"),
             "Service",
             Arc::clone(changed),
+            restarts("services"),
         );
         let (slices, t2) = spawn_watch(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/headless"),
             "EndpointSlice",
             Arc::clone(changed),
+            restarts("endpointslices"),
         );
         let (nodes, t3) = spawn_watch(
             Api::<Node>::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             "Node",
             Arc::clone(changed),
+            restarts("nodes"),
         );
         Self { services, slices, nodes, tasks: vec![t1, t2, t3] }
     }

@@ -1,0 +1,274 @@
+//! The metrics read from the kernel at scrape time: `lb_datapath_events_total` (`LB_STATS`),
+//! `lb_service_connections_total` (`LB_SERVICE_STATS` joined with the names in `LB_SERVICES`),
+//! and `lb_map_entries` / `lb_map_capacity` (the service maps from what the last sync
+//! programmed, the LRU maps the programs fill by counting their keys).
+//!
+//! Each scrape opens the pins under `--bpffs` afresh (a few syscalls), so the collector holds no
+//! map handle (aya's maps are not `Sync`) and follows a `cleanup` or a reload. Cost per scrape:
+//! one lookup per datapath counter, one per backend group (per-CPU values) plus one per group for
+//! its name, and one `BPF_MAP_GET_NEXT_KEY` per entry of each LRU map: `LB_CONNTRACK` (default
+//! capacity 524288), `LB_REVNAT_V4`/`_V6` (262144 each) and `LB_AFFINITY` (65536), so about
+//! 1.1 million syscalls when all are full: a fraction of a second of one CPU, on a blocking
+//! thread, never in the sync loop.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    sync::{Mutex, OnceLock, PoisonError},
+};
+
+use aya::{
+    Pod,
+    maps::{HashMap, Map, MapData},
+};
+use lb_common::{
+    AffinityKey, AffinityValue, CtKey, CtValue, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value,
+    ServiceName, map_names, service_stats,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric as _, LabelValueEncoder},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        gauge::ConstGauge,
+    },
+};
+use tracing::warn;
+
+use crate::datapath::{
+    maps::{MapsError, PinnedMaps},
+    names::ServiceLabel,
+};
+
+/// How full one map is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CounterLabel {
+    counter: &'static str,
+}
+
+/// A label value read from a map, escaped as the text format requires (`\\`, `\"`, `\n`):
+/// prometheus-client 0.24 writes label values as they are. Kubernetes names never hold these
+/// characters, but the maps hold whatever bytes were written.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LabelText(pub String);
+
+impl EncodeLabelValue for LabelText {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PartialEq<&str> for LabelText {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// The labels of one per-service counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ServiceCounterLabel {
+    pub namespace: LabelText,
+    pub service: LabelText,
+    /// The Service port's name (empty for an unnamed port).
+    pub port: LabelText,
+    pub protocol: LabelText,
+    /// `IPv4` or `IPv6` (a dual-stack Service port has one backend group per family).
+    pub family: &'static str,
+    /// `cluster` or `external`.
+    pub scope: &'static str,
+    /// `socket`, `tc` or `xdp`.
+    pub path: &'static str,
+    /// `translated`, `no_backend`, `source_denied`, `nat_failed`.
+    pub verdict: &'static str,
+}
+
+/// What one scrape read from the kernel; a part that could not be read is `None`.
+#[derive(Debug, Default)]
+pub struct KernelSnapshot {
+    pub events: Option<Vec<(&'static str, u64)>>,
+    pub connections: Option<BTreeMap<ServiceCounterLabel, u64>>,
+    pub lru: Vec<MapFill>,
+}
+
+/// Reads the kernel's counters and LRU map fill at every scrape (see the module doc).
+#[derive(Debug)]
+pub struct KernelCollector {
+    /// Set once the maps are loaded and pinned.
+    bpffs: OnceLock<PathBuf>,
+    /// The service maps, as of the last applied sync.
+    programmed: Mutex<Vec<MapFill>>,
+    /// `lb_errors_total{kind="map_read"}`: a scrape that could not read a map counts there.
+    read_errors: Counter,
+}
+
+impl KernelCollector {
+    pub fn new(read_errors: Counter) -> Self {
+        Self { bpffs: OnceLock::new(), programmed: Mutex::new(Vec::new()), read_errors }
+    }
+
+    pub fn set_bpffs(&self, bpffs: &Path) {
+        let _ = self.bpffs.set(bpffs.to_path_buf());
+    }
+
+    pub fn set_programmed(&self, fills: Vec<MapFill>) {
+        *self.programmed.lock().unwrap_or_else(PoisonError::into_inner) = fills;
+    }
+
+    /// Reads everything from the pins under the `--bpffs` directory, if it is known yet.
+    fn read(&self) -> KernelSnapshot {
+        let Some(dir) = self.bpffs.get() else { return KernelSnapshot::default() };
+        let failed = |what: &str, e: &MapsError| {
+            warn!(error = %e, "metrics: cannot read {what}");
+            self.read_errors.inc();
+        };
+        let mut snapshot = KernelSnapshot::default();
+        match PinnedMaps::open(dir) {
+            Ok(maps) => {
+                snapshot.events = maps.stats().map_err(|e| failed("the datapath counters", &e)).ok();
+                snapshot.connections =
+                    connections(&maps).map_err(|e| failed("the per-service counters", &e)).ok();
+            }
+            Err(e) => failed("the pinned maps", &e),
+        }
+        for fill in [
+            count::<CtKey, CtValue>(dir, map_names::CONNTRACK),
+            count::<RevNat4Key, RevNat4Value>(dir, map_names::REVNAT_V4),
+            count::<RevNat6Key, RevNat6Value>(dir, map_names::REVNAT_V6),
+            count::<AffinityKey, AffinityValue>(dir, map_names::AFFINITY),
+        ] {
+            match fill {
+                Ok(fill) => snapshot.lru.push(fill),
+                Err(e) => failed("an LRU map", &e),
+            }
+        }
+        snapshot
+    }
+}
+
+/// The per-service counters, labelled with their Service port; groups without a name (a
+/// failed apply's leftovers) are left out, and the (momentary) duplicates of a Service port
+/// that moved to another group id are summed.
+fn connections(maps: &PinnedMaps) -> Result<BTreeMap<ServiceCounterLabel, u64>, MapsError> {
+    let counters = maps.service_stats()?;
+    let names = maps.service_names()?;
+    Ok(label_connections(&counters, &names))
+}
+
+/// `connections` on values already read (pure, tested).
+pub fn label_connections(
+    counters: &BTreeMap<u32, [u64; service_stats::COUNT as usize]>,
+    names: &BTreeMap<u32, ServiceName>,
+) -> BTreeMap<ServiceCounterLabel, u64> {
+    let mut out = BTreeMap::new();
+    for (group, values) in counters {
+        let Some(name) = names.get(group) else { continue };
+        let label = ServiceLabel::decode(name);
+        let family = if name.family == 6 { "IPv6" } else { "IPv4" };
+        for (&(path, verdict), value) in service_stats::LABELS.iter().zip(values) {
+            let key = ServiceCounterLabel {
+                namespace: LabelText(label.namespace.clone()),
+                service: LabelText(label.name.clone()),
+                port: LabelText(label.port.clone()),
+                protocol: LabelText(label.protocol.clone()),
+                family,
+                scope: label.scope,
+                path,
+                verdict,
+            };
+            *out.entry(key).or_default() += value;
+        }
+    }
+    out
+}
+
+/// Counts the keys of the pinned LRU hash map `name`. Iteration stops at the capacity: a key
+/// evicted while being iterated restarts the kernel's walk from the first bucket, which could
+/// otherwise count some keys twice.
+fn count<K: Pod, V: Pod>(dir: &Path, name: &'static str) -> Result<MapFill, MapsError> {
+    let path = dir.join(name);
+    let open = |source| MapsError::Open { path: path.clone(), source };
+    let data = MapData::from_pin(&path).map_err(open)?;
+    let capacity = u64::from(data.info().map_err(open)?.max_entries());
+    let map: HashMap<MapData, K, V> = HashMap::try_from(Map::LruHashMap(data)).map_err(open)?;
+    let mut entries = 0;
+    for key in map.keys() {
+        key.map_err(|source| MapsError::Read { name, source })?;
+        entries += 1;
+        if entries >= capacity {
+            break;
+        }
+    }
+    Ok(MapFill { map: name, entries, capacity })
+}
+
+impl KernelCollector {
+    /// Encodes the programmed map fill and `snapshot` (split from `Collector::encode` for tests).
+    pub fn encode_snapshot(
+        &self,
+        snapshot: &KernelSnapshot,
+        mut encoder: DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let mut fills = self.programmed.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        fills.extend(snapshot.lru.iter().cloned());
+        {
+            let help = "Entries in each map: the service maps as of the last applied sync, the LRU \
+                        maps counted at scrape time";
+            let mut metric = encoder.encode_descriptor("map_entries", help, None, MetricType::Gauge)?;
+            for f in &fills {
+                ConstGauge::new(f.entries).encode(metric.encode_family(&MapLabel { map: f.map })?)?;
+            }
+        }
+        {
+            let help = "Capacity of each map (max_entries)";
+            let mut metric = encoder.encode_descriptor("map_capacity", help, None, MetricType::Gauge)?;
+            for f in &fills {
+                ConstGauge::new(f.capacity).encode(metric.encode_family(&MapLabel { map: f.map })?)?;
+            }
+        }
+        if let Some(events) = &snapshot.events {
+            let help = "Datapath counters (LB_STATS, summed over CPUs), as `lb-agent inspect stats`";
+            let mut metric = encoder.encode_descriptor("datapath_events", help, None, MetricType::Counter)?;
+            for &(counter, value) in events {
+                ConstCounter::new(value).encode(metric.encode_family(&CounterLabel { counter })?)?;
+            }
+        }
+        if let Some(connections) = &snapshot.connections {
+            let help = "Connections (new flows at TC/XDP, connects and sends at the socket hooks) to \
+                        each Service port by path and verdict (LB_SERVICE_STATS); reset when the \
+                        Service port gets a new group";
+            let mut metric =
+                encoder.encode_descriptor("service_connections", help, None, MetricType::Counter)?;
+            for (labels, value) in connections {
+                ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_snapshot(&self.read(), encoder)
+    }
+}
