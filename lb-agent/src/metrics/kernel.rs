@@ -6,15 +6,19 @@
 //! Each scrape opens the pins under `--bpffs` afresh (a few syscalls), so the collector holds no
 //! map handle (aya's maps are not `Sync`) and follows a `cleanup` or a reload. Cost per scrape:
 //! one lookup per datapath counter, one per backend group (per-CPU values) plus one per group for
-//! its name, and one `BPF_MAP_GET_NEXT_KEY` per entry of each LRU map: `LB_CONNTRACK` (default
-//! capacity 524288), `LB_REVNAT_V4`/`_V6` (262144 each) and `LB_AFFINITY` (65536), so about
-//! 1.1 million syscalls when all are full: a fraction of a second of one CPU, on a blocking
-//! thread, never in the sync loop.
+//! its name. Counting the LRU maps (`LB_CONNTRACK`, default capacity 524288; `LB_REVNAT_V4`/`_V6`,
+//! 262144 each; `LB_AFFINITY`, 65536) costs one `BPF_MAP_GET_NEXT_KEY` per entry, 2–6 µs each
+//! measured on a test VM: up to several seconds of one CPU with all four full (nothing deletes
+//! their entries, so a busy node's maps fill up and stay full). So a count is reused until ten
+//! times the time it took has passed (`LruCounts`): counting takes at most about a tenth of one
+//! CPU whatever the scrape rate, and a node with small maps gets a fresh count at every scrape.
+//! All of it runs on a blocking thread, never in the sync loop.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
     sync::{Mutex, OnceLock, PoisonError},
+    time::Instant,
 };
 
 use aya::{
@@ -120,11 +124,45 @@ pub struct KernelCollector {
     programmed: Mutex<Vec<MapFill>>,
     /// `lb_errors_total{kind="map_read"}`: a scrape that could not read a map counts there.
     read_errors: Counter,
+    /// The last count of the LRU maps, reused for a while (see the module doc).
+    lru: Mutex<LruCounts>,
+}
+
+/// The LRU maps' fill as last counted, and when to count again.
+#[derive(Debug, Default)]
+struct LruCounts {
+    fills: Vec<MapFill>,
+    next: Option<Instant>,
+}
+
+/// A count of the LRU maps is reused for this many times the time it took.
+const LRU_RECOUNT_FACTOR: u32 = 10;
+
+impl LruCounts {
+    /// The fills, counted anew by `count` when the last count is old enough.
+    fn get(&mut self, now: Instant, count: impl FnOnce() -> Vec<MapFill>) -> Vec<MapFill> {
+        if self.next.is_none_or(|next| now >= next) {
+            self.fills = count();
+            let took = now.elapsed();
+            self.next = Some(now + took + took * LRU_RECOUNT_FACTOR);
+        }
+        self.fills.clone()
+    }
+
+    #[cfg(test)]
+    fn reuse_until(&self) -> Option<Instant> {
+        self.next
+    }
 }
 
 impl KernelCollector {
     pub fn new(read_errors: Counter) -> Self {
-        Self { bpffs: OnceLock::new(), programmed: Mutex::new(Vec::new()), read_errors }
+        Self {
+            bpffs: OnceLock::new(),
+            programmed: Mutex::new(Vec::new()),
+            read_errors,
+            lru: Mutex::new(LruCounts::default()),
+        }
     }
 
     pub fn set_bpffs(&self, bpffs: &Path) {
@@ -151,17 +189,18 @@ impl KernelCollector {
             }
             Err(e) => failed("the pinned maps", &e),
         }
-        for fill in [
-            count::<CtKey, CtValue>(dir, map_names::CONNTRACK),
-            count::<RevNat4Key, RevNat4Value>(dir, map_names::REVNAT_V4),
-            count::<RevNat6Key, RevNat6Value>(dir, map_names::REVNAT_V6),
-            count::<AffinityKey, AffinityValue>(dir, map_names::AFFINITY),
-        ] {
-            match fill {
-                Ok(fill) => snapshot.lru.push(fill),
-                Err(e) => failed("an LRU map", &e),
-            }
-        }
+        let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
+        snapshot.lru = lru.get(Instant::now(), || {
+            [
+                count::<CtKey, CtValue>(dir, map_names::CONNTRACK),
+                count::<RevNat4Key, RevNat4Value>(dir, map_names::REVNAT_V4),
+                count::<RevNat6Key, RevNat6Value>(dir, map_names::REVNAT_V6),
+                count::<AffinityKey, AffinityValue>(dir, map_names::AFFINITY),
+            ]
+            .into_iter()
+            .filter_map(|fill| fill.map_err(|e| failed("an LRU map", &e)).ok())
+            .collect()
+        });
         snapshot
     }
 }
@@ -270,5 +309,31 @@ impl KernelCollector {
 impl Collector for KernelCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.encode_snapshot(&self.read(), encoder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn lru_counts_are_reused_for_ten_times_the_time_they_took() {
+        let mut counts = LruCounts::default();
+        let fill = |entries| vec![MapFill { map: map_names::CONNTRACK, entries, capacity: 8 }];
+        let t0 = Instant::now();
+        assert_eq!(
+            counts.get(t0, || {
+                std::thread::sleep(Duration::from_millis(20));
+                fill(1)
+            }),
+            fill(1)
+        );
+        let until = counts.reuse_until().expect("counted");
+        assert!(until >= t0 + Duration::from_millis(220), "{:?}", until - t0);
+        // Within that time the count is reused; after it, counted anew.
+        assert_eq!(counts.get(until - Duration::from_millis(1), || fill(2)), fill(1));
+        assert_eq!(counts.get(until, || fill(3)), fill(3));
     }
 }
