@@ -71,17 +71,21 @@ impl Health {
     }
 }
 
-/// Serves the endpoints until the task is dropped.
-pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> anyhow::Result<()> {
-    let app = Router::new()
+/// The three endpoints, for `--healthz-addr` and for `--metrics-addr` (which serves them too).
+pub fn router(health: Arc<Health>) -> Router {
+    Router::new()
         .route("/livez", get(|State(h): State<Arc<Health>>| async move { h.body(|_| true) }))
         .route(
             "/healthz",
             get(|State(h): State<Arc<Health>>| async move { h.body(|i| i.ready && i.healthy) }),
         )
         .route("/readyz", get(|State(h): State<Arc<Health>>| async move { h.body(|i| i.ready) }))
-        .with_state(health);
+        .with_state(health)
+}
+
+/// Serves the endpoints until the task is dropped.
+pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await?;
+    axum::serve(listener, router(health)).await?;
     Ok(())
 }

@@ -8,6 +8,7 @@ mod cli;
 mod datapath;
 mod health;
 mod health_check;
+mod metrics;
 mod model;
 mod nodeport_addresses;
 mod snat_ports;

@@ -6,12 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{debug, info_span};
+use tracing::{debug, field::Empty, info, info_span};
 
 use crate::{
     datapath::{
         diff::{MapOp, diff},
-        maps::{LbMaps, MapsError, check_capacity},
+        maps::{Capacity, LbMaps, MapsError, check_capacity},
         state::{LayoutOptions, MapState, Reserved, layout_reserving},
     },
     model::DesiredState,
@@ -38,10 +38,47 @@ pub struct Syncer<M: LbMaps> {
     freed: Vec<(Instant, Freed)>,
     /// How slots are filled (`--lb-algorithm`, `--maglev-table-size`).
     options: LayoutOptions,
+    /// No sync has applied yet: the first one may be the whole cluster (progress says "initial").
+    initial: bool,
 }
 
 /// How long a freed id stays unused (far longer than any program run).
 const QUARANTINE: Duration = Duration::from_secs(5);
+
+/// An apply of more map writes than this logs its progress (the initial sync of a large cluster
+/// takes seconds).
+const PROGRESS_MIN_OPS: usize = 10_000;
+/// How often a long apply logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// The clock is read once per this many writes, so progress costs nothing per write.
+const PROGRESS_CHECK_OPS: usize = 1024;
+
+/// When a long apply logs "initial sync: 40000 of 110000 map writes".
+#[derive(Debug)]
+struct Progress {
+    total: usize,
+    next: Instant,
+}
+
+impl Progress {
+    /// `None` for an apply too short to report on.
+    fn new(total: usize, now: Instant) -> Option<Self> {
+        (total > PROGRESS_MIN_OPS).then_some(Self { total, next: now + PROGRESS_EVERY })
+    }
+
+    /// Whether a line is due after `done` writes; `now` is read only every `PROGRESS_CHECK_OPS`.
+    fn due(&mut self, done: usize, now: impl FnOnce() -> Instant) -> bool {
+        if done == 0 || !done.is_multiple_of(PROGRESS_CHECK_OPS) || done >= self.total {
+            return false;
+        }
+        let now = now();
+        if now < self.next {
+            return false;
+        }
+        self.next = now + PROGRESS_EVERY;
+        true
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Freed {
@@ -61,7 +98,7 @@ impl<M: LbMaps> Syncer<M> {
     /// restarted with another `--lb-algorithm`) are rewritten by the first sync, make before break.
     pub fn with_options(maps: M, options: LayoutOptions) -> Result<Self, MapsError> {
         let programmed = maps.read()?;
-        Ok(Self { maps, programmed, need_full_sync: false, freed: Vec::new(), options })
+        Ok(Self { maps, programmed, need_full_sync: false, freed: Vec::new(), options, initial: true })
     }
 
     pub fn programmed(&self) -> &MapState {
@@ -73,10 +110,52 @@ impl<M: LbMaps> Syncer<M> {
         &mut self.maps
     }
 
+    /// Capacity of the service maps (for the metrics).
+    pub fn capacity(&self) -> Capacity {
+        self.maps.capacity()
+    }
+
     /// Makes the maps equal to `desired`. On error nothing visible is half-built (see `diff`) and
     /// the next call starts from a fresh read of the maps.
+    #[cfg_attr(not(test), allow(dead_code, reason = "`run` passes the object count to `sync_objects`"))]
     pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport, MapsError> {
-        let _span = info_span!("sync", groups = desired.groups.len()).entered();
+        self.sync_objects(desired, None)
+    }
+
+    /// As `sync`; `objects` (Services, EndpointSlices and Nodes seen in the source) goes on the
+    /// `sync` span with the groups, the writes and removals made (also of a failed apply) and
+    /// the time taken, for structured logs and tracing backends.
+    pub fn sync_objects(
+        &mut self,
+        desired: &DesiredState,
+        objects: Option<usize>,
+    ) -> Result<SyncReport, MapsError> {
+        let span = info_span!(
+            "sync",
+            groups = desired.groups.len(),
+            objects = Empty,
+            written = Empty,
+            removed = Empty,
+            elapsed_us = Empty,
+        );
+        let _entered = span.enter();
+        if let Some(objects) = objects {
+            span.record("objects", objects);
+        }
+        let started = Instant::now();
+        let mut report = SyncReport::default();
+        let result = self.apply(desired, &mut report);
+        span.record("written", report.written);
+        span.record("removed", report.removed);
+        span.record("elapsed_us", u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        if result.is_ok() {
+            self.initial = false;
+        }
+        result.map(|()| report)
+    }
+
+    /// The body of `sync`, counting what it writes into `report` as it goes.
+    fn apply(&mut self, desired: &DesiredState, report: &mut SyncReport) -> Result<(), MapsError> {
         if self.need_full_sync {
             self.programmed = self.maps.read()?;
             self.need_full_sync = false;
@@ -93,12 +172,16 @@ impl<M: LbMaps> Syncer<M> {
         let target = layout_reserving(desired, &self.programmed, &reserved, &self.options);
         check_capacity(&target, self.maps.capacity(), &self.options)?;
         let ops = diff(&self.programmed, &target);
-        let mut report = SyncReport {
-            frontends: target.frontends.len(),
-            backends: target.backends.len(),
-            ..Default::default()
-        };
-        for op in &ops {
+        report.frontends = target.frontends.len();
+        report.backends = target.backends.len();
+        let mut progress = Progress::new(ops.len(), now);
+        let what = if self.initial { "initial sync" } else { "sync" };
+        for (done, op) in ops.iter().enumerate() {
+            if let Some(p) = &mut progress
+                && p.due(done, Instant::now)
+            {
+                info!(done, total = p.total, "{what}: {done} of {} map writes", p.total);
+            }
             debug!(%op, "map write");
             if let Err(e) = self.maps.apply(op) {
                 self.need_full_sync = true;
@@ -125,6 +208,44 @@ impl<M: LbMaps> Syncer<M> {
         let backends_freed = self.programmed.backends.keys().filter(|b| !target.backends.contains_key(b));
         self.freed.extend(backends_freed.map(|b| (now, Freed::Backend(*b))));
         self.programmed = target;
-        Ok(report)
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn short_applies_report_nothing() {
+        assert!(Progress::new(PROGRESS_MIN_OPS, Instant::now()).is_none());
+        assert!(Progress::new(PROGRESS_MIN_OPS + 1, Instant::now()).is_some());
+    }
+
+    #[test]
+    fn long_applies_report_about_once_a_second_and_read_the_clock_rarely() {
+        let t0 = Instant::now();
+        let mut p = Progress::new(100_000, t0).expect("long");
+        let mut clock_reads = 0;
+        let mut due_at = Vec::new();
+        // A simulated apply taking 100 µs per write.
+        for done in 0..100_000 {
+            let at = t0 + Duration::from_micros(100 * done as u64);
+            if p.due(done, || {
+                clock_reads += 1;
+                at
+            }) {
+                due_at.push(done);
+            }
+        }
+        assert_eq!(
+            clock_reads,
+            100_000 / PROGRESS_CHECK_OPS,
+            "the clock is read once per {PROGRESS_CHECK_OPS} writes"
+        );
+        // 100,000 writes at 100 µs = 10 s: a line about every second (10,000 writes), none at 0.
+        assert!((8..=10).contains(&due_at.len()), "{due_at:?}");
+        assert!(due_at.windows(2).all(|w| w[1] - w[0] >= 10_000 - PROGRESS_CHECK_OPS), "{due_at:?}");
+        assert!(due_at[0] >= 10_000 - PROGRESS_CHECK_OPS, "{due_at:?}");
     }
 }

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod guard;
+pub mod metrics;
 pub mod node;
 pub mod packet;
 pub mod probe;

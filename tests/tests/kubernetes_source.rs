@@ -11,6 +11,7 @@ use lb_tests::{
     agent::{Agent, free_local_addr, http_status, inspect},
     apiserver::{FakeApiServer, Kind, node, service, slice},
     guard::{Bpffs, Cgroup, Netns, TempDir},
+    metrics::scrape,
     probe::{self, Place, backend_of},
     require_root,
     servers::Servers,
@@ -206,7 +207,9 @@ fn dropped_watch_resumes_and_410_relists_without_touching_the_maps() {
     kn.api.apply(node("node-1", "zone-a", "192.0.2.10"));
     kn.api.apply_all(web());
     kn.api.apply_all((0..20).flat_map(bulk));
-    kn.start_agent();
+    let metrics = free_local_addr();
+    kn.spawn_agent_with(&["--metrics-addr", &metrics.to_string()]);
+    kn.agent().wait_for_log("agent ready", 1, Duration::from_secs(30)).expect("agent ready");
     let lists = kn.api.lists(Kind::Service);
     let watches = kn.api.watches(Kind::Service);
 
@@ -239,6 +242,22 @@ fn dropped_watch_resumes_and_410_relists_without_touching_the_maps() {
         assert!(line.contains("written=0") && line.contains("removed=0"), "relist flapped the maps: {line}");
     }
     assert_eq!(frontends(&kn.bpffs.path), before);
+
+    // Each watch error (the 410 at least) counts as a restart of its resource's watch.
+    let restarts = |s: &lb_tests::metrics::Scrape, resource| {
+        s.value("lb_watch_restarts_total", &[("resource", resource)]).expect("sample")
+    };
+    // A scrape between two equal counts of the log lines (a watch may fail meanwhile).
+    let (failed, s) = (0..10)
+        .find_map(|_| {
+            let failed = kn.agent().count("watch failed");
+            let s = scrape(metrics).expect("scrape");
+            (kn.agent().count("watch failed") == failed).then_some((failed, s))
+        })
+        .expect("watch failures kept coming");
+    assert!(restarts(&s, "services") >= 1.0, "{}", s.text);
+    let total: f64 = ["services", "endpointslices", "nodes"].iter().map(|r| restarts(&s, r)).sum();
+    assert_eq!(total, failed as f64, "one restart per logged watch failure:\n{}", s.text);
 }
 
 #[test]

@@ -82,8 +82,12 @@ fn load(args: &PlanArgs) -> anyhow::Result<(Objects, Vec<Problem>)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = source::kubernetes::client(args.kubeconfig.as_deref()).await?;
-        let kube =
-            KubeSource::start(&client, &args.node_name, &std::sync::Arc::new(tokio::sync::Notify::new()));
+        let kube = KubeSource::start(
+            &client,
+            &args.node_name,
+            &std::sync::Arc::new(tokio::sync::Notify::new()),
+            &|_| prometheus_client::metrics::counter::Counter::default(),
+        );
         kube.wait_ready().await?;
         Ok((kube.snapshot(), Vec::new()))
     })

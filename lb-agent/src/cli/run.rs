@@ -23,6 +23,7 @@ use crate::{
     },
     health::Health,
     health_check::ServiceHealthServer,
+    metrics::{ErrorKind, Metrics, SyncResult},
     model::{DesiredState, NodeContext, Objects, Problem, translate},
     nodeport_addresses::{self, NodePortAddresses},
     source::{self, SourceError, kubernetes::KubeSource},
@@ -52,6 +53,10 @@ pub struct RunArgs {
     /// Serve /livez, /healthz and /readyz here (kube-proxy uses 0.0.0.0:10256); empty: off.
     #[arg(long, default_value = "")]
     healthz_addr: String,
+    /// Serve Prometheus metrics on /metrics here, with /livez, /healthz and /readyz (kube-proxy's
+    /// metrics port); empty: off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_addr: String,
     /// This node's name; endpoints with this `nodeName` are local.
     #[arg(long, env = "NODE_NAME", default_value = "")]
     node_name: String,
@@ -274,12 +279,15 @@ fn sync_once(
     source: &Source,
     identity: &NodeIdentity,
     syncer: &mut Syncer<PinnedMaps>,
+    metrics: &Metrics,
 ) -> (Outcome, Option<DesiredState>) {
     let started = Instant::now();
     let (objects, mut problems) = match source.load() {
         Ok(loaded) => loaded,
         Err(e) => {
             error!(error = %e, "source is invalid; keeping what is programmed");
+            metrics.record_errors(ErrorKind::SourceInvalid, 1);
+            metrics.record_sync(SyncResult::SourceInvalid, started.elapsed());
             return (Outcome::SourceInvalid, None);
         }
     };
@@ -289,8 +297,12 @@ fn sync_once(
     for p in &problems {
         warn!(object = %p.object, reason = %p.reason, "skipped");
     }
-    match syncer.sync(&desired) {
+    metrics.record_errors(ErrorKind::ObjectSkipped, problems.len() as u64);
+    let seen = objects.services.len() + objects.slices.len() + objects.nodes.len();
+    match syncer.sync_objects(&desired, Some(seen)) {
         Ok(report) => {
+            metrics.record_sync(SyncResult::Applied, started.elapsed());
+            metrics.record_programmed(syncer.programmed(), syncer.capacity());
             info!(
                 services = objects.services.len(),
                 slices = objects.slices.len(),
@@ -306,6 +318,8 @@ fn sync_once(
         }
         Err(e) => {
             error!(error = %e, "sync failed; nothing half-applied is visible, will retry");
+            metrics.record_errors(ErrorKind::of(&e), 1);
+            metrics.record_sync(SyncResult::MapsFailed, started.elapsed());
             (Outcome::MapsFailed, None)
         }
     }
@@ -326,6 +340,19 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             }
         })))
     };
+    let metrics = Arc::new(Metrics::new());
+    let _metrics_server = if args.metrics_addr.is_empty() {
+        None
+    } else {
+        let addr: std::net::SocketAddr =
+            args.metrics_addr.parse().with_context(|| format!("--metrics-addr {:?}", args.metrics_addr))?;
+        let (metrics, health) = (Arc::clone(&metrics), Arc::clone(&health));
+        Some(AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, metrics, health).await {
+                error!(%addr, error = %e, "metrics endpoint stopped");
+            }
+        })))
+    };
     // kube-proxy's healthCheckNodePort servers, on every address (kube-proxy's default).
     let mut service_health = ServiceHealthServer::new(Arc::clone(&health), Vec::new());
     let changed = Arc::new(Notify::new());
@@ -334,7 +361,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             bail!("--source kubernetes needs this node's name: --node-name or NODE_NAME");
         }
         let client = source::kubernetes::client(args.kubeconfig.as_deref()).await?;
-        Source::Kubernetes(KubeSource::start(&client, &args.node_name, &changed))
+        Source::Kubernetes(KubeSource::start(&client, &args.node_name, &changed, &|resource| {
+            metrics.watch_restarts(resource)
+        }))
     } else {
         let path = PathBuf::from(&args.source);
         let notify = Arc::clone(&changed);
@@ -366,6 +395,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let maps = PinnedMaps::open(&args.bpffs).context("opening the maps just pinned")?;
+    metrics.set_bpffs(&args.bpffs);
     let options = LayoutOptions { algorithm: args.lb_algorithm, maglev_size: args.maglev_table_size };
     let mut syncer = Syncer::with_options(maps, options).context("reading the pinned maps")?;
     if !syncer.programmed().frontends.is_empty() {
@@ -390,7 +420,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     }
     let identity = NodeIdentity { name: args.node_name, nodeport_addresses: args.nodeport_addresses };
     let started = Instant::now();
-    let (mut outcome, desired) = sync_once(&source, &identity, &mut syncer);
+    let (mut outcome, desired) = sync_once(&source, &identity, &mut syncer, &metrics);
     record.sync(syncer.maps_mut(), &outcome, started.elapsed(), source.state());
     if let Some(desired) = &desired {
         service_health.sync(desired);
@@ -421,7 +451,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
         let started = Instant::now();
-        let (next, desired) = sync_once(&source, &identity, &mut syncer);
+        let (next, desired) = sync_once(&source, &identity, &mut syncer, &metrics);
         outcome = next;
         record.sync(syncer.maps_mut(), &outcome, started.elapsed(), source.state());
         if let Some(desired) = &desired {

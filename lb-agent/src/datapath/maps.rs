@@ -239,6 +239,12 @@ impl PinnedMaps {
         Ok(out)
     }
 
+    /// The Service port of every backend group in `LB_SERVICES` (one lookup per group, for the
+    /// metrics; `read` reads every map).
+    pub fn service_names(&self) -> Result<BTreeMap<u32, ServiceName>, MapsError> {
+        Ok(read_all(map_names::SERVICES, &self.services)?.into_iter().collect())
+    }
+
     /// What the agent last recorded about itself (all zero before any agent wrote it).
     pub fn agent_status(&self) -> Result<AgentStatus, MapsError> {
         self.agent.get(&0, 0).map_err(|source| MapsError::Read { name: map_names::AGENT, source })

@@ -273,23 +273,21 @@ fn count_keys(fd: &OwnedFd, key_size: u32, max: u32, path: &Path) -> Result<u64,
     Ok(count)
 }
 
+/// The fill level of the map pinned as `bpffs/name`.
+pub fn map(bpffs: &Path, name: &'static str) -> Result<MapRow, PinnedError> {
+    let path = bpffs.join(name);
+    let fd = obj_get(&path)?;
+    let raw: MapInfoRaw = info(&fd, &path)?;
+    let (kind, array) = map_kind(raw.type_);
+    let entries = if array {
+        u64::from(raw.max_entries)
+    } else {
+        count_keys(&fd, raw.key_size, raw.max_entries, &path)?
+    };
+    Ok(MapRow { name, kind, entries, capacity: raw.max_entries })
+}
+
 /// Every map of `map_names::ALL` pinned under `bpffs` (missing ones are left out).
 pub fn maps(bpffs: &Path) -> Result<Vec<MapRow>, PinnedError> {
-    let mut rows = Vec::new();
-    for name in map_names::ALL {
-        let path = bpffs.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let fd = obj_get(&path)?;
-        let raw: MapInfoRaw = info(&fd, &path)?;
-        let (kind, array) = map_kind(raw.type_);
-        let entries = if array {
-            u64::from(raw.max_entries)
-        } else {
-            count_keys(&fd, raw.key_size, raw.max_entries, &path)?
-        };
-        rows.push(MapRow { name, kind, entries, capacity: raw.max_entries });
-    }
-    Ok(rows)
+    map_names::ALL.into_iter().filter(|name| bpffs.join(name).exists()).map(|name| map(bpffs, name)).collect()
 }

@@ -27,6 +27,7 @@ use kube::{
         watcher::{self, Event},
     },
 };
+use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use tokio::{sync::Notify, task::JoinHandle};
 use tracing::{info, warn};
@@ -76,6 +77,7 @@ fn spawn_watch<K>(
     kind: &'static str,
     changed: Arc<Notify>,
     failing_watches: Arc<AtomicUsize>,
+    restarts: Counter,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -105,6 +107,9 @@ where
                     changed.notify_one();
                 }
                 Err(e) => {
+                    // Every error is followed by a retry (a new watch, or a relist after
+                    // 410 Gone) once the backoff allows.
+                    restarts.inc();
                     failing.set(true);
                     warn!(kind, error = %e, "watch failed; retrying with backoff, programmed maps are kept");
                 }
@@ -115,8 +120,15 @@ where
 }
 
 impl KubeSource {
-    /// Starts the watches; `changed` is notified whenever a store changes.
-    pub fn start(client: &Client, node_name: &str, changed: &Arc<Notify>) -> Self {
+    /// Starts the watches; `changed` is notified whenever a store changes, and the counter
+    /// `restarts(resource)` (`services`, `endpointslices`, `nodes`) counts each watch error,
+    /// every one of which is followed by a retry.
+    pub fn start(
+        client: &Client,
+        node_name: &str,
+        changed: &Arc<Notify>,
+        restarts: &dyn Fn(&'static str) -> Counter,
+    ) -> Self {
         let failing = Arc::new(AtomicUsize::new(0));
         let (services, t1) = spawn_watch(
             Api::<Service>::all(client.clone()),
@@ -124,6 +136,7 @@ impl KubeSource {
             "Service",
             Arc::clone(changed),
             Arc::clone(&failing),
+            restarts("services"),
         );
         let (slices, t2) = spawn_watch(
             Api::<EndpointSlice>::all(client.clone()),
@@ -131,6 +144,7 @@ impl KubeSource {
             "EndpointSlice",
             Arc::clone(changed),
             Arc::clone(&failing),
+            restarts("endpointslices"),
         );
         let (nodes, t3) = spawn_watch(
             Api::<Node>::all(client.clone()),
@@ -138,6 +152,7 @@ impl KubeSource {
             "Node",
             Arc::clone(changed),
             Arc::clone(&failing),
+            restarts("nodes"),
         );
         Self { services, slices, nodes, tasks: vec![t1, t2, t3], failing }
     }

@@ -1,0 +1,276 @@
+//! Prometheus metrics on `--metrics-addr` (kube-proxy's :10249), in the OpenMetrics text format
+//! (`prometheus-client`), next to kube-proxy's `/livez`, `/healthz` and `/readyz`.
+//!
+//! Two kinds of metric, all prefixed `lb_`:
+//! - what the agent does, recorded by the run loop into `Metrics` as it happens: syncs and their
+//!   duration, what is programmed, errors, Kubernetes watch restarts;
+//! - what the kernel counted, read from the pinned maps at scrape time by `kernel::KernelCollector`
+//!   (datapath counters, per-Service connection verdicts, LRU map fill), on a blocking thread, so
+//!   a scrape never stalls the sync loop.
+mod kernel;
+#[cfg(test)]
+mod tests;
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use lb_common::map_names;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+use tracing::warn;
+
+use crate::{
+    datapath::{
+        maps::{Capacity, MapsError},
+        state::{FrontendKey, MapState},
+    },
+    health::Health,
+};
+
+/// The content type of the OpenMetrics text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How a sync ended (`lb_syncs_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncResult {
+    /// The maps now equal the source.
+    Applied,
+    /// The source could not be read; what is programmed was kept.
+    SourceInvalid,
+    /// A map refused a write (or the target did not fit); retried later.
+    MapsFailed,
+}
+
+impl SyncResult {
+    const ALL: [Self; 3] = [Self::Applied, Self::SourceInvalid, Self::MapsFailed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::SourceInvalid => "source_invalid",
+            Self::MapsFailed => "maps_failed",
+        }
+    }
+}
+
+/// What went wrong (`lb_errors_total{kind}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The source could not be read or parsed.
+    SourceInvalid,
+    /// A map write failed during a sync.
+    MapWrite,
+    /// The target did not fit a map's capacity (`MapsError::Full`, `MaglevFull`).
+    MapFull,
+    /// A pinned map could not be opened or read (by a sync or a scrape).
+    MapRead,
+    /// An object (or part of one) left out by translation, counted at every sync it is seen.
+    ObjectSkipped,
+}
+
+impl ErrorKind {
+    const ALL: [Self; 5] =
+        [Self::SourceInvalid, Self::MapWrite, Self::MapFull, Self::MapRead, Self::ObjectSkipped];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::SourceInvalid => "source_invalid",
+            Self::MapWrite => "map_write",
+            Self::MapFull => "map_full",
+            Self::MapRead => "map_read",
+            Self::ObjectSkipped => "object_skipped",
+        }
+    }
+
+    /// The kind of a failed sync's map error.
+    pub fn of(e: &MapsError) -> Self {
+        match e {
+            MapsError::Open { .. } | MapsError::Read { .. } => Self::MapRead,
+            MapsError::Write { .. } => Self::MapWrite,
+            MapsError::Full { .. } | MapsError::MaglevFull { .. } => Self::MapFull,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    resource: &'static str,
+}
+
+/// The agent's metrics: the run loop records into it, `/metrics` renders it.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    sync_duration: Histogram,
+    syncs: Family<ResultLabel, Counter>,
+    programmed_services: Gauge,
+    programmed_frontends: Gauge,
+    programmed_backends: Gauge,
+    watch_restarts: Family<ResourceLabel, Counter>,
+    errors: Family<KindLabel, Counter>,
+    kernel: Arc<kernel::KernelCollector>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lb");
+        // kube-proxy's sync_proxy_rules_duration_seconds buckets: 1 ms to 16 s.
+        let sync_duration =
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15));
+        registry.register_with_unit(
+            "sync_duration",
+            "Time one sync took: source snapshot, translation, layout, diff and map writes",
+            Unit::Seconds,
+            sync_duration.clone(),
+        );
+        let syncs = Family::<ResultLabel, Counter>::default();
+        registry.register("syncs", "Syncs by result", syncs.clone());
+        let programmed_services = Gauge::default();
+        registry.register(
+            "programmed_services",
+            "Backend groups (Service port, family, scope) in the maps after the last applied sync",
+            programmed_services.clone(),
+        );
+        let programmed_frontends = Gauge::default();
+        registry.register(
+            "programmed_frontends",
+            "Frontends (address, port, protocol) in the maps after the last applied sync",
+            programmed_frontends.clone(),
+        );
+        let programmed_backends = Gauge::default();
+        registry.register(
+            "programmed_backends",
+            "Backends in the maps after the last applied sync",
+            programmed_backends.clone(),
+        );
+        let watch_restarts = Family::<ResourceLabel, Counter>::default();
+        registry.register(
+            "watch_restarts",
+            "Kubernetes watch errors, each followed by a retry with backoff (a relist after 410 Gone)",
+            watch_restarts.clone(),
+        );
+        let errors = Family::<KindLabel, Counter>::default();
+        registry.register("errors", "Errors by kind", errors.clone());
+        let kernel = Arc::new(kernel::KernelCollector::new(
+            errors.get_or_create(&KindLabel { kind: ErrorKind::MapRead.label() }).clone(),
+        ));
+        registry.register_collector(Box::new(Arc::clone(&kernel)));
+        for result in SyncResult::ALL {
+            let _ = syncs.get_or_create(&ResultLabel { result: result.label() });
+        }
+        for kind in ErrorKind::ALL {
+            let _ = errors.get_or_create(&KindLabel { kind: kind.label() });
+        }
+        Self {
+            registry,
+            sync_duration,
+            syncs,
+            programmed_services,
+            programmed_frontends,
+            programmed_backends,
+            watch_restarts,
+            errors,
+            kernel,
+        }
+    }
+
+    /// One sync ended with `result` after `elapsed`.
+    pub fn record_sync(&self, result: SyncResult, elapsed: Duration) {
+        self.sync_duration.observe(elapsed.as_secs_f64());
+        self.syncs.get_or_create(&ResultLabel { result: result.label() }).inc();
+    }
+
+    /// `n` errors of `kind`.
+    pub fn record_errors(&self, kind: ErrorKind, n: u64) {
+        self.errors.get_or_create(&KindLabel { kind: kind.label() }).inc_by(n);
+    }
+
+    /// What the maps hold after an applied sync, and their capacity.
+    pub fn record_programmed(&self, state: &MapState, capacity: Capacity) {
+        let gauge = |g: &Gauge, n: usize| g.set(i64::try_from(n).unwrap_or(i64::MAX));
+        gauge(&self.programmed_services, state.services.len());
+        gauge(&self.programmed_frontends, state.frontends.len());
+        gauge(&self.programmed_backends, state.backends.len());
+        let v4 = state.frontends.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count();
+        let fill = |map, entries: usize, capacity: u32| kernel::MapFill {
+            map,
+            entries: u64::try_from(entries).unwrap_or(u64::MAX),
+            capacity: u64::from(capacity),
+        };
+        self.kernel.set_programmed(vec![
+            fill(map_names::FRONTENDS_V4, v4, capacity.frontends),
+            fill(map_names::FRONTENDS_V6, state.frontends.len() - v4, capacity.frontends),
+            fill(map_names::SLOTS, state.slots.len(), capacity.slots),
+            fill(map_names::BACKENDS, state.backends.len(), capacity.backends),
+            fill(map_names::SOURCE_RANGES, state.source_ranges.len(), capacity.source_ranges),
+            fill(map_names::SERVICES, state.services.len(), capacity.services),
+            fill(map_names::SERVICE_STATS, state.services.len(), capacity.services),
+        ]);
+    }
+
+    /// The counter of watch restarts of `resource` (`services`, `endpointslices`, `nodes`),
+    /// for the Kubernetes source to count into; its series exists (at 0) from now on.
+    pub fn watch_restarts(&self, resource: &'static str) -> Counter {
+        self.watch_restarts.get_or_create(&ResourceLabel { resource }).clone()
+    }
+
+    /// The pinned maps are under `bpffs` from now on: scrapes read the kernel's counters there.
+    pub fn set_bpffs(&self, bpffs: &Path) {
+        self.kernel.set_bpffs(bpffs);
+    }
+
+    /// The OpenMetrics text of every metric (reads the pinned maps: call off the async runtime).
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// `GET /metrics`: rendered on a blocking thread, since it reads the kernel's maps.
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+    match tokio::task::spawn_blocking(move || metrics.render()).await {
+        Ok(Ok(text)) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot render the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        Err(e) => {
+            warn!(error = %e, "the metrics scrape failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Serves `/metrics` and the health endpoints on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> std::io::Result<()> {
+    let app =
+        crate::health::router(health).merge(Router::new().route("/metrics", get(scrape)).with_state(metrics));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}

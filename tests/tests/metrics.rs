@@ -1,0 +1,186 @@
+//! The agent's Prometheus endpoint against a real kernel: `--metrics-addr` serves the health
+//! endpoints and `/metrics`, which reports what was programmed and what the programs counted.
+//! The agent runs in the host network namespace (as in `socket_lb.rs`) and listens on a free
+//! loopback port there; clients run in the test cgroup inside a test namespace, backends on that
+//! namespace's `lo`.
+use std::{net::SocketAddr, time::Duration};
+
+use lb_tests::{
+    agent::{Agent, free_local_addr, http_status},
+    guard::{Bpffs, Cgroup, Netns, TempDir},
+    metrics::{Scrape, scrape},
+    probe::{self, Place},
+    require_root,
+    servers::Servers,
+    yaml::{Ep, Port, documents, service, slice},
+};
+
+const ECONNREFUSED: &str = "os=111";
+
+/// Fields drop in order: the agent stops, servers stop, pins go, then cgroup, namespace, files.
+struct Node {
+    agent: Agent,
+    _servers: Servers,
+    _bpffs: Bpffs,
+    cgroup: Cgroup,
+    netns: Netns,
+    _dir: TempDir,
+    metrics: SocketAddr,
+}
+
+/// `default/web` (ClusterIP 10.96.0.10:80, two ready endpoints) and `default/empty`
+/// (ClusterIP 10.96.0.20:80, no endpoints: connections are refused).
+fn cluster() -> String {
+    documents(&[
+        service("default", "web", &["10.96.0.10"], &[Port("http", 80, "TCP", 8080)]),
+        slice(
+            "default",
+            "web",
+            "web",
+            "IPv4",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready("10.244.1.1"), Ep::ready("10.244.1.2")],
+        ),
+        service("default", "empty", &["10.96.0.20"], &[Port("http", 80, "TCP", 8080)]),
+    ])
+}
+
+impl Node {
+    fn new() -> Self {
+        require_root();
+        let netns = Netns::new().expect("netns");
+        let cgroup = Cgroup::new().expect("cgroup");
+        let bpffs = Bpffs::new().expect("bpffs");
+        let dir = TempDir::new().expect("tempdir");
+        let backends: Vec<SocketAddr> =
+            ["10.244.1.1:8080", "10.244.1.2:8080"].iter().map(|b| b.parse().expect("addr")).collect();
+        let servers = Servers::start(&netns, &backends).expect("servers");
+        let source = dir.write("cluster.yaml", &cluster()).expect("source");
+        let metrics = free_local_addr();
+        let agent = Agent::spawn(
+            &[
+                "--source".as_ref(),
+                source.as_os_str(),
+                "--metrics-addr".as_ref(),
+                metrics.to_string().as_ref(),
+            ],
+            &cgroup.path,
+            &bpffs.path,
+            true,
+        )
+        .expect("agent");
+        agent.wait_for_log("agent ready", 1, Duration::from_secs(20)).expect("ready");
+        Self { agent, _servers: servers, _bpffs: bpffs, cgroup, netns, _dir: dir, metrics }
+    }
+
+    fn probe(&self, args: &[&str]) -> Vec<String> {
+        probe::run(&Place { netns: &self.netns, cgroup: Some(&self.cgroup) }, args).expect("probe")
+    }
+
+    fn scrape(&self) -> Scrape {
+        scrape(self.metrics).expect("scrape")
+    }
+}
+
+/// The per-service counter of `default/NAME` on the socket path with `verdict` (0 when absent:
+/// counters at zero are not exported).
+fn connections(s: &Scrape, name: &str, verdict: &str) -> f64 {
+    let labels = [
+        ("namespace", "default"),
+        ("service", name),
+        ("port", "http"),
+        ("protocol", "TCP"),
+        ("family", "IPv4"),
+        ("scope", "cluster"),
+        ("path", "socket"),
+        ("verdict", verdict),
+    ];
+    match s.matching("lb_service_connections_total", &labels).as_slice() {
+        [] => 0.0,
+        [one] => one.value,
+        more => panic!("{} samples for {labels:?}:\n{}", more.len(), s.text),
+    }
+}
+
+fn events(s: &Scrape, counter: &str) -> f64 {
+    s.value("lb_datapath_events_total", &[("counter", counter)]).expect("sample")
+}
+
+#[test]
+fn health_endpoints_answer_on_the_metrics_address() {
+    let node = Node::new();
+    // The agent logged "agent ready" after setting it: /readyz is 200 from then on.
+    assert_eq!(http_status(node.metrics, "/readyz"), 200);
+    assert_eq!(http_status(node.metrics, "/healthz"), 200);
+    assert_eq!(http_status(node.metrics, "/livez"), 200);
+    assert_eq!(http_status(node.metrics, "/nothing-here"), 404);
+    assert_eq!(node.agent.count("metrics endpoint stopped"), 0, "{:?}", node.agent.log());
+}
+
+#[test]
+fn metrics_report_what_is_programmed() {
+    let node = Node::new();
+    let s = node.scrape();
+    let v = |name: &str, labels: &[(&str, &str)]| s.value(name, labels).expect("sample");
+    // Two Services with one IPv4 port each: two backend groups, two frontends, two backends.
+    assert_eq!(v("lb_programmed_services", &[]), 2.0);
+    assert_eq!(v("lb_programmed_frontends", &[]), 2.0);
+    assert_eq!(v("lb_programmed_backends", &[]), 2.0);
+    assert!(v("lb_syncs_total", &[("result", "applied")]) >= 1.0);
+    assert_eq!(v("lb_syncs_total", &[("result", "maps_failed")]), 0.0);
+    assert!(v("lb_sync_duration_seconds_count", &[]) >= 1.0);
+    assert_eq!(v("lb_map_entries", &[("map", "LB_FRONTENDS_V4")]), 2.0);
+    assert_eq!(v("lb_map_entries", &[("map", "LB_SERVICES")]), 2.0);
+    assert_eq!(v("lb_map_capacity", &[("map", "LB_BACKENDS")]), 1_048_576.0);
+    // The LRU maps are read from the kernel: their capacity as created, and (no TC here) an
+    // empty conntrack table.
+    assert_eq!(v("lb_map_capacity", &[("map", "LB_CONNTRACK")]), 524_288.0);
+    assert_eq!(v("lb_map_entries", &[("map", "LB_CONNTRACK")]), 0.0);
+    for map in ["LB_REVNAT_V4", "LB_REVNAT_V6", "LB_AFFINITY"] {
+        assert!(!s.matching("lb_map_entries", &[("map", map)]).is_empty(), "{map}:\n{}", s.text);
+    }
+    assert_eq!(v("lb_errors_total", &[("kind", "map_read")]), 0.0);
+    // The file source has no watches.
+    assert!(s.matching("lb_watch_restarts_total", &[]).is_empty(), "{}", s.text);
+    // Every datapath counter is there.
+    for counter in ["translated", "no_backend", "tc_new_flow", "xdp_deferred"] {
+        assert!(events(&s, counter) >= 0.0);
+    }
+}
+
+#[test]
+fn connections_through_the_socket_hooks_are_counted_per_service_and_verdict() {
+    let node = Node::new();
+    const N: usize = 25;
+    let before = node.scrape();
+    let lines = node.probe(&["tcp", "10.96.0.10:80", &N.to_string()]);
+    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.")), "{lines:?}");
+    let after = node.scrape();
+    assert_eq!(
+        connections(&after, "web", "translated") - connections(&before, "web", "translated"),
+        N as f64,
+        "{}",
+        after.text
+    );
+    assert_eq!(connections(&after, "web", "no_backend"), connections(&before, "web", "no_backend"));
+    assert!(events(&after, "translated") - events(&before, "translated") >= N as f64);
+    // Each translated TCP connect leaves a reverse-NAT entry (for getpeername): counted by key.
+    let revnat = after.value("lb_map_entries", &[("map", "LB_REVNAT_V4")]).expect("sample");
+    assert!(revnat >= 1.0, "{}", after.text);
+
+    // A Service without endpoints refuses, counted as no_backend.
+    const M: usize = 4;
+    let lines = node.probe(&["tcp", "10.96.0.20:80", &M.to_string()]);
+    assert!(lines.iter().all(|l| l.contains(ECONNREFUSED)), "{lines:?}");
+    let refused = node.scrape();
+    assert_eq!(
+        connections(&refused, "empty", "no_backend") - connections(&after, "empty", "no_backend"),
+        M as f64,
+        "{}",
+        refused.text
+    );
+    assert_eq!(connections(&refused, "empty", "translated"), 0.0);
+    assert!(events(&refused, "no_backend") - events(&after, "no_backend") >= M as f64);
+    // And web's counters did not move.
+    assert_eq!(connections(&refused, "web", "translated"), connections(&after, "web", "translated"));
+}
