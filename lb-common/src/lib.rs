@@ -64,8 +64,9 @@ pub mod capacity {
     /// Session-affinity entries (one per client and Service port with `sessionAffinity: ClientIP`).
     pub const AFFINITY: u32 = 65_536;
     /// Backend groups (one per Service port, family and traffic scope): the size of
-    /// `LB_SERVICES` and `LB_SERVICE_STATS`.
-    pub const SERVICES: u32 = 131_072;
+    /// `LB_SERVICES` and `LB_SERVICE_STATS`. Twice `FRONTENDS`: every group has a frontend in
+    /// one of the two frontend maps.
+    pub const SERVICES: u32 = 262_144;
 }
 
 /// Version of the layout of the pinned maps (keys, values, which maps exist), recorded in
@@ -569,8 +570,11 @@ pub mod sync_result {
     pub const APPLIED: u8 = 1;
     /// The source could not be read: the last good state stays programmed.
     pub const SOURCE_INVALID: u8 = 2;
-    /// A map write failed (a full map, say): nothing half-applied is visible; retried.
+    /// A map write failed: nothing half-applied is visible; retried.
     pub const MAPS_FAILED: u8 = 3;
+    /// The desired state does not fit a map's capacity: nothing was written; it stays so until
+    /// the source shrinks or the agent gets larger maps.
+    pub const MAPS_FULL: u8 = 4;
 }
 
 pub mod source_state {

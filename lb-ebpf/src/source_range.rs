@@ -41,6 +41,8 @@ pub fn admitted(
     if (again.group, again.flags) != (frontend.group, frontend.flags) && allowed(&again, family, src) {
         return Some(again);
     }
-    denied.set(again.group);
+    // Never 0, the "not denied" value (the agent never hands out group 0; `u32::MAX` names no
+    // counters entry).
+    denied.set(if again.group == 0 { u32::MAX } else { again.group });
     None
 }

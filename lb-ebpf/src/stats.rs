@@ -1,4 +1,5 @@
-//! Per-CPU counters (`lb_common::stats`), summed by the agent. No logging on the hot path.
+//! Per-CPU counters, global (`lb_common::stats`) and per backend group (`service_stats`), summed
+//! by the agent.
 use crate::maps::{LB_SERVICE_STATS, LB_STATS};
 
 #[inline(always)]

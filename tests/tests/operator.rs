@@ -379,7 +379,7 @@ fn maglev_tables_and_packet_path_counters_per_service() {
     cli_table(&["log", "on", "--frontend", "203.0.113.60:80/TCP"], bpffs).expect("log on");
     let t = trace(bpffs, "ingress", &Packet::tcp("192.0.2.7:50000", "203.0.113.60:80", TCP_SYN).frame())
         .expect("trace");
-    assert_ne!(t.verdict, 2, "inside the ranges: translated");
+    assert_eq!(t.verdict, 0, "inside the ranges: translated, on through the stack (TC_ACT_OK)");
     let log = t.json["kernel_log"].to_string();
     assert!(
         log.contains("tc: group")
@@ -388,6 +388,7 @@ fn maglev_tables_and_packet_path_counters_per_service() {
     );
     let t = trace(bpffs, "ingress", &Packet::tcp("198.18.2.9:50000", "203.0.113.60:80", TCP_SYN).frame())
         .expect("trace");
+    assert_eq!(t.verdict, 2, "outside the ranges: dropped, logged or not");
     assert!(
         t.json["kernel_log"].to_string().contains("source not in loadBalancerSourceRanges, dropped"),
         "{}",

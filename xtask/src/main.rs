@@ -1,4 +1,4 @@
-//! `cargo xtask setup|build|test|demo`: everything a fresh machine needs, installed idempotently.
+//! `cargo xtask setup|build|test|demo|bench`: everything a fresh machine needs, installed idempotently.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -27,6 +27,12 @@ enum Cmd {
     Test,
     /// Show the load balancer working on the bundled example, in a throw-away network namespace.
     Demo,
+    /// Measure the datapath and the control plane against kube-proxy's rule sets; prints markdown
+    /// tables and writes bench/RESULTS.md (`--quick`: small sizes, nothing written).
+    Bench {
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -114,11 +120,23 @@ fn demo() -> anyhow::Result<()> {
     run(Command::new(workspace_root().join("target/release/lb-demo")).env("LB_AGENT_BIN", &agent))
 }
 
+fn bench(quick: bool) -> anyhow::Result<()> {
+    require_root("cargo xtask bench")?;
+    let agent = build()?;
+    println!("==> bench");
+    let mut cmd = Command::new(workspace_root().join("target/release/lb-bench"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(cmd.env("LB_AGENT_BIN", &agent))
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup(),
         Cmd::Build => build().map(|p| println!("built {}", p.display())),
         Cmd::Test => test(),
         Cmd::Demo => demo(),
+        Cmd::Bench { quick } => bench(quick),
     }
 }

@@ -45,7 +45,7 @@ pub enum What {
 /// Which rows to print. Filters combine (all must match).
 #[derive(Args, Default, Clone)]
 pub struct Filter {
-    /// Service: `namespace/name`, `name`, either with `:port-name`.
+    /// Service: `namespace/name`, `name`, either with `:port-name` (the port's name).
     #[arg(long)]
     service: Option<String>,
     /// Frontend address, with or without `:port`.
@@ -78,11 +78,33 @@ struct Matcher {
 
 impl Matcher {
     fn new(f: &Filter) -> anyhow::Result<Self> {
+        if let Some((_, port)) = f.service.as_deref().and_then(|s| s.rsplit_once(':'))
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+        {
+            bail!(
+                "--service takes the port's name (`web:http`), not its number; --frontend takes addresses and ports"
+            );
+        }
         Ok(Self {
             service: f.service.clone(),
             frontend: f.frontend.as_deref().map(parse_addr).transpose()?,
             backend: f.backend.as_deref().map(parse_addr).transpose()?,
         })
+    }
+
+    /// Fails when a filter `what` does not support was given, rather than ignoring it.
+    fn only(&self, what: &str, service: bool, frontend: bool, backend: bool) -> anyhow::Result<()> {
+        for (given, supported, flag) in [
+            (self.service.is_some(), service, "--service"),
+            (self.frontend.is_some(), frontend, "--frontend"),
+            (self.backend.is_some(), backend, "--backend"),
+        ] {
+            if given && !supported {
+                bail!("inspect {what} does not filter by {flag}");
+            }
+        }
+        Ok(())
     }
 
     fn service(&self, label: Option<&ServiceLabel>) -> bool {
@@ -304,7 +326,9 @@ pub fn inspect(what: What, bpffs: &Path, output: Output) -> anyhow::Result<()> {
     match what {
         What::Services(f) => services(&state, &Matcher::new(&f)?, output),
         What::Backends(f) => {
-            let rows = backend_rows(&state, &Matcher::new(&f)?);
+            let m = Matcher::new(&f)?;
+            m.only("backends", true, false, true)?;
+            let rows = backend_rows(&state, &m);
             if matches!(output, Output::Json) {
                 return print(&rows);
             }
@@ -321,9 +345,21 @@ pub fn inspect(what: What, bpffs: &Path, output: Output) -> anyhow::Result<()> {
             println!("{table}");
             Ok(())
         }
-        What::Stats(f) => stats(&maps, &state, &Matcher::new(&f)?, output),
-        What::Conntrack(f) => conntrack(bpffs, &Matcher::new(&f)?, output),
-        What::Affinity(f) => affinity(bpffs, &state, &Matcher::new(&f)?, output),
+        What::Stats(f) => {
+            let m = Matcher::new(&f)?;
+            m.only("stats", true, true, false)?;
+            stats(&maps, &state, &m, output)
+        }
+        What::Conntrack(f) => {
+            let m = Matcher::new(&f)?;
+            m.only("conntrack", false, true, true)?;
+            conntrack(bpffs, &m, output)
+        }
+        What::Affinity(f) => {
+            let m = Matcher::new(&f)?;
+            m.only("affinity", true, false, true)?;
+            affinity(bpffs, &state, &m, output)
+        }
         What::Maglev { service } => maglev(&state, &service, output),
     }
 }
@@ -427,9 +463,6 @@ fn conntrack(bpffs: &Path, m: &Matcher, output: Output) -> anyhow::Result<()> {
         .into_iter()
         .filter(|r| addr_matches(m.frontend, r.frontend) && addr_matches(m.backend, r.backend))
         .collect();
-    if m.service.is_some() {
-        bail!("inspect conntrack filters by --frontend and --backend, not --service");
-    }
     if matches!(output, Output::Json) {
         return print(&rows);
     }

@@ -1,6 +1,9 @@
 //! `lb-agent log on|off|show`: switches the kernel programs' own log (aya-log) on for one
 //! frontend's backend group, or off, at run time, through the pinned `LB_LOG` map. The running
-//! agent prints the messages in its log (target `lb_ebpf`). Off by default.
+//! agent prints the messages in its log (target `lb_ebpf`). Off by default. Logging stops by
+//! itself when the group goes away: the Service port is removed, or its frontends change so that
+//! it gets a new group id (the agent clears `LB_LOG`, so a recycled id never logs another
+//! Service).
 use std::path::Path;
 
 use anyhow::{Context as _, bail};

@@ -18,7 +18,7 @@ use crate::{
     datapath::{
         loader::{self, Capacities},
         maglev,
-        maps::PinnedMaps,
+        maps::{MapsError, PinnedMaps},
         state::{LayoutOptions, LbAlgorithm},
     },
     health::Health,
@@ -170,6 +170,9 @@ enum Outcome {
     SourceInvalid,
     /// The maps refused a write; retry later.
     MapsFailed,
+    /// The desired state does not fit the maps: nothing was written (retried all the same, in
+    /// case the source shrank).
+    MapsFull,
 }
 
 /// The agent's record in the pinned `LB_AGENT` map, rewritten after every sync so
@@ -216,6 +219,7 @@ impl Record {
             }
             Outcome::SourceInvalid => sync_result::SOURCE_INVALID,
             Outcome::MapsFailed => sync_result::MAPS_FAILED,
+            Outcome::MapsFull => sync_result::MAPS_FULL,
         };
         if !matches!(outcome, Outcome::Applied) {
             r.failed_syncs += 1;
@@ -320,7 +324,8 @@ fn sync_once(
             error!(error = %e, "sync failed; nothing half-applied is visible, will retry");
             metrics.record_errors(ErrorKind::of(&e), 1);
             metrics.record_sync(SyncResult::MapsFailed, started.elapsed());
-            (Outcome::MapsFailed, None)
+            let full = matches!(e, MapsError::Full { .. } | MapsError::MaglevFull { .. });
+            (if full { Outcome::MapsFull } else { Outcome::MapsFailed }, None)
         }
     }
 }
@@ -443,7 +448,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
 
     let mut backoff = Duration::from_secs(1);
     loop {
-        let retry = matches!(outcome, Outcome::MapsFailed);
+        let retry = matches!(outcome, Outcome::MapsFailed | Outcome::MapsFull);
         tokio::select! {
             () = changed.notified() => tokio::time::sleep(args.min_sync_period).await,
             () = tokio::time::sleep(backoff), if retry => backoff = (backoff * 2).min(Duration::from_secs(30)),

@@ -77,6 +77,7 @@ fn agent_row(r: &AgentStatus) -> AgentRow {
             sync_result::APPLIED => "applied",
             sync_result::SOURCE_INVALID => "source invalid (last good state kept)",
             sync_result::MAPS_FAILED => "map write failed (retrying)",
+            sync_result::MAPS_FULL => "does not fit the maps: nothing written (see the agent log)",
             _ => "none",
         },
         last_sync_duration_us: r.last_sync_us,

@@ -46,6 +46,11 @@ pub struct TraceArgs {
     /// program loaded once, and each report is one line (`--output json`: JSON lines).
     #[arg(long)]
     batch: bool,
+    /// Run the program this many times on the frame (BPF_PROG_TEST_RUN's `repeat`) and report
+    /// the kernel's mean time per run. The runs share one buffer: a frame the program rewrites
+    /// is the rewritten one from the second run on, so time a rewrite with `--batch` instead.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// The interface the packet is on (in this network namespace): the program sees it as the
     /// packet's device, so its FIB lookups (SNAT towards another node's backend, the redirect of
     /// a reply) route as they would for that interface. Without it the device is `lo`, where
@@ -98,6 +103,8 @@ struct Report {
     /// Datapath counters that moved during the run (`inspect stats` names), e.g. `tc_nat_failed`
     /// for a drop. On a node with traffic, other packets count too.
     counters: BTreeMap<&'static str, u64>,
+    /// The kernel's mean time per run, in nanoseconds (over `--repeat` runs).
+    duration_ns: u64,
     /// What the program logged during the run (`lb-agent log on --frontend …`; empty when
     /// kernel logging is off for the frontend).
     kernel_log: Vec<String>,
@@ -254,6 +261,7 @@ fn run_one(
         data_in: Some(frame),
         data_out: Some(&mut out),
         ctx_in: ctx_in.as_deref(),
+        repeat: args.repeat,
         ..TestRunOptions::new()
     };
     let before = stats.stats().context("reading the counters")?;
@@ -298,6 +306,7 @@ fn run_one(
         output: decode(&out),
         output_hex: hex(&out),
         counters,
+        duration_ns: u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX),
         kernel_log: Vec::new(),
     })
 }

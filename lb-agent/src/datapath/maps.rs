@@ -130,6 +130,9 @@ pub struct PinnedMaps {
     services: HashMap<MapData, u32, ServiceName>,
     service_stats: PerCpuHashMap<MapData, u32, ServiceStats>,
     agent: Array<MapData, AgentStatus>,
+    /// `LB_LOG`: the group the programs log; cleared when that group goes (its id may be handed
+    /// to another Service later).
+    log: Array<MapData, u32>,
     capacity: Capacity,
 }
 
@@ -186,6 +189,8 @@ impl PinnedMaps {
         let service_stats = PerCpuHashMap::try_from(m).map_err(conv(map_names::SERVICE_STATS))?;
         let (m, _) = open(dir, map_names::AGENT)?;
         let agent = Array::try_from(m).map_err(conv(map_names::AGENT))?;
+        let (m, _) = open(dir, map_names::LOG)?;
+        let log = Array::try_from(m).map_err(conv(map_names::LOG))?;
         Ok(Self {
             frontends4,
             frontends6,
@@ -196,6 +201,7 @@ impl PinnedMaps {
             services,
             service_stats,
             agent,
+            log,
             capacity: Capacity {
                 frontends,
                 slots: slots_cap,
@@ -325,7 +331,11 @@ impl LbMaps for PinnedMaps {
             MapOp::DeleteSlot(k) => ignore_missing(self.slots.remove(k)),
             MapOp::DeleteSourceRange(r) => ignore_missing(self.source_ranges.remove(&source_range_key(r))),
             MapOp::DeleteService(g) => ignore_missing(self.service_stats.remove(g))
-                .and_then(|()| ignore_missing(self.services.remove(g))),
+                .and_then(|()| ignore_missing(self.services.remove(g)))
+                .and_then(|()| match self.log.get(&0, 0) {
+                    Ok(logged) if logged == *g => self.log.set(0, 0, 0),
+                    _ => Ok(()),
+                }),
             MapOp::DeleteBackend(id) => ignore_missing(self.backends.remove(id)),
         };
         result.map_err(|source| MapsError::Write { op: op.to_string(), source })

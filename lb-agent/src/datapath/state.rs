@@ -362,12 +362,16 @@ pub fn layout_reserving(
 
 #[cfg(test)]
 impl MapState {
-    /// Checks the invariant the kernel relies on: every frontend's slots `1..=count` and
+    /// Checks the invariant the kernel relies on: every frontend's group has its name and
+    /// counters entry (so its connections are counted from the first), its slots `1..=count` and
     /// `ext_offset+1..=ext_offset+ext_count` exist and name existing backends, and a frontend
     /// flagged `SOURCE_RANGES` has at least one range under its group (or it would drop every
     /// client). Returns the first violation.
     pub fn check(&self) -> Result<(), String> {
         for (key, value) in &self.frontends {
+            if !self.services.contains_key(&value.group) {
+                return Err(format!("{} group {}: no service name (nor counters)", key.addr(), value.group));
+            }
             if value.flags & frontend_flags::SOURCE_RANGES != 0
                 && !self.source_ranges.iter().any(|r| r.group == value.group)
             {

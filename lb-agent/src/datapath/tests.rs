@@ -523,15 +523,19 @@ fn ipv6_frontends_and_backends_round_trip() {
 
 #[test]
 fn the_checker_catches_a_break_before_make_order() {
-    // The harness must be able to fail: frontends written before their slots, or backends
-    // deleted before the slots naming them, break the invariant.
+    // The harness must be able to fail: frontends written before their slots or their names
+    // (counters), or backends deleted before the slots naming them, break the invariant.
     let programmed = layout(&before(), &MapState::default());
     let target = layout(&after(), &programmed);
     let ops = diff(&programmed, &target);
     let mut frontends_first = ops.clone();
-    frontends_first.sort_by_key(|op| !matches!(op, MapOp::PutFrontend(..)));
+    frontends_first.sort_by_key(|op| !matches!(op, MapOp::PutService(..) | MapOp::PutFrontend(..)));
     let err = apply_checked(&programmed, &frontends_first).expect_err("frontend before its slot");
     assert!(err.contains("10.96.0.30:53 group 3 count 1: slot 1 missing"), "{err}");
+    let mut names_last = ops.clone();
+    names_last.sort_by_key(|op| matches!(op, MapOp::PutService(..)));
+    let err = apply_checked(&programmed, &names_last).expect_err("frontend before its name");
+    assert!(err.contains("10.96.0.30:53 group 3: no service name"), "{err}");
     let mut deletes_first = ops;
     deletes_first.sort_by_key(|op| !matches!(op, MapOp::DeleteBackend(..)));
     let err = apply_checked(&programmed, &deletes_first).expect_err("backend deleted while used");

@@ -9,9 +9,9 @@
 //!   yields the same snapshot, and the sync writes nothing.
 //! - Watch errors (API server down, dropped connections) are retried with kube-runtime's default
 //!   backoff; the maps keep their last good state meanwhile.
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt as _;
@@ -40,8 +40,8 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     tasks: Vec<JoinHandle<()>>,
-    /// How many of the three watches are failing now (retrying with backoff).
-    failing: Arc<AtomicUsize>,
+    /// When each watch last failed (see `WatchErrors`).
+    errors: Arc<WatchErrors>,
 }
 
 impl Drop for KubeSource {
@@ -52,22 +52,28 @@ impl Drop for KubeSource {
     }
 }
 
-/// Whether one watch is failing, kept in the count of failing watches.
-struct Failing {
-    now: bool,
-    count: Arc<AtomicUsize>,
-}
+/// When each watch last failed, cleared when it lists or delivers an event again. A watch that
+/// resumes quietly (kube-runtime yields nothing when a re-watch succeeds) is taken as recovered
+/// once `RECONNECTING_FOR` has passed without another error: a watch that keeps failing errs
+/// again within its backoff (at most 30 s with the default backoff).
+#[derive(Default)]
+struct WatchErrors(Mutex<[Option<Instant>; 3]>);
 
-impl Failing {
-    fn set(&mut self, now: bool) {
-        if now != self.now {
-            self.now = now;
-            if now {
-                self.count.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.count.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+const RECONNECTING_FOR: Duration = Duration::from_secs(60);
+
+impl WatchErrors {
+    fn set(&self, watch: usize, failed: bool) {
+        let mut errors = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        errors[watch] = failed.then(Instant::now);
+    }
+
+    fn failing(&self, watch: usize) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)[watch].is_some()
+    }
+
+    fn reconnecting(&self) -> bool {
+        let errors = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        errors.iter().flatten().any(|at| at.elapsed() < RECONNECTING_FOR)
     }
 }
 
@@ -76,7 +82,7 @@ fn spawn_watch<K>(
     config: watcher::Config,
     kind: &'static str,
     changed: Arc<Notify>,
-    failing_watches: Arc<AtomicUsize>,
+    errors: (Arc<WatchErrors>, usize),
     restarts: Counter,
 ) -> (Store<K>, JoinHandle<()>)
 where
@@ -89,20 +95,20 @@ where
         .reflect(writer);
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut failing = Failing { now: false, count: failing_watches };
+        let (errors, watch) = errors;
         while let Some(event) = stream.next().await {
             match event {
                 // The store is replaced at InitDone; nothing to sync before that.
                 Ok(Event::Init | Event::InitApply(_)) => {}
                 Ok(Event::InitDone) => {
                     info!(kind, "listed");
-                    failing.set(false);
+                    errors.set(watch, false);
                     changed.notify_one();
                 }
                 Ok(Event::Apply(_) | Event::Delete(_)) => {
-                    if failing.now {
+                    if errors.failing(watch) {
                         info!(kind, "watch resumed");
-                        failing.set(false);
+                        errors.set(watch, false);
                     }
                     changed.notify_one();
                 }
@@ -110,7 +116,7 @@ where
                     // Every error is followed by a retry (a new watch, or a relist after
                     // 410 Gone) once the backoff allows.
                     restarts.inc();
-                    failing.set(true);
+                    errors.set(watch, true);
                     warn!(kind, error = %e, "watch failed; retrying with backoff, programmed maps are kept");
                 }
             }
@@ -129,13 +135,13 @@ impl KubeSource {
         changed: &Arc<Notify>,
         restarts: &dyn Fn(&'static str) -> Counter,
     ) -> Self {
-        let failing = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(WatchErrors::default());
         let (services, t1) = spawn_watch(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name"),
             "Service",
             Arc::clone(changed),
-            Arc::clone(&failing),
+            (Arc::clone(&errors), 0),
             restarts("services"),
         );
         let (slices, t2) = spawn_watch(
@@ -143,7 +149,7 @@ impl KubeSource {
             watcher::Config::default().labels("!service.kubernetes.io/headless"),
             "EndpointSlice",
             Arc::clone(changed),
-            Arc::clone(&failing),
+            (Arc::clone(&errors), 1),
             restarts("endpointslices"),
         );
         let (nodes, t3) = spawn_watch(
@@ -151,10 +157,10 @@ impl KubeSource {
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             "Node",
             Arc::clone(changed),
-            Arc::clone(&failing),
+            (Arc::clone(&errors), 2),
             restarts("nodes"),
         );
-        Self { services, slices, nodes, tasks: vec![t1, t2, t3], failing }
+        Self { services, slices, nodes, tasks: vec![t1, t2, t3], errors }
     }
 
     /// Waits until all three stores have their first complete list (kube-proxy's
@@ -168,7 +174,7 @@ impl KubeSource {
 
     /// Whether a watch is failing now (the API server is unreachable or refuses us).
     pub fn reconnecting(&self) -> bool {
-        self.failing.load(Ordering::Relaxed) > 0
+        self.errors.reconnecting()
     }
 
     /// The objects in the stores now.
