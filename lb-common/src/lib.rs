@@ -281,7 +281,7 @@ pub struct AffinityValue {
     pub backend: u32,
     /// The slot (of `AffinityKey::group`) `backend` was found in.
     pub slot: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the client's last new connection.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the client's last new connection.
     pub last_used: u64,
 }
 
@@ -326,7 +326,7 @@ pub struct CtValue {
     /// Backend id chosen for the flow (0 on REPLY entries).
     pub backend: u32,
     pub pad2: u32,
-    /// `bpf_ktime_get_ns` of the last packet in either direction.
+    /// `bpf_ktime_get_coarse_ns` of the last packet in either direction.
     pub last_seen: u64,
 }
 

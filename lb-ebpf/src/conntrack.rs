@@ -1,15 +1,19 @@
 //! The TC programs' connection tracking (`LB_CONNTRACK`, an LRU hash): two entries per flow, one
 //! per direction, each holding the tuple its packets are rewritten to. Either entry's value, with
 //! source and destination swapped and the direction flipped, is the key of the other.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{CtKey, CtValue, ct_dir, ct_flags, ct_lifetime};
 
 use crate::{maps::LB_CONNTRACK, packet::Flow};
 
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of every timestamp in the maps (conntrack
+/// `last_seen`, affinity `last_used`). Its tick (a few ms) is far below any lifetime it measures,
+/// and it costs a memory read where the precise clock can cost hundreds of nanoseconds (a
+/// virtual machine's clock source), paid by every packet that reaches the program.
 #[inline(always)]
 pub fn now() -> u64 {
-    // Safety: bpf_ktime_get_ns has no preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    // Safety: bpf_ktime_get_coarse_ns has no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The key of `flow` in direction `dir`.

@@ -1,5 +1,4 @@
 //! Service lookup → slot choice → backend fetch, shared by every hook.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{AffinityKey, AffinityValue, Backend, FrontendValue, SlotKey, frontend_flags, stats};
 
 use crate::{maps, stats::bump};
@@ -100,8 +99,7 @@ fn affine(
     client: Client,
 ) -> Option<(u32, Backend)> {
     let key = AffinityKey { group: frontend.group, client: client.id, kind: client.kind, pad: [0; 3] };
-    // Safety: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::conntrack::now();
     if let Some(entry) = maps::LB_AFFINITY.get_ptr_mut(key) {
         // Safety: `entry` points into the map element for this program run. The fields are read
         // once each; a concurrent writer (another connection of the same client) stores a choice

@@ -47,11 +47,12 @@ fn client(key: &AffinityKey) -> String {
     }
 }
 
-/// Nanoseconds on the clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC).
+/// Nanoseconds on the clock the programs stamp the conntrack and affinity entries with
+/// (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 

@@ -39,14 +39,6 @@ fn addr(family: u8, words: &[u32; 4], port: u16) -> SocketAddr {
     SocketAddr::new(ip, u16::from_be(port))
 }
 
-/// Nanoseconds on the clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 /// The row of one original-direction entry, at time `now` (ns).
 pub fn row(key: &CtKey, value: &CtValue, now: u64) -> FlowRow {
     let tcp = key.proto == lb_common::proto::TCP;
@@ -79,7 +71,7 @@ pub fn open(bpffs: &Path) -> Result<HashMap<MapData, CtKey, CtValue>, MapsError>
 /// Every flow in the pinned conntrack map under `bpffs`, sorted.
 pub fn flows(bpffs: &Path) -> Result<Vec<FlowRow>, MapsError> {
     let map = open(bpffs)?;
-    let now = monotonic_ns();
+    let now = super::affinity::monotonic_ns();
     let mut rows = Vec::new();
     for entry in map.iter() {
         let (key, value) = entry.map_err(|source| MapsError::Read { name: map_names::CONNTRACK, source })?;

@@ -9,7 +9,7 @@
 //! the socket the kernel draws a random number per connection, so only the candidates are known.
 //!
 //! Pure: the live tables the programs write (affinity, conntrack) come in through `LiveTables`,
-//! and the time (`CLOCK_MONOTONIC`, as `bpf_ktime_get_ns`) as an argument.
+//! and the time (`CLOCK_MONOTONIC_COARSE`, as `bpf_ktime_get_coarse_ns`) as an argument.
 mod query;
 #[cfg(test)]
 mod tests;
@@ -220,7 +220,7 @@ fn range(v: &FrontendValue, path: Path) -> (u32, u32) {
 }
 
 /// Walks the kernel's decision for `query` over `state` (see the module doc). `now`: nanoseconds
-/// of `CLOCK_MONOTONIC`, the clock of the affinity and conntrack timestamps.
+/// of `CLOCK_MONOTONIC_COARSE`, the clock of the affinity and conntrack timestamps.
 pub fn explain(state: &MapState, query: &Query, live: &impl LiveTables, now: u64) -> Explanation {
     let mut out = Explanation {
         to: query.to.to_string(),
