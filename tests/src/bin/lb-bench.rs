@@ -120,7 +120,7 @@ struct Bench {
     agent: Agent,
     bpffs: Bpffs,
     _cgroup: Cgroup,
-    dir: TempDir,
+    _dir: TempDir,
     source: PathBuf,
 }
 
@@ -141,7 +141,7 @@ impl Bench {
         .to_vec();
         let agent = Agent::spawn(&args, &cgroup.path, &bpffs.path, false)?;
         agent.wait_for_log("agent ready", 1, Duration::from_secs(600))?;
-        Ok(Self { agent, bpffs, _cgroup: cgroup, dir, source })
+        Ok(Self { agent, bpffs, _cgroup: cgroup, _dir: dir, source })
     }
 
     /// Mean kernel time (ns) per run of `frames`, one run each, through `direction`.
@@ -358,7 +358,6 @@ fn control_plane(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<
         incremental_ms.push(sync_us(&bench.agent, before + 1)? as f64 / 1000.0);
     }
     let rss_mib = peak_rss_mib(bench.agent.pid())?;
-    let _ = &bench.dir;
     drop(bench);
     let netns = Netns::new()?;
     let iptables_ms =
