@@ -27,6 +27,11 @@ pub struct Node {
 
 impl Node {
     pub fn new(backends: &[&str], source: &str) -> Self {
+        Self::with_args(backends, source, &[])
+    }
+
+    /// As `new`, the agent started with `extra` flags after `--source FILE`.
+    pub fn with_args(backends: &[&str], source: &str, extra: &[&str]) -> Self {
         require_root();
         let netns = Netns::new().expect("netns");
         let cgroup = Cgroup::new().expect("cgroup");
@@ -36,7 +41,16 @@ impl Node {
         let servers = Servers::start(&netns, &addrs).expect("servers");
         dir.write("cluster.yaml", source).expect("source");
         let mut node = Self { agent: None, servers, bpffs, cgroup, netns, dir };
-        node.start_agent();
+        if extra.is_empty() {
+            node.start_agent();
+        } else {
+            let source = node.source();
+            let mut args = vec![std::ffi::OsStr::new("--source"), source.as_os_str()];
+            args.extend(extra.iter().map(std::ffi::OsStr::new));
+            let agent = Agent::spawn(&args, &node.cgroup.path, &node.bpffs.path, true).expect("agent");
+            agent.wait_for_log("agent ready", 1, Duration::from_secs(20)).expect("agent ready");
+            node.agent = Some(agent);
+        }
         node
     }
 
