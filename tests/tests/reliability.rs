@@ -3,12 +3,17 @@
 //! - Map capacity: a source that needs more frontends than the map holds is refused whole, with a
 //!   clear log line, `status` and a metric; what was programmed keeps serving; a source that fits
 //!   again is applied.
+//! - Endpoint churn under load: a rolling update replaces every backend of a ClusterIP, one every
+//!   200 ms (new endpoint ready, old one terminating, then removed), while a client connects back
+//!   to back: no connection fails, and none started after a removal was applied reaches the
+//!   removed backend.
 use std::time::Duration;
 
 use lb_tests::{
     agent::{cli_json, free_local_addr, inspect},
     metrics::scrape,
     node::Node,
+    probe,
     yaml::{Ep, Port, documents, service, slice},
 };
 
@@ -96,4 +101,75 @@ fn services_beyond_a_maps_capacity_are_refused_whole_and_the_programmed_ones_kee
     assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.1:8080")), "{lines:?}");
     let status = cli_json(&["status"], bpffs).expect("status");
     assert_eq!(status["agent"]["last_sync_result"], "applied", "{status}");
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock `lb-probe tcp-log` stamps connections with.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// web's ClusterIP with `ready` endpoints and `terminating` ones (not ready, still serving).
+fn web(ready: &[u8], terminating: &[u8]) -> String {
+    let addrs: Vec<String> = ready.iter().chain(terminating).map(|i| format!("10.244.1.{i}")).collect();
+    let endpoints: Vec<Ep<'_>> = addrs
+        .iter()
+        .enumerate()
+        .map(|(k, a)| if k < ready.len() { Ep::ready(a) } else { Ep(a, false, true, true) })
+        .collect();
+    documents(&[
+        service("default", "web", &["10.96.0.10"], &[Port("http", 80, "TCP", 8080)]),
+        slice("default", "web-1", "web", "IPv4", &[("http", 8080, "TCP")], &endpoints),
+    ])
+}
+
+#[test]
+fn a_rolling_update_under_load_fails_no_connection_and_removed_backends_get_none() {
+    let pods: Vec<String> = (1..=12).map(|i| format!("10.244.1.{i}:8080")).collect();
+    let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+    let node = Node::new(&pods, &web(&[1, 2, 3], &[]));
+    let client = probe::spawn(&node.inside(), &["tcp-log", "10.96.0.10:80", "6000"]).expect("client");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Replace 1, 2, 3 … by 4, 5, 6 …: each step adds the new pod (ready) and marks the old one
+    // terminating, then removes it 200 ms later.
+    let mut ready: Vec<u8> = vec![1, 2, 3];
+    let mut removed_at: Vec<(u8, u64)> = Vec::new();
+    for new in 4..=12u8 {
+        let old = ready.remove(0);
+        ready.push(new);
+        node.update(&web(&ready, &[old]));
+        std::thread::sleep(Duration::from_millis(200));
+        node.update(&web(&ready, &[]));
+        // The maps were written before the agent logged the sync: any connection that starts
+        // from now on must not reach `old`.
+        removed_at.push((old, monotonic_ns()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = client.wait_with_output().expect("client");
+    let lines = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0;
+    for line in lines.lines() {
+        let (at, rest) = line.split_once(' ').expect("timestamped line");
+        let at: u64 = at.parse().expect("timestamp");
+        assert!(rest.starts_with("ok "), "a connection failed during the rolling update: {line}");
+        let backend = rest[3..].split_whitespace().next().expect("backend");
+        for (old, when) in &removed_at {
+            assert!(
+                !(at > *when && backend == format!("10.244.1.{old}:8080")),
+                "a connection started {} µs after 10.244.1.{old} was removed reached it",
+                (at - when) / 1000
+            );
+        }
+        total += 1;
+    }
+    assert!(total > 200, "too few connections to say anything: {total}");
+    // Every pod served at some point, and the last three are the ones left.
+    let last: Vec<&str> = lines.lines().rev().take(20).filter_map(|l| l.split_whitespace().nth(2)).collect();
+    assert!(
+        last.iter().all(|b| ["10.244.1.10:8080", "10.244.1.11:8080", "10.244.1.12:8080"].contains(b)),
+        "{last:?}"
+    );
 }

@@ -6,6 +6,8 @@
 //! lb-probe udp-connected ADDR COUNT  one connected UDP socket, COUNT send/recv rounds
 //! lb-probe tcp-hold ADDR             one connection; a round trip per line on stdin
 //! lb-probe tcp-loop ADDR MILLIS      connections back to back for MILLIS; prints a summary
+//! lb-probe tcp-log ADDR MILLIS       as tcp-loop, one line per connection: `<start ns> ok <reply>`
+//!                                    or `<start ns> err …`, start on CLOCK_MONOTONIC
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -26,13 +28,21 @@ fn tcp_once(addr: SocketAddr) -> std::io::Result<(String, TcpStream)> {
     Ok((line.trim().to_owned(), stream))
 }
 
+/// CLOCK_MONOTONIC in nanoseconds (the test compares it with its own reading).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 fn unspecified(addr: SocketAddr) -> &'static str {
     if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop ADDR [N]";
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -129,6 +139,17 @@ fn main() {
                 }
             }
             writeln!(out, "done ok={ok} err={failed} first_err={first_err}").expect("stdout");
+        }
+        "tcp-log" => {
+            let until = Instant::now() + Duration::from_millis(n);
+            while Instant::now() < until {
+                let (at, started) = (monotonic_ns(), Instant::now());
+                let line = match tcp_once(addr) {
+                    Ok((reply, _)) => format!("ok {reply}"),
+                    Err(e) => err_line(&e, started),
+                };
+                writeln!(out, "{at} {line}").expect("stdout");
+            }
         }
         _ => {
             eprintln!("{usage}");
