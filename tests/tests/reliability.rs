@@ -111,65 +111,112 @@ fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-/// web's ClusterIP with `ready` endpoints and `terminating` ones (not ready, still serving).
-fn web(ready: &[u8], terminating: &[u8]) -> String {
-    let addrs: Vec<String> = ready.iter().chain(terminating).map(|i| format!("10.244.1.{i}")).collect();
-    let endpoints: Vec<Ep<'_>> = addrs
+/// `ready` endpoints and `terminating` ones (not ready, still serving) of pods 10.244.1.N.
+fn endpoints<'a>(addrs: &'a [String], ready: usize) -> Vec<Ep<'a>> {
+    addrs
         .iter()
         .enumerate()
-        .map(|(k, a)| if k < ready.len() { Ep::ready(a) } else { Ep(a, false, true, true) })
-        .collect();
+        .map(|(k, a)| if k < ready { Ep::ready(a) } else { Ep(a, false, true, true) })
+        .collect()
+}
+
+fn pod_ips(ready: &[u8], terminating: &[u8]) -> Vec<String> {
+    ready.iter().chain(terminating).map(|i| format!("10.244.1.{i}")).collect()
+}
+
+/// web: an HTTP-style TCP Service on 10.96.0.10:80.
+fn web(ready: &[u8], terminating: &[u8]) -> String {
+    let addrs = pod_ips(ready, terminating);
     documents(&[
         service("default", "web", &["10.96.0.10"], &[Port("http", 80, "TCP", 8080)]),
-        slice("default", "web-1", "web", "IPv4", &[("http", 8080, "TCP")], &endpoints),
+        slice("default", "web-1", "web", "IPv4", &[("http", 8080, "TCP")], &endpoints(&addrs, ready.len())),
     ])
+}
+
+/// dns: UDP and TCP on 10.96.0.53:53, as CoreDNS serves (pods listen on 5353).
+fn dns(ready: &[u8], terminating: &[u8]) -> String {
+    let addrs = pod_ips(ready, terminating);
+    documents(&[
+        service(
+            "kube-system",
+            "dns",
+            &["10.96.0.53"],
+            &[Port("dns", 53, "UDP", 5353), Port("dns-tcp", 53, "TCP", 5353)],
+        ),
+        slice(
+            "kube-system",
+            "dns-1",
+            "dns",
+            "IPv4",
+            &[("dns", 5353, "UDP"), ("dns-tcp", 5353, "TCP")],
+            &endpoints(&addrs, ready.len()),
+        ),
+    ])
+}
+
+/// Replaces pods 1, 2, 3 by 4 … 12 one at a time (new pod ready and old one terminating, then
+/// the old one removed 200 ms later) while each client (`lb-probe MODE ADDR`) requests back to
+/// back, then checks every request: none failed, none that started after a removal was applied
+/// reached the removed pod (`port` is the pods' port); afterwards requests reach the last three.
+fn rolling_update(cluster: fn(&[u8], &[u8]) -> String, port: u16, clients: &[(&str, &str)]) {
+    let pods: Vec<String> = (1..=12).map(|i| format!("10.244.1.{i}:{port}")).collect();
+    let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+    let node = Node::new(&pods, &cluster(&[1, 2, 3], &[]));
+    let children: Vec<_> = clients
+        .iter()
+        .map(|(mode, addr)| probe::spawn(&node.inside(), &[mode, addr, "8000"]).expect("client"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ready: Vec<u8> = vec![1, 2, 3];
+    let mut removed_at: Vec<(String, u64)> = Vec::new();
+    for new in 4..=12u8 {
+        let old = ready.remove(0);
+        ready.push(new);
+        node.update(&cluster(&ready, &[old]));
+        std::thread::sleep(Duration::from_millis(200));
+        node.update(&cluster(&ready, &[]));
+        // The maps were written before the agent logged the sync: any request that starts from
+        // now on must not reach `old`.
+        removed_at.push((format!("10.244.1.{old}:{port}"), monotonic_ns()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let last_three: Vec<String> = (10..=12).map(|i| format!("10.244.1.{i}:{port}")).collect();
+    for ((mode, addr), child) in clients.iter().zip(children) {
+        let out = child.wait_with_output().expect("client");
+        let lines = String::from_utf8_lossy(&out.stdout);
+        let mut total = 0;
+        for line in lines.lines() {
+            let (at, rest) = line.split_once(' ').expect("timestamped line");
+            let at: u64 = at.parse().expect("timestamp");
+            assert!(
+                rest.starts_with("ok "),
+                "{mode} {addr}: a request failed during the rolling update: {line}"
+            );
+            let backend = rest[3..].split_whitespace().next().expect("backend");
+            for (old, when) in &removed_at {
+                assert!(
+                    !(at > *when && backend == old),
+                    "{mode} {addr}: a request started {} µs after {old} was removed reached it",
+                    (at - when) / 1000
+                );
+            }
+            total += 1;
+        }
+        assert!(total > 200, "{mode} {addr}: too few requests to say anything: {total}");
+        let single = if mode.starts_with("udp") { "udp" } else { "tcp" };
+        for line in node.probe(&[single, addr, "10"]) {
+            let backend = probe::backend_of(&line).unwrap_or_default();
+            assert!(last_three.iter().any(|p| p == backend), "{mode} {addr} after the update: {line}");
+        }
+    }
 }
 
 #[test]
 fn a_rolling_update_under_load_fails_no_connection_and_removed_backends_get_none() {
-    let pods: Vec<String> = (1..=12).map(|i| format!("10.244.1.{i}:8080")).collect();
-    let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
-    let node = Node::new(&pods, &web(&[1, 2, 3], &[]));
-    let client = probe::spawn(&node.inside(), &["tcp-log", "10.96.0.10:80", "6000"]).expect("client");
-    std::thread::sleep(Duration::from_millis(300));
+    rolling_update(web, 8080, &[("tcp-log", "10.96.0.10:80")]);
+}
 
-    // Replace 1, 2, 3 … by 4, 5, 6 …: each step adds the new pod (ready) and marks the old one
-    // terminating, then removes it 200 ms later.
-    let mut ready: Vec<u8> = vec![1, 2, 3];
-    let mut removed_at: Vec<(u8, u64)> = Vec::new();
-    for new in 4..=12u8 {
-        let old = ready.remove(0);
-        ready.push(new);
-        node.update(&web(&ready, &[old]));
-        std::thread::sleep(Duration::from_millis(200));
-        node.update(&web(&ready, &[]));
-        // The maps were written before the agent logged the sync: any connection that starts
-        // from now on must not reach `old`.
-        removed_at.push((old, monotonic_ns()));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = client.wait_with_output().expect("client");
-    let lines = String::from_utf8_lossy(&out.stdout);
-    let mut total = 0;
-    for line in lines.lines() {
-        let (at, rest) = line.split_once(' ').expect("timestamped line");
-        let at: u64 = at.parse().expect("timestamp");
-        assert!(rest.starts_with("ok "), "a connection failed during the rolling update: {line}");
-        let backend = rest[3..].split_whitespace().next().expect("backend");
-        for (old, when) in &removed_at {
-            assert!(
-                !(at > *when && backend == format!("10.244.1.{old}:8080")),
-                "a connection started {} µs after 10.244.1.{old} was removed reached it",
-                (at - when) / 1000
-            );
-        }
-        total += 1;
-    }
-    assert!(total > 200, "too few connections to say anything: {total}");
-    // Every pod served at some point, and the last three are the ones left.
-    let last: Vec<&str> = lines.lines().rev().take(20).filter_map(|l| l.split_whitespace().nth(2)).collect();
-    assert!(
-        last.iter().all(|b| ["10.244.1.10:8080", "10.244.1.11:8080", "10.244.1.12:8080"].contains(b)),
-        "{last:?}"
-    );
+#[test]
+fn a_rolling_update_of_dns_fails_no_udp_or_tcp_query_and_removed_backends_get_none() {
+    rolling_update(dns, 5353, &[("udp-log", "10.96.0.53:53"), ("tcp-log", "10.96.0.53:53")]);
 }

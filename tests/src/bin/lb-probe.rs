@@ -8,6 +8,8 @@
 //! lb-probe tcp-loop ADDR MILLIS      connections back to back for MILLIS; prints a summary
 //! lb-probe tcp-log ADDR MILLIS       as tcp-loop, one line per connection: `<start ns> ok <reply>`
 //!                                    or `<start ns> err …`, start on CLOCK_MONOTONIC
+//! lb-probe udp-log ADDR MILLIS       the same with request/reply datagrams over one unconnected
+//!                                    socket (sendto/recvfrom), as a resolver
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -42,7 +44,7 @@ fn unspecified(addr: SocketAddr) -> &'static str {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log ADDR [N]";
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -146,6 +148,20 @@ fn main() {
                 let (at, started) = (monotonic_ns(), Instant::now());
                 let line = match tcp_once(addr) {
                     Ok((reply, _)) => format!("ok {reply}"),
+                    Err(e) => err_line(&e, started),
+                };
+                writeln!(out, "{at} {line}").expect("stdout");
+            }
+        }
+        "udp-log" => {
+            let socket = UdpSocket::bind(unspecified(addr)).expect("bind");
+            socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            let mut buf = [0u8; 1500];
+            let until = Instant::now() + Duration::from_millis(n);
+            while Instant::now() < until {
+                let (at, started) = (monotonic_ns(), Instant::now());
+                let line = match socket.send_to(b"ping", addr).and_then(|_| socket.recv_from(&mut buf)) {
+                    Ok((len, _)) => format!("ok {}", String::from_utf8_lossy(&buf[..len])),
                     Err(e) => err_line(&e, started),
                 };
                 writeln!(out, "{at} {line}").expect("stdout");
