@@ -51,3 +51,11 @@ pub fn agent_bin() -> PathBuf {
         None => sibling_bin("lb-agent"),
     }
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: `lb-probe`'s request stamps and the tests' own readings.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}

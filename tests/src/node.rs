@@ -1,5 +1,6 @@
-//! One socket-LB test "node" (namespace, cgroup, bpffs pins, backend servers, a source file and
-//! the agent), shared by the socket-level tests.
+//! Test "nodes": `Node` (namespace, cgroup, bpffs pins, backend servers, a source file and the
+//! agent) for the socket-level tests, and `PinnedAgent` (an agent, its pins and cgroup, no
+//! namespace) for the packet tests that go through `lb-agent trace`.
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
@@ -81,5 +82,34 @@ impl Node {
 
     pub fn probe(&self, args: &[&str]) -> Vec<String> {
         probe::run(&self.inside(), args).expect("probe")
+    }
+}
+
+/// An agent serving a YAML source, its maps pinned in a test bpffs directory and its socket
+/// programs on a test cgroup; no namespace of its own (packets go through `lb-agent trace`).
+/// Fields drop in order: the agent stops, the pins go, then the cgroup and the files.
+pub struct PinnedAgent {
+    pub agent: Agent,
+    pub bpffs: Bpffs,
+    pub cgroup: Cgroup,
+    pub dir: TempDir,
+    /// The source file, to rewrite.
+    pub source: std::path::PathBuf,
+}
+
+impl PinnedAgent {
+    /// Starts `lb-agent run --source FILE EXTRA…` on `yaml` and waits (up to `ready_within`)
+    /// until it is ready; its log is echoed when `echo`.
+    pub fn start(yaml: &str, extra: &[&str], ready_within: Duration, echo: bool) -> anyhow::Result<Self> {
+        require_root();
+        let dir = TempDir::new()?;
+        let source = dir.write("cluster.yaml", yaml)?;
+        let cgroup = Cgroup::new()?;
+        let bpffs = Bpffs::new()?;
+        let mut args = vec![std::ffi::OsStr::new("--source"), source.as_os_str()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let agent = Agent::spawn(&args, &cgroup.path, &bpffs.path, echo)?;
+        agent.wait_for_log("agent ready", 1, ready_within)?;
+        Ok(Self { agent, bpffs, cgroup, dir, source })
     }
 }

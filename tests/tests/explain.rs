@@ -10,13 +10,12 @@
 //!
 //! Local endpoints only take new flows, so the translated SYN goes through the stack (no SNAT, no
 //! FIB lookup) and trace needs no interface.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use lb_tests::{
-    agent::{Agent, explain, explain_table},
-    guard::{Bpffs, Cgroup, TempDir},
+    agent::{explain, explain_table},
+    node::PinnedAgent,
     packet::{Packet, TCP_SYN, trace, trace_batch, tuple},
-    require_root,
 };
 use serde_json::Value;
 
@@ -98,30 +97,18 @@ spec:
     )
 }
 
-/// An agent with its maps in a test bpffs directory and its socket programs on a test cgroup.
-/// Fields drop in order: the agent stops, the pins go, then the cgroup and the files.
-struct Node {
-    _agent: Agent,
-    bpffs: Bpffs,
-    _cgroup: Cgroup,
-    _dir: TempDir,
-}
+/// An agent with `--lb-algorithm maglev` on `cluster()`.
+struct Node(PinnedAgent);
 
 impl Node {
     fn start() -> Self {
-        require_root();
-        let dir = TempDir::new().expect("tempdir");
-        let source = dir.write("cluster.yaml", &cluster()).expect("source");
-        let cgroup = Cgroup::new().expect("cgroup");
-        let bpffs = Bpffs::new().expect("bpffs");
-        let args: Vec<std::ffi::OsString> = ["--source".into(), source.into_os_string()]
-            .into_iter()
-            .chain(["--lb-algorithm", "maglev"].map(Into::into))
-            .collect();
-        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        let agent = Agent::spawn(&args, &cgroup.path, &bpffs.path, true).expect("agent");
-        agent.wait_for_log("agent ready", 1, std::time::Duration::from_secs(20)).expect("agent ready");
-        Self { _agent: agent, bpffs, _cgroup: cgroup, _dir: dir }
+        let agent =
+            PinnedAgent::start(&cluster(), &["--lb-algorithm", "maglev"], Duration::from_secs(20), true);
+        Self(agent.expect("agent"))
+    }
+
+    fn bpffs(&self) -> &std::path::Path {
+        &self.0.bpffs.path
     }
 
     /// `lb-agent explain --to TO [--from FROM] --output json`.
@@ -131,7 +118,7 @@ impl Node {
         if let Some(from) = from {
             args.extend(["--from", from]);
         }
-        explain(&self.bpffs.path, &args).expect("lb-agent explain")
+        explain(self.bpffs(), &args).expect("lb-agent explain")
     }
 }
 
@@ -188,7 +175,7 @@ fn explain_names_the_backend_the_kernel_picks_for_each_client_port() {
         .collect();
     let frames: Vec<Vec<u8>> =
         ports.iter().map(|port| Packet::tcp(&format!("{CLIENT}:{port}"), WEB_LB, TCP_SYN).frame()).collect();
-    let traced = trace_batch(&node.bpffs.path, "ingress", &frames).expect("trace --batch");
+    let traced = trace_batch(node.bpffs(), "ingress", &frames).expect("trace --batch");
     for ((port, predicted), t) in ports.iter().zip(&predictions).zip(&traced) {
         assert_eq!(t.verdict, OK, "port {port}: {:#}", t.json);
         let backend = tuple(&t.output).2.to_string();
@@ -208,7 +195,7 @@ fn explain_names_the_backend_the_kernel_picks_for_each_client_port() {
 
     // The plain-words form: the verdict, the frontend, the chosen backend marked, the reasons.
     let from = format!("{CLIENT}:{}", ports[0]);
-    let table = explain_table(&node.bpffs.path, &["--to", &format!("{WEB_LB}/tcp"), "--from", &from])
+    let table = explain_table(node.bpffs(), &["--to", &format!("{WEB_LB}/tcp"), "--from", &from])
         .expect("explain as a table");
     eprintln!("{table}");
     for piece in [
@@ -236,12 +223,9 @@ fn explain_verdicts_match_what_the_kernel_does_with_the_packet() {
     let e = node.explain(WEB_LB, Some(&format!("{STRANGER}:1234")));
     assert_eq!(e["verdict"]["action"], "source_denied", "{e:#}");
     assert!(e["summary"].as_str().is_some_and(|s| s.contains("not in loadBalancerSourceRanges")), "{e:#}");
-    let t = trace(
-        &node.bpffs.path,
-        "ingress",
-        &Packet::tcp(&format!("{STRANGER}:1234"), WEB_LB, TCP_SYN).frame(),
-    )
-    .expect("trace");
+    let t =
+        trace(node.bpffs(), "ingress", &Packet::tcp(&format!("{STRANGER}:1234"), WEB_LB, TCP_SYN).frame())
+            .expect("trace");
     assert_eq!((t.verdict, stat(&t, "tc_source_denied")), (SHOT, 1), "{:#}", t.json);
 
     // A frontend without endpoints: rejected (at TC: dropped).
@@ -249,7 +233,7 @@ fn explain_verdicts_match_what_the_kernel_does_with_the_packet() {
     assert_eq!(e["verdict"]["action"], "reject", "{e:#}");
     assert!(e["summary"].as_str().is_some_and(|s| s.contains("no endpoints")), "{e:#}");
     let t = trace(
-        &node.bpffs.path,
+        node.bpffs(),
         "ingress",
         &Packet::tcp(&format!("{CLIENT}:40000"), EMPTY_EXTERNAL, TCP_SYN).frame(),
     )
@@ -263,7 +247,7 @@ fn explain_verdicts_match_what_the_kernel_does_with_the_packet() {
     let e = node.explain("203.0.113.99:80", Some(&format!("{CLIENT}:40000")));
     assert_eq!(e["verdict"]["action"], "not_a_frontend", "{e:#}");
     let t = trace(
-        &node.bpffs.path,
+        node.bpffs(),
         "ingress",
         &Packet::tcp(&format!("{CLIENT}:40000"), "203.0.113.99:80", TCP_SYN).frame(),
     )
@@ -285,9 +269,8 @@ fn explain_reads_the_kernels_session_affinity_entry() {
     eprintln!("port 40000 → {b1}, port {p2} → {b2} by hash");
 
     // The first flow makes the kernel remember the client's backend.
-    let t =
-        trace(&node.bpffs.path, "ingress", &Packet::tcp(&format!("{CLIENT}:40000"), STICKY, TCP_SYN).frame())
-            .expect("trace");
+    let t = trace(node.bpffs(), "ingress", &Packet::tcp(&format!("{CLIENT}:40000"), STICKY, TCP_SYN).frame())
+        .expect("trace");
     assert_eq!(tuple(&t.output).2.to_string(), b1, "{:#}", t.json);
 
     // Now explain says the second port stays on it too, and the kernel agrees.
@@ -295,8 +278,7 @@ fn explain_reads_the_kernels_session_affinity_entry() {
     assert_eq!(e["verdict"]["choice"], "affinity", "{e:#}");
     assert_eq!(predicted(&e), b1, "{e:#}");
     assert_eq!(e["affinity"]["holds"], true, "{e:#}");
-    let t =
-        trace(&node.bpffs.path, "ingress", &Packet::tcp(&format!("{CLIENT}:{p2}"), STICKY, TCP_SYN).frame())
-            .expect("trace");
+    let t = trace(node.bpffs(), "ingress", &Packet::tcp(&format!("{CLIENT}:{p2}"), STICKY, TCP_SYN).frame())
+        .expect("trace");
     assert_eq!(tuple(&t.output).2.to_string(), b1, "kept by affinity: {:#}", t.json);
 }

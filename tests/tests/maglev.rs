@@ -12,11 +12,10 @@
 //! - C: one endpoint removed: its flows move, and of the others only a few percent do.
 //!
 //! The userspace half (the table builder alone) is `lb-agent`'s `datapath::maglev` unit tests.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use lb_tests::{
-    agent::Agent,
-    guard::{Bpffs, Cgroup, TempDir},
+    node::PinnedAgent,
     packet::{Packet, TCP_SYN, trace_batch, tuple},
     require_root,
 };
@@ -69,18 +68,10 @@ fn syn(i: u32) -> Vec<u8> {
 
 /// The backend address each flow's SYN is translated to by a fresh agent serving `pods`.
 fn picks(pods: &[usize], frames: &[Vec<u8>]) -> Vec<String> {
-    let dir = TempDir::new().expect("tempdir");
-    let source = dir.write("cluster.yaml", &cluster(pods)).expect("source");
-    let cgroup = Cgroup::new().expect("cgroup");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let args: Vec<std::ffi::OsString> = ["--source".into(), source.into_os_string()]
-        .into_iter()
-        .chain(["--lb-algorithm", "maglev"].map(Into::into))
-        .collect();
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let agent = Agent::spawn(&args, &cgroup.path, &bpffs.path, true).expect("agent");
-    agent.wait_for_log("agent ready", 1, std::time::Duration::from_secs(20)).expect("agent ready");
-    let traced = trace_batch(&bpffs.path, "ingress", frames).expect("trace --batch");
+    let agent =
+        PinnedAgent::start(&cluster(pods), &["--lb-algorithm", "maglev"], Duration::from_secs(20), true)
+            .expect("agent");
+    let traced = trace_batch(&agent.bpffs.path, "ingress", frames).expect("trace --batch");
     traced
         .iter()
         .map(|t| {

@@ -276,6 +276,14 @@ fn nodeport_through_xdp(mode: &str) {
     assert!(moved("xdp_deferred") >= 40 - remote, "XDP left the local flows to TC");
     assert!(c.stat("xdp_revnat") > 0, "node 2's replies were translated at XDP");
     assert_eq!(c.stat("tc_nat_failed") + c.stat("xdp_nat_failed"), 0);
+    // The per-Service counters count the same new flows, by the hook that made them.
+    let stats = inspect("stats", &c.bpffs1.path).expect("stats");
+    let per_service = |key: &str| -> u64 {
+        let rows = stats["services"].as_array().expect("services");
+        rows.iter().map(|r| r["counters"][key].as_u64().expect("counter")).sum()
+    };
+    assert_eq!(per_service("xdp/translated"), c.stat("xdp_new_flow"), "{stats}");
+    assert_eq!(per_service("tc/translated"), c.stat("tc_new_flow"), "{stats}");
     let links = std::fs::read_dir(c.bpffs1.path.join("links")).expect("links");
     let mut xdp_links: Vec<String> = links
         .filter_map(Result::ok)

@@ -7,11 +7,9 @@
 use std::time::Duration;
 
 use lb_tests::{
-    agent::{Agent, cli_json, cli_table},
-    guard::{Bpffs, Cgroup, TempDir},
-    node::Node,
+    agent::{cli_json, cli_table},
+    node::{Node, PinnedAgent},
     packet::{Packet, TCP_SYN, trace, trace_batch, tuple},
-    require_root,
     yaml::{Ep, Port, documents, service, slice},
 };
 use serde_json::Value;
@@ -300,16 +298,10 @@ spec:
 
 #[test]
 fn maglev_tables_and_packet_path_counters_per_service() {
-    require_root();
-    let dir = TempDir::new().expect("tempdir");
-    let source = dir.write("cluster.yaml", &external_cluster()).expect("source");
-    let cgroup = Cgroup::new().expect("cgroup");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let args: Vec<&std::ffi::OsStr> =
-        ["--source".as_ref(), source.as_os_str(), "--lb-algorithm".as_ref(), "maglev".as_ref()].to_vec();
-    let agent = Agent::spawn(&args, &cgroup.path, &bpffs.path, true).expect("agent");
-    agent.wait_for_log("agent ready", 1, Duration::from_secs(20)).expect("ready");
-    let bpffs = &bpffs.path;
+    let agent =
+        PinnedAgent::start(&external_cluster(), &["--lb-algorithm", "maglev"], Duration::from_secs(20), true)
+            .expect("agent");
+    let bpffs = &agent.bpffs.path;
 
     // The external group's Maglev table: every entry names one of the five backends, each with
     // about a fifth of the table (Maglev's balance is within a few percent).

@@ -108,14 +108,6 @@ fn services_beyond_a_maps_capacity_are_refused_whole_and_the_programmed_ones_kee
     assert_eq!(status["agent"]["last_sync_result"], "applied", "{status}");
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, the clock `lb-probe tcp-log` stamps connections with.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 /// `ready` endpoints and `terminating` ones (not ready, still serving) of pods 10.244.1.N.
 fn endpoints<'a>(addrs: &'a [String], ready: usize) -> Vec<Ep<'a>> {
     addrs
@@ -182,7 +174,7 @@ fn rolling_update(cluster: fn(&[u8], &[u8]) -> String, port: u16, clients: &[(&s
         node.update(&cluster(&ready, &[]));
         // The maps were written before the agent logged the sync: any request that starts from
         // now on must not reach `old`.
-        removed_at.push((format!("10.244.1.{old}:{port}"), monotonic_ns()));
+        removed_at.push((format!("10.244.1.{old}:{port}"), lb_tests::monotonic_ns()));
         std::thread::sleep(Duration::from_millis(200));
     }
     let last_three: Vec<String> = (10..=12).map(|i| format!("10.244.1.{i}:{port}")).collect();

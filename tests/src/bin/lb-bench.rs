@@ -26,7 +26,8 @@ use std::{
 use anyhow::{Context as _, ensure};
 use lb_tests::{
     agent::Agent,
-    guard::{Bpffs, Cgroup, Netns, TempDir},
+    guard::Netns,
+    node::PinnedAgent,
     packet::{Packet, TCP_SYN, trace_batch},
     require_root,
 };
@@ -116,37 +117,18 @@ fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// One agent with `services` × `endpoints` programmed from a file.
-struct Bench {
-    agent: Agent,
-    bpffs: Bpffs,
-    _cgroup: Cgroup,
-    _dir: TempDir,
-    source: PathBuf,
-}
+struct Bench(PinnedAgent);
 
 impl Bench {
     fn start(services: u32, endpoints: u32, algorithm: &str) -> anyhow::Result<Self> {
-        let dir = TempDir::new()?;
-        let source = dir.write("cluster.yaml", &cluster(services, endpoints, None))?;
-        let cgroup = Cgroup::new()?;
-        let bpffs = Bpffs::new()?;
-        let args: Vec<&std::ffi::OsStr> = [
-            "--source".as_ref(),
-            source.as_os_str(),
-            "--lb-algorithm".as_ref(),
-            algorithm.as_ref(),
-            "--metrics-addr".as_ref(),
-            "".as_ref(),
-        ]
-        .to_vec();
-        let agent = Agent::spawn(&args, &cgroup.path, &bpffs.path, false)?;
-        agent.wait_for_log("agent ready", 1, Duration::from_secs(600))?;
-        Ok(Self { agent, bpffs, _cgroup: cgroup, _dir: dir, source })
+        let yaml = cluster(services, endpoints, None);
+        let extra = ["--lb-algorithm", algorithm, "--metrics-addr", ""];
+        Ok(Self(PinnedAgent::start(&yaml, &extra, Duration::from_secs(600), false)?))
     }
 
     /// Mean kernel time (ns) per run of `frames`, one run each, through `direction`.
     fn mean_ns(&self, direction: &str, frames: &[Vec<u8>]) -> anyhow::Result<f64> {
-        let traced = trace_batch(&self.bpffs.path, direction, frames)?;
+        let traced = trace_batch(&self.0.bpffs.path, direction, frames)?;
         let total: u64 = traced.iter().map(|t| t.json["duration_ns"].as_u64().unwrap_or(0)).sum();
         Ok(total as f64 / traced.len().max(1) as f64)
     }
@@ -157,7 +139,7 @@ impl Bench {
             .args(["trace", "--output", "json", "--direction", direction, "--repeat"])
             .arg(REPEAT.to_string())
             .args(["--packet", &lb_tests::packet::hex(frame), "--bpffs"])
-            .arg(&self.bpffs.path)
+            .arg(&self.0.bpffs.path)
             .output()?;
         ensure!(out.status.success(), "trace --repeat: {}", String::from_utf8_lossy(&out.stderr));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -349,15 +331,15 @@ fn timed_load(netns: &Netns, program: &str, args: &[&str], input: &str) -> anyho
 fn control_plane(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<ControlPlane> {
     eprintln!("control plane: {services} services × {endpoints} endpoints");
     let bench = Bench::start(services, endpoints, "random")?;
-    let full_sync_ms = sync_us(&bench.agent, 1)? as f64 / 1000.0;
+    let full_sync_ms = sync_us(&bench.0.agent, 1)? as f64 / 1000.0;
     let mut incremental_ms = Vec::new();
     for c in 0..changes {
-        let before = bench.agent.count("sync applied");
-        std::fs::write(&bench.source, cluster(services, endpoints, Some(c)))?;
-        bench.agent.wait_for_log("sync applied", before + 1, Duration::from_secs(120))?;
-        incremental_ms.push(sync_us(&bench.agent, before + 1)? as f64 / 1000.0);
+        let before = bench.0.agent.count("sync applied");
+        std::fs::write(&bench.0.source, cluster(services, endpoints, Some(c)))?;
+        bench.0.agent.wait_for_log("sync applied", before + 1, Duration::from_secs(120))?;
+        incremental_ms.push(sync_us(&bench.0.agent, before + 1)? as f64 / 1000.0);
     }
-    let rss_mib = peak_rss_mib(bench.agent.pid())?;
+    let rss_mib = peak_rss_mib(bench.0.agent.pid())?;
     drop(bench);
     let netns = Netns::new()?;
     let iptables_ms =

@@ -30,14 +30,6 @@ fn tcp_once(addr: SocketAddr) -> std::io::Result<(String, TcpStream)> {
     Ok((line.trim().to_owned(), stream))
 }
 
-/// CLOCK_MONOTONIC in nanoseconds (the test compares it with its own reading).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 fn unspecified(addr: SocketAddr) -> &'static str {
     if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
 }
@@ -145,7 +137,7 @@ fn main() {
         "tcp-log" => {
             let until = Instant::now() + Duration::from_millis(n);
             while Instant::now() < until {
-                let (at, started) = (monotonic_ns(), Instant::now());
+                let (at, started) = (lb_tests::monotonic_ns(), Instant::now());
                 let line = match tcp_once(addr) {
                     Ok((reply, _)) => format!("ok {reply}"),
                     Err(e) => err_line(&e, started),
@@ -159,7 +151,7 @@ fn main() {
             let mut buf = [0u8; 1500];
             let until = Instant::now() + Duration::from_millis(n);
             while Instant::now() < until {
-                let (at, started) = (monotonic_ns(), Instant::now());
+                let (at, started) = (lb_tests::monotonic_ns(), Instant::now());
                 let line = match socket.send_to(b"ping", addr).and_then(|_| socket.recv_from(&mut buf)) {
                     Ok((len, _)) => format!("ok {}", String::from_utf8_lossy(&buf[..len])),
                     Err(e) => err_line(&e, started),
