@@ -10,6 +10,9 @@
 //!                                    or `<start ns> err …`, start on CLOCK_MONOTONIC
 //! lb-probe udp-log ADDR MILLIS       the same with request/reply datagrams over one unconnected
 //!                                    socket (sendto/recvfrom), as a resolver
+//! lb-probe tcp-connect ADDR COUNT    COUNT connects back to back, each closed at once with a reset
+//!                                    (no TIME_WAIT); one line per connect, its latency in ns or
+//!                                    `err …`, then `done us=<wall time of all>` (the bench)
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -30,13 +33,32 @@ fn tcp_once(addr: SocketAddr) -> std::io::Result<(String, TcpStream)> {
     Ok((line.trim().to_owned(), stream))
 }
 
+/// SO_LINGER 0: the close sends a reset and leaves no TIME_WAIT socket behind, so a long run
+/// of connects does not run out of ports.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // Safety: a valid socket fd and a correctly sized `linger` that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
 fn unspecified(addr: SocketAddr) -> &'static str {
     if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log ADDR [N]";
+    let usage =
+        "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -158,6 +180,22 @@ fn main() {
                 };
                 writeln!(out, "{at} {line}").expect("stdout");
             }
+        }
+        "tcp-connect" => {
+            let all = Instant::now();
+            for _ in 0..n {
+                let started = Instant::now();
+                let line = match TcpStream::connect_timeout(&addr, TIMEOUT) {
+                    Ok(stream) => {
+                        let ns = started.elapsed().as_nanos();
+                        reset_on_close(&stream);
+                        format!("{ns}")
+                    }
+                    Err(e) => err_line(&e, started),
+                };
+                writeln!(out, "{line}").expect("stdout");
+            }
+            writeln!(out, "done us={}", all.elapsed().as_micros()).expect("stdout");
         }
         _ => {
             eprintln!("{usage}");

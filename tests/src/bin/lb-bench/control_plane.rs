@@ -1,13 +1,8 @@
-//! Control plane: the agent's full sync and incremental updates, its peak RSS, and kube-proxy's
-//! rule-set loaders for the same Services.
+//! Control plane: the agent's full sync and incremental updates, and its peak RSS. (kube-proxy's
+//! rule-set loads for the same Services are timed by the connect path, which uses them.)
 use std::time::Duration;
 
-use lb_tests::guard::Netns;
-
-use crate::{
-    cluster::{Bench, cluster, peak_rss_mib, sync_us},
-    kube_proxy_rules::{iptables_rules, nft_rules, timed_load},
-};
+use crate::cluster::{Bench, cluster, peak_rss_mib, sync_us};
 
 pub struct ControlPlane {
     pub services: u32,
@@ -15,8 +10,6 @@ pub struct ControlPlane {
     pub full_sync_ms: f64,
     pub incremental_ms: Vec<f64>,
     pub rss_mib: f64,
-    pub iptables_ms: f64,
-    pub nft_ms: f64,
 }
 
 pub fn control_plane(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<ControlPlane> {
@@ -32,10 +25,6 @@ pub fn control_plane(services: u32, endpoints: u32, changes: u32) -> anyhow::Res
     }
     let rss_mib = peak_rss_mib(bench.0.agent.pid())?;
     drop(bench);
-    let netns = Netns::new()?;
-    let iptables_ms =
-        timed_load(&netns, "iptables-restore", &["--noflush"], &iptables_rules(services, endpoints))?;
-    let nft_ms = timed_load(&netns, "nft", &["-f", "-"], &nft_rules(services, endpoints))?;
     incremental_ms.sort_by(f64::total_cmp);
-    Ok(ControlPlane { services, endpoints, full_sync_ms, incremental_ms, rss_mib, iptables_ms, nft_ms })
+    Ok(ControlPlane { services, endpoints, full_sync_ms, incremental_ms, rss_mib })
 }

@@ -9,14 +9,19 @@ use crate::cluster::ip;
 
 /// kube-proxy's iptables-mode rule set for the bench's Services (`pkg/proxy/iptables`): the
 /// KUBE-SERVICES jump per ClusterIP, a KUBE-SVC chain picking an endpoint with `statistic` random
-/// probabilities, and a KUBE-SEP chain per endpoint with the masquerade mark and the DNAT.
+/// probabilities, and a KUBE-SEP chain per endpoint with the masquerade mark and the DNAT; the
+/// nat table's PREROUTING and OUTPUT jump to KUBE-SERVICES and POSTROUTING to KUBE-POSTROUTING,
+/// as kube-proxy installs them.
 pub fn iptables_rules(services: u32, endpoints: u32) -> String {
     let mut out = String::from(
         "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n\
          -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
          -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
          -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
-         -A KUBE-POSTROUTING -j MASQUERADE --random-fully\n",
+         -A KUBE-POSTROUTING -j MASQUERADE --random-fully\n\
+         -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n",
     );
     let mut rules = String::new();
     for i in 0..services {
@@ -61,7 +66,8 @@ pub fn iptables_rules(services: u32, endpoints: u32) -> String {
 
 /// kube-proxy's nftables-mode layout (`pkg/proxy/nftables`): a `service-ips` verdict map from
 /// address . protocol . port to a per-service chain, which picks an endpoint chain with `numgen
-/// random mod N`, which DNATs.
+/// random mod N`, which DNATs; the nat hooks at prerouting and output jump to the service map,
+/// and postrouting masquerades marked packets.
 pub fn nft_rules(services: u32, endpoints: u32) -> String {
     let mut out = String::from("table ip kube-proxy {\n");
     let mut elements = Vec::new();
@@ -89,7 +95,10 @@ pub fn nft_rules(services: u32, endpoints: u32) -> String {
     );
     out.push_str(
         "  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n  \
-         chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n}\n",
+         chain nat-prerouting {\n    type nat hook prerouting priority -100; policy accept;\n    jump services\n  }\n  \
+         chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n  \
+         chain masquerading {\n    mark and 0x4000 == 0 return\n    mark set mark xor 0x4000\n    masquerade fully-random\n  }\n  \
+         chain nat-postrouting {\n    type nat hook postrouting priority 100; policy accept;\n    jump masquerading\n  }\n}\n",
     );
     out
 }

@@ -16,6 +16,7 @@
 //! Everything runs in a cgroup, bpffs directory and network namespaces made here and removed on
 //! exit; no packet is sent anywhere (BPF_PROG_TEST_RUN only returns the program's verdict).
 mod cluster;
+mod connect_path;
 mod control_plane;
 mod kube_proxy_rules;
 mod packet_path;
@@ -27,8 +28,9 @@ use lb_tests::require_root;
 
 use crate::{
     cluster::percentile,
+    connect_path::{RuleLoads, connect_path},
     control_plane::control_plane,
-    packet_path::{FLOWS, REPEAT, packet_path},
+    packet_path::packet_path,
 };
 
 fn machine() -> String {
@@ -47,100 +49,74 @@ fn machine() -> String {
 
 fn main() -> anyhow::Result<()> {
     require_root();
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only packet|connect|control`: one section, for working on it; nothing is written.
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 10_000, 100_000] };
     let started = Instant::now();
     let mut report = String::new();
     let _ = writeln!(report, "# Benchmark results\n\nMachine: {}.\n", machine());
 
-    let rows = packet_path(sizes)?;
-    let _ = writeln!(
-        report,
-        "## Packet path (BPF_PROG_TEST_RUN, kernel time per run)\n\n\
-         Non-IP frame and no frontend: one packet repeated {REPEAT} times (the non-IP frame is what\n\
-         the harness and the program's entry cost). New flow and tracked flow: {FLOWS} distinct TCP\n\
-         SYNs to an external IP with 2 local endpoints (every Service has 2), one run each, minus the\n\
-         single-run timer overhead (last column). XDP defers flows to local backends to TC untouched.\n\n\
-         | services | algorithm | hook | non-IP frame (ns) | no frontend (ns) | new flow (ns) | tracked flow (ns) | timer overhead (ns) |\n|---|---|---|---|---|---|---|---|"
-    );
-    let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
-    for r in &rows {
-        let _ = writeln!(
-            report,
-            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {:.0} |",
-            r.services,
-            r.algorithm,
-            r.hook,
-            r.baseline,
-            r.miss,
-            fmt(r.new_flow),
-            fmt(r.tracked),
-            r.overhead
-        );
-    }
-    // Flatness: the largest size against one service, per algorithm and hook.
-    let _ = writeln!(
-        report,
-        "\nRatio, largest size to 1 service (target ≤ 1.1). The repeated columns are steady from run\n\
-         to run; the single-run columns (new and tracked flow) are not: their timer overhead alone\n\
-         moves by 2× between runs on a VM, so read their ratios as ±50%.\n\n\
-         | algorithm | hook | no frontend | new flow | tracked |\n|---|---|---|---|---|"
-    );
-    let largest = *sizes.last().unwrap_or(&1);
-    for algorithm in ["random", "maglev"] {
-        for hook in ["tc", "xdp"] {
-            let find =
-                |n: u32| rows.iter().find(|r| r.services == n && r.algorithm == algorithm && r.hook == hook);
-            if let (Some(a), Some(b)) = (find(1), find(largest)) {
-                let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
-                    (Some(x), Some(y)) if x > 0.0 => format!("{:.2}", y / x),
-                    _ => "-".to_owned(),
-                };
-                let _ = writeln!(
-                    report,
-                    "| {algorithm} | {hook} | {:.2} | {} | {} |",
-                    b.miss / a.miss.max(1.0),
-                    ratio(a.new_flow, b.new_flow),
-                    ratio(a.tracked, b.tracked)
-                );
-            }
-        }
+    if run("packet") {
+        let rows = packet_path(sizes)?;
+        report.push_str(&packet_path::markdown(&rows, sizes));
     }
 
+    let connect_sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 1_000, 10_000] };
+    let (rounds, per_round) = if quick { (2, 500) } else { (5, 2_000) };
+    let (connects, loads) =
+        if run("connect") { connect_path(connect_sizes, 10, rounds, per_round)? } else { Default::default() };
+    if !connects.is_empty() {
+        report.push_str(&connect_path::markdown(&connects, rounds * per_round));
+    }
+    let svg = connect_path::svg(&connects);
+
     let (services, endpoints, changes) = if quick { (1_000, 10, 5) } else { (10_000, 10, 20) };
-    let cp = control_plane(services, endpoints, changes)?;
+    if run("control") {
+        let cp = control_plane(services, endpoints, changes)?;
+        // The connect path's loads at this size (not run with `--only control`).
+        let load = loads.iter().find(|l| l.services == services);
+        let loaded =
+            |f: fn(&RuleLoads) -> f64| load.map_or((f64::NAN, f64::NAN), |l| (f(l), cp.full_sync_ms / f(l)));
+        let (iptables_ms, iptables_ratio) = loaded(|l| l.iptables_ms);
+        let (nft_ms, nft_ratio) = loaded(|l| l.nft_ms);
+        let _ = writeln!(
+            report,
+            "\n## Control plane ({} services × {} endpoints)\n\n\
+             kube-proxy's rule sets are the connect path's, loaded into its namespaces.\n\n\
+             | measurement | lb-agent | kube-proxy's rule set | ratio |\n|---|---|---|---|\n\
+             | full sync: source read, translation, map writes (ms) | {:.0} | iptables-restore {:.0} / nft -f {:.0} | {:.3} / {:.3} |\n\
+             | one EndpointSlice change, p50 / p99 of {} (ms; the file source re-reads all) | {:.1} / {:.1} | - | - |\n\
+             | agent peak RSS (MiB) | {:.1} | - | - |",
+            cp.services,
+            cp.endpoints,
+            cp.full_sync_ms,
+            iptables_ms,
+            nft_ms,
+            iptables_ratio,
+            nft_ratio,
+            cp.incremental_ms.len(),
+            percentile(&cp.incremental_ms, 0.5),
+            percentile(&cp.incremental_ms, 0.99),
+            cp.rss_mib
+        );
+    }
     let _ = writeln!(
         report,
-        "\n## Control plane ({} services × {} endpoints)\n\n\
-         | measurement | lb-agent | kube-proxy's rule set | ratio |\n|---|---|---|---|\n\
-         | full sync: source read, translation, map writes (ms) | {:.0} | iptables-restore {:.0} / nft -f {:.0} | {:.2} / {:.2} |\n\
-         | one EndpointSlice change, p50 / p99 of {} (ms; the file source re-reads all) | {:.1} / {:.1} | - | - |\n\
-         | agent peak RSS (MiB) | {:.1} | - | - |",
-        cp.services,
-        cp.endpoints,
-        cp.full_sync_ms,
-        cp.iptables_ms,
-        cp.nft_ms,
-        cp.full_sync_ms / cp.iptables_ms,
-        cp.full_sync_ms / cp.nft_ms,
-        cp.incremental_ms.len(),
-        percentile(&cp.incremental_ms, 0.5),
-        percentile(&cp.incremental_ms, 0.99),
-        cp.rss_mib
-    );
-    let _ = writeln!(
-        report,
-        "\nNot measured yet: connect latency and rate through the socket hooks against direct,\n\
-         iptables and nftables; packets per second through a veth pair; incremental updates\n\
-         through the Kubernetes source. Whole run: {:.0} s.",
+        "\nNot measured yet: packets per second through a veth pair; incremental updates through\n\
+         the Kubernetes source. Whole run: {:.0} s.",
         started.elapsed().as_secs_f64()
     );
     println!("{report}");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/RESULTS.md");
-    if !quick {
+    if !quick && only.is_none() {
         std::fs::create_dir_all(path.parent().context("bench dir")?)?;
         std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        let chart = path.with_file_name("connect.svg");
+        std::fs::write(&chart, &svg).with_context(|| format!("writing {}", chart.display()))?;
+        eprintln!("wrote {} and {}", path.display(), chart.display());
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Packet path: the kernel's own time per run (BPF_PROG_TEST_RUN) of `lb_tc_ingress` and `lb_xdp`.
-use std::process::Command;
+use std::{fmt::Write as _, process::Command};
 
 use anyhow::{Context as _, ensure};
 use lb_tests::packet::{Packet, TCP_SYN, trace_batch};
@@ -86,4 +86,62 @@ pub fn packet_path(sizes: &[u32]) -> anyhow::Result<Vec<PacketRow>> {
         }
     }
     Ok(rows)
+}
+
+/// The packet-path section of the report.
+pub fn markdown(rows: &[PacketRow], sizes: &[u32]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Packet path (BPF_PROG_TEST_RUN, kernel time per run)\n\n\
+         Non-IP frame and no frontend: one packet repeated {REPEAT} times (the non-IP frame is what\n\
+         the harness and the program's entry cost). New flow and tracked flow: {FLOWS} distinct TCP\n\
+         SYNs to an external IP with 2 local endpoints (every Service has 2), one run each, minus the\n\
+         single-run timer overhead (last column). XDP defers flows to local backends to TC untouched.\n\n\
+         | services | algorithm | hook | non-IP frame (ns) | no frontend (ns) | new flow (ns) | tracked flow (ns) | timer overhead (ns) |\n|---|---|---|---|---|---|---|---|"
+    );
+    let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {:.0} |",
+            r.services,
+            r.algorithm,
+            r.hook,
+            r.baseline,
+            r.miss,
+            fmt(r.new_flow),
+            fmt(r.tracked),
+            r.overhead
+        );
+    }
+    // Flatness: the largest size against one service, per algorithm and hook.
+    let _ = writeln!(
+        out,
+        "\nRatio, largest size to 1 service (target ≤ 1.1). The repeated columns are steady from run\n\
+         to run; the single-run columns (new and tracked flow) are not: their timer overhead alone\n\
+         moves by 2× between runs on a VM, so read their ratios as ±50%.\n\n\
+         | algorithm | hook | no frontend | new flow | tracked |\n|---|---|---|---|---|"
+    );
+    let largest = *sizes.last().unwrap_or(&1);
+    for algorithm in ["random", "maglev"] {
+        for hook in ["tc", "xdp"] {
+            let find =
+                |n: u32| rows.iter().find(|r| r.services == n && r.algorithm == algorithm && r.hook == hook);
+            if let (Some(a), Some(b)) = (find(1), find(largest)) {
+                let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+                    (Some(x), Some(y)) if x > 0.0 => format!("{:.2}", y / x),
+                    _ => "-".to_owned(),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {algorithm} | {hook} | {:.2} | {} | {} |",
+                    b.miss / a.miss.max(1.0),
+                    ratio(a.new_flow, b.new_flow),
+                    ratio(a.tracked, b.tracked)
+                );
+            }
+        }
+    }
+    out
 }
