@@ -13,6 +13,8 @@
 //! lb-probe tcp-connect ADDR COUNT    COUNT connects back to back, each closed at once with a reset
 //!                                    (no TIME_WAIT); one line per connect, its latency in ns or
 //!                                    `err …`, then `done us=<wall time of all>` (the bench)
+//! lb-probe udp-flood ADDR MILLIS     32-byte datagrams from one connected socket, back to back for
+//!                                    MILLIS; prints `sent=<n> errors=<n> us=<elapsed>` (the bench)
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -57,8 +59,7 @@ fn unspecified(addr: SocketAddr) -> &'static str {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage =
-        "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect ADDR [N]";
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|udp-flood ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -196,6 +197,24 @@ fn main() {
                 writeln!(out, "{line}").expect("stdout");
             }
             writeln!(out, "done us={}", all.elapsed().as_micros()).expect("stdout");
+        }
+        "udp-flood" => {
+            let socket = UdpSocket::bind(unspecified(addr)).expect("bind");
+            socket.connect(addr).expect("connect");
+            let (payload, started) = ([0x5a_u8; 32], Instant::now());
+            let until = started + Duration::from_millis(n);
+            let (mut sent, mut errors) = (0u64, 0u64);
+            while Instant::now() < until {
+                for _ in 0..256 {
+                    match socket.send(&payload) {
+                        Ok(_) => sent += 1,
+                        // ENOBUFS, or a refusal reported back by ICMP: counted, not fatal.
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            writeln!(out, "sent={sent} errors={errors} us={}", started.elapsed().as_micros())
+                .expect("stdout");
         }
         _ => {
             eprintln!("{usage}");

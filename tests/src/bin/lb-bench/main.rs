@@ -20,6 +20,7 @@ mod connect_path;
 mod control_plane;
 mod kube_proxy_rules;
 mod packet_path;
+mod veth_pps;
 
 use std::{fmt::Write as _, path::PathBuf, time::Instant};
 
@@ -31,6 +32,7 @@ use crate::{
     connect_path::{RuleLoads, connect_path},
     control_plane::control_plane,
     packet_path::packet_path,
+    veth_pps::veth_pps,
 };
 
 fn machine() -> String {
@@ -51,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     require_root();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only packet|connect|control`: one section, for working on it; nothing is written.
+    // `--only packet|connect|veth|control`: one section, for working on it; nothing is written.
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 10_000, 100_000] };
@@ -72,6 +74,12 @@ fn main() -> anyhow::Result<()> {
         report.push_str(&connect_path::markdown(&connects, rounds * per_round));
     }
     let svg = connect_path::svg(&connects);
+
+    if run("veth") {
+        let (rounds, millis) = if quick { (1, 1_000) } else { (3, 3_000) };
+        let rows = veth_pps(rounds, millis)?;
+        report.push_str(&veth_pps::markdown(&rows, rounds, millis));
+    }
 
     let (services, endpoints, changes) = if quick { (1_000, 10, 5) } else { (10_000, 10, 20) };
     if run("control") {
@@ -105,8 +113,7 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = writeln!(
         report,
-        "\nNot measured yet: packets per second through a veth pair; incremental updates through\n\
-         the Kubernetes source. Whole run: {:.0} s.",
+        "\nNot measured yet: incremental updates through the Kubernetes source. Whole run: {:.0} s.",
         started.elapsed().as_secs_f64()
     );
     println!("{report}");
