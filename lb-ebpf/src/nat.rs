@@ -176,6 +176,12 @@ fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
         }
         return action;
     }
+    // At an ingress the only replies translated are those of SNATed flows (a local backend's
+    // reply leaves through `egress`), and they come back to a port of the SNAT range: any other
+    // packet needs no second lookup, which a packet to no frontend would otherwise pay.
+    if !(SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(flow.dport)) {
+        return UNTRACKED;
+    }
     let reply = conntrack::key(flow, ct_dir::REPLY);
     if let Some(entry) = conntrack::lookup(&reply, now) {
         if H::WHOLE_ONLY && entry.flags & ct_flags::SNAT == 0 {
