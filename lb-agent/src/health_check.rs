@@ -388,6 +388,7 @@ mod tests {
             let expected: Wanted = expected.into_iter().collect();
             assert_eq!(wanted(&state(groups)), expected, "{name}");
         }
+        lb_tests::parity::shown(&["28"]);
     }
 
     fn free_port() -> u16 {
@@ -472,6 +473,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        lb_tests::parity::shown(&["45", "47"]);
     }
 
     #[tokio::test]
@@ -519,5 +521,6 @@ mod tests {
             body("ns", "web", 3, true),
             "{\n\t\"service\": {\n\t\t\"namespace\": \"ns\",\n\t\t\"name\": \"web\"\n\t},\n\t\"localEndpoints\": 3,\n\t\"serviceProxyHealthy\": true\n}"
         );
+        lb_tests::parity::shown(&["45"]);
     }
 }

@@ -149,6 +149,7 @@ mod tests {
             let got = NodePortAddresses::parse(flag).expect("parse").select(&node, &ifaces);
             assert_eq!(got, ips(want), "--nodeport-addresses {flag:?}");
         }
+        lb_tests::parity::shown(&["42", "43"]);
     }
 
     #[test]

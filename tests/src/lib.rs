@@ -11,6 +11,7 @@ pub mod guard;
 pub mod metrics;
 pub mod node;
 pub mod packet;
+pub mod parity;
 pub mod probe;
 pub mod servers;
 pub mod topology;

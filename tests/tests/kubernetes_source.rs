@@ -199,6 +199,7 @@ fn initial_sync_of_1000_services_and_changes_converge_like_the_file_source() {
     let file_agent = Agent::start(&file, &cgroup2.path, &bpffs2.path).expect("file agent");
     assert_eq!(frontends(&bpffs2.path), f, "file and Kubernetes sources disagree");
     drop(file_agent);
+    lb_tests::parity::shown(&["1", "17"]);
 }
 
 #[test]
@@ -258,6 +259,7 @@ fn dropped_watch_resumes_and_410_relists_without_touching_the_maps() {
     assert!(restarts(&s, "services") >= 1.0, "{}", s.text);
     let total: f64 = ["services", "endpointslices", "nodes"].iter().map(|r| restarts(&s, r)).sum();
     assert_eq!(total, failed as f64, "one restart per logged watch failure:\n{}", s.text);
+    lb_tests::parity::shown(&["50", "53"]);
 }
 
 #[test]
@@ -299,6 +301,7 @@ fn api_server_down_at_start_and_later_keeps_the_maps() {
     kn.api.apply_all(bulk(0));
     let f = wait_frontends(&kn.bpffs.path, Duration::from_secs(40), |f| f.contains_key("10.97.0.1:80/TCP"));
     assert!(f.contains_key("10.97.0.1:80/TCP"), "no change applied after the API server came back");
+    lb_tests::parity::shown(&["46", "51"]);
 }
 
 #[test]

@@ -219,6 +219,7 @@ fn nodeport_from_outside_reaches_both_nodes_and_snats_only_towards_the_remote_on
             assert_eq!(snat, None, "{f}");
         }
     }
+    lb_tests::parity::shown(&["32", "44"]);
 }
 
 /// Runs `ethtool ARGS` in `ns`.
@@ -316,6 +317,7 @@ fn udp_nodeport_replies_come_from_the_nodeport() {
         // One socket, one 5-tuple: every datagram of it stays on one backend (conntrack).
         assert_eq!(reached.len(), 1, "{addr}: {reached:?}");
     }
+    lb_tests::parity::shown(&["6", "44"]);
 }
 
 #[test]
@@ -328,6 +330,7 @@ fn ipv6_nodeport_reaches_both_nodes() {
     let peers = c.peers();
     assert!(peers[POD1_V6].iter().all(|p| p == CLIENT_V6), "{peers:?}");
     assert!(peers[POD2_V6].iter().all(|p| p == NODE1_N2_V6), "{peers:?}");
+    lb_tests::parity::shown(&["44"]);
 }
 
 #[test]
@@ -408,6 +411,7 @@ fn external_traffic_policy_local_keeps_the_client_address_and_node2_drops() {
         http_get(&c.topo.client, SocketAddr::new(NODE2_V4.parse().expect("ip"), HEALTH_CHECK_PORT));
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"localEndpoints\": 0"), "{body}");
+    lb_tests::parity::shown(&["30", "32", "40"]);
 }
 
 const GUARDED_LB_V4: &str = "192.0.2.81";
@@ -522,6 +526,7 @@ fn load_balancer_source_ranges_admit_listed_clients_only() {
         assert!(backends.iter().all(|b| ip_of(b) == *pod), "{lb}: {backends:?}");
     }
     assert_eq!(c.stat("tc_source_denied"), denied);
+    lb_tests::parity::shown(&["10"]);
 }
 
 const STICKY_NODE_PORT: u16 = 30083;
@@ -597,6 +602,7 @@ fn session_affinity_keeps_an_outside_client_on_one_backend() {
         assert_eq!(row["state"], "active", "{row}");
         assert_eq!(row["timeout_seconds"], 10800, "{row}");
     }
+    lb_tests::parity::shown(&["13"]);
 }
 
 #[test]
@@ -653,4 +659,5 @@ fn udp_flow_to_a_removed_backend_moves_to_a_live_one() {
         "the same socket now reaches the live backend, still from the NodePort: {after:?}"
     );
     assert!(after.iter().filter(|l| l.starts_with(&gone_ip)).count() == 0, "{after:?}");
+    lb_tests::parity::shown(&["48"]);
 }

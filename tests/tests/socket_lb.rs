@@ -90,6 +90,7 @@ fn tcp_to_clusterip_reaches_every_backend() {
     assert!(lines.iter().all(|l| l.ends_with("peer=[::ffff:10.96.0.10]:80")), "{:?}", &lines[..3]);
     // The servers agree: 330 accepted connections in all.
     assert_eq!(node.servers.counts().values().sum::<usize>(), 330);
+    lb_tests::parity::shown(&["5", "13b"]);
 }
 
 #[test]
@@ -118,6 +119,7 @@ fn udp_replies_come_from_the_clusterip() {
     // TCP on the same ClusterIP and port number is a different frontend.
     let lines = node.probe(&["tcp", "10.96.0.53:53", "5"]);
     assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.")), "{lines:?}");
+    lb_tests::parity::shown(&["6"]);
 }
 
 #[test]
@@ -144,6 +146,7 @@ fn ipv6_clusterip_tcp_and_udp() {
     // The dual-stack Service has no IPv4 endpoints here: its IPv4 ClusterIP refuses.
     let lines = node.probe(&["tcp", "10.96.0.10:80", "1"]);
     assert!(lines[0].contains(ECONNREFUSED), "{lines:?}");
+    lb_tests::parity::shown(&["4", "6"]);
 }
 
 #[test]
@@ -170,6 +173,7 @@ fn service_without_ready_endpoints_refuses_promptly() {
     let lines = node.probe(&["udp", "10.96.0.53:53", "3"]);
     assert!(lines.iter().all(|l| l.contains(ECONNREFUSED)), "UDP send must be refused: {lines:?}");
     assert!(node.servers.hits().is_empty(), "the not-ready backend got traffic");
+    lb_tests::parity::shown(&["39"]);
 }
 
 #[test]
@@ -219,6 +223,7 @@ fn removed_backend_gets_no_new_flows_but_keeps_established_ones() {
         .collect();
     assert!(!active.contains(&victim.as_str()), "inspect backends lists {victim} as active: {backends}");
     assert_eq!(active.len(), 2, "{backends}");
+    lb_tests::parity::shown(&["49"]);
 }
 
 #[test]
@@ -416,6 +421,7 @@ endpoints: [{addresses: [10.244.1.2], conditions: {ready: true}, nodeName: node-
     assert_eq!(kinds.get("203.0.113.7:80").map(String::as_str), Some("ExternalIP"), "{services}");
     assert_eq!(kinds.get("198.51.100.9:80").map(String::as_str), Some("LoadBalancer"), "{services}");
     assert_eq!(kinds.get("192.0.2.10:30080").map(String::as_str), Some("NodePort"), "{services}");
+    lb_tests::parity::shown(&["8", "9", "31", "40"]);
 }
 
 /// `spec.sessionAffinity: ClientIP` (and `timeoutSeconds`, when given) added to a Service.
@@ -490,6 +496,7 @@ fn session_affinity_keeps_a_client_namespace_on_one_backend() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["backend"], moved.as_str(), "{rows:?}");
     assert_eq!(rows[0]["state"], "active", "{rows:?}");
+    lb_tests::parity::shown(&["13"]);
 }
 
 #[test]
@@ -526,4 +533,5 @@ fn session_affinity_is_refreshed_by_each_connection_and_expires_after_the_timeou
     assert_eq!(rows[0]["state"], "active", "a new choice was recorded: {rows:?}");
     assert!(rows[0]["idle_ms"].as_u64().is_some_and(|ms| ms < 2000), "{rows:?}");
     assert_eq!(rows[0]["backend"], second.as_str(), "{rows:?}");
+    lb_tests::parity::shown(&["13a"]);
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask setup|build|test|demo|bench`: everything a fresh machine needs, installed idempotently.
+//! `cargo xtask setup|build|test|demo|bench|parity`: everything a fresh machine needs, installed idempotently.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod parity;
 mod setup;
 
 #[derive(Parser)]
@@ -33,6 +34,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Run every test and write docs/PARITY.md: each kube-proxy behaviour with the passing tests
+    /// that show ours (a behaviour without one reads "missing").
+    Parity,
 }
 
 fn workspace_root() -> PathBuf {
@@ -96,14 +100,33 @@ fn cargo_test(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
 }
 
 fn test() -> anyhow::Result<()> {
+    test_recording(None)
+}
+
+/// Every test; with `parity`, the tests record the kube-proxy behaviours they showed there.
+fn test_recording(parity: Option<&Path>) -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     let agent = build()?;
     println!("==> unit tests");
-    let unit =
-        cargo_test(cargo().args(["test", "--release", "-p", "lb-common", "-p", "lb-agent", "-p", "xtask"]))?;
+    let with_parity = |mut cmd: Command| {
+        if let Some(dir) = parity {
+            cmd.env("LB_PARITY_DIR", dir);
+        }
+        cmd
+    };
+    let unit = cargo_test(with_parity(cargo()).args([
+        "test",
+        "--release",
+        "-p",
+        "lb-common",
+        "-p",
+        "lb-agent",
+        "-p",
+        "xtask",
+    ]))?;
     println!("==> kernel tests (real BPF programs, in test namespaces and cgroups)");
     let kernel = cargo_test(
-        cargo()
+        with_parity(cargo())
             .args(["test", "--release", "-p", "lb-tests", "--", "--test-threads=1"])
             .env("LB_AGENT_BIN", &agent),
     )?;
@@ -138,5 +161,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test => test(),
         Cmd::Demo => demo(),
         Cmd::Bench { quick } => bench(quick),
+        Cmd::Parity => parity::parity(&workspace_root(), |dir| test_recording(Some(dir))),
     }
 }

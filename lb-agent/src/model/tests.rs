@@ -287,7 +287,7 @@ struct Case {
 fn cases() -> Vec<Case> {
     vec![
         Case {
-            name: "basic ClusterIP TCP",
+            name: "basic ClusterIP TCP (rule 5)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-1", "web", "IPv4", |s| {
                 s.endpoints = vec![ep("10.244.1.2"), ep("10.244.1.1")]
@@ -296,7 +296,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "UDP",
+            name: "UDP (rule 6)",
             services: vec![service("kube-system", "dns", |s| set_ports(s, vec![port("dns", 53, "UDP")]))],
             slices: vec![slice("kube-system", "dns-1", "dns", "IPv4", |s| {
                 s.ports = Some(vec![slice_port(Some("dns"), 5353, "UDP")]);
@@ -306,7 +306,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "unset protocol means TCP",
+            name: "unset protocol means TCP (rule 6)",
             services: vec![service("ns", "web", |s| {
                 set_ports(s, vec![ServicePort { protocol: None, ..port("http", 80, "") }])
             })],
@@ -318,7 +318,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "dual-stack: each family gets only its own slices",
+            name: "dual-stack: each family gets only its own slices (rules 4, 15)",
             services: vec![service("ns", "web", |s| set_ips(s, &["10.96.0.10", "fd00:10:96::10"]))],
             slices: vec![
                 slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
@@ -333,7 +333,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "dual-stack: no IPv6 endpoints means an empty IPv6 group",
+            name: "dual-stack: no IPv6 endpoints means an empty IPv6 group (rule 15)",
             services: vec![service("ns", "web", |s| set_ips(s, &["fd00:10:96::10", "10.96.0.10"]))],
             slices: vec![slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
             expected: vec![
@@ -343,7 +343,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "without ipFamilies only clusterIP is used (GetClusterIPByFamily)",
+            name: "without ipFamilies only clusterIP is used (GetClusterIPByFamily) (rule 4)",
             services: vec![service("ns", "web", |s| {
                 set_ips(s, &["10.96.0.10", "fd00:10:96::10"]);
                 spec(s).ip_families = None;
@@ -356,7 +356,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "with ipFamilies, clusterIPs[i] serves ipFamilies[i]; a missing index yields nothing",
+            name: "with ipFamilies, clusterIPs[i] serves ipFamilies[i]; a missing index yields nothing (rule 4)",
             services: vec![service("ns", "web", |s| {
                 set_ips(s, &["fd00:10:96::10"]);
                 spec(s).ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
@@ -378,7 +378,7 @@ fn cases() -> Vec<Case> {
             problems: vec!["does not match its ipFamily IPv6"],
         },
         Case {
-            name: "single-stack IPv4 ignores IPv6 slices",
+            name: "single-stack IPv4 ignores IPv6 slices (rule 15)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-v4", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
@@ -389,7 +389,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "headless Service skipped without a problem",
+            name: "headless Service skipped without a problem (rule 2)",
             services: vec![
                 service("ns", "headless", |s| set_ips(s, &["None"])),
                 service("ns", "empty-ip", |s| {
@@ -409,7 +409,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "ExternalName skipped even with a ClusterIP",
+            name: "ExternalName skipped even with a ClusterIP (rule 3)",
             services: vec![service("ns", "ext", |s| {
                 spec(s).type_ = Some("ExternalName".into());
                 spec(s).external_name = Some("example.com".into());
@@ -419,7 +419,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "service-proxy-name label hands the Service to another proxy",
+            name: "service-proxy-name label hands the Service to another proxy (rule 1)",
             services: vec![
                 service("ns", "other", |s| {
                     label(&mut s.metadata, "service.kubernetes.io/service-proxy-name", "other-proxy")
@@ -434,7 +434,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "multiple slices merged",
+            name: "multiple slices merged (rule 17)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-b", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.3")]),
@@ -449,7 +449,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "named targetPort resolving to different numbers: slices merge",
+            name: "named targetPort resolving to different numbers: slices merge (rule 19)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
@@ -462,7 +462,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "duplicate endpoint: non-terminating copy wins (terminating copy first)",
+            name: "duplicate endpoint: non-terminating copy wins (terminating copy first) (rule 21)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![terminating("10.244.1.1")]),
@@ -474,7 +474,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "duplicate endpoint: non-terminating copy wins (ready copy first)",
+            name: "duplicate endpoint: non-terminating copy wins (ready copy first) (rule 21)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-a", "web", "IPv4", |s| {
@@ -495,7 +495,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "ready nil means ready",
+            name: "ready nil means ready (rule 22)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
@@ -508,7 +508,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "not-ready endpoints excluded, ready ones preferred over terminating",
+            name: "not-ready endpoints excluded, ready ones preferred over terminating (rule 25)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
@@ -522,7 +522,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "terminating fallback: no ready endpoint, serving+terminating used",
+            name: "terminating fallback: no ready endpoint, serving+terminating used (rule 25)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
@@ -537,7 +537,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "terminating but not serving is never used",
+            name: "terminating but not serving is never used (rule 25)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![terminating_not_serving("10.244.1.1"), not_ready("10.244.1.2", true)];
@@ -546,14 +546,14 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "no endpoints at all: empty eligible (reject)",
+            name: "no endpoints at all: empty eligible (reject) (rule 39)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![],
             expected: vec![("10.96.0.10:80/TCP", vec![])],
             problems: vec![],
         },
         Case {
-            name: "slice port matched by name and protocol; number from the slice",
+            name: "slice port matched by name and protocol; number from the slice (rules 18, 19)",
             services: vec![service("ns", "web", |s| {
                 set_ports(
                     s,
@@ -577,7 +577,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "slice port with the wrong name or protocol never matches",
+            name: "slice port with the wrong name or protocol never matches (rules 18, 41)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.ports = Some(vec![
@@ -590,7 +590,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "unnamed port: slice port name \"\" matches, nil name ignored and reported",
+            name: "unnamed port: slice port name \"\" matches, nil name ignored and reported (rule 18)",
             services: vec![service("ns", "web", |s| {
                 set_ports(s, vec![ServicePort { name: None, ..port("", 80, "TCP") }])
             })],
@@ -608,7 +608,7 @@ fn cases() -> Vec<Case> {
             problems: vec!["EndpointSlice ns/web-b: a port has no name"],
         },
         Case {
-            name: "slice port with nil or 0 port skipped",
+            name: "slice port with nil or 0 port skipped (rule 18)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-a", "web", "IPv4", |s| {
@@ -624,7 +624,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "endpoint without addresses skipped; only addresses[0] used",
+            name: "endpoint without addresses skipped; only addresses[0] used (rule 20)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
@@ -639,7 +639,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "slice without the service-name label reported and ignored",
+            name: "slice without the service-name label reported and ignored (rule 16)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-a", "web", "IPv4", |s| {
@@ -655,7 +655,7 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
-            name: "slice for a missing Service reported",
+            name: "slice for a missing Service reported (rule 17)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![
                 slice("ns", "web-a", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
@@ -767,7 +767,7 @@ fn cases() -> Vec<Case> {
             problems: vec!["Service ns/web: defined more than once"],
         },
         Case {
-            name: "internalTrafficPolicy Local: only this node's endpoints",
+            name: "internalTrafficPolicy Local: only this node's endpoints (rules 23, 29)",
             services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
@@ -786,7 +786,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "internalTrafficPolicy Local: no local endpoint means empty (drop) even with remote ones",
+            name: "internalTrafficPolicy Local: no local endpoint means empty (drop) even with remote ones (rule 40)",
             services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![ep_on("10.244.2.1", Some("node-2"))]
@@ -808,7 +808,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "internalTrafficPolicy Local: no usable endpoint anywhere is a reject",
+            name: "internalTrafficPolicy Local: no usable endpoint anywhere is a reject (rules 27, 39)",
             services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![not_ready("10.244.1.1", true), terminating_not_serving("10.244.2.1")]
@@ -817,7 +817,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "internalTrafficPolicy Local: local terminating fallback is per node",
+            name: "internalTrafficPolicy Local: local terminating fallback is per node (rule 26)",
             services: vec![service("ns", "web", |s| spec(s).internal_traffic_policy = Some("Local".into()))],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![terminating("10.244.1.1"), ep_on("10.244.2.1", Some("node-2"))];
@@ -932,7 +932,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "dual-stack NodePort: one per family, each with its family's endpoints",
+            name: "dual-stack NodePort: one per family, each with its family's endpoints (rules 4, 7)",
             services: vec![service("ns", "web", |s| {
                 set_ips(s, &["fd00:10:96::10", "10.96.0.10"]);
                 make_node_port(s);
@@ -1074,7 +1074,7 @@ fn cases() -> Vec<Case> {
         },
         // ---- traffic policies (rules 11, 25, 26, 29, 30, 39, 40) ----
         Case {
-            name: "externalTrafficPolicy Local: external frontends use this node's ready endpoints only",
+            name: "externalTrafficPolicy Local: external frontends use this node's ready endpoints only (rule 30)",
             services: vec![service("ns", "web", |s| {
                 make_load_balancer(s);
                 etp_local(s);
@@ -1095,7 +1095,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "externalTrafficPolicy Local: a local terminating endpoint is used although others are ready",
+            name: "externalTrafficPolicy Local: a local terminating endpoint is used although others are ready (rule 26)",
             services: vec![service("ns", "web", |s| {
                 make_node_port(s);
                 etp_local(s);
@@ -1114,7 +1114,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "externalTrafficPolicy Local: no local endpoint drops external traffic, ClusterIP unaffected",
+            name: "externalTrafficPolicy Local: no local endpoint drops external traffic, ClusterIP unaffected (rule 40)",
             services: vec![service("ns", "web", |s| {
                 make_load_balancer(s);
                 etp_local(s);
@@ -1198,7 +1198,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "internalTrafficPolicy Local restricts ClusterIPs only, not external frontends",
+            name: "internalTrafficPolicy Local restricts ClusterIPs only, not external frontends (rule 29)",
             services: vec![service("ns", "web", |s| {
                 make_node_port(s);
                 spec(s).internal_traffic_policy = Some("Local".into());
@@ -1227,7 +1227,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "topology: one ready endpoint without hints: no filter",
+            name: "topology: one ready endpoint without hints: no filter (rule 35)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
@@ -1255,7 +1255,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "topology: not-ready endpoints without hints do not disable the filter",
+            name: "topology: not-ready endpoints without hints do not disable the filter (rule 35)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
@@ -1314,7 +1314,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "topology: the forNodes hint counts, not the endpoint's nodeName",
+            name: "topology: the forNodes hint counts, not the endpoint's nodeName (rule 36)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
@@ -1326,7 +1326,7 @@ fn cases() -> Vec<Case> {
             problems: vec![],
         },
         Case {
-            name: "topology: no forNodes hint for this node falls back to zones",
+            name: "topology: no forNodes hint for this node falls back to zones (rule 36)",
             services: vec![service("ns", "web", |_| {})],
             slices: vec![slice("ns", "web-a", "web", "IPv4", |s| {
                 s.endpoints = vec![
@@ -1433,6 +1433,8 @@ fn cases() -> Vec<Case> {
 #[test]
 fn translate_table() {
     let mut seen = std::collections::BTreeSet::new();
+    // The kube-proxy rules the cases name, recorded once every case passed.
+    let mut rules = Vec::new();
     for case in cases() {
         assert!(seen.insert(case.name), "duplicate case name {}", case.name);
         let (state, problems) = run(case.services, case.slices);
@@ -1445,7 +1447,10 @@ fn translate_table() {
             .collect();
         assert_eq!(got, want, "case {:?}: frontends (problems: {problems:?})", case.name);
         check_problems(case.name, &problems, &case.problems);
+        rules.extend(lb_tests::parity::rules_in(case.name));
     }
+    let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+    lb_tests::parity::shown(&rules);
 }
 
 #[test]
@@ -1549,6 +1554,7 @@ fn session_affinity_timeout() {
         assert_eq!(got, want, "{name}");
         check_problems(&name, &problems, want_problems);
     }
+    lb_tests::parity::shown(&["13"]);
 }
 
 #[test]
@@ -1566,6 +1572,7 @@ fn session_affinity_applies_to_every_family_and_port() {
     );
     assert_eq!(state.groups.len(), 4);
     assert!(state.groups.iter().all(|g| g.affinity_timeout == Some(300)), "{state:?}");
+    lb_tests::parity::shown(&["13"]);
 }
 
 #[test]
@@ -1586,6 +1593,7 @@ fn empty_node_name_means_nothing_is_local() {
     let (state, _) = translate(&objects(vec![svc], slices), &NodeContext::default());
     // Not local, yet an endpoint exists: a drop, not a reject.
     assert_eq!(frontends(&state), vec![("10.96.0.10:80/TCP".to_owned(), vec![DROP.to_owned()])]);
+    lb_tests::parity::shown(&["23"]);
 }
 
 #[test]
@@ -1661,6 +1669,7 @@ fn groups_carry_scope_and_when_empty() {
     let from_node: Vec<String> = state.groups[1].from_node.iter().map(ToString::to_string).collect();
     assert_eq!(from_node, ["10.244.2.1:8080"]);
     assert_eq!(state.groups[0].from_node, state.groups[0].eligible, "Internal: the policy set itself");
+    lb_tests::parity::shown(&["31"]);
 }
 
 #[test]
@@ -1747,6 +1756,7 @@ fn node_without_zone_uses_no_zone_filter() {
         zoned(Some("zone-b")),
         vec![("10.96.0.10:80/TCP".to_owned(), vec!["10.244.2.1:8080".to_owned()])]
     );
+    lb_tests::parity::shown(&["34"]);
 }
 
 #[test]
@@ -1785,6 +1795,7 @@ fn load_balancer_source_ranges_are_trimmed_parsed_and_split_by_family() {
     // None set: empty everywhere.
     let (state, _) = run(vec![service("ns", "web", make_load_balancer)], vec![]);
     assert!(state.groups.iter().all(|g| g.source_ranges.is_empty()), "{state:?}");
+    lb_tests::parity::shown(&["10"]);
 }
 
 #[test]
@@ -1841,4 +1852,5 @@ fn health_check_node_port_only_for_load_balancer_with_local_external_policy() {
         (vec![], vec!["Service ns/web: healthCheckNodePort 65536 is out of range 1..=65535".to_owned()])
     );
     assert_eq!(hc("NodePort", true, Some(65_536)), (vec![None, None], none));
+    lb_tests::parity::shown(&["12"]);
 }
