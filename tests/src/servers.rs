@@ -37,13 +37,13 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Adds each address to the namespace's `lo` (unless it is there already, e.g. put there by
-    /// `topology::Topology`) and serves TCP and UDP on it.
+    /// Adds each address to the namespace's `lo` (unless the namespace has it already on any
+    /// interface, e.g. put there by `topology::Topology`) and serves TCP and UDP on it.
     pub fn start(netns: &Netns, backends: &[SocketAddr]) -> anyhow::Result<Self> {
         let mut ips: Vec<_> = backends.iter().map(SocketAddr::ip).collect();
         ips.sort();
         ips.dedup();
-        let present = lo_addresses(netns)?;
+        let present = addresses(netns)?;
         for ip in ips {
             if !present.contains(&ip) {
                 netns.add_lo_address(ip)?;
@@ -91,12 +91,12 @@ impl Drop for Servers {
     }
 }
 
-/// The addresses on the namespace's `lo`.
-fn lo_addresses(netns: &Netns) -> anyhow::Result<Vec<IpAddr>> {
-    let out = Command::new("ip").args(["-n", &netns.name, "-o", "addr", "show", "dev", "lo"]).output()?;
+/// The addresses on the namespace's interfaces.
+fn addresses(netns: &Netns) -> anyhow::Result<Vec<IpAddr>> {
+    let out = Command::new("ip").args(["-n", &netns.name, "-o", "addr", "show"]).output()?;
     anyhow::ensure!(
         out.status.success(),
-        "ip -n {} addr show dev lo failed: {}",
+        "ip -n {} addr show failed: {}",
         netns.name,
         String::from_utf8_lossy(&out.stderr).trim()
     );

@@ -13,6 +13,11 @@
 //!  pod1: eth0 (no routable address; link-local fe80::2), lo 10.244.1.2, fd00:244:1::2
 //! ```
 //!
+//! That is the routed pod network (`PodNetwork::Routed`, as Calico does it). With
+//! `PodNetwork::Bridge` (the reference bridge plugin) node1's `pod1` veth end is a port of a bridge
+//! `cni0` holding 10.244.1.1/24 and fd00:244:1::1/64, and pod1's addresses are on its `eth0`
+//! (10.244.1.2/24, fd00:244:1::2/64) with its default routes via the bridge's addresses.
+//!
 //! node1 and node2 forward (sysctls set per namespace, see [`sysctl_in`]), rp_filter is off
 //! everywhere, DAD is off. Every namespace is a [`Netns`] guard: dropping the `Topology` (or an
 //! error half way through `new`) deletes all of them, which also removes their veths.
@@ -67,6 +72,20 @@ pub const NODE1_POD1_IF: &str = "pod1";
 pub const NODE2_N1_IF: &str = "n1";
 pub const POD1_IF: &str = "eth0";
 
+/// How node1 connects its pod, as the common CNI plugins do it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// One /32 (/128) route per pod veth, the gateway address on the host end (Calico's way):
+    /// the pod's addresses on its `lo`, its default route via the gateway on `eth0`.
+    Routed,
+    /// The host end of the pod veth in a Linux bridge (`cni0`) that holds the gateway address for
+    /// node1's pod CIDR (the reference `bridge` plugin's way): the pod's addresses on its `eth0`.
+    Bridge,
+}
+
+/// The bridge of `PodNetwork::Bridge`, in node1.
+pub const NODE1_BRIDGE_IF: &str = "cni0";
+
 /// The namespaces of the topology; all are deleted on drop.
 pub struct Topology {
     pub client: Netns,
@@ -76,7 +95,12 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The routed pod network (`PodNetwork::Routed`).
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_pod_network(PodNetwork::Routed)
+    }
+
+    pub fn with_pod_network(pods: PodNetwork) -> anyhow::Result<Self> {
         let topo =
             Self { client: Netns::new()?, node1: Netns::new()?, node2: Netns::new()?, pod1: Netns::new()? };
         let (client, node1, node2, pod1) = (&topo.client, &topo.node1, &topo.node2, &topo.pod1);
@@ -136,15 +160,27 @@ impl Topology {
         add_addr(node1, NODE1_EXT_IF, &format!("{NODE1_EXT_V6}/64"))?;
         add_addr(node1, NODE1_N2_IF, &format!("{NODE1_N2_V4}/24"))?;
         add_addr(node1, NODE1_N2_IF, &format!("{NODE1_N2_V6}/64"))?;
-        add_addr(node1, NODE1_POD1_IF, &format!("{NODE1_POD_GW_V4}/32"))?;
-        add_addr(node1, NODE1_POD1_IF, &format!("{NODE1_POD_GW_V6}/128"))?;
+        if pods == PodNetwork::Bridge {
+            node1.ip(&["link", "add", NODE1_BRIDGE_IF, "type", "bridge"])?;
+            node1.ip(&["link", "set", NODE1_POD1_IF, "master", NODE1_BRIDGE_IF])?;
+            add_addr(node1, NODE1_BRIDGE_IF, &format!("{NODE1_POD_GW_V4}/24"))?;
+            add_addr(node1, NODE1_BRIDGE_IF, &format!("{NODE1_POD_GW_V6}/64"))?;
+        } else {
+            add_addr(node1, NODE1_POD1_IF, &format!("{NODE1_POD_GW_V4}/32"))?;
+            add_addr(node1, NODE1_POD1_IF, &format!("{NODE1_POD_GW_V6}/128"))?;
+        }
         add_addr(node2, NODE2_N1_IF, &format!("{NODE2_V4}/24"))?;
         add_addr(node2, NODE2_N1_IF, &format!("{NODE2_V6}/64"))?;
         add_addr(pod1, POD1_IF, &format!("{POD1_LINK_LOCAL}/64"))?;
         // The pods' own addresses (Servers::start leaves addresses already there alone). pod1's
         // must exist before its routes name them as source.
-        add_addr(pod1, "lo", &format!("{POD1_V4}/32"))?;
-        add_addr(pod1, "lo", &format!("{POD1_V6}/128"))?;
+        if pods == PodNetwork::Bridge {
+            add_addr(pod1, POD1_IF, &format!("{POD1_V4}/24"))?;
+            add_addr(pod1, POD1_IF, &format!("{POD1_V6}/64"))?;
+        } else {
+            add_addr(pod1, "lo", &format!("{POD1_V4}/32"))?;
+            add_addr(pod1, "lo", &format!("{POD1_V6}/128"))?;
+        }
         add_addr(node2, "lo", &format!("{POD2_V4}/32"))?;
         add_addr(node2, "lo", &format!("{POD2_V6}/128"))?;
 
@@ -159,6 +195,9 @@ impl Topology {
         ] {
             ns.ip(&["link", "set", dev, "up"])?;
         }
+        if pods == PodNetwork::Bridge {
+            node1.ip(&["link", "set", NODE1_BRIDGE_IF, "up"])?;
+        }
 
         // Routes.
         client.ip(&["route", "add", CLUSTER_POD_CIDR_V4, "via", NODE1_EXT_V4])?;
@@ -166,23 +205,28 @@ impl Topology {
         client.ip(&["route", "add", "10.0.2.0/24", "via", NODE1_EXT_V4])?;
         client.ip(&["-6", "route", "add", "fd00:2::/64", "via", NODE1_EXT_V6])?;
 
-        node1.ip(&["route", "add", &format!("{POD1_V4}/32"), "dev", NODE1_POD1_IF])?;
-        node1.ip(&[
-            "-6",
-            "route",
-            "add",
-            &format!("{POD1_V6}/128"),
-            "via",
-            POD1_LINK_LOCAL,
-            "dev",
-            NODE1_POD1_IF,
-        ])?;
+        // The bridge's own addresses give node1 its connected pod-CIDR routes.
+        if pods == PodNetwork::Routed {
+            node1.ip(&["route", "add", &format!("{POD1_V4}/32"), "dev", NODE1_POD1_IF])?;
+            node1.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{POD1_V6}/128"),
+                "via",
+                POD1_LINK_LOCAL,
+                "dev",
+                NODE1_POD1_IF,
+            ])?;
+        }
         node1.ip(&["route", "add", NODE2_POD_CIDR_V4, "via", NODE2_V4])?;
         node1.ip(&["-6", "route", "add", NODE2_POD_CIDR_V6, "via", NODE2_V6])?;
 
-        pod1.ip(&["route", "add", &format!("{NODE1_POD_GW_V4}/32"), "dev", POD1_IF])?;
+        if pods == PodNetwork::Routed {
+            pod1.ip(&["route", "add", &format!("{NODE1_POD_GW_V4}/32"), "dev", POD1_IF])?;
+            pod1.ip(&["-6", "route", "add", &format!("{NODE1_POD_GW_V6}/128"), "dev", POD1_IF])?;
+        }
         pod1.ip(&["route", "add", "default", "via", NODE1_POD_GW_V4, "dev", POD1_IF, "src", POD1_V4])?;
-        pod1.ip(&["-6", "route", "add", &format!("{NODE1_POD_GW_V6}/128"), "dev", POD1_IF])?;
         pod1.ip(&["-6", "route", "add", "default", "via", NODE1_POD_GW_V6, "dev", POD1_IF, "src", POD1_V6])?;
 
         node2.ip(&["route", "add", NODE1_POD_CIDR_V4, "via", NODE1_N2_V4])?;
