@@ -12,6 +12,7 @@ mod metrics;
 mod model;
 mod nodeport_addresses;
 mod snat_ports;
+mod sock_destroy;
 mod source;
 mod sync;
 

@@ -75,11 +75,23 @@ pub enum ErrorKind {
     MapRead,
     /// An object (or part of one) left out by translation, counted at every sync it is seen.
     ObjectSkipped,
+    /// The socket hooks' cookie maps were full when backends left: connected UDP sockets to them
+    /// were found by destination address instead of by cookie.
+    UdpSocketsUntracked,
+    /// Finding or destroying connected UDP sockets to removed backends failed.
+    SockDestroy,
 }
 
 impl ErrorKind {
-    const ALL: [Self; 5] =
-        [Self::SourceInvalid, Self::MapWrite, Self::MapFull, Self::MapRead, Self::ObjectSkipped];
+    const ALL: [Self; 7] = [
+        Self::SourceInvalid,
+        Self::MapWrite,
+        Self::MapFull,
+        Self::MapRead,
+        Self::ObjectSkipped,
+        Self::UdpSocketsUntracked,
+        Self::SockDestroy,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -88,6 +100,8 @@ impl ErrorKind {
             Self::MapFull => "map_full",
             Self::MapRead => "map_read",
             Self::ObjectSkipped => "object_skipped",
+            Self::UdpSocketsUntracked => "udp_sockets_untracked",
+            Self::SockDestroy => "sock_destroy",
         }
     }
 
@@ -127,6 +141,7 @@ pub struct Metrics {
     programmed_backends: Gauge,
     watch_restarts: Family<ResourceLabel, Counter>,
     errors: Family<KindLabel, Counter>,
+    udp_sockets_destroyed: Counter,
     kernel: Arc<kernel::KernelCollector>,
 }
 
@@ -176,6 +191,12 @@ impl Metrics {
         );
         let errors = Family::<KindLabel, Counter>::default();
         registry.register("errors", "Errors by kind", errors.clone());
+        let udp_sockets_destroyed = Counter::default();
+        registry.register(
+            "udp_sockets_destroyed",
+            "Connected UDP sockets destroyed because their backend left the Service (they reconnect)",
+            udp_sockets_destroyed.clone(),
+        );
         let kernel = Arc::new(kernel::KernelCollector::new(
             errors.get_or_create(&KindLabel { kind: ErrorKind::MapRead.label() }).clone(),
         ));
@@ -195,6 +216,7 @@ impl Metrics {
             programmed_backends,
             watch_restarts,
             errors,
+            udp_sockets_destroyed,
             kernel,
         }
     }
@@ -203,6 +225,11 @@ impl Metrics {
     pub fn record_sync(&self, result: SyncResult, elapsed: Duration) {
         self.sync_duration.observe(elapsed.as_secs_f64());
         self.syncs.get_or_create(&ResultLabel { result: result.label() }).inc();
+    }
+
+    /// `n` connected UDP sockets destroyed.
+    pub fn record_udp_sockets_destroyed(&self, n: u64) {
+        self.udp_sockets_destroyed.inc_by(n);
     }
 
     /// `n` errors of `kind`.

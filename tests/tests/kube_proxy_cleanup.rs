@@ -687,7 +687,10 @@ fn deploy_daemonset_runs_the_kubernetes_source_on_every_node_with_named_capabili
     let caps = security.capabilities.expect("capabilities");
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
     let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
-    assert_eq!(added, BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON", "SYS_RESOURCE"]));
+    assert_eq!(
+        added,
+        BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"])
+    );
     // Every added capability is justified in a comment naming it.
     let text = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).expect("daemonset.yaml");
     for cap in &added {

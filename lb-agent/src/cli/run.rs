@@ -1,6 +1,8 @@
 //! `lb-agent run`: load and attach the datapath, then keep the maps equal to the source.
 use std::{
-    path::PathBuf,
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +21,8 @@ use crate::{
         loader::{self, Capacities},
         maglev,
         maps::{MapsError, PinnedMaps},
-        state::{LayoutOptions, LbAlgorithm},
+        state::{LayoutOptions, LbAlgorithm, MapState},
+        udp_sockets,
     },
     health::Health,
     health_check::ServiceHealthServer,
@@ -277,6 +280,47 @@ impl NodeIdentity {
     }
 }
 
+/// After an applied sync: connected UDP sockets that the sync left pointing at a backend their
+/// frontend no longer offers are destroyed, so their applications reconnect to a live one
+/// (`datapath::udp_sockets`). Failures are logged and counted; the sync stands.
+fn close_stale_udp(
+    bpffs: &Path,
+    before: &BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
+    after: &MapState,
+    metrics: &Metrics,
+) {
+    let after = udp_sockets::udp_targets(after);
+    if before.iter().all(|(f, b)| after.get(f).is_some_and(|a| b.is_subset(a))) {
+        return; // no UDP frontend lost a backend
+    }
+    let (translated, untracked) = match udp_sockets::translated(bpffs) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "cannot read the socket cookie maps; connected UDP sockets are left alone");
+            metrics.record_errors(ErrorKind::MapRead, 1);
+            return;
+        }
+    };
+    if untracked {
+        warn!(
+            "the socket cookie maps are full: connected UDP sockets to removed backends are found by address"
+        );
+        metrics.record_errors(ErrorKind::UdpSocketsUntracked, 1);
+    }
+    let targets = udp_sockets::plan(&translated, before, &after, untracked);
+    match crate::sock_destroy::destroy_connected_udp(&targets) {
+        Ok(0) => {}
+        Ok(n) => {
+            info!(sockets = n, "destroyed connected UDP sockets to backends their Service no longer offers");
+            metrics.record_udp_sockets_destroyed(n as u64);
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot destroy connected UDP sockets to removed backends");
+            metrics.record_errors(ErrorKind::SockDestroy, 1);
+        }
+    }
+}
+
 /// One sync: source snapshot → translate → diff → ordered map writes. The desired state comes
 /// back when it was applied.
 fn sync_once(
@@ -284,6 +328,7 @@ fn sync_once(
     identity: &NodeIdentity,
     syncer: &mut Syncer<PinnedMaps>,
     metrics: &Metrics,
+    bpffs: &Path,
 ) -> (Outcome, Option<DesiredState>) {
     let started = Instant::now();
     let (objects, mut problems) = match source.load() {
@@ -303,8 +348,10 @@ fn sync_once(
     }
     metrics.record_errors(ErrorKind::ObjectSkipped, problems.len() as u64);
     let seen = objects.services.len() + objects.slices.len() + objects.nodes.len();
+    let udp_before = udp_sockets::udp_targets(syncer.programmed());
     match syncer.sync_objects(&desired, Some(seen)) {
         Ok(report) => {
+            close_stale_udp(bpffs, &udp_before, syncer.programmed(), metrics);
             metrics.record_sync(SyncResult::Applied, started.elapsed());
             metrics.record_programmed(syncer.programmed(), syncer.capacity());
             info!(
@@ -425,7 +472,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     }
     let identity = NodeIdentity { name: args.node_name, nodeport_addresses: args.nodeport_addresses };
     let started = Instant::now();
-    let (mut outcome, desired) = sync_once(&source, &identity, &mut syncer, &metrics);
+    let (mut outcome, desired) = sync_once(&source, &identity, &mut syncer, &metrics, &args.bpffs);
     record.sync(syncer.maps_mut(), &outcome, started.elapsed(), source.state());
     if let Some(desired) = &desired {
         service_health.sync(desired);
@@ -456,7 +503,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
         let started = Instant::now();
-        let (next, desired) = sync_once(&source, &identity, &mut syncer, &metrics);
+        let (next, desired) = sync_once(&source, &identity, &mut syncer, &metrics, &args.bpffs);
         outcome = next;
         record.sync(syncer.maps_mut(), &outcome, started.elapsed(), source.state());
         if let Some(desired) = &desired {

@@ -13,6 +13,7 @@ pub mod maps;
 pub mod names;
 pub mod pinned;
 pub mod state;
+pub mod udp_sockets;
 
 #[cfg(test)]
 mod tests;

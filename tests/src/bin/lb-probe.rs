@@ -10,6 +10,10 @@
 //!                                    or `<start ns> err …`, start on CLOCK_MONOTONIC
 //! lb-probe udp-log ADDR MILLIS       the same with request/reply datagrams over one unconnected
 //!                                    socket (sendto/recvfrom), as a resolver
+//! lb-probe udp-resolver ADDR MILLIS  as a resolver keeps its socket: one connected UDP socket,
+//!                                    a query every 10 ms for MILLIS, one line per query
+//!                                    (`<start ns> ok <reply>`, `<start ns> timeout`, or
+//!                                    `<start ns> err …`); after an error it opens a new socket
 //! lb-probe tcp-connect ADDR COUNT    COUNT connects back to back, each closed at once with a reset
 //!                                    (no TIME_WAIT); one line per connect, its latency in ns or
 //!                                    `err …`, then `done us=<wall time of all>` (the bench)
@@ -59,7 +63,7 @@ fn unspecified(addr: SocketAddr) -> &'static str {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|udp-flood ADDR [N]";
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|udp-flood|udp-resolver ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -197,6 +201,38 @@ fn main() {
                 writeln!(out, "{line}").expect("stdout");
             }
             writeln!(out, "done us={}", all.elapsed().as_micros()).expect("stdout");
+        }
+        "udp-resolver" => {
+            let open = || -> std::io::Result<UdpSocket> {
+                let socket = UdpSocket::bind(unspecified(addr))?;
+                socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+                socket.connect(addr)?;
+                Ok(socket)
+            };
+            let mut socket = open().expect("connected socket");
+            let mut buf = [0u8; 1500];
+            let until = Instant::now() + Duration::from_millis(n);
+            while Instant::now() < until {
+                let (at, started) = (lb_tests::monotonic_ns(), Instant::now());
+                let line = match socket.send(b"ping").and_then(|_| socket.recv(&mut buf)) {
+                    Ok(len) => format!("ok {}", String::from_utf8_lossy(&buf[..len])),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        "timeout".to_owned()
+                    }
+                    Err(e) => {
+                        let line = err_line(&e, started);
+                        socket = open().expect("reconnect");
+                        line
+                    }
+                };
+                writeln!(out, "{at} {line}").expect("stdout");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         "udp-flood" => {
             let socket = UdpSocket::bind(unspecified(addr)).expect("bind");
