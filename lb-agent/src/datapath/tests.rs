@@ -1267,3 +1267,7 @@ mod maglev_layout;
 // ---- (g) loadBalancerSourceRanges ---------------------------------------------------------------
 
 mod source_ranges;
+
+// ---- (h) bad input: arbitrary Kubernetes objects ------------------------------------------------
+
+mod arbitrary_objects;

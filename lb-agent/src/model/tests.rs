@@ -713,6 +713,62 @@ fn cases() -> Vec<Case> {
             problems: vec!["Service ns/web: clusterIP \"10.96.0.300\" is not an IP address"],
         },
         Case {
+            name: "unspecified frontend addresses: Service skipped (a connect to 0.0.0.0 means this host)",
+            services: vec![
+                service("ns", "any4", |s| set_ips(s, &["0.0.0.0"])),
+                service("ns", "any6", |s| set_ips(s, &["::"])),
+                service("ns", "external", |s| {
+                    set_ips(s, &["10.96.0.13"]);
+                    set_external_ips(s, &["0.0.0.0"]);
+                }),
+            ],
+            slices: vec![slice("ns", "any4-1", "any4", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")])],
+            expected: vec![],
+            problems: vec![
+                "Service ns/any4: clusterIP 0.0.0.0 is the unspecified address",
+                "Service ns/any6: clusterIP :: is the unspecified address",
+                "Service ns/external: externalIP 0.0.0.0 is the unspecified address",
+            ],
+        },
+        Case {
+            name: "an unspecified endpoint address is no endpoint",
+            services: vec![service("ns", "web", |_| {})],
+            slices: vec![slice("ns", "web-1", "web", "IPv4", |s| {
+                s.endpoints = vec![ep("0.0.0.0"), ep("10.244.1.1")]
+            })],
+            expected: vec![("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"])],
+            problems: vec![],
+        },
+        Case {
+            name: "one address in two slices, both not terminating: the ready copy wins, in any order (rule 21)",
+            services: vec![
+                service("ns", "web", |_| {}),
+                service("ns", "other", |s| set_ips(s, &["10.96.0.11"])),
+            ],
+            slices: vec![
+                slice("ns", "web-1", "web", "IPv4", |s| s.endpoints = vec![not_ready("10.244.1.1", false)]),
+                slice("ns", "web-2", "web", "IPv4", |s| s.endpoints = vec![ep("10.244.1.1")]),
+                slice("ns", "other-1", "other", "IPv4", |s| s.endpoints = vec![ep("10.244.1.2")]),
+                slice("ns", "other-2", "other", "IPv4", |s| {
+                    s.endpoints = vec![not_ready("10.244.1.2", false)]
+                }),
+            ],
+            expected: vec![
+                ("10.96.0.11:80/TCP", vec!["10.244.1.2:8080"]),
+                ("10.96.0.10:80/TCP", vec!["10.244.1.1:8080"]),
+            ],
+            problems: vec![],
+        },
+        Case {
+            name: "ipFamilies naming one family twice: Service skipped",
+            services: vec![service("ns", "web", |s| {
+                set_ips(s, &["fd00::10", "fd00::11"]);
+            })],
+            slices: vec![],
+            expected: vec![],
+            problems: vec!["Service ns/web: ipFamilies lists IPv6 twice"],
+        },
+        Case {
             name: "same port name and protocol listed twice: Service skipped",
             services: vec![service("ns", "web", |s| {
                 set_ports(s, vec![port("http", 80, "TCP"), port("http", 81, "TCP")])

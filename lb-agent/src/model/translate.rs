@@ -141,6 +141,23 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// Which of two copies of one address:port (in two slices) is kept: the non-terminating one
+    /// (rule 21), then the ready, then the serving one; the remaining fields only make the choice
+    /// total, so it never depends on the order the slices came in (kube-proxy walks a Go map there,
+    /// so its choice between two such copies is arbitrary).
+    fn preference(&self) -> (bool, bool, bool, bool, bool, bool, bool, bool) {
+        (
+            !self.terminating,
+            self.ready,
+            self.serving,
+            self.local,
+            self.node_hints,
+            self.for_this_node,
+            self.zone_hints,
+            self.for_this_zone,
+        )
+    }
+
     /// Counts for `hasAnyEndpoints` (rule 27): usable by some policy set somewhere.
     fn usable(&self) -> bool {
         self.ready || (self.serving && self.terminating)
@@ -295,6 +312,7 @@ fn validate_service(svc: &Service) -> Result<Option<ValidService<'_>>, String> {
                 ip.parse::<IpAddr>()
                     .map(|a| a.to_canonical())
                     .map_err(|_| format!("{what} {ip:?} is not an IP address"))
+                    .and_then(|a| frontend_address(what, a))
             })
             .collect::<Result<Vec<_>, _>>()?;
         out.sort();
@@ -359,11 +377,25 @@ fn validate_service(svc: &Service) -> Result<Option<ValidService<'_>>, String> {
     }))
 }
 
+/// A frontend address other than the unspecified one (`0.0.0.0`, `::`): a connect to that means
+/// "this host", so a frontend there would capture the node's own connections to every local
+/// listener on that port. The API server never allocates one; a hand-written file can hold one.
+fn frontend_address(what: &str, addr: IpAddr) -> Result<IpAddr, String> {
+    if addr.is_unspecified() {
+        return Err(format!("{what} {addr} is the unspecified address"));
+    }
+    Ok(addr)
+}
+
 /// kube-proxy's GetClusterIPByFamily for both families: with `ipFamilies` set, `clusterIPs[i]`
 /// serves `ipFamilies[i]`; without it (objects written by hand, old API servers), only
 /// `clusterIP` is used. Empty: headless (`None`) or no ClusterIP at all.
 fn cluster_ips_by_family(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Vec<IpAddr>, String> {
-    let parse = |ip: &str| ip.parse::<IpAddr>().map_err(|_| format!("clusterIP {ip:?} is not an IP address"));
+    let parse = |ip: &str| {
+        ip.parse::<IpAddr>()
+            .map_err(|_| format!("clusterIP {ip:?} is not an IP address"))
+            .and_then(|a| frontend_address("clusterIP", a))
+    };
     let families = spec.ip_families.as_deref().unwrap_or_default();
     if families.is_empty() {
         return match spec.cluster_ip.as_deref() {
@@ -385,6 +417,9 @@ fn cluster_ips_by_family(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Resu
         };
         if Family::of(&addr) != expected {
             return Err(format!("clusterIP {ip} does not match its ipFamily {family}"));
+        }
+        if out.iter().any(|a| Family::of(a) == expected) {
+            return Err(format!("ipFamilies lists {family} twice"));
         }
         out.push(addr);
     }
@@ -633,7 +668,7 @@ fn cluster_set(endpoints: &[Endpoint]) -> Vec<SocketAddr> {
 }
 
 /// Every endpoint of a Service port in one family, merged across slices and de-duplicated by
-/// address:port (the non-terminating copy wins).
+/// address:port (the non-terminating copy wins; see `Endpoint::preference`).
 fn merge_endpoints(
     slices: &[&EndpointSlice],
     port_name: &str,
@@ -657,7 +692,13 @@ fn merge_endpoints(
                 continue;
             }
             for endpoint in &slice.endpoints {
-                let Some(ip) = endpoint.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                // An unparsable or unspecified address is no endpoint (the API server refuses both).
+                let Some(ip) = endpoint
+                    .addresses
+                    .first()
+                    .and_then(|a| a.parse::<IpAddr>().ok())
+                    .filter(|a| !a.is_unspecified())
+                else {
                     continue;
                 };
                 if Family::of(&ip) != family {
@@ -685,7 +726,7 @@ fn merge_endpoints(
                 merged
                     .entry(candidate.addr)
                     .and_modify(|existing| {
-                        if existing.terminating && !candidate.terminating {
+                        if candidate.preference() > existing.preference() {
                             *existing = candidate;
                         }
                     })

@@ -324,6 +324,50 @@ endpoints:
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// A damaged file (cut anywhere, a byte replaced, a line dropped, as an editor or a copy
+        /// mid-write leaves it) never panics the parser: it is a syntax error for the whole file,
+        /// or it parses and whatever is not a usable object is a problem; and what it yields
+        /// translates without panicking.
+        #[test]
+        fn damaged_files_are_refused_or_reported_never_panic(
+            cut in 0usize..2000,
+            at in 0usize..2000,
+            byte in proptest::prelude::any::<u8>(),
+            dropped in 0usize..40,
+        ) {
+            let whole = format!("{SERVICE_A}---\n{SLICE_A}---\n{}", SLICE_A.replace("a-1", "a-2"));
+            let mut bytes = whole.as_bytes().to_vec();
+            let len = bytes.len();
+            bytes[at % len] = byte;
+            bytes.truncate(cut % (len + 1));
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let without_line: String = whole
+                .lines()
+                .enumerate()
+                .filter(|(i, _)| *i != dropped)
+                .map(|(_, l)| format!("{l}\n"))
+                .collect();
+            for text in [text, without_line] {
+                match parse(&text) {
+                    Err(SourceError::Syntax { path, reason }) => {
+                        proptest::prop_assert_eq!(path, "f.yaml");
+                        proptest::prop_assert!(!reason.is_empty());
+                    }
+                    Err(other) => proptest::prop_assert!(false, "{text:?}: unexpected error {other}"),
+                    Ok((objects, problems)) => {
+                        for p in &problems {
+                            proptest::prop_assert!(p.object.contains("f.yaml"), "problem without its file: {p}");
+                        }
+                        let _ = translate(&objects, &NodeContext::named("node-1"));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn empty_file_is_empty() {
         for text in ["", "\n", "# nothing\n", "---\n---\n"] {
