@@ -18,13 +18,15 @@
 //! BPF_PROG_TEST_RUN hands the program a `CHECKSUM_NONE` skb, on which the L4 checksum helpers
 //! update the checksum field whether or not `BPF_F_PSEUDO_HDR` is passed: a missing flag (which
 //! matters for `CHECKSUM_PARTIAL`/`COMPLETE` skbs) cannot show here; a missing update does.
+use std::net::IpAddr;
+
 use lb_tests::{
     agent::{Agent, inspect},
     guard::{Bpffs, Cgroup, Netns, TempDir},
     packet::{
         IcmpSeen, L4, Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, Traced, fold, hex, icmp_error, icmp_seen,
         ipv4_checksum_ok, ipv4_fragment, l4_checksum, l4_checksum_ok, layout, set_l4_checksum, sum, trace,
-        trace_on, tuple, vlan_tagged, with_ipv4_options, without_checksums,
+        trace_batch, trace_on, tuple, vlan_tagged, with_ipv4_options, without_checksums,
     },
     require_root,
 };
@@ -780,4 +782,198 @@ fn icmp_errors_about_translated_packets_are_translated_back() {
         let t = node.trace(direction, &error);
         assert_eq!((t.verdict, &t.output), (PASS, &error), "{direction}: {:#}", t.json);
     }
+}
+
+/// A small deterministic generator (xorshift64*), so a failing frame is the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The frontends of `cluster()`, as (protocol, destination).
+fn frontends() -> Vec<(u8, std::net::SocketAddr)> {
+    let mut out = Vec::new();
+    for ip in [
+        EXTERNAL4,
+        EXTERNAL6,
+        CLUSTER4,
+        CLUSTER6,
+        REMOTE_EXTERNAL,
+        REMOTE_EXTERNAL6,
+        "10.96.0.20",
+        "fd00:96::20",
+    ] {
+        out.push((6, addr(ip, 80).parse().expect("frontend")));
+        out.push((17, addr(ip, 53).parse().expect("frontend")));
+    }
+    out
+}
+
+/// Whether `f` is, by its headers alone, a TCP or UDP packet to one of `frontends` that the
+/// programs may translate: IPv4 (not a fragment, any header length that fits) or IPv6 with TCP or
+/// UDP right after the fixed header, and the whole L4 header present. Written from the RFCs, not
+/// from the programs' decoder.
+fn to_a_frontend(f: &[u8], frontends: &[(u8, std::net::SocketAddr)]) -> bool {
+    let be16 = |at: usize| f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (proto, dst_ip, l4) = match be16(12) {
+        Some(0x0800) => {
+            let Some(&vihl) = f.get(14) else { return false };
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            let Some(frag) = be16(14 + 6) else { return false };
+            if vihl >> 4 != 4 || ihl < 20 || frag & 0x3fff != 0 || f.len() < 14 + ihl {
+                return false;
+            }
+            let dst: [u8; 4] = f[14 + 16..14 + 20].try_into().expect("4 bytes");
+            (f[14 + 9], IpAddr::from(dst), 14 + ihl)
+        }
+        Some(0x86dd) => {
+            if f.len() < 14 + 40 || f[14] >> 4 != 6 {
+                return false;
+            }
+            let dst: [u8; 16] = f[14 + 24..14 + 40].try_into().expect("16 bytes");
+            (f[14 + 6], IpAddr::from(dst), 14 + 40)
+        }
+        _ => return false,
+    };
+    let l4_len = match proto {
+        6 => 20,
+        17 => 8,
+        _ => return false,
+    };
+    if f.len() < l4 + l4_len {
+        return false;
+    }
+    let Some(dport) = be16(l4 + 2) else { return false };
+    frontends.contains(&(proto, std::net::SocketAddr::new(dst_ip, dport)))
+}
+
+/// Bad input, randomly: 6,000 frames made from real packets (to frontends, to other addresses and
+/// ports, replies) by flipping bytes, cutting them short, forging their header fields or filling
+/// them with noise go through `lb_tc_egress` (before any flow exists) and `lb_tc_ingress`. No frame
+/// that is not a TCP/UDP packet to a frontend (judged by the test's own header reading) is
+/// rewritten or dropped; egress, with no flow tracked, rewrites nothing at all. Frames that are a
+/// frontend's are translated to one of its backends, so the classifier is not simply too lax.
+#[test]
+fn random_and_truncated_frames_are_rewritten_only_when_they_are_a_frontends() {
+    let node = Node::start();
+    let frontends = frontends();
+    let mut bases: Vec<Vec<u8>> = Vec::new();
+    for (i, dst) in
+        [EXTERNAL4, CLUSTER4, EXTERNAL6, CLUSTER6, "203.0.113.99", "2001:db8:e::99"].iter().enumerate()
+    {
+        let client = if dst.contains(':') { CLIENT6 } else { CLIENT4 };
+        let sport = 40000 + i as u16;
+        bases.push(frame(&Packet::tcp(&addr(client, sport), &addr(dst, 80), TCP_SYN)));
+        bases.push(frame(&Packet::tcp(&addr(client, sport), &addr(dst, 81), TCP_SYN)));
+        bases.push(frame(&Packet::udp(&addr(client, sport), &addr(dst, 53), b"query")));
+        bases.push(frame(
+            &Packet::tcp(&addr(client, sport), &addr(dst, 80), TCP_ACK).payload(b"GET / HTTP/1.1"),
+        ));
+    }
+    // Replies of backends to clients (an egress packet of no tracked flow).
+    bases.push(frame(&Packet::tcp(&addr(POD4, 8080), &addr(CLIENT4, 40001), TCP_SYN | TCP_ACK)));
+    bases.push(frame(&Packet::udp(&addr(POD6, 5353), &addr(CLIENT6, 40002), b"answer")));
+
+    let mut rng = Rng(0x5eed_1b5e_ed00_0007);
+    let make = |rng: &mut Rng| -> Vec<u8> {
+        let mut f = bases[rng.below(bases.len())].clone();
+        match rng.below(6) {
+            // A few bytes flipped anywhere.
+            0 => {
+                for _ in 0..1 + rng.below(3) {
+                    let at = rng.below(f.len());
+                    f[at] ^= 1 << rng.below(8);
+                }
+            }
+            // Cut short (never below Ethernet + 40 bytes, which the kernel's test run refuses).
+            1 => f.truncate(54 + rng.below(f.len() - 53)),
+            // A random byte in the IP or L4 header.
+            2 => {
+                let at = 14 + rng.below(f.len().min(14 + 60) - 14);
+                f[at] = rng.next() as u8;
+            }
+            // Noise after the Ethernet type.
+            3 => {
+                for b in &mut f[14..] {
+                    *b = rng.next() as u8;
+                }
+            }
+            // The IPv4 header length or fragment field forged (IPv6: the next header).
+            4 => {
+                if f[12..14] == [0x08, 0x00] {
+                    if rng.below(2) == 0 {
+                        f[14] = 0x40 | (rng.next() as u8 & 0x0f);
+                    } else {
+                        f[14 + 6] = rng.next() as u8;
+                        f[14 + 7] = rng.next() as u8;
+                    }
+                } else {
+                    f[14 + 6] = [0, 6, 17, 43, 44, 58, 59, 60][rng.below(8)];
+                }
+            }
+            // Longer than its IP length says (trailing bytes).
+            _ => f.extend((0..1 + rng.below(32)).map(|_| rng.next() as u8)),
+        }
+        f
+    };
+    let egress: Vec<Vec<u8>> = (0..3000).map(|_| make(&mut rng)).collect();
+    let ingress: Vec<Vec<u8>> = (0..3000).map(|_| make(&mut rng)).collect();
+
+    let mut failures = Vec::new();
+    for (input, t) in
+        egress.iter().zip(trace_batch(&node.bpffs.path, "egress", &egress).expect("trace egress"))
+    {
+        if t.verdict != PASS || t.output != *input {
+            failures.push(format!(
+                "egress, no flow tracked: verdict {} for {} → {}",
+                t.verdict,
+                hex(input),
+                hex(&t.output)
+            ));
+        }
+    }
+    let backends: Vec<IpAddr> =
+        [POD4, POD6, REMOTE_POD, REMOTE_POD6].iter().map(|a| a.parse().expect("pod")).collect();
+    let (mut translated, mut passed) = (0, 0);
+    for (input, t) in
+        ingress.iter().zip(trace_batch(&node.bpffs.path, "ingress", &ingress).expect("trace ingress"))
+    {
+        let untouched = t.verdict == PASS && t.output == *input;
+        if to_a_frontend(input, &frontends) {
+            if t.output != *input {
+                let (_, _, dst) = tuple(&t.output);
+                if !backends.contains(&dst.ip()) {
+                    failures.push(format!(
+                        "a frontend's frame was rewritten to {dst}, no backend: {}",
+                        hex(input)
+                    ));
+                }
+                translated += 1;
+            }
+        } else if untouched {
+            passed += 1;
+        } else {
+            failures.push(format!(
+                "not a frontend's: verdict {} for {} → {}",
+                t.verdict,
+                hex(input),
+                hex(&t.output)
+            ));
+        }
+    }
+    failures.truncate(20);
+    assert!(failures.is_empty(), "frames handled wrongly:\n{}", failures.join("\n"));
+    assert!(
+        translated > 100 && passed > 1000,
+        "the mix must have both: {translated} translated, {passed} passed"
+    );
 }

@@ -7,6 +7,8 @@
 //!   200 ms (new endpoint ready, old one terminating, then removed), while a client connects back
 //!   to back: no connection fails, and none started after a removal was applied reaches the
 //!   removed backend.
+//! - Source faults: a file that stops parsing keeps the last good state programmed, with a log
+//!   line, `status` and a metric saying so; the next valid file is applied.
 //! - Agent crash under load: `kill -9` while connections flow through the socket hooks, one is
 //!   held open, a client has session affinity and a TC flow is tracked; after the restart no
 //!   connection has failed, the held one still works, the client keeps its backend and the
@@ -103,6 +105,51 @@ fn services_beyond_a_maps_capacity_are_refused_whole_and_the_programmed_ones_kee
     node.update(&services(4));
     assert_eq!(frontends(bpffs), ["10.96.0.10:80", "10.96.0.11:80", "10.96.0.12:80", "10.96.0.13:80"]);
     let lines = node.probe(&["tcp", "10.96.0.13:80", "3"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.1:8080")), "{lines:?}");
+    let status = cli_json(&["status"], bpffs).expect("status");
+    assert_eq!(status["agent"]["last_sync_result"], "applied", "{status}");
+}
+
+/// Source faults: a file that becomes invalid (cut mid-write, as an editor or a copy leaves it)
+/// keeps the last good state programmed and says so (log line, `status`, metric); traffic keeps
+/// flowing; the next valid file is applied.
+#[test]
+fn a_source_file_that_becomes_invalid_keeps_the_last_good_state_and_says_so() {
+    let metrics = free_local_addr();
+    let metrics_flag = metrics.to_string();
+    let node = Node::with_args(&["10.244.1.1:8080"], &services(2), &["--metrics-addr", &metrics_flag]);
+    let bpffs = &node.bpffs.path;
+    let agent = node.agent();
+    assert_eq!(frontends(bpffs), ["10.96.0.10:80", "10.96.0.11:80"]);
+
+    // Cut inside the third Service's port mapping: not YAML. The two whole Services before the cut
+    // are not taken either: a file that does not parse is refused whole.
+    let whole = services(3);
+    let cut = &whole[..whole.rfind("  - {name: \"http\", port: 80").expect("the last Service's port") + 16];
+    node.dir.write("cluster.yaml", cut).expect("source");
+    agent
+        .wait_for_log("source is invalid; keeping what is programmed", 1, Duration::from_secs(5))
+        .expect("said");
+    let log = agent.log().join("\n");
+    assert!(log.contains("cluster.yaml"), "the log names the file: {log}");
+    assert_eq!(frontends(bpffs), ["10.96.0.10:80", "10.96.0.11:80"], "the last good state stays programmed");
+    let status = cli_json(&["status"], bpffs).expect("status");
+    assert_eq!(status["agent"]["last_sync_result"], "source invalid (last good state kept)", "{status}");
+    let s = scrape(metrics).expect("scrape");
+    assert!(
+        s.value("lb_errors_total", &[("kind", "source_invalid")]).expect("source_invalid") >= 1.0,
+        "{}",
+        s.text
+    );
+    for frontend in ["10.96.0.10:80", "10.96.0.11:80"] {
+        let lines = node.probe(&["tcp", frontend, "3"]);
+        assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.1:8080")), "{frontend}: {lines:?}");
+    }
+
+    // Valid again (with one more Service): applied.
+    node.update(&services(3));
+    assert_eq!(frontends(bpffs), ["10.96.0.10:80", "10.96.0.11:80", "10.96.0.12:80"]);
+    let lines = node.probe(&["tcp", "10.96.0.12:80", "3"]);
     assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.1:8080")), "{lines:?}");
     let status = cli_json(&["status"], bpffs).expect("status");
     assert_eq!(status["agent"]["last_sync_result"], "applied", "{status}");
