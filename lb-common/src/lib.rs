@@ -69,6 +69,17 @@ pub mod capacity {
     pub const SERVICES: u32 = 262_144;
 }
 
+/// `--socket-lb-scope`: which sockets the cgroup hooks translate. `MAP` is a one-entry `ARRAY` of
+/// `u64`, kernel-internal (not pinned: each agent writes it when it loads its programs, before
+/// attaching them): `0` translates every socket (`all`); any other value is the network namespace
+/// cookie of the host (`host`: the node's own processes and hostNetwork pods), and sockets in any
+/// other namespace (pods) are left to the TC programs on the pod interfaces.
+pub mod socket_scope {
+    pub const MAP: &str = "LB_SOCKET_SCOPE";
+    /// The value for `all`.
+    pub const ALL: u64 = 0;
+}
+
 /// Version of the layout of the pinned maps (keys, values, which maps exist), recorded in
 /// `LB_AGENT` so a later agent and the CLI can tell what they read.
 pub const SCHEMA_VERSION: u32 = 1;

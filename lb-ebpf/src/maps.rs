@@ -74,3 +74,9 @@ pub static LB_SERVICE_STATS: PerCpuHashMap<u32, ServiceStats> =
 /// The agent's own record (`lb_common::AgentStatus`), for `lb-agent status`. No program reads it.
 #[map]
 pub static LB_AGENT: Array<AgentStatus> = Array::pinned(1, 0);
+
+/// `--socket-lb-scope` (`lb_common::socket_scope`): 0, or the host's network namespace cookie
+/// when only host sockets are translated. Written by the agent before it attaches the programs;
+/// not pinned (each agent's programs get their own).
+#[map]
+pub static LB_SOCKET_SCOPE: Array<u64> = Array::with_max_entries(1, 0);

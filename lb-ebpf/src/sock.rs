@@ -22,7 +22,7 @@ use lb_common::{
 use crate::{
     lb::{Client, Path, Resolved, Verdict, resolve},
     log,
-    maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6, LB_REVNAT_V4, LB_REVNAT_V6},
+    maps::{LB_FRONTENDS_V4, LB_FRONTENDS_V6, LB_REVNAT_V4, LB_REVNAT_V6, LB_SOCKET_SCOPE},
     stats::{bump, bump_service},
 };
 
@@ -48,6 +48,22 @@ fn netns_client(ctx: &SockAddrContext) -> Client {
     // Safety: bpf_get_netns_cookie is allowed for sock_addr programs and reads the socket's netns.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     Client { id: [cookie as u32, (cookie >> 32) as u32, 0, 0], kind: affinity_kind::NETNS }
+}
+
+/// Whether `--socket-lb-scope` lets this socket be translated: always with `all`; with `host`
+/// only in the host's network namespace (a pod's connect goes out untranslated, so a sidecar's
+/// iptables redirect in the pod still sees the ClusterIP, and TC on the pod's interface
+/// translates the packets). One array lookup. The reply-side hooks do not check it: they rewrite
+/// only what a connect/send of this socket translated (by socket cookie).
+#[inline(always)]
+fn in_scope(ctx: &SockAddrContext) -> bool {
+    match LB_SOCKET_SCOPE.get(0) {
+        Some(&host) if host != lb_common::socket_scope::ALL => {
+            // Safety: as in `netns_client`.
+            unsafe { bpf_get_netns_cookie(ctx.as_ptr()) == host }
+        }
+        _ => true,
+    }
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -191,6 +207,9 @@ fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Transla
 
 #[inline(always)]
 fn forward4(ctx: &SockAddrContext) -> i32 {
+    if !in_scope(ctx) {
+        return ALLOW;
+    }
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     // Safety: `sa` is the kernel-provided context, valid for the whole program run; the fields
     // read and written here are the ones the verifier allows for connect4/sendmsg4.
@@ -259,6 +278,9 @@ fn v4_mapped(addr: &[u32; 4]) -> bool {
 
 #[inline(always)]
 fn forward6(ctx: &SockAddrContext) -> i32 {
+    if !in_scope(ctx) {
+        return ALLOW;
+    }
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     let addr = read_ip6(sa);
     // Safety: valid context; readable fields.

@@ -2,6 +2,10 @@
 //! outside the node: NodePort, LoadBalancer IPs, external IPs, and ClusterIPs), kube-proxy's
 //! PREROUTING path. The work is `nat`'s, shared with XDP.
 //!
+//! They also run on the host end of pod interfaces (`--pod-interfaces`), where ingress is a pod's
+//! traffic and egress the traffic to it: pods' packets to ClusterIPs when the socket hooks leave
+//! pods alone (`--socket-lb-scope host`).
+//!
 //! `lb_tc_ingress` (on every `--interfaces` device) translates packets to frontends and of
 //! tracked flows; `lb_tc_egress` rewrites the replies of local backends (no SNAT), which the
 //! stack forwards to the client, back to come from the frontend.

@@ -244,6 +244,26 @@ impl Topology {
         Ok(topo)
     }
 
+    /// Another pod on node1, made the way `PodNetwork::Routed` makes pod1: a veth whose node1 end
+    /// is `host_if` (holding the gateway address, with a /32 route to the pod), the pod's IPv4
+    /// address `v4` on its `lo`, its default route via the gateway. The namespace (and with it
+    /// the veth) is deleted when the returned guard drops. Made after the agent started, its
+    /// veth is one the agent has to find as it appears.
+    pub fn add_pod(&self, host_if: &str, v4: &str) -> anyhow::Result<Netns> {
+        let pod = Netns::new()?;
+        sysctl_in(&pod, "net.ipv4.conf.all.rp_filter", "0")?;
+        self.node1
+            .ip(&["link", "add", host_if, "type", "veth", "peer", "name", POD1_IF, "netns", &pod.name])?;
+        add_addr(&self.node1, host_if, &format!("{NODE1_POD_GW_V4}/32"))?;
+        add_addr(&pod, "lo", &format!("{v4}/32"))?;
+        self.node1.ip(&["link", "set", host_if, "up"])?;
+        pod.ip(&["link", "set", POD1_IF, "up"])?;
+        self.node1.ip(&["route", "add", &format!("{v4}/32"), "dev", host_if])?;
+        pod.ip(&["route", "add", &format!("{NODE1_POD_GW_V4}/32"), "dev", POD1_IF])?;
+        pod.ip(&["route", "add", "default", "via", NODE1_POD_GW_V4, "dev", POD1_IF, "src", v4])?;
+        Ok(pod)
+    }
+
     /// Every namespace of the topology.
     pub fn all(&self) -> [&Netns; 4] {
         [&self.client, &self.node1, &self.node2, &self.pod1]

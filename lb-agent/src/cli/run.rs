@@ -21,6 +21,8 @@ use crate::{
         loader::{self, Capacities},
         maglev,
         maps::{MapsError, PinnedMaps},
+        pod_interfaces::{Patterns, PodInterfaces},
+        socket_scope::{self, SocketScope},
         state::{LayoutOptions, LbAlgorithm, MapState},
         udp_sockets,
     },
@@ -112,6 +114,17 @@ pub struct RunArgs {
     /// many slots (about 64 B of kernel memory each), so `--max-slots` must cover them.
     #[arg(long, default_value_t = maglev::DEFAULT_SIZE, value_parser = maglev::parse_size)]
     maglev_table_size: u32,
+    /// Which sockets the cgroup hooks translate: `all`, or `host` (only the host network
+    /// namespace: the node's processes and hostNetwork pods). With `host`, a pod's connect to a
+    /// ClusterIP leaves its socket as it is, so a service mesh's sidecar redirect in the pod sees
+    /// the ClusterIP, and the packets are translated at TC on `--pod-interfaces` (required).
+    #[arg(long, value_enum, default_value_t)]
+    socket_lb_scope: SocketScope,
+    /// Host ends of pod interfaces, as shell globs (`veth*,cali*,lxc*`): TC programs on their
+    /// ingress (from the pod) and egress (to the pod) translate pods' packets to ClusterIPs and
+    /// the other frontends; attached to matching interfaces at start and as they appear.
+    #[arg(long, default_value = "", value_parser = |s: &str| Patterns::parse(s))]
+    pod_interfaces: Patterns,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -437,7 +450,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         source_ranges: args.max_source_ranges,
         services: args.max_services,
     };
+    if args.socket_lb_scope == SocketScope::Host && args.pod_interfaces.is_empty() {
+        bail!(
+            "--socket-lb-scope host needs --pod-interfaces: pods' connections to ClusterIPs would \
+             not be translated anywhere"
+        );
+    }
     let mut ebpf = loader::load(&args.bpffs, caps)?;
+    socket_scope::program(&mut ebpf, args.socket_lb_scope)?;
     // The programs' own log (`lb-agent log on`), printed as this agent's log lines.
     let _kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(AbortOnDrop(tokio::spawn(forward_kernel_log(logger)))),
@@ -482,7 +502,15 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let interfaces: Vec<String> = args.interfaces.iter().filter(|i| !i.is_empty()).cloned().collect();
     loader::attach_tc(&mut ebpf, &interfaces, &args.bpffs)?;
     loader::attach_xdp(&mut ebpf, &interfaces, args.xdp, &args.bpffs)?;
-    if !interfaces.is_empty() {
+    let mut pods = if args.pod_interfaces.is_empty() {
+        None
+    } else {
+        let pods = PodInterfaces::start(&mut ebpf, args.pod_interfaces, &args.bpffs)
+            .context("attaching to the pod interfaces")?;
+        info!(interfaces = ?pods.attached().collect::<Vec<_>>(), "pod interfaces followed");
+        Some(pods)
+    };
+    if !interfaces.is_empty() || pods.is_some() {
         crate::snat_ports::reserve();
     }
     // Ready means the first full sync is programmed: not before a sync has applied.
@@ -499,6 +527,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             () = changed.notified() => tokio::time::sleep(args.min_sync_period).await,
             () = tokio::time::sleep(backoff), if retry => backoff = (backoff * 2).min(Duration::from_secs(30)),
+            () = async { if let Some(p) = &pods { p.changed().await } }, if pods.is_some() => {
+                if let Some(p) = &mut pods {
+                    p.handle(&mut ebpf);
+                }
+                continue;
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

@@ -249,6 +249,87 @@ pub fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String], bpffs: &Path) -> anyhow
     Ok(())
 }
 
+/// Prefix of the pins of the TC links on pod interfaces (`--pod-interfaces`):
+/// `links/pod-<interface>-<direction>`.
+pub const POD_PIN_PREFIX: &str = "pod-";
+
+/// The pins of the two TC links of pod interface `interface` (bpffs refuses dots in names).
+pub fn pod_pin_names(interface: &str) -> [String; 2] {
+    ["ingress", "egress"]
+        .map(|direction| format!("{POD_PIN_PREFIX}{interface}-{direction}").replace('.', "_"))
+}
+
+/// Names of the pod-interface link pins under `links/` (staged `_new` pins included).
+pub fn pod_pins(bpffs: &Path) -> anyhow::Result<Vec<String>> {
+    let links = bpffs.join(LINKS_DIR);
+    let entries = match std::fs::read_dir(&links) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", links.display())),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(POD_PIN_PREFIX))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Removes the link pin `links/<name>` (detaching its program if the link still has a device);
+/// true if it existed.
+pub fn remove_link_pin(bpffs: &Path, name: &str) -> anyhow::Result<bool> {
+    remove_if_present(&bpffs.join(LINKS_DIR).join(name))
+}
+
+/// Renames the link pin `links/<from>` to `links/<to>` (an interface renamed: its TCX link stays
+/// on the device).
+pub fn rename_link_pin(bpffs: &Path, from: &str, to: &str) -> anyhow::Result<()> {
+    let links = bpffs.join(LINKS_DIR);
+    std::fs::rename(links.join(from), links.join(to))
+        .with_context(|| format!("renaming link pin {from} to {to}"))
+}
+
+/// Attaches the TC programs to the ingress (from the pod) and egress (towards the pod) of one pod
+/// interface, pinned as `pod_pin_names`, replacing the links an earlier agent pinned there as
+/// `attach_tc` does (the new link runs before the old one goes). Loads the programs if
+/// `attach_tc` did not. Returns whether the links were pinned (false: attached as a clsact filter,
+/// kernels without TCX).
+pub fn attach_pod_tc(ebpf: &mut Ebpf, interface: &str, bpffs: &Path) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(bpffs.join(LINKS_DIR)).context("creating the links directory")?;
+    let pins = pod_pin_names(interface);
+    let mut pinned = true;
+    for ((name, attach_type), pin) in
+        [(TC_INGRESS, TcAttachType::Ingress), (TC_EGRESS, TcAttachType::Egress)].into_iter().zip(&pins)
+    {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} is missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a TC classifier"))?;
+        if program.fd().is_err() {
+            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            log_loaded(name, program.info());
+        }
+        let id = match program.attach(interface, attach_type) {
+            Ok(id) => id,
+            Err(first) => {
+                if let Err(e) = tc::qdisc_add_clsact(interface) {
+                    tracing::debug!(interface, error = %e, "clsact qdisc not added (it may exist)");
+                }
+                program
+                    .attach(interface, attach_type)
+                    .with_context(|| format!("attaching {name} to {interface} (first try: {first})"))?
+            }
+        };
+        match FdLink::try_from(program.take_link(id)?) {
+            Ok(link) => replace_pin(link, bpffs, pin)?,
+            Err(_) => pinned = false,
+        }
+    }
+    Ok(pinned)
+}
+
 /// The pin of the XDP link of `interface` in `mode` (`native` or `generic`).
 fn xdp_pin_name(interface: &str, mode: &str) -> String {
     format!("xdp-{interface}-{mode}").replace('.', "_")

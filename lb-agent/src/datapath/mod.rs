@@ -12,6 +12,8 @@ pub mod maglev;
 pub mod maps;
 pub mod names;
 pub mod pinned;
+pub mod pod_interfaces;
+pub mod socket_scope;
 pub mod state;
 pub mod udp_sockets;
 

@@ -155,7 +155,15 @@ pub fn links(bpffs: &Path) -> Result<Vec<LinkRow>, PinnedError> {
     for entry in entries {
         let entry = entry.map_err(|source| PinnedError::List { path: dir.clone(), source })?;
         let path = entry.path();
-        let fd = obj_get(&path)?;
+        let fd = match obj_get(&path) {
+            Ok(fd) => fd,
+            // Removed or renamed over since the listing (a running agent replacing a link, or
+            // dropping a pod interface's): not a link any more.
+            Err(PinnedError::Open { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let raw: LinkInfoRaw = info(&fd, &path)?;
         let (kind, target) = match raw.type_ {
             LINK_CGROUP => {

@@ -17,6 +17,10 @@
 //! lb-probe tcp-connect ADDR COUNT    COUNT connects back to back, each closed at once with a reset
 //!                                    (no TIME_WAIT); one line per connect, its latency in ns or
 //!                                    `err …`, then `done us=<wall time of all>` (the bench)
+//! lb-probe original-dst ADDR COUNT  a sidecar proxy's listener: prints `listening`, then accepts
+//!                                    COUNT connections on ADDR; for each, reads the destination
+//!                                    the client dialled (SO_ORIGINAL_DST, set by an iptables
+//!                                    REDIRECT) and sends and prints `orig=<addr>`
 //! lb-probe udp-flood ADDR MILLIS     32-byte datagrams from one connected socket, back to back for
 //!                                    MILLIS; prints `sent=<n> errors=<n> us=<elapsed>` (the bench)
 use std::{
@@ -57,13 +61,38 @@ fn reset_on_close(stream: &TcpStream) {
     assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
 }
 
+/// The IPv4 destination a redirected connection was sent to before netfilter's REDIRECT
+/// (`getsockopt(SOL_IP, SO_ORIGINAL_DST)`, as Envoy and Linkerd's proxy read it).
+fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    use std::os::fd::AsRawFd as _;
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    // Safety: an all-zero sockaddr_in is valid; the kernel writes at most `len` bytes into it.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // Safety: a valid socket fd, and `sin`/`len` valid for writes for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&raw mut sin).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+    Ok(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+}
+
 fn unspecified(addr: SocketAddr) -> &'static str {
     if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|udp-flood|udp-resolver ADDR [N]";
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|udp-flood|udp-resolver|original-dst ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -83,6 +112,21 @@ fn main() {
                     Err(e) => err_line(&e, started),
                 };
                 writeln!(out, "{line}").expect("stdout");
+            }
+        }
+        "original-dst" => {
+            let listener = std::net::TcpListener::bind(addr).expect("bind");
+            writeln!(out, "listening").expect("stdout");
+            out.flush().expect("stdout");
+            for _ in 0..n {
+                let (mut stream, _) = listener.accept().expect("accept");
+                let line = match original_dst(&stream) {
+                    Ok(orig) => format!("orig={orig}"),
+                    Err(e) => format!("err os={} {e}", e.raw_os_error().unwrap_or(0)),
+                };
+                let _ = writeln!(stream, "{line}");
+                writeln!(out, "{line}").expect("stdout");
+                out.flush().expect("stdout");
             }
         }
         "udp" => {
