@@ -270,7 +270,7 @@ struct NodeIdentity {
 
 impl NodeIdentity {
     fn context(&self, objects: &Objects) -> NodeContext {
-        let mut node = NodeContext::from_nodes(&self.name, objects.nodes.iter().map(|n| &n.object));
+        let mut node = NodeContext::from_nodes(&self.name, objects.nodes.iter().map(|n| &*n.object));
         let interfaces = nodeport_addresses::interface_addresses().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list this node's interface addresses");
             Vec::new()
