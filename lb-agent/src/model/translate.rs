@@ -192,7 +192,10 @@ pub fn translate(objects: &Objects, node: &NodeContext) -> (DesiredState, Vec<Pr
                 // Not ours to proxy (headless, ExternalName, another proxy's) or malformed (reported
                 // here): still "exists" for the slice check below.
                 let meta = &located.object.metadata;
-                known.insert((meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or("")));
+                known.insert((
+                    meta.namespace.as_deref().unwrap_or("default"),
+                    meta.name.as_deref().unwrap_or(""),
+                ));
                 if let Err(reason) = result {
                     problems.push(Problem { object: describe("Service", located), reason });
                 }

@@ -89,10 +89,11 @@ pub fn parse_into(
     objects.services.extend(located(docs.objects.services, file));
     objects.slices.extend(located(docs.objects.slices, file));
     objects.nodes.extend(located(docs.objects.nodes, file));
-    problems.extend(docs.problems.into_iter().map(|p| Problem {
-        object: format!("{} ({})", p.object, origin(&p.origin)),
-        reason: p.reason,
-    }));
+    problems.extend(
+        docs.problems
+            .into_iter()
+            .map(|p| Problem { object: format!("{} ({})", p.object, origin(&p.origin)), reason: p.reason }),
+    );
     Ok(())
 }
 
@@ -138,7 +139,9 @@ fn add_document(origin: String, doc: Value, objects: &mut Objects, problems: &mu
     let namespace =
         doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
     let object = format!("{kind} {namespace}/{name}");
-    let mut problem = |reason: String| problems.push(PendingProblem { object: object.clone(), origin: origin.clone(), reason });
+    let mut problem = |reason: String| {
+        problems.push(PendingProblem { object: object.clone(), origin: origin.clone(), reason })
+    };
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "Service") => match serde_json::from_value::<Service>(doc) {
             Ok(object) => objects.services.push(Located { origin, object: object.into() }),
@@ -164,7 +167,9 @@ fn add_document(origin: String, doc: Value, objects: &mut Objects, problems: &mu
                 add_document(format!("{origin}/items/{i}"), item, objects, problems);
             }
         }
-        _ => problem(format!("unsupported object {api_version}/{kind}; ignored (v1/Service, discovery.k8s.io/v1/EndpointSlice and v1/Node are read)")),
+        _ => problem(format!(
+            "unsupported object {api_version}/{kind}; ignored (v1/Service, discovery.k8s.io/v1/EndpointSlice and v1/Node are read)"
+        )),
     }
 }
 

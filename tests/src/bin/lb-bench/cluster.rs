@@ -42,7 +42,7 @@ pub fn cluster(services: u32, endpoints: u32, changed: Option<u32>) -> String {
     out
 }
 
-fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
