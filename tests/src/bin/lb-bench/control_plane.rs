@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::cluster::{Bench, cluster, ip, peak_rss_mib, strip_ansi, sync_us};
+use crate::cluster::{Bench, cluster, ip, peak_rss_mib, strip_ansi, sync_field, sync_us};
 
 pub struct ControlPlane {
     pub services: u32,
@@ -47,6 +47,8 @@ pub struct KubeControlPlane {
     pub visible_ms: Vec<f64>,
     /// The agent's `elapsed_us` of each of those syncs, sorted.
     pub sync_ms: Vec<f64>,
+    /// Each phase of those syncs as the agent logs it (`PHASES`), each sorted.
+    pub phases_ms: Vec<Vec<f64>>,
     pub rss_mib: f64,
 }
 
@@ -98,6 +100,9 @@ impl FrontendProbe {
         })
     }
 }
+
+/// The phases of a sync in the agent's "sync applied" line, in order.
+pub const PHASES: [&str; 5] = ["source_us", "translate_us", "layout_us", "diff_us", "write_us"];
 
 pub fn kube_control_plane(
     services: u32,
@@ -154,6 +159,7 @@ pub fn kube_control_plane(
     let frontend = ip([10, 96, 0, 0], 1);
     let mut visible_ms = Vec::new();
     let mut sync_ms = Vec::new();
+    let mut phases_ms = vec![Vec::new(); PHASES.len()];
     for c in 0..changes {
         let before = agent.count("sync applied");
         let moved = ip([10, 200, 0, 0], c + 1);
@@ -167,6 +173,9 @@ pub fn kube_control_plane(
         visible_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         agent.wait_for_log("sync applied", before + 1, Duration::from_secs(60))?;
         sync_ms.push(sync_us(&agent, before + 1)? as f64 / 1000.0);
+        for (phase, times) in PHASES.iter().zip(&mut phases_ms) {
+            times.push(sync_field(&agent, before + 1, phase)? as f64 / 1000.0);
+        }
         // Let the agent go idle, so changes do not coalesce.
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -174,5 +183,16 @@ pub fn kube_control_plane(
     drop(agent);
     visible_ms.sort_by(f64::total_cmp);
     sync_ms.sort_by(f64::total_cmp);
-    Ok(KubeControlPlane { min_sync_period, full_sync_ms, full_sync_apply_ms, visible_ms, sync_ms, rss_mib })
+    for times in &mut phases_ms {
+        times.sort_by(f64::total_cmp);
+    }
+    Ok(KubeControlPlane {
+        min_sync_period,
+        full_sync_ms,
+        full_sync_apply_ms,
+        visible_ms,
+        sync_ms,
+        phases_ms,
+        rss_mib,
+    })
 }
