@@ -305,8 +305,7 @@ pub fn layout_reserving(
         // external group with a Local policy).
         let sorted = |set: &[SocketAddr]| -> BTreeSet<SocketAddr> { set.iter().copied().collect() };
         // (The sets are sorted vectors: equal vectors are the common case, compared without sets.)
-        let shared =
-            group.from_node == group.eligible || sorted(&group.from_node) == sorted(&group.eligible);
+        let shared = group.from_node == group.eligible || sorted(&group.from_node) == sorted(&group.eligible);
         let socket_slots =
             if options.maglev(group) { maglev_slots(&group.from_node) } else { ids_of(&group.from_node) };
         let packet_slots = if shared {

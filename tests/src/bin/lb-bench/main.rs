@@ -129,8 +129,7 @@ fn main() -> anyhow::Result<()> {
         let mut phases = String::new();
         for period in ["10ms", "0ms"] {
             let k = kube_control_plane(services, endpoints, kube_changes, period)?;
-            let p50: Vec<String> =
-                k.phases_ms.iter().map(|t| format!("{:.1}", percentile(t, 0.5))).collect();
+            let p50: Vec<String> = k.phases_ms.iter().map(|t| format!("{:.1}", percentile(t, 0.5))).collect();
             let _ = writeln!(phases, "| {} | {} |", k.min_sync_period, p50.join(" | "));
             let _ = writeln!(
                 report,
