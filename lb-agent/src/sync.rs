@@ -26,8 +26,21 @@ pub struct SyncReport {
     pub backends: usize,
 }
 
+/// Where the last sync's time went (logged with "sync applied"; the bench reads it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncTimes {
+    /// Laying the desired state out as map entries (`layout_reserving`) and checking capacity.
+    pub layout: Duration,
+    /// Ordering the writes (`diff`) and the quarantine bookkeeping.
+    pub diff: Duration,
+    /// The map writes.
+    pub writes: Duration,
+}
+
 pub struct Syncer<M: LbMaps> {
     maps: M,
+    /// Where the last sync's time went.
+    times: SyncTimes,
     /// What the maps hold, as far as this agent knows.
     programmed: MapState,
     /// The last apply failed part-way: read the maps back before diffing again.
@@ -98,7 +111,20 @@ impl<M: LbMaps> Syncer<M> {
     /// restarted with another `--lb-algorithm`) are rewritten by the first sync, make before break.
     pub fn with_options(maps: M, options: LayoutOptions) -> Result<Self, MapsError> {
         let programmed = maps.read()?;
-        Ok(Self { maps, programmed, need_full_sync: false, freed: Vec::new(), options, initial: true })
+        Ok(Self {
+            maps,
+            times: SyncTimes::default(),
+            programmed,
+            need_full_sync: false,
+            freed: Vec::new(),
+            options,
+            initial: true,
+        })
+    }
+
+    /// Where the last sync's time went.
+    pub fn times(&self) -> SyncTimes {
+        self.times
     }
 
     pub fn programmed(&self) -> &MapState {
@@ -169,9 +195,14 @@ impl<M: LbMaps> Syncer<M> {
                 Freed::Backend(b) => reserved.backends.insert(*b),
             };
         }
+        self.times = SyncTimes::default();
         let target = layout_reserving(desired, &self.programmed, &reserved, &self.options);
         check_capacity(&target, self.maps.capacity(), &self.options)?;
+        let laid_out = Instant::now();
+        self.times.layout = laid_out - now;
         let ops = diff(&self.programmed, &target);
+        let diffed = Instant::now();
+        self.times.diff = diffed - laid_out;
         report.frontends = target.frontends.len();
         report.backends = target.backends.len();
         let mut progress = Progress::new(ops.len(), now);
@@ -196,6 +227,8 @@ impl<M: LbMaps> Syncer<M> {
                 _ => report.removed += 1,
             }
         }
+        let written = Instant::now();
+        self.times.writes = written - diffed;
         // Ids in use before this sync and not after it: quarantined (see `QUARANTINE`).
         // (A group's source ranges and counters count too: a stale frontend copy may still use
         // them.)
@@ -208,6 +241,7 @@ impl<M: LbMaps> Syncer<M> {
         let backends_freed = self.programmed.backends.keys().filter(|b| !target.backends.contains_key(b));
         self.freed.extend(backends_freed.map(|b| (now, Freed::Backend(*b))));
         self.programmed = target;
+        self.times.diff += written.elapsed();
         Ok(())
     }
 }

@@ -51,9 +51,27 @@ impl Agent {
         Self::spawn(&args, cgroup, bpffs, true)
     }
 
+    /// As `spawn_kubernetes`, with `--min-sync-period PERIOD` (`spawn` passes 20ms) and the log
+    /// echoed only when `echo` (the bench).
+    pub fn spawn_kubernetes_with(
+        kubeconfig: &Path,
+        cgroup: &Path,
+        bpffs: &Path,
+        min_sync_period: &str,
+        echo: bool,
+    ) -> anyhow::Result<Self> {
+        let args = [
+            OsStr::new("--source"),
+            OsStr::new("kubernetes"),
+            OsStr::new("--kubeconfig"),
+            kubeconfig.as_os_str(),
+        ];
+        Self::spawn_impl(None, "node-1", min_sync_period, &args, cgroup, bpffs, echo)
+    }
+
     /// Starts `lb-agent run ARGS --cgroup C --bpffs B --node-name node-1` without waiting.
     pub fn spawn(args: &[&OsStr], cgroup: &Path, bpffs: &Path, echo: bool) -> anyhow::Result<Self> {
-        Self::spawn_impl(None, "node-1", args, cgroup, bpffs, echo)
+        Self::spawn_impl(None, "node-1", "20ms", args, cgroup, bpffs, echo)
     }
 
     /// As `start_with`, but the agent runs inside `netns` as node `node_name`, with `EXTRA` flags
@@ -85,19 +103,20 @@ impl Agent {
         node_name: &str,
         echo: bool,
     ) -> anyhow::Result<Self> {
-        Self::spawn_impl(Some(netns.open()?), node_name, args, cgroup, bpffs, echo)
+        Self::spawn_impl(Some(netns.open()?), node_name, "20ms", args, cgroup, bpffs, echo)
     }
 
     fn spawn_impl(
         netns: Option<OwnedFd>,
         node_name: &str,
+        min_sync_period: &str,
         args: &[&OsStr],
         cgroup: &Path,
         bpffs: &Path,
         echo: bool,
     ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(crate::agent_bin());
-        cmd.args(["run", "--node-name", node_name, "--min-sync-period", "20ms"])
+        cmd.args(["run", "--node-name", node_name, "--min-sync-period", min_sync_period])
             .args(args)
             .arg("--cgroup")
             .arg(cgroup)

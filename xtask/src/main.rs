@@ -33,6 +33,9 @@ enum Cmd {
     Bench {
         #[arg(long)]
         quick: bool,
+        /// One section only (`packet`, `connect`, `veth` or `control`); nothing is written.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Run every test and write docs/PARITY.md: each kube-proxy behaviour with the passing tests
     /// that show ours (a behaviour without one reads "missing").
@@ -143,13 +146,16 @@ fn demo() -> anyhow::Result<()> {
     run(Command::new(workspace_root().join("target/release/lb-demo")).env("LB_AGENT_BIN", &agent))
 }
 
-fn bench(quick: bool) -> anyhow::Result<()> {
+fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     require_root("cargo xtask bench")?;
     let agent = build()?;
     println!("==> bench");
     let mut cmd = Command::new(workspace_root().join("target/release/lb-bench"));
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(section) = only {
+        cmd.args(["--only", section]);
     }
     run(cmd.env("LB_AGENT_BIN", &agent))
 }
@@ -160,7 +166,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Build => build().map(|p| println!("built {}", p.display())),
         Cmd::Test => test(),
         Cmd::Demo => demo(),
-        Cmd::Bench { quick } => bench(quick),
+        Cmd::Bench { quick, only } => bench(quick, only.as_deref()),
         Cmd::Parity => parity::parity(&workspace_root(), |dir| test_recording(Some(dir))),
     }
 }

@@ -95,7 +95,7 @@ fn load(args: &PlanArgs) -> anyhow::Result<(Objects, Vec<Problem>)> {
 
 pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let (objects, mut problems) = load(&args)?;
-    let node = NodeContext::from_nodes(&args.node_name, objects.nodes.iter().map(|n| &n.object));
+    let node = NodeContext::from_nodes(&args.node_name, objects.nodes.iter().map(|n| &*n.object));
     let (desired, more) = translate(&objects, &node);
     problems.extend(more);
     for p in &problems {
@@ -196,7 +196,7 @@ endpoints:
         let (mut objects, mut problems) = (Default::default(), Vec::new());
         source::file::parse_into("test.yaml", OBJECTS, &mut objects, &mut problems).expect("valid YAML");
         assert!(problems.is_empty(), "{problems:?}");
-        let node = NodeContext::from_nodes(node, objects.nodes.iter().map(|n| &n.object));
+        let node = NodeContext::from_nodes(node, objects.nodes.iter().map(|n| &*n.object));
         let (desired, problems) = translate(&objects, &node);
         assert!(problems.is_empty(), "{problems:?}");
         let want: &[std::net::IpAddr] = if node.name == "node-1" { &[[192, 168, 0, 1].into()] } else { &[] };

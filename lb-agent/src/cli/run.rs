@@ -283,7 +283,7 @@ struct NodeIdentity {
 
 impl NodeIdentity {
     fn context(&self, objects: &Objects) -> NodeContext {
-        let mut node = NodeContext::from_nodes(&self.name, objects.nodes.iter().map(|n| &n.object));
+        let mut node = NodeContext::from_nodes(&self.name, objects.nodes.iter().map(|n| &*n.object));
         let interfaces = nodeport_addresses::interface_addresses().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list this node's interface addresses");
             Vec::new()
@@ -353,8 +353,10 @@ fn sync_once(
             return (Outcome::SourceInvalid, None);
         }
     };
+    let loaded = Instant::now();
     let node = identity.context(&objects);
     let (desired, more) = translate(&objects, &node);
+    let translated = Instant::now();
     problems.extend(more);
     for p in &problems {
         warn!(object = %p.object, reason = %p.reason, "skipped");
@@ -376,6 +378,11 @@ fn sync_once(
                 removed = report.removed,
                 skipped = problems.len(),
                 elapsed_us = started.elapsed().as_micros() as u64,
+                source_us = (loaded - started).as_micros() as u64,
+                translate_us = (translated - loaded).as_micros() as u64,
+                layout_us = syncer.times().layout.as_micros() as u64,
+                diff_us = syncer.times().diff.as_micros() as u64,
+                write_us = syncer.times().writes.as_micros() as u64,
                 "sync applied"
             );
             (Outcome::Applied, Some(desired))

@@ -263,11 +263,22 @@ impl PinnedMaps {
     }
 }
 
-/// A zeroed per-service counter value for every possible CPU.
-fn zeroed_service_stats() -> Result<PerCpuValues<ServiceStats>, MapError> {
-    let cpus = nr_cpus().map_err(|(_, io_error)| {
+/// The number of possible CPUs, read once (`nr_cpus` reads a sysfs file each time, which the
+/// initial sync of a large cluster did once per Service port).
+fn possible_cpus() -> Result<usize, MapError> {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(n) = CPUS.get() {
+        return Ok(*n);
+    }
+    let n = nr_cpus().map_err(|(_, io_error)| {
         MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error })
     })?;
+    Ok(*CPUS.get_or_init(|| n))
+}
+
+/// A zeroed per-service counter value for every possible CPU.
+fn zeroed_service_stats() -> Result<PerCpuValues<ServiceStats>, MapError> {
+    let cpus = possible_cpus()?;
     let zero = ServiceStats { counters: [0; service_stats::COUNT as usize] };
     PerCpuValues::try_from(vec![zero; cpus]).map_err(|io_error| {
         MapError::SyscallError(aya::sys::SyscallError { call: "per-cpu values", io_error })

@@ -304,7 +304,8 @@ pub fn layout_reserving(
         // from outside (TC/XDP) use `eligible`; both are one range unless they differ (an
         // external group with a Local policy).
         let sorted = |set: &[SocketAddr]| -> BTreeSet<SocketAddr> { set.iter().copied().collect() };
-        let shared = sorted(&group.from_node) == sorted(&group.eligible);
+        // (The sets are sorted vectors: equal vectors are the common case, compared without sets.)
+        let shared = group.from_node == group.eligible || sorted(&group.from_node) == sorted(&group.eligible);
         let socket_slots =
             if options.maglev(group) { maglev_slots(&group.from_node) } else { ids_of(&group.from_node) };
         let packet_slots = if shared {

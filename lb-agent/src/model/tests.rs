@@ -206,8 +206,8 @@ fn not_ready(addr: &str, serving: bool) -> Endpoint {
 
 fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Objects {
     Objects {
-        services: services.into_iter().map(|object| Located { origin: String::new(), object }).collect(),
-        slices: slices.into_iter().map(|object| Located { origin: String::new(), object }).collect(),
+        services: services.into_iter().map(|o| Located { origin: String::new(), object: o.into() }).collect(),
+        slices: slices.into_iter().map(|o| Located { origin: String::new(), object: o.into() }).collect(),
         nodes: vec![],
     }
 }

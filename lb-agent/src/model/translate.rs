@@ -15,6 +15,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -33,11 +34,13 @@ const HEADLESS: &str = "service.kubernetes.io/headless";
 /// The API server's default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
-/// An object and where it came from (a file and document, or the API server).
+/// An object and where it came from (a file and document, or the API server). Shared: the
+/// Kubernetes source hands out its reflector stores' own copies, so a sync's snapshot copies no
+/// object.
 #[derive(Clone, Debug)]
 pub struct Located<T> {
     pub origin: String,
-    pub object: T,
+    pub object: Arc<T>,
 }
 
 /// The objects a source produced.
@@ -184,17 +187,16 @@ pub fn translate(objects: &Objects, node: &NodeContext) -> (DesiredState, Vec<Pr
 
     let mut services: Vec<&Located<Service>> = objects.services.iter().collect();
     services.sort_by(|a, b| {
-        let key =
-            |s: &Located<Service>| (s.object.metadata.namespace.clone(), s.object.metadata.name.clone());
-        key(a).cmp(&key(b))
+        let (a, b) = (&a.object.metadata, &b.object.metadata);
+        (a.namespace.as_deref(), a.name.as_deref()).cmp(&(b.namespace.as_deref(), b.name.as_deref()))
     });
 
     let mut valid = Vec::new();
-    let mut known: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut known: BTreeSet<(&str, &str)> = BTreeSet::new();
     for located in services {
         match validate_service(&located.object) {
             Ok(Some(svc)) => {
-                if !known.insert((svc.namespace.to_owned(), svc.name.to_owned())) {
+                if !known.insert((svc.namespace, svc.name)) {
                     problems.push(Problem {
                         object: describe("Service", located),
                         reason: "defined more than once; the first definition is used".into(),
@@ -208,8 +210,8 @@ pub fn translate(objects: &Objects, node: &NodeContext) -> (DesiredState, Vec<Pr
                 // here): still "exists" for the slice check below.
                 let meta = &located.object.metadata;
                 known.insert((
-                    meta.namespace.clone().unwrap_or_else(|| "default".into()),
-                    meta.name.clone().unwrap_or_default(),
+                    meta.namespace.as_deref().unwrap_or("default"),
+                    meta.name.as_deref().unwrap_or(""),
                 ));
                 if let Err(reason) = result {
                     problems.push(Problem { object: describe("Service", located), reason });
@@ -452,12 +454,12 @@ fn validate_port(port: &ServicePort) -> Result<ValidPort, String> {
 /// tied to a Service.
 fn index_slices<'a>(
     objects: &'a Objects,
-    known: &BTreeSet<(String, String)>,
+    known: &BTreeSet<(&str, &str)>,
     problems: &mut Vec<Problem>,
 ) -> HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for located in &objects.slices {
-        let slice = &located.object;
+        let slice: &EndpointSlice = &located.object;
         let labels = slice.metadata.labels.as_ref();
         if labels.is_some_and(|l| l.contains_key(HEADLESS)) || slice.address_type == "FQDN" {
             continue;
@@ -470,7 +472,7 @@ fn index_slices<'a>(
             continue;
         };
         let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-        if !known.contains(&(namespace.to_owned(), service.clone())) {
+        if !known.contains(&(namespace, service.as_str())) {
             problems.push(Problem {
                 object: describe("EndpointSlice", located),
                 reason: format!("its Service {namespace}/{service} does not exist; no frontend uses it"),

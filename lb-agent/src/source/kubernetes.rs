@@ -177,13 +177,13 @@ impl KubeSource {
         self.errors.reconnecting()
     }
 
-    /// The objects in the stores now.
+    /// The objects in the stores now: the stores' own shared copies, none copied.
     pub fn snapshot(&self) -> Objects {
         fn located<K>(store: &Store<K>) -> Vec<Located<K>>
         where
             K: Clone + Resource<DynamicType = ()> + 'static,
         {
-            store.state().iter().map(|o| Located { origin: String::new(), object: (**o).clone() }).collect()
+            store.state().into_iter().map(|object| Located { origin: String::new(), object }).collect()
         }
         Objects {
             services: located(&self.services),

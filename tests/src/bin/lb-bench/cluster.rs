@@ -42,7 +42,7 @@ pub fn cluster(services: u32, endpoints: u32, changed: Option<u32>) -> String {
     out
 }
 
-fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -61,6 +61,11 @@ fn strip_ansi(s: &str) -> String {
 
 /// `elapsed_us` of the agent's `n`-th "sync applied" line (1-based).
 pub fn sync_us(agent: &Agent, n: usize) -> anyhow::Result<u64> {
+    sync_field(agent, n, "elapsed_us")
+}
+
+/// The field `name` (a number) of the agent's `n`-th "sync applied" line (1-based).
+pub fn sync_field(agent: &Agent, n: usize, name: &str) -> anyhow::Result<u64> {
     let line = agent
         .log()
         .into_iter()
@@ -68,11 +73,11 @@ pub fn sync_us(agent: &Agent, n: usize) -> anyhow::Result<u64> {
         .filter(|l| l.contains("sync applied"))
         .nth(n - 1)
         .context("no such sync")?;
-    line.split("elapsed_us=")
+    line.split(&format!(" {name}="))
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no elapsed_us in {line:?}"))
+        .with_context(|| format!("no {name} in {line:?}"))
 }
 
 /// Peak resident memory of `pid`, in MiB.

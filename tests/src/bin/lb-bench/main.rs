@@ -30,7 +30,7 @@ use lb_tests::require_root;
 use crate::{
     cluster::percentile,
     connect_path::{RuleLoads, connect_path},
-    control_plane::control_plane,
+    control_plane::{PHASES, control_plane, kube_control_plane},
     packet_path::packet_path,
     veth_pps::veth_pps,
 };
@@ -111,11 +111,48 @@ fn main() -> anyhow::Result<()> {
             cp.rss_mib
         );
     }
-    let _ = writeln!(
-        report,
-        "\nNot measured yet: incremental updates through the Kubernetes source. Whole run: {:.0} s.",
-        started.elapsed().as_secs_f64()
-    );
+    if run("control") {
+        let kube_changes = if quick { 10 } else { 50 };
+        let _ = writeln!(
+            report,
+            "\n## Control plane, Kubernetes source ({services} services × {endpoints} endpoints)\n\n\
+             The agent lists the cluster from an in-process API server (the list/watch protocol, the\n\
+             agent's real kube client), then one EndpointSlice changes {kube_changes} times. Visible:\n\
+             from the bench's write of the changed slice to the API server (the watch event goes\n\
+             out) to the new backend read from the pinned maps (polled every 200 µs). Sync: the\n\
+             agent's own `elapsed_us` of that sync (snapshot, translation, layout, diff, writes).\n\
+             Full sync: the agent's log timestamps from \"waiting for the initial list\" to the\n\
+             first \"sync applied\" (list, snapshot, translation, writes), and its `elapsed_us`.\n\n\
+             | --min-sync-period | full sync, list → last write (ms) | of which the sync (ms) | change visible p50 / p99 (ms) | sync p50 / p99 (ms) | peak RSS (MiB) |\n\
+             |---|---|---|---|---|---|"
+        );
+        let mut phases = String::new();
+        for period in ["10ms", "0ms"] {
+            let k = kube_control_plane(services, endpoints, kube_changes, period)?;
+            let p50: Vec<String> = k.phases_ms.iter().map(|t| format!("{:.1}", percentile(t, 0.5))).collect();
+            let _ = writeln!(phases, "| {} | {} |", k.min_sync_period, p50.join(" | "));
+            let _ = writeln!(
+                report,
+                "| {} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} |",
+                k.min_sync_period,
+                k.full_sync_ms,
+                k.full_sync_apply_ms,
+                percentile(&k.visible_ms, 0.5),
+                percentile(&k.visible_ms, 0.99),
+                percentile(&k.sync_ms, 0.5),
+                percentile(&k.sync_ms, 0.99),
+                k.rss_mib
+            );
+        }
+        let _ = writeln!(
+            report,
+            "\nWhere a change's sync goes (p50 of each phase, ms, the agent's own clock): every sync\n\
+             still recomputes the whole desired state and layout.\n\n\
+             | --min-sync-period | {} |\n|---|---|---|---|---|---|\n{phases}",
+            PHASES.map(|p| p.trim_end_matches("_us")).join(" | ")
+        );
+    }
+    let _ = writeln!(report, "\nWhole run: {:.0} s.", started.elapsed().as_secs_f64());
     println!("{report}");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/RESULTS.md");
     if !quick && only.is_none() {
