@@ -74,3 +74,8 @@ pub static LB_SERVICE_STATS: PerCpuHashMap<u32, ServiceStats> =
 /// The agent's own record (`lb_common::AgentStatus`), for `lb-agent status`. No program reads it.
 #[map]
 pub static LB_AGENT: Array<AgentStatus> = Array::pinned(1, 0);
+
+/// Map name → the layout of its key and value (`lb_common::MapLayout`), written by the agent
+/// that created the maps so a later one can convert them. No program reads it.
+#[map]
+pub static LB_META: HashMap<lb_common::MetaKey, lb_common::MapLayout> = HashMap::pinned(32, 0);

@@ -77,24 +77,24 @@ struct LinkInfoRaw {
 /// The head of `struct bpf_map_info`.
 #[repr(C)]
 #[derive(Default)]
-struct MapInfoRaw {
-    type_: u32,
-    id: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    name: [u8; 16],
+pub(super) struct MapInfoRaw {
+    pub type_: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub name: [u8; 16],
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // Safety: `attr` is a valid, initialised `union bpf_attr` prefix for `cmd`, and every pointer
     // it carries points at a live buffer of the size it states.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
 }
 
-fn obj_get(path: &Path) -> Result<OwnedFd, PinnedError> {
+pub(super) fn obj_get(path: &Path) -> Result<OwnedFd, PinnedError> {
     let open = |source| PinnedError::Open { path: path.to_owned(), source };
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| open(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
@@ -104,7 +104,7 @@ fn obj_get(path: &Path) -> Result<OwnedFd, PinnedError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn info<T: Default>(fd: &OwnedFd, path: &Path) -> Result<T, PinnedError> {
+pub(super) fn info<T: Default>(fd: &OwnedFd, path: &Path) -> Result<T, PinnedError> {
     let mut out = T::default();
     let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
