@@ -233,6 +233,9 @@ pub struct MapRow {
     /// Entries in the map (arrays always hold `capacity`).
     pub entries: u64,
     pub capacity: u32,
+    /// Schema of the agent that created the map, from `LB_META` (none: no record, i.e. schema 1
+    /// or `LB_META` itself).
+    pub schema: Option<u32>,
 }
 
 fn map_kind(t: u32) -> (&'static str, bool) {
@@ -284,10 +287,19 @@ pub fn map(bpffs: &Path, name: &'static str) -> Result<MapRow, PinnedError> {
     } else {
         count_keys(&fd, raw.key_size, raw.max_entries, &path)?
     };
-    Ok(MapRow { name, kind, entries, capacity: raw.max_entries })
+    Ok(MapRow { name, kind, entries, capacity: raw.max_entries, schema: None })
 }
 
 /// Every map of `map_names::ALL` pinned under `bpffs` (missing ones are left out).
 pub fn maps(bpffs: &Path) -> Result<Vec<MapRow>, PinnedError> {
-    map_names::ALL.into_iter().filter(|name| bpffs.join(name).exists()).map(|name| map(bpffs, name)).collect()
+    let recorded = super::migrate::recorded_layouts(bpffs).unwrap_or_default();
+    map_names::ALL
+        .into_iter()
+        .filter(|name| bpffs.join(name).exists())
+        .map(|name| {
+            let mut row = map(bpffs, name)?;
+            row.schema = recorded.get(name).map(|r| r.schema);
+            Ok(row)
+        })
+        .collect()
 }
