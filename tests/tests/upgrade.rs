@@ -5,12 +5,15 @@
 //! backend, the tracked flow its conntrack entry; the old maps are gone.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    path::Path,
     process::{Child, ChildStdin, ChildStdout},
     time::Duration,
 };
 
+use lb_common::{AffinityValue, FieldLayout, MapLayout, MetaKey, SCHEMA_VERSION};
 use lb_tests::{
     agent::{cli_json, inspect},
+    bpf::{RawMap, bytes_of},
     node::Node,
     packet::{Packet, TCP_ACK, TCP_SYN, trace, tuple},
     probe,
@@ -147,4 +150,96 @@ fn an_agent_restarted_with_larger_maps_migrates_them_without_dropping_a_flow() {
     node.start_agent_with(&LARGE);
     let log = node.agent().log().join("\n");
     assert!(!log.contains("migrating it"), "nothing to migrate:\n{log}");
+}
+
+/// The layout an "older agent" used for `LB_AFFINITY`'s value in the test: the same fields as
+/// today's `AffinityValue`, in another order, with padding and a field this agent does not know
+/// (24 bytes instead of 16).
+fn old_affinity_fields() -> [(&'static str, u16, u16); 6] {
+    [("slot", 0, 4), ("pad", 4, 4), ("last_used", 8, 8), ("backend", 16, 4), ("weight", 20, 2), ("pad2", 22, 2)]
+}
+
+fn field(name: &str, offset: u16, size: u16) -> FieldLayout {
+    let mut n = [0u8; 20];
+    n[..name.len()].copy_from_slice(name.as_bytes());
+    FieldLayout { name: n, offset, size }
+}
+
+/// Plays the older agent: replaces the pinned `LB_AFFINITY` by a map of the old value layout
+/// holding the same entries, records that layout in `LB_META` and schema N-1 in `LB_AGENT`.
+/// Returns the old map's kernel id.
+fn pin_old_affinity_layout(bpffs: &Path) -> u32 {
+    let current = RawMap::from_pin(&bpffs.join("LB_AFFINITY")).expect("LB_AFFINITY");
+    let old = RawMap::create("LB_AFFINITY", current.info.map_type, current.info.key_size, 24, current.info.max_entries, 0)
+        .expect("create");
+    let mut copied = 0;
+    for key in current.keys().expect("keys") {
+        let Some(v) = current.lookup(&key).expect("lookup") else { continue };
+        let v: AffinityValue = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+        let mut value = vec![0u8; 24];
+        value[0..4].copy_from_slice(&v.slot.to_ne_bytes());
+        value[8..16].copy_from_slice(&v.last_used.to_ne_bytes());
+        value[16..20].copy_from_slice(&v.backend.to_ne_bytes());
+        value[20..22].copy_from_slice(&100u16.to_ne_bytes());
+        old.update(&key, &value).expect("update");
+        copied += 1;
+    }
+    assert!(copied >= 1, "an affinity entry to convert");
+    let staged = bpffs.join("LB_AFFINITY_old");
+    old.pin(&staged).expect("pin");
+    std::fs::rename(&staged, bpffs.join("LB_AFFINITY")).expect("rename over LB_AFFINITY");
+
+    let meta = RawMap::from_pin(&bpffs.join("LB_META")).expect("LB_META");
+    let mut key = MetaKey { name: [0; 24] };
+    key.name[..11].copy_from_slice(b"LB_AFFINITY");
+    let record = meta.lookup(&bytes_of(&key)).expect("lookup").expect("LB_AFFINITY's record");
+    let mut record: MapLayout = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    record.schema = SCHEMA_VERSION - 1;
+    record.value_size = 24;
+    let fields = old_affinity_fields();
+    record.value_fields = fields.len() as u16;
+    for (slot, (name, offset, size)) in record.value.iter_mut().zip(fields) {
+        *slot = field(name, offset, size);
+    }
+    meta.update(&bytes_of(&key), &bytes_of(&record)).expect("record the old layout");
+
+    let agent = RawMap::from_pin(&bpffs.join("LB_AGENT")).expect("LB_AGENT");
+    let mut status = agent.lookup(&0u32.to_ne_bytes()).expect("lookup").expect("record");
+    status[0..4].copy_from_slice(&(SCHEMA_VERSION - 1).to_ne_bytes());
+    agent.update(&0u32.to_ne_bytes(), &status).expect("schema N-1");
+    old.info.id
+}
+
+#[test]
+fn an_agent_over_maps_of_an_older_layout_converts_them_without_dropping_a_flow() {
+    let mut node = web_node(&SMALL);
+    let load = Load::start(&node, 4000);
+    node.agent.take().expect("agent").stop().expect("clean stop");
+    let old_id = pin_old_affinity_layout(&node.bpffs.path);
+    let status = cli_json(&["status"], &node.bpffs.path).expect("status");
+    assert_eq!(status["agent"]["schema"], SCHEMA_VERSION - 1, "{status}");
+
+    node.start_agent_with(&SMALL);
+    let log = node.agent().log().join("\n");
+    let migrated: Vec<&str> = log.lines().filter(|l| l.contains("migrating it")).collect();
+    assert_eq!(migrated.len(), 1, "only the affinity map changed:\n{log}");
+    assert!(migrated[0].contains("LB_AFFINITY") && migrated[0].contains("field layout"), "{log}");
+    assert!(log.lines().any(|l| l.contains("LB_AFFINITY") && l.contains("converted=true")), "{log}");
+    load.check(&node);
+
+    let affinity = RawMap::from_pin(&node.bpffs.path.join("LB_AFFINITY")).expect("LB_AFFINITY");
+    assert_eq!(affinity.info.value_size, 16, "today's layout");
+    assert_ne!(affinity.info.id, old_id);
+    let status = cli_json(&["status"], &node.bpffs.path).expect("status");
+    assert_eq!(status["agent"]["schema"], SCHEMA_VERSION, "{status}");
+    let schema_of = |name: &str| {
+        status["maps"].as_array().expect("maps").iter().find(|m| m["name"] == name).expect("map")["schema"].clone()
+    };
+    assert_eq!(schema_of("LB_AFFINITY"), SCHEMA_VERSION, "{status}");
+    // The old map is freed once nothing holds it (its pin is gone; no program used it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lb_tests::bpf::map_exists(old_id) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!lb_tests::bpf::map_exists(old_id), "the old LB_AFFINITY is freed");
 }
