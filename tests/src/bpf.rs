@@ -120,8 +120,15 @@ impl RawMap {
         let mut map_name = [0u8; 16];
         let n = name.len().min(15);
         map_name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        let mut attr =
-            CreateAttr { map_type, key_size, value_size, max_entries, map_flags: flags, map_name, ..Default::default() };
+        let mut attr = CreateAttr {
+            map_type,
+            key_size,
+            value_size,
+            max_entries,
+            map_flags: flags,
+            map_name,
+            ..Default::default()
+        };
         let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
         // Safety: BPF_MAP_CREATE returned a new fd nothing else owns.
         Self::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) })

@@ -156,7 +156,14 @@ fn an_agent_restarted_with_larger_maps_migrates_them_without_dropping_a_flow() {
 /// today's `AffinityValue`, in another order, with padding and a field this agent does not know
 /// (24 bytes instead of 16).
 fn old_affinity_fields() -> [(&'static str, u16, u16); 6] {
-    [("slot", 0, 4), ("pad", 4, 4), ("last_used", 8, 8), ("backend", 16, 4), ("weight", 20, 2), ("pad2", 22, 2)]
+    [
+        ("slot", 0, 4),
+        ("pad", 4, 4),
+        ("last_used", 8, 8),
+        ("backend", 16, 4),
+        ("weight", 20, 2),
+        ("pad2", 22, 2),
+    ]
 }
 
 fn field(name: &str, offset: u16, size: u16) -> FieldLayout {
@@ -170,8 +177,15 @@ fn field(name: &str, offset: u16, size: u16) -> FieldLayout {
 /// Returns the old map's kernel id.
 fn pin_old_affinity_layout(bpffs: &Path) -> u32 {
     let current = RawMap::from_pin(&bpffs.join("LB_AFFINITY")).expect("LB_AFFINITY");
-    let old = RawMap::create("LB_AFFINITY", current.info.map_type, current.info.key_size, 24, current.info.max_entries, 0)
-        .expect("create");
+    let old = RawMap::create(
+        "LB_AFFINITY",
+        current.info.map_type,
+        current.info.key_size,
+        24,
+        current.info.max_entries,
+        0,
+    )
+    .expect("create");
     let mut copied = 0;
     for key in current.keys().expect("keys") {
         let Some(v) = current.lookup(&key).expect("lookup") else { continue };
@@ -233,7 +247,8 @@ fn an_agent_over_maps_of_an_older_layout_converts_them_without_dropping_a_flow()
     let status = cli_json(&["status"], &node.bpffs.path).expect("status");
     assert_eq!(status["agent"]["schema"], SCHEMA_VERSION, "{status}");
     let schema_of = |name: &str| {
-        status["maps"].as_array().expect("maps").iter().find(|m| m["name"] == name).expect("map")["schema"].clone()
+        status["maps"].as_array().expect("maps").iter().find(|m| m["name"] == name).expect("map")["schema"]
+            .clone()
     };
     assert_eq!(schema_of("LB_AFFINITY"), SCHEMA_VERSION, "{status}");
     // The old map is freed once nothing holds it (its pin is gone; no program used it).
@@ -242,4 +257,29 @@ fn an_agent_over_maps_of_an_older_layout_converts_them_without_dropping_a_flow()
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!lb_tests::bpf::map_exists(old_id), "the old LB_AFFINITY is freed");
+}
+
+#[test]
+fn a_migration_that_cannot_fit_keeps_the_old_datapath_serving_and_says_why() {
+    let mut node = web_node(&SMALL);
+    node.agent.take().expect("agent").stop().expect("clean stop");
+    // Two IPv4 frontends (the ClusterIP and the external IP) do not fit a map of one.
+    let source = node.source();
+    let args: Vec<&std::ffi::OsStr> =
+        ["--source".as_ref(), source.as_os_str(), "--max-frontends".as_ref(), "1".as_ref()].to_vec();
+    let agent =
+        lb_tests::agent::Agent::spawn(&args, &node.cgroup.path, &node.bpffs.path, true).expect("agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while agent.count("holds more entries than its new capacity 1") == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = agent.log().join("\n");
+    assert!(log.contains("LB_FRONTENDS_V4 holds more entries than its new capacity 1"), "{log}");
+    assert!(agent.stop().is_ok_and(|s| !s.success()), "the agent refuses to start:\n{log}");
+    assert_eq!(capacities(&node)["LB_FRONTENDS_V4"], 16, "the old map is still pinned");
+    assert!(!node.bpffs.path.join("migrate").exists(), "the new maps were removed");
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "3"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.")), "the old datapath serves: {lines:?}");
 }

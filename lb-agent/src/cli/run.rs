@@ -447,7 +447,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let pin_paths = migration.as_ref().map(Migration::pin_paths).unwrap_or_default();
     let mut ebpf = loader::load(&args.bpffs, caps, &pin_paths)?;
     if let Some(m) = &mut migration {
-        m.copy().context("upgrade: copying the pinned maps into the new ones; the old datapath keeps serving")?;
+        m.copy()
+            .context("upgrade: copying the pinned maps into the new ones; the old datapath keeps serving")?;
     }
     // The programs' own log (`lb-agent log on`), printed as this agent's log lines.
     let _kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -500,7 +501,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let interfaces: Vec<String> = args.interfaces.iter().filter(|i| !i.is_empty()).cloned().collect();
     loader::attach_tc(&mut ebpf, &interfaces, &mut staged)?;
     if let Some(m) = &mut migration {
-        let n = m.delta().context("upgrade: copying the latest connection state; the old datapath keeps serving")?;
+        let n = m
+            .delta()
+            .context("upgrade: copying the latest connection state; the old datapath keeps serving")?;
         info!(entries = n, "upgrade: connection state copied again before the switch");
     }
     staged.commit(migrate::writes_state)?;

@@ -31,9 +31,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::maps::{Map, MapData};
 use lb_common::{
-    AffinityKey, AffinityValue, AgentStatus, Backend, CtKey, CtValue, FieldLayout, Frontend4Key, Frontend6Key,
-    FrontendValue, LAYOUT_FIELDS, MapLayout, MetaKey, RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value,
-    SCHEMA_VERSION, ServiceName, ServiceStats, SlotKey, SlotValue, map_names,
+    AffinityKey, AffinityValue, AgentStatus, Backend, CtKey, CtValue, FieldLayout, Frontend4Key,
+    Frontend6Key, FrontendValue, LAYOUT_FIELDS, MapLayout, MetaKey, RevNat4Key, RevNat4Value, RevNat6Key,
+    RevNat6Value, SCHEMA_VERSION, ServiceName, ServiceStats, SlotKey, SlotValue, map_names,
 };
 use tracing::{info, warn};
 
@@ -131,9 +131,7 @@ pub fn layout(name: &str) -> Option<Layout> {
             fields!(RevNat6Key: cookie, backend_addr, backend_port, pad),
             fields!(RevNat6Value: frontend_addr, frontend_port, pad),
         ),
-        map_names::STATS => {
-            (Field::scalar::<u32>("index"), Field::scalar::<u64>("count"))
-        }
+        map_names::STATS => (Field::scalar::<u32>("index"), Field::scalar::<u64>("count")),
         map_names::CONNTRACK => (
             fields!(CtKey: src, dst, sport, dport, proto, family, dir, pad),
             fields!(CtValue: src, dst, sport, dport, flags, pad, backend, pad2, last_seen),
@@ -415,7 +413,9 @@ impl Migrated {
     }
 
     fn same_layout(&self) -> bool {
-        self.from == self.to && self.old.key_size == self.new.key_size && self.old.value_size == self.new.value_size
+        self.from == self.to
+            && self.old.key_size == self.new.key_size
+            && self.old.value_size == self.new.value_size
     }
 
     /// The new value bytes for old `value` bytes.
@@ -454,7 +454,9 @@ impl Migrated {
             } else {
                 convert(&key, &self.from.key, &self.to.key, self.new.key_size as usize)
             };
-            if array && u32::from_ne_bytes(new_key[..4].try_into().unwrap_or_default()) >= self.new.max_entries {
+            if array
+                && u32::from_ne_bytes(new_key[..4].try_into().unwrap_or_default()) >= self.new.max_entries
+            {
                 continue;
             }
             let new_value = self.value(&old, &new, &value);
@@ -697,8 +699,11 @@ mod tests {
     /// keeping its schema 1 layout for that fallback (see `layout`).
     #[test]
     fn schema_1_layouts_are_frozen() {
-        let sizes: Vec<(&str, (usize, usize))> =
-            map_names::ALL.into_iter().filter(|n| *n != map_names::META).map(|n| (n, key_value_sizes(n))).collect();
+        let sizes: Vec<(&str, (usize, usize))> = map_names::ALL
+            .into_iter()
+            .filter(|n| *n != map_names::META)
+            .map(|n| (n, key_value_sizes(n)))
+            .collect();
         assert_eq!(
             sizes,
             [
