@@ -32,7 +32,8 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "LB_SERVICE_STATS";
     pub const AGENT: &str = "LB_AGENT";
     pub const LOG: &str = "LB_LOG";
-    pub const ALL: [&str; 14] = [
+    pub const META: &str = "LB_META";
+    pub const ALL: [&str; 15] = [
         FRONTENDS_V4,
         FRONTENDS_V6,
         SLOTS,
@@ -47,6 +48,7 @@ pub mod map_names {
         SERVICE_STATS,
         AGENT,
         LOG,
+        META,
     ];
 }
 
@@ -81,8 +83,11 @@ pub mod socket_scope {
 }
 
 /// Version of the layout of the pinned maps (keys, values, which maps exist), recorded in
-/// `LB_AGENT` so a later agent and the CLI can tell what they read.
-pub const SCHEMA_VERSION: u32 = 1;
+/// `LB_AGENT` so a later agent and the CLI can tell what they read. The layouts themselves are
+/// described field by field in `LB_META` (since 2), which is what an upgrade converts by.
+///
+/// 1: the maps as first released. 2: `LB_META` added (no key or value changed).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Key of `LB_FRONTENDS_V4`: a ClusterIP (or other VIP), its port and protocol.
 #[repr(C)]
@@ -600,6 +605,47 @@ pub mod source_state {
     pub const RECONNECTING: u8 = 4;
 }
 
+/// Fields a `MapLayout` describes per key or value.
+pub const LAYOUT_FIELDS: usize = 16;
+
+/// One field of a map's key or value, as `LB_META` records it: a name (UTF-8, NUL-padded), its
+/// byte offset and size. Fields are matched by name when an upgrade converts a map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FieldLayout {
+    pub name: [u8; 20],
+    pub offset: u16,
+    pub size: u16,
+}
+
+/// Key of `LB_META`: a map's name (as in `map_names`), NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MetaKey {
+    pub name: [u8; 24],
+}
+
+/// Value of `LB_META`, a hash of one entry per pinned map written by the agent that created the
+/// maps (the programs never read it): the layout of the map's key and value, so a later agent
+/// with other types can convert the entries field by field (`datapath/migrate.rs`). A map with
+/// no entry has schema 1's layout. This type and `LB_META`'s shape never change (a new layout
+/// record would be a new map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapLayout {
+    /// `SCHEMA_VERSION` of the agent that created the map.
+    pub schema: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// Fields used in `key` and `value`.
+    pub key_fields: u16,
+    pub value_fields: u16,
+    pub key: [FieldLayout; LAYOUT_FIELDS],
+    pub value: [FieldLayout; LAYOUT_FIELDS],
+}
+
+const _: () = assert!(size_of::<FieldLayout>() == 24);
+const _: () = assert!(size_of::<MapLayout>() == 784);
 const _: () = assert!(size_of::<Frontend4Key>() == 8);
 const _: () = assert!(size_of::<Frontend6Key>() == 20);
 const _: () = assert!(size_of::<FrontendValue>() == 24);
@@ -642,4 +688,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for AgentStatus {}
+    unsafe impl aya::Pod for FieldLayout {}
+    unsafe impl aya::Pod for MetaKey {}
+    unsafe impl aya::Pod for MapLayout {}
 }

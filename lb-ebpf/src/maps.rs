@@ -80,3 +80,8 @@ pub static LB_AGENT: Array<AgentStatus> = Array::pinned(1, 0);
 /// not pinned (each agent's programs get their own).
 #[map]
 pub static LB_SOCKET_SCOPE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Map name → the layout of its key and value (`lb_common::MapLayout`), written by the agent
+/// that created the maps so a later one can convert them. No program reads it.
+#[map]
+pub static LB_META: HashMap<lb_common::MetaKey, lb_common::MapLayout> = HashMap::pinned(32, 0);

@@ -42,17 +42,18 @@ impl Node {
         let servers = Servers::start(&netns, &addrs).expect("servers");
         dir.write("cluster.yaml", source).expect("source");
         let mut node = Self { agent: None, servers, bpffs, cgroup, netns, dir };
-        if extra.is_empty() {
-            node.start_agent();
-        } else {
-            let source = node.source();
-            let mut args = vec![std::ffi::OsStr::new("--source"), source.as_os_str()];
-            args.extend(extra.iter().map(std::ffi::OsStr::new));
-            let agent = Agent::spawn(&args, &node.cgroup.path, &node.bpffs.path, true).expect("agent");
-            agent.wait_for_log("agent ready", 1, Duration::from_secs(20)).expect("agent ready");
-            node.agent = Some(agent);
-        }
+        node.start_agent_with(extra);
         node
+    }
+
+    /// Starts the agent with `extra` flags after `--source FILE` and waits until it is ready.
+    pub fn start_agent_with(&mut self, extra: &[&str]) {
+        let source = self.source();
+        let mut args = vec![std::ffi::OsStr::new("--source"), source.as_os_str()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let agent = Agent::spawn(&args, &self.cgroup.path, &self.bpffs.path, true).expect("agent");
+        agent.wait_for_log("agent ready", 1, Duration::from_secs(20)).expect("agent ready");
+        self.agent = Some(agent);
     }
 
     pub fn source(&self) -> std::path::PathBuf {

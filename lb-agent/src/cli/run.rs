@@ -23,6 +23,7 @@ use crate::{
         maps::{MapsError, PinnedMaps},
         pod_interfaces::{Patterns, PodInterfaces},
         socket_scope::{self, SocketScope},
+        migrate::{self, Migration},
         state::{LayoutOptions, LbAlgorithm, MapState},
         udp_sockets,
     },
@@ -463,8 +464,19 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
              not be translated anywhere"
         );
     }
-    let mut ebpf = loader::load(&args.bpffs, caps)?;
+    // Maps whose shape this agent changes (capacity flags, layouts) are migrated, the others
+    // adopted (`datapath::migrate`). Until the switch below the old datapath serves, untouched.
+    loader::prepare_bpffs(&args.bpffs)?;
+    let pinned_before = migrate::pinned_maps(&args.bpffs);
+    let mut migration =
+        Migration::prepare(&args.bpffs, caps).context("comparing the pinned maps with this agent's")?;
+    let pin_paths = migration.as_ref().map(Migration::pin_paths).unwrap_or_default();
+    let mut ebpf = loader::load(&args.bpffs, caps, &pin_paths)?;
     socket_scope::program(&mut ebpf, args.socket_lb_scope)?;
+    if let Some(m) = &mut migration {
+        m.copy()
+            .context("upgrade: copying the pinned maps into the new ones; the old datapath keeps serving")?;
+    }
     // The programs' own log (`lb-agent log on`), printed as this agent's log lines.
     let _kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(AbortOnDrop(tokio::spawn(forward_kernel_log(logger)))),
@@ -473,7 +485,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let maps = PinnedMaps::open(&args.bpffs).context("opening the maps just pinned")?;
+    let maps = PinnedMaps::open_with(&|name| {
+        migration.as_ref().map_or_else(|| args.bpffs.join(name), |m| m.path_of(name))
+    })
+    .context("opening the maps just pinned")?;
     metrics.set_bpffs(&args.bpffs);
     let options = LayoutOptions { algorithm: args.lb_algorithm, maglev_size: args.maglev_table_size };
     let mut syncer = Syncer::with_options(maps, options).context("reading the pinned maps")?;
@@ -505,9 +520,29 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         service_health.sync(desired);
     }
     health.record_sync(matches!(outcome, Outcome::Applied));
-    loader::attach(&mut ebpf, &cgroup, &args.bpffs)?;
+    // Every program attached beside the earlier agent's (staged), then switched over: first the
+    // programs that write per-connection state, then, once what the old ones wrote is copied,
+    // those that read it. Dropped before the switch, `staged` detaches the new programs again.
+    let mut staged = loader::Staged::new(&args.bpffs);
+    loader::attach(&mut ebpf, &cgroup, &mut staged)?;
     let interfaces: Vec<String> = args.interfaces.iter().filter(|i| !i.is_empty()).cloned().collect();
-    loader::attach_tc(&mut ebpf, &interfaces, &args.bpffs)?;
+    loader::attach_tc(&mut ebpf, &interfaces, &mut staged)?;
+    if let Some(m) = &mut migration {
+        let n = m
+            .delta()
+            .context("upgrade: copying the latest connection state; the old datapath keeps serving")?;
+        info!(entries = n, "upgrade: connection state copied again before the switch");
+    }
+    staged.commit(migrate::writes_state)?;
+    if let Some(m) = &mut migration {
+        // The old writers are detached: this copy is complete. A failure now only loses entries.
+        match m.delta() {
+            Ok(n) => info!(entries = n, "upgrade: connection state written by the old programs copied"),
+            Err(e) => warn!(error = %e, "upgrade: cannot copy the old programs' latest connection state"),
+        }
+    }
+    staged.commit(|_| true)?;
+    // XDP after TC: a flow XDP starts must find its conntrack entry where TC looks.
     loader::attach_xdp(&mut ebpf, &interfaces, args.xdp, &args.bpffs)?;
     let mut pods = if args.pod_interfaces.is_empty() {
         None
@@ -517,6 +552,15 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         info!(interfaces = ?pods.attached().collect::<Vec<_>>(), "pod interfaces followed");
         Some(pods)
     };
+    let migrated = migration.as_ref().map(Migration::names).unwrap_or_default();
+    if let Some(mut m) = migration.take() {
+        if let Err(e) = m.delta() {
+            warn!(error = %e, "upgrade: cannot copy the old XDP program's latest flows");
+        }
+        m.finish().context("upgrade: putting the new maps in place of the old pins")?;
+        info!(maps = ?migrated, schema = SCHEMA_VERSION, "upgrade done: the programs use the new maps");
+    }
+    migrate::record_layouts(&args.bpffs, &pinned_before, &migrated).context("recording the map layouts")?;
     if !interfaces.is_empty() || pods.is_some() {
         crate::snat_ports::reserve();
     }

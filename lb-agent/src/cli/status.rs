@@ -149,7 +149,7 @@ fn print_table(s: &Status) {
         ]);
     }
     println!("{programs}");
-    let mut maps = new_table(&["MAP", "TYPE", "ENTRIES", "CAPACITY", "FILL"]);
+    let mut maps = new_table(&["MAP", "TYPE", "ENTRIES", "CAPACITY", "FILL", "SCHEMA"]);
     for m in &s.maps {
         let fill = if m.capacity == 0 { 0.0 } else { m.entries as f64 * 100.0 / f64::from(m.capacity) };
         maps.add_row([
@@ -158,6 +158,7 @@ fn print_table(s: &Status) {
             m.entries.to_string(),
             m.capacity.to_string(),
             format!("{fill:.1}%"),
+            m.schema.map_or_else(|| "-".to_owned(), |s| s.to_string()),
         ]);
     }
     println!("{maps}");

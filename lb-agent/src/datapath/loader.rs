@@ -126,25 +126,45 @@ pub fn prepare_bpffs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Capacities {
+    /// The capacity each sized map is created with (the others keep the object's).
+    pub fn by_map(&self) -> [(&'static str, u32); 11] {
+        [
+            (map_names::FRONTENDS_V4, self.frontends),
+            (map_names::FRONTENDS_V6, self.frontends),
+            (map_names::SLOTS, self.slots),
+            (map_names::BACKENDS, self.backends),
+            (map_names::REVNAT_V4, self.revnat),
+            (map_names::REVNAT_V6, self.revnat),
+            (map_names::CONNTRACK, self.conntrack),
+            (map_names::AFFINITY, self.affinity),
+            (map_names::SOURCE_RANGES, self.source_ranges),
+            (map_names::SERVICES, self.services),
+            (map_names::SERVICE_STATS, self.services),
+        ]
+    }
+}
+
+/// The embedded object, parsed (map definitions, for `datapath::migrate`).
+pub fn parsed_object() -> anyhow::Result<aya_obj::Object> {
+    aya_obj::Object::parse(object()?).context("parsing the embedded eBPF object")
+}
+
 /// Loads the programs; maps are created and pinned under `bpffs`, or adopted if already pinned.
-pub fn load(bpffs: &Path, cap: Capacities) -> anyhow::Result<Ebpf> {
+/// A map named in `pin_paths` is pinned (or adopted) at that path instead: an upgrade creates
+/// the maps whose shape changes beside the old ones (`datapath::migrate`).
+pub fn load(bpffs: &Path, cap: Capacities, pin_paths: &[(&'static str, PathBuf)]) -> anyhow::Result<Ebpf> {
     let object = object()?;
     prepare_bpffs(bpffs)?;
-    EbpfLoader::new()
-        .default_map_pin_directory(bpffs)
-        .map_max_entries(map_names::FRONTENDS_V4, cap.frontends)
-        .map_max_entries(map_names::FRONTENDS_V6, cap.frontends)
-        .map_max_entries(map_names::SLOTS, cap.slots)
-        .map_max_entries(map_names::BACKENDS, cap.backends)
-        .map_max_entries(map_names::REVNAT_V4, cap.revnat)
-        .map_max_entries(map_names::REVNAT_V6, cap.revnat)
-        .map_max_entries(map_names::CONNTRACK, cap.conntrack)
-        .map_max_entries(map_names::AFFINITY, cap.affinity)
-        .map_max_entries(map_names::SOURCE_RANGES, cap.source_ranges)
-        .map_max_entries(map_names::SERVICES, cap.services)
-        .map_max_entries(map_names::SERVICE_STATS, cap.services)
-        .load(object)
-        .context("loading the eBPF object")
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(bpffs);
+    for (name, max) in cap.by_map() {
+        loader.map_max_entries(name, max);
+    }
+    for (name, path) in pin_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader.load(object).context("loading the eBPF object")
 }
 
 fn link_pin(bpffs: &Path, program: &str) -> PathBuf {
@@ -166,9 +186,57 @@ fn remove_if_present(path: &Path) -> anyhow::Result<bool> {
     }
 }
 
-/// Attaches every socket program to `cgroup` and pins the links, replacing the links an earlier
-/// agent pinned only once the new program is attached.
-pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()> {
+/// Links attached and pinned under their staged names (`links/<name>_new`), running beside the
+/// links an earlier agent pinned until `commit` renames them over those. Dropped uncommitted
+/// (a failed start), the staged pins are removed: the new programs detach and the earlier ones,
+/// never touched, keep serving.
+pub struct Staged {
+    bpffs: PathBuf,
+    names: Vec<String>,
+}
+
+impl Staged {
+    pub fn new(bpffs: &Path) -> Self {
+        Self { bpffs: bpffs.to_owned(), names: Vec::new() }
+    }
+
+    fn stage(&mut self, link: FdLink, name: &str) -> anyhow::Result<()> {
+        let staged = staged_pin(&self.bpffs, name);
+        remove_if_present(&staged)?;
+        link.pin(&staged).with_context(|| format!("pinning link {}", staged.display()))?;
+        self.names.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Puts the staged links whose pin name passes `select` in place of the earlier agent's (see
+    /// `replace_pin`), in the order they were attached.
+    pub fn commit(&mut self, select: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+        let (now, later): (Vec<String>, Vec<String>) = self.names.drain(..).partition(|n| select(n));
+        self.names = later;
+        for name in now {
+            let (staged, pin) = (staged_pin(&self.bpffs, &name), link_pin(&self.bpffs, &name));
+            std::fs::rename(&staged, &pin)
+                .with_context(|| format!("renaming {} over {}", staged.display(), pin.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for name in &self.names {
+            if let Err(e) = remove_if_present(&staged_pin(&self.bpffs, name)) {
+                tracing::warn!(link = name, error = %e, "cannot remove a staged link");
+            }
+        }
+    }
+}
+
+/// Attaches every socket program to `cgroup` and pins the links staged (`Staged::commit` puts
+/// them in place of the links an earlier agent pinned, once everything is attached).
+pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, staged: &mut Staged) -> anyhow::Result<()> {
+    let bpffs = staged.bpffs.clone();
+    let bpffs = bpffs.as_path();
     let cgroup_fd = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
     std::fs::create_dir_all(bpffs.join(LINKS_DIR)).context("creating the links directory")?;
     for name in SOCK_PROGRAMS {
@@ -185,7 +253,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, bpffs: &Path) -> anyhow::Result<()
             .attach(&cgroup_fd, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
         let link: FdLink = program.take_link(id)?.try_into().context("cgroup link is not an fd link")?;
-        replace_pin(link, bpffs, name)?;
+        staged.stage(link, name)?;
     }
     Ok(())
 }
@@ -206,9 +274,11 @@ fn replace_pin(link: FdLink, bpffs: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 /// Attaches the TC programs to the ingress and egress of each interface (TCX links on Linux 6.6+,
-/// pinned as `links/tc-<interface>-<direction>` and replaced like the socket links; on older
-/// kernels a clsact filter, which stays attached by itself).
-pub fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String], bpffs: &Path) -> anyhow::Result<()> {
+/// staged as `links/tc-<interface>-<direction>` like the socket links; on older kernels a clsact
+/// filter, which stays attached by itself).
+pub fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String], staged: &mut Staged) -> anyhow::Result<()> {
+    let bpffs = staged.bpffs.clone();
+    let bpffs = bpffs.as_path();
     if interfaces.is_empty() {
         return Ok(());
     }
@@ -239,9 +309,7 @@ pub fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String], bpffs: &Path) -> anyhow
             let link = program.take_link(id)?;
             match FdLink::try_from(link) {
                 // bpffs refuses dots in names (VLAN devices are called `eth0.100`).
-                Ok(link) => {
-                    replace_pin(link, bpffs, &format!("tc-{interface}-{direction}").replace('.', "_"))?
-                }
+                Ok(link) => staged.stage(link, &format!("tc-{interface}-{direction}").replace('.', "_"))?,
                 Err(_) => tracing::info!(interface, direction, "attached as a clsact filter (no TCX)"),
             }
         }

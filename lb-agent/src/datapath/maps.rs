@@ -160,8 +160,8 @@ fn source_range_of(key: &LpmKey<SourceRangeKey>, v6_groups: &BTreeSet<u32>) -> S
     SourceRange { group: data.group, cidr: Cidr { addr, prefix } }
 }
 
-fn open(dir: &Path, name: &'static str) -> Result<(Map, u32), MapsError> {
-    let path = dir.join(name);
+fn open(path_of: &dyn Fn(&'static str) -> PathBuf, name: &'static str) -> Result<(Map, u32), MapsError> {
+    let path = path_of(name);
     let data = MapData::from_pin(&path).map_err(|source| MapsError::Open { path: path.clone(), source })?;
     let max = data.info().map_err(|source| MapsError::Open { path: path.clone(), source })?.max_entries();
     let map = Map::from_map_data(data).map_err(|source| MapsError::Open { path, source })?;
@@ -170,7 +170,14 @@ fn open(dir: &Path, name: &'static str) -> Result<(Map, u32), MapsError> {
 
 impl PinnedMaps {
     pub fn open(dir: &Path) -> Result<Self, MapsError> {
-        let conv = |name: &'static str| move |source| MapsError::Open { path: dir.join(name), source };
+        Self::open_with(&|name| dir.join(name))
+    }
+
+    /// Opens each map from the pin `path_of(name)` (during an upgrade some maps are new and
+    /// pinned elsewhere until the switch: `datapath::migrate`).
+    pub fn open_with(path_of: &dyn Fn(&'static str) -> PathBuf) -> Result<Self, MapsError> {
+        let dir = path_of;
+        let conv = |name: &'static str| move |source| MapsError::Open { path: path_of(name), source };
         let (m, frontends) = open(dir, map_names::FRONTENDS_V4)?;
         let frontends4 = HashMap::try_from(m).map_err(conv(map_names::FRONTENDS_V4))?;
         let (m, _) = open(dir, map_names::FRONTENDS_V6)?;

@@ -10,6 +10,7 @@ pub mod explain;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod migrate;
 pub mod names;
 pub mod pinned;
 pub mod pod_interfaces;

@@ -77,24 +77,24 @@ struct LinkInfoRaw {
 /// The head of `struct bpf_map_info`.
 #[repr(C)]
 #[derive(Default)]
-struct MapInfoRaw {
-    type_: u32,
-    id: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    name: [u8; 16],
+pub(super) struct MapInfoRaw {
+    pub type_: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub name: [u8; 16],
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // Safety: `attr` is a valid, initialised `union bpf_attr` prefix for `cmd`, and every pointer
     // it carries points at a live buffer of the size it states.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
 }
 
-fn obj_get(path: &Path) -> Result<OwnedFd, PinnedError> {
+pub(super) fn obj_get(path: &Path) -> Result<OwnedFd, PinnedError> {
     let open = |source| PinnedError::Open { path: path.to_owned(), source };
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| open(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
@@ -104,7 +104,7 @@ fn obj_get(path: &Path) -> Result<OwnedFd, PinnedError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn info<T: Default>(fd: &OwnedFd, path: &Path) -> Result<T, PinnedError> {
+pub(super) fn info<T: Default>(fd: &OwnedFd, path: &Path) -> Result<T, PinnedError> {
     let mut out = T::default();
     let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
@@ -241,6 +241,9 @@ pub struct MapRow {
     /// Entries in the map (arrays always hold `capacity`).
     pub entries: u64,
     pub capacity: u32,
+    /// Schema of the agent that created the map, from `LB_META` (none: no record, i.e. schema 1
+    /// or `LB_META` itself).
+    pub schema: Option<u32>,
 }
 
 fn map_kind(t: u32) -> (&'static str, bool) {
@@ -292,10 +295,19 @@ pub fn map(bpffs: &Path, name: &'static str) -> Result<MapRow, PinnedError> {
     } else {
         count_keys(&fd, raw.key_size, raw.max_entries, &path)?
     };
-    Ok(MapRow { name, kind, entries, capacity: raw.max_entries })
+    Ok(MapRow { name, kind, entries, capacity: raw.max_entries, schema: None })
 }
 
 /// Every map of `map_names::ALL` pinned under `bpffs` (missing ones are left out).
 pub fn maps(bpffs: &Path) -> Result<Vec<MapRow>, PinnedError> {
-    map_names::ALL.into_iter().filter(|name| bpffs.join(name).exists()).map(|name| map(bpffs, name)).collect()
+    let recorded = super::migrate::recorded_layouts(bpffs).unwrap_or_default();
+    map_names::ALL
+        .into_iter()
+        .filter(|name| bpffs.join(name).exists())
+        .map(|name| {
+            let mut row = map(bpffs, name)?;
+            row.schema = recorded.get(name).map(|r| r.schema);
+            Ok(row)
+        })
+        .collect()
 }

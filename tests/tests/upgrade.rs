@@ -1,0 +1,285 @@
+//! Upgrades that change map shapes, in a real kernel: an agent restarted with other capacities
+//! (or, through the harness, over maps of an older layout) migrates the pinned maps while a
+//! client connects in a loop, a TCP connection is held open, a client has session affinity and
+//! a TC flow is tracked: no connection fails, the held one keeps working, the client keeps its
+//! backend, the tracked flow its conntrack entry; the old maps are gone.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Child, ChildStdin, ChildStdout},
+    time::Duration,
+};
+
+use lb_common::{AffinityValue, FieldLayout, MapLayout, MetaKey, SCHEMA_VERSION};
+use lb_tests::{
+    agent::{cli_json, inspect},
+    bpf::{RawMap, bytes_of},
+    node::Node,
+    packet::{Packet, TCP_ACK, TCP_SYN, trace, tuple},
+    probe,
+    yaml::{Ep, Port, documents, service, slice},
+};
+
+const SMALL: [&str; 6] = ["--max-frontends", "16", "--max-affinity", "32", "--max-conntrack", "64"];
+const LARGE: [&str; 6] = ["--max-frontends", "64", "--max-affinity", "128", "--max-conntrack", "256"];
+
+/// web: ClientIP affinity, on a ClusterIP (socket hooks) and an external IP (TC path), three pods.
+fn web_node(extra: &[&str]) -> Node {
+    let web = service("default", "web", &["10.96.0.10"], &[Port("http", 80, "TCP", 8080)]).replacen(
+        "spec:\n",
+        "spec:\n  sessionAffinity: ClientIP\n  externalIPs: ['203.0.113.10']\n",
+        1,
+    );
+    let pods = ["10.244.1.1", "10.244.1.2", "10.244.1.3"];
+    let eps: Vec<Ep<'_>> = pods.iter().map(|p| Ep::ready(p)).collect();
+    let source = documents(&[web, slice("default", "web-1", "web", "IPv4", &[("http", 8080, "TCP")], &eps)]);
+    Node::with_args(&["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"], &source, extra)
+}
+
+/// What exists before the upgrade: the client's affinity backend, a held connection, a tracked
+/// TC flow, and a client connecting in a loop for `loop_ms`.
+struct Load {
+    sticky: String,
+    held: Child,
+    held_in: ChildStdin,
+    held_out: BufReader<ChildStdout>,
+    tracked_backend: std::net::SocketAddr,
+    looper: Child,
+}
+
+impl Load {
+    fn start(node: &Node, loop_ms: u64) -> Self {
+        let first = node.probe(&["tcp", "10.96.0.10:80", "1"]);
+        let sticky = probe::backend_of(&first[0]).expect("a backend").to_owned();
+        let mut held = probe::spawn(&node.inside(), &["tcp-hold", "10.96.0.10:80"]).expect("tcp-hold");
+        let mut held_out = BufReader::new(held.stdout.take().expect("stdout"));
+        let held_in = held.stdin.take().expect("stdin");
+        let mut line = String::new();
+        held_out.read_line(&mut line).expect("greeting");
+        assert_eq!(probe::backend_of(line.trim()), Some(sticky.as_str()), "affinity holds: {line}");
+        let syn = trace(
+            &node.bpffs.path,
+            "ingress",
+            &Packet::tcp("198.18.0.1:40000", "203.0.113.10:80", TCP_SYN).frame(),
+        )
+        .expect("trace");
+        let (_, _, tracked_backend) = tuple(&syn.output);
+        let looper = probe::spawn(&node.inside(), &["tcp-loop", "10.96.0.10:80", &loop_ms.to_string()])
+            .expect("tcp-loop");
+        std::thread::sleep(Duration::from_millis(500));
+        Self { sticky, held, held_in, held_out, tracked_backend, looper }
+    }
+
+    /// After the upgrade: nothing failed, nothing was lost.
+    fn check(mut self, node: &Node) {
+        let out = self.looper.wait_with_output().expect("tcp-loop");
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(summary.contains(" err=0 "), "connections failed around the upgrade: {summary}");
+        self.held_in.write_all(b"ping\n").expect("stdin");
+        let mut line = String::new();
+        self.held_out.read_line(&mut line).expect("reply");
+        assert_eq!(line.trim(), format!("ok {}", self.sticky), "the held connection broke");
+        drop(self.held_in);
+        let _ = self.held.wait();
+        let rows = inspect("affinity", &node.bpffs.path).expect("inspect affinity");
+        let rows = rows.as_array().expect("rows");
+        let client: Vec<_> =
+            rows.iter().filter(|r| r["client"].as_str().is_some_and(|c| c.starts_with("netns:"))).collect();
+        assert_eq!(client.len(), 1, "the socket client's entry: {rows:?}");
+        assert_eq!(client[0]["backend"], self.sticky.as_str(), "the affinity entry: {rows:?}");
+        assert_eq!(client[0]["state"], "active", "{rows:?}");
+        let lines = node.probe(&["tcp", "10.96.0.10:80", "10"]);
+        assert!(
+            lines.iter().all(|l| probe::backend_of(l) == Some(self.sticky.as_str())),
+            "the client's affinity did not survive: {lines:?}"
+        );
+        // The TC flow's next packet is tracked: same backend, no new flow.
+        let ack = trace(
+            &node.bpffs.path,
+            "ingress",
+            &Packet::tcp("198.18.0.1:40000", "203.0.113.10:80", TCP_ACK).frame(),
+        )
+        .expect("trace");
+        let (_, _, dst) = tuple(&ack.output);
+        assert_eq!(dst, self.tracked_backend, "the tracked flow lost its conntrack entry");
+        assert!(ack.json["counters"].get("tc_new_flow").is_none(), "{}", ack.json);
+    }
+}
+
+/// `status`'s capacity of each map, by name.
+fn capacities(node: &Node) -> serde_json::Map<String, serde_json::Value> {
+    let status = cli_json(&["status"], &node.bpffs.path).expect("status");
+    status["maps"]
+        .as_array()
+        .expect("maps")
+        .iter()
+        .map(|m| (m["name"].as_str().expect("name").to_owned(), m["capacity"].clone()))
+        .collect()
+}
+
+#[test]
+fn an_agent_restarted_with_larger_maps_migrates_them_without_dropping_a_flow() {
+    let mut node = web_node(&SMALL);
+    let before = capacities(&node);
+    assert_eq!(before["LB_AFFINITY"], 32, "{before:?}");
+    let load = Load::start(&node, 4000);
+
+    node.agent.take().expect("agent").stop().expect("clean stop");
+    node.start_agent_with(&LARGE);
+    let log = node.agent().log().join("\n");
+    for map in ["LB_FRONTENDS_V4", "LB_FRONTENDS_V6", "LB_AFFINITY", "LB_CONNTRACK"] {
+        assert!(
+            log.lines().any(|l| l.contains("migrating it") && l.contains(map)),
+            "{map} is migrated:\n{log}"
+        );
+    }
+    assert!(log.contains("upgrade done"), "{log}");
+    load.check(&node);
+
+    let after = capacities(&node);
+    assert_eq!(after["LB_FRONTENDS_V4"], 64, "{after:?}");
+    assert_eq!(after["LB_AFFINITY"], 128, "{after:?}");
+    assert_eq!(after["LB_CONNTRACK"], 256, "{after:?}");
+    assert_eq!(after["LB_SLOTS"], before["LB_SLOTS"], "an unchanged map is adopted: {after:?}");
+    let status = cli_json(&["status"], &node.bpffs.path).expect("status");
+    assert_eq!(status["agent"]["schema"], status["agent"]["cli_schema"], "{status}");
+    assert!(!node.bpffs.path.join("migrate").exists(), "the staging pins are gone");
+
+    // The same flags again: every map is adopted as it is.
+    node.agent.take().expect("agent").stop().expect("clean stop");
+    node.start_agent_with(&LARGE);
+    let log = node.agent().log().join("\n");
+    assert!(!log.contains("migrating it"), "nothing to migrate:\n{log}");
+}
+
+/// The layout an "older agent" used for `LB_AFFINITY`'s value in the test: the same fields as
+/// today's `AffinityValue`, in another order, with padding and a field this agent does not know
+/// (24 bytes instead of 16).
+fn old_affinity_fields() -> [(&'static str, u16, u16); 6] {
+    [
+        ("slot", 0, 4),
+        ("pad", 4, 4),
+        ("last_used", 8, 8),
+        ("backend", 16, 4),
+        ("weight", 20, 2),
+        ("pad2", 22, 2),
+    ]
+}
+
+fn field(name: &str, offset: u16, size: u16) -> FieldLayout {
+    let mut n = [0u8; 20];
+    n[..name.len()].copy_from_slice(name.as_bytes());
+    FieldLayout { name: n, offset, size }
+}
+
+/// Plays the older agent: replaces the pinned `LB_AFFINITY` by a map of the old value layout
+/// holding the same entries, records that layout in `LB_META` and schema N-1 in `LB_AGENT`.
+/// Returns the old map's kernel id.
+fn pin_old_affinity_layout(bpffs: &Path) -> u32 {
+    let current = RawMap::from_pin(&bpffs.join("LB_AFFINITY")).expect("LB_AFFINITY");
+    let old = RawMap::create(
+        "LB_AFFINITY",
+        current.info.map_type,
+        current.info.key_size,
+        24,
+        current.info.max_entries,
+        0,
+    )
+    .expect("create");
+    let mut copied = 0;
+    for key in current.keys().expect("keys") {
+        let Some(v) = current.lookup(&key).expect("lookup") else { continue };
+        let v: AffinityValue = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+        let mut value = vec![0u8; 24];
+        value[0..4].copy_from_slice(&v.slot.to_ne_bytes());
+        value[8..16].copy_from_slice(&v.last_used.to_ne_bytes());
+        value[16..20].copy_from_slice(&v.backend.to_ne_bytes());
+        value[20..22].copy_from_slice(&100u16.to_ne_bytes());
+        old.update(&key, &value).expect("update");
+        copied += 1;
+    }
+    assert!(copied >= 1, "an affinity entry to convert");
+    let staged = bpffs.join("LB_AFFINITY_old");
+    old.pin(&staged).expect("pin");
+    std::fs::rename(&staged, bpffs.join("LB_AFFINITY")).expect("rename over LB_AFFINITY");
+
+    let meta = RawMap::from_pin(&bpffs.join("LB_META")).expect("LB_META");
+    let mut key = MetaKey { name: [0; 24] };
+    key.name[..11].copy_from_slice(b"LB_AFFINITY");
+    let record = meta.lookup(&bytes_of(&key)).expect("lookup").expect("LB_AFFINITY's record");
+    let mut record: MapLayout = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    record.schema = SCHEMA_VERSION - 1;
+    record.value_size = 24;
+    let fields = old_affinity_fields();
+    record.value_fields = fields.len() as u16;
+    for (slot, (name, offset, size)) in record.value.iter_mut().zip(fields) {
+        *slot = field(name, offset, size);
+    }
+    meta.update(&bytes_of(&key), &bytes_of(&record)).expect("record the old layout");
+
+    let agent = RawMap::from_pin(&bpffs.join("LB_AGENT")).expect("LB_AGENT");
+    let mut status = agent.lookup(&0u32.to_ne_bytes()).expect("lookup").expect("record");
+    status[0..4].copy_from_slice(&(SCHEMA_VERSION - 1).to_ne_bytes());
+    agent.update(&0u32.to_ne_bytes(), &status).expect("schema N-1");
+    old.info.id
+}
+
+#[test]
+fn an_agent_over_maps_of_an_older_layout_converts_them_without_dropping_a_flow() {
+    let mut node = web_node(&SMALL);
+    let load = Load::start(&node, 4000);
+    node.agent.take().expect("agent").stop().expect("clean stop");
+    let old_id = pin_old_affinity_layout(&node.bpffs.path);
+    let status = cli_json(&["status"], &node.bpffs.path).expect("status");
+    assert_eq!(status["agent"]["schema"], SCHEMA_VERSION - 1, "{status}");
+
+    node.start_agent_with(&SMALL);
+    let log = node.agent().log().join("\n");
+    let migrated: Vec<&str> = log.lines().filter(|l| l.contains("migrating it")).collect();
+    assert_eq!(migrated.len(), 1, "only the affinity map changed:\n{log}");
+    assert!(migrated[0].contains("LB_AFFINITY") && migrated[0].contains("field layout"), "{log}");
+    assert!(log.lines().any(|l| l.contains("LB_AFFINITY") && l.contains("converted=true")), "{log}");
+    load.check(&node);
+
+    let affinity = RawMap::from_pin(&node.bpffs.path.join("LB_AFFINITY")).expect("LB_AFFINITY");
+    assert_eq!(affinity.info.value_size, 16, "today's layout");
+    assert_ne!(affinity.info.id, old_id);
+    let status = cli_json(&["status"], &node.bpffs.path).expect("status");
+    assert_eq!(status["agent"]["schema"], SCHEMA_VERSION, "{status}");
+    let schema_of = |name: &str| {
+        status["maps"].as_array().expect("maps").iter().find(|m| m["name"] == name).expect("map")["schema"]
+            .clone()
+    };
+    assert_eq!(schema_of("LB_AFFINITY"), SCHEMA_VERSION, "{status}");
+    // The old map is freed once nothing holds it (its pin is gone; no program used it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lb_tests::bpf::map_exists(old_id) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!lb_tests::bpf::map_exists(old_id), "the old LB_AFFINITY is freed");
+}
+
+#[test]
+fn a_migration_that_cannot_fit_keeps_the_old_datapath_serving_and_says_why() {
+    let mut node = web_node(&SMALL);
+    node.agent.take().expect("agent").stop().expect("clean stop");
+    // Two IPv4 frontends (the ClusterIP and the external IP) do not fit a map of one.
+    let source = node.source();
+    let args: Vec<&std::ffi::OsStr> =
+        ["--source".as_ref(), source.as_os_str(), "--max-frontends".as_ref(), "1".as_ref()].to_vec();
+    let agent =
+        lb_tests::agent::Agent::spawn(&args, &node.cgroup.path, &node.bpffs.path, true).expect("agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while agent.count("holds more entries than its new capacity 1") == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = agent.log().join("\n");
+    assert!(log.contains("LB_FRONTENDS_V4 holds more entries than its new capacity 1"), "{log}");
+    assert!(agent.stop().is_ok_and(|s| !s.success()), "the agent refuses to start:\n{log}");
+    assert_eq!(capacities(&node)["LB_FRONTENDS_V4"], 16, "the old map is still pinned");
+    assert!(!node.bpffs.path.join("migrate").exists(), "the new maps were removed");
+    let lines = node.probe(&["tcp", "10.96.0.10:80", "3"]);
+    assert!(lines.iter().all(|l| l.starts_with("ok 10.244.1.")), "the old datapath serves: {lines:?}");
+}
