@@ -328,12 +328,12 @@ fn objects() -> impl Strategy<Value = Objects> {
                 services: services
                     .into_iter()
                     .enumerate()
-                    .map(|(i, object)| Located { origin: located(i), object })
+                    .map(|(i, object)| Located { origin: located(i), object: object.into() })
                     .collect(),
                 slices: slices
                     .into_iter()
                     .enumerate()
-                    .map(|(i, object)| Located { origin: located(i), object })
+                    .map(|(i, object)| Located { origin: located(i), object: object.into() })
                     .collect(),
                 nodes: Vec::new(),
             }
