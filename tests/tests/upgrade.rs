@@ -70,6 +70,15 @@ impl Load {
         Self { sticky, held, held_in, held_out, tracked_backend, looper }
     }
 
+    /// Called right after the new agent is up: the client loop must still be running, or the
+    /// upgrade happened after the load and the test would show nothing.
+    fn still_running(&mut self) {
+        assert!(
+            self.looper.try_wait().expect("tcp-loop").is_none(),
+            "the client loop ended before the upgrade was done: lengthen it"
+        );
+    }
+
     /// After the upgrade: nothing failed, nothing was lost.
     fn check(mut self, node: &Node) {
         let out = self.looper.wait_with_output().expect("tcp-loop");
@@ -122,10 +131,11 @@ fn an_agent_restarted_with_larger_maps_migrates_them_without_dropping_a_flow() {
     let mut node = web_node(&SMALL);
     let before = capacities(&node);
     assert_eq!(before["LB_AFFINITY"], 32, "{before:?}");
-    let load = Load::start(&node, 4000);
+    let mut load = Load::start(&node, 4000);
 
     node.agent.take().expect("agent").stop().expect("clean stop");
     node.start_agent_with(&LARGE);
+    load.still_running();
     let log = node.agent().log().join("\n");
     for map in ["LB_FRONTENDS_V4", "LB_FRONTENDS_V6", "LB_AFFINITY", "LB_CONNTRACK"] {
         assert!(
@@ -227,13 +237,14 @@ fn pin_old_affinity_layout(bpffs: &Path) -> u32 {
 #[test]
 fn an_agent_over_maps_of_an_older_layout_converts_them_without_dropping_a_flow() {
     let mut node = web_node(&SMALL);
-    let load = Load::start(&node, 4000);
+    let mut load = Load::start(&node, 4000);
     node.agent.take().expect("agent").stop().expect("clean stop");
     let old_id = pin_old_affinity_layout(&node.bpffs.path);
     let status = cli_json(&["status"], &node.bpffs.path).expect("status");
     assert_eq!(status["agent"]["schema"], SCHEMA_VERSION - 1, "{status}");
 
     node.start_agent_with(&SMALL);
+    load.still_running();
     let log = node.agent().log().join("\n");
     let migrated: Vec<&str> = log.lines().filter(|l| l.contains("migrating it")).collect();
     assert_eq!(migrated.len(), 1, "only the affinity map changed:\n{log}");

@@ -21,9 +21,9 @@ use crate::{
         loader::{self, Capacities},
         maglev,
         maps::{MapsError, PinnedMaps},
+        migrate::{self, Migration},
         pod_interfaces::{Patterns, PodInterfaces},
         socket_scope::{self, SocketScope},
-        migrate::{self, Migration},
         state::{LayoutOptions, LbAlgorithm, MapState},
         udp_sockets,
     },
@@ -534,6 +534,26 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         info!(entries = n, "upgrade: connection state copied again before the switch");
     }
     staged.commit(migrate::writes_state)?;
+    let migrated = migration.as_ref().map(Migration::names).unwrap_or_default();
+    if let Some(m) = &mut migration {
+        // Writers switched: the new maps take the pins at once, so nothing after this point
+        // can leave the pins naming maps that no running writer uses.
+        m.switch_pins().context("upgrade: putting the new maps in place of the old pins")?;
+        migrate::record_layouts(&args.bpffs, &pinned_before, &migrated)
+            .context("recording the map layouts")?;
+    }
+    // The other writers of per-connection state right after TC: XDP (its flows must find their
+    // conntrack entries where TC looks) and the pod interfaces' TC programs.
+    loader::attach_xdp(&mut ebpf, &interfaces, args.xdp, &args.bpffs)?;
+    let mut pods = if args.pod_interfaces.is_empty() {
+        loader::remove_pod_pins(&args.bpffs)?;
+        None
+    } else {
+        let pods = PodInterfaces::start(&mut ebpf, args.pod_interfaces, &args.bpffs)
+            .context("attaching to the pod interfaces")?;
+        info!(interfaces = ?pods.attached().collect::<Vec<_>>(), "pod interfaces followed");
+        Some(pods)
+    };
     if let Some(m) = &mut migration {
         // The old writers are detached: this copy is complete. A failure now only loses entries.
         match m.delta() {
@@ -542,25 +562,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     staged.commit(|_| true)?;
-    // XDP after TC: a flow XDP starts must find its conntrack entry where TC looks.
-    loader::attach_xdp(&mut ebpf, &interfaces, args.xdp, &args.bpffs)?;
-    let mut pods = if args.pod_interfaces.is_empty() {
-        None
-    } else {
-        let pods = PodInterfaces::start(&mut ebpf, args.pod_interfaces, &args.bpffs)
-            .context("attaching to the pod interfaces")?;
-        info!(interfaces = ?pods.attached().collect::<Vec<_>>(), "pod interfaces followed");
-        Some(pods)
-    };
-    let migrated = migration.as_ref().map(Migration::names).unwrap_or_default();
-    if let Some(mut m) = migration.take() {
-        if let Err(e) = m.delta() {
-            warn!(error = %e, "upgrade: cannot copy the old XDP program's latest flows");
-        }
-        m.finish().context("upgrade: putting the new maps in place of the old pins")?;
+    if let Some(m) = migration.take() {
+        m.finish()?;
         info!(maps = ?migrated, schema = SCHEMA_VERSION, "upgrade done: the programs use the new maps");
+    } else {
+        migrate::record_layouts(&args.bpffs, &pinned_before, &migrated)
+            .context("recording the map layouts")?;
     }
-    migrate::record_layouts(&args.bpffs, &pinned_before, &migrated).context("recording the map layouts")?;
     if !interfaces.is_empty() || pods.is_some() {
         crate::snat_ports::reserve();
     }

@@ -344,6 +344,20 @@ pub fn pod_pins(bpffs: &Path) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Without `--pod-interfaces`: an earlier agent's pod-interface links are removed (their programs
+/// would otherwise run on, over maps this agent may have replaced).
+pub fn remove_pod_pins(bpffs: &Path) -> anyhow::Result<()> {
+    for name in pod_pins(bpffs)? {
+        if remove_link_pin(bpffs, &name)? {
+            tracing::info!(
+                link = name,
+                "pod-interface link of an earlier agent removed (no --pod-interfaces)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Removes the link pin `links/<name>` (detaching its program if the link still has a device);
 /// true if it existed.
 pub fn remove_link_pin(bpffs: &Path, name: &str) -> anyhow::Result<bool> {

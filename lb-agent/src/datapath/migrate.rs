@@ -401,6 +401,9 @@ struct Migrated {
     written: HashMap<Vec<u8>, u64>,
     /// Kernel id of the old map, for the log.
     old_id: u32,
+    /// The old map, held open: after `switch_pins` its pin names the new map, and the copies after
+    /// the switch still read what the old programs wrote.
+    old_map: RawMap,
 }
 
 impl Migrated {
@@ -439,13 +442,25 @@ impl Migrated {
 
     /// Copies the old map's entries into the new one. `delta`: only those the new programs did
     /// not write since the last copy. Returns the entries written.
-    fn copy(&mut self, old_path: &Path, new_path: &Path, delta: bool) -> anyhow::Result<usize> {
-        let old = RawMap::open(old_path)?;
+    fn copy(&mut self, new_path: &Path, delta: bool) -> anyhow::Result<usize> {
+        let old = &self.old_map;
         let new = RawMap::open(new_path)?;
         let array = matches!(self.new.map_type, ARRAY | PERCPU_ARRAY);
+        let keys = old.keys().with_context(|| format!("listing the old {}", self.name))?;
+        // An LRU map never refuses an update (it evicts), so a capacity below what the old map
+        // holds is checked here, for every hash type alike, before anything is copied.
+        if !delta && !array && keys.len() > self.new.max_entries as usize {
+            bail!(
+                "{} holds more entries than its new capacity {} ({} entries): keeping the old maps \
+                 (raise the capacity or remove entries first)",
+                self.name,
+                self.new.max_entries,
+                keys.len()
+            );
+        }
         let mut written = 0;
-        for key in old.keys().with_context(|| format!("listing {}", old_path.display()))? {
-            let Some(value) = old.lookup(&key).with_context(|| format!("reading {}", old_path.display()))?
+        for key in keys {
+            let Some(value) = old.lookup(&key).with_context(|| format!("reading the old {}", self.name))?
             else {
                 continue; // gone since it was listed
             };
@@ -459,7 +474,7 @@ impl Migrated {
             {
                 continue;
             }
-            let new_value = self.value(&old, &new, &value);
+            let new_value = self.value(old, &new, &value);
             if delta {
                 let now = new.lookup(&new_key).with_context(|| format!("reading {}", new_path.display()))?;
                 if let Some(now) = now {
@@ -496,6 +511,8 @@ pub struct Migration {
     stage: PathBuf,
     maps: Vec<Migrated>,
     finished: bool,
+    /// The new maps' pins are in place of the old ones (`switch_pins`).
+    switched: bool,
 }
 
 /// The shape this agent creates each pinned map with: the object's definition, with the
@@ -575,6 +592,7 @@ impl Migration {
                 to,
                 written: HashMap::new(),
                 old_id: old.id,
+                old_map: old,
             });
         }
         if maps.is_empty() {
@@ -590,7 +608,7 @@ impl Migration {
         for m in &maps {
             info!(map = m.name, change = %m.why, "map changes shape: migrating it");
         }
-        Ok(Some(Self { bpffs: bpffs.to_owned(), stage, maps, finished: false }))
+        Ok(Some(Self { bpffs: bpffs.to_owned(), stage, maps, finished: false, switched: false }))
     }
 
     /// The loader's pin paths for the new maps.
@@ -605,14 +623,18 @@ impl Migration {
 
     /// Where this agent's map `name` is pinned now.
     pub fn path_of(&self, name: &str) -> PathBuf {
-        if self.maps.iter().any(|m| m.name == name) { self.stage.join(name) } else { self.bpffs.join(name) }
+        if !self.switched && self.maps.iter().any(|m| m.name == name) {
+            self.stage.join(name)
+        } else {
+            self.bpffs.join(name)
+        }
     }
 
     /// Copies every entry of the old maps into the new ones (before the first sync).
     pub fn copy(&mut self) -> anyhow::Result<()> {
         for m in &mut self.maps {
-            let (old, new) = (self.bpffs.join(m.name), self.stage.join(m.name));
-            let n = m.copy(&old, &new, false).with_context(|| format!("copying {}", m.name))?;
+            let new = self.stage.join(m.name);
+            let n = m.copy(&new, false).with_context(|| format!("copying {}", m.name))?;
             info!(map = m.name, entries = n, converted = !m.same_layout(), "entries copied into the new map");
         }
         Ok(())
@@ -621,31 +643,46 @@ impl Migration {
     /// Copies again what the old programs wrote since the last copy (per-connection state).
     pub fn delta(&mut self) -> anyhow::Result<usize> {
         let mut total = 0;
+        let dir = if self.switched { &self.bpffs } else { &self.stage };
         for m in self.maps.iter_mut().filter(|m| m.written_by_programs()) {
-            let (old, new) = (self.bpffs.join(m.name), self.stage.join(m.name));
-            total += m.copy(&old, &new, true).with_context(|| format!("copying {} again", m.name))?;
+            let new = dir.join(m.name);
+            total += m.copy(&new, true).with_context(|| format!("copying {} again", m.name))?;
         }
         Ok(total)
     }
 
-    /// After the switch: the new pins replace the old ones (whose maps the kernel frees with the
-    /// old programs).
-    pub fn finish(mut self) -> anyhow::Result<()> {
+    /// Right after the first programs switched to the new maps: the new pins replace the old
+    /// ones, so from here on a failure (or a crash) leaves the pins naming the maps the switched
+    /// programs use, and the next agent adopts them instead of copying stale old ones again.
+    /// The old maps stay open here for the last copies; the kernel frees them with the last old
+    /// program and this `Migration`.
+    pub fn switch_pins(&mut self) -> anyhow::Result<()> {
         for m in &self.maps {
             let (staged, pin) = (self.stage.join(m.name), self.bpffs.join(m.name));
             std::fs::rename(&staged, &pin)
                 .with_context(|| format!("renaming {} over {}", staged.display(), pin.display()))?;
             info!(map = m.name, old_map_id = m.old_id, "old map unpinned; the new one is in its place");
         }
-        self.finished = true;
+        self.switched = true;
         std::fs::remove_dir(&self.stage).with_context(|| format!("removing {}", self.stage.display()))?;
+        Ok(())
+    }
+
+    /// After the switch and the last copy.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        if !self.switched {
+            self.switch_pins()?;
+        }
+        self.finished = true;
         Ok(())
     }
 }
 
 impl Drop for Migration {
     fn drop(&mut self) {
+        // Once switched, the new maps are the pinned ones and serve: nothing to undo.
         if !self.finished
+            && !self.switched
             && let Err(e) = remove_pins(&self.stage).and_then(|()| {
                 std::fs::remove_dir(&self.stage).with_context(|| format!("removing {}", self.stage.display()))
             })

@@ -89,7 +89,12 @@ pub fn parse_link_messages(buf: &[u8]) -> Vec<LinkEvent> {
         if kind != libc::RTM_NEWLINK && kind != libc::RTM_DELLINK {
             continue;
         }
-        // ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32.
+        // ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32. AF_BRIDGE
+        // messages speak of a bridge port (a port leaving its bridge is an RTM_DELLINK there),
+        // not of the device: skipped.
+        if msg.first().is_some_and(|&family| i32::from(family) == libc::AF_BRIDGE) {
+            continue;
+        }
         let Some(index) = u32_at(msg, 4) else { continue };
         if kind == libc::RTM_DELLINK {
             events.push(LinkEvent::Gone { index });
@@ -378,6 +383,15 @@ mod tests {
             parse_link_messages(&buf),
             vec![LinkEvent::New { index: 7, name: "veth1a2b".into() }, LinkEvent::Gone { index: 9 }]
         );
+    }
+
+    #[test]
+    fn bridge_port_messages_are_not_device_events() {
+        let mut bridge = message(libc::RTM_DELLINK, 7, Some("veth0"));
+        bridge[NLMSG_HDRLEN] = libc::AF_BRIDGE as u8;
+        let mut buf = bridge.clone();
+        buf.extend(message(libc::RTM_DELLINK, 8, Some("veth1")));
+        assert_eq!(parse_link_messages(&buf), vec![LinkEvent::Gone { index: 8 }]);
     }
 
     #[test]
