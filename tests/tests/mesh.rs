@@ -267,7 +267,7 @@ fn all_scope_translates_pods_at_the_socket_so_the_mesh_sees_the_backend() {
 }
 
 #[test]
-fn restarted_agent_adopts_the_pod_interface_links() {
+fn pod_links_serve_while_the_agent_is_down_and_a_restarted_agent_replaces_them_or_drops_unmatched_ones() {
     let mut mesh = Mesh::start("host");
     mesh.add_pod("lxcplain", PLAIN_V4);
     mesh.add_pod("lxcother", MESHED_V4);
