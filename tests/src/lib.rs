@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod bpf;
+pub mod flows;
 pub mod guard;
 pub mod metrics;
 pub mod node;

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use lb_tests::{
     agent::{cli_json, free_local_addr, inspect},
+    flows::{Load, web_node},
     metrics::scrape,
     node::Node,
-    packet::{Packet, TCP_ACK, TCP_SYN, trace, tuple},
     probe,
     yaml::{Ep, Port, documents, service, slice},
 };
@@ -268,62 +268,13 @@ fn a_rolling_update_of_dns_fails_no_udp_or_tcp_query_and_removed_backends_get_no
 #[test]
 fn an_agent_killed_under_load_drops_nothing_and_its_successor_keeps_flows_and_affinity() {
     // web: ClientIP affinity, on a ClusterIP (socket hooks) and an external IP (TC path).
-    let web = service("default", "web", &["10.96.0.10"], &[Port("http", 80, "TCP", 8080)]).replacen(
-        "spec:\n",
-        "spec:\n  sessionAffinity: ClientIP\n  externalIPs: ['203.0.113.10']\n",
-        1,
-    );
-    let pods = ["10.244.1.1", "10.244.1.2", "10.244.1.3"];
-    let eps: Vec<Ep<'_>> = pods.iter().map(|p| Ep::ready(p)).collect();
-    let source = documents(&[web, slice("default", "web-1", "web", "IPv4", &[("http", 8080, "TCP")], &eps)]);
-    let mut node = Node::new(&["10.244.1.1:8080", "10.244.1.2:8080", "10.244.1.3:8080"], &source);
-
-    // Before the crash: the client's affinity backend, a held connection, a tracked TC flow.
-    let first = node.probe(&["tcp", "10.96.0.10:80", "1"]);
-    let sticky = probe::backend_of(&first[0]).expect("a backend").to_owned();
-    let mut held = probe::spawn(&node.inside(), &["tcp-hold", "10.96.0.10:80"]).expect("tcp-hold");
-    let mut held_out = std::io::BufReader::new(held.stdout.take().expect("stdout"));
-    let mut held_in = held.stdin.take().expect("stdin");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut held_out, &mut line).expect("greeting");
-    assert_eq!(probe::backend_of(line.trim()), Some(sticky.as_str()), "affinity holds: {line}");
-    let syn = trace(
-        &node.bpffs.path,
-        "ingress",
-        &Packet::tcp("198.18.0.1:40000", "203.0.113.10:80", TCP_SYN).frame(),
-    )
-    .expect("trace");
-    let (_, _, tracked_backend) = tuple(&syn.output);
-    let looper = probe::spawn(&node.inside(), &["tcp-loop", "10.96.0.10:80", "3000"]).expect("tcp-loop");
-
-    std::thread::sleep(Duration::from_millis(500));
+    let mut node = web_node(&[]);
+    // Before the crash: the client's affinity backend, a held connection, a tracked TC flow and
+    // a client connecting in a loop.
+    let mut load = Load::start(&node, 3000);
     node.agent.take().expect("agent").kill9();
     std::thread::sleep(Duration::from_millis(500));
     node.start_agent();
-
-    let out = looper.wait_with_output().expect("tcp-loop");
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains(" err=0 "), "connections failed around the crash: {summary}");
-    std::io::Write::write_all(&mut held_in, b"ping\n").expect("stdin");
-    line.clear();
-    std::io::BufRead::read_line(&mut held_out, &mut line).expect("reply");
-    assert_eq!(line.trim(), format!("ok {sticky}"), "the held connection broke");
-    drop(held_in);
-    let _ = held.wait();
-    let lines = node.probe(&["tcp", "10.96.0.10:80", "10"]);
-    assert!(
-        lines.iter().all(|l| probe::backend_of(l) == Some(sticky.as_str())),
-        "the client's affinity did not survive: {lines:?}"
-    );
-    // The TC flow's next packet is tracked: same backend, no new flow.
-    let ack = trace(
-        &node.bpffs.path,
-        "ingress",
-        &Packet::tcp("198.18.0.1:40000", "203.0.113.10:80", TCP_ACK).frame(),
-    )
-    .expect("trace");
-    let (_, _, dst) = tuple(&ack.output);
-    assert_eq!(dst, tracked_backend, "the tracked flow lost its conntrack entry");
-    assert!(ack.json["counters"].get("tc_new_flow").is_none(), "{}", ack.json);
-    assert!(ack.json["counters"]["tc_translated"].as_u64() == Some(1), "{}", ack.json);
+    load.still_running();
+    load.check(&node);
 }
