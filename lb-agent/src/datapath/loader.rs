@@ -327,8 +327,9 @@ pub fn pod_pin_names(interface: &str) -> [String; 2] {
         .map(|direction| format!("{POD_PIN_PREFIX}{interface}-{direction}").replace('.', "_"))
 }
 
-/// Names of the pod-interface link pins under `links/` (staged `_new` pins included).
-pub fn pod_pins(bpffs: &Path) -> anyhow::Result<Vec<String>> {
+/// Names of the link pins under `links/` that start with `prefix` (staged `_new` pins included),
+/// sorted.
+fn link_pins(bpffs: &Path, prefix: &str) -> anyhow::Result<Vec<String>> {
     let links = bpffs.join(LINKS_DIR);
     let entries = match std::fs::read_dir(&links) {
         Ok(entries) => entries,
@@ -338,10 +339,15 @@ pub fn pod_pins(bpffs: &Path) -> anyhow::Result<Vec<String>> {
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(POD_PIN_PREFIX))
+        .filter(|n| n.starts_with(prefix))
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// Names of the pod-interface link pins under `links/` (staged `_new` pins included).
+pub fn pod_pins(bpffs: &Path) -> anyhow::Result<Vec<String>> {
+    link_pins(bpffs, POD_PIN_PREFIX)
 }
 
 /// Without `--pod-interfaces`: an earlier agent's pod-interface links are removed (their programs
@@ -419,19 +425,7 @@ fn xdp_pin_name(interface: &str, mode: &str) -> String {
 
 /// Names of the XDP link pins under `links/` (staged `_new` pins included).
 fn xdp_pins(bpffs: &Path) -> anyhow::Result<Vec<String>> {
-    let links = bpffs.join(LINKS_DIR);
-    let entries = match std::fs::read_dir(&links) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", links.display())),
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with("xdp-"))
-        .collect();
-    names.sort();
-    Ok(names)
+    link_pins(bpffs, "xdp-")
 }
 
 /// Indexes of the interfaces the pinned XDP links are on, from the pins' names (for `trace`,
