@@ -1,33 +1,18 @@
 //! lb-agent: the node agent (`run`) and the operator CLI (`inspect`, `explain`, `plan`, `cleanup`,
 //! `trace`).
+//!
+//! A thin shell: the flags of each command are parsed here and the library (`lb_agent`) does the
+//! work (`lb_agent::cli` prints, `lb_agent::agent` runs).
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
-
-mod cli;
-mod datapath;
-mod health;
-mod health_check;
-mod metrics;
-mod model;
-mod nodeport_addresses;
-mod snat_ports;
-mod sock_destroy;
-mod source;
-mod sync;
+use clap::{Parser, Subcommand};
+use lb_agent::cli::{self, Output};
 
 #[derive(Parser)]
 #[command(version, about = "eBPF service load balancer for Kubernetes (kube-proxy replacement)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, Default, ValueEnum)]
-pub enum Output {
-    #[default]
-    Table,
-    Json,
 }
 
 #[derive(Subcommand)]

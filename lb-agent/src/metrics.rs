@@ -29,11 +29,9 @@ use prometheus_client::{
 use tracing::warn;
 
 use crate::{
-    datapath::{
-        maps::{Capacity, MapsError},
-        state::{FrontendKey, MapState},
-    },
     health::Health,
+    kernel::maps::{Capacity, MapsError},
+    layout::state::{FrontendKey, MapState},
 };
 
 /// The content type of the OpenMetrics text format.
@@ -296,8 +294,8 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
 
 /// Serves `/metrics` and the health endpoints on `addr` until the task is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> std::io::Result<()> {
-    let app =
-        crate::health::router(health).merge(Router::new().route("/metrics", get(scrape)).with_state(metrics));
+    let app = crate::health::probes::router(health)
+        .merge(Router::new().route("/metrics", get(scrape)).with_state(metrics));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }

@@ -9,9 +9,9 @@ use std::{
 use tracing::{debug, field::Empty, info, info_span};
 
 use crate::{
-    datapath::{
+    kernel::maps::{Capacity, LbMaps, MapsError, check_capacity},
+    layout::{
         diff::{MapOp, diff},
-        maps::{Capacity, LbMaps, MapsError, check_capacity},
         state::{LayoutOptions, MapState, Reserved, layout_reserving},
     },
     model::DesiredState,

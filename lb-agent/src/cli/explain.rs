@@ -1,6 +1,6 @@
 //! `lb-agent explain`: the kernel's decision for a connection or packet to an address, and why,
 //! read from the pinned maps (works while the agent is down). The decision itself is
-//! `datapath::explain`; this module reads the maps, looks the live tables up, and prints.
+//! `readback::explain`; this module reads the maps, looks the live tables up, and prints.
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -10,11 +10,11 @@ use lb_common::{AffinityKey, AffinityValue, CtKey, CtValue};
 
 use super::new_table;
 use crate::{
-    Output,
-    datapath::{
+    cli::Output,
+    kernel::maps::{LbMaps as _, PinnedMaps},
+    readback::{
         affinity, conntrack,
         explain::{self, Explanation, LiveTables, Path, Query, Source, Target, Verdict},
-        maps::{LbMaps as _, PinnedMaps},
     },
 };
 

@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use super::new_table;
 use crate::{
-    Output,
-    datapath::{
-        maps::{LbMaps as _, PinnedMaps},
+    cli::Output,
+    kernel::maps::{LbMaps as _, PinnedMaps},
+    layout::{
         names::ServiceLabel,
         state::{FrontendKey, MapState, backend_addr},
     },
@@ -458,7 +458,7 @@ fn stats(maps: &PinnedMaps, state: &MapState, m: &Matcher, output: Output) -> an
 }
 
 fn conntrack(bpffs: &Path, m: &Matcher, output: Output) -> anyhow::Result<()> {
-    let rows: Vec<_> = crate::datapath::conntrack::flows(bpffs)
+    let rows: Vec<_> = crate::readback::conntrack::flows(bpffs)
         .context("reading the conntrack map")?
         .into_iter()
         .filter(|r| addr_matches(m.frontend, r.frontend) && addr_matches(m.backend, r.backend))
@@ -485,7 +485,7 @@ fn conntrack(bpffs: &Path, m: &Matcher, output: Output) -> anyhow::Result<()> {
 
 fn affinity(bpffs: &Path, state: &MapState, m: &Matcher, output: Output) -> anyhow::Result<()> {
     let labels = labels(state);
-    let rows: Vec<_> = crate::datapath::affinity::entries(bpffs, state)
+    let rows: Vec<_> = crate::readback::affinity::entries(bpffs, state)
         .context("reading the affinity map")?
         .into_iter()
         .filter(|r| m.service(labels.get(&r.group)))

@@ -11,11 +11,10 @@ use aya::maps::{Array, Map, MapData};
 use clap::Subcommand;
 use lb_common::map_names;
 
-use crate::datapath::{
-    explain::Target,
-    maps::{LbMaps as _, PinnedMaps},
-    names::ServiceLabel,
-    state::FrontendKey,
+use crate::{
+    kernel::maps::{LbMaps as _, PinnedMaps},
+    layout::{names::ServiceLabel, state::FrontendKey},
+    readback::explain::Target,
 };
 
 #[derive(Subcommand)]

@@ -1,7 +1,6 @@
 //! One module per command; each is a thin function over the library modules.
 pub mod explain;
 pub mod inspect;
-pub mod kube_proxy;
 pub mod log;
 pub mod plan;
 pub mod run;
@@ -14,9 +13,17 @@ use anyhow::bail;
 use serde::Serialize;
 
 use crate::{
-    Output,
-    datapath::{attached::attached_programs, loader},
+    kernel::{attached::attached_programs, loader},
+    kube_proxy_cleanup,
 };
+
+/// How a command prints: a table for people, JSON for scripts.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
 
 /// Where `cleanup` looks for pins when `--bpffs` is not given.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";
@@ -35,7 +42,7 @@ pub fn cleanup(bpffs: Option<&Path>, cgroup: Option<&Path>, kube_proxy: bool) ->
         }
     }
     if kube_proxy {
-        let removed = kube_proxy::cleanup()?;
+        let removed = kube_proxy_cleanup::cleanup()?;
         if removed.is_empty() {
             println!("no kube-proxy chains, rules or tables to remove");
         }

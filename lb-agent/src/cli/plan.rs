@@ -6,7 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::{
-    Output,
+    cli::Output,
     model::{DesiredState, Family, NodeContext, Objects, Problem, WhenEmpty, translate},
     source::{self, kubernetes::KubeSource},
 };

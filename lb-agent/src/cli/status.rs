@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::new_table;
 use crate::{
-    Output,
-    datapath::{
+    cli::Output,
+    kernel::{
         maps::PinnedMaps,
         pinned::{self, LinkRow, MapRow},
     },

@@ -22,8 +22,8 @@ use serde::Serialize;
 
 use super::new_table;
 use crate::{
-    Output,
-    datapath::{loader, maps::PinnedMaps},
+    cli::Output,
+    kernel::{loader, maps::PinnedMaps},
 };
 
 #[derive(Args)]

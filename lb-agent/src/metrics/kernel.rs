@@ -33,10 +33,12 @@ use prometheus_client::{
 };
 use tracing::warn;
 
-use crate::datapath::{
-    maps::{MapsError, PinnedMaps},
-    names::ServiceLabel,
-    pinned::{self, PinnedError},
+use crate::{
+    kernel::{
+        maps::{MapsError, PinnedMaps},
+        pinned::{self, PinnedError},
+    },
+    layout::names::ServiceLabel,
 };
 
 /// How full one map is.

@@ -13,7 +13,7 @@ use super::{
     kernel::{KernelCollector, KernelSnapshot, MapFill, label_connections},
 };
 use crate::{
-    datapath::maps::{Capacity, MemoryMaps},
+    kernel::maps::{Capacity, MemoryMaps},
     model::{NodeContext, Objects, translate},
     source::file::parse_into,
     sync::Syncer,
@@ -249,7 +249,7 @@ fn recorded() -> Metrics {
     }
     metrics.record_errors(ErrorKind::SourceInvalid, 1);
     metrics.record_sync(SyncResult::SourceInvalid, Duration::from_micros(200));
-    let full = crate::datapath::maps::MapsError::Full { name: "LB_SLOTS", needed: 9, capacity: 1 };
+    let full = crate::kernel::maps::MapsError::Full { name: "LB_SLOTS", needed: 9, capacity: 1 };
     metrics.record_errors(ErrorKind::of(&full), 1);
     metrics.record_sync(SyncResult::MapsFailed, Duration::from_millis(1));
     metrics.watch_restarts("services").inc();

@@ -1,7 +1,7 @@
 //! The desired load-balancer state, in Kubernetes terms, and the pure translation that produces it.
 //!
 //! Nothing in here touches the kernel: `translate` turns objects into a `DesiredState`, which
-//! `datapath::state` then lays out as map entries.
+//! `layout::state` then lays out as map entries.
 mod translate;
 mod types;
 

@@ -103,7 +103,7 @@ pub enum FrontendKind {
     /// An address of `status.loadBalancer.ingress[].ip` (`ipMode` unset or `VIP`).
     LoadBalancer,
     /// `ports[i].nodePort` on every node address of the family: in the model its address is the
-    /// unspecified one (`0.0.0.0` or `::`), which `datapath::state::layout` expands to
+    /// unspecified one (`0.0.0.0` or `::`), which `layout::state::layout` expands to
     /// `DesiredState::node_addresses`.
     NodePort,
 }

@@ -1,7 +1,7 @@
 //! Maglev groups in the layout, the diff and the syncer: what the slot map holds, how few slots a
 //! backend change rewrites, and that make-before-break holds for tables too.
 use super::*;
-use crate::datapath::state::LbAlgorithm;
+use crate::layout::state::LbAlgorithm;
 
 fn maglev(size: u32) -> LayoutOptions {
     LayoutOptions { algorithm: LbAlgorithm::Maglev, maglev_size: size }

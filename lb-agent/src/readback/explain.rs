@@ -26,7 +26,7 @@ use lb_common::{
 pub use query::{Path, Query, Source, Target};
 use serde::Serialize;
 
-use super::{
+use crate::layout::{
     names::ServiceLabel,
     state::{FrontendKey, MapState, backend_addr, ip4_word, ip6_words, word_ip4, words_ip6},
 };

@@ -18,7 +18,7 @@ use lb_common::{
 };
 use thiserror::Error;
 
-use super::{
+use crate::layout::{
     diff::MapOp,
     state::{
         FrontendKey, LayoutOptions, LbAlgorithm, MapState, SourceRange, ip4_word, ip6_words, word_ip4,
@@ -174,7 +174,7 @@ impl PinnedMaps {
     }
 
     /// Opens each map from the pin `path_of(name)` (during an upgrade some maps are new and
-    /// pinned elsewhere until the switch: `datapath::migrate`).
+    /// pinned elsewhere until the switch: `kernel::migrate`).
     pub fn open_with(path_of: &dyn Fn(&'static str) -> PathBuf) -> Result<Self, MapsError> {
         let dir = path_of;
         let conv = |name: &'static str| move |source| MapsError::Open { path: path_of(name), source };
@@ -385,7 +385,7 @@ impl LbMaps for MemoryMaps {
         if self.fail_at == Some(self.log.len()) {
             return Err(MapsError::Write { op: op.to_string(), source: MapError::KeyNotFound });
         }
-        super::diff::apply_in_memory(&mut self.state, op);
+        crate::layout::diff::apply_in_memory(&mut self.state, op);
         self.log.push(*op);
         Ok(())
     }

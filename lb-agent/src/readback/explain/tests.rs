@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::{
-    datapath::{
+    layout::{
         maglev,
         state::{LayoutOptions, LbAlgorithm, Reserved, layout, layout_reserving},
         tests::{desired, group, sock, with_nodes},

@@ -145,14 +145,14 @@ impl Capacities {
     }
 }
 
-/// The embedded object, parsed (map definitions, for `datapath::migrate`).
+/// The embedded object, parsed (map definitions, for `kernel::migrate`).
 pub fn parsed_object() -> anyhow::Result<aya_obj::Object> {
     aya_obj::Object::parse(object()?).context("parsing the embedded eBPF object")
 }
 
 /// Loads the programs; maps are created and pinned under `bpffs`, or adopted if already pinned.
 /// A map named in `pin_paths` is pinned (or adopted) at that path instead: an upgrade creates
-/// the maps whose shape changes beside the old ones (`datapath::migrate`).
+/// the maps whose shape changes beside the old ones (`kernel::migrate`).
 pub fn load(bpffs: &Path, cap: Capacities, pin_paths: &[(&'static str, PathBuf)]) -> anyhow::Result<Ebpf> {
     let object = object()?;
     prepare_bpffs(bpffs)?;

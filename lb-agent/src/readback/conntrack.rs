@@ -9,9 +9,9 @@ use aya::maps::{HashMap, MapData};
 use lb_common::{CtKey, CtValue, ct_dir, ct_flags, ct_lifetime, map_names};
 use serde::Serialize;
 
-use super::{
-    maps::MapsError,
-    state::{word_ip4, words_ip6},
+use crate::{
+    kernel::maps::MapsError,
+    layout::state::{word_ip4, words_ip6},
 };
 
 /// One tracked flow.
@@ -86,7 +86,7 @@ pub fn flows(bpffs: &Path) -> Result<Vec<FlowRow>, MapsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::state::ip4_word;
+    use crate::layout::state::ip4_word;
 
     #[test]
     fn rows_name_client_frontend_backend_and_snat() {

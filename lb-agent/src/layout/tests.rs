@@ -11,12 +11,12 @@ use proptest::prelude::*;
 use super::{
     diff::{MapOp, apply_in_memory, diff},
     maglev,
-    maps::{Capacity, LbMaps, MapsError, MemoryMaps},
     state::{
         FrontendKey, LayoutOptions, MapState, Reserved, SourceRange, backend_addr, layout, layout_reserving,
     },
 };
 use crate::{
+    kernel::maps::{Capacity, LbMaps, MapsError, MemoryMaps},
     model::{
         BackendGroup, BackendInfo, Cidr, DesiredState, EndpointState, Family, Frontend, FrontendKind,
         Protocol, Scope, ServicePortName, WhenEmpty,
@@ -26,7 +26,7 @@ use crate::{
 
 // ---- builders -----------------------------------------------------------------------------------
 
-pub(super) fn sock(s: &str) -> SocketAddr {
+pub(crate) fn sock(s: &str) -> SocketAddr {
     s.parse().expect("test socket address")
 }
 
@@ -47,7 +47,7 @@ fn frontend(spelling: &str, protocol: Protocol) -> Frontend {
 
 /// A group of Service `ns/name` port `port_name`, with `frontends` (see `frontend`) and
 /// `backends` ("ip:port", all ready). Eligible = every backend. External when its frontends are.
-pub(super) fn group(svc: &str, protocol: Protocol, frontends: &[&str], backends: &[&str]) -> BackendGroup {
+pub(crate) fn group(svc: &str, protocol: Protocol, frontends: &[&str], backends: &[&str]) -> BackendGroup {
     let (namespace, rest) = svc.split_once('/').expect("ns/name:port");
     let (name, port) = rest.split_once(':').expect("ns/name:port");
     let frontends: Vec<Frontend> = frontends.iter().map(|f| frontend(f, protocol)).collect();
@@ -78,12 +78,12 @@ pub(super) fn group(svc: &str, protocol: Protocol, frontends: &[&str], backends:
     }
 }
 
-pub(super) fn desired(mut groups: Vec<BackendGroup>) -> DesiredState {
+pub(crate) fn desired(mut groups: Vec<BackendGroup>) -> DesiredState {
     groups.sort_by(|a, b| (&a.service, a.family, a.scope).cmp(&(&b.service, b.family, b.scope)));
     DesiredState { groups, node_addresses: vec![] }
 }
 
-pub(super) fn with_nodes(mut state: DesiredState, addresses: &[&str]) -> DesiredState {
+pub(crate) fn with_nodes(mut state: DesiredState, addresses: &[&str]) -> DesiredState {
     state.node_addresses = addresses.iter().map(|a| a.parse().expect("test address")).collect();
     state
 }

@@ -20,9 +20,9 @@ use std::{
 use aya::maps::{HashMap, MapData};
 use lb_common::{RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, SlotKey, map_names, proto};
 
-use super::{
-    maps::MapsError,
-    state::{FrontendKey, MapState, word_ip4, words_ip6},
+use crate::{
+    kernel::maps::MapsError,
+    layout::state::{FrontendKey, MapState, word_ip4, words_ip6},
 };
 
 /// One socket the hooks translated: its cookie, the backend it was sent to, the frontend it
@@ -97,7 +97,7 @@ pub fn plan(
     before: &BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
     after: &BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
     untracked: bool,
-) -> crate::sock_destroy::Targets {
+) -> crate::kernel::sock_destroy::Targets {
     let already: BTreeSet<u64> = stale(translated, before).iter().map(|t| t.cookie).collect();
     let cookies = stale(translated, after)
         .into_iter()
@@ -110,7 +110,7 @@ pub fn plan(
     } else {
         BTreeSet::new()
     };
-    crate::sock_destroy::Targets { cookies, by_destination }
+    crate::kernel::sock_destroy::Targets { cookies, by_destination }
 }
 
 /// Every entry of the socket hooks' reverse-NAT maps under `bpffs`, and whether either map is

@@ -7,9 +7,9 @@ use aya::maps::{HashMap, MapData};
 use lb_common::{AffinityKey, AffinityValue, SlotKey, affinity_kind, map_names};
 use serde::Serialize;
 
-use super::{
-    maps::MapsError,
-    state::{MapState, backend_addr, word_ip4, words_ip6},
+use crate::{
+    kernel::maps::MapsError,
+    layout::state::{MapState, backend_addr, word_ip4, words_ip6},
 };
 
 /// One client's affinity to a backend of a group.
@@ -118,7 +118,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        datapath::state::{FrontendKey, ip4_word},
+        layout::state::{FrontendKey, ip4_word},
         model::Protocol,
     };
 

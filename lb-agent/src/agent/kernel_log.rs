@@ -1,0 +1,40 @@
+//! The kernel programs' own log (aya-log, switched on per Service port by `lb-agent log on`),
+//! printed as this agent's log lines.
+use tracing::warn;
+
+/// Aborts a background task when dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Prints the kernel programs' log records as they arrive (through the `log` → `tracing`
+/// bridge), until the task is aborted.
+pub async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // Safety: the ring buffer's fd is owned by `logger`, which the AsyncFd owns from here on, so
+    // it stays open for as long as it is registered and is closed only after deregistering.
+    let registered =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "cannot poll the kernel log");
+            return;
+        }
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(e) => {
+                warn!(error = %e, "kernel log stopped");
+                return;
+            }
+        }
+    }
+}
