@@ -91,40 +91,7 @@ fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     }
 }
 
-/// The addresses of this network namespace's interfaces (getifaddrs).
-pub fn interface_addresses() -> std::io::Result<Vec<IpAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // Safety: getifaddrs fills `head` with a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // Safety: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs; its
-        // `ifa_addr` is null or points at a sockaddr of the family it names.
-        unsafe {
-            let addr = (*cur).ifa_addr;
-            if !addr.is_null() {
-                match i32::from((*addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
-            }
-            cur = (*cur).ifa_next;
-        }
-    }
-    // Safety: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
-}
+pub use crate::sys::net::interface_addresses;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,6 @@
 //! removed the first time a guard is made.
 pub mod agent;
 pub mod apiserver;
-pub mod bpf;
 pub mod flows;
 pub mod guard;
 pub mod metrics;

@@ -5,10 +5,10 @@
 //! backend, the tracked flow its conntrack entry; the old maps are gone.
 use std::{path::Path, time::Duration};
 
+use lb_agent::sys::bpf::{self, RawMap, bytes_of, read_pod};
 use lb_common::{AffinityValue, FieldLayout, MapLayout, MetaKey, SCHEMA_VERSION};
 use lb_tests::{
     agent::cli_json,
-    bpf::{RawMap, bytes_of},
     flows::{Load, web_node},
     node::Node,
 };
@@ -87,7 +87,7 @@ fn field(name: &str, offset: u16, size: u16) -> FieldLayout {
 /// holding the same entries, records that layout in `LB_META` and schema N-1 in `LB_AGENT`.
 /// Returns the old map's kernel id.
 fn pin_old_affinity_layout(bpffs: &Path) -> u32 {
-    let current = RawMap::from_pin(&bpffs.join("LB_AFFINITY")).expect("LB_AFFINITY");
+    let current = RawMap::open(&bpffs.join("LB_AFFINITY")).expect("LB_AFFINITY");
     let old = RawMap::create(
         "LB_AFFINITY",
         current.info.map_type,
@@ -100,7 +100,7 @@ fn pin_old_affinity_layout(bpffs: &Path) -> u32 {
     let mut copied = 0;
     for key in current.keys().expect("keys") {
         let Some(v) = current.lookup(&key).expect("lookup") else { continue };
-        let v: AffinityValue = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+        let v: AffinityValue = read_pod(&v).expect("a whole value");
         let mut value = vec![0u8; 24];
         value[0..4].copy_from_slice(&v.slot.to_ne_bytes());
         value[8..16].copy_from_slice(&v.last_used.to_ne_bytes());
@@ -114,11 +114,11 @@ fn pin_old_affinity_layout(bpffs: &Path) -> u32 {
     old.pin(&staged).expect("pin");
     std::fs::rename(&staged, bpffs.join("LB_AFFINITY")).expect("rename over LB_AFFINITY");
 
-    let meta = RawMap::from_pin(&bpffs.join("LB_META")).expect("LB_META");
+    let meta = RawMap::open(&bpffs.join("LB_META")).expect("LB_META");
     let mut key = MetaKey { name: [0; 24] };
     key.name[..11].copy_from_slice(b"LB_AFFINITY");
     let record = meta.lookup(&bytes_of(&key)).expect("lookup").expect("LB_AFFINITY's record");
-    let mut record: MapLayout = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let mut record: MapLayout = read_pod(&record).expect("a whole record");
     record.schema = SCHEMA_VERSION - 1;
     record.value_size = 24;
     let fields = old_affinity_fields();
@@ -128,7 +128,7 @@ fn pin_old_affinity_layout(bpffs: &Path) -> u32 {
     }
     meta.update(&bytes_of(&key), &bytes_of(&record)).expect("record the old layout");
 
-    let agent = RawMap::from_pin(&bpffs.join("LB_AGENT")).expect("LB_AGENT");
+    let agent = RawMap::open(&bpffs.join("LB_AGENT")).expect("LB_AGENT");
     let mut status = agent.lookup(&0u32.to_ne_bytes()).expect("lookup").expect("record");
     status[0..4].copy_from_slice(&(SCHEMA_VERSION - 1).to_ne_bytes());
     agent.update(&0u32.to_ne_bytes(), &status).expect("schema N-1");
@@ -153,7 +153,7 @@ fn an_agent_over_maps_of_an_older_layout_converts_them_without_dropping_a_flow()
     assert!(log.lines().any(|l| l.contains("LB_AFFINITY") && l.contains("converted=true")), "{log}");
     load.check(&node);
 
-    let affinity = RawMap::from_pin(&node.bpffs.path.join("LB_AFFINITY")).expect("LB_AFFINITY");
+    let affinity = RawMap::open(&node.bpffs.path.join("LB_AFFINITY")).expect("LB_AFFINITY");
     assert_eq!(affinity.info.value_size, 16, "today's layout");
     assert_ne!(affinity.info.id, old_id);
     let status = cli_json(&["status"], &node.bpffs.path).expect("status");
@@ -165,10 +165,10 @@ fn an_agent_over_maps_of_an_older_layout_converts_them_without_dropping_a_flow()
     assert_eq!(schema_of("LB_AFFINITY"), SCHEMA_VERSION, "{status}");
     // The old map is freed once nothing holds it (its pin is gone; no program used it).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while lb_tests::bpf::map_exists(old_id) && std::time::Instant::now() < deadline {
+    while bpf::map_exists(old_id) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!lb_tests::bpf::map_exists(old_id), "the old LB_AFFINITY is freed");
+    assert!(!bpf::map_exists(old_id), "the old LB_AFFINITY is freed");
 }
 
 #[test]

@@ -14,10 +14,7 @@ impl Drop for AbortOnDrop {
 /// Prints the kernel programs' log records as they arrive (through the `log` → `tracing`
 /// bridge), until the task is aborted.
 pub async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    // Safety: the ring buffer's fd is owned by `logger`, which the AsyncFd owns from here on, so
-    // it stays open for as long as it is registered and is closed only after deregistering.
-    let registered =
-        unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered = crate::sys::async_fd::readable(logger);
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {

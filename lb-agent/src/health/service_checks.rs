@@ -15,7 +15,6 @@ use std::{
     collections::{BTreeMap, BTreeSet, btree_map::Entry},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd,
     sync::{Arc, RwLock},
 };
 
@@ -195,20 +194,7 @@ fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-        let on: libc::c_int = 1;
-        // SAFETY: a valid socket descriptor, and a pointer to a c_int with its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                (&raw const on).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
     }
     socket.bind(addr)?;
     socket.listen(1024)

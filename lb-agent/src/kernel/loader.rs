@@ -77,7 +77,6 @@ pub enum XdpSetting {
     Generic,
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const LINKS_DIR: &str = "links";
 
 /// Map sizes chosen at load time (ignored for maps that are already pinned).
@@ -111,13 +110,8 @@ impl Default for Capacities {
 /// Makes `dir` (on a bpf filesystem) ready for pins.
 pub fn prepare_bpffs(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    // Safety: `statfs` writes into the zeroed struct we own; the path is a valid C string.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", dir.display()));
-    }
-    if st.f_type != BPF_FS_MAGIC {
+    let on_bpffs = crate::sys::fs::is_bpffs(dir).with_context(|| format!("statfs {}", dir.display()))?;
+    if !on_bpffs {
         bail!(
             "{} is not on a bpf filesystem; mount one first (`mount -t bpf bpf /sys/fs/bpf`)",
             dir.display()
@@ -569,13 +563,8 @@ pub fn attach_xdp(
 
 /// The index of `interface` in this network namespace.
 pub fn interface_index(interface: &str) -> anyhow::Result<u32> {
-    let name = std::ffi::CString::new(interface).with_context(|| format!("interface name {interface:?}"))?;
-    // Safety: `name` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("no interface {interface} in this network namespace");
-    }
-    Ok(index)
+    crate::sys::net::interface_index(interface)
+        .with_context(|| format!("no interface {interface} in this network namespace"))
 }
 
 /// Removes everything the agent pinned under `bpffs` (detaching its programs). Returns what it

@@ -1,7 +1,7 @@
 //! Map writers: the kernel's pinned maps, and an in-memory fake with the same interface for tests.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -21,8 +21,8 @@ use thiserror::Error;
 use crate::layout::{
     diff::MapOp,
     state::{
-        FrontendKey, LayoutOptions, LbAlgorithm, MapState, SourceRange, ip4_word, ip6_words, word_ip4,
-        words_ip6,
+        FrontendKey, LayoutOptions, LbAlgorithm, MapState, SourceRange, backend_addr, ip4_word, ip6_words,
+        word_ip4, words_ip6,
     },
 };
 use crate::model::Cidr;
@@ -217,6 +217,35 @@ impl PinnedMaps {
                 services: services_cap,
             },
         })
+    }
+
+    /// The backends in the socket path's slots of one frontend, as the kernel walks them
+    /// (frontend → slots `1..=count` → backend), without reading the whole maps: `None` when
+    /// `key` is not a frontend. For watching one Service change reach the kernel.
+    pub fn frontend_backends(&self, key: &FrontendKey) -> Result<Option<Vec<SocketAddr>>, MapsError> {
+        let found = match key {
+            FrontendKey::V4(k) => self.frontends4.get(k, 0),
+            FrontendKey::V6(k) => self.frontends6.get(k, 0),
+        };
+        let frontend = match found {
+            Ok(v) => v,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(source) => return Err(MapsError::Read { name: map_names::FRONTENDS_V4, source }),
+        };
+        let mut out = Vec::new();
+        for slot in 1..=frontend.count {
+            let backend = self
+                .slots
+                .get(&SlotKey { group: frontend.group, slot }, 0)
+                .and_then(|s| self.backends.get(&s.backend, 0));
+            match backend {
+                Ok(b) => out.push(backend_addr(&b)),
+                // Rewritten under us: the caller asks again.
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(MapsError::Read { name: map_names::SLOTS, source }),
+            }
+        }
+        Ok(Some(out))
     }
 
     /// The datapath counters, summed over CPUs, by `lb_common::stats` index.

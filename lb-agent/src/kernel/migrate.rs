@@ -24,7 +24,6 @@
 use std::{
     collections::HashMap,
     hash::{Hash as _, Hasher as _},
-    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -37,24 +36,13 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-use super::{
-    loader::{self, Capacities},
-    pinned::{self, MapInfoRaw},
-};
+use super::loader::{self, Capacities};
+use crate::sys::bpf::{RawMap, map_type};
 
 /// Where an upgrade pins its new maps until the switch.
 const STAGE_DIR: &str = "migrate";
 
 /// `enum bpf_map_type` values with per-CPU values, and the arrays (keys are indexes).
-const PERCPU_HASH: u32 = 5;
-const PERCPU_ARRAY: u32 = 6;
-const LRU_PERCPU_HASH: u32 = 10;
-const ARRAY: u32 = 2;
-
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-const BPF_ANY: u64 = 0;
 
 /// A map's shape as the kernel creates it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +56,7 @@ pub struct Shape {
 
 impl Shape {
     fn percpu(&self) -> bool {
-        matches!(self.map_type, PERCPU_HASH | PERCPU_ARRAY | LRU_PERCPU_HASH)
+        matches!(self.map_type, map_type::PERCPU_HASH | map_type::PERCPU_ARRAY | map_type::LRU_PERCPU_HASH)
     }
 }
 
@@ -287,98 +275,21 @@ pub fn convert(bytes: &[u8], from: &[Field], to: &[Field], size: usize) -> Vec<u
     out
 }
 
-/// `union bpf_attr` for the element commands.
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
+/// The shape of a pinned map as the kernel reports it.
+fn shape_of(map: &RawMap) -> Shape {
+    let i = map.info;
+    Shape {
+        map_type: i.map_type,
+        key_size: i.key_size,
+        value_size: i.value_size,
+        max_entries: i.max_entries,
+        flags: i.map_flags,
+    }
 }
 
-/// A pinned map read and written as bytes.
-struct RawMap {
-    fd: OwnedFd,
-    shape: Shape,
-    id: u32,
-    /// Bytes of one value as the syscalls move it (per-CPU: 8-byte aligned, one per CPU).
-    value_bytes: usize,
-    stride: usize,
-}
-
-impl RawMap {
-    fn open(path: &Path) -> anyhow::Result<Self> {
-        let fd = pinned::obj_get(path)?;
-        let raw: MapInfoRaw = pinned::info(&fd, path)?;
-        let shape = Shape {
-            map_type: raw.type_,
-            key_size: raw.key_size,
-            value_size: raw.value_size,
-            max_entries: raw.max_entries,
-            flags: raw.map_flags,
-        };
-        let (stride, value_bytes) = if shape.percpu() {
-            let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-            let stride = (shape.value_size as usize).div_ceil(8) * 8;
-            (stride, stride * cpus)
-        } else {
-            (shape.value_size as usize, shape.value_size as usize)
-        };
-        Ok(Self { fd, shape, id: raw.id, value_bytes, stride })
-    }
-
-    fn elem(&self, cmd: libc::c_long, key: &[u8], value: *mut u8, flags: u64) -> std::io::Result<()> {
-        let mut attr = ElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            pad: 0,
-            key: key.as_ptr() as u64,
-            value: value as u64,
-            flags,
-        };
-        pinned::bpf(cmd, &mut attr).map(|_| ())
-    }
-
-    fn lookup(&self, key: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-        let mut value = vec![0u8; self.value_bytes];
-        match self.elem(BPF_MAP_LOOKUP_ELEM, key, value.as_mut_ptr(), 0) {
-            Ok(()) => Ok(Some(value)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn update(&self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
-        // Safety of the cast: the kernel only reads `value` for an update.
-        self.elem(BPF_MAP_UPDATE_ELEM, key, value.as_ptr().cast_mut(), BPF_ANY)
-    }
-
-    /// Every key (arrays: every index), bounded by the capacity plus one for a map written
-    /// while it is walked.
-    fn keys(&self) -> std::io::Result<Vec<Vec<u8>>> {
-        if matches!(self.shape.map_type, ARRAY | PERCPU_ARRAY) {
-            return Ok((0..self.shape.max_entries).map(|i| i.to_ne_bytes().to_vec()).collect());
-        }
-        let size = self.shape.key_size as usize;
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut next = vec![0u8; size];
-        while keys.len() <= self.shape.max_entries as usize {
-            let mut attr = ElemAttr {
-                map_fd: self.fd.as_raw_fd() as u32,
-                pad: 0,
-                key: keys.last().map_or(0, |k| k.as_ptr() as u64),
-                value: next.as_mut_ptr() as u64,
-                flags: 0,
-            };
-            match pinned::bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-                Ok(_) => keys.push(next.clone()),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(keys)
-    }
+/// The map pinned at `path`.
+fn open(path: &Path) -> anyhow::Result<RawMap> {
+    RawMap::open(path).with_context(|| format!("opening {}", path.display()))
 }
 
 fn hash(bytes: &[u8]) -> u64 {
@@ -433,7 +344,7 @@ impl Migrated {
         let mut out = vec![0u8; new.value_bytes];
         let cpus = new.value_bytes / new.stride;
         for cpu in 0..cpus {
-            let chunk = &value[cpu * old.stride..][..old.shape.value_size as usize];
+            let chunk = &value[cpu * old.stride..][..old.info.value_size as usize];
             let converted = convert(chunk, &self.from.value, &self.to.value, self.new.value_size as usize);
             out[cpu * new.stride..][..converted.len()].copy_from_slice(&converted);
         }
@@ -444,8 +355,8 @@ impl Migrated {
     /// not write since the last copy. Returns the entries written.
     fn copy(&mut self, new_path: &Path, delta: bool) -> anyhow::Result<usize> {
         let old = &self.old_map;
-        let new = RawMap::open(new_path)?;
-        let array = matches!(self.new.map_type, ARRAY | PERCPU_ARRAY);
+        let new = open(new_path)?;
+        let array = matches!(self.new.map_type, map_type::ARRAY | map_type::PERCPU_ARRAY);
         let keys = old.keys().with_context(|| format!("listing the old {}", self.name))?;
         // An LRU map never refuses an update (it evicts), so a capacity below what the old map
         // holds is checked here, for every hash type alike, before anything is copied.
@@ -569,29 +480,30 @@ impl Migration {
             if !path.exists() {
                 continue; // created at load
             }
-            let old = RawMap::open(&path)?;
+            let old = open(&path)?;
+            let old_shape = shape_of(&old);
             let from = recorded.get(name).map_or_else(|| to.clone(), layout_of);
             let layout_changed = from != to;
-            if old.shape == *new && !layout_changed {
+            if old_shape == *new && !layout_changed {
                 continue;
             }
-            if old.shape.map_type != new.map_type {
+            if old_shape.map_type != new.map_type {
                 bail!(
                     "pinned {name} is a map of type {} where this agent has {}: no conversion between \
                      map types; keeping the old maps",
-                    old.shape.map_type,
+                    old_shape.map_type,
                     new.map_type
                 );
             }
             maps.push(Migrated {
                 name,
-                old: old.shape,
+                old: old_shape,
                 new: *new,
-                why: describe(&old.shape, new, layout_changed),
+                why: describe(&old_shape, new, layout_changed),
                 from,
                 to,
                 written: HashMap::new(),
-                old_id: old.id,
+                old_id: old.info.id,
                 old_map: old,
             });
         }
@@ -788,7 +700,7 @@ mod tests {
         bytes[20..24].copy_from_slice(&9u32.to_ne_bytes());
         let to = layout(map_names::AFFINITY).expect("layout").value;
         let out = convert(&bytes, &old, &to, 16);
-        let v: AffinityValue = unsafe { std::ptr::read_unaligned(out.as_ptr().cast()) };
+        let v: AffinityValue = crate::sys::bpf::read_pod(&out).expect("a whole value");
         assert_eq!(v, AffinityValue { backend: 42, slot: 7, last_used: 123_456 });
     }
 }

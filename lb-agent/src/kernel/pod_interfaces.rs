@@ -11,7 +11,7 @@
 //! device; `RTM_DELLINK` removes the pin.
 use std::{
     collections::BTreeMap,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -20,6 +20,10 @@ use aya::Ebpf;
 use tokio::io::unix::AsyncFd;
 
 use super::loader;
+use crate::sys::{
+    async_fd, netlink,
+    rtnetlink::{self, LinkEvent},
+};
 
 /// The interface-name patterns of `--pod-interfaces` (shell globs: `*`, `?`, `[...]`).
 #[derive(Clone, Debug, Default)]
@@ -45,148 +49,6 @@ impl Patterns {
     }
 }
 
-/// One link change rtnetlink reported.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkEvent {
-    /// A new interface, or a change to one (state, name...).
-    New {
-        index: u32,
-        name: String,
-    },
-    Gone {
-        index: u32,
-    },
-}
-
-const NLMSG_HDRLEN: usize = 16;
-const IFINFOMSG_LEN: usize = 16;
-const RTA_HDRLEN: usize = 4;
-
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// The link events in one datagram of rtnetlink messages (`nlmsghdr` + `ifinfomsg` + attributes).
-/// Messages of other types are skipped; a truncated message ends the parse.
-pub fn parse_link_messages(buf: &[u8]) -> Vec<LinkEvent> {
-    let mut events = Vec::new();
-    let mut at = 0;
-    while let (Some(len), Some(kind)) = (u32_at(buf, at), u16_at(buf, at + 4)) {
-        let len = len as usize;
-        if len < NLMSG_HDRLEN || at + len > buf.len() {
-            break;
-        }
-        let msg = &buf[at + NLMSG_HDRLEN..at + len];
-        at += align4(len);
-        if kind != libc::RTM_NEWLINK && kind != libc::RTM_DELLINK {
-            continue;
-        }
-        // ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32. AF_BRIDGE
-        // messages speak of a bridge port (a port leaving its bridge is an RTM_DELLINK there),
-        // not of the device: skipped.
-        if msg.first().is_some_and(|&family| i32::from(family) == libc::AF_BRIDGE) {
-            continue;
-        }
-        let Some(index) = u32_at(msg, 4) else { continue };
-        if kind == libc::RTM_DELLINK {
-            events.push(LinkEvent::Gone { index });
-            continue;
-        }
-        let mut attr = IFINFOMSG_LEN;
-        let mut name = None;
-        while let (Some(alen), Some(atype)) = (u16_at(msg, attr), u16_at(msg, attr + 2)) {
-            let alen = usize::from(alen);
-            if alen < RTA_HDRLEN || attr + alen > msg.len() {
-                break;
-            }
-            if atype == libc::IFLA_IFNAME {
-                let value = &msg[attr + RTA_HDRLEN..attr + alen];
-                let value = value.split(|&b| b == 0).next().unwrap_or_default();
-                name = Some(String::from_utf8_lossy(value).into_owned());
-            }
-            attr += align4(alen);
-        }
-        if let Some(name) = name {
-            events.push(LinkEvent::New { index, name });
-        }
-    }
-    events
-}
-
-/// The interfaces of this network namespace: index → name.
-fn interfaces() -> anyhow::Result<BTreeMap<u32, String>> {
-    // Safety: if_nameindex returns an array ending with a zero entry, or null on error; it is
-    // read up to that entry and freed once.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return Err(std::io::Error::last_os_error()).context("if_nameindex");
-        }
-        let mut out = BTreeMap::new();
-        let mut entry = list;
-        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            let name = std::ffi::CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned();
-            out.insert((*entry).if_index, name);
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-        Ok(out)
-    }
-}
-
-/// A non-blocking rtnetlink socket on the link multicast group.
-fn link_socket() -> anyhow::Result<OwnedFd> {
-    // Safety: plain socket(2); the result is checked before being owned.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(AF_NETLINK, NETLINK_ROUTE)");
-    }
-    // Safety: a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // A larger receive buffer makes an overflow (then a full resync) rare when many pods start.
-    let size: libc::c_int = 1 << 20;
-    // Safety: `size` is a valid c_int for the call; failure only leaves the default size.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw const size).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    // Safety: an all-zero sockaddr_nl is valid; the fields set are the family and groups.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    addr.nl_groups = libc::RTMGRP_LINK as u32;
-    // Safety: `addr` is a valid sockaddr_nl of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("binding the rtnetlink socket to RTMGRP_LINK");
-    }
-    Ok(fd)
-}
-
 /// The pod interfaces the agent has attached to, kept in step with rtnetlink.
 pub struct PodInterfaces {
     patterns: Patterns,
@@ -201,10 +63,8 @@ impl PodInterfaces {
     /// the pins of earlier agents' links whose interface is gone or no longer matches. (The
     /// subscription comes first, so an interface made meanwhile is not missed.)
     pub fn start(ebpf: &mut Ebpf, patterns: Patterns, bpffs: &Path) -> anyhow::Result<Self> {
-        // Safety: the AsyncFd owns the socket from here on, so the fd stays open while registered
-        // and is closed only after deregistering.
-        let socket = unsafe { AsyncFd::register(link_socket()?) }
-            .map_err(|e| anyhow::anyhow!("registering the rtnetlink socket: {e}"))?;
+        let link_socket = rtnetlink::link_socket().context("rtnetlink socket on the link group")?;
+        let socket = async_fd::readable(link_socket).context("registering the rtnetlink socket")?;
         let mut this = Self { patterns, bpffs: bpffs.to_owned(), attached: BTreeMap::new(), socket };
         this.resync(ebpf)?;
         Ok(this)
@@ -218,7 +78,7 @@ impl PodInterfaces {
     /// Brings the links in line with the interfaces present (at start, and after the socket
     /// overflowed and events were lost).
     fn resync(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
-        let present = interfaces()?;
+        let present = rtnetlink::interfaces().context("listing the interfaces")?;
         let gone: Vec<u32> = self
             .attached
             .iter()
@@ -307,18 +167,9 @@ impl PodInterfaces {
     pub fn handle(&mut self, ebpf: &mut Ebpf) {
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            // Safety: `buf` is valid for writes of its length for the call.
-            let n = unsafe {
-                libc::recv(
-                    self.socket.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
+            let n = match netlink::recv(self.socket.get_ref(), &mut buf, true) {
+                Ok(n) => n,
+                Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return,
                     Some(libc::EINTR) => continue,
                     Some(libc::ENOBUFS) => {
@@ -332,9 +183,9 @@ impl PodInterfaces {
                         tracing::warn!(error = %e, "reading rtnetlink");
                         return;
                     }
-                }
-            }
-            let events = parse_link_messages(&buf[..n as usize]);
+                },
+            };
+            let events = rtnetlink::parse_link_messages(&buf[..n]);
             for event in events {
                 match event {
                     LinkEvent::New { index, name } => self.link_changed(ebpf, index, &name),
@@ -348,60 +199,6 @@ impl PodInterfaces {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn message(kind: u16, index: u32, name: Option<&str>) -> Vec<u8> {
-        let mut payload = vec![0u8; IFINFOMSG_LEN];
-        payload[4..8].copy_from_slice(&index.to_ne_bytes());
-        // An attribute before the name (IFLA_MTU = 4), to walk over.
-        payload.extend_from_slice(&8u16.to_ne_bytes());
-        payload.extend_from_slice(&4u16.to_ne_bytes());
-        payload.extend_from_slice(&1500u32.to_ne_bytes());
-        if let Some(name) = name {
-            let value = [name.as_bytes(), &[0]].concat();
-            let len = RTA_HDRLEN + value.len();
-            payload.extend_from_slice(&(len as u16).to_ne_bytes());
-            payload.extend_from_slice(&libc::IFLA_IFNAME.to_ne_bytes());
-            payload.extend_from_slice(&value);
-            payload.resize(align4(payload.len()), 0);
-        }
-        let len = NLMSG_HDRLEN + payload.len();
-        let mut out = Vec::new();
-        out.extend_from_slice(&(len as u32).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(&[0u8; 10]);
-        out.extend_from_slice(&payload);
-        out
-    }
-
-    #[test]
-    fn parses_new_and_deleted_links_and_skips_the_rest() {
-        let mut buf = message(libc::RTM_NEWLINK, 7, Some("veth1a2b"));
-        buf.extend(message(libc::RTM_NEWADDR, 7, Some("ignored")));
-        buf.extend(message(libc::RTM_NEWLINK, 8, None));
-        buf.extend(message(libc::RTM_DELLINK, 9, Some("cali0")));
-        assert_eq!(
-            parse_link_messages(&buf),
-            vec![LinkEvent::New { index: 7, name: "veth1a2b".into() }, LinkEvent::Gone { index: 9 }]
-        );
-    }
-
-    #[test]
-    fn bridge_port_messages_are_not_device_events() {
-        let mut bridge = message(libc::RTM_DELLINK, 7, Some("veth0"));
-        bridge[NLMSG_HDRLEN] = libc::AF_BRIDGE as u8;
-        let mut buf = bridge.clone();
-        buf.extend(message(libc::RTM_DELLINK, 8, Some("veth1")));
-        assert_eq!(parse_link_messages(&buf), vec![LinkEvent::Gone { index: 8 }]);
-    }
-
-    #[test]
-    fn a_truncated_message_ends_the_parse() {
-        let mut buf = message(libc::RTM_NEWLINK, 7, Some("veth0"));
-        let second = message(libc::RTM_NEWLINK, 8, Some("veth1"));
-        buf.extend_from_slice(&second[..second.len() - 3]);
-        assert_eq!(parse_link_messages(&buf), vec![LinkEvent::New { index: 7, name: "veth0".into() }]);
-        assert!(parse_link_messages(&[1, 2, 3]).is_empty());
-    }
 
     #[test]
     fn patterns_match_shell_globs() {

@@ -5,8 +5,6 @@
 //! socket untouched, so a service mesh's redirect inside the pod (Istio's and Linkerd's iptables
 //! rules, which read the original destination with `SO_ORIGINAL_DST`) still sees the ClusterIP,
 //! and the TC programs on the pod interfaces (`--pod-interfaces`) translate the packets.
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-
 use anyhow::Context as _;
 use aya::{Ebpf, maps::Array};
 use lb_common::socket_scope;
@@ -22,35 +20,11 @@ pub enum SocketScope {
     Host,
 }
 
-/// `SO_NETNS_COOKIE` (Linux 5.14+; not in the libc crate yet).
-const SO_NETNS_COOKIE: libc::c_int = 71;
-
 /// The cookie of the calling thread's network namespace, the value `bpf_get_netns_cookie` gives
 /// the programs for a socket there.
 pub fn own_netns_cookie() -> anyhow::Result<u64> {
-    // Safety: plain socket(2); the result is checked before being owned.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(AF_UNIX) for SO_NETNS_COOKIE");
-    }
-    // Safety: `fd` is a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // Safety: `cookie` and `len` are valid for writes of the sizes given, for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("getsockopt(SO_NETNS_COOKIE) (Linux 5.14+ needed for --socket-lb-scope host)");
-    }
+    let cookie = crate::sys::net::own_netns_cookie()
+        .context("getsockopt(SO_NETNS_COOKIE) (Linux 5.14+ needed for --socket-lb-scope host)")?;
     anyhow::ensure!(cookie != socket_scope::ALL, "the kernel gave network namespace cookie 0");
     Ok(cookie)
 }

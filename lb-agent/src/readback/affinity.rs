@@ -4,7 +4,7 @@
 use std::{net::IpAddr, path::Path};
 
 use aya::maps::{HashMap, MapData};
-use lb_common::{AffinityKey, AffinityValue, SlotKey, affinity_kind, map_names};
+use lb_common::{AffinityKey, AffinityValue, SlotKey, affinity_kind, map_names, select::Path as SlotPath};
 use serde::Serialize;
 
 use crate::{
@@ -50,33 +50,22 @@ fn client(key: &AffinityKey) -> String {
 /// Nanoseconds on the clock the programs stamp the conntrack and affinity entries with
 /// (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // Safety: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    crate::sys::time::monotonic_coarse_ns()
 }
 
 /// The row of one entry at time `now` (ns), judged against the programmed `state` as the kernel
-/// judges it (`lb-ebpf/src/lb.rs`, `affine`): the socket hooks (`NETNS`) use slots `1..=count`,
-/// the TC programs `ext_offset+1..=ext_offset+ext_count`.
+/// judges it (`lb-ebpf/src/lb.rs`, `affine`, by `lb_common::select`): the socket hooks (`NETNS`)
+/// use slots `1..=count`, the TC programs `ext_offset+1..=ext_offset+ext_count`.
 pub fn row(key: &AffinityKey, value: &AffinityValue, state: &MapState, now: u64) -> AffinityRow {
     let frontend = state.frontends.values().find(|f| f.group == key.group);
     let timeout = frontend.map(|f| f.affinity_timeout).filter(|t| *t != 0);
     let idle = now.saturating_sub(value.last_used);
-    let in_range = frontend.is_some_and(|f| {
-        let (offset, count) =
-            if key.kind == affinity_kind::NETNS { (0, f.count) } else { (f.ext_offset, f.ext_count) };
-        value.slot > offset && value.slot - offset <= count
-    });
+    let (offset, count) = frontend.map_or((0, 0), |f| f.slot_range(SlotPath::of_affinity_kind(key.kind)));
     let same = state.slots.get(&SlotKey { group: key.group, slot: value.slot }).map(|s| s.backend)
         == Some(value.backend);
-    let state_name = match timeout {
-        Some(t) if idle <= u64::from(t) * 1_000_000_000 => {
-            if in_range && same {
-                "active"
-            } else {
-                "stale"
-            }
+    let state_name = match frontend.filter(|_| timeout.is_some()) {
+        Some(f) if value.fresh(now, f.affinity_timeout_ns()) => {
+            if value.holds(now, f.affinity_timeout_ns(), offset, count) && same { "active" } else { "stale" }
         }
         _ => "expired",
     };

@@ -61,43 +61,20 @@ fn log_seconds(line: &str) -> Option<f64> {
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
-/// The slot backends of the IPv4 frontend `addr:port/TCP`, read from the pinned maps.
-struct FrontendProbe {
-    frontends: aya::maps::HashMap<aya::maps::MapData, lb_common::Frontend4Key, lb_common::FrontendValue>,
-    slots: aya::maps::HashMap<aya::maps::MapData, lb_common::SlotKey, lb_common::SlotValue>,
-    backends: aya::maps::HashMap<aya::maps::MapData, u32, lb_common::Backend>,
-}
+/// The slot backends of the IPv4 frontend `addr:port/TCP`, read from the pinned maps the way
+/// the kernel walks them (the agent library's reader).
+struct FrontendProbe(lb_agent::kernel::maps::PinnedMaps);
 
 impl FrontendProbe {
     fn open(bpffs: &std::path::Path) -> anyhow::Result<Self> {
-        use lb_common::map_names;
-        let open = |name: &str| -> anyhow::Result<aya::maps::Map> {
-            let data = aya::maps::MapData::from_pin(bpffs.join(name))?;
-            Ok(aya::maps::Map::HashMap(data))
-        };
-        Ok(Self {
-            frontends: open(map_names::FRONTENDS_V4)?.try_into()?,
-            slots: open(map_names::SLOTS)?.try_into()?,
-            backends: open(map_names::BACKENDS)?.try_into()?,
-        })
+        Ok(Self(lb_agent::kernel::maps::PinnedMaps::open(bpffs)?))
     }
 
     /// Whether a slot of the frontend names a backend at `backend`.
     fn serves(&self, frontend: Ipv4Addr, port: u16, backend: Ipv4Addr) -> bool {
-        let key = lb_common::Frontend4Key {
-            addr: u32::from_ne_bytes(frontend.octets()),
-            port: port.to_be(),
-            proto: lb_common::proto::TCP,
-            pad: 0,
-        };
-        let Ok(value) = self.frontends.get(&key, 0) else { return false };
-        let want = u32::from_ne_bytes(backend.octets());
-        (1..=value.count).any(|slot| {
-            self.slots
-                .get(&lb_common::SlotKey { group: value.group, slot }, 0)
-                .and_then(|s| self.backends.get(&s.backend, 0))
-                .is_ok_and(|b| b.addr[0] == want)
-        })
+        let key =
+            lb_agent::layout::state::FrontendKey::new(frontend.into(), port, lb_agent::model::Protocol::Tcp);
+        self.0.frontend_backends(&key).ok().flatten().is_some_and(|b| b.iter().any(|a| a.ip() == backend))
     }
 }
 
