@@ -1,4 +1,4 @@
-//! kube-proxy's service health checks (`pkg/proxy/healthcheck/service_health.go`): for every
+//! kube-proxy's service health checks: for every
 //! Service of `type: LoadBalancer` with `externalTrafficPolicy: Local`, an HTTP server on its
 //! `healthCheckNodePort` tells the cloud load balancer whether this node has a ready endpoint of
 //! the Service, so the load balancer only sends traffic to nodes that can serve it locally.

@@ -1,6 +1,7 @@
 //! Table-driven tests of `translate`, in the style of kube-proxy's proxier tests: each case is a
 //! set of real Kubernetes objects and the frontends → eligible backends (and problems) expected
-//! for `node-1` in zone `zone-a`. Rule numbers are those of `shared/KUBE-PROXY-RULES.md`.
+//! for `node-1` in zone `zone-a`. Rule numbers are those of the repository's list of kube-proxy behaviours
+//! (`xtask/src/parity/rules.rs`, rendered as `docs/PARITY.md`).
 use std::collections::BTreeMap;
 
 use k8s_openapi::{

@@ -1,8 +1,9 @@
-//! Kubernetes objects → `DesiredState`, with kube-proxy's semantics (`pkg/proxy` of kubernetes).
+//! Kubernetes objects → `DesiredState`, with kube-proxy's semantics.
 //! Pure: no I/O, never fails as a whole; an object it cannot use is reported as a `Problem` and
 //! left out entirely, so no Service is ever half-applied.
 //!
-//! Rule numbers are those of `shared/KUBE-PROXY-RULES.md`. Per Service port and IP family (only a
+//! Rule numbers are those of the repository's list of kube-proxy behaviours
+//! (`xtask/src/parity/rules.rs`, rendered as `docs/PARITY.md`). Per Service port and IP family (only a
 //! family with a ClusterIP, 4): the `Internal` group holds the ClusterIPs and follows
 //! `internalTrafficPolicy` (29); the `External` group, made only when there is one, holds the
 //! externalIPs (8), the LoadBalancer ingress IPs with `ipMode` unset or `VIP` (9) and the NodePort

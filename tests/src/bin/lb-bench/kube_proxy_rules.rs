@@ -7,7 +7,7 @@ use lb_tests::guard::Netns;
 
 use crate::cluster::ip;
 
-/// kube-proxy's iptables-mode rule set for the bench's Services (`pkg/proxy/iptables`): the
+/// kube-proxy's iptables-mode rule set for the bench's Services: the
 /// KUBE-SERVICES jump per ClusterIP, a KUBE-SVC chain picking an endpoint with `statistic` random
 /// probabilities, and a KUBE-SEP chain per endpoint with the masquerade mark and the DNAT; the
 /// nat table's PREROUTING and OUTPUT jump to KUBE-SERVICES and POSTROUTING to KUBE-POSTROUTING,
@@ -64,7 +64,7 @@ pub fn iptables_rules(services: u32, endpoints: u32) -> String {
     out
 }
 
-/// kube-proxy's nftables-mode layout (`pkg/proxy/nftables`): a `service-ips` verdict map from
+/// kube-proxy's nftables-mode layout: a `service-ips` verdict map from
 /// address . protocol . port to a per-service chain, which picks an endpoint chain with `numgen
 /// random mod N`, which DNATs; the nat hooks at prerouting and output jump to the service map,
 /// and postrouting masquerades marked packets.

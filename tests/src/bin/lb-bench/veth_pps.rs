@@ -56,7 +56,7 @@ endpoints:
     )
 }
 
-/// kube-proxy's iptables-mode rules for that NodePort (`pkg/proxy/iptables`): KUBE-SERVICES'
+/// kube-proxy's iptables-mode rules for that NodePort: KUBE-SERVICES'
 /// last rule sends local destinations to KUBE-NODEPORTS, which marks for masquerade (KUBE-EXT)
 /// and picks the endpoint (KUBE-SVC → KUBE-SEP → DNAT); POSTROUTING masquerades marked packets.
 fn iptables_nodeport_rules() -> String {
