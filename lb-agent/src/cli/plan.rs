@@ -138,59 +138,7 @@ mod tests {
 
     use super::*;
 
-    const OBJECTS: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1, labels: {topology.kubernetes.io/zone: zone-a}}
-status: {addresses: [{type: InternalIP, address: 192.168.0.1}, {type: Hostname, address: node-1}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: ns}
-spec:
-  type: LoadBalancer
-  clusterIP: 10.96.0.10
-  clusterIPs: [10.96.0.10, fd00:10:96::10]
-  ipFamilies: [IPv4, IPv6]
-  externalTrafficPolicy: Local
-  sessionAffinity: ClientIP
-  externalIPs: [198.51.100.1]
-  ports: [{name: http, port: 80, protocol: TCP, nodePort: 30080}]
-status: {loadBalancer: {ingress: [{ip: 203.0.113.10}, {hostname: lb.example.com}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-v4, namespace: ns, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints:
-- {addresses: [10.244.2.1], nodeName: node-2}
-- {addresses: [10.244.1.1], nodeName: node-1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: db, namespace: ns}
-spec:
-  clusterIP: 10.96.0.20
-  ports: [{name: sql, port: 5432, protocol: TCP}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: lonely, namespace: ns}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.30
-  externalTrafficPolicy: Local
-  ports: [{name: http, port: 80, protocol: UDP, nodePort: 30081}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: lonely-1, namespace: ns, labels: {kubernetes.io/service-name: lonely}}
-addressType: IPv4
-ports: [{name: http, port: 8081, protocol: UDP}]
-endpoints:
-- {addresses: [10.244.2.2], nodeName: node-2}
-"#;
+    const OBJECTS: &str = include_str!("testdata/plan.yaml");
 
     fn plan_of(node: &str) -> Vec<PlanRow> {
         let (mut objects, mut problems) = (Default::default(), Vec::new());
