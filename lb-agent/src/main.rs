@@ -11,6 +11,10 @@ use lb_agent::cli::{self, Output};
 #[derive(Parser)]
 #[command(version, about = "eBPF service load balancer for Kubernetes (kube-proxy replacement)")]
 struct Cli {
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per line, as
+    /// kube-proxy's `--logging-format json`).
+    #[arg(long, value_enum, default_value_t, global = true)]
+    log_format: cli::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,15 +94,21 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cli::logging::init(cli.log_format);
+    // An ordinary error is one line (with its causes), never a backtrace.
+    match dispatch(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run(args) => cli::run::run(args),
         Command::Inspect { what, bpffs, output } => cli::inspect::inspect(what, &bpffs, output),
         Command::Explain(args) => cli::explain::explain(args),

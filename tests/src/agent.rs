@@ -122,7 +122,8 @@ impl Agent {
             .arg(cgroup)
             .arg("--bpffs")
             .arg(bpffs)
-            .env("NO_COLOR", "1")
+            // Colour and backtraces are the agent's own choice (none in a pipe), not the harness's.
+            .env_remove("NO_COLOR")
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())

@@ -7,9 +7,11 @@
 //!   every event after N, a BOOKMARK, then new events as they happen. A version older than the
 //!   compacted history gets an `ERROR` event with a `410 Expired` Status, as the real server sends.
 //! - Test controls: `apply`/`delete` objects, `compact` the history (the next resumed watch gets
-//!   410), `drop_watches` (connections cut), `stop`/`restart` (down: connections refused).
+//!   410), `drop_watches` (connections cut), `stop`/`restart` (down: connections refused),
+//!   `refuse` (every request answered 401 or 403, as a server that rejects a token, or whose
+//!   authorizer has not loaded the bindings yet). The `User-Agent` of every request is recorded.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -20,7 +22,7 @@ use axum::{
     Router,
     body::Body,
     extract::{Query, State},
-    http::{StatusCode, Uri, header},
+    http::{HeaderMap, StatusCode, Uri, header},
     response::Response,
 };
 use bytes::Bytes;
@@ -86,6 +88,9 @@ struct Inner {
     lists: HashMap<Kind, usize>,
     watches: HashMap<Kind, usize>,
     down: bool,
+    /// Answer every request with this status (401, 403).
+    refuse: Option<u16>,
+    user_agents: BTreeSet<String>,
 }
 
 struct Shared {
@@ -171,7 +176,32 @@ async fn handle(
     State(shared): State<Arc<Shared>>,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("(none)").to_owned();
+    let refuse = {
+        let mut inner = shared.inner.lock().expect("lock");
+        inner.user_agents.insert(agent);
+        inner.refuse
+    };
+    match refuse {
+        Some(401) => {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                &status(401, "Unauthorized", "Unauthorized"),
+                false,
+            );
+        }
+        Some(code) => {
+            let message = format!(
+                "{} is forbidden: User \"system:serviceaccount:kube-system:lb-agent\" cannot list resource",
+                uri.path()
+            );
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
+            return json_response(code, &status(code.as_u16(), "Forbidden", &message), false);
+        }
+        None => {}
+    }
     if shared.inner.lock().expect("lock").down {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -317,15 +347,7 @@ impl FakeApiServer {
 
     /// Writes a kubeconfig for this server into `dir`.
     pub fn kubeconfig(&self, dir: &Path) -> anyhow::Result<PathBuf> {
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{}\"}}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\n",
-                self.addr
-            ),
-        )?;
-        Ok(path)
+        Self::kubeconfig_for(self.addr, dir)
     }
 
     /// Creates or replaces an object (ADDED or MODIFIED).
@@ -409,6 +431,30 @@ impl FakeApiServer {
         self.shared.inner.lock().expect("lock").down = false;
         self.serve(listener);
         Ok(())
+    }
+
+    /// Answers every request with `code` (401: a refused token; 403: no RBAC, or an authorizer
+    /// still loading), or serves again (`None`).
+    pub fn refuse(&self, code: Option<u16>) {
+        self.shared.inner.lock().expect("lock").refuse = code;
+        self.drop_watches();
+    }
+
+    /// The `User-Agent` of every request so far.
+    pub fn user_agents(&self) -> BTreeSet<String> {
+        self.shared.inner.lock().expect("lock").user_agents.clone()
+    }
+
+    /// A kubeconfig for a server at `addr` (nothing need listen there), written into `dir`.
+    pub fn kubeconfig_for(addr: SocketAddr, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{addr}\"}}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\n"
+            ),
+        )?;
+        Ok(path)
     }
 
     /// Every object the server holds now.

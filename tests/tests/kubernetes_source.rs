@@ -353,4 +353,61 @@ fn plan_lists_from_the_api_server_without_a_kernel() {
     );
     assert_eq!(rows[0]["reject"], false);
     assert_eq!(rows.as_array().expect("array").len(), 1);
+    // API audit logs name the agent.
+    let agents = api.user_agents();
+    assert!(
+        !agents.is_empty() && agents.iter().all(|a| a.starts_with("lb-agent/")),
+        "User-Agent of every request: {agents:?}"
+    );
+}
+
+/// `plan` is a command a person types: with an API server it cannot use, it fails within
+/// seconds, saying which of unreachable, unauthorized or forbidden it is, in one error line
+/// without a backtrace or colour codes (even with `RUST_BACKTRACE=1`), instead of retrying until
+/// killed.
+#[test]
+fn plan_fails_fast_saying_why_the_api_server_cannot_be_used() {
+    let api = FakeApiServer::start().expect("api server");
+    let dir = TempDir::new().expect("dir");
+    api.apply(node("node-1", "zone-a", "192.0.2.10"));
+    api.apply_all(web());
+    let served = api.kubeconfig(&dir.path).expect("kubeconfig");
+    let nowhere_dir = TempDir::new().expect("dir");
+    // A loopback port nothing listens on: connections are refused.
+    let nowhere = FakeApiServer::kubeconfig_for(free_local_addr(), &nowhere_dir.path).expect("kubeconfig");
+    for (refuse, kubeconfig, said) in [
+        (None, &nowhere, "connection refused"),
+        (Some(401), &served, "unauthorized"),
+        (Some(403), &served, "forbidden"),
+    ] {
+        api.refuse(refuse);
+        let started = Instant::now();
+        let out = std::process::Command::new(lb_tests::agent_bin())
+            .args(["plan", "--source", "kubernetes", "--node-name", "node-1", "--kubeconfig"])
+            .arg(kubeconfig)
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("NO_COLOR")
+            .output()
+            .expect("plan");
+        let elapsed = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{said}: plan succeeded:\n{stderr}");
+        assert!(elapsed < Duration::from_secs(15), "{said}: plan took {elapsed:?}:\n{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains(said),
+            "{said}: the error line is {last:?}:\n{stderr}"
+        );
+        assert!(!stderr.to_lowercase().contains("backtrace"), "{said}: a backtrace:\n{stderr}");
+        assert!(!stderr.contains('\u{1b}'), "{said}: colour codes in a pipe:\n{stderr}");
+        assert!(!stderr.contains("programmed maps are kept"), "{said}: plan programs nothing:\n{stderr}");
+    }
+    // The same server, serving again: plan works.
+    api.refuse(None);
+    let out = std::process::Command::new(lb_tests::agent_bin())
+        .args(["plan", "--source", "kubernetes", "--node-name", "node-1", "--kubeconfig"])
+        .arg(&served)
+        .output()
+        .expect("plan");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -13,6 +13,8 @@
 //!   held open, a client has session affinity and a TC flow is tracked; after the restart no
 //!   connection has failed, the held one still works, the client keeps its backend and the
 //!   tracked flow its entry (the maps are pinned).
+//! - Logs: written to a pipe they carry no colour codes; `--log-format json` writes one JSON
+//!   object per line with the sync's fields.
 use std::time::Duration;
 
 use lb_tests::{
@@ -277,4 +279,28 @@ fn an_agent_killed_under_load_drops_nothing_and_its_successor_keeps_flows_and_af
     node.start_agent();
     load.still_running();
     load.check(&node);
+}
+
+/// A log read by a container runtime or `kubectl logs` is a pipe: plain text, no colour codes;
+/// with `--log-format json` (kube-proxy's `--logging-format json`) every line is one JSON object,
+/// the sync's numbers as fields.
+#[test]
+fn logs_in_a_pipe_are_plain_text_or_json_lines() {
+    let mut node = Node::new(&["10.244.1.1:8080"], &services(1));
+    let text = node.agent.as_ref().expect("agent").log();
+    let applied = text.iter().find(|l| l.contains("sync applied")).expect("a sync applied line");
+    assert!(applied.contains(" written=") && applied.contains(" frontends=1"), "{applied}");
+    assert!(text.iter().all(|l| !l.contains('\u{1b}')), "colour codes in a pipe:\n{}", text.join("\n"));
+    node.agent.take().expect("agent").stop().expect("stop");
+    node.start_agent_with(&["--log-format", "json"]);
+    let lines = node.agent.as_ref().expect("agent").log();
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(parsed.iter().all(|v| v["level"].is_string() && v["timestamp"].is_string()), "{lines:?}");
+    let sync = parsed.iter().find(|v| v["fields"]["message"] == "sync applied").expect("sync applied");
+    assert_eq!(sync["fields"]["frontends"], 1, "{sync}");
+    assert!(sync["fields"]["written"].is_u64(), "{sync}");
+    assert!(parsed.iter().any(|v| v["fields"]["message"] == "agent ready"), "{lines:?}");
 }

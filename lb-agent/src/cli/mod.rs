@@ -2,6 +2,7 @@
 pub mod explain;
 pub mod inspect;
 pub mod log;
+pub mod logging;
 pub mod plan;
 pub mod run;
 pub mod status;

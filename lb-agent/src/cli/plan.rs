@@ -73,6 +73,11 @@ pub fn rows(desired: &DesiredState) -> Vec<PlanRow> {
     rows
 }
 
+/// How long `plan` waits for the API server's first answer.
+const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long `plan` waits for the complete lists, once the API server answers.
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The objects from a file source, or one complete list from the API server.
 fn load(args: &PlanArgs) -> anyhow::Result<(Objects, Vec<Problem>)> {
     if args.source != "kubernetes" {
@@ -81,14 +86,20 @@ fn load(args: &PlanArgs) -> anyhow::Result<(Objects, Vec<Problem>)> {
     anyhow::ensure!(!args.node_name.is_empty(), "--source kubernetes needs --node-name or NODE_NAME");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = source::kubernetes::client(args.kubeconfig.as_deref()).await?;
+        let config = source::kubernetes::config(args.kubeconfig.as_deref()).await?;
+        let url = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+        // A one-shot command fails fast, naming the cause; the agent instead retries forever.
+        source::api_check::check(&client, &url, API_TIMEOUT).await?;
         let kube = KubeSource::start(
             &client,
             &args.node_name,
             &std::sync::Arc::new(tokio::sync::Notify::new()),
             &|_| prometheus_client::metrics::counter::Counter::default(),
         );
-        kube.wait_ready().await?;
+        tokio::time::timeout(LIST_TIMEOUT, kube.wait_ready()).await.with_context(|| {
+            format!("the lists from {url} did not complete within {} s", LIST_TIMEOUT.as_secs())
+        })??;
         Ok((kube.snapshot(), Vec::new()))
     })
 }

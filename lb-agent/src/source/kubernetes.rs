@@ -193,10 +193,14 @@ impl KubeSource {
     }
 }
 
-/// A client from `--kubeconfig`, else `KUBECONFIG`/`~/.kube/config`, else the in-cluster config.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+/// Sent with every request, so API server audit logs name the agent.
+const USER_AGENT: &str = concat!("lb-agent/", env!("CARGO_PKG_VERSION"));
+
+/// The client configuration from `--kubeconfig`, else `KUBECONFIG`/`~/.kube/config`, else the
+/// in-cluster config, with our `User-Agent`.
+pub async fn config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
     use anyhow::Context as _;
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -206,5 +210,12 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Clie
         }
         None => kube::Config::infer().await.context("no kubeconfig and not running in a cluster")?,
     };
-    Client::try_from(config).context("building the Kubernetes client")
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
+    Ok(config)
+}
+
+/// A client from `config`.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    use anyhow::Context as _;
+    Client::try_from(config(kubeconfig).await?).context("building the Kubernetes client")
 }

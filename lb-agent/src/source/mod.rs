@@ -1,4 +1,5 @@
 //! Where objects come from. A source only produces `model::Objects`; it knows nothing of maps.
+pub mod api_check;
 pub mod file;
 pub mod kubernetes;
 

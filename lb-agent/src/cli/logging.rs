@@ -1,0 +1,25 @@
+//! Where and how log lines are written: standard error, as text or JSON, level from `RUST_LOG`
+//! (default `info`). Colour only when standard error is a terminal, so files and pipes (a
+//! container runtime's log) get plain text.
+use std::io::IsTerminal as _;
+
+use tracing_subscriber::EnvFilter;
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`, `span`…).
+    Json,
+}
+
+/// Installs the global subscriber.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
