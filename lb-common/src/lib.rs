@@ -418,6 +418,171 @@ const fn fmix(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// How a frontend's backend is chosen: the rules the kernel programs follow (`lb-ebpf`'s
+/// `lb::resolve`) and the agent's read-backs (`explain`, `inspect`) restate, written once. Every
+/// function is `#[inline(always)]` and panic-free (no division by zero) so the verifier sees the
+/// same code as if it were written in place.
+pub mod select {
+    use super::{AffinityValue, FrontendValue, frontend_flags};
+    use core::ops::RangeInclusive;
+
+    /// Which slot range of a frontend a hook uses (see `FrontendValue`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Path {
+        /// The socket hooks: this node's own connections, slots `1..=count`.
+        Socket,
+        /// TC/XDP: packets from outside, slots `ext_offset+1..=ext_offset+ext_count`.
+        Packet,
+    }
+
+    impl Path {
+        /// The path whose affinity entries have `kind` (`affinity_kind::*`): the socket hooks
+        /// key clients by network namespace, the packet path by source address.
+        #[inline(always)]
+        pub const fn of_affinity_kind(kind: u8) -> Self {
+            if kind == super::affinity_kind::NETNS { Self::Socket } else { Self::Packet }
+        }
+    }
+
+    /// What a path does with a new connection or flow when its slot range is empty.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum WhenEmpty {
+        /// No endpoint at all: refuse (kube-proxy's REJECT; ECONNREFUSED at the socket).
+        Reject,
+        /// Endpoints exist, none this frontend's Local traffic policy may use (kube-proxy's DROP;
+        /// EHOSTUNREACH at the socket): `frontend_flags::DROP_WHEN_EMPTY`.
+        Drop,
+    }
+
+    impl FrontendValue {
+        /// The slot range `path` uses, as `(offset, count)`: slots `offset+1..=offset+count`.
+        #[inline(always)]
+        pub const fn slot_range(&self, path: Path) -> (u32, u32) {
+            match path {
+                Path::Socket => (0, self.count),
+                Path::Packet => (self.ext_offset, self.ext_count),
+            }
+        }
+
+        /// What an empty slot range means for this frontend.
+        #[inline(always)]
+        pub const fn when_empty(&self) -> WhenEmpty {
+            if self.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
+                WhenEmpty::Drop
+            } else {
+                WhenEmpty::Reject
+            }
+        }
+
+        /// The session-affinity timeout in nanoseconds (the clock of `AffinityValue::last_used`);
+        /// 0: no affinity.
+        #[inline(always)]
+        pub const fn affinity_timeout_ns(&self) -> u64 {
+            self.affinity_timeout as u64 * 1_000_000_000
+        }
+    }
+
+    /// The slots `offset+1..=offset+count` (slots are 1-based; slot 0 is never written). Empty
+    /// when `count == 0`.
+    #[inline(always)]
+    pub const fn slots(offset: u32, count: u32) -> RangeInclusive<u32> {
+        offset.saturating_add(1)..=offset.saturating_add(count)
+    }
+
+    /// The slot `hash` picks in the range `(offset, count)`: `offset + hash % count + 1`.
+    /// `None` when the range is empty.
+    #[inline(always)]
+    pub const fn slot_of(hash: u32, offset: u32, count: u32) -> Option<u32> {
+        if count == 0 {
+            return None;
+        }
+        Some(offset.wrapping_add(hash % count + 1))
+    }
+
+    /// Whether `slot` lies in the range `(offset, count)`.
+    #[inline(always)]
+    pub const fn in_range(slot: u32, offset: u32, count: u32) -> bool {
+        slot > offset && slot - offset <= count
+    }
+
+    impl AffinityValue {
+        /// The client came back within the timeout: at most `timeout_ns` since `last_used`.
+        #[inline(always)]
+        pub const fn fresh(&self, now: u64, timeout_ns: u64) -> bool {
+            now.saturating_sub(self.last_used) <= timeout_ns
+        }
+
+        /// The entry still holds for a new connection at `now` on the path with slot range
+        /// `(offset, count)`: fresh, and its slot in the range. The caller checks too that the
+        /// slot still names `backend` (a map lookup).
+        #[inline(always)]
+        pub const fn holds(&self, now: u64, timeout_ns: u64, offset: u32, count: u32) -> bool {
+            self.fresh(now, timeout_ns) && in_range(self.slot, offset, count)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn frontend() -> FrontendValue {
+            FrontendValue { group: 7, count: 4, flags: 0, affinity_timeout: 10, ext_offset: 4, ext_count: 2 }
+        }
+
+        #[test]
+        fn each_path_has_its_range() {
+            let f = frontend();
+            assert_eq!(f.slot_range(Path::Socket), (0, 4));
+            assert_eq!(f.slot_range(Path::Packet), (4, 2));
+            assert_eq!(slots(0, 4), 1..=4);
+            assert_eq!(slots(4, 2), 5..=6);
+            assert!(slots(4, 0).is_empty());
+            assert_eq!(Path::of_affinity_kind(super::super::affinity_kind::NETNS), Path::Socket);
+            assert_eq!(Path::of_affinity_kind(super::super::affinity_kind::IPV4), Path::Packet);
+            assert_eq!(Path::of_affinity_kind(super::super::affinity_kind::IPV6), Path::Packet);
+        }
+
+        #[test]
+        fn the_hash_picks_a_one_based_slot_in_the_range() {
+            assert_eq!(slot_of(0, 0, 4), Some(1));
+            assert_eq!(slot_of(3, 0, 4), Some(4));
+            assert_eq!(slot_of(4, 0, 4), Some(1));
+            assert_eq!(slot_of(u32::MAX, 4, 2), Some(6), "u32::MAX % 2 == 1");
+            assert_eq!(slot_of(7, 4, 0), None, "an empty range names no slot");
+            for hash in [0, 1, 2, 99, u32::MAX] {
+                let slot = slot_of(hash, 4, 2).expect("slot");
+                assert!(in_range(slot, 4, 2), "{slot}");
+            }
+        }
+
+        #[test]
+        fn an_empty_range_rejects_unless_the_frontend_drops() {
+            let mut f = frontend();
+            assert_eq!(f.when_empty(), WhenEmpty::Reject);
+            f.flags = frontend_flags::DROP_WHEN_EMPTY | frontend_flags::NODE_PORT;
+            assert_eq!(f.when_empty(), WhenEmpty::Drop);
+        }
+
+        #[test]
+        fn an_affinity_entry_holds_while_fresh_and_in_range() {
+            const SEC: u64 = 1_000_000_000;
+            let f = frontend();
+            let timeout = f.affinity_timeout_ns();
+            assert_eq!(timeout, 10 * SEC);
+            let entry = AffinityValue { backend: 3, slot: 5, last_used: 5 * SEC };
+            let (offset, count) = f.slot_range(Path::Packet);
+            assert!(entry.holds(15 * SEC, timeout, offset, count), "exactly the timeout: kept");
+            assert!(!entry.holds(15 * SEC + 1, timeout, offset, count), "expired");
+            assert!(entry.holds(0, timeout, offset, count), "a clock behind the entry: idle 0");
+            let (offset, count) = f.slot_range(Path::Socket);
+            assert!(entry.fresh(6 * SEC, timeout));
+            assert!(!entry.holds(6 * SEC, timeout, offset, count), "slot 5 is outside the socket range");
+            assert!(!in_range(4, 4, 2) && in_range(5, 4, 2) && in_range(6, 4, 2) && !in_range(7, 4, 2));
+            assert!(!in_range(0, 0, 4), "slot 0 is never in a range");
+        }
+    }
+}
+
 /// Indexes of the per-CPU counters in `LB_STATS` (a `PERCPU_ARRAY` of `u64`).
 pub mod stats {
     /// Connects/sends to a frontend rewritten to a backend.
