@@ -1,5 +1,10 @@
 //! Service lookup → slot choice → backend fetch, shared by every hook.
-use lb_common::{AffinityKey, AffinityValue, Backend, FrontendValue, SlotKey, frontend_flags, stats};
+pub use lb_common::select::Path;
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, FrontendValue, SlotKey,
+    select::{WhenEmpty, slot_of},
+    stats,
+};
 
 use crate::{maps, stats::bump};
 
@@ -19,15 +24,6 @@ pub struct Resolved {
     pub verdict: Verdict,
 }
 
-/// Which slot range of a frontend a hook uses (see `FrontendValue`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    /// The socket hooks: this node's own connections.
-    Socket,
-    /// TC/XDP: packets from outside.
-    Packet,
-}
-
 /// Who a new connection comes from, for session affinity (`lb_common::AffinityKey`).
 pub struct Client {
     /// `AffinityKey::client`.
@@ -37,7 +33,7 @@ pub struct Client {
 }
 
 /// Looks a frontend up with `lookup` (which copies the value out at once) and picks the backend in
-/// slot `hash % count + 1` of `path`'s range (a random number at the socket, the flow hash at
+/// slot `hash % count + 1` of `path`'s range (`lb_common::select`: the rules, stated once) (a random number at the socket, the flow hash at
 /// TC). With session affinity on the frontend, the backend `client()` got last time is kept while
 /// it is still in the range and the client came back within the timeout (`affine`); `client` is
 /// called only then. `None`: not a frontend. A slot or backend miss means the agent changed the
@@ -66,21 +62,18 @@ pub fn resolve(
 /// Picks a backend of `frontend`; `None` when its slot or backend is missing.
 #[inline(always)]
 fn select(frontend: &FrontendValue, hash: u32, path: Path, client: &impl Fn() -> Client) -> Option<Verdict> {
-    let (offset, count) = match path {
-        Path::Socket => (0, frontend.count),
-        Path::Packet => (frontend.ext_offset, frontend.ext_count),
-    };
+    let (offset, count) = frontend.slot_range(path);
     if count == 0 {
-        if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
-            return Some(Verdict::Unreachable);
-        }
-        return Some(Verdict::Reject);
+        return Some(match frontend.when_empty() {
+            WhenEmpty::Drop => Verdict::Unreachable,
+            WhenEmpty::Reject => Verdict::Reject,
+        });
     }
     if frontend.affinity_timeout != 0 {
         return affine(frontend, offset, count, hash, client()).map(|(id, b)| Verdict::Backend(id, b));
     }
     // Slots are 1-based; slot 0 is reserved and never written.
-    let (id, backend) = backend_at(frontend.group, offset.wrapping_add(hash % count + 1))?;
+    let (id, backend) = backend_at(frontend.group, slot_of(hash, offset, count)?)?;
     Some(Verdict::Backend(id, backend))
 }
 
@@ -104,11 +97,11 @@ fn affine(
         // Safety: `entry` points into the map element for this program run. The fields are read
         // once each; a concurrent writer (another connection of the same client) stores a choice
         // that is as valid as ours, and a torn read fails the slot check or picks anew.
-        let (id, slot, last_used) = unsafe { ((*entry).backend, (*entry).slot, (*entry).last_used) };
-        let timeout = u64::from(frontend.affinity_timeout) * 1_000_000_000;
-        if now.saturating_sub(last_used) <= timeout
-            && slot > offset
-            && slot - offset <= count
+        let held = unsafe {
+            AffinityValue { backend: (*entry).backend, slot: (*entry).slot, last_used: (*entry).last_used }
+        };
+        let (id, slot) = (held.backend, held.slot);
+        if held.holds(now, frontend.affinity_timeout_ns(), offset, count)
             && let Some((found, backend)) = backend_at(frontend.group, slot)
             && found == id
         {
@@ -117,7 +110,7 @@ fn affine(
             return Some((id, backend));
         }
     }
-    let slot = offset.wrapping_add(hash % count + 1);
+    let slot = slot_of(hash, offset, count)?;
     let (id, backend) = backend_at(frontend.group, slot)?;
     // A full LRU evicts its least recently used entry; an error only loses the affinity.
     let _ = maps::LB_AFFINITY.insert(key, AffinityValue { backend: id, slot, last_used: now }, 0);

@@ -22,6 +22,7 @@ use std::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, FrontendValue, SNAT_PORT_MAX, SNAT_PORT_MIN,
     SlotKey, affinity_kind, backend_flags, backend_state, ct_dir, ct_lifetime, flow_hash, frontend_flags,
+    select::{self, WhenEmpty, in_range, slot_of, slots},
 };
 pub use query::{Path, Query, Source, Target};
 use serde::Serialize;
@@ -202,7 +203,7 @@ fn view(id: u32, b: &Backend) -> BackendView {
 fn walk(state: &MapState, group: u32, offset: u32, count: u32) -> (BTreeMap<u32, u32>, Vec<u32>) {
     let mut found = BTreeMap::new();
     let mut missing = Vec::new();
-    for slot in offset.saturating_add(1)..=offset.saturating_add(count) {
+    for slot in slots(offset, count) {
         match state.slots.get(&SlotKey { group, slot }) {
             Some(s) if state.backends.contains_key(&s.backend) => *found.entry(s.backend).or_insert(0) += 1,
             _ => missing.push(slot),
@@ -211,12 +212,9 @@ fn walk(state: &MapState, group: u32, offset: u32, count: u32) -> (BTreeMap<u32,
     (found, missing)
 }
 
-/// The slot range a path uses: `(offset, count)`.
+/// The slot range a path uses: `(offset, count)` (`lb_common::select`).
 fn range(v: &FrontendValue, path: Path) -> (u32, u32) {
-    match path {
-        Path::Socket => (0, v.count),
-        Path::Packet => (v.ext_offset, v.ext_count),
-    }
+    v.slot_range(path.into())
 }
 
 /// Walks the kernel's decision for `query` over `state` (see the module doc). `now`: nanoseconds
@@ -380,7 +378,10 @@ fn choose(
         // As `nat::new_flow`: the ports straight from the packet, i.e. in network byte order.
         let (dport, proto) = (query.to.addr.port().to_be(), query.to.protocol.number());
         let hash = flow_hash(&words(from.addr), sport.to_be(), dport, proto);
-        let slot = offset.wrapping_add(hash % count + 1);
+        // `decide` returns before with an empty range (`count == 0`): there is always a slot.
+        let Some(slot) = slot_of(hash, offset, count) else {
+            return Verdict::Reject { reason: "no slot on this path".to_owned() };
+        };
         return match state.slots.get(&SlotKey { group: value.group, slot }).map(|s| s.backend) {
             Some(id) if state.backends.contains_key(&id) => {
                 translate(state, Choice::FlowHash, Some(slot), id, Some(hash))
@@ -444,8 +445,8 @@ fn frontend(state: &MapState, key: &FrontendKey, value: &FrontendValue, path: Pa
         affinity_timeout: (value.affinity_timeout != 0).then_some(value.affinity_timeout),
         source_ranges: (value.flags & frontend_flags::SOURCE_RANGES != 0).then_some(ranges),
     });
-    if value.ext_offset != 0 || value.ext_count != value.count {
-        let shown = |offset: u32, count: u32| {
+    if value.slot_range(select::Path::Socket) != value.slot_range(select::Path::Packet) {
+        let shown = |(offset, count): (u32, u32)| {
             if count == 0 {
                 "no slot".to_owned()
             } else {
@@ -455,8 +456,8 @@ fn frontend(state: &MapState, key: &FrontendKey, value: &FrontendValue, path: Pa
         out.notes.push(format!(
             "this frontend has two slot ranges: {} for this node's own connections, {} for packets from \
              outside (externalTrafficPolicy: Local)",
-            shown(0, value.count),
-            shown(value.ext_offset, value.ext_count)
+            shown(value.slot_range(select::Path::Socket)),
+            shown(value.slot_range(select::Path::Packet))
         ));
     }
 }
@@ -572,7 +573,7 @@ fn source_ranges(state: &MapState, value: &FrontendValue, query: &Query, out: &m
 
 /// No slot on this path: reject or drop. `others`: the group has backends on the other path.
 fn empty(value: &FrontendValue, path: Path, others: bool) -> Verdict {
-    let drop_flag = value.flags & frontend_flags::DROP_WHEN_EMPTY != 0;
+    let drop_flag = value.when_empty() == WhenEmpty::Drop;
     match path {
         Path::Socket if drop_flag => Verdict::Drop {
             reason: "endpoints exist, but none this frontend's Local traffic policy lets this node use: \
@@ -643,16 +644,16 @@ fn affinity(
         return None;
     };
     let idle = now.saturating_sub(entry.last_used);
-    let in_range = entry.slot > offset && entry.slot - offset <= count;
+    let inside = in_range(entry.slot, offset, count);
     let named = state.slots.get(&SlotKey { group: value.group, slot: entry.slot }).map(|s| s.backend);
     let backend = state.backends.get(&entry.backend).map(backend_addr);
     let shown = backend.map_or_else(|| format!("backend id {}", entry.backend), |a| a.to_string());
-    let (holds, why) = if idle > u64::from(timeout) * 1_000_000_000 {
+    let (holds, why) = if !entry.fresh(now, value.affinity_timeout_ns()) {
         (
             false,
             format!("expired: {from} last connected {} s ago, more than {timeout} s", idle / 1_000_000_000),
         )
-    } else if !in_range {
+    } else if !inside {
         (false, format!("slot {} is outside this path's range", entry.slot))
     } else if named != Some(entry.backend) || backend.is_none() {
         (false, format!("slot {} no longer names {shown} (the backend set changed)", entry.slot))

@@ -50,6 +50,15 @@ impl fmt::Display for Path {
     }
 }
 
+impl From<Path> for lb_common::select::Path {
+    fn from(path: Path) -> Self {
+        match path {
+            Path::Socket => Self::Socket,
+            Path::Packet => Self::Packet,
+        }
+    }
+}
+
 /// The destination: `ADDR:PORT/PROTO`, IPv6 in brackets, the protocol in any case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
