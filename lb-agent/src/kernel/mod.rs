@@ -5,7 +5,8 @@
 //! - `migrate`: upgrades that change a map's capacity or layout, under traffic;
 //! - `pinned`, `attached`: what is pinned and attached, as the kernel reports it;
 //! - `pod_interfaces`, `socket_scope`: `--pod-interfaces` and `--socket-lb-scope`;
-//! - `udp_sockets`, `sock_destroy`: connected UDP sockets whose backend left, found and closed.
+//! - `udp_sockets`, `sock_destroy`: connected UDP sockets whose backend left, found and closed;
+//! - `test_run`: a program run on frames with `BPF_PROG_TEST_RUN` against the pinned maps (`trace`).
 pub mod attached;
 pub mod loader;
 pub mod maps;
@@ -14,4 +15,5 @@ pub mod pinned;
 pub mod pod_interfaces;
 pub mod sock_destroy;
 pub mod socket_scope;
+pub mod test_run;
 pub mod udp_sockets;
