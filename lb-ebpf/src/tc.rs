@@ -9,8 +9,14 @@
 //! `lb_tc_ingress` (on every `--interfaces` device) translates packets to frontends and of
 //! tracked flows; `lb_tc_egress` rewrites the replies of local backends (no SNAT), which the
 //! stack forwards to the client, back to come from the frontend.
+//!
+//! What a program after ours on the same hook sees (TCX: a CNI's, a network policy's): every
+//! packet we do not own, untouched, and every packet we translate for the stack, in its
+//! translated form (to the backend, as netfilter shows a DNATed packet to the filter table):
+//! both are handed on with `TCX_NEXT`, never ended with `TC_ACT_OK`. A packet we drop, or send
+//! out of a device ourselves (`bpf_redirect*`: towards another node's backend), goes no further.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::TC_ACT_SHOT,
     helpers::{bpf_redirect, bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
@@ -19,7 +25,8 @@ use lb_common::stats;
 
 use crate::nat::{self, Action, Counters, Hook};
 
-/// Not ours: let the next program (TCX) or the default action (clsact) decide.
+/// On to the next program (TCX: `TCX_NEXT`; cls_bpf: `TC_ACT_UNSPEC`, the default action),
+/// which for the last one means through the stack.
 const NEXT: i32 = -1;
 
 impl Hook for TcContext {
@@ -61,11 +68,6 @@ fn verdict(action: Action) -> i32 {
         // Safety: a null parameter block asks the kernel to use the packet's destination.
         return unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 };
     }
-    if action == Action::STACK {
-        TC_ACT_OK
-    } else if action == Action::DROP {
-        TC_ACT_SHOT
-    } else {
-        NEXT
-    }
+    // Translated or not ours, the packet goes on through the next program, then the stack.
+    if action == Action::DROP { TC_ACT_SHOT } else { NEXT }
 }

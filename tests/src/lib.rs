@@ -11,6 +11,7 @@ pub mod flows;
 pub mod guard;
 pub mod metrics;
 pub mod node;
+pub mod observer;
 pub mod packet;
 pub mod parity;
 pub mod probe;

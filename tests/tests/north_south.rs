@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, io::Write as _, net::SocketAddr, time::Duration
 use lb_tests::{
     agent::{Agent, inspect},
     guard::{Bpffs, Cgroup, Netns, TempDir, enter_netns},
+    observer::Observer,
     probe::{self, Place, backend_of},
     require_root,
     servers::Servers,
@@ -660,4 +661,48 @@ fn udp_flow_to_a_removed_backend_moves_to_a_live_one() {
     );
     assert!(after.iter().filter(|l| l.starts_with(&gone_ip)).count() == 0, "{after:?}");
     lb_tests::parity::shown(&["48"]);
+}
+
+/// On TCX, a program after ours on the same hook (a CNI's, a network policy's) is shown every
+/// packet we do not own, untouched, and the packets we translate for this node's stack in their
+/// translated form (to the backend, as netfilter shows DNATed packets to the filter table), so a
+/// policy on pods still applies. No frontend packet reaches it untranslated. Packets we send out
+/// of another device ourselves (towards other nodes' backends) or drop, it does not see.
+#[test]
+fn a_tcx_program_after_ours_sees_other_packets_and_translated_ones() {
+    let c = Cluster::start(false);
+    let node1 = c.topo.node1.open().expect("node 1's namespace");
+    let observer = std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(&node1)?;
+            let ifindex = lb_agent::sys::net::interface_index(NODE1_EXT_IF)
+                .ok_or_else(|| anyhow::anyhow!("no {NODE1_EXT_IF} in node 1"))?;
+            Observer::attach(ifindex, true)
+        })
+        .join()
+        .expect("attach thread")
+    })
+    .expect("observer after the agent's TC program");
+    let to = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+    let backends = tcp(&c.client(), &to, 20);
+    assert!(backends.iter().any(|b| ip_of(b) == POD1_V4) && backends.iter().any(|b| ip_of(b) == POD2_V4));
+    // Not a frontend: a port of node 1 nothing serves (refused, the SYN is not ours).
+    let refused = probe::run(&c.client(), &["tcp", &format!("{NODE1_EXT_V4}:9"), "1"]).expect("probe");
+    assert!(refused[0].starts_with("err"), "{refused:?}");
+
+    let seen = observer.seen().expect("the observer's counts");
+    let at =
+        |a: &str, port: u16| seen.get(&std::net::SocketAddrV4::new(a.parse().expect("ip"), port)).copied();
+    assert_eq!(
+        at(NODE1_EXT_V4, NODE_PORT),
+        None,
+        "a frontend's packet reached the next program untranslated: {seen:?}"
+    );
+    assert!(at(POD1_V4, 8080).is_some_and(|n| n >= 3), "translated packets to the local pod: {seen:?}");
+    assert!(at(NODE1_EXT_V4, 9).is_some_and(|n| n >= 1), "packets not ours go on untouched: {seen:?}");
+    assert_eq!(
+        at(POD2_V4, 8080),
+        None,
+        "packets redirected to node 2 leave before the next program: {seen:?}"
+    );
 }

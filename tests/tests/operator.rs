@@ -371,7 +371,7 @@ fn maglev_tables_and_packet_path_counters_per_service() {
     cli_table(&["log", "on", "--frontend", "203.0.113.60:80/TCP"], bpffs).expect("log on");
     let t = trace(bpffs, "ingress", &Packet::tcp("192.0.2.7:50000", "203.0.113.60:80", TCP_SYN).frame())
         .expect("trace");
-    assert_eq!(t.verdict, 0, "inside the ranges: translated, on through the stack (TC_ACT_OK)");
+    assert_eq!(t.verdict, -1, "inside the ranges: translated, handed on (TCX_NEXT) to the stack");
     let log = t.json["kernel_log"].to_string();
     assert!(
         log.contains("tc: group")

@@ -46,8 +46,10 @@ const REMOTE_EXTERNAL6: &str = "2001:db8:e::20";
 const REMOTE_POD6: &str = "fd00:244:2::5";
 
 /// TC_ACT_UNSPEC: not ours, the packet passes as it came.
+/// Handed on (TCX_NEXT, TC_ACT_UNSPEC): a later program and then the stack see the packet. Not
+/// ours when the frame is untouched, translated when it is rewritten.
 const PASS: i64 = -1;
-const OK: i64 = 0;
+const OK: i64 = PASS;
 
 fn cluster() -> String {
     let slice = |family: &str, pod: &str| {

@@ -72,8 +72,11 @@ pub fn verdict_meaning(direction: Direction, code: i32) -> &'static str {
         };
     }
     match code {
-        -1 => "not ours: the next program or the default action decides (the packet passes as it came)",
-        0 => "passed on to the stack (as the output frame shows)",
+        -1 => {
+            "on to the next program, then the stack: translated when the output frame differs, \
+             otherwise not ours and untouched"
+        }
+        0 => "passed on to the stack, past any later program",
         2 => "dropped",
         7 => "redirected to the interface a FIB lookup chose (trace does not send it)",
         _ => "not a verdict lb_tc_* returns",

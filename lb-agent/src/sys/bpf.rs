@@ -10,6 +10,8 @@ use std::{
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
@@ -129,6 +131,35 @@ struct QueryAttr {
     revision: u64,
 }
 
+/// `union bpf_attr` for BPF_PROG_LOAD (up to `expected_attach_type`).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for BPF_LINK_CREATE (the common head, then room for the per-type part).
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target: u32,
+    attach_type: u32,
+    flags: u32,
+    rest: [u64; 4],
+}
+
 /// The head of `struct bpf_map_info`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -221,6 +252,45 @@ pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> std::io::Result<V
     };
     bpf(BPF_PROG_QUERY, &mut attr)?;
     Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
+}
+
+/// Loads a program of `prog_type` (`enum bpf_prog_type`) from raw instructions (8 bytes each,
+/// as the kernel reads them). On a verifier refusal the error carries its log.
+pub fn prog_load(prog_type: u32, name: &str, insns: &[u64], license: &str) -> std::io::Result<OwnedFd> {
+    let license =
+        CString::new(license).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut prog_name = [0u8; 16];
+    let n = name.len().min(15);
+    prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_LOAD, &mut attr).map(owned).map_err(|e| {
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        std::io::Error::new(e.kind(), format!("{e}: {}", String::from_utf8_lossy(&log[..end])))
+    })
+}
+
+/// Attaches `prog` to `target` (an ifindex for TCX, an fd for a cgroup) at `attach_type` (`enum
+/// bpf_attach_type`) with `flags`; the link holds the attachment until its last fd closes.
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    target: u32,
+    attach_type: u32,
+    flags: u32,
+) -> std::io::Result<OwnedFd> {
+    let mut attr =
+        LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, target, attach_type, flags, ..Default::default() };
+    bpf(BPF_LINK_CREATE, &mut attr).map(owned)
 }
 
 /// A map read and written as bytes, whatever its key and value types.
