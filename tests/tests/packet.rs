@@ -18,15 +18,19 @@
 //! BPF_PROG_TEST_RUN hands the program a `CHECKSUM_NONE` skb, on which the L4 checksum helpers
 //! update the checksum field whether or not `BPF_F_PSEUDO_HDR` is passed: a missing flag (which
 //! matters for `CHECKSUM_PARTIAL`/`COMPLETE` skbs) cannot show here; a missing update does.
-use std::net::IpAddr;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
 
+use lb_agent::kernel::test_run::{Direction, TestRunner};
 use lb_tests::{
     agent::{Agent, inspect},
-    guard::{Bpffs, Cgroup, Netns, TempDir},
+    guard::{Bpffs, Cgroup, Netns, TempDir, enter_netns},
     packet::{
         IcmpSeen, L4, Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, Traced, fold, hex, icmp_error, icmp_seen,
         ipv4_checksum_ok, ipv4_fragment, l4_checksum, l4_checksum_ok, layout, set_l4_checksum, sum, trace,
-        trace_batch, trace_on, tuple, vlan_tagged, with_ipv4_options, without_checksums,
+        trace_on, tuple, vlan_tagged, with_ipv4_options, without_checksums,
     },
     require_root,
 };
@@ -820,57 +824,79 @@ fn frontends() -> Vec<(u8, std::net::SocketAddr)> {
     out
 }
 
-/// Whether `f` is, by its headers alone, a TCP or UDP packet to one of `frontends` that the
-/// programs may translate: IPv4 (not a fragment, any header length that fits) or IPv6 with TCP or
-/// UDP right after the fixed header, and the whole L4 header present. Written from the RFCs, not
-/// from the programs' decoder.
-fn to_a_frontend(f: &[u8], frontends: &[(u8, std::net::SocketAddr)]) -> bool {
+/// The (protocol, source, destination) of `f` when it is, by its headers alone, a TCP or UDP
+/// packet the programs may translate: IPv4 (not a fragment, any header length that fits) or IPv6
+/// with TCP or UDP right after the fixed header, and the whole L4 header present. Written from
+/// the RFCs, not from the programs' decoder.
+fn l4_tuple(f: &[u8]) -> Option<(u8, SocketAddr, SocketAddr)> {
     let be16 = |at: usize| f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let (proto, dst_ip, l4) = match be16(12) {
-        Some(0x0800) => {
-            let Some(&vihl) = f.get(14) else { return false };
+    let (proto, src_ip, dst_ip, l4) = match be16(12)? {
+        0x0800 => {
+            let vihl = *f.get(14)?;
             let ihl = usize::from(vihl & 0x0f) * 4;
-            let Some(frag) = be16(14 + 6) else { return false };
+            let frag = be16(14 + 6)?;
             if vihl >> 4 != 4 || ihl < 20 || frag & 0x3fff != 0 || f.len() < 14 + ihl {
-                return false;
+                return None;
             }
-            let dst: [u8; 4] = f[14 + 16..14 + 20].try_into().expect("4 bytes");
-            (f[14 + 9], IpAddr::from(dst), 14 + ihl)
+            let src: [u8; 4] = f[14 + 12..14 + 16].try_into().ok()?;
+            let dst: [u8; 4] = f[14 + 16..14 + 20].try_into().ok()?;
+            (f[14 + 9], IpAddr::from(src), IpAddr::from(dst), 14 + ihl)
         }
-        Some(0x86dd) => {
+        0x86dd => {
             if f.len() < 14 + 40 || f[14] >> 4 != 6 {
-                return false;
+                return None;
             }
-            let dst: [u8; 16] = f[14 + 24..14 + 40].try_into().expect("16 bytes");
-            (f[14 + 6], IpAddr::from(dst), 14 + 40)
+            let src: [u8; 16] = f[14 + 8..14 + 24].try_into().ok()?;
+            let dst: [u8; 16] = f[14 + 24..14 + 40].try_into().ok()?;
+            (f[14 + 6], IpAddr::from(src), IpAddr::from(dst), 14 + 40)
         }
-        _ => return false,
+        _ => return None,
     };
     let l4_len = match proto {
         6 => 20,
         17 => 8,
-        _ => return false,
+        _ => return None,
     };
     if f.len() < l4 + l4_len {
-        return false;
+        return None;
     }
-    let Some(dport) = be16(l4 + 2) else { return false };
-    frontends.contains(&(proto, std::net::SocketAddr::new(dst_ip, dport)))
+    Some((proto, SocketAddr::new(src_ip, be16(l4)?), SocketAddr::new(dst_ip, be16(l4 + 2)?)))
 }
 
-/// Bad input, randomly: 6,000 frames made from real packets (to frontends, to other addresses and
-/// ports, replies) by flipping bytes, cutting them short, forging their header fields or filling
-/// them with noise go through `lb_tc_egress` (before any flow exists) and `lb_tc_ingress`. No frame
-/// that is not a TCP/UDP packet to a frontend (judged by the test's own header reading) is
-/// rewritten or dropped; egress, with no flow tracked, rewrites nothing at all. Frames that are a
-/// frontend's are translated to one of its backends, so the classifier is not simply too lax.
+/// Whether `f` is a TCP or UDP packet (`l4_tuple`) to one of `frontends`.
+fn to_a_frontend(f: &[u8], frontends: &[(u8, SocketAddr)]) -> bool {
+    l4_tuple(f).is_some_and(|(proto, _, dst)| frontends.contains(&(proto, dst)))
+}
+
+/// Bad input, at volume: frames made from real packets (to frontends on this node and behind
+/// another, to other addresses and ports, replies) by flipping bytes, cutting them short, forging
+/// header fields or filling them with noise: 1,000,000 through `lb_tc_ingress`, 1,000,000 through
+/// `lb_xdp` (both on the client link of a forwarding node, so flows to the other node's pods are
+/// SNATed and redirected for real) and 200,000 through `lb_tc_egress` before any flow exists,
+/// each run in-process (`lb_agent::kernel::test_run`). Each frame's outcome is checked against
+/// the test's own reading of its headers (written from the RFCs, not from the programs' parser):
+/// a frame that is not a TCP/UDP packet to a frontend leaves untouched and handed on (TC) or
+/// passed (XDP); one that is may only be rewritten towards one of the frontends' backends; egress
+/// with no flow tracked rewrites nothing. The mix must translate many and pass many, so neither
+/// side of the check is empty.
 #[test]
-fn random_and_truncated_frames_are_rewritten_only_when_they_are_a_frontends() {
-    let node = Node::start();
+fn a_million_random_and_truncated_frames_are_rewritten_only_when_they_are_a_frontends() {
+    let ns = forwarding_ns();
+    let node = Node::start_in(&ns, &["--interfaces", "ext0,veth0", "--xdp", "native"]);
     let frontends = frontends();
     let mut bases: Vec<Vec<u8>> = Vec::new();
-    for (i, dst) in
-        [EXTERNAL4, CLUSTER4, EXTERNAL6, CLUSTER6, "203.0.113.99", "2001:db8:e::99"].iter().enumerate()
+    for (i, dst) in [
+        EXTERNAL4,
+        CLUSTER4,
+        EXTERNAL6,
+        CLUSTER6,
+        REMOTE_EXTERNAL,
+        REMOTE_EXTERNAL6,
+        "203.0.113.99",
+        "2001:db8:e::99",
+    ]
+    .iter()
+    .enumerate()
     {
         let client = if dst.contains(':') { CLIENT6 } else { CLIENT4 };
         let sport = 40000 + i as u16;
@@ -885,10 +911,9 @@ fn random_and_truncated_frames_are_rewritten_only_when_they_are_a_frontends() {
     bases.push(frame(&Packet::tcp(&addr(POD4, 8080), &addr(CLIENT4, 40001), TCP_SYN | TCP_ACK)));
     bases.push(frame(&Packet::udp(&addr(POD6, 5353), &addr(CLIENT6, 40002), b"answer")));
 
-    let mut rng = Rng(0x5eed_1b5e_ed00_0007);
     let make = |rng: &mut Rng| -> Vec<u8> {
         let mut f = bases[rng.below(bases.len())].clone();
-        match rng.below(6) {
+        match rng.below(7) {
             // A few bytes flipped anywhere.
             0 => {
                 for _ in 0..1 + rng.below(3) {
@@ -923,59 +948,102 @@ fn random_and_truncated_frames_are_rewritten_only_when_they_are_a_frontends() {
                 }
             }
             // Longer than its IP length says (trailing bytes).
-            _ => f.extend((0..1 + rng.below(32)).map(|_| rng.next() as u8)),
+            5 => f.extend((0..1 + rng.below(32)).map(|_| rng.next() as u8)),
+            // Whole: a real packet, so most frontend frames are translated.
+            _ => {}
         }
         f
     };
-    let egress: Vec<Vec<u8>> = (0..3000).map(|_| make(&mut rng)).collect();
-    let ingress: Vec<Vec<u8>> = (0..3000).map(|_| make(&mut rng)).collect();
-
-    let mut failures = Vec::new();
-    for (input, t) in
-        egress.iter().zip(trace_batch(&node.bpffs.path, "egress", &egress).expect("trace egress"))
-    {
-        if t.verdict != PASS || t.output != *input {
-            failures.push(format!(
-                "egress, no flow tracked: verdict {} for {} → {}",
-                t.verdict,
-                hex(input),
-                hex(&t.output)
-            ));
-        }
-    }
     let backends: Vec<IpAddr> =
         [POD4, POD6, REMOTE_POD, REMOTE_POD6].iter().map(|a| a.parse().expect("pod")).collect();
-    let (mut translated, mut passed) = (0, 0);
-    for (input, t) in
-        ingress.iter().zip(trace_batch(&node.bpffs.path, "ingress", &ingress).expect("trace ingress"))
-    {
-        let untouched = t.verdict == PASS && t.output == *input;
-        if to_a_frontend(input, &frontends) {
-            if t.output != *input {
-                let (_, _, dst) = tuple(&t.output);
-                if !backends.contains(&dst.ip()) {
-                    failures.push(format!(
-                        "a frontend's frame was rewritten to {dst}, no backend: {}",
-                        hex(input)
-                    ));
-                }
-                translated += 1;
-            }
-        } else if untouched {
-            passed += 1;
-        } else {
-            failures.push(format!(
-                "not a frontend's: verdict {} for {} → {}",
-                t.verdict,
-                hex(input),
-                hex(&t.output)
-            ));
-        }
+
+    /// What one program did with the frames.
+    #[derive(Debug, Default)]
+    struct Tally {
+        runs: u64,
+        translated: u64,
+        passed: u64,
+        failures: Vec<String>,
     }
-    failures.truncate(20);
-    assert!(failures.is_empty(), "frames handled wrongly:\n{}", failures.join("\n"));
-    assert!(
-        translated > 100 && passed > 1000,
-        "the mix must have both: {translated} translated, {passed} passed"
-    );
+    // Each program runs in a thread inside the node's namespace: its FIB lookups and devices are
+    // the node's.
+    // The flows the programs translated so far: a reply of one (its rewritten tuple reversed) may
+    // be translated back, to come from the frontend it addressed.
+    let mut replies: HashMap<(u8, SocketAddr, SocketAddr), (SocketAddr, SocketAddr)> = HashMap::new();
+    let mut run = |direction: Direction, frames: u64, seed: u64, pass_code: i32| -> Tally {
+        let ns_fd = ns.open().expect("namespace");
+        let bpffs = node.bpffs.path.clone();
+        let (frontends, backends, make, replies) = (&frontends, &backends, &make, &mut replies);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    enter_netns(&ns_fd).expect("setns");
+                    let mut runner = TestRunner::load(&bpffs, direction, Some("ext0")).expect("load");
+                    let mut rng = Rng(seed);
+                    let mut t = Tally::default();
+                    for _ in 0..frames {
+                        let input = make(&mut rng);
+                        let (code, output) = runner.pass(&input).expect("test run");
+                        t.runs += 1;
+                        let untouched = code == pass_code && output == input;
+                        let fail = |why: &str| {
+                            format!(
+                                "{direction:?}: {why}: code {code} for {} → {}",
+                                hex(&input),
+                                hex(&output)
+                            )
+                        };
+                        let flow = l4_tuple(&input);
+                        let reply_of = flow.and_then(|f| replies.get(&f).copied());
+                        if let (Some((proto, src, dst)), Some((frontend, client))) = (flow, reply_of) {
+                            // The reply of a flow translated earlier: back from the frontend, or
+                            // untouched (a hook that leaves it to another).
+                            if output != input && l4_tuple(&output) != Some((proto, frontend, client)) {
+                                t.failures.push(fail(&format!(
+                                    "a reply {src} → {dst} of a translated flow was not restored to {frontend} → {client}"
+                                )));
+                            }
+                            if output != input {
+                                t.translated += 1;
+                            }
+                        } else if direction != Direction::Egress && to_a_frontend(&input, frontends) {
+                            if output != input {
+                                let (proto, src, dst) = tuple(&output);
+                                if let Some((_, client, frontend)) = flow {
+                                    replies.insert((proto, dst, src), (frontend, client));
+                                }
+                                if !backends.contains(&dst.ip()) {
+                                    t.failures.push(fail(&format!(
+                                        "a frontend's frame rewritten to {dst}, no backend"
+                                    )));
+                                }
+                                t.translated += 1;
+                            }
+                        } else if untouched {
+                            t.passed += 1;
+                        } else {
+                            t.failures.push(fail(
+                                "not a frontend's (or egress of no flow), yet not passed untouched",
+                            ));
+                        }
+                        if t.failures.len() > 20 {
+                            break;
+                        }
+                    }
+                    t
+                })
+                .join()
+                .expect("runner thread")
+        })
+    };
+    let egress = run(Direction::Egress, 200_000, 0x5eed_1b5e_ed00_0007, PASS as i32);
+    let ingress = run(Direction::Ingress, 1_000_000, 0x5eed_1b5e_ed00_0107, PASS as i32);
+    let xdp = run(Direction::Xdp, 1_000_000, 0x5eed_1b5e_ed00_0207, XDP_PASS as i32);
+    for (name, t) in [("egress", &egress), ("ingress", &ingress), ("xdp", &xdp)] {
+        assert!(t.failures.is_empty(), "{name}: frames handled wrongly:\n{}", t.failures.join("\n"));
+    }
+    assert_eq!((egress.runs, ingress.runs, xdp.runs), (200_000, 1_000_000, 1_000_000));
+    assert!(egress.passed == egress.runs, "{egress:?}");
+    assert!(ingress.translated > 100_000 && ingress.passed > 100_000, "TC's mix must have both: {ingress:?}");
+    assert!(xdp.translated > 10_000 && xdp.passed > 100_000, "XDP's mix must have both: {xdp:?}");
 }

@@ -146,6 +146,36 @@ impl TestRunner {
     /// Runs `frame` (an Ethernet frame) `repeat` times through the program (the runs share one
     /// buffer: from the second run on, the frame is the rewritten one) and reports what it did.
     pub fn run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<RunResult> {
+        let before = self.stats.stats().context("reading the counters")?;
+        let (return_code, out, duration) = self.execute(frame, repeat)?;
+        let after = self.stats.stats().context("reading the counters")?;
+        let counters = after
+            .iter()
+            .zip(&before)
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((name, a), (_, b))| (*name, a.wrapping_sub(*b)))
+            .collect();
+        self.kernel_log.flush();
+        let kernel_log = self.captured.0.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
+        Ok(RunResult {
+            return_code,
+            output: out,
+            counters,
+            duration_ns: u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+            kernel_log,
+        })
+    }
+
+    /// Runs `frame` once and returns only the program's return value and the frame as it left
+    /// it: no counters read, no log collected (for volumes of frames).
+    pub fn pass(&mut self, frame: &[u8]) -> anyhow::Result<(i32, Vec<u8>)> {
+        let (return_code, out, _) = self.execute(frame, 1)?;
+        Ok((return_code, out))
+    }
+
+    /// One BPF_PROG_TEST_RUN: the return value (the kernel reports the program's `int` as a
+    /// `u32`), the output frame and the kernel's mean time per run.
+    fn execute(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<(i32, Vec<u8>, std::time::Duration)> {
         let direction = self.direction;
         let name = direction.program();
         let ctx_in = context(direction, self.index, frame.len());
@@ -158,7 +188,6 @@ impl TestRunner {
             repeat,
             ..TestRunOptions::new()
         };
-        let before = self.stats.stats().context("reading the counters")?;
         let program = self
             .ebpf
             .program_mut(name)
@@ -191,25 +220,7 @@ impl TestRunner {
             }
         })?;
         out.truncate(usize::try_from(result.data_size_out).unwrap_or(usize::MAX).min(out.len()));
-        // The kernel reports the program's `int` return value as a `u32`.
-        let return_code = result.return_value as i32;
-
-        let after = self.stats.stats().context("reading the counters")?;
-        let counters = after
-            .iter()
-            .zip(&before)
-            .filter(|((_, a), (_, b))| a != b)
-            .map(|((name, a), (_, b))| (*name, a.wrapping_sub(*b)))
-            .collect();
-        self.kernel_log.flush();
-        let kernel_log = self.captured.0.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
-        Ok(RunResult {
-            return_code,
-            output: out,
-            counters,
-            duration_ns: u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX),
-            kernel_log,
-        })
+        Ok((result.return_value as i32, out, result.duration))
     }
 }
 
