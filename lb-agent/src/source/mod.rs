@@ -1,6 +1,7 @@
 //! Where objects come from. A source only produces `model::Objects`; it knows nothing of maps.
 pub mod file;
 pub mod kubernetes;
+pub mod store;
 
 use thiserror::Error;
 
