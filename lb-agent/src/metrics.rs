@@ -77,7 +77,8 @@ pub enum ErrorKind {
     MapFull,
     /// A pinned map could not be opened or read (by a sync or a scrape).
     MapRead,
-    /// An object (or part of one) left out by translation, counted at every sync it is seen.
+    /// An object (or part of one) left out by translation, counted at every sync that translates
+    /// it (every object at a full sync, the changed Services' at an incremental one).
     ObjectSkipped,
     /// The socket hooks' cookie maps were full when backends left: connected UDP sockets to them
     /// were found by destination address instead of by cookie.

@@ -349,6 +349,14 @@ impl<M: LbMaps> Syncer<M> {
         Ok(report)
     }
 
+    /// Whether `sync_changes` with `node` would be incremental (short of a change that does not
+    /// fit the maps): there is incremental state, no failure since, and the node's addresses
+    /// are those laid out.
+    pub fn incremental_ready(&self, node: &NodeContext) -> bool {
+        !self.need_full_sync
+            && self.engine.as_ref().is_some_and(|e| e.layout.node_addresses() == node_addresses(node))
+    }
+
     /// Brings the maps up to date with a change to the Service keys `dirty` (their objects now
     /// from `objects`; `None`: gone): only those Services (and the ones sharing a frontend with
     /// them) are translated, laid out and diffed again, and the same ordered writes as a full
@@ -362,10 +370,10 @@ impl<M: LbMaps> Syncer<M> {
         objects: &dyn Fn(&ServiceKey) -> Option<ServiceObjects>,
         all: &dyn Fn() -> BTreeMap<ServiceKey, ServiceObjects>,
     ) -> Result<SyncReport, MapsError> {
-        let engine = match self.engine.take() {
-            Some(e) if !self.need_full_sync && e.layout.node_addresses() == node_addresses(node) => e,
-            _ => return self.sync_all(&all(), node),
-        };
+        if !self.incremental_ready(node) {
+            return self.sync_all(&all(), node);
+        }
+        let Some(engine) = self.engine.take() else { return self.sync_all(&all(), node) };
         let started = Instant::now();
         let span = info_span!(
             "sync",

@@ -160,3 +160,64 @@ pub fn changed_keys(
     }
     dirty
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, ip: &str) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]},
+            }))
+            .expect("service"),
+        )
+    }
+
+    fn slice(name: &str, service: &str, ip: &str) -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns", "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip]}],
+            }))
+            .expect("slice"),
+        )
+    }
+
+    fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
+        names.iter().map(|n| ServiceKey::new("ns", *n)).collect()
+    }
+
+    #[test]
+    fn a_relist_dirties_only_what_changed() {
+        let mut store = ObjectStore::default();
+        store.replace_services(vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]);
+        store.replace_slices(vec![slice("a-1", "a", "10.244.0.1"), slice("b-1", "b", "10.244.0.2")]);
+        assert_eq!(store.take_dirty(), keys(&["a", "b"]));
+        // The same list again (a relist after 410 Gone), then one with b's slice changed and a gone.
+        store.replace_services(vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]);
+        store.replace_slices(vec![slice("a-1", "a", "10.244.0.1"), slice("b-1", "b", "10.244.0.2")]);
+        assert_eq!(store.take_dirty(), keys(&[]));
+        store.replace_services(vec![service("b", "10.96.0.2")]);
+        store.replace_slices(vec![slice("b-1", "b", "10.244.0.3")]);
+        assert_eq!(store.take_dirty(), keys(&["a", "b"]));
+        assert!(store.objects(&ServiceKey::new("ns", "a")).is_none());
+        assert_eq!(store.counts(), (1, 1));
+    }
+
+    #[test]
+    fn a_relabelled_slice_dirties_both_services() {
+        let mut store = ObjectStore::default();
+        store.apply_slice(slice("s", "a", "10.244.0.1"));
+        assert_eq!(store.take_dirty(), keys(&["a"]));
+        store.apply_slice(slice("s", "b", "10.244.0.1"));
+        assert_eq!(store.take_dirty(), keys(&["a", "b"]));
+        assert!(store.objects(&ServiceKey::new("ns", "a")).is_none());
+        assert_eq!(store.objects(&ServiceKey::new("ns", "b")).map(|o| o.slices.len()), Some(1));
+        // Unchanged content: nothing dirty.
+        store.apply_slice(slice("s", "b", "10.244.0.1"));
+        assert_eq!(store.take_dirty(), keys(&[]));
+    }
+}
