@@ -291,3 +291,45 @@ fn local_flag_follows_the_address_across_services() {
     ];
     run(events, LayoutOptions::default()).expect("incremental equals full");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    /// A write that fails in the middle of an incremental sync leaves a consistent datapath, and
+    /// the next sync (the change's keys already taken: it must fall back to a full one) converges
+    /// on the full sync's maps.
+    #[test]
+    fn a_failed_incremental_sync_is_followed_by_a_full_one(
+        events in prop::collection::vec((event(), prop::option::weighted(0.3, any::<prop::sample::Index>())), 1..10),
+    ) {
+        let mut world = World { node: NodeContext::named("node-1"), ..World::default() };
+        let mut store = ObjectStore::default();
+        let mut syncer = Syncer::new(MemoryMaps::default()).expect("memory maps read");
+        for (step, (event, fail)) in events.into_iter().enumerate() {
+            world.apply(event, &mut store);
+            let dirty = store.take_dirty();
+            let objects = |k: &ServiceKey| store.objects(k);
+            let all = || store.all();
+            if let Some(fail) = fail
+                && syncer.incremental_ready(&world.node)
+            {
+                // Fail one of the first writes of the change, if it makes that many.
+                let log = syncer.maps_mut().log.len();
+                syncer.maps_mut().fail_at = Some(log + fail.index(3));
+                let failed = syncer.sync_changes(dirty, &world.node, &objects, &all).is_err();
+                syncer.maps_mut().fail_at = None;
+                if let Err(e) = syncer.maps_mut().state.check() {
+                    return Err(TestCaseError::fail(format!("step {step}: after a failed write: {e}")));
+                }
+                if failed {
+                    prop_assert!(!syncer.incremental_ready(&world.node), "step {}: a failure is followed by a full sync", step);
+                }
+                syncer.sync_changes(BTreeSet::new(), &world.node, &objects, &all).expect("sync after the failure");
+            } else {
+                syncer.sync_changes(dirty, &world.node, &objects, &all).expect("sync");
+            }
+            let want = from_scratch(&world.objects(), &world.node, LayoutOptions::default());
+            prop_assert_eq!(normal(&syncer.maps_mut().state.clone()), normal(&want), "step {}", step);
+        }
+    }
+}
