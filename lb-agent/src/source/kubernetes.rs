@@ -125,13 +125,15 @@ impl Kind for EndpointSlice {
     }
     fn apply(tracked: &mut Tracked, object: Arc<Self>, since: SystemTime) {
         // kube-proxy counts only changes triggered after it started.
-        if let Some(t) = trigger_time(&object).filter(|t| *t > since) {
+        let trigger = trigger_time(&object).filter(|t| *t > since);
+        if tracked.store.apply_slice(object)
+            && let Some(t) = trigger
+        {
             tracked.triggers.push(t);
         }
-        tracked.store.apply_slice(object);
     }
     fn delete(tracked: &mut Tracked, object: &Self) {
-        tracked.store.delete_slice(object);
+        let _ = tracked.store.delete_slice(object);
     }
     fn replace(tracked: &mut Tracked, objects: Vec<Arc<Self>>) {
         tracked.store.replace_slices(objects);

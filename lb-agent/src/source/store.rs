@@ -51,15 +51,12 @@ impl ObjectStore {
     }
 
     /// An EndpointSlice added or updated. Slices of headless Services, FQDN and unlabelled ones
-    /// are not kept (nothing uses them).
-    pub fn apply_slice(&mut self, slice: Arc<EndpointSlice>) {
+    /// are not kept (nothing uses them). Whether the slices of a Service changed.
+    pub fn apply_slice(&mut self, slice: Arc<EndpointSlice>) -> bool {
         let id = slice_id(&slice);
         let key = match SliceTie::of(&slice) {
             SliceTie::Service(key) => key,
-            SliceTie::Ignored | SliceTie::Unlabelled => {
-                self.delete_slice(&slice);
-                return;
-            }
+            SliceTie::Ignored | SliceTie::Unlabelled => return self.delete_slice(&slice),
         };
         if let Some(old_key) = self.slice_keys.get(&id)
             && *old_key != key
@@ -68,17 +65,18 @@ impl ObjectStore {
         }
         let slices = self.slices.entry(key.clone()).or_default();
         if slices.get(&id.1).is_some_and(|old| *old.object == *slice) {
-            return;
+            return false;
         }
         slices.insert(id.1.clone(), Located { origin: String::new(), object: slice });
         self.slice_keys.insert(id, key.clone());
         self.dirty.insert(key);
+        true
     }
 
-    /// An EndpointSlice deleted (found by namespace and name).
-    pub fn delete_slice(&mut self, slice: &EndpointSlice) {
+    /// An EndpointSlice deleted (found by namespace and name); whether it was kept.
+    pub fn delete_slice(&mut self, slice: &EndpointSlice) -> bool {
         let id = slice_id(slice);
-        let Some(key) = self.slice_keys.remove(&id) else { return };
+        let Some(key) = self.slice_keys.remove(&id) else { return false };
         if let Some(slices) = self.slices.get_mut(&key) {
             slices.remove(&id.1);
             if slices.is_empty() {
@@ -86,6 +84,7 @@ impl ObjectStore {
             }
         }
         self.dirty.insert(key);
+        true
     }
 
     /// Every Service replaced by `services` (a relist): only keys whose Service changed, came
@@ -108,7 +107,7 @@ impl ObjectStore {
         let mut seen = BTreeSet::new();
         for s in slices {
             seen.insert(slice_id(&s));
-            self.apply_slice(s);
+            let _ = self.apply_slice(s);
         }
         let gone: Vec<(String, String)> =
             self.slice_keys.keys().filter(|k| !seen.contains(*k)).cloned().collect();
@@ -116,7 +115,7 @@ impl ObjectStore {
             let mut slice = EndpointSlice::default();
             slice.metadata.namespace = Some(namespace);
             slice.metadata.name = Some(name);
-            self.delete_slice(&slice);
+            let _ = self.delete_slice(&slice);
         }
     }
 

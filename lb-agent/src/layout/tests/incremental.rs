@@ -104,7 +104,7 @@ impl World {
                 }
                 let s = Arc::new(s);
                 self.slices.insert(id_of(&s.metadata), Arc::clone(&s));
-                store.apply_slice(s);
+                let _ = store.apply_slice(s);
             }
             Event::DeleteSlice(i) => {
                 if self.slices.is_empty() {
@@ -112,7 +112,7 @@ impl World {
                 }
                 let id = i.get(&self.slices.keys().cloned().collect::<Vec<_>>()).clone();
                 if let Some(s) = self.slices.remove(&id) {
-                    store.delete_slice(&s);
+                    let _ = store.delete_slice(&s);
                 }
             }
             Event::Node(n) => self.node = n,
