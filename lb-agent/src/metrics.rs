@@ -1,7 +1,13 @@
 //! Prometheus metrics on `--metrics-addr` (kube-proxy's :10249), in the OpenMetrics text format
 //! (`prometheus-client`), next to kube-proxy's `/livez`, `/healthz` and `/readyz`.
 //!
-//! Two kinds of metric, all prefixed `lb_`:
+//! kube-proxy's two SLI histograms, under their kube-proxy names, so its dashboards and SLO
+//! tooling read this agent as they read kube-proxy: `kubeproxy_sync_proxy_rules_duration_seconds`
+//! (every sync) and `kubeproxy_network_programming_duration_seconds` (from an EndpointSlice's
+//! `endpoints.kubernetes.io/last-change-trigger-time` to the sync that wrote it), with
+//! kube-proxy's buckets (`pkg/proxy/metrics`).
+//!
+//! And two kinds of metric of our own, all prefixed `lb_`:
 //! - what the agent does, recorded by the run loop into `Metrics` as it happens: syncs and their
 //!   duration, what is programmed, errors, Kubernetes watch restarts;
 //! - what the kernel counted, read from the pinned maps at scrape time by `kernel::KernelCollector`
@@ -71,7 +77,8 @@ pub enum ErrorKind {
     MapFull,
     /// A pinned map could not be opened or read (by a sync or a scrape).
     MapRead,
-    /// An object (or part of one) left out by translation, counted at every sync it is seen.
+    /// An object (or part of one) left out by translation, counted at every sync that translates
+    /// it (every object at a full sync, the changed Services' at an incremental one).
     ObjectSkipped,
     /// The socket hooks' cookie maps were full when backends left: connected UDP sockets to them
     /// were found by destination address instead of by cookie.
@@ -128,11 +135,32 @@ struct ResourceLabel {
     resource: &'static str,
 }
 
+/// kube-proxy's `sync_proxy_rules_duration_seconds` buckets: `ExponentialBuckets(0.001, 2, 15)`,
+/// 1 ms to 16.384 s.
+fn sync_proxy_rules_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15)
+}
+
+/// kube-proxy's `network_programming_duration_seconds` buckets (since Kubernetes 1.15; before,
+/// `ExponentialBuckets(0.001, 2, 20)`): 0.25 s and 0.5 s, every second to 59 s, every 5 s to
+/// 115 s, every 30 s to 5 min.
+fn network_programming_buckets() -> impl Iterator<Item = f64> {
+    let linear = |start: f64, width: f64, count: u32| (0..count).map(move |i| start + width * f64::from(i));
+    linear(0.25, 0.25, 2)
+        .chain(linear(1.0, 1.0, 59))
+        .chain(linear(60.0, 5.0, 12))
+        .chain(linear(120.0, 30.0, 7))
+}
+
 /// The agent's metrics: the run loop records into it, `/metrics` renders it.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     sync_duration: Histogram,
+    /// kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds`.
+    sync_proxy_rules_duration: Histogram,
+    /// kube-proxy's `kubeproxy_network_programming_duration_seconds`.
+    network_programming_duration: Histogram,
     syncs: Family<ResultLabel, Counter>,
     programmed_services: Gauge,
     programmed_frontends: Gauge,
@@ -151,10 +179,25 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("lb");
+        let mut root = Registry::default();
+        let sync_proxy_rules_duration = Histogram::new(sync_proxy_rules_buckets());
+        root.register_with_unit(
+            "kubeproxy_sync_proxy_rules_duration",
+            "SyncProxyRules latency in seconds (kube-proxy's name: one sync of the maps)",
+            Unit::Seconds,
+            sync_proxy_rules_duration.clone(),
+        );
+        let network_programming_duration = Histogram::new(network_programming_buckets());
+        root.register_with_unit(
+            "kubeproxy_network_programming_duration",
+            "In Cluster Network Programming Latency in seconds (kube-proxy's name: from an \
+             EndpointSlice's last-change-trigger-time to the sync that wrote the change)",
+            Unit::Seconds,
+            network_programming_duration.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("lb");
         // kube-proxy's sync_proxy_rules_duration_seconds buckets: 1 ms to 16 s.
-        let sync_duration =
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15));
+        let sync_duration = Histogram::new(sync_proxy_rules_buckets());
         registry.register_with_unit(
             "sync_duration",
             "Time one sync took: source snapshot, translation, layout, diff and map writes",
@@ -206,8 +249,10 @@ impl Metrics {
             let _ = errors.get_or_create(&KindLabel { kind: kind.label() });
         }
         Self {
-            registry,
+            registry: root,
             sync_duration,
+            sync_proxy_rules_duration,
+            network_programming_duration,
             syncs,
             programmed_services,
             programmed_frontends,
@@ -222,7 +267,14 @@ impl Metrics {
     /// One sync ended with `result` after `elapsed`.
     pub fn record_sync(&self, result: SyncResult, elapsed: Duration) {
         self.sync_duration.observe(elapsed.as_secs_f64());
+        self.sync_proxy_rules_duration.observe(elapsed.as_secs_f64());
         self.syncs.get_or_create(&ResultLabel { result: result.label() }).inc();
+    }
+
+    /// A change an EndpointSlice's `last-change-trigger-time` stamped is in the maps, `latency`
+    /// after that time (kube-proxy observes each trigger time of the slices a sync wrote).
+    pub fn record_network_programming(&self, latency: Duration) {
+        self.network_programming_duration.observe(latency.as_secs_f64());
     }
 
     /// `n` connected UDP sockets destroyed.

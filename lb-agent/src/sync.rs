@@ -2,7 +2,7 @@
 //! Like kube-proxy's `syncProxyRules`, it is single-flight (one `&mut self`) and, after a failed
 //! apply, re-reads what the kernel really holds before the next attempt (`need_full_sync`).
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -11,10 +11,15 @@ use tracing::{debug, field::Empty, info, info_span};
 use crate::{
     kernel::maps::{Capacity, LbMaps, MapsError, check_capacity},
     layout::{
-        diff::{MapOp, diff},
-        state::{LayoutOptions, MapState, Reserved, layout_reserving},
+        diff::{MapOp, apply_in_memory, diff},
+        incremental::{LayoutIndex, Parts},
+        state::{LayoutOptions, MapState, Placement, Reserved, layout_placed},
     },
-    model::DesiredState,
+    model::{
+        DesiredState, NodeContext, Problem, ServiceKey, ServiceObjects,
+        incremental::{Changed, Translator},
+        node_addresses,
+    },
 };
 
 /// What one sync changed.
@@ -24,11 +29,19 @@ pub struct SyncReport {
     pub removed: usize,
     pub frontends: usize,
     pub backends: usize,
+    /// Every Service laid out and diffed (not only those a change touched).
+    pub full: bool,
+    /// Service keys translated again.
+    pub translated: usize,
+    /// Service keys laid out again.
+    pub relaid: usize,
 }
 
 /// Where the last sync's time went (logged with "sync applied"; the bench reads it).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyncTimes {
+    /// Translating the Services (of a change, or all).
+    pub translate: Duration,
     /// Laying the desired state out as map entries (`layout_reserving`) and checking capacity.
     pub layout: Duration,
     /// Ordering the writes (`diff`) and the quarantine bookkeeping.
@@ -53,6 +66,27 @@ pub struct Syncer<M: LbMaps> {
     options: LayoutOptions,
     /// No sync has applied yet: the first one may be the whole cluster (progress says "initial").
     initial: bool,
+    /// The translation and layout of what is programmed, by Service key, after a sync from
+    /// Service objects (`sync_all`) applied; `None` after a failure: the next sync is full.
+    engine: Option<Engine>,
+    /// The problems of the Services the last sync translated or settled.
+    problems: Vec<Problem>,
+    /// What the last incremental sync replaced and with what (for the UDP socket cleanup).
+    parts: Option<Parts>,
+}
+
+/// The incremental state: each Service key's translation, and where its groups are laid out.
+#[derive(Debug)]
+struct Engine {
+    translator: Translator,
+    layout: LayoutIndex,
+}
+
+/// Why an incremental sync handed over to a full one.
+enum Fallback {
+    /// Not fitting the maps: the full sync refuses it whole, with the map named.
+    Full,
+    Failed(MapsError),
 }
 
 /// How long a freed id stays unused (far longer than any program run).
@@ -119,6 +153,9 @@ impl<M: LbMaps> Syncer<M> {
             freed: Vec::new(),
             options,
             initial: true,
+            engine: None,
+            problems: Vec::new(),
+            parts: None,
         })
     }
 
@@ -169,8 +206,10 @@ impl<M: LbMaps> Syncer<M> {
             span.record("objects", objects);
         }
         let started = Instant::now();
-        let mut report = SyncReport::default();
-        let result = self.apply(desired, &mut report);
+        let mut report = SyncReport { full: true, ..SyncReport::default() };
+        self.engine = None;
+        self.parts = None;
+        let result = self.apply(desired, &mut report).map(drop);
         span.record("written", report.written);
         span.record("removed", report.removed);
         span.record("elapsed_us", u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -180,8 +219,13 @@ impl<M: LbMaps> Syncer<M> {
         result.map(|()| report)
     }
 
-    /// The body of `sync`, counting what it writes into `report` as it goes.
-    fn apply(&mut self, desired: &DesiredState, report: &mut SyncReport) -> Result<(), MapsError> {
+    /// The body of `sync`, counting what it writes into `report` as it goes; where each group
+    /// went.
+    fn apply(
+        &mut self,
+        desired: &DesiredState,
+        report: &mut SyncReport,
+    ) -> Result<Vec<Placement>, MapsError> {
         if self.need_full_sync {
             self.programmed = self.maps.read()?;
             self.need_full_sync = false;
@@ -195,8 +239,8 @@ impl<M: LbMaps> Syncer<M> {
                 Freed::Backend(b) => reserved.backends.insert(*b),
             };
         }
-        self.times = SyncTimes::default();
-        let target = layout_reserving(desired, &self.programmed, &reserved, &self.options);
+        self.times = SyncTimes { translate: self.times.translate, ..SyncTimes::default() };
+        let (target, placements) = layout_placed(desired, &self.programmed, &reserved, &self.options);
         check_capacity(&target, self.maps.capacity(), &self.options)?;
         let laid_out = Instant::now();
         self.times.layout = laid_out - now;
@@ -242,8 +286,204 @@ impl<M: LbMaps> Syncer<M> {
         self.freed.extend(backends_freed.map(|b| (now, Freed::Backend(*b))));
         self.programmed = target;
         self.times.diff += written.elapsed();
+        Ok(placements)
+    }
+
+    /// The problems of the Services the last sync from objects translated or settled again
+    /// (every Service after a full one).
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// What the last sync replaced and with what, when it was incremental: the entries of the
+    /// groups it laid out again (with the backends their slots name) before and after.
+    pub fn last_parts(&self) -> Option<&Parts> {
+        self.parts.as_ref()
+    }
+
+    /// The groups of the Services with a `healthCheckNodePort`, as programmed (sync from
+    /// objects only).
+    pub fn health_state(&self) -> Option<DesiredState> {
+        self.engine.as_ref().map(|e| e.translator.health_state())
+    }
+
+    /// The whole desired state last applied from objects (a copy; for tests and tools).
+    pub fn desired(&self) -> Option<DesiredState> {
+        self.engine.as_ref().map(|e| e.translator.desired())
+    }
+
+    /// Makes the maps equal to the translation of `objects` (every Service key), for `node`, and
+    /// keeps what it needs for later incremental syncs.
+    pub fn sync_all(
+        &mut self,
+        objects: &BTreeMap<ServiceKey, ServiceObjects>,
+        node: &NodeContext,
+    ) -> Result<SyncReport, MapsError> {
+        let started = Instant::now();
+        let (translator, update) = Translator::new(objects, node);
+        self.times.translate = started.elapsed();
+        self.problems = update.problems;
+        let desired = translator.desired();
+        let span = info_span!(
+            "sync",
+            groups = desired.groups.len(),
+            objects = Empty,
+            written = Empty,
+            removed = Empty,
+            elapsed_us = Empty
+        );
+        let _entered = span.enter();
+        let mut report = SyncReport { full: true, translated: update.translated, ..SyncReport::default() };
+        report.relaid = translator.len();
+        self.engine = None;
+        self.parts = None;
+        let result = self.apply(&desired, &mut report);
+        span.record("written", report.written);
+        span.record("removed", report.removed);
+        span.record("elapsed_us", u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        let placements = result?;
+        self.initial = false;
+        let layout =
+            LayoutIndex::new(translator.all_groups(), placements, &self.programmed, desired.node_addresses);
+        self.engine = Some(Engine { translator, layout });
+        Ok(report)
+    }
+
+    /// Whether `sync_changes` with `node` would be incremental (short of a change that does not
+    /// fit the maps): there is incremental state, no failure since, and the node's addresses
+    /// are those laid out.
+    pub fn incremental_ready(&self, node: &NodeContext) -> bool {
+        !self.need_full_sync
+            && self.engine.as_ref().is_some_and(|e| e.layout.node_addresses() == node_addresses(node))
+    }
+
+    /// Brings the maps up to date with a change to the Service keys `dirty` (their objects now
+    /// from `objects`; `None`: gone): only those Services (and the ones sharing a frontend with
+    /// them) are translated, laid out and diffed again, and the same ordered writes as a full
+    /// sync's are applied. A full sync instead (`all` gives every object) when there is no
+    /// incremental state (first sync, or one failed since), when the node's addresses changed,
+    /// or when the change does not fit the maps (the full sync refuses it whole).
+    pub fn sync_changes(
+        &mut self,
+        dirty: BTreeSet<ServiceKey>,
+        node: &NodeContext,
+        objects: &dyn Fn(&ServiceKey) -> Option<ServiceObjects>,
+        all: &dyn Fn() -> BTreeMap<ServiceKey, ServiceObjects>,
+    ) -> Result<SyncReport, MapsError> {
+        if !self.incremental_ready(node) {
+            return self.sync_all(&all(), node);
+        }
+        let Some(engine) = self.engine.take() else { return self.sync_all(&all(), node) };
+        let started = Instant::now();
+        let span = info_span!(
+            "sync",
+            groups = Empty,
+            objects = Empty,
+            written = Empty,
+            removed = Empty,
+            elapsed_us = Empty
+        );
+        let _entered = span.enter();
+        let mut report = SyncReport::default();
+        match self.apply_changes(engine, dirty, node, objects, &mut report) {
+            Ok(()) => {
+                span.record("written", report.written);
+                span.record("removed", report.removed);
+                span.record("elapsed_us", u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+                Ok(report)
+            }
+            Err(Fallback::Full) => self.sync_all(&all(), node),
+            Err(Fallback::Failed(e)) => Err(e),
+        }
+    }
+
+    /// The body of `sync_changes`; puts the engine back when it applied.
+    fn apply_changes(
+        &mut self,
+        mut engine: Engine,
+        dirty: BTreeSet<ServiceKey>,
+        node: &NodeContext,
+        objects: &dyn Fn(&ServiceKey) -> Option<ServiceObjects>,
+        report: &mut SyncReport,
+    ) -> Result<(), Fallback> {
+        let now = Instant::now();
+        let update = engine.translator.update(dirty, node, objects);
+        let translated = Instant::now();
+        self.times = SyncTimes { translate: translated - now, ..SyncTimes::default() };
+        self.problems = update.problems;
+        report.translated = update.translated;
+        self.freed.retain(|(at, _)| now.duration_since(*at) < QUARANTINE);
+        let mut reserved = Reserved::default();
+        for (_, id) in &self.freed {
+            match id {
+                Freed::Group(g) => reserved.groups.insert(*g),
+                Freed::Backend(b) => reserved.backends.insert(*b),
+            };
+        }
+        let changed: Vec<Changed> = update.changed;
+        let parts =
+            engine.layout.update(&changed, &engine.translator, &self.programmed, &reserved, &self.options);
+        report.relaid = parts.relaid;
+        if !fits(&self.programmed, &parts, engine.layout.frontends_v4(), self.maps.capacity()) {
+            return Err(Fallback::Full);
+        }
+        let laid_out = Instant::now();
+        self.times.layout = laid_out - translated;
+        let ops = diff(&parts.before, &parts.after);
+        let diffed = Instant::now();
+        self.times.diff = diffed - laid_out;
+        for op in &ops {
+            debug!(%op, "map write");
+            if let Err(e) = self.maps.apply(op) {
+                self.need_full_sync = true;
+                self.parts = None;
+                return Err(Fallback::Failed(e));
+            }
+            apply_in_memory(&mut self.programmed, op);
+            match op {
+                MapOp::DeleteService(g) => {
+                    self.freed.push((now, Freed::Group(*g)));
+                    report.removed += 1;
+                }
+                MapOp::DeleteBackend(b) => {
+                    self.freed.push((now, Freed::Backend(*b)));
+                    report.removed += 1;
+                }
+                MapOp::DeleteFrontend(_) | MapOp::DeleteSourceRange(_) | MapOp::DeleteSlot(_) => {
+                    report.removed += 1
+                }
+                _ => report.written += 1,
+            }
+        }
+        self.times.writes = diffed.elapsed();
+        report.frontends = self.programmed.frontends.len();
+        report.backends = self.programmed.backends.len();
+        self.parts = Some(parts);
+        self.engine = Some(engine);
+        self.initial = false;
         Ok(())
     }
+}
+
+/// Whether the maps hold what they hold with `parts.before` replaced by `parts.after`
+/// (`frontends_v4`: IPv4 frontends after the change).
+fn fits(programmed: &MapState, parts: &Parts, frontends_v4: usize, cap: Capacity) -> bool {
+    let after = |now: usize, before: usize, after: usize| (now + after).saturating_sub(before);
+    let (b, a) = (&parts.before, &parts.after);
+    let frontends = after(programmed.frontends.len(), b.frontends.len(), a.frontends.len());
+    [
+        (frontends_v4, cap.frontends),
+        (frontends.saturating_sub(frontends_v4), cap.frontends),
+        (after(programmed.slots.len(), b.slots.len(), a.slots.len()), cap.slots),
+        (after(programmed.backends.len(), b.backends.len(), a.backends.len()), cap.backends),
+        (
+            after(programmed.source_ranges.len(), b.source_ranges.len(), a.source_ranges.len()),
+            cap.source_ranges,
+        ),
+        (after(programmed.services.len(), b.services.len(), a.services.len()), cap.services),
+    ]
+    .iter()
+    .all(|(needed, capacity)| *needed <= *capacity as usize)
 }
 
 #[cfg(test)]

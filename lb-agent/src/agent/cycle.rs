@@ -1,10 +1,10 @@
-//! One sync of the running agent: source snapshot → translate → layout → diff → ordered map
-//! writes, then the connected UDP sockets the sync left without their backend.
+//! One sync of the running agent: the source's changes → translate → layout → diff → ordered
+//! map writes, then the connected UDP sockets the sync left without their backend.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::Path,
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use tracing::{error, info, warn};
@@ -20,7 +20,7 @@ use crate::{
     },
     layout::state::MapState,
     metrics::{ErrorKind, Metrics, SyncResult},
-    model::{DesiredState, translate},
+    model::DesiredState,
     sync::Syncer,
 };
 
@@ -64,18 +64,20 @@ fn close_stale_udp(
     }
 }
 
-/// One sync: source snapshot → translate → diff → ordered map writes. The desired state comes
-/// back when it was applied.
+/// One sync: the Service keys that changed in the source → their translation → layout → diff →
+/// ordered map writes (a full sync of every Service the first time, after a failure, or when
+/// the node's addresses changed). The groups the health-check servers need come back when it
+/// applied.
 pub fn sync_once(
-    source: &Source,
+    source: &mut Source,
     identity: &NodeIdentity,
     syncer: &mut Syncer<PinnedMaps>,
     metrics: &Metrics,
     bpffs: &Path,
 ) -> (Outcome, Option<DesiredState>) {
     let started = Instant::now();
-    let (objects, mut problems) = match source.load() {
-        Ok(loaded) => loaded,
+    let changes = match source.changes() {
+        Ok(changes) => changes,
         Err(e) => {
             error!(error = %e, "source is invalid; keeping what is programmed");
             metrics.record_errors(ErrorKind::SourceInvalid, 1);
@@ -84,38 +86,56 @@ pub fn sync_once(
         }
     };
     let loaded = Instant::now();
-    let node = identity.context(&objects);
-    let (desired, more) = translate(&objects, &node);
-    let translated = Instant::now();
-    problems.extend(more);
-    for p in &problems {
+    let node = identity.context(&source.nodes());
+    let dirty = changes.dirty.len();
+    // A full sync compares every UDP frontend's backends before and after; an incremental one
+    // only those of the groups it laid out again.
+    let udp_before =
+        (!syncer.incremental_ready(&node)).then(|| udp_sockets::udp_targets(syncer.programmed()));
+    let result = syncer.sync_changes(changes.dirty, &node, &|key| source.objects(key), &|| source.all());
+    let problems = changes.problems.len() + syncer.problems().len();
+    for p in changes.problems.iter().chain(syncer.problems()) {
         warn!(object = %p.object, reason = %p.reason, "skipped");
     }
-    metrics.record_errors(ErrorKind::ObjectSkipped, problems.len() as u64);
-    let seen = objects.services.len() + objects.slices.len() + objects.nodes.len();
-    let udp_before = udp_sockets::udp_targets(syncer.programmed());
-    match syncer.sync_objects(&desired, Some(seen)) {
+    metrics.record_errors(ErrorKind::ObjectSkipped, problems as u64);
+    let (services, slices) = source.counts();
+    match result {
         Ok(report) => {
-            close_stale_udp(bpffs, &udp_before, syncer.programmed(), metrics);
+            match (syncer.last_parts(), udp_before) {
+                (Some(parts), _) if !report.full => {
+                    close_stale_udp(bpffs, &udp_sockets::udp_targets(&parts.before), &parts.after, metrics);
+                }
+                (_, Some(before)) => close_stale_udp(bpffs, &before, syncer.programmed(), metrics),
+                _ => {}
+            }
             metrics.record_sync(SyncResult::Applied, started.elapsed());
+            let now = SystemTime::now();
+            for t in &changes.triggers {
+                metrics.record_network_programming(now.duration_since(*t).unwrap_or_default());
+            }
             metrics.record_programmed(syncer.programmed(), syncer.capacity());
+            let times = syncer.times();
             info!(
-                services = objects.services.len(),
-                slices = objects.slices.len(),
+                services,
+                slices,
+                full = report.full,
+                dirty,
+                translated = report.translated,
+                relaid = report.relaid,
                 frontends = report.frontends,
                 backends = report.backends,
                 written = report.written,
                 removed = report.removed,
-                skipped = problems.len(),
+                skipped = problems,
                 elapsed_us = started.elapsed().as_micros() as u64,
                 source_us = (loaded - started).as_micros() as u64,
-                translate_us = (translated - loaded).as_micros() as u64,
-                layout_us = syncer.times().layout.as_micros() as u64,
-                diff_us = syncer.times().diff.as_micros() as u64,
-                write_us = syncer.times().writes.as_micros() as u64,
+                translate_us = times.translate.as_micros() as u64,
+                layout_us = times.layout.as_micros() as u64,
+                diff_us = times.diff.as_micros() as u64,
+                write_us = times.writes.as_micros() as u64,
                 "sync applied"
             );
-            (Outcome::Applied, Some(desired))
+            (Outcome::Applied, syncer.health_state())
         }
         Err(e) => {
             error!(error = %e, "sync failed; nothing half-applied is visible, will retry");

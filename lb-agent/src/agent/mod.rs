@@ -81,7 +81,7 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
     // kube-proxy's healthCheckNodePort servers, on every address (kube-proxy's default).
     let mut service_health = ServiceHealthServer::new(Arc::clone(&health), Vec::new());
     let changed = Arc::new(Notify::new());
-    let source = if args.source == "kubernetes" {
+    let mut source = if args.source == "kubernetes" {
         if args.node_name.is_empty() {
             bail!("--source kubernetes needs this node's name: --node-name or NODE_NAME");
         }
@@ -94,7 +94,7 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         let notify = Arc::clone(&changed);
         let watcher =
             sources::file::watch(&path, move || notify.notify_one()).context("watching the source")?;
-        Source::File { path, _watcher: watcher }
+        Source::file(path, watcher)
     };
     let cgroup = match args.cgroup {
         Some(c) => c,
@@ -166,7 +166,7 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
     }
     let identity = NodeIdentity { name: args.node_name, nodeport_addresses: args.nodeport_addresses };
     let started = Instant::now();
-    let (mut outcome, desired) = sync_once(&source, &identity, &mut syncer, &metrics, &args.bpffs);
+    let (mut outcome, desired) = sync_once(&mut source, &identity, &mut syncer, &metrics, &args.bpffs);
     record.sync(syncer.maps_mut(), &outcome, started.elapsed(), source.state());
     if let Some(desired) = &desired {
         service_health.sync(desired);
@@ -248,7 +248,7 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
         let started = Instant::now();
-        let (next, desired) = sync_once(&source, &identity, &mut syncer, &metrics, &args.bpffs);
+        let (next, desired) = sync_once(&mut source, &identity, &mut syncer, &metrics, &args.bpffs);
         outcome = next;
         record.sync(syncer.maps_mut(), &outcome, started.elapsed(), source.state());
         if let Some(desired) = &desired {

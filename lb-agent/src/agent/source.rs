@@ -1,22 +1,50 @@
-//! Where this agent's objects come from, and who this node is.
-use std::path::PathBuf;
+//! Where this agent's objects come from, what changed since the last sync, and who this node is.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
+    time::SystemTime,
+};
 
+use k8s_openapi::api::core::v1::Node;
 use lb_common::source_state;
 use tracing::warn;
 
 use crate::{
-    model::{NodeContext, Objects, Problem},
+    model::{NodeContext, Problem, ServiceKey, ServiceObjects, group_objects},
     nodeport_addresses::{self, NodePortAddresses},
-    source::{self, SourceError, kubernetes::KubeSource},
+    source::{self, SourceError, kubernetes::KubeSource, store::changed_keys},
 };
 
 /// Where this agent's objects come from.
 pub enum Source {
-    File { path: PathBuf, _watcher: notify::RecommendedWatcher },
+    /// A file or directory, read whole at each change; `last` is the last good load, by key.
+    File {
+        path: PathBuf,
+        _watcher: notify::RecommendedWatcher,
+        last: BTreeMap<ServiceKey, ServiceObjects>,
+        nodes: Vec<Arc<Node>>,
+    },
     Kubernetes(KubeSource),
 }
 
+/// What changed since the last sync.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The Service keys whose objects changed.
+    pub dirty: BTreeSet<ServiceKey>,
+    /// Problems of the source itself (objects it could not read or tie to a Service).
+    pub problems: Vec<Problem>,
+    /// `last-change-trigger-time`s of the EndpointSlice changes (Kubernetes source).
+    pub triggers: Vec<SystemTime>,
+}
+
 impl Source {
+    /// A file source, not read yet.
+    pub fn file(path: PathBuf, watcher: notify::RecommendedWatcher) -> Self {
+        Self::File { path, _watcher: watcher, last: BTreeMap::new(), nodes: Vec::new() }
+    }
+
     /// `lb_common::source_state` now.
     pub fn state(&self) -> u8 {
         match self {
@@ -26,10 +54,57 @@ impl Source {
         }
     }
 
-    pub fn load(&self) -> Result<(Objects, Vec<Problem>), SourceError> {
+    /// What changed since the last call. The file source reads its files again and compares
+    /// them with the last good load, by content; a load that fails changes nothing.
+    pub fn changes(&mut self) -> Result<Changes, SourceError> {
         match self {
-            Self::File { path, .. } => source::file::load(path),
-            Self::Kubernetes(kube) => Ok((kube.snapshot(), Vec::new())),
+            Self::File { path, last, nodes, .. } => {
+                let (objects, mut problems) = source::file::load(path)?;
+                let (grouped, more) = group_objects(&objects);
+                problems.extend(more);
+                let dirty = changed_keys(last, &grouped);
+                *last = grouped;
+                *nodes = objects.nodes.iter().map(|n| Arc::clone(&n.object)).collect();
+                Ok(Changes { dirty, problems, triggers: Vec::new() })
+            }
+            Self::Kubernetes(kube) => {
+                let taken = kube.take_changes();
+                Ok(Changes { dirty: taken.dirty, problems: Vec::new(), triggers: taken.triggers })
+            }
+        }
+    }
+
+    /// The objects of `key` now.
+    pub fn objects(&self, key: &ServiceKey) -> Option<ServiceObjects> {
+        match self {
+            Self::File { last, .. } => last.get(key).cloned(),
+            Self::Kubernetes(kube) => kube.objects(key),
+        }
+    }
+
+    /// Every key's objects now.
+    pub fn all(&self) -> BTreeMap<ServiceKey, ServiceObjects> {
+        match self {
+            Self::File { last, .. } => last.clone(),
+            Self::Kubernetes(kube) => kube.all(),
+        }
+    }
+
+    /// The Node objects (the one named like this node gives its zone and addresses).
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        match self {
+            Self::File { nodes, .. } => nodes.clone(),
+            Self::Kubernetes(kube) => kube.node().into_iter().collect(),
+        }
+    }
+
+    /// Services and EndpointSlices held (for the log).
+    pub fn counts(&self) -> (usize, usize) {
+        match self {
+            Self::File { last, .. } => {
+                last.values().fold((0, 0), |(s, e), o| (s + o.services.len(), e + o.slices.len()))
+            }
+            Self::Kubernetes(kube) => kube.counts(),
         }
     }
 }
@@ -42,8 +117,8 @@ pub struct NodeIdentity {
 }
 
 impl NodeIdentity {
-    pub fn context(&self, objects: &Objects) -> NodeContext {
-        let mut node = NodeContext::from_nodes(&self.name, objects.nodes.iter().map(|n| &*n.object));
+    pub fn context(&self, nodes: &[Arc<Node>]) -> NodeContext {
+        let mut node = NodeContext::from_nodes(&self.name, nodes.iter().map(|n| &**n));
         let interfaces = nodeport_addresses::interface_addresses().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list this node's interface addresses");
             Vec::new()

@@ -105,8 +105,8 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
     ops
 }
 
-#[cfg(test)]
-/// Applies one op to an in-memory state (the fake map writer and the tests use this).
+/// Applies one op to an in-memory state (what the syncer knows is programmed after a write;
+/// the fake map writer and the tests).
 pub fn apply_in_memory(state: &mut MapState, op: &MapOp) {
     match *op {
         MapOp::PutBackend(id, b) => {

@@ -6,6 +6,7 @@
 //! - `names`: which Service port a backend group serves (`LB_SERVICES`);
 //! - `diff`: the ordered, make-before-break list of map writes between two layouts.
 pub mod diff;
+pub mod incremental;
 pub mod maglev;
 pub mod names;
 pub mod state;

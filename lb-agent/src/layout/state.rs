@@ -82,7 +82,7 @@ pub fn backend_addr(b: &Backend) -> SocketAddr {
 }
 
 /// Identity of a backend entry: address, port and protocol.
-type BackendIdentity = (SocketAddr, u8);
+pub(crate) type BackendIdentity = (SocketAddr, u8);
 
 /// An `LB_SOURCE_RANGES` entry: sources in `cidr` may reach the LoadBalancer frontends of
 /// `group` that carry `frontend_flags::SOURCE_RANGES`.
@@ -106,7 +106,7 @@ pub struct MapState {
 /// Hands out the lowest id that is neither programmed nor already given out in this layout, so
 /// an id freed by this change is never reused by it (a frontend still pointing at the old owner
 /// would briefly see the new owner's slots).
-struct Ids {
+pub(crate) struct Ids {
     taken: BTreeSet<u32>,
     next: u32,
 }
@@ -185,6 +185,107 @@ pub fn layout_reserving(
     reserved: &Reserved,
     options: &LayoutOptions,
 ) -> MapState {
+    layout_placed(desired, programmed, reserved, options).0
+}
+
+/// Where one group went: its id and frontend keys (`None`: no frontend on this node, so no id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub id: Option<u32>,
+    pub keys: Vec<(FrontendKey, FrontendKind)>,
+}
+
+/// A group's backends with the state it gives each: the lowest of its entries (active before
+/// terminating); a backend only in `eligible` or `from_node` is active.
+pub(crate) fn backend_uses(group: &BackendGroup) -> BTreeMap<BackendIdentity, u8> {
+    let proto = group.service.protocol.number();
+    let mut uses: BTreeMap<BackendIdentity, u8> = BTreeMap::new();
+    for info in &group.backends {
+        let state = match info.state {
+            EndpointState::Active => backend_state::ACTIVE,
+            EndpointState::Terminating => backend_state::TERMINATING,
+        };
+        uses.entry((info.addr, proto)).and_modify(|s| *s = (*s).min(state)).or_insert(state);
+    }
+    for addr in group.eligible.iter().chain(&group.from_node) {
+        uses.entry((*addr, proto)).or_insert(backend_state::ACTIVE);
+    }
+    uses
+}
+
+/// The addresses of a group's backends on this node (their backend entries carry `LOCAL`, in
+/// whatever group).
+pub(crate) fn local_ips(group: &BackendGroup) -> BTreeSet<IpAddr> {
+    group.backends.iter().filter(|b| b.local).map(|b| b.addr.ip()).collect()
+}
+
+/// A group's frontends at an explicit address (all but the NodePort).
+pub(crate) fn explicit_keys(group: &BackendGroup) -> impl Iterator<Item = FrontendKey> + '_ {
+    group
+        .frontends
+        .iter()
+        .filter(|f| !f.on_every_node_address())
+        .map(|f| FrontendKey::new(f.addr, f.port, f.protocol))
+}
+
+/// A group's frontend keys: a NodePort (unspecified address) becomes one key per node address of
+/// its family, except where `explicit` says an explicit frontend (ClusterIP, externalIP,
+/// LoadBalancer IP) has that address:port/proto: it wins, as kube-proxy's service rules come
+/// before its NodePort jump. `take` claims a key (false: an earlier group has it).
+pub(crate) fn frontend_keys(
+    group: &BackendGroup,
+    node_addresses: &[IpAddr],
+    explicit: &dyn Fn(&FrontendKey) -> bool,
+    take: &mut dyn FnMut(FrontendKey) -> bool,
+) -> Vec<(FrontendKey, FrontendKind)> {
+    let mut keys = Vec::new();
+    for f in &group.frontends {
+        if f.on_every_node_address() {
+            for addr in node_addresses.iter().filter(|a| a.is_ipv4() == f.addr.is_ipv4()) {
+                let key = FrontendKey::new(*addr, f.port, f.protocol);
+                if !explicit(&key) && take(key) {
+                    keys.push((key, f.kind));
+                }
+            }
+        } else {
+            let key = FrontendKey::new(f.addr, f.port, f.protocol);
+            if take(key) {
+                keys.push((key, f.kind));
+            }
+        }
+    }
+    keys
+}
+
+/// The programmed id a group with frontends `keys` keeps: one its programmed frontends point at,
+/// not `reused` by another group yet, whose programmed frontends (`owners`) all belong to this
+/// group (otherwise another Service's frontend would see this group's slots until it is deleted).
+pub(crate) fn kept_id(
+    keys: &[(FrontendKey, FrontendKind)],
+    programmed: &BTreeMap<FrontendKey, FrontendValue>,
+    owners: &HashMap<u32, Vec<FrontendKey>>,
+    reused: &BTreeSet<u32>,
+) -> Option<u32> {
+    keys.iter().filter_map(|(k, _)| programmed.get(k).map(|v| v.group)).find(|id| {
+        !reused.contains(id)
+            && owners.get(id).is_some_and(|o| o.iter().all(|k| keys.iter().any(|(key, _)| key == k)))
+    })
+}
+
+/// The backend entry of `identity` with the state its groups give it and `LOCAL` when its
+/// address is a backend on this node in some group.
+pub(crate) fn backend_entry(identity: &BackendIdentity, state: u8, local: bool) -> Backend {
+    let flags = if local { backend_flags::LOCAL } else { 0 };
+    backend_value(identity.0, identity.1, state, flags)
+}
+
+/// Lays `desired` out (see `layout_reserving`), also saying where each group went.
+pub fn layout_placed(
+    desired: &DesiredState,
+    programmed: &MapState,
+    reserved: &Reserved,
+    options: &LayoutOptions,
+) -> (MapState, Vec<Placement>) {
     let mut out = MapState::default();
 
     // Backends: one entry per (address, port, protocol), shared by every group that uses it.
@@ -193,17 +294,9 @@ pub fn layout_reserving(
     let mut backend_states: BTreeMap<BackendIdentity, u8> = BTreeMap::new();
     let mut local: BTreeSet<IpAddr> = BTreeSet::new();
     for group in &desired.groups {
-        let proto = group.service.protocol.number();
-        local.extend(group.backends.iter().filter(|b| b.local).map(|b| b.addr.ip()));
-        for info in &group.backends {
-            let state = match info.state {
-                EndpointState::Active => backend_state::ACTIVE,
-                EndpointState::Terminating => backend_state::TERMINATING,
-            };
-            backend_states.entry((info.addr, proto)).and_modify(|s| *s = (*s).min(state)).or_insert(state);
-        }
-        for addr in group.eligible.iter().chain(&group.from_node) {
-            backend_states.entry((*addr, proto)).or_insert(backend_state::ACTIVE);
+        local.extend(local_ips(group));
+        for (identity, state) in backend_uses(group) {
+            backend_states.entry(identity).and_modify(|s| *s = (*s).min(state)).or_insert(state);
         }
     }
     let mut backend_ids = Ids::new(programmed.backends.keys().chain(&reserved.backends).copied());
@@ -214,43 +307,17 @@ pub fn layout_reserving(
             None => backend_ids.allocate(),
         };
         id_of.insert(*identity, id);
-        let flags = if local.contains(&identity.0.ip()) { backend_flags::LOCAL } else { 0 };
-        out.backends.insert(id, backend_value(identity.0, identity.1, *state, flags));
+        out.backends.insert(id, backend_entry(identity, *state, local.contains(&identity.0.ip())));
     }
 
-    // Frontend keys per group. A NodePort (unspecified address) becomes one key per node address
-    // of its family. An explicit frontend (ClusterIP, externalIP, LoadBalancer IP) wins over a
-    // NodePort on the same address:port/proto, as kube-proxy's service rules come before its
-    // NodePort jump; otherwise the first group wins (translate refuses such conflicts anyway).
-    let explicit: BTreeSet<FrontendKey> = desired
-        .groups
-        .iter()
-        .flat_map(|g| &g.frontends)
-        .filter(|f| !f.on_every_node_address())
-        .map(|f| FrontendKey::new(f.addr, f.port, f.protocol))
-        .collect();
+    // Frontend keys per group; the first group wins a key (translate refuses such conflicts).
+    let explicit: BTreeSet<FrontendKey> = desired.groups.iter().flat_map(explicit_keys).collect();
     let mut taken: BTreeSet<FrontendKey> = BTreeSet::new();
     let group_keys: Vec<Vec<(FrontendKey, FrontendKind)>> = desired
         .groups
         .iter()
         .map(|group| {
-            let mut keys = Vec::new();
-            for f in &group.frontends {
-                if f.on_every_node_address() {
-                    for addr in desired.node_addresses.iter().filter(|a| a.is_ipv4() == f.addr.is_ipv4()) {
-                        let key = FrontendKey::new(*addr, f.port, f.protocol);
-                        if !explicit.contains(&key) && taken.insert(key) {
-                            keys.push((key, f.kind));
-                        }
-                    }
-                } else {
-                    let key = FrontendKey::new(f.addr, f.port, f.protocol);
-                    if taken.insert(key) {
-                        keys.push((key, f.kind));
-                    }
-                }
-            }
-            keys
+            frontend_keys(group, &desired.node_addresses, &|k| explicit.contains(k), &mut |k| taken.insert(k))
         })
         .collect();
 
@@ -270,20 +337,15 @@ pub fn layout_reserving(
     for (key, value) in &programmed.frontends {
         owners.entry(value.group).or_default().push(*key);
     }
+    let mut placements = Vec::with_capacity(desired.groups.len());
     for (group, keys) in desired.groups.iter().zip(group_keys) {
         // No frontend on this node (a NodePort-only group and no node address of its family):
         // no id and no slots, which nothing could reach.
         if keys.is_empty() {
+            placements.push(Placement { id: None, keys });
             continue;
         }
-        // Reuse only an id whose programmed frontends all belong to this group: otherwise another
-        // Service's frontend would see this group's slots until it is deleted.
-        let previous =
-            keys.iter().filter_map(|(k, _)| programmed.frontends.get(k).map(|v| v.group)).find(|id| {
-                !reused.contains(id)
-                    && owners.get(id).is_some_and(|o| o.iter().all(|k| keys.iter().any(|(key, _)| key == k)))
-            });
-        let id = match previous {
+        let id = match kept_id(&keys, &programmed.frontends, &owners, &reused) {
             Some(id) => {
                 reused.insert(id);
                 group_ids.claim(id);
@@ -291,74 +353,85 @@ pub fn layout_reserving(
             }
             None => group_ids.allocate(),
         };
-        let proto = group.service.protocol.number();
-        let ids_of =
-            |set: &[SocketAddr]| -> Vec<u32> { set.iter().map(|addr| id_of[&(*addr, proto)]).collect() };
-        // Maglev: slot i+1 holds table entry i, which depends only on the backend set, so a
-        // backend change rewrites only the slots whose entry changed (about 1/N of them).
-        let maglev_slots = |set: &[SocketAddr]| -> Vec<u32> {
-            let ids = ids_of(set);
-            maglev::table(set, options.maglev_size).into_iter().map(|i| ids[i]).collect()
-        };
-        // The socket hooks see only this node's own connections: they use `from_node`. Packets
-        // from outside (TC/XDP) use `eligible`; both are one range unless they differ (an
-        // external group with a Local policy).
-        let sorted = |set: &[SocketAddr]| -> BTreeSet<SocketAddr> { set.iter().copied().collect() };
-        // (The sets are sorted vectors: equal vectors are the common case, compared without sets.)
-        let shared = group.from_node == group.eligible || sorted(&group.from_node) == sorted(&group.eligible);
-        let socket_slots =
-            if options.maglev(group) { maglev_slots(&group.from_node) } else { ids_of(&group.from_node) };
-        let packet_slots = if shared {
-            Vec::new()
-        } else if options.maglev(group) {
-            maglev_slots(&group.eligible)
-        } else {
-            ids_of(&group.eligible)
-        };
-        for (slot, backend) in (1u32..).zip(socket_slots.iter().chain(&packet_slots)) {
-            out.slots.insert(SlotKey { group: id, slot }, SlotValue { backend: *backend });
-        }
-        let count = u32::try_from(socket_slots.len()).unwrap_or(u32::MAX);
-        let (ext_offset, ext_count) =
-            if shared { (0, count) } else { (count, u32::try_from(packet_slots.len()).unwrap_or(u32::MAX)) };
-        // Rule 40 against 39: with no slot, drop (EHOSTUNREACH) rather than refuse.
-        let drop = if group.from_node.is_empty() && group.when_empty == WhenEmpty::Drop {
-            frontend_flags::DROP_WHEN_EMPTY
-        } else {
-            0
-        };
-        // Rule 10: the Service's source ranges gate its LoadBalancer frontends only. kube-proxy
-        // also lets in packets from the LB IPs themselves when a node address is in a range
-        // (a VIP bound on the node loops back with itself as source).
-        let gated =
-            !group.source_ranges.is_empty() && keys.iter().any(|(_, k)| *k == FrontendKind::LoadBalancer);
-        if gated {
-            out.source_ranges.extend(group.source_ranges.iter().map(|&cidr| SourceRange { group: id, cidr }));
-            let node_inside =
-                desired.node_addresses.iter().any(|a| group.source_ranges.iter().any(|r| r.contains(a)));
-            if node_inside {
-                let vips = keys.iter().filter(|(_, k)| *k == FrontendKind::LoadBalancer);
-                out.source_ranges.extend(
-                    vips.map(|(key, _)| SourceRange { group: id, cidr: Cidr::host(key.addr().ip()) }),
-                );
-            }
-        }
-        out.services.insert(id, names::encode(group));
-        for (key, kind) in keys {
-            let ranges =
-                if gated && kind == FrontendKind::LoadBalancer { frontend_flags::SOURCE_RANGES } else { 0 };
-            let value = FrontendValue {
-                group: id,
-                count,
-                flags: kind.flag() | drop | ranges,
-                affinity_timeout: group.affinity_timeout.unwrap_or(0),
-                ext_offset,
-                ext_count,
-            };
-            out.frontends.insert(key, value);
+        lay_group(&mut out, group, id, &keys, &|identity| id_of[identity], &desired.node_addresses, options);
+        placements.push(Placement { id: Some(id), keys });
+    }
+    (out, placements)
+}
+
+/// Writes the entries of `group` under group id `id` with frontend `keys` into `out`: its slots
+/// (backend ids from `id_of`), source ranges, service name and frontends.
+pub(crate) fn lay_group(
+    out: &mut MapState,
+    group: &BackendGroup,
+    id: u32,
+    keys: &[(FrontendKey, FrontendKind)],
+    id_of: &dyn Fn(&BackendIdentity) -> u32,
+    node_addresses: &[IpAddr],
+    options: &LayoutOptions,
+) {
+    let proto = group.service.protocol.number();
+    let ids_of = |set: &[SocketAddr]| -> Vec<u32> { set.iter().map(|addr| id_of(&(*addr, proto))).collect() };
+    // Maglev: slot i+1 holds table entry i, which depends only on the backend set, so a
+    // backend change rewrites only the slots whose entry changed (about 1/N of them).
+    let maglev_slots = |set: &[SocketAddr]| -> Vec<u32> {
+        let ids = ids_of(set);
+        maglev::table(set, options.maglev_size).into_iter().map(|i| ids[i]).collect()
+    };
+    // The socket hooks see only this node's own connections: they use `from_node`. Packets
+    // from outside (TC/XDP) use `eligible`; both are one range unless they differ (an
+    // external group with a Local policy).
+    let sorted = |set: &[SocketAddr]| -> BTreeSet<SocketAddr> { set.iter().copied().collect() };
+    // (The sets are sorted vectors: equal vectors are the common case, compared without sets.)
+    let shared = group.from_node == group.eligible || sorted(&group.from_node) == sorted(&group.eligible);
+    let socket_slots =
+        if options.maglev(group) { maglev_slots(&group.from_node) } else { ids_of(&group.from_node) };
+    let packet_slots = if shared {
+        Vec::new()
+    } else if options.maglev(group) {
+        maglev_slots(&group.eligible)
+    } else {
+        ids_of(&group.eligible)
+    };
+    for (slot, backend) in (1u32..).zip(socket_slots.iter().chain(&packet_slots)) {
+        out.slots.insert(SlotKey { group: id, slot }, SlotValue { backend: *backend });
+    }
+    let count = u32::try_from(socket_slots.len()).unwrap_or(u32::MAX);
+    let (ext_offset, ext_count) =
+        if shared { (0, count) } else { (count, u32::try_from(packet_slots.len()).unwrap_or(u32::MAX)) };
+    // Rule 40 against 39: with no slot, drop (EHOSTUNREACH) rather than refuse.
+    let drop = if group.from_node.is_empty() && group.when_empty == WhenEmpty::Drop {
+        frontend_flags::DROP_WHEN_EMPTY
+    } else {
+        0
+    };
+    // Rule 10: the Service's source ranges gate its LoadBalancer frontends only. kube-proxy
+    // also lets in packets from the LB IPs themselves when a node address is in a range
+    // (a VIP bound on the node loops back with itself as source).
+    let gated = !group.source_ranges.is_empty() && keys.iter().any(|(_, k)| *k == FrontendKind::LoadBalancer);
+    if gated {
+        out.source_ranges.extend(group.source_ranges.iter().map(|&cidr| SourceRange { group: id, cidr }));
+        let node_inside = node_addresses.iter().any(|a| group.source_ranges.iter().any(|r| r.contains(a)));
+        if node_inside {
+            let vips = keys.iter().filter(|(_, k)| *k == FrontendKind::LoadBalancer);
+            out.source_ranges
+                .extend(vips.map(|(key, _)| SourceRange { group: id, cidr: Cidr::host(key.addr().ip()) }));
         }
     }
-    out
+    out.services.insert(id, names::encode(group));
+    for (key, kind) in keys {
+        let ranges =
+            if gated && *kind == FrontendKind::LoadBalancer { frontend_flags::SOURCE_RANGES } else { 0 };
+        let value = FrontendValue {
+            group: id,
+            count,
+            flags: kind.flag() | drop | ranges,
+            affinity_timeout: group.affinity_timeout.unwrap_or(0),
+            ext_offset,
+            ext_count,
+        };
+        out.frontends.insert(*key, value);
+    }
 }
 
 #[cfg(test)]

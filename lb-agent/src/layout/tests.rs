@@ -1101,7 +1101,17 @@ fn failed_apply_leaves_a_consistent_state_and_the_next_sync_converges() {
         assert_eq!(served(&maps.state()), expected_service(&after()), "failure at op {k}");
         assert_eq!(&maps.state(), syncer.programmed());
         let report = syncer.sync(&after()).expect("resync");
-        assert_eq!(report, SyncReport { written: 0, removed: 0, frontends: 2, backends: 3 });
+        assert_eq!(
+            report,
+            SyncReport {
+                written: 0,
+                removed: 0,
+                frontends: 2,
+                backends: 3,
+                full: true,
+                ..SyncReport::default()
+            }
+        );
     }
 }
 
@@ -1180,7 +1190,10 @@ fn restarted_syncer_adopts_the_programmed_ids() {
     let mut second = Syncer::new(maps.clone()).expect("read");
     assert_eq!(second.programmed(), &programmed);
     let report = second.sync(&before()).expect("sync");
-    assert_eq!(report, SyncReport { written: 0, removed: 0, frontends: 2, backends: 3 });
+    assert_eq!(
+        report,
+        SyncReport { written: 0, removed: 0, frontends: 2, backends: 3, full: true, ..SyncReport::default() }
+    );
     assert_eq!(maps.log_len(), written, "no op written");
     assert_eq!(maps.state(), programmed);
 
@@ -1271,3 +1284,7 @@ mod source_ranges;
 // ---- (h) bad input: arbitrary Kubernetes objects ------------------------------------------------
 
 mod arbitrary_objects;
+
+// ---- (i) incremental sync against a full one ----------------------------------------------------
+
+mod incremental;

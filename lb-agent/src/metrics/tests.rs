@@ -114,6 +114,9 @@ fn recorded() -> Metrics {
     metrics.record_sync(SyncResult::MapsFailed, Duration::from_millis(1));
     metrics.watch_restarts("services").inc();
     let _ = metrics.watch_restarts("nodes");
+    for ms in [80, 300, 1_500, 400_000] {
+        metrics.record_network_programming(Duration::from_millis(ms));
+    }
     metrics
 }
 
@@ -132,6 +135,25 @@ fn recorded_syncs_render_as_parseable_openmetrics() {
     assert_eq!(v("lb_sync_duration_seconds_bucket", &[("le", "0.004")]), 3.0);
     assert_eq!(v("lb_sync_duration_seconds_bucket", &[("le", "+Inf")]), 4.0);
     assert!(text.contains("# UNIT lb_sync_duration_seconds seconds"), "{text}");
+
+    // kube-proxy's SLIs under kube-proxy's names and buckets: every sync, and each trigger time.
+    assert_eq!(v("kubeproxy_sync_proxy_rules_duration_seconds_count", &[]), 4.0);
+    assert!((v("kubeproxy_sync_proxy_rules_duration_seconds_sum", &[]) - 0.0442).abs() < 1e-9);
+    assert_eq!(v("kubeproxy_sync_proxy_rules_duration_seconds_bucket", &[("le", "0.001")]), 2.0);
+    assert_eq!(v("kubeproxy_sync_proxy_rules_duration_seconds_bucket", &[("le", "0.004")]), 3.0);
+    assert_eq!(v("kubeproxy_sync_proxy_rules_duration_seconds_bucket", &[("le", "16.384")]), 4.0);
+    let buckets = |name: &str| -> Vec<String> {
+        samples.iter().filter(|s| s.name == name).filter_map(|s| s.labels.get("le").cloned()).collect()
+    };
+    assert_eq!(buckets("kubeproxy_sync_proxy_rules_duration_seconds_bucket").len(), 16, "15 and +Inf");
+    let programming = buckets("kubeproxy_network_programming_duration_seconds_bucket");
+    assert_eq!(programming.len(), 2 + 59 + 12 + 7 + 1, "{programming:?}");
+    assert_eq!(&programming[..4], ["0.25", "0.5", "1.0", "2.0"]);
+    assert_eq!(&programming[programming.len() - 3..], ["270.0", "300.0", "+Inf"]);
+    let np = |le: &str| v("kubeproxy_network_programming_duration_seconds_bucket", &[("le", le)]);
+    assert_eq!((np("0.25"), np("0.5"), np("2.0"), np("300.0"), np("+Inf")), (1.0, 2.0, 3.0, 3.0, 4.0));
+    assert_eq!(v("kubeproxy_network_programming_duration_seconds_count", &[]), 4.0);
+    assert!(text.contains("# UNIT kubeproxy_network_programming_duration_seconds seconds"), "{text}");
 
     // web (IPv4 and IPv6), dns UDP and dns TCP: four groups, one frontend each.
     assert_eq!(v("lb_programmed_services", &[]), 4.0);

@@ -2,10 +2,14 @@
 //!
 //! Nothing in here touches the kernel: `translate` turns objects into a `DesiredState`, which
 //! `layout::state` then lays out as map entries.
+pub mod incremental;
 mod translate;
 mod types;
 
-pub use translate::{Located, NodeContext, Objects, translate};
+pub use translate::{
+    Claim, Located, NodeContext, Objects, ServiceKey, ServiceObjects, ServiceTranslation, SliceTie,
+    group_objects, node_addresses, settle, translate, translate_service, unlabelled_slice,
+};
 pub use types::*;
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! serving-and-terminating ones (26). An empty set drops when endpoints exist elsewhere (40), else
 //! rejects (39). Short-circuit of local traffic to external frontends (31) is the datapath's.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
@@ -182,75 +182,241 @@ fn describe<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::
     }
 }
 
-/// Translates objects into the state this node should program, plus what had to be left out.
-pub fn translate(objects: &Objects, node: &NodeContext) -> (DesiredState, Vec<Problem>) {
-    let mut problems = Vec::new();
+/// Namespace and name of a Service (namespace unset: `default`): the unit of change tracking
+/// and of translation. A Service's EndpointSlices are tied to it by their
+/// `kubernetes.io/service-name` label, so they share its key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
 
-    let mut services: Vec<&Located<Service>> = objects.services.iter().collect();
-    services.sort_by(|a, b| {
-        let (a, b) = (&a.object.metadata, &b.object.metadata);
-        (a.namespace.as_deref(), a.name.as_deref()).cmp(&(b.namespace.as_deref(), b.name.as_deref()))
-    });
-
-    let mut valid = Vec::new();
-    let mut known: BTreeSet<(&str, &str)> = BTreeSet::new();
-    for located in services {
-        match validate_service(&located.object) {
-            Ok(Some(svc)) => {
-                if !known.insert((svc.namespace, svc.name)) {
-                    problems.push(Problem {
-                        object: describe("Service", located),
-                        reason: "defined more than once; the first definition is used".into(),
-                    });
-                    continue;
-                }
-                valid.push(svc);
-            }
-            result => {
-                // Not ours to proxy (headless, ExternalName, another proxy's) or malformed (reported
-                // here): still "exists" for the slice check below.
-                let meta = &located.object.metadata;
-                known.insert((
-                    meta.namespace.as_deref().unwrap_or("default"),
-                    meta.name.as_deref().unwrap_or(""),
-                ));
-                if let Err(reason) = result {
-                    problems.push(Problem { object: describe("Service", located), reason });
-                }
-            }
-        }
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
     }
 
-    let slices = index_slices(objects, &known, &mut problems);
+    /// The key of a Service (a missing name is the empty name: such a Service is malformed).
+    pub fn of_service(svc: &Service) -> Self {
+        let meta = &svc.metadata;
+        Self::new(meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""))
+    }
+}
 
-    // Frontends already claimed, to refuse a second Service on the same address:port/proto.
-    let mut claimed: BTreeMap<(IpAddr, u16, Protocol), String> = BTreeMap::new();
-    let mut groups = Vec::new();
-    for svc in &valid {
-        let svc_groups = service_groups(svc, slices.get(&(svc.namespace, svc.name)), node);
-        let conflict = svc_groups
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How an EndpointSlice relates to the Services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SliceTie {
+    /// Labelled for the Service with this key.
+    Service(ServiceKey),
+    /// A headless Service's slice or an FQDN slice: never used, nothing to report.
+    Ignored,
+    /// No `kubernetes.io/service-name` label: reported, never used.
+    Unlabelled,
+}
+
+impl SliceTie {
+    pub fn of(slice: &EndpointSlice) -> Self {
+        let labels = slice.metadata.labels.as_ref();
+        if labels.is_some_and(|l| l.contains_key(HEADLESS)) || slice.address_type == "FQDN" {
+            return Self::Ignored;
+        }
+        match labels.and_then(|l| l.get(SERVICE_NAME)).filter(|s| !s.is_empty()) {
+            Some(service) => Self::Service(ServiceKey::new(
+                slice.metadata.namespace.as_deref().unwrap_or("default"),
+                service.as_str(),
+            )),
+            None => Self::Unlabelled,
+        }
+    }
+}
+
+/// Every object of one Service key: its definitions (one from the API server; a hand-written
+/// file may hold several, of which the first is used) and the slices labelled for it.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceObjects {
+    pub services: Vec<Located<Service>>,
+    pub slices: Vec<Located<EndpointSlice>>,
+}
+
+impl ServiceObjects {
+    /// Same objects (by content, wherever they came from) in the same order.
+    pub fn same_content(&self, other: &Self) -> bool {
+        fn same<T: PartialEq>(a: &[Located<T>], b: &[Located<T>]) -> bool {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(&a.object, &b.object) || a.object == b.object)
+        }
+        same(&self.services, &other.services) && same(&self.slices, &other.slices)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty()
+    }
+}
+
+/// `objects` grouped by Service key (definitions and slices in their order in `objects`), with
+/// the problems of slices tied to no Service.
+pub fn group_objects(objects: &Objects) -> (BTreeMap<ServiceKey, ServiceObjects>, Vec<Problem>) {
+    let mut grouped: BTreeMap<ServiceKey, ServiceObjects> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for located in &objects.services {
+        grouped.entry(ServiceKey::of_service(&located.object)).or_default().services.push(located.clone());
+    }
+    for located in &objects.slices {
+        match SliceTie::of(&located.object) {
+            SliceTie::Service(key) => grouped.entry(key).or_default().slices.push(located.clone()),
+            SliceTie::Ignored => {}
+            SliceTie::Unlabelled => problems.push(unlabelled_slice(located)),
+        }
+    }
+    (grouped, problems)
+}
+
+/// The problem of a slice with no `kubernetes.io/service-name` label.
+pub fn unlabelled_slice(located: &Located<EndpointSlice>) -> Problem {
+    Problem {
+        object: describe("EndpointSlice", located),
+        reason: format!("has no {SERVICE_NAME} label; ignored"),
+    }
+}
+
+/// One Service key translated on its own, before frontends are settled between Services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceTranslation {
+    /// The Service is valid and proxied: it claims the frontends of `groups`.
+    pub valid: bool,
+    /// Its groups (empty unless `valid`), sorted by (service, family, scope).
+    pub groups: Vec<BackendGroup>,
+    /// What was left out of this key's objects, and why.
+    pub problems: Vec<Problem>,
+}
+
+/// A frontend as Services claim it: two Services may not have one (address, port, protocol);
+/// a NodePort claims its port on the unspecified address of its family.
+pub type Claim = (IpAddr, u16, Protocol);
+
+impl ServiceTranslation {
+    /// The frontends this Service claims (none unless valid).
+    pub fn claims(&self) -> impl Iterator<Item = Claim> + '_ {
+        self.groups.iter().flat_map(|g| &g.frontends).map(|f| (f.addr, f.port, f.protocol))
+    }
+
+    /// The problem of refusing this Service, when one of its frontends is already claimed by
+    /// another (`claimed` gives the owner of a claim), `None` if it is free to take them.
+    pub fn conflict(&self, key: &ServiceKey, claimed: impl Fn(&Claim) -> Option<String>) -> Option<Problem> {
+        let (frontend, owner) = self
+            .groups
             .iter()
             .flat_map(|g| &g.frontends)
-            .find_map(|f| claimed.get(&(f.addr, f.port, f.protocol)).map(|owner| (*f, owner.clone())));
-        if let Some((frontend, owner)) = conflict {
-            problems.push(Problem {
-                object: format!("Service {}/{}", svc.namespace, svc.name),
-                reason: format!("frontend {frontend} is already used by {owner}; Service skipped"),
-            });
+            .find_map(|f| claimed(&(f.addr, f.port, f.protocol)).map(|owner| (*f, owner)))?;
+        Some(Problem {
+            object: format!("Service {key}"),
+            reason: format!("frontend {frontend} is already used by {owner}; Service skipped"),
+        })
+    }
+
+    /// Each claim with the owner name a later conflicting Service is told.
+    pub fn owners(&self) -> impl Iterator<Item = (Claim, String)> + '_ {
+        self.groups.iter().flat_map(|g| {
+            g.frontends.iter().map(move |f| ((f.addr, f.port, f.protocol), g.service.to_string()))
+        })
+    }
+}
+
+/// Translates objects into the state this node should program, plus what had to be left out:
+/// each Service key on its own (`translate_service`), then frontends settled between Services in
+/// key order (`settle`: a Service whose frontend an earlier one has is refused whole).
+pub fn translate(objects: &Objects, node: &NodeContext) -> (DesiredState, Vec<Problem>) {
+    let (grouped, mut problems) = group_objects(objects);
+    let translations: Vec<(&ServiceKey, ServiceTranslation)> =
+        grouped.iter().map(|(key, objects)| (key, translate_service(key, objects, node))).collect();
+    let mut claimed: BTreeMap<Claim, String> = BTreeMap::new();
+    let mut groups = Vec::new();
+    for (key, mut t) in translations {
+        problems.append(&mut t.problems);
+        if let Some(problem) = settle(key, &t, &mut claimed) {
+            problems.push(problem);
             continue;
         }
-        for group in svc_groups {
-            for f in &group.frontends {
-                claimed.insert((f.addr, f.port, f.protocol), group.service.to_string());
-            }
-            groups.push(group);
-        }
+        groups.append(&mut t.groups);
     }
     groups.sort_by(|a, b| (&a.service, a.family, a.scope).cmp(&(&b.service, b.family, b.scope)));
+    (DesiredState { groups, node_addresses: node_addresses(node) }, problems)
+}
+
+/// Frontend claims between Services, one step: `t` (the translation of `key`, taken in key
+/// order) takes its frontends unless one of them is in `claimed` already, in which case the
+/// Service is refused whole and the problem says why.
+pub fn settle(
+    key: &ServiceKey,
+    t: &ServiceTranslation,
+    claimed: &mut BTreeMap<Claim, String>,
+) -> Option<Problem> {
+    if !t.valid {
+        return None;
+    }
+    if let Some(problem) = t.conflict(key, |c| claimed.get(c).cloned()) {
+        return Some(problem);
+    }
+    for (claim, owner) in t.owners() {
+        claimed.insert(claim, owner);
+    }
+    None
+}
+
+/// This node's addresses as `DesiredState::node_addresses` holds them: canonical, sorted, unique.
+pub fn node_addresses(node: &NodeContext) -> Vec<IpAddr> {
     let mut node_addresses: Vec<IpAddr> = node.addresses.iter().map(IpAddr::to_canonical).collect();
     node_addresses.sort();
     node_addresses.dedup();
-    (DesiredState { groups, node_addresses }, problems)
+    node_addresses
+}
+
+/// Translates the objects of one Service key: the first definition (a later valid one is
+/// reported as a duplicate), with the slices labelled for it.
+pub fn translate_service(
+    key: &ServiceKey,
+    objects: &ServiceObjects,
+    node: &NodeContext,
+) -> ServiceTranslation {
+    let mut problems = Vec::new();
+    let mut first: Option<Option<ValidService<'_>>> = None;
+    for located in &objects.services {
+        let result = validate_service(&located.object);
+        if first.is_some() {
+            match result {
+                Ok(Some(_)) => problems.push(Problem {
+                    object: describe("Service", located),
+                    reason: "defined more than once; the first definition is used".into(),
+                }),
+                Ok(None) => {}
+                Err(reason) => problems.push(Problem { object: describe("Service", located), reason }),
+            }
+            continue;
+        }
+        first = Some(match result {
+            Ok(valid) => valid,
+            Err(reason) => {
+                problems.push(Problem { object: describe("Service", located), reason });
+                None
+            }
+        });
+    }
+    let exists = first.is_some();
+    let slices = usable_slices(key, objects, exists, &mut problems);
+    match first.flatten() {
+        Some(svc) => {
+            let mut groups = service_groups(&svc, Some(&slices), node);
+            groups.sort_by(|a, b| (&a.service, a.family, a.scope).cmp(&(&b.service, b.family, b.scope)));
+            ServiceTranslation { valid: true, groups, problems }
+        }
+        None => ServiceTranslation { valid: false, groups: Vec::new(), problems },
+    }
 }
 
 /// `Ok(None)`: a Service kube-proxy deliberately ignores. `Err`: malformed, reported.
@@ -451,32 +617,21 @@ fn validate_port(port: &ServicePort) -> Result<ValidPort, String> {
     Ok(ValidPort { name: port_name, protocol, port: number, node_port })
 }
 
-/// Slices by (namespace, service name), for the Services that exist. Reports slices that cannot be
-/// tied to a Service.
-fn index_slices<'a>(
-    objects: &'a Objects,
-    known: &BTreeSet<(&str, &str)>,
+/// The slices of `key` translation uses; reports those it cannot use, and every one when the
+/// Service does not exist.
+fn usable_slices<'a>(
+    key: &ServiceKey,
+    objects: &'a ServiceObjects,
+    exists: bool,
     problems: &mut Vec<Problem>,
-) -> HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+) -> Vec<&'a EndpointSlice> {
+    let mut usable = Vec::new();
     for located in &objects.slices {
         let slice: &EndpointSlice = &located.object;
-        let labels = slice.metadata.labels.as_ref();
-        if labels.is_some_and(|l| l.contains_key(HEADLESS)) || slice.address_type == "FQDN" {
-            continue;
-        }
-        let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME)).filter(|s| !s.is_empty()) else {
+        if !exists {
             problems.push(Problem {
                 object: describe("EndpointSlice", located),
-                reason: format!("has no {SERVICE_NAME} label; ignored"),
-            });
-            continue;
-        };
-        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-        if !known.contains(&(namespace, service.as_str())) {
-            problems.push(Problem {
-                object: describe("EndpointSlice", located),
-                reason: format!("its Service {namespace}/{service} does not exist; no frontend uses it"),
+                reason: format!("its Service {key} does not exist; no frontend uses it"),
             });
         }
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
@@ -496,9 +651,9 @@ fn index_slices<'a>(
                 });
             }
         }
-        by_service.entry((namespace, service.as_str())).or_default().push(slice);
+        usable.push(slice);
     }
-    by_service
+    usable
 }
 
 /// The groups of a valid Service: per port and IP family, the `Internal` group (ClusterIPs) and,

@@ -1,44 +1,72 @@
-//! The Kubernetes source: kube-runtime watchers with reflector stores for Services,
-//! EndpointSlices and this node's Node, as kube-proxy's informers.
+//! The Kubernetes source: kube-runtime watchers for Services, EndpointSlices and this node's
+//! Node, as kube-proxy's informers, feeding an `ObjectStore` that tracks which Service keys
+//! changed (the incremental sync's dirty set).
 //!
 //! - Selectors as kube-proxy's: Services labelled `service.kubernetes.io/service-proxy-name`
 //!   and slices labelled `service.kubernetes.io/headless` are never even listed; the Node watch
 //!   is restricted to `metadata.name=<this node>`.
-//! - A store changes only at `InitDone` of a (re)list (the reflector swaps the new list in
-//!   atomically) and on watch events, so a relist after `410 Gone` that finds the same objects
-//!   yields the same snapshot, and the sync writes nothing.
+//! - Watch events apply one object each; a (re)list is swapped in whole at its end (`InitDone`)
+//!   and dirties only the keys whose objects changed, so a relist after `410 Gone` that finds the
+//!   same objects dirties nothing and the sync writes nothing.
+//! - Objects are kept compact: no `managedFields`, no annotations but an EndpointSlice's
+//!   `endpoints.kubernetes.io/last-change-trigger-time`, of the Node only labels and addresses.
 //! - Watch errors (API server down, dropped connections) are retried with kube-runtime's default
 //!   backoff; the maps keep their last good state meanwhile.
 use std::{
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures::StreamExt as _;
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, NodeStatus, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, Client, Resource,
     runtime::{
         WatchStreamExt as _,
-        reflector::{self, Store},
         watcher::{self, Event},
     },
 };
 use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 
-use crate::model::{Located, Objects};
+use super::store::ObjectStore;
+use crate::model::{Located, Objects, ServiceKey, ServiceObjects};
 
-/// The three reflector stores and the tasks that feed them (aborted on drop).
+/// The annotation the EndpointSlice controller stamps with the time of the change that
+/// triggered the slice's update (kube-proxy's network programming latency starts there).
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// What the watches have delivered, and what changed since the last sync took it.
+#[derive(Debug, Default)]
+struct Tracked {
+    store: ObjectStore,
+    node: Option<Arc<Node>>,
+    /// Trigger times of slice changes not yet synced.
+    triggers: Vec<SystemTime>,
+}
+
+/// The changes a sync takes from the source.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub dirty: BTreeSet<ServiceKey>,
+    /// `last-change-trigger-time`s of the slice changes among them (since the agent started).
+    pub triggers: Vec<SystemTime>,
+}
+
+/// The watches and the tracked objects they feed (the tasks are aborted on drop).
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    nodes: Store<Node>,
+    tracked: Arc<Mutex<Tracked>>,
+    /// Which of the three watches (Service, EndpointSlice, Node) has listed.
+    listed: watch::Receiver<[bool; 3]>,
     tasks: Vec<JoinHandle<()>>,
     /// When each watch last failed (see `WatchErrors`).
     errors: Arc<WatchErrors>,
@@ -50,6 +78,89 @@ impl Drop for KubeSource {
             task.abort();
         }
     }
+}
+
+/// An object kind the source watches: how it is kept, and applied to the tracked objects.
+trait Kind:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    /// Drops what the agent never reads.
+    fn compact(&mut self);
+    fn apply(tracked: &mut Tracked, object: Arc<Self>, since: SystemTime);
+    fn delete(tracked: &mut Tracked, object: &Self);
+    /// A complete list, replacing every object of the kind.
+    fn replace(tracked: &mut Tracked, objects: Vec<Arc<Self>>);
+}
+
+impl Kind for Service {
+    fn compact(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+    }
+    fn apply(tracked: &mut Tracked, object: Arc<Self>, _: SystemTime) {
+        tracked.store.apply_service(object);
+    }
+    fn delete(tracked: &mut Tracked, object: &Self) {
+        tracked.store.delete_service(object);
+    }
+    fn replace(tracked: &mut Tracked, objects: Vec<Arc<Self>>) {
+        tracked.store.replace_services(objects);
+    }
+}
+
+/// The `last-change-trigger-time` of a slice (RFC 3339), when it has one.
+pub fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let text = slice.metadata.annotations.as_ref()?.get(LAST_CHANGE_TRIGGER_TIME)?;
+    let time: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    let nanos = u64::try_from(time.as_nanosecond()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+impl Kind for EndpointSlice {
+    fn compact(&mut self) {
+        self.metadata.managed_fields = None;
+        if let Some(annotations) = &mut self.metadata.annotations {
+            annotations.retain(|k, _| k == LAST_CHANGE_TRIGGER_TIME);
+        }
+    }
+    fn apply(tracked: &mut Tracked, object: Arc<Self>, since: SystemTime) {
+        // kube-proxy counts only changes triggered after it started.
+        let trigger = trigger_time(&object).filter(|t| *t > since);
+        if tracked.store.apply_slice(object)
+            && let Some(t) = trigger
+        {
+            tracked.triggers.push(t);
+        }
+    }
+    fn delete(tracked: &mut Tracked, object: &Self) {
+        let _ = tracked.store.delete_slice(object);
+    }
+    fn replace(tracked: &mut Tracked, objects: Vec<Arc<Self>>) {
+        tracked.store.replace_slices(objects);
+    }
+}
+
+impl Kind for Node {
+    fn compact(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.spec = None;
+        self.status =
+            self.status.take().map(|s| NodeStatus { addresses: s.addresses, ..NodeStatus::default() });
+    }
+    fn apply(tracked: &mut Tracked, object: Arc<Self>, _: SystemTime) {
+        tracked.node = Some(object);
+    }
+    fn delete(tracked: &mut Tracked, _: &Self) {
+        tracked.node = None;
+    }
+    fn replace(tracked: &mut Tracked, objects: Vec<Arc<Self>>) {
+        tracked.node = objects.into_iter().next();
+    }
+}
+
+fn lock(tracked: &Mutex<Tracked>) -> MutexGuard<'_, Tracked> {
+    tracked.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// When each watch last failed, cleared when it lists or delivers an event again. A watch that
@@ -77,58 +188,63 @@ impl WatchErrors {
     }
 }
 
-fn spawn_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
+/// The context a watch task runs in.
+struct Watch {
     kind: &'static str,
+    index: usize,
+    tracked: Arc<Mutex<Tracked>>,
+    listed: Arc<watch::Sender<[bool; 3]>>,
     changed: Arc<Notify>,
-    errors: (Arc<WatchErrors>, usize),
+    errors: Arc<WatchErrors>,
     restarts: Counter,
-) -> (Store<K>, JoinHandle<()>)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher::watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .reflect(writer);
-    let task = tokio::spawn(async move {
+    started: SystemTime,
+}
+
+fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinHandle<()> {
+    let stream = watcher::watcher(api, config).default_backoff().modify(K::compact);
+    tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let (errors, watch) = errors;
+        // A (re)list in progress: swapped in whole at its end.
+        let mut listing: Vec<Arc<K>> = Vec::new();
         while let Some(event) = stream.next().await {
             match event {
-                // The store is replaced at InitDone; nothing to sync before that.
-                Ok(Event::Init | Event::InitApply(_)) => {}
+                Ok(Event::Init) => listing.clear(),
+                Ok(Event::InitApply(object)) => listing.push(Arc::new(object)),
                 Ok(Event::InitDone) => {
-                    info!(kind, "listed");
-                    errors.set(watch, false);
-                    changed.notify_one();
+                    info!(kind = w.kind, objects = listing.len(), "listed");
+                    K::replace(&mut lock(&w.tracked), std::mem::take(&mut listing));
+                    w.errors.set(w.index, false);
+                    w.listed.send_modify(|listed| listed[w.index] = true);
+                    w.changed.notify_one();
                 }
-                Ok(Event::Apply(_) | Event::Delete(_)) => {
-                    if errors.failing(watch) {
-                        info!(kind, "watch resumed");
-                        errors.set(watch, false);
+                Ok(event @ (Event::Apply(_) | Event::Delete(_))) => {
+                    if w.errors.failing(w.index) {
+                        info!(kind = w.kind, "watch resumed");
+                        w.errors.set(w.index, false);
                     }
-                    changed.notify_one();
+                    match event {
+                        Event::Apply(object) => K::apply(&mut lock(&w.tracked), Arc::new(object), w.started),
+                        Event::Delete(object) => K::delete(&mut lock(&w.tracked), &object),
+                        _ => {}
+                    }
+                    w.changed.notify_one();
                 }
                 Err(e) => {
                     // Every error is followed by a retry (a new watch, or a relist after
                     // 410 Gone) once the backoff allows.
-                    restarts.inc();
-                    errors.set(watch, true);
-                    warn!(kind, error = %e, "watch failed; retrying with backoff, programmed maps are kept");
+                    w.restarts.inc();
+                    w.errors.set(w.index, true);
+                    warn!(kind = w.kind, error = %e, "watch failed; retrying with backoff, programmed maps are kept");
                 }
             }
         }
-    });
-    (reader, task)
+    })
 }
 
 impl KubeSource {
-    /// Starts the watches; `changed` is notified whenever a store changes, and the counter
-    /// `restarts(resource)` (`services`, `endpointslices`, `nodes`) counts each watch error,
-    /// every one of which is followed by a retry.
+    /// Starts the watches; `changed` is notified whenever the tracked objects change, and the
+    /// counter `restarts(resource)` (`services`, `endpointslices`, `nodes`) counts each watch
+    /// error, every one of which is followed by a retry.
     pub fn start(
         client: &Client,
         node_name: &str,
@@ -136,39 +252,43 @@ impl KubeSource {
         restarts: &dyn Fn(&'static str) -> Counter,
     ) -> Self {
         let errors = Arc::new(WatchErrors::default());
-        let (services, t1) = spawn_watch(
+        let tracked = Arc::new(Mutex::new(Tracked::default()));
+        let (listed, receiver) = watch::channel([false; 3]);
+        let listed = Arc::new(listed);
+        let started = SystemTime::now();
+        let w = |kind, index, resource| Watch {
+            kind,
+            index,
+            tracked: Arc::clone(&tracked),
+            listed: Arc::clone(&listed),
+            changed: Arc::clone(changed),
+            errors: Arc::clone(&errors),
+            restarts: restarts(resource),
+            started,
+        };
+        let t1 = spawn_watch(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name"),
-            "Service",
-            Arc::clone(changed),
-            (Arc::clone(&errors), 0),
-            restarts("services"),
+            w("Service", 0, "services"),
         );
-        let (slices, t2) = spawn_watch(
+        let t2 = spawn_watch(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/headless"),
-            "EndpointSlice",
-            Arc::clone(changed),
-            (Arc::clone(&errors), 1),
-            restarts("endpointslices"),
+            w("EndpointSlice", 1, "endpointslices"),
         );
-        let (nodes, t3) = spawn_watch(
+        let t3 = spawn_watch(
             Api::<Node>::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
-            "Node",
-            Arc::clone(changed),
-            (Arc::clone(&errors), 2),
-            restarts("nodes"),
+            w("Node", 2, "nodes"),
         );
-        Self { services, slices, nodes, tasks: vec![t1, t2, t3], errors }
+        Self { tracked, listed: receiver, tasks: vec![t1, t2, t3], errors }
     }
 
-    /// Waits until all three stores have their first complete list (kube-proxy's
+    /// Waits until all three watches have their first complete list (kube-proxy's
     /// `isInitialized`): syncing a partial view would remove what is programmed.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        self.services.wait_until_ready().await?;
-        self.slices.wait_until_ready().await?;
-        self.nodes.wait_until_ready().await?;
+        let mut listed = self.listed.clone();
+        listed.wait_for(|l| l.iter().all(|l| *l)).await?;
         Ok(())
     }
 
@@ -177,19 +297,44 @@ impl KubeSource {
         self.errors.reconnecting()
     }
 
-    /// The objects in the stores now: the stores' own shared copies, none copied.
+    /// The Service keys changed since the last call, with the slices' trigger times.
+    pub fn take_changes(&self) -> Taken {
+        let mut tracked = lock(&self.tracked);
+        Taken { dirty: tracked.store.take_dirty(), triggers: std::mem::take(&mut tracked.triggers) }
+    }
+
+    /// The objects of `key` now (shared, not copied).
+    pub fn objects(&self, key: &ServiceKey) -> Option<ServiceObjects> {
+        lock(&self.tracked).store.objects(key)
+    }
+
+    /// Every Service key's objects now (shared, not copied).
+    pub fn all(&self) -> BTreeMap<ServiceKey, ServiceObjects> {
+        lock(&self.tracked).store.all()
+    }
+
+    /// This node's Node object, once listed.
+    pub fn node(&self) -> Option<Arc<Node>> {
+        lock(&self.tracked).node.clone()
+    }
+
+    /// Services and EndpointSlices held.
+    pub fn counts(&self) -> (usize, usize) {
+        lock(&self.tracked).store.counts()
+    }
+
+    /// Every object now, as one list (`lb-agent plan`): shared, not copied.
     pub fn snapshot(&self) -> Objects {
-        fn located<K>(store: &Store<K>) -> Vec<Located<K>>
-        where
-            K: Clone + Resource<DynamicType = ()> + 'static,
-        {
-            store.state().into_iter().map(|object| Located { origin: String::new(), object }).collect()
+        let tracked = lock(&self.tracked);
+        let mut objects = Objects::default();
+        for o in tracked.store.all().into_values() {
+            objects.services.extend(o.services);
+            objects.slices.extend(o.slices);
         }
-        Objects {
-            services: located(&self.services),
-            slices: located(&self.slices),
-            nodes: located(&self.nodes),
-        }
+        objects
+            .nodes
+            .extend(tracked.node.iter().map(|n| Located { origin: String::new(), object: Arc::clone(n) }));
+        objects
     }
 }
 
@@ -218,4 +363,54 @@ pub async fn config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
     use anyhow::Context as _;
     Client::try_from(config(kubeconfig).await?).context("building the Kubernetes client")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn trigger_time_is_rfc3339_with_or_without_fraction() {
+        let slice = |t: &str| {
+            let mut s = EndpointSlice::default();
+            s.metadata.annotations =
+                Some(BTreeMap::from([(LAST_CHANGE_TRIGGER_TIME.to_owned(), t.to_owned())]));
+            s
+        };
+        let at = |secs: u64, nanos: u32| Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos));
+        assert_eq!(trigger_time(&slice("2026-12-07T00:00:01Z")), at(1_796_601_601, 0));
+        assert_eq!(trigger_time(&slice("2026-12-07T01:00:01.5+01:00")), at(1_796_601_601, 500_000_000));
+        assert_eq!(trigger_time(&slice("yesterday")), None);
+        assert_eq!(trigger_time(&EndpointSlice::default()), None);
+    }
+
+    #[test]
+    fn stored_objects_keep_only_what_the_agent_reads() {
+        let mut slice = EndpointSlice::default();
+        slice.metadata.managed_fields = Some(vec![Default::default()]);
+        slice.metadata.annotations = Some(BTreeMap::from([
+            (LAST_CHANGE_TRIGGER_TIME.to_owned(), "2026-12-07T00:00:01Z".to_owned()),
+            ("kubectl.kubernetes.io/last-applied-configuration".to_owned(), "{...}".to_owned()),
+        ]));
+        slice.compact();
+        assert_eq!(slice.metadata.managed_fields, None);
+        let kept: Vec<&String> = slice.metadata.annotations.iter().flat_map(BTreeMap::keys).collect();
+        assert_eq!(kept, [LAST_CHANGE_TRIGGER_TIME]);
+
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n", "labels": {"topology.kubernetes.io/zone": "a"}, "annotations": {"x": "y"}},
+            "spec": {"podCIDR": "10.244.0.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                       "images": [{"names": ["big"], "sizeBytes": 1}]},
+        }))
+        .expect("node");
+        node.compact();
+        assert_eq!(node.metadata.annotations, None);
+        assert!(node.metadata.labels.is_some() && node.spec.is_none());
+        let status = node.status.expect("status");
+        assert_eq!(status.addresses.map(|a| a.len()), Some(1));
+        assert_eq!(status.images, None);
+    }
 }

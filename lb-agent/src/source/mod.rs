@@ -2,6 +2,7 @@
 pub mod api_check;
 pub mod file;
 pub mod kubernetes;
+pub mod store;
 
 use thiserror::Error;
 

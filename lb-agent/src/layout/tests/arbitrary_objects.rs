@@ -139,7 +139,7 @@ fn cluster_addressing() -> impl Strategy<Value = (Option<String>, Option<Vec<Str
     ]
 }
 
-fn service() -> impl Strategy<Value = Service> {
+pub(super) fn service() -> impl Strategy<Value = Service> {
     let identity = (pick(NAMESPACES), pick(NAMES), prop::bool::weighted(0.05));
     let addressing = (
         pick(TYPES),
@@ -239,7 +239,7 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
         })
 }
 
-fn slice() -> impl Strategy<Value = EndpointSlice> {
+pub(super) fn slice() -> impl Strategy<Value = EndpointSlice> {
     (
         pick(NAMESPACES),
         pick(NAMES),
@@ -288,6 +288,23 @@ fn slice() -> impl Strategy<Value = EndpointSlice> {
         })
 }
 
+/// Makes `slice` one of `svc`'s: its namespace, name label, and the names and protocols of its
+/// ports (picked by `port_picks`).
+pub(super) fn tie_slice(slice: &mut EndpointSlice, svc: &Service, port_picks: &[prop::sample::Index]) {
+    slice.metadata.namespace.clone_from(&svc.metadata.namespace);
+    if let (Some(labels), Some(name)) = (slice.metadata.labels.as_mut(), &svc.metadata.name) {
+        labels.insert("kubernetes.io/service-name".to_owned(), name.clone());
+    }
+    let svc_ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
+    for (port, pick) in slice.ports.iter_mut().flatten().zip(port_picks) {
+        if !svc_ports.is_empty() {
+            let from = pick.get(svc_ports);
+            port.name.clone_from(&from.name);
+            port.protocol.clone_from(&from.protocol);
+        }
+    }
+}
+
 /// Slices made for one of the Services most of the time (its namespace, name label, and the
 /// names and protocols of its ports, from which they may still stray), so that endpoints reach
 /// the layout; the rest are left as drawn (orphans, unlabelled, other ports).
@@ -303,22 +320,7 @@ fn objects() -> impl Strategy<Value = Objects> {
                 .into_iter()
                 .map(|(mut slice, (tie, which, port_picks))| {
                     if tie && !services.is_empty() {
-                        let svc = which.get(&services);
-                        slice.metadata.namespace.clone_from(&svc.metadata.namespace);
-                        if let (Some(labels), Some(name)) =
-                            (slice.metadata.labels.as_mut(), &svc.metadata.name)
-                        {
-                            labels.insert("kubernetes.io/service-name".to_owned(), name.clone());
-                        }
-                        let svc_ports =
-                            svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
-                        for (port, pick) in slice.ports.iter_mut().flatten().zip(&port_picks) {
-                            if !svc_ports.is_empty() {
-                                let from = pick.get(svc_ports);
-                                port.name.clone_from(&from.name);
-                                port.protocol.clone_from(&from.protocol);
-                            }
-                        }
+                        tie_slice(&mut slice, which.get(&services), &port_picks);
                     }
                     slice
                 })
@@ -341,7 +343,7 @@ fn objects() -> impl Strategy<Value = Objects> {
     )
 }
 
-fn node() -> impl Strategy<Value = NodeContext> {
+pub(super) fn node() -> impl Strategy<Value = NodeContext> {
     (
         pick(ZONES),
         prop::collection::vec(prop::sample::select(&["10.0.1.1", "fd00:1::1", "10.0.1.2"][..]), 0..=3),

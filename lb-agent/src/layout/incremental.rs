@@ -1,0 +1,382 @@
+//! Incremental layout: where every group of the desired state went (id, frontend keys), how
+//! many groups use each backend, and the entries of only the groups a change touched laid out
+//! again, with the same pieces as `state::layout_placed`.
+//!
+//! What a group's entries depend on beyond the group itself, and how it is followed here:
+//! - its backends' ids and entries: a backend entry's state is the lowest any group gives it
+//!   and it carries `LOCAL` when its address is local in any group: counted per backend and per
+//!   address, so a change rewrites exactly the backend entries whose state or flags moved;
+//! - its NodePort keys: a node address:port that another group has as an explicit frontend is
+//!   that group's: explicit keys are counted, and a NodePort group is laid out again when an
+//!   explicit key on a node address with its port appears or goes;
+//! - the node's addresses: a change of them is a full layout (`update` refuses it).
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_common::{FrontendValue, SlotKey, backend_state};
+
+use super::state::{
+    BackendIdentity, FrontendKey, LayoutOptions, MapState, Placement, Reserved, SourceRange, backend_entry,
+    backend_uses, explicit_keys, frontend_keys, kept_id, lay_group, local_ips,
+};
+use crate::model::{
+    BackendGroup, Cidr, ServiceKey,
+    incremental::{Changed, Translator},
+};
+
+/// How many groups use a backend, by the state they give it, and its id.
+#[derive(Clone, Copy, Debug, Default)]
+struct BackendUse {
+    id: Option<u32>,
+    active: u32,
+    terminating: u32,
+}
+
+/// The layout of the desired state, by Service key, kept up to date incrementally.
+#[derive(Debug, Default)]
+pub struct LayoutIndex {
+    node_addresses: Vec<IpAddr>,
+    placed: HashMap<ServiceKey, Vec<Placement>>,
+    backends: BTreeMap<BackendIdentity, BackendUse>,
+    /// Groups listing each address as a local backend.
+    local_ips: HashMap<IpAddr, u32>,
+    /// Explicit frontends (all but NodePorts) of the groups, counted.
+    explicit: HashMap<FrontendKey, u32>,
+    /// Keys with a NodePort group, by (node port, protocol number, IPv4).
+    node_ports: HashMap<(u16, u8, bool), BTreeSet<ServiceKey>>,
+    /// Every id below is programmed (a hint: allocation starts there).
+    group_floor: u32,
+    backend_floor: u32,
+    /// IPv4 frontends programmed (for the capacity check).
+    frontends_v4: usize,
+}
+
+/// The entries a change replaces (`before`, as programmed) and their replacement (`after`):
+/// `diff(before, after)` is the change's ordered writes. Backends the slots of either side
+/// name are in both sides (unchanged ones equal), so each side serves its frontends whole.
+#[derive(Clone, Debug, Default)]
+pub struct Parts {
+    pub before: MapState,
+    pub after: MapState,
+    /// Keys laid out again.
+    pub relaid: usize,
+}
+
+/// Whether `key` has its state `state`, for the two counters.
+fn count(u: &mut BackendUse, state: u8, add: bool) {
+    let n = if state == backend_state::ACTIVE { &mut u.active } else { &mut u.terminating };
+    if add {
+        *n += 1;
+    } else {
+        *n = n.saturating_sub(1);
+    }
+}
+
+fn node_port_keys(group: &BackendGroup) -> impl Iterator<Item = (u16, u8, bool)> + '_ {
+    group
+        .frontends
+        .iter()
+        .filter(|f| f.on_every_node_address())
+        .map(|f| (f.port, f.protocol.number(), f.addr.is_ipv4()))
+}
+
+/// The lowest id from `floor` up that is neither `programmed`, `reserved` nor `given` in this
+/// change. Every id below `floor` is programmed (the floor moves up past programmed ids, and
+/// down when an id is freed), so allocation does not scan the ids in use.
+fn allocate(
+    floor: &mut u32,
+    programmed: impl Fn(u32) -> bool,
+    reserved: impl Fn(u32) -> bool,
+    given: &mut BTreeSet<u32>,
+) -> u32 {
+    *floor = (*floor).max(1);
+    while programmed(*floor) {
+        *floor += 1;
+    }
+    let mut id = *floor;
+    while programmed(id) || reserved(id) || given.contains(&id) {
+        id += 1;
+    }
+    given.insert(id);
+    id
+}
+
+impl LayoutIndex {
+    /// The index of a full layout: `groups` (key, group) in the desired state's order, placed
+    /// as `placements` say, into `target`.
+    pub fn new<'a>(
+        groups: impl Iterator<Item = (&'a ServiceKey, &'a BackendGroup)>,
+        placements: Vec<Placement>,
+        target: &MapState,
+        node_addresses: Vec<IpAddr>,
+    ) -> Self {
+        let mut index = Self { node_addresses, group_floor: 1, backend_floor: 1, ..Self::default() };
+        let mut touched = BTreeSet::new();
+        let mut ips = BTreeSet::new();
+        let mut explicit = BTreeSet::new();
+        for ((key, group), placement) in groups.zip(placements) {
+            index.add_group(key, group, &mut touched, &mut ips, &mut explicit);
+            index.placed.entry(key.clone()).or_default().push(placement);
+        }
+        for (id, b) in &target.backends {
+            if let Some(u) = index.backends.get_mut(&(super::state::backend_addr(b), b.proto)) {
+                u.id = Some(*id);
+            }
+        }
+        index.frontends_v4 = target.frontends.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count();
+        index
+    }
+
+    pub fn node_addresses(&self) -> &[IpAddr] {
+        &self.node_addresses
+    }
+
+    /// IPv4 and IPv6 frontends programmed.
+    pub fn frontends_v4(&self) -> usize {
+        self.frontends_v4
+    }
+
+    fn add_group(
+        &mut self,
+        key: &ServiceKey,
+        group: &BackendGroup,
+        touched: &mut BTreeSet<BackendIdentity>,
+        ips: &mut BTreeSet<IpAddr>,
+        explicit: &mut BTreeSet<FrontendKey>,
+    ) {
+        for (identity, state) in backend_uses(group) {
+            count(self.backends.entry(identity).or_default(), state, true);
+            touched.insert(identity);
+        }
+        for ip in local_ips(group) {
+            let n = self.local_ips.entry(ip).or_default();
+            *n += 1;
+            if *n == 1 {
+                ips.insert(ip);
+            }
+        }
+        for k in explicit_keys(group) {
+            let n = self.explicit.entry(k).or_default();
+            *n += 1;
+            if *n == 1 {
+                explicit.insert(k);
+            }
+        }
+        for np in node_port_keys(group) {
+            self.node_ports.entry(np).or_default().insert(key.clone());
+        }
+    }
+
+    fn remove_group(
+        &mut self,
+        key: &ServiceKey,
+        group: &BackendGroup,
+        touched: &mut BTreeSet<BackendIdentity>,
+        ips: &mut BTreeSet<IpAddr>,
+        explicit: &mut BTreeSet<FrontendKey>,
+    ) {
+        for (identity, state) in backend_uses(group) {
+            if let Some(u) = self.backends.get_mut(&identity) {
+                count(u, state, false);
+            }
+            touched.insert(identity);
+        }
+        for ip in local_ips(group) {
+            if let Some(n) = self.local_ips.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.local_ips.remove(&ip);
+                    ips.insert(ip);
+                }
+            }
+        }
+        for k in explicit_keys(group) {
+            if let Some(n) = self.explicit.get_mut(&k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.explicit.remove(&k);
+                    explicit.insert(k);
+                }
+            }
+        }
+        for np in node_port_keys(group) {
+            if let Some(set) = self.node_ports.get_mut(&np) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.node_ports.remove(&np);
+                }
+            }
+        }
+    }
+
+    /// Lays out again the groups of `changed` (their new groups from `translator`) and those
+    /// whose NodePort keys the change moves; returns the entries replaced and their
+    /// replacement. `programmed` is what the maps hold (consistent: every group id in use has
+    /// its service entry), `reserved` the ids not to hand out yet.
+    pub fn update(
+        &mut self,
+        changed: &[Changed],
+        translator: &Translator,
+        programmed: &MapState,
+        reserved: &Reserved,
+        options: &LayoutOptions,
+    ) -> Parts {
+        let (mut touched, mut ips, mut explicit) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        let mut old: BTreeMap<ServiceKey, Vec<Placement>> = BTreeMap::new();
+        for c in changed {
+            for g in &c.before {
+                self.remove_group(&c.key, g, &mut touched, &mut ips, &mut explicit);
+            }
+            old.insert(c.key.clone(), self.placed.remove(&c.key).unwrap_or_default());
+        }
+        for c in changed {
+            for g in translator.groups(&c.key) {
+                self.add_group(&c.key, g, &mut touched, &mut ips, &mut explicit);
+            }
+        }
+        // NodePort groups whose keys an explicit frontend on a node address took or gave back.
+        for k in &explicit {
+            let addr = k.addr();
+            if !self.node_addresses.contains(&addr.ip()) {
+                continue;
+            }
+            let np = (addr.port(), k.proto(), addr.is_ipv4());
+            for key in self.node_ports.get(&np).into_iter().flatten() {
+                if !old.contains_key(key) {
+                    old.insert(key.clone(), self.placed.remove(key).unwrap_or_default());
+                }
+            }
+        }
+        // Backends whose `LOCAL` flag moved.
+        for ip in &ips {
+            let (lo, hi) = (SocketAddr::new(*ip, 0), SocketAddr::new(*ip, u16::MAX));
+            touched.extend(self.backends.range((lo, 0)..=(hi, u8::MAX)).map(|(k, _)| *k));
+        }
+
+        let mut parts = Parts { relaid: old.len(), ..Parts::default() };
+        let mut owners: HashMap<u32, Vec<FrontendKey>> = HashMap::new();
+        for placement in old.values().flatten() {
+            let Some(id) = placement.id else { continue };
+            owners.insert(id, placement.keys.iter().map(|(k, _)| *k).collect());
+            let before = &mut parts.before;
+            for (k, _) in &placement.keys {
+                if let Some(v) = programmed.frontends.get(k) {
+                    before.frontends.insert(*k, *v);
+                }
+            }
+            let slots = SlotKey { group: id, slot: 0 }..=SlotKey { group: id, slot: u32::MAX };
+            before.slots.extend(programmed.slots.range(slots));
+            let (lo, hi) = (Cidr::host(IpAddr::from([0u8; 4])), Cidr::host(IpAddr::from([0xffu8; 16])));
+            let ranges = SourceRange { group: id, cidr: Cidr { prefix: 0, ..lo } }..=SourceRange {
+                group: id,
+                cidr: Cidr { prefix: u8::MAX, ..hi },
+            };
+            before.source_ranges.extend(programmed.source_ranges.range(ranges));
+            if let Some(name) = programmed.services.get(&id) {
+                before.services.insert(id, *name);
+            }
+        }
+
+        // Backends: the touched ones written anew, or deleted when no group uses them.
+        let mut given = BTreeSet::new();
+        let mut deleted = Vec::new();
+        for identity in &touched {
+            let Some(u) = self.backends.get(identity).copied() else { continue };
+            if let Some(id) = u.id
+                && let Some(b) = programmed.backends.get(&id)
+            {
+                parts.before.backends.insert(id, *b);
+            }
+            if u.active + u.terminating == 0 {
+                deleted.push(*identity);
+                if let Some(id) = u.id {
+                    self.backend_floor = self.backend_floor.min(id);
+                }
+                continue;
+            }
+            let id = match u.id {
+                Some(id) => id,
+                None => allocate(
+                    &mut self.backend_floor,
+                    |id| programmed.backends.contains_key(&id),
+                    |id| reserved.backends.contains(&id),
+                    &mut given,
+                ),
+            };
+            if let Some(entry) = self.backends.get_mut(identity) {
+                entry.id = Some(id);
+            }
+            let state = if u.active > 0 { backend_state::ACTIVE } else { backend_state::TERMINATING };
+            let local = self.local_ips.contains_key(&identity.0.ip());
+            parts.after.backends.insert(id, backend_entry(identity, state, local));
+        }
+        for identity in deleted {
+            self.backends.remove(&identity);
+        }
+
+        // Groups, in the desired state's order.
+        let mut reused = BTreeSet::new();
+        let mut given = BTreeSet::new();
+        for key in old.keys() {
+            let mut placements = Vec::new();
+            for group in translator.groups(key) {
+                let keys = frontend_keys(
+                    group,
+                    &self.node_addresses,
+                    &|k| self.explicit.contains_key(k),
+                    &mut |_| true,
+                );
+                if keys.is_empty() {
+                    placements.push(Placement { id: None, keys });
+                    continue;
+                }
+                let id = match kept_id(&keys, &programmed.frontends, &owners, &reused) {
+                    Some(id) => {
+                        reused.insert(id);
+                        id
+                    }
+                    None => allocate(
+                        &mut self.group_floor,
+                        |id| programmed.services.contains_key(&id),
+                        |id| reserved.groups.contains(&id),
+                        &mut given,
+                    ),
+                };
+                let backends = &self.backends;
+                let id_of =
+                    |identity: &BackendIdentity| backends.get(identity).and_then(|u| u.id).unwrap_or(0);
+                lay_group(&mut parts.after, group, id, &keys, &id_of, &self.node_addresses, options);
+                placements.push(Placement { id: Some(id), keys });
+            }
+            if !placements.is_empty() {
+                self.placed.insert(key.clone(), placements);
+            }
+        }
+        for id in parts.before.services.keys() {
+            if !parts.after.services.contains_key(id) {
+                self.group_floor = self.group_floor.min(*id);
+            }
+        }
+
+        // Backends the slots name and no change touched: the same on both sides.
+        let named: BTreeSet<u32> =
+            parts.before.slots.values().chain(parts.after.slots.values()).map(|s| s.backend).collect();
+        for id in named {
+            if !parts.before.backends.contains_key(&id)
+                && !parts.after.backends.contains_key(&id)
+                && let Some(b) = programmed.backends.get(&id)
+            {
+                parts.before.backends.insert(id, *b);
+                parts.after.backends.insert(id, *b);
+            }
+        }
+        let v4 = |s: &BTreeMap<FrontendKey, FrontendValue>| {
+            s.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count()
+        };
+        self.frontends_v4 =
+            (self.frontends_v4 + v4(&parts.after.frontends)).saturating_sub(v4(&parts.before.frontends));
+        parts
+    }
+}

@@ -1,0 +1,335 @@
+//! Incremental equals full: random sequences of add/update/delete events for Services,
+//! EndpointSlices and the Node (the arbitrary objects of `arbitrary_objects`: every Service type
+//! and policy translate knows, malformed ones too) go through the change tracking of
+//! `source::store::ObjectStore` (the Kubernetes source's) and `Syncer::sync_changes` into
+//! `MemoryMaps`. After every step the maps must equal, entry for entry up to the numbering of
+//! ids, a from-scratch sync of the same objects (`translate` of them all) into fresh maps; every
+//! prefix of each incremental apply must keep the write-order invariants (`MapState::check`);
+//! the syncer's idea of the maps must be the maps; and the file source's change tracking
+//! (`changed_keys`, content diff of two loads) must name the keys the events dirtied.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use lb_common::{Backend, FrontendValue, ServiceName, SlotKey};
+
+use super::{
+    super::diff::apply_in_memory,
+    arbitrary_objects::{node, service, slice, tie_slice},
+    *,
+};
+use crate::{
+    model::{Located, NodeContext, Objects, ServiceKey, group_objects, translate},
+    source::store::{ObjectStore, changed_keys},
+};
+
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant, reason = "test events, a few per case")]
+enum Event {
+    PutService(Box<Service>),
+    DeleteService(prop::sample::Index),
+    /// A slice, tied to an existing Service (with port picks) or left as drawn, under the name
+    /// of an existing slice (an update) or its own.
+    PutSlice(
+        EndpointSlice,
+        Option<(prop::sample::Index, Vec<prop::sample::Index>)>,
+        Option<prop::sample::Index>,
+    ),
+    DeleteSlice(prop::sample::Index),
+    Node(NodeContext),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    let index = any::<prop::sample::Index>;
+    prop_oneof![
+        5 => service().prop_map(|s| Event::PutService(Box::new(s))),
+        1 => index().prop_map(Event::DeleteService),
+        6 => (
+            slice(),
+            prop::option::weighted(0.8, (index(), prop::collection::vec(index(), 3))),
+            prop::option::weighted(0.4, index()),
+        )
+            .prop_map(|(s, tie, rename)| Event::PutSlice(s, tie, rename)),
+        2 => index().prop_map(Event::DeleteSlice),
+        1 => node().prop_map(Event::Node),
+    ]
+}
+
+/// The objects as the API server holds them: one per namespace and name.
+#[derive(Default)]
+struct World {
+    services: BTreeMap<(String, String), Arc<Service>>,
+    slices: BTreeMap<(String, String), Arc<EndpointSlice>>,
+    node: NodeContext,
+}
+
+fn id_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
+}
+
+impl World {
+    /// Applies `event` here and as a watch event to `store`.
+    fn apply(&mut self, event: Event, store: &mut ObjectStore) {
+        match event {
+            Event::PutService(s) => {
+                let s = Arc::new(*s);
+                self.services.insert(id_of(&s.metadata), Arc::clone(&s));
+                store.apply_service(s);
+            }
+            Event::DeleteService(i) => {
+                if self.services.is_empty() {
+                    return;
+                }
+                let id = i.get(&self.services.keys().cloned().collect::<Vec<_>>()).clone();
+                if let Some(s) = self.services.remove(&id) {
+                    store.delete_service(&s);
+                }
+            }
+            Event::PutSlice(mut s, tie, rename) => {
+                let services: Vec<Service> = self.services.values().map(|s| (**s).clone()).collect();
+                if let Some((which, picks)) = tie
+                    && !services.is_empty()
+                {
+                    tie_slice(&mut s, which.get(&services), &picks);
+                }
+                if let Some(which) = rename
+                    && !self.slices.is_empty()
+                {
+                    let (namespace, name) =
+                        which.get(&self.slices.keys().cloned().collect::<Vec<_>>()).clone();
+                    s.metadata.namespace = Some(namespace);
+                    s.metadata.name = Some(name);
+                }
+                let s = Arc::new(s);
+                self.slices.insert(id_of(&s.metadata), Arc::clone(&s));
+                let _ = store.apply_slice(s);
+            }
+            Event::DeleteSlice(i) => {
+                if self.slices.is_empty() {
+                    return;
+                }
+                let id = i.get(&self.slices.keys().cloned().collect::<Vec<_>>()).clone();
+                if let Some(s) = self.slices.remove(&id) {
+                    let _ = store.delete_slice(&s);
+                }
+            }
+            Event::Node(n) => self.node = n,
+        }
+    }
+
+    fn objects(&self) -> Objects {
+        fn located<T>(object: &Arc<T>) -> Located<T> {
+            Located { origin: String::new(), object: Arc::clone(object) }
+        }
+        Objects {
+            services: self.services.values().map(located).collect(),
+            slices: self.slices.values().map(located).collect(),
+            nodes: Vec::new(),
+        }
+    }
+}
+
+/// A group as the kernel sees it, without its id: its frontends (values without the id), its
+/// name, its slots in order (the backend entries they name), its source ranges.
+type NormalGroup = (Vec<(FrontendKey, FrontendValue)>, Option<ServiceName>, Vec<Option<Backend>>, Vec<Cidr>);
+
+/// `state` with ids replaced by what they stand for, and each map's entry count.
+fn normal(state: &MapState) -> (BTreeSet<NormalGroup>, BTreeSet<Backend>, [usize; 5]) {
+    let mut frontends: BTreeMap<u32, Vec<(FrontendKey, FrontendValue)>> = BTreeMap::new();
+    for (k, v) in &state.frontends {
+        frontends.entry(v.group).or_default().push((*k, FrontendValue { group: 0, ..*v }));
+    }
+    let groups = frontends
+        .into_iter()
+        .map(|(id, fronts)| {
+            let slots = state
+                .slots
+                .range(SlotKey { group: id, slot: 0 }..=SlotKey { group: id, slot: u32::MAX })
+                .map(|(_, s)| state.backends.get(&s.backend).copied())
+                .collect();
+            let ranges = state.source_ranges.iter().filter(|r| r.group == id).map(|r| r.cidr).collect();
+            (fronts, state.services.get(&id).copied(), slots, ranges)
+        })
+        .collect();
+    let counts = [
+        state.frontends.len(),
+        state.slots.len(),
+        state.backends.len(),
+        state.source_ranges.len(),
+        state.services.len(),
+    ];
+    (groups, state.backends.values().copied().collect(), counts)
+}
+
+/// One full sync of `objects` into fresh maps.
+fn from_scratch(objects: &Objects, node: &NodeContext, options: LayoutOptions) -> MapState {
+    let (desired, _) = translate(objects, node);
+    let mut syncer = Syncer::with_options(MemoryMaps::default(), options).expect("memory maps read");
+    syncer.sync(&desired).expect("full sync");
+    syncer.programmed().clone()
+}
+
+fn run(events: Vec<Event>, options: LayoutOptions) -> Result<(), TestCaseError> {
+    let mut world = World {
+        node: NodeContext {
+            name: "node-1".into(),
+            zone: Some("zone-a".into()),
+            addresses: vec!["10.0.1.1".parse().expect("address"), "fd00:1::1".parse().expect("address")],
+        },
+        ..World::default()
+    };
+    let mut store = ObjectStore::default();
+    let mut syncer = Syncer::with_options(MemoryMaps::default(), options).expect("memory maps read");
+    let mut last_load = BTreeMap::new();
+    for (step, event) in events.into_iter().enumerate() {
+        world.apply(event, &mut store);
+        let dirty = store.take_dirty();
+        let objects = world.objects();
+        // The file source's change tracking sees the same changes.
+        let (load, _) = group_objects(&objects);
+        let by_content = changed_keys(&last_load, &load);
+        prop_assert!(
+            by_content.is_subset(&dirty),
+            "step {}: file source dirtied {:?}, events {:?}",
+            step,
+            by_content,
+            dirty
+        );
+        last_load = load;
+
+        let (state_before, log_before) = (syncer.programmed().clone(), syncer.maps_mut().log.len());
+        syncer
+            .sync_changes(dirty, &world.node, &|k: &ServiceKey| store.objects(k), &|| store.all())
+            .expect("memory maps take every write");
+        // Every prefix of the writes keeps the invariants.
+        let mut mid = state_before;
+        for op in &syncer.maps_mut().log[log_before..] {
+            apply_in_memory(&mut mid, op);
+            if let Err(e) = mid.check() {
+                return Err(TestCaseError::fail(format!("step {step}: after {op}: {e}")));
+            }
+        }
+        let in_maps = syncer.maps_mut().state.clone();
+        prop_assert_eq!(&in_maps, syncer.programmed(), "step {}: the syncer's view", step);
+        let want = from_scratch(&objects, &world.node, options);
+        let (got_n, want_n) = (normal(syncer.programmed()), normal(&want));
+        if got_n != want_n {
+            let only = |a: &BTreeSet<NormalGroup>, b: &BTreeSet<NormalGroup>| -> Vec<String> {
+                a.difference(b)
+                    .map(|(f, _, slots, r)| format!("{f:?} slots {slots:?} ranges {r:?}"))
+                    .collect()
+            };
+            return Err(TestCaseError::fail(format!(
+                "step {step}: only incremental: {:?}\nonly full: {:?}\nbackends {:?} / {:?}\ncounts {:?} / {:?}",
+                only(&got_n.0, &want_n.0),
+                only(&want_n.0, &got_n.0),
+                got_n.1.difference(&want_n.1).collect::<Vec<_>>(),
+                want_n.1.difference(&got_n.1).collect::<Vec<_>>(),
+                got_n.2,
+                want_n.2
+            )));
+        }
+        // A sync with nothing dirty writes nothing.
+        let report = syncer
+            .sync_changes(BTreeSet::new(), &world.node, &|k: &ServiceKey| store.objects(k), &|| store.all())
+            .expect("empty sync");
+        prop_assert_eq!((report.written, report.removed), (0, 0));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+    #[test]
+    fn incremental_sync_equals_a_full_sync(events in prop::collection::vec(event(), 1..14), maglev in prop::bool::weighted(0.2)) {
+        let options = if maglev {
+            LayoutOptions { algorithm: super::super::state::LbAlgorithm::Maglev, maglev_size: 7 }
+        } else {
+            LayoutOptions::default()
+        };
+        run(events, options)?;
+    }
+}
+
+fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("test object")
+}
+
+fn service_of(name: &str, cluster_ip: &str) -> Service {
+    object(serde_json::json!({
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"clusterIP": cluster_ip, "ports": [{"name": "http", "port": 80}]},
+    }))
+}
+
+fn slice_of(service: &str, port: u16, ip: &str, node: &str) -> EndpointSlice {
+    object(serde_json::json!({
+        "metadata": {"name": format!("{service}-1"), "namespace": "ns",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port}],
+        "endpoints": [{"addresses": [ip], "nodeName": node}],
+    }))
+}
+
+/// A backend address local in one Service's slice makes every backend entry with that address
+/// `LOCAL`, another Service's too: when the first slice's endpoint moves to another node, the other entry loses the flag
+/// although its own group did not change.
+#[test]
+fn local_flag_follows_the_address_across_services() {
+    let events = vec![
+        Event::PutService(Box::new(service_of("a", "10.96.0.10"))),
+        Event::PutService(Box::new(service_of("b", "10.96.0.11"))),
+        Event::PutSlice(slice_of("b", 9090, "10.244.1.1", "node-2"), None, None),
+        Event::PutSlice(slice_of("a", 8080, "10.244.1.1", "node-1"), None, None),
+        Event::PutSlice(slice_of("a", 8080, "10.244.1.1", "node-2"), None, None),
+        Event::PutSlice(slice_of("a", 8080, "10.244.1.1", "node-1"), None, None),
+        Event::PutSlice(slice_of("a", 8080, "10.244.1.2", "node-1"), None, None),
+    ];
+    run(events, LayoutOptions::default()).expect("incremental equals full");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    /// A write that fails in the middle of an incremental sync leaves a consistent datapath, and
+    /// the next sync (the change's keys already taken: it must fall back to a full one) converges
+    /// on the full sync's maps.
+    #[test]
+    fn a_failed_incremental_sync_is_followed_by_a_full_one(
+        events in prop::collection::vec((event(), prop::option::weighted(0.3, any::<prop::sample::Index>())), 1..10),
+    ) {
+        let mut world = World { node: NodeContext::named("node-1"), ..World::default() };
+        let mut store = ObjectStore::default();
+        let mut syncer = Syncer::new(MemoryMaps::default()).expect("memory maps read");
+        for (step, (event, fail)) in events.into_iter().enumerate() {
+            world.apply(event, &mut store);
+            let dirty = store.take_dirty();
+            let objects = |k: &ServiceKey| store.objects(k);
+            let all = || store.all();
+            if let Some(fail) = fail
+                && syncer.incremental_ready(&world.node)
+            {
+                // Fail one of the first writes of the change, if it makes that many.
+                let log = syncer.maps_mut().log.len();
+                syncer.maps_mut().fail_at = Some(log + fail.index(3));
+                let failed = syncer.sync_changes(dirty, &world.node, &objects, &all).is_err();
+                syncer.maps_mut().fail_at = None;
+                if let Err(e) = syncer.maps_mut().state.check() {
+                    return Err(TestCaseError::fail(format!("step {step}: after a failed write: {e}")));
+                }
+                if failed {
+                    prop_assert!(!syncer.incremental_ready(&world.node), "step {}: a failure is followed by a full sync", step);
+                }
+                syncer.sync_changes(BTreeSet::new(), &world.node, &objects, &all).expect("sync after the failure");
+            } else {
+                syncer.sync_changes(dirty, &world.node, &objects, &all).expect("sync");
+            }
+            let want = from_scratch(&world.objects(), &world.node, LayoutOptions::default());
+            prop_assert_eq!(normal(&syncer.maps_mut().state.clone()), normal(&want), "step {}", step);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Incremental translation: every Service key's translation kept, re-translated only for the
+//! keys a change touched, and frontend claims settled again among the Services that share a
+//! frontend with them.
+//!
+//! `translate` settles claims greedily in key order: a Service is refused when an earlier
+//! accepted one claims one of its frontends. Whether a Service is accepted depends only on the
+//! Services it shares a claim with, so after a change it is enough to settle again, in key
+//! order, the Services reachable from the changed ones through shared claims (old and new): the
+//! greedy pass over that closed set is the global pass restricted to it.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::{
+    BackendGroup, DesiredState, Problem,
+    translate::{
+        Claim, NodeContext, ServiceKey, ServiceObjects, ServiceTranslation, settle, translate_service,
+    },
+};
+
+/// The translation of one Service key and the outcome of settling its claims.
+#[derive(Debug)]
+struct Entry {
+    translation: ServiceTranslation,
+    /// Valid and not refused for a frontend an earlier Service has.
+    accepted: bool,
+    /// Why it was refused, when it was.
+    conflict: Option<Problem>,
+}
+
+impl Entry {
+    fn groups(&self) -> &[BackendGroup] {
+        if self.accepted { &self.translation.groups } else { &[] }
+    }
+}
+
+/// A Service key whose groups in the desired state changed, with the groups it had before.
+#[derive(Debug)]
+pub struct Changed {
+    pub key: ServiceKey,
+    pub before: Vec<BackendGroup>,
+}
+
+/// What one `Translator::update` changed.
+#[derive(Debug, Default)]
+pub struct Update {
+    /// Keys whose desired groups changed, in key order.
+    pub changed: Vec<Changed>,
+    /// The problems of every key translated or settled again.
+    pub problems: Vec<Problem>,
+    /// Keys translated again (the dirty ones, or every key after a node change).
+    pub translated: usize,
+}
+
+/// The desired state, kept per Service key and brought up to date by the keys that changed.
+#[derive(Debug, Default)]
+pub struct Translator {
+    node: NodeContext,
+    entries: BTreeMap<ServiceKey, Entry>,
+    /// The valid Services claiming each frontend.
+    claimants: HashMap<Claim, BTreeSet<ServiceKey>>,
+    /// Accepted keys with a `healthCheckNodePort` in some group.
+    health: BTreeSet<ServiceKey>,
+}
+
+impl Translator {
+    /// Translates every key of `objects` (the full `translate`, kept per key).
+    pub fn new(objects: &BTreeMap<ServiceKey, ServiceObjects>, node: &NodeContext) -> (Self, Update) {
+        let mut t = Self { node: node.clone(), ..Self::default() };
+        let update = t.update(objects.keys().cloned().collect(), node, &|key| objects.get(key).cloned());
+        (t, update)
+    }
+
+    pub fn node(&self) -> &NodeContext {
+        &self.node
+    }
+
+    /// The groups `key` has in the desired state (none when it is refused, invalid or absent),
+    /// sorted by (service, family, scope).
+    pub fn groups(&self, key: &ServiceKey) -> &[BackendGroup] {
+        self.entries.get(key).map_or(&[], Entry::groups)
+    }
+
+    /// Every accepted group, in the desired state's order.
+    pub fn all_groups(&self) -> impl Iterator<Item = (&ServiceKey, &BackendGroup)> {
+        self.entries.iter().flat_map(|(k, e)| e.groups().iter().map(move |g| (k, g)))
+    }
+
+    /// The whole desired state (a copy).
+    pub fn desired(&self) -> DesiredState {
+        DesiredState {
+            groups: self.all_groups().map(|(_, g)| g.clone()).collect(),
+            node_addresses: super::node_addresses(&self.node),
+        }
+    }
+
+    /// The groups of the Services with a `healthCheckNodePort` (what the health-check servers
+    /// need), as a desired state.
+    pub fn health_state(&self) -> DesiredState {
+        DesiredState {
+            groups: self.health.iter().flat_map(|k| self.groups(k).iter().cloned()).collect(),
+            node_addresses: super::node_addresses(&self.node),
+        }
+    }
+
+    /// Every problem now (translation and refusals), in key order.
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.entries.values().flat_map(|e| e.translation.problems.iter().chain(&e.conflict))
+    }
+
+    /// Number of Service keys known (with a Service or a slice).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn index_claims(&mut self, key: &ServiceKey, t: &ServiceTranslation, add: bool) {
+        for claim in t.claims() {
+            if add {
+                self.claimants.entry(claim).or_default().insert(key.clone());
+            } else if let Some(set) = self.claimants.get_mut(&claim) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.claimants.remove(&claim);
+                }
+            }
+        }
+    }
+
+    /// Translates `dirty` again (`objects(key)`: the key's objects now, `None` when it has none)
+    /// and settles claims again where they may have moved. A `node` other than the last one
+    /// translates every key again (zone and addresses change endpoints' topology and locality).
+    pub fn update(
+        &mut self,
+        mut dirty: BTreeSet<ServiceKey>,
+        node: &NodeContext,
+        objects: &dyn Fn(&ServiceKey) -> Option<ServiceObjects>,
+    ) -> Update {
+        if *node != self.node {
+            self.node = node.clone();
+            dirty.extend(self.entries.keys().cloned());
+        }
+        let mut update = Update { translated: dirty.len(), ..Update::default() };
+        // Groups before, of the keys whose groups may change.
+        let mut before: BTreeMap<ServiceKey, Vec<BackendGroup>> = BTreeMap::new();
+        let mut frontier: Vec<Claim> = Vec::new();
+        for key in &dirty {
+            if let Some(old) = self.entries.remove(key) {
+                self.index_claims(key, &old.translation, false);
+                frontier.extend(old.translation.claims());
+                before.insert(key.clone(), if old.accepted { old.translation.groups } else { Vec::new() });
+            } else {
+                before.insert(key.clone(), Vec::new());
+            }
+            let Some(objects) = objects(key).filter(|o| !o.is_empty()) else { continue };
+            let translation = translate_service(key, &objects, &self.node);
+            self.index_claims(key, &translation, true);
+            frontier.extend(translation.claims());
+            self.entries.insert(key.clone(), Entry { translation, accepted: false, conflict: None });
+        }
+        // Every Service sharing a claim with one settled again, transitively.
+        let mut component: BTreeSet<ServiceKey> = dirty.clone();
+        let mut seen: std::collections::HashSet<Claim> = std::collections::HashSet::new();
+        while let Some(claim) = frontier.pop() {
+            if !seen.insert(claim) {
+                continue;
+            }
+            for key in self.claimants.get(&claim).into_iter().flatten() {
+                if component.insert(key.clone())
+                    && let Some(e) = self.entries.get(key)
+                {
+                    frontier.extend(e.translation.claims());
+                }
+            }
+        }
+        let mut claimed: BTreeMap<Claim, String> = BTreeMap::new();
+        for key in &component {
+            let Some(entry) = self.entries.get_mut(key) else {
+                // Gone: its groups (if any) are gone.
+                if before.get(key).is_some_and(|b| !b.is_empty()) {
+                    update
+                        .changed
+                        .push(Changed { key: key.clone(), before: before.remove(key).unwrap_or_default() });
+                }
+                self.health.remove(key);
+                continue;
+            };
+            let conflict = settle(key, &entry.translation, &mut claimed);
+            let accepted = entry.translation.valid && conflict.is_none();
+            let was = entry.accepted;
+            entry.accepted = accepted;
+            entry.conflict = conflict;
+            update.problems.extend(entry.translation.problems.iter().chain(&entry.conflict).cloned());
+            if entry.groups().iter().any(|g| g.health_check_node_port.is_some()) {
+                self.health.insert(key.clone());
+            } else {
+                self.health.remove(key);
+            }
+            match before.remove(key) {
+                // Translated again: changed if its groups differ.
+                Some(old) if old.as_slice() != entry.groups() => {
+                    update.changed.push(Changed { key: key.clone(), before: old });
+                }
+                Some(_) => {}
+                // Only settled again: changed if it was refused or accepted anew.
+                None if was != accepted => {
+                    let old = if was { entry.translation.groups.clone() } else { Vec::new() };
+                    update.changed.push(Changed { key: key.clone(), before: old });
+                }
+                None => {}
+            }
+        }
+        update
+    }
+}

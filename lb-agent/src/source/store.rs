@@ -1,0 +1,222 @@
+//! The objects a source holds, grouped by Service key, with change tracking: which keys changed
+//! since the last sync (the "dirty" set the incremental sync works from).
+//!
+//! The Kubernetes source applies watch events one by one (`apply_*`, `delete_*`) and a relist as
+//! a whole (`replace`); the file source replaces everything at each load. Either way a key is
+//! dirty only when its objects' content changed, so a relist or a reload that finds the same
+//! objects dirties nothing.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::model::{Located, ServiceKey, ServiceObjects, SliceTie};
+
+/// The objects of every Service key, and the keys changed since `take_dirty`.
+#[derive(Debug, Default)]
+pub struct ObjectStore {
+    services: BTreeMap<ServiceKey, Located<Service>>,
+    /// Slices by the key they are labelled for, then by name.
+    slices: BTreeMap<ServiceKey, BTreeMap<String, Located<EndpointSlice>>>,
+    /// The key of each stored slice, by (namespace, name): a slice relabelled for another
+    /// Service dirties both.
+    slice_keys: HashMap<(String, String), ServiceKey>,
+    dirty: BTreeSet<ServiceKey>,
+}
+
+fn slice_id(slice: &EndpointSlice) -> (String, String) {
+    let meta = &slice.metadata;
+    (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
+}
+
+impl ObjectStore {
+    /// A Service added or updated.
+    pub fn apply_service(&mut self, service: Arc<Service>) {
+        let key = ServiceKey::of_service(&service);
+        if self.services.get(&key).is_some_and(|old| *old.object == *service) {
+            return;
+        }
+        self.services.insert(key.clone(), Located { origin: String::new(), object: service });
+        self.dirty.insert(key);
+    }
+
+    /// A Service deleted.
+    pub fn delete_service(&mut self, service: &Service) {
+        let key = ServiceKey::of_service(service);
+        if self.services.remove(&key).is_some() {
+            self.dirty.insert(key);
+        }
+    }
+
+    /// An EndpointSlice added or updated. Slices of headless Services, FQDN and unlabelled ones
+    /// are not kept (nothing uses them). Whether the slices of a Service changed.
+    pub fn apply_slice(&mut self, slice: Arc<EndpointSlice>) -> bool {
+        let id = slice_id(&slice);
+        let key = match SliceTie::of(&slice) {
+            SliceTie::Service(key) => key,
+            SliceTie::Ignored | SliceTie::Unlabelled => return self.delete_slice(&slice),
+        };
+        if let Some(old_key) = self.slice_keys.get(&id)
+            && *old_key != key
+        {
+            self.delete_slice(&slice);
+        }
+        let slices = self.slices.entry(key.clone()).or_default();
+        if slices.get(&id.1).is_some_and(|old| *old.object == *slice) {
+            return false;
+        }
+        slices.insert(id.1.clone(), Located { origin: String::new(), object: slice });
+        self.slice_keys.insert(id, key.clone());
+        self.dirty.insert(key);
+        true
+    }
+
+    /// An EndpointSlice deleted (found by namespace and name); whether it was kept.
+    pub fn delete_slice(&mut self, slice: &EndpointSlice) -> bool {
+        let id = slice_id(slice);
+        let Some(key) = self.slice_keys.remove(&id) else { return false };
+        if let Some(slices) = self.slices.get_mut(&key) {
+            slices.remove(&id.1);
+            if slices.is_empty() {
+                self.slices.remove(&key);
+            }
+        }
+        self.dirty.insert(key);
+        true
+    }
+
+    /// Every Service replaced by `services` (a relist): only keys whose Service changed, came
+    /// or went are dirtied.
+    pub fn replace_services(&mut self, services: Vec<Arc<Service>>) {
+        let mut seen = BTreeSet::new();
+        for s in services {
+            seen.insert(ServiceKey::of_service(&s));
+            self.apply_service(s);
+        }
+        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        for key in gone {
+            self.services.remove(&key);
+            self.dirty.insert(key);
+        }
+    }
+
+    /// Every EndpointSlice replaced by `slices` (a relist), as `replace_services`.
+    pub fn replace_slices(&mut self, slices: Vec<Arc<EndpointSlice>>) {
+        let mut seen = BTreeSet::new();
+        for s in slices {
+            seen.insert(slice_id(&s));
+            let _ = self.apply_slice(s);
+        }
+        let gone: Vec<(String, String)> =
+            self.slice_keys.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        for (namespace, name) in gone {
+            let mut slice = EndpointSlice::default();
+            slice.metadata.namespace = Some(namespace);
+            slice.metadata.name = Some(name);
+            let _ = self.delete_slice(&slice);
+        }
+    }
+
+    /// The objects of `key` now (shared, not copied); `None` when it has none.
+    pub fn objects(&self, key: &ServiceKey) -> Option<ServiceObjects> {
+        let services: Vec<Located<Service>> = self.services.get(key).cloned().into_iter().collect();
+        let slices: Vec<Located<EndpointSlice>> =
+            self.slices.get(key).map(|s| s.values().cloned().collect()).unwrap_or_default();
+        let objects = ServiceObjects { services, slices };
+        (!objects.is_empty()).then_some(objects)
+    }
+
+    /// Every key's objects.
+    pub fn all(&self) -> BTreeMap<ServiceKey, ServiceObjects> {
+        let keys: BTreeSet<&ServiceKey> = self.services.keys().chain(self.slices.keys()).collect();
+        keys.into_iter().filter_map(|k| self.objects(k).map(|o| (k.clone(), o))).collect()
+    }
+
+    /// The keys changed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<ServiceKey> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Services and EndpointSlices held.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.services.len(), self.slice_keys.len())
+    }
+}
+
+/// The keys whose objects differ between two groupings of a whole source (the file source's
+/// change tracking: each load is compared with the last, by content).
+pub fn changed_keys(
+    old: &BTreeMap<ServiceKey, ServiceObjects>,
+    new: &BTreeMap<ServiceKey, ServiceObjects>,
+) -> BTreeSet<ServiceKey> {
+    let mut dirty: BTreeSet<ServiceKey> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+    for (key, objects) in new {
+        if !old.get(key).is_some_and(|o| o.same_content(objects)) {
+            dirty.insert(key.clone());
+        }
+    }
+    dirty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, ip: &str) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]},
+            }))
+            .expect("service"),
+        )
+    }
+
+    fn slice(name: &str, service: &str, ip: &str) -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns", "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip]}],
+            }))
+            .expect("slice"),
+        )
+    }
+
+    fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
+        names.iter().map(|n| ServiceKey::new("ns", *n)).collect()
+    }
+
+    #[test]
+    fn a_relist_dirties_only_what_changed() {
+        let mut store = ObjectStore::default();
+        store.replace_services(vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]);
+        store.replace_slices(vec![slice("a-1", "a", "10.244.0.1"), slice("b-1", "b", "10.244.0.2")]);
+        assert_eq!(store.take_dirty(), keys(&["a", "b"]));
+        // The same list again (a relist after 410 Gone), then one with b's slice changed and a gone.
+        store.replace_services(vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]);
+        store.replace_slices(vec![slice("a-1", "a", "10.244.0.1"), slice("b-1", "b", "10.244.0.2")]);
+        assert_eq!(store.take_dirty(), keys(&[]));
+        store.replace_services(vec![service("b", "10.96.0.2")]);
+        store.replace_slices(vec![slice("b-1", "b", "10.244.0.3")]);
+        assert_eq!(store.take_dirty(), keys(&["a", "b"]));
+        assert!(store.objects(&ServiceKey::new("ns", "a")).is_none());
+        assert_eq!(store.counts(), (1, 1));
+    }
+
+    #[test]
+    fn a_relabelled_slice_dirties_both_services() {
+        let mut store = ObjectStore::default();
+        store.apply_slice(slice("s", "a", "10.244.0.1"));
+        assert_eq!(store.take_dirty(), keys(&["a"]));
+        store.apply_slice(slice("s", "b", "10.244.0.1"));
+        assert_eq!(store.take_dirty(), keys(&["a", "b"]));
+        assert!(store.objects(&ServiceKey::new("ns", "a")).is_none());
+        assert_eq!(store.objects(&ServiceKey::new("ns", "b")).map(|o| o.slices.len()), Some(1));
+        // Unchanged content: nothing dirty.
+        store.apply_slice(slice("s", "b", "10.244.0.1"));
+        assert_eq!(store.take_dirty(), keys(&[]));
+    }
+}
