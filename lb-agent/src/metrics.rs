@@ -85,10 +85,14 @@ pub enum ErrorKind {
     UdpSocketsUntracked,
     /// Finding or destroying connected UDP sockets to removed backends failed.
     SockDestroy,
+    /// The API server refused a list or watch with 403 (for a few seconds after it starts).
+    ApiForbidden,
+    /// 403s lasted long enough to be taken for missing RBAC.
+    RbacMissing,
 }
 
 impl ErrorKind {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 9] = [
         Self::SourceInvalid,
         Self::MapWrite,
         Self::MapFull,
@@ -96,6 +100,8 @@ impl ErrorKind {
         Self::ObjectSkipped,
         Self::UdpSocketsUntracked,
         Self::SockDestroy,
+        Self::ApiForbidden,
+        Self::RbacMissing,
     ];
 
     fn label(self) -> &'static str {
@@ -107,6 +113,8 @@ impl ErrorKind {
             Self::ObjectSkipped => "object_skipped",
             Self::UdpSocketsUntracked => "udp_sockets_untracked",
             Self::SockDestroy => "sock_destroy",
+            Self::ApiForbidden => "api_forbidden",
+            Self::RbacMissing => "rbac_missing",
         }
     }
 
@@ -312,6 +320,15 @@ impl Metrics {
 
     /// The counter of watch restarts of `resource` (`services`, `endpointslices`, `nodes`),
     /// for the Kubernetes source to count into; its series exists (at 0) from now on.
+    /// The counters of the Kubernetes watches' 403s (`watch_retry`).
+    pub fn watch_retry_counters(&self) -> crate::source::watch_retry::Counters {
+        let counter = |kind: ErrorKind| self.errors.get_or_create(&KindLabel { kind: kind.label() }).clone();
+        crate::source::watch_retry::Counters {
+            forbidden: counter(ErrorKind::ApiForbidden),
+            rbac_missing: counter(ErrorKind::RbacMissing),
+        }
+    }
+
     pub fn watch_restarts(&self, resource: &'static str) -> Counter {
         self.watch_restarts.get_or_create(&ResourceLabel { resource }).clone()
     }

@@ -356,7 +356,7 @@ pub fn unhex(s: &str) -> Vec<u8> {
 /// What `lb-agent trace` reported.
 #[derive(Debug)]
 pub struct Traced {
-    /// The program's return value: -1 pass-through (TC_ACT_UNSPEC), 0 TC_ACT_OK, 2 TC_ACT_SHOT,
+    /// The program's return value: -1 handed on (TC_ACT_UNSPEC: translated or not ours), 2 TC_ACT_SHOT,
     /// 7 TC_ACT_REDIRECT.
     pub verdict: i64,
     pub output: Vec<u8>,

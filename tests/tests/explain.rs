@@ -32,7 +32,8 @@ const REMOTE_PODS: [&str; 2] = ["10.244.2.10", "10.244.2.11"];
 const STICKY_PODS: [&str; 3] = ["10.244.1.20", "10.244.1.21", "10.244.1.22"];
 
 /// TC verdicts (`trace`'s `return_code`).
-const OK: i64 = 0;
+/// A translated frame is handed on (TCX_NEXT) to later programs and the stack.
+const OK: i64 = -1;
 const SHOT: i64 = 2;
 const PASS: i64 = -1;
 

@@ -304,6 +304,71 @@ fn api_server_down_at_start_and_later_keeps_the_maps() {
     lb_tests::parity::shown(&["46", "51"]);
 }
 
+/// However long the API server was down, a change made right after it is back is in the maps
+/// within 5 s of its return. The restarted server's watch cache no longer knows the agent's
+/// versions (its first re-watch gets 410 Gone), so the agent must relist at once, and its retries
+/// must not have backed off beyond a few seconds during the outage.
+#[test]
+fn a_change_after_a_30s_outage_is_in_the_maps_within_5s_of_the_servers_return() {
+    let mut kn = KubeNode::new();
+    kn.api.apply(node("node-1", "zone-a", "192.0.2.10"));
+    kn.api.apply_all(web());
+    kn.start_agent();
+    kn.api.stop();
+    std::thread::sleep(Duration::from_secs(30));
+    kn.api.restart().expect("restart");
+    // A restarted server's watch cache starts anew: every resumed watch gets 410 Gone.
+    kn.api.compact();
+    let back = Instant::now();
+    kn.api.apply_all(bulk(0));
+    let f = wait_frontends(&kn.bpffs.path, Duration::from_secs(20), |f| f.contains_key("10.97.0.1:80/TCP"));
+    let took = back.elapsed();
+    assert!(f.contains_key("10.97.0.1:80/TCP"), "no change applied after the API server came back");
+    assert!(took < Duration::from_secs(5), "the change took {took:?} after the server's return");
+    assert!(
+        kn.agent().count("relisting now") >= 1,
+        "the 410 relisted at once:\n{}",
+        kn.agent().log().join("\n")
+    );
+}
+
+/// For a few seconds after it starts, an API server refuses every request with 403 (its
+/// authorizer has not loaded the bindings): the agent says "not authorized yet" once per watch,
+/// not that RBAC is missing, counts the refusals, and lists as soon as it is allowed.
+#[test]
+fn forbidden_while_the_api_server_starts_is_not_reported_as_missing_rbac() {
+    let mut kn = KubeNode::new();
+    kn.api.apply(node("node-1", "zone-a", "192.0.2.10"));
+    kn.api.apply_all(web());
+    kn.api.refuse(Some(403));
+    let metrics = free_local_addr();
+    kn.spawn_agent_with(&["--metrics-addr", &metrics.to_string()]);
+    kn.agent().wait_for_log("not authorized yet", 3, Duration::from_secs(10)).expect("403s said");
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = scrape(metrics)
+        .expect("scrape")
+        .value("lb_errors_total", &[("kind", "api_forbidden")])
+        .expect("counted");
+    assert!(refused >= 6.0, "every 403 is counted: {refused}");
+    kn.api.refuse(None);
+    kn.agent().wait_for_log("agent ready", 1, Duration::from_secs(10)).expect("ready once allowed");
+    let log = kn.agent().log();
+    assert_eq!(kn.agent().count("not authorized yet"), 3, "once per watch:\n{}", log.join("\n"));
+    assert_eq!(kn.agent().count("RBAC is missing"), 0, "{}", log.join("\n"));
+    assert!(
+        !log.iter().any(|l| l.contains("watch list error with 403")),
+        "kube-runtime's own dump:\n{}",
+        log.join("\n")
+    );
+    assert_eq!(
+        scrape(metrics)
+            .expect("scrape")
+            .value("lb_errors_total", &[("kind", "rbac_missing")])
+            .expect("metric"),
+        0.0
+    );
+}
+
 #[test]
 fn agent_restart_with_kubernetes_source_keeps_connections_and_drops_stale_entries() {
     let mut kn = KubeNode::new();

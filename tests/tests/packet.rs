@@ -172,7 +172,7 @@ fn frame(packet: &Packet) -> Vec<u8> {
     f
 }
 
-/// `traced` says TC_ACT_OK and its output is `expected` (the same packet built from scratch with
+/// `traced` was handed on (-1) and its output is `expected` (the same packet built from scratch with
 /// the translated tuple): every byte but the checksums equal, and the checksums verify when
 /// recomputed here (and in trace's own decoder).
 fn assert_translated(traced: &Traced, expected: &Packet, what: &str) {

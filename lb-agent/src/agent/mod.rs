@@ -86,9 +86,13 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
             bail!("--source kubernetes needs this node's name: --node-name or NODE_NAME");
         }
         let client = sources::kubernetes::client(args.kubeconfig.as_deref()).await?;
-        Source::Kubernetes(KubeSource::start(&client, &args.node_name, &changed, &|resource| {
-            metrics.watch_restarts(resource)
-        }))
+        Source::Kubernetes(KubeSource::start(
+            &client,
+            &args.node_name,
+            &changed,
+            &|resource| metrics.watch_restarts(resource),
+            &metrics.watch_retry_counters(),
+        ))
     } else {
         let path = PathBuf::from(&args.source);
         let notify = Arc::clone(&changed);

@@ -16,7 +16,10 @@ pub enum LogFormat {
 
 /// Installs the global subscriber.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // kube-runtime's own warnings (a long debug dump per 403 while an API server starts) are
+    // replaced by the source's (`source::watch_retry`).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime::watcher=error"));
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

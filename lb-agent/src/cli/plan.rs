@@ -96,6 +96,7 @@ fn load(args: &PlanArgs) -> anyhow::Result<(Objects, Vec<Problem>)> {
             &args.node_name,
             &std::sync::Arc::new(tokio::sync::Notify::new()),
             &|_| prometheus_client::metrics::counter::Counter::default(),
+            &source::watch_retry::Counters::default(),
         );
         tokio::time::timeout(LIST_TIMEOUT, kube.wait_ready()).await.with_context(|| {
             format!("the lists from {url} did not complete within {} s", LIST_TIMEOUT.as_secs())

@@ -36,9 +36,9 @@ use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::info;
 
-use super::store::ObjectStore;
+use super::{store::ObjectStore, watch_retry};
 use crate::model::{Located, Objects, ServiceKey, ServiceObjects};
 
 /// The annotation the EndpointSlice controller stamps with the time of the change that
@@ -197,16 +197,22 @@ struct Watch {
     changed: Arc<Notify>,
     errors: Arc<WatchErrors>,
     restarts: Counter,
+    retry: watch_retry::Counters,
     started: SystemTime,
 }
 
 fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinHandle<()> {
-    let stream = watcher::watcher(api, config).default_backoff().modify(K::compact);
+    // No backoff in the stream: `watch_retry` decides each wait (a 410 relists at once).
+    let stream = watcher::watcher(api, config).modify(K::compact);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut retry = watch_retry::Retry::new(w.kind, &w.retry);
         // A (re)list in progress: swapped in whole at its end.
         let mut listing: Vec<Arc<K>> = Vec::new();
         while let Some(event) = stream.next().await {
+            if event.is_ok() {
+                retry.succeeded();
+            }
             match event {
                 Ok(Event::Init) => listing.clear(),
                 Ok(Event::InitApply(object)) => listing.push(Arc::new(object)),
@@ -231,10 +237,11 @@ fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinH
                 }
                 Err(e) => {
                     // Every error is followed by a retry (a new watch, or a relist after
-                    // 410 Gone) once the backoff allows.
+                    // 410 Gone), after the wait `watch_retry` gives (none for a 410).
                     w.restarts.inc();
                     w.errors.set(w.index, true);
-                    warn!(kind = w.kind, error = %e, "watch failed; retrying with backoff, programmed maps are kept");
+                    let wait = retry.failed(&e, std::time::Instant::now());
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -244,12 +251,14 @@ fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinH
 impl KubeSource {
     /// Starts the watches; `changed` is notified whenever the tracked objects change, and the
     /// counter `restarts(resource)` (`services`, `endpointslices`, `nodes`) counts each watch
-    /// error, every one of which is followed by a retry.
+    /// error, every one of which is followed by a retry (`watch_retry`, whose `retry` counters
+    /// count the 403s).
     pub fn start(
         client: &Client,
         node_name: &str,
         changed: &Arc<Notify>,
         restarts: &dyn Fn(&'static str) -> Counter,
+        retry: &watch_retry::Counters,
     ) -> Self {
         let errors = Arc::new(WatchErrors::default());
         let tracked = Arc::new(Mutex::new(Tracked::default()));
@@ -264,6 +273,7 @@ impl KubeSource {
             changed: Arc::clone(changed),
             errors: Arc::clone(&errors),
             restarts: restarts(resource),
+            retry: retry.clone(),
             started,
         };
         let t1 = spawn_watch(

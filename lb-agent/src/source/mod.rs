@@ -3,6 +3,7 @@ pub mod api_check;
 pub mod file;
 pub mod kubernetes;
 pub mod store;
+pub mod watch_retry;
 
 use thiserror::Error;
 
