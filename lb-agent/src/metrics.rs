@@ -362,9 +362,15 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
 }
 
 /// Serves `/metrics` and the health endpoints on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    extra: Router,
+) -> std::io::Result<()> {
     let app = crate::health::probes::router(health)
-        .merge(Router::new().route("/metrics", get(scrape)).with_state(metrics));
+        .merge(Router::new().route("/metrics", get(scrape)).with_state(metrics))
+        .merge(extra);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }

@@ -283,3 +283,74 @@ fn explain_reads_the_kernels_session_affinity_entry() {
         .expect("trace");
     assert_eq!(tuple(&t.output).2.to_string(), b1, "kept by affinity: {:#}", t.json);
 }
+
+/// "Why does pod X get no traffic?": the maps hold only the endpoints a path uses, so with the
+/// agent running `explain` also lists every endpoint of the Service from the agent's translation,
+/// used or not and why in kube-proxy's terms: a terminating endpoint next to ready ones, one not
+/// ready. Without the agent it says that reasons need the agent, and shows what the maps hold.
+#[test]
+fn explain_names_every_endpoint_and_why_with_the_agent_running() {
+    let yaml = "apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.90
+  ports:
+  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: default, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ['10.244.1.30'], nodeName: node-1, conditions: {ready: true}}
+- {addresses: ['10.244.1.31'], nodeName: node-2, conditions: {ready: true}}
+- {addresses: ['10.244.1.32'], nodeName: node-1, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: ['10.244.1.33'], nodeName: node-2, conditions: {ready: false, serving: false, terminating: false}}
+";
+    let metrics = lb_tests::agent::free_local_addr().to_string();
+    let node = lb_tests::node::PinnedAgent::start(
+        yaml,
+        &["--metrics-addr", &metrics],
+        Duration::from_secs(20),
+        true,
+    )
+    .expect("agent");
+    let args = ["--to", "10.96.0.90:80/TCP", "--agent", &metrics];
+    let e = explain(&node.bpffs.path, &args).expect("explain");
+    let endpoints = e["endpoints"].as_array().unwrap_or_else(|| panic!("no endpoints from the agent: {e:#}"));
+    let of = |addr: &str| {
+        endpoints
+            .iter()
+            .find(|v| v["address"] == format!("{addr}:8080"))
+            .unwrap_or_else(|| panic!("{addr} not named: {e:#}"))
+    };
+    assert_eq!(endpoints.len(), 4, "every endpoint, used or not: {e:#}");
+    assert_eq!(of("10.244.1.30")["used"], true);
+    assert_eq!(of("10.244.1.31")["used"], true);
+    let terminating = of("10.244.1.32");
+    assert_eq!(terminating["used"], false, "{terminating}");
+    assert!(
+        terminating["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("terminating") && r.contains("ready ones exist")),
+        "{terminating}"
+    );
+    let not_ready = of("10.244.1.33");
+    assert_eq!(not_ready["used"], false);
+    assert!(not_ready["reason"].as_str().is_some_and(|r| r.starts_with("not ready")), "{not_ready}");
+    assert_eq!(not_ready["node"], "node-2");
+    let table = explain_table(&node.bpffs.path, &args).expect("explain table");
+    assert!(table.contains("10.244.1.32:8080") && table.contains("terminating"), "{table}");
+
+    // The agent stopped: the maps still answer; the reasons need the agent.
+    // Moved out alone: the pins, cgroup and files still drop in their order afterwards.
+    node.agent.stop().expect("stop");
+    let e = explain(&node.bpffs.path, &args).expect("explain without the agent");
+    assert_eq!(e["verdict"]["action"], "translate", "{e:#}");
+    assert!(e.get("endpoints").is_none(), "{e:#}");
+    let why = e["endpoints_unavailable"].as_str().unwrap_or_default();
+    assert!(why.contains("needs the running agent"), "{e:#}");
+}

@@ -4,6 +4,7 @@
 //! to the source until SIGTERM. The pins outlive it.
 mod config;
 mod cycle;
+mod endpoints_api;
 mod kernel_log;
 mod record;
 mod source;
@@ -66,14 +67,17 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         })))
     };
     let metrics = Arc::new(Metrics::new());
+    // `explain`'s questions about endpoints, answered by the run loop between syncs.
+    let (asks, mut questions) = tokio::sync::mpsc::channel::<endpoints_api::Request>(16);
     let _metrics_server = if args.metrics_addr.is_empty() {
         None
     } else {
         let addr: std::net::SocketAddr =
             args.metrics_addr.parse().with_context(|| format!("--metrics-addr {:?}", args.metrics_addr))?;
         let (metrics, health) = (Arc::clone(&metrics), Arc::clone(&health));
+        let explain = endpoints_api::router(asks.clone());
         Some(AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, metrics, health).await {
+            if let Err(e) = crate::metrics::serve(addr, metrics, health, explain).await {
                 error!(%addr, error = %e, "metrics endpoint stopped");
             }
         })))
@@ -246,6 +250,10 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
                 if let Some(p) = &mut pods {
                     p.handle(&mut ebpf);
                 }
+                continue;
+            }
+            Some(question) = questions.recv() => {
+                endpoints_api::answer(question, &source, &identity);
                 continue;
             }
             _ = sigterm.recv() => break,

@@ -1,7 +1,9 @@
 //! `lb-agent explain`: the kernel's decision for a connection or packet to an address, and why,
 //! read from the pinned maps (works while the agent is down). The decision itself is
-//! `readback::explain`; this module reads the maps, looks the live tables up, and prints.
-use std::path::PathBuf;
+//! `readback::explain`; this module reads the maps, looks the live tables up, and prints. With
+//! the agent running, every endpoint of the Service comes next, used or not and why (the agent's
+//! translation, `GET /explain/endpoints` on its metrics address): the maps hold only the ones used.
+use std::{io::Read as _, io::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, MapError};
@@ -35,6 +37,10 @@ pub struct ExplainArgs {
     /// Directory the agent pins its maps under.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpffs: PathBuf,
+    /// The running agent's metrics address (`--metrics-addr`), where it answers why each
+    /// endpoint is or is not used; without an agent there, only what the maps hold is shown.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    agent: SocketAddr,
     #[arg(long, value_enum, default_value_t)]
     output: Output,
 }
@@ -76,11 +82,104 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         conntrack: conntrack::open(&args.bpffs).context("opening the conntrack map")?,
     };
     let explanation = explain::explain(&state, &query, &live, affinity::monotonic_ns());
+    let endpoints = endpoints_of(&explanation, &state, args.agent);
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
-        Output::Table => print(&explanation),
+        Output::Json => {
+            let mut json = serde_json::to_value(&explanation)?;
+            if let Some(object) = json.as_object_mut() {
+                match &endpoints {
+                    Ok(Some(list)) => {
+                        object.insert("endpoints".into(), serde_json::Value::Array(list.clone()));
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        object.insert("endpoints_unavailable".into(), why.clone().into());
+                    }
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
+        Output::Table => {
+            print(&explanation);
+            print_endpoints(&endpoints);
+        }
     }
     Ok(())
+}
+
+/// Every endpoint of the frontend's Service port, family and scope, from the agent at `agent`
+/// (`Ok(None)`: not a frontend; `Err`: why the agent cannot say).
+fn endpoints_of(
+    e: &Explanation,
+    state: &crate::layout::state::MapState,
+    agent: SocketAddr,
+) -> Result<Option<Vec<serde_json::Value>>, String> {
+    let Some(f) = &e.frontend else { return Ok(None) };
+    let Some(label) = state.services.get(&f.group).map(crate::layout::names::ServiceLabel::decode) else {
+        return Ok(None);
+    };
+    // The set this path uses: the External group's for packets from outside; this node's own
+    // connections use the ClusterIP's (to an external frontend: the Cluster set, kube-proxy's
+    // short-circuit).
+    let scope = if label.scope == "external" && e.path == Path::Packet { "External" } else { "Internal" };
+    let family = if f.address.is_ipv4() { "V4" } else { "V6" };
+    let body =
+        http_get(agent, &format!("/explain/endpoints?namespace={}&name={}", label.namespace, label.name))
+            .map_err(|why| {
+                format!(
+                    "why endpoints are or are not used needs the running agent (its metrics address \
+                 {agent}, --agent): {why}; the maps hold only the ones used"
+                )
+            })?;
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&body).map_err(|e| format!("the agent's answer is not JSON: {e}"))?;
+    Ok(Some(
+        all.into_iter()
+            .filter(|v| {
+                v["port"] == label.port.as_str()
+                    && v["scope"] == scope
+                    && v["family"] == family
+                    && v["protocol"].as_str().is_some_and(|p| p.eq_ignore_ascii_case(&label.protocol))
+            })
+            .collect(),
+    ))
+}
+
+/// A plain HTTP/1.1 GET on loopback; the body of a 200 answer.
+fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or("a truncated answer")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        return Err(format!("it answered {status}: {}", body.trim()));
+    }
+    Ok(body.to_owned())
+}
+
+fn print_endpoints(endpoints: &Result<Option<Vec<serde_json::Value>>, String>) {
+    match endpoints {
+        Ok(Some(list)) if !list.is_empty() => {
+            let mut table = new_table(&["ENDPOINT", "NODE", "USED", "WHY (the agent's translation)"]);
+            for v in list {
+                let text = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+                table.add_row([
+                    text("address"),
+                    text("node"),
+                    if v["used"] == true { "yes" } else { "no" }.to_owned(),
+                    text("reason"),
+                ]);
+            }
+            println!("{table}");
+        }
+        Ok(_) => {}
+        Err(why) => println!("- {why}"),
+    }
 }
 
 fn print(e: &Explanation) {

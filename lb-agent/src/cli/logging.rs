@@ -5,6 +5,10 @@ use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
+/// kube-runtime's watcher logs each 403 as a long debug dump; `source::watch_retry` says it
+/// better. Quieted unless `RUST_LOG` names `kube_runtime` itself.
+const QUIET_WATCHER: &str = "kube_runtime::watcher=error";
+
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -18,8 +22,14 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     // kube-runtime's own warnings (a long debug dump per 403 while an API server starts) are
     // replaced by the source's (`source::watch_retry`).
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime::watcher=error"));
+    let from_env = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
+    let mut filter = EnvFilter::try_new(&from_env).unwrap_or_else(|_| EnvFilter::new("info"));
+    if from_env.trim().is_empty() {
+        filter = EnvFilter::new("info");
+    }
+    if !from_env.contains("kube_runtime") {
+        filter = filter.add_directive(QUIET_WATCHER.parse().unwrap_or_default());
+    }
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -7,8 +7,9 @@ mod translate;
 mod types;
 
 pub use translate::{
-    Claim, Located, NodeContext, Objects, ServiceKey, ServiceObjects, ServiceTranslation, SliceTie,
-    group_objects, node_addresses, settle, translate, translate_service, unlabelled_slice,
+    Claim, EndpointVerdict, Located, NodeContext, Objects, ServiceKey, ServiceObjects, ServiceTranslation,
+    SliceTie, endpoint_verdicts, group_objects, node_addresses, settle, translate, translate_service,
+    unlabelled_slice,
 };
 pub use types::*;
 

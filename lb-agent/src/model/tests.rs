@@ -1911,3 +1911,66 @@ fn health_check_node_port_only_for_load_balancer_with_local_external_policy() {
     assert_eq!(hc("NodePort", true, Some(65_536)), (vec![None, None], none));
     lb_tests::parity::shown(&["12"]);
 }
+
+/// `endpoint_verdicts`: every endpoint of the Service, used or not, with kube-proxy's reason, for
+/// the path's set (Internal: the ClusterIP; External: traffic from outside), agreeing with the
+/// groups `translate` lays out.
+#[test]
+fn endpoint_verdicts_name_every_endpoint_and_why_it_is_or_is_not_used() {
+    let svc = service("default", "web", |s| {
+        make_node_port(s);
+        etp_local(s);
+    });
+    let eps = slice("default", "web-1", "web", "IPv4", |s| {
+        s.endpoints = vec![
+            ep("10.244.1.1"),
+            terminating("10.244.1.2"),
+            not_ready("10.244.1.3", false),
+            ep_on("10.244.2.1", Some("node-2")),
+        ];
+    });
+    let objs = objects(vec![svc], vec![eps]);
+    let (grouped, _) = group_objects(&objs);
+    let key = ServiceKey::new("default", "web");
+    let verdicts = endpoint_verdicts(&key, &grouped[&key], &node());
+    let (state, _) = translate(&objs, &node());
+    let find = |scope: Scope, addr: &str| {
+        verdicts
+            .iter()
+            .find(|v| v.scope == scope && v.address.to_string() == format!("{addr}:8080"))
+            .unwrap_or_else(|| panic!("no verdict for {addr} in {scope:?}: {verdicts:#?}"))
+    };
+    // Every verdict agrees with the laid-out group.
+    for v in &verdicts {
+        let group = state.groups.iter().find(|g| g.scope == v.scope && g.family == v.family).expect("group");
+        assert_eq!(group.eligible.contains(&v.address), v.used, "{v:?}");
+    }
+    assert_eq!(verdicts.len(), 8, "four endpoints, two groups: {verdicts:#?}");
+    let internal = |a| find(Scope::Internal, a);
+    let external = |a| find(Scope::External, a);
+    assert!(internal("10.244.1.1").used && internal("10.244.1.1").reason == "ready");
+    assert!(internal("10.244.2.1").used, "Cluster policy uses other nodes' endpoints");
+    assert!(!internal("10.244.1.2").used && internal("10.244.1.2").reason.starts_with("terminating"));
+    assert!(!internal("10.244.1.3").used && internal("10.244.1.3").reason.starts_with("not ready"));
+    let remote = external("10.244.2.1");
+    assert!(
+        !remote.used
+            && remote.reason.contains("node-2")
+            && remote.reason.contains("externalTrafficPolicy: Local")
+    );
+    assert_eq!(remote.node.as_deref(), Some("node-2"));
+    assert!(external("10.244.1.1").used && external("10.244.1.1").reason.contains("on this node"));
+
+    // Topology hints: a ready endpoint hinted for another zone.
+    let svc = service("default", "zoned", |_| {});
+    let eps = slice("default", "zoned-1", "zoned", "IPv4", |s| {
+        s.endpoints =
+            vec![zones(ep("10.244.1.1"), &[ZONE]), zones(ep_on("10.244.3.1", Some("node-3")), &["zone-b"])];
+    });
+    let objs = objects(vec![svc], vec![eps]);
+    let (grouped, _) = group_objects(&objs);
+    let key = ServiceKey::new("default", "zoned");
+    let verdicts = endpoint_verdicts(&key, &grouped[&key], &node());
+    let other = verdicts.iter().find(|v| v.address.ip().to_string() == "10.244.3.1").expect("verdict");
+    assert!(!other.used && other.reason.contains("other zones") && other.reason.contains(ZONE), "{other:?}");
+}

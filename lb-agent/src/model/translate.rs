@@ -894,3 +894,112 @@ fn merge_endpoints(
     }
     merged.into_values().collect()
 }
+
+/// Whether one endpoint of a Service port is used by one of its groups, and why, in kube-proxy's
+/// terms: what `explain` shows for endpoints the maps never held.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointVerdict {
+    /// The Service port's name (`""` for an unnamed port).
+    pub port: String,
+    pub protocol: Protocol,
+    pub family: Family,
+    /// `Internal`: the ClusterIPs' set; `External`: the set of traffic arriving from outside.
+    pub scope: Scope,
+    pub address: SocketAddr,
+    /// The endpoint's `nodeName`.
+    pub node: Option<String>,
+    pub used: bool,
+    pub reason: String,
+}
+
+/// Every endpoint of every port of the Service `key` and, per group, whether it is used and why
+/// (the same sets `translate_service` lays out: `local_set`, `cluster_set`, `topology`). Empty
+/// when the Service is not translated (see the translation's problems for why).
+pub fn endpoint_verdicts(
+    key: &ServiceKey,
+    objects: &ServiceObjects,
+    node: &NodeContext,
+) -> Vec<EndpointVerdict> {
+    let Some(Ok(Some(svc))) = objects.services.first().map(|s| validate_service(&s.object)) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let slices = usable_slices(key, objects, true, &mut problems);
+    let node_of = |addr: &SocketAddr| {
+        slices.iter().flat_map(|s| &s.endpoints).find_map(|e| {
+            e.addresses
+                .iter()
+                .any(|a| a.parse::<IpAddr>().ok() == Some(addr.ip()))
+                .then(|| e.node_name.clone())?
+        })
+    };
+    let zone = node.zone.as_deref().unwrap_or("(none)");
+    let groups = service_groups(&svc, Some(&slices), node);
+    let mut out = Vec::new();
+    for port in &svc.ports {
+        for family in [Family::V4, Family::V6] {
+            let endpoints = merge_endpoints(&slices, &port.name, port.protocol, family, node);
+            let any_ready = endpoints.iter().any(|e| e.ready);
+            let local_ready = endpoints.iter().any(|e| e.local && e.ready);
+            let mode = topology(&endpoints);
+            for scope in [Scope::Internal, Scope::External] {
+                let Some(group) = groups.iter().find(|g| {
+                    g.service.port == port.name
+                        && g.service.protocol == port.protocol
+                        && g.family == family
+                        && g.scope == scope
+                }) else {
+                    continue;
+                };
+                let (policy_local, policy) = match scope {
+                    Scope::Internal => (svc.internal_local, "internalTrafficPolicy: Local"),
+                    Scope::External => (svc.external_local, "externalTrafficPolicy: Local"),
+                };
+                for e in &endpoints {
+                    let used = group.eligible.contains(&e.addr);
+                    let node_name = node_of(&e.addr);
+                    let reason = if !e.usable() {
+                        "not ready (conditions.ready is false, and it is not serving while terminating)"
+                            .to_owned()
+                    } else if policy_local && !e.local {
+                        format!(
+                            "on node {}, not this node ({}): {policy} uses only this node's endpoints",
+                            node_name.as_deref().unwrap_or("(unknown)"),
+                            node.name
+                        )
+                    } else if used && e.ready {
+                        match (policy_local, mode) {
+                            (true, _) => format!("ready, on this node ({policy})"),
+                            (false, Topology::SameNode) => "ready, hinted for this node".to_owned(),
+                            (false, Topology::SameZone) => {
+                                format!("ready, hinted for this node's zone {zone}")
+                            }
+                            (false, Topology::None) => "ready".to_owned(),
+                        }
+                    } else if used {
+                        "terminating but serving: used because no endpoint is ready".to_owned()
+                    } else if !e.ready && (if policy_local { local_ready } else { any_ready }) {
+                        "terminating: used only when no endpoint is ready, and ready ones exist".to_owned()
+                    } else if !policy_local && mode == Topology::SameZone && !e.for_this_zone {
+                        format!("topology hints send it to other zones; this node is in zone {zone}")
+                    } else if !policy_local && mode == Topology::SameNode && !e.for_this_node {
+                        "topology hints send it to other nodes".to_owned()
+                    } else {
+                        "not in the set this path uses".to_owned()
+                    };
+                    out.push(EndpointVerdict {
+                        port: port.name.clone(),
+                        protocol: port.protocol,
+                        family,
+                        scope,
+                        address: e.addr,
+                        node: node_name,
+                        used,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    out
+}

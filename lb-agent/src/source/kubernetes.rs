@@ -210,7 +210,9 @@ fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinH
         // A (re)list in progress: swapped in whole at its end.
         let mut listing: Vec<Arc<K>> = Vec::new();
         while let Some(event) = stream.next().await {
-            if event.is_ok() {
+            // The server answered with data (`Init` only marks the start of a list attempt).
+            if matches!(event, Ok(Event::InitApply(_) | Event::InitDone | Event::Apply(_) | Event::Delete(_)))
+            {
                 retry.succeeded();
             }
             match event {

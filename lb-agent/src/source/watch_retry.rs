@@ -113,7 +113,7 @@ impl Retry {
         } else {
             self.forbidden_since = None;
             match failure {
-                Failure::Gone => warn!(kind = self.kind, "watch expired (410 Gone); relisting now"),
+                Failure::Gone => warn!(kind = self.kind, "watch failed: expired (410 Gone); relisting now"),
                 _ => warn!(
                     kind = self.kind,
                     error = %e,
