@@ -485,8 +485,11 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
             return Action::DROP;
         }
     };
-    // The flow's tuple after translation: to the backend, from the client or (SNAT) from us.
-    let snat = backend.flags & backend_flags::LOCAL == 0;
+    // The flow's tuple after translation: to the backend, from the client or (SNAT) from us:
+    // towards another node's backend, and back to a client that is itself the backend (hairpin:
+    // a pod reaching its own Service at its interface; kube-proxy masquerades it too), which
+    // would otherwise get a packet from itself to itself and drop it.
+    let snat = backend.flags & backend_flags::LOCAL == 0 || backend.addr == flow.src;
     if H::WHOLE_ONLY && !snat {
         return defer();
     }

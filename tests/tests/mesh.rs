@@ -296,3 +296,25 @@ fn pod_links_serve_while_the_agent_is_down_and_a_restarted_agent_replaces_them_o
     let lines = probe::run(&mesh.pod(0), &["tcp", &format!("{WEB}:80"), "2"]).expect("tcp");
     assert_eq!(lines, vec![format!("ok {POD1_V4}:8080 peer={WEB}:80"); 2]);
 }
+
+/// Hairpin: a pod that reaches its own Service's ClusterIP and is picked as the backend (here the
+/// only one) gets its connection, as kube-proxy masquerades such traffic: translated at its veth,
+/// the packet goes back into the pod from a node address (SNAT), so the pod does not see a packet
+/// from itself to itself, and the reply is translated back to come from the ClusterIP.
+#[test]
+fn a_pod_reaching_its_own_service_through_tc_is_masqueraded_back_to_itself() {
+    let mesh = Mesh::start("host");
+    mesh.wait_links("pod1", true);
+    let pod1 = Place { netns: &mesh.topo.pod1, cgroup: Some(&mesh.cgroup) };
+    let before = mesh.stat("tc_new_flow");
+    let lines = probe::run(&pod1, &["tcp", &format!("{WEB}:80"), "3"]).expect("tcp");
+    assert_eq!(lines, vec![format!("ok {POD1_V4}:8080 peer={WEB}:80"); 3], "{}", mesh.agent_log());
+    let lines = probe::run(&pod1, &["udp", &format!("{WEB}:53"), "2"]).expect("udp");
+    assert_eq!(lines, vec![format!("ok {POD1_V4}:8080 from={WEB}:53"); 2], "{}", mesh.agent_log());
+    let peers: Vec<String> = mesh._servers[0].hits().iter().map(|h| h.peer.ip().to_string()).collect();
+    assert!(
+        !peers.is_empty() && peers.iter().all(|p| p != POD1_V4),
+        "masqueraded, not the pod itself: {peers:?}"
+    );
+    assert!(mesh.stat("tc_new_flow") >= before + 4, "translated at TC on the pod's interface");
+}
