@@ -185,3 +185,95 @@ fn connections_through_the_socket_hooks_are_counted_per_service_and_verdict() {
     // And web's counters did not move.
     assert_eq!(connections(&refused, "web", "translated"), connections(&after, "web", "translated"));
 }
+
+/// The metric names a PromQL expression uses: identifiers of ours (`lb_…`) or kube-proxy's
+/// (`kubeproxy_…`), with their `_total`/`_bucket`/… suffixes.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            if word.starts_with("lb_") || word.starts_with("kubeproxy_") {
+                out.push(std::mem::take(&mut word));
+            }
+            word.clear();
+        }
+    }
+    out
+}
+
+/// The dashboard and the alert rules in `deploy/monitoring/` query only metrics a live agent
+/// exposes, with their type's suffixes: a renamed metric breaks this test, not a user's
+/// dashboard. (Both files name enough metrics that an empty match would fail too.)
+#[test]
+fn the_dashboard_and_alerts_query_metrics_the_agent_exposes() {
+    // As deployed: the Kubernetes source (its watch metrics exist only there).
+    require_root();
+    let api = lb_tests::apiserver::FakeApiServer::start().expect("api server");
+    api.apply(lb_tests::apiserver::node("node-1", "zone-a", "192.0.2.10"));
+    api.apply(lb_tests::apiserver::service("default", "web", "10.96.0.10", &[("http", 80, "TCP")]));
+    let (dir, cgroup, bpffs) =
+        (TempDir::new().expect("dir"), Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
+    let metrics = free_local_addr().to_string();
+    let kubeconfig = api.kubeconfig(&dir.path).expect("kubeconfig");
+    let agent =
+        Agent::spawn_kubernetes(&kubeconfig, &cgroup.path, &bpffs.path, &["--metrics-addr", &metrics])
+            .expect("agent");
+    agent.wait_for_log("agent ready", 1, Duration::from_secs(30)).expect("ready");
+    let s = scrape(metrics.parse().expect("addr")).expect("scrape");
+    // Families and their types, from the live text.
+    let families: Vec<(String, String)> = s
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' ').map(|(f, t)| (f.to_owned(), t.to_owned())))
+        .collect();
+    let exposed = |name: &str| {
+        families.iter().any(|(family, kind)| {
+            let suffixes: &[&str] = match kind.as_str() {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            suffixes.iter().any(|suffix| name == format!("{family}{suffix}"))
+        })
+    };
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy.join("grafana-dashboard.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    exprs.extend(
+        dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["query"].as_str().map(str::to_owned)),
+    );
+    let panel_exprs = exprs.len();
+    let rules: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(deploy.join("prometheus-rules.yaml")).expect("rules"),
+    )
+    .expect("rules YAML");
+    for group in rules["spec"]["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            exprs.push(rule["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    assert!(panel_exprs >= 10 && exprs.len() >= panel_exprs + 5, "{exprs:?}");
+    let mut names: Vec<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    let missing: Vec<&String> = names.iter().filter(|n| !exposed(n)).collect();
+    assert!(missing.is_empty(), "queried but not exposed: {missing:?}\nexposed families: {families:?}");
+}
