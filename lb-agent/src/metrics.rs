@@ -173,6 +173,8 @@ pub struct Metrics {
     programmed_services: Gauge,
     programmed_frontends: Gauge,
     programmed_backends: Gauge,
+    /// `--interfaces` where XDP hands every packet to TC (veths, without `--xdp-on-veth`).
+    xdp_to_tc: Gauge,
     watch_restarts: Family<ResourceLabel, Counter>,
     errors: Family<KindLabel, Counter>,
     udp_sockets_destroyed: Counter,
@@ -232,6 +234,13 @@ impl Metrics {
             "Backends in the maps after the last applied sync",
             programmed_backends.clone(),
         );
+        let xdp_to_tc = Gauge::default();
+        registry.register(
+            "xdp_to_tc_interfaces",
+            "Interfaces where XDP hands every packet to TC: veths, whose frames may carry unfinished \
+             checksums (see --xdp-on-veth)",
+            xdp_to_tc.clone(),
+        );
         let watch_restarts = Family::<ResourceLabel, Counter>::default();
         registry.register(
             "watch_restarts",
@@ -265,6 +274,7 @@ impl Metrics {
             programmed_services,
             programmed_frontends,
             programmed_backends,
+            xdp_to_tc,
             watch_restarts,
             errors,
             udp_sockets_destroyed,
@@ -320,6 +330,11 @@ impl Metrics {
 
     /// The counter of watch restarts of `resource` (`services`, `endpointslices`, `nodes`),
     /// for the Kubernetes source to count into; its series exists (at 0) from now on.
+    /// How many `--interfaces` XDP hands every packet of to TC.
+    pub fn set_xdp_to_tc(&self, interfaces: usize) {
+        self.xdp_to_tc.set(i64::try_from(interfaces).unwrap_or(i64::MAX));
+    }
+
     /// The counters of the Kubernetes watches' 403s (`watch_retry`).
     pub fn watch_retry_counters(&self) -> crate::source::watch_retry::Counters {
         let counter = |kind: ErrorKind| self.errors.get_or_create(&KindLabel { kind: kind.label() }).clone();

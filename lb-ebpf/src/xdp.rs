@@ -16,9 +16,11 @@ use crate::{
     packet::Packet,
 };
 
-/// The devices XDP may send packets out of (ifindex → ifindex): those the agent attached this
-/// program to. A redirect to a device without XDP support would be dropped by the kernel, so
-/// anything else is left to TC. Kernel-internal, filled at attach time.
+/// The devices XDP may send packets out of (ifindex → ifindex), and whose packets it may finish
+/// itself: those the agent attached this program to natively and trusts (not a veth, whose frames
+/// may carry unfinished checksums, unless `--xdp-on-veth`). A redirect to a device without XDP
+/// support would be dropped by the kernel, so anything else is left to TC. Kernel-internal,
+/// filled at attach time.
 #[map]
 static LB_XDP_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
@@ -35,9 +37,12 @@ impl Hook for XdpContext {
         service: lb_common::service_stats::XDP_NEW_FLOW,
     };
 
+    /// Only from a trusted device (its frames' checksums are complete), and to one.
     #[inline(always)]
     fn can_send_out(&self, ifindex: u32) -> bool {
-        ifindex == self.ifindex() || LB_XDP_PORTS.get_ifindex(ifindex).is_some()
+        let from = self.ifindex();
+        LB_XDP_PORTS.get_ifindex(from).is_some()
+            && (ifindex == from || LB_XDP_PORTS.get_ifindex(ifindex).is_some())
     }
 }
 

@@ -243,6 +243,8 @@ fn ethtool(ns: &Netns, args: &[&str]) {
 /// whose receiver verifies the checksum. The senders here (the client, and node 2 for its pod's
 /// replies) so compute full checksums (`tx off`), as packets from a wire carry. A redirect into a
 /// veth also needs NAPI on the receiving peer: XDP on node 2's `n1`, GRO on the client's `eth0`.
+/// The peers ready, `--xdp-on-veth` says so (the default veths are in
+/// `native_xdp_on_default_veths_leaves_every_flow_to_tc`).
 #[test]
 fn nodeport_through_native_xdp_reaches_the_remote_pod_without_tc() {
     nodeport_through_xdp("native");
@@ -255,7 +257,7 @@ fn nodeport_through_generic_xdp_reaches_the_remote_pod_without_tc() {
 }
 
 fn nodeport_through_xdp(mode: &str) {
-    let c = Cluster::start_flags(true, &cluster(), &["--xdp", mode]);
+    let c = Cluster::start_flags(true, &cluster(), &["--xdp", mode, "--xdp-on-veth"]);
     ethtool(&c.topo.client, &["-K", CLIENT_IF, "tx", "off", "gro", "on"]);
     ethtool(&c.topo.node2, &["-K", NODE2_N1_IF, "tx", "off"]);
     let to = format!("{NODE1_EXT_V4}:{NODE_PORT}");
@@ -705,4 +707,37 @@ fn a_tcx_program_after_ours_sees_other_packets_and_translated_ones() {
         None,
         "packets redirected to node 2 leave before the next program: {seen:?}"
     );
+}
+
+/// Nodes made of veths exactly as `ip link add … type veth` makes them (no ethtool, no sysctl but
+/// forwarding): their frames may carry unfinished checksums and their peers no NAPI, so with
+/// `--xdp native` XDP hands every packet arriving on them to TC, which carries every NodePort
+/// flow to both nodes' pods as with `--xdp off`. The counters show TC took them (XDP deferred,
+/// finished none); the link pins (`status`) say XDP is attached to hand over to TC.
+#[test]
+fn native_xdp_on_default_veths_leaves_every_flow_to_tc() {
+    let c = Cluster::start_flags(true, &cluster(), &["--xdp", "native"]);
+    let to = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+    let backends = tcp(&c.client(), &to, 40);
+    let remote = backends.iter().filter(|b| ip_of(b) == POD2_V4).count();
+    assert!((5..=35).contains(&remote), "both nodes' pods get a share: {backends:?}");
+    let udp = probe::run(&c.client(), &["udp", &format!("{NODE1_EXT_V4}:{NODE_PORT}"), "10"]).expect("udp");
+    assert!(udp.iter().all(|l| backend_of(l).is_some()), "{udp:?}");
+    assert_eq!(c.stat("xdp_new_flow") + c.stat("xdp_revnat"), 0, "XDP finished nothing itself");
+    assert!(c.stat("xdp_deferred") >= 40, "XDP saw the flows and left them to TC");
+    assert!(c.stat("tc_new_flow") >= 40 && c.stat("tc_redirected") > 0, "TC carried them");
+    assert_eq!(c.stat("tc_nat_failed") + c.stat("xdp_nat_failed"), 0);
+    let status = lb_tests::agent::cli_json(&["status"], &c.bpffs1.path).expect("status");
+    let mut xdp_pins: Vec<String> = status["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .filter_map(|p| p["pin"].as_str())
+        .filter(|p| p.starts_with("xdp-"))
+        .map(str::to_owned)
+        .collect();
+    xdp_pins.sort();
+    assert_eq!(xdp_pins, ["xdp-ext0-native-tc", "xdp-n2-native-tc"], "{status:#}");
+    let log = c.agent1.log().join("\n");
+    assert!(log.contains("XDP hands all its packets to TC"), "{log}");
 }

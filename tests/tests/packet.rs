@@ -606,7 +606,7 @@ fn mac(s: &str) -> Vec<u8> {
 #[test]
 fn xdp_finishes_flows_to_remote_backends_and_leaves_everything_else_untouched_to_tc() {
     let ns = forwarding_ns();
-    let node = Node::start_in(&ns, &["--interfaces", "ext0,veth0", "--xdp", "native"]);
+    let node = Node::start_in(&ns, &["--interfaces", "ext0,veth0", "--xdp", "native", "--xdp-on-veth"]);
     let xdp =
         |iface: &str, f: &[u8]| trace_on(&node.bpffs.path, "xdp", f, Some((&ns, iface))).expect("trace");
 
@@ -882,7 +882,7 @@ fn to_a_frontend(f: &[u8], frontends: &[(u8, SocketAddr)]) -> bool {
 #[test]
 fn a_million_random_and_truncated_frames_are_rewritten_only_when_they_are_a_frontends() {
     let ns = forwarding_ns();
-    let node = Node::start_in(&ns, &["--interfaces", "ext0,veth0", "--xdp", "native"]);
+    let node = Node::start_in(&ns, &["--interfaces", "ext0,veth0", "--xdp", "native", "--xdp-on-veth"]);
     let frontends = frontends();
     let mut bases: Vec<Vec<u8>> = Vec::new();
     for (i, dst) in [

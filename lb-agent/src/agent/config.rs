@@ -54,6 +54,11 @@ pub struct Config {
     /// `native` runs in the driver (falling back to `generic` where the driver refuses).
     #[arg(long, value_enum, default_value_t)]
     pub xdp: loader::XdpSetting,
+    /// Let XDP translate and send packets on veth interfaces too. Only for veths whose peers
+    /// compute full checksums (`ethtool -K PEER tx off`) and have NAPI (GRO or XDP on): by
+    /// default XDP hands every packet arriving on a veth to TC, which carries it.
+    #[arg(long)]
+    pub xdp_on_veth: bool,
     /// Capacity of the TC conntrack map (two entries per flow).
     #[arg(long, default_value_t = capacity::CONNTRACK)]
     pub max_conntrack: u32,

@@ -204,7 +204,8 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
     }
     // The other writers of per-connection state right after TC: XDP (its flows must find their
     // conntrack entries where TC looks) and the pod interfaces' TC programs.
-    loader::attach_xdp(&mut ebpf, &interfaces, args.xdp, &args.bpffs)?;
+    let xdp_to_tc = loader::attach_xdp(&mut ebpf, &interfaces, args.xdp, args.xdp_on_veth, &args.bpffs)?;
+    metrics.set_xdp_to_tc(xdp_to_tc.len());
     let mut pods = if args.pod_interfaces.is_empty() {
         loader::remove_pod_pins(&args.bpffs)?;
         None

@@ -451,12 +451,21 @@ pub fn xdp_interfaces(bpffs: &Path) -> anyhow::Result<Vec<u32>> {
 /// listed, is removed (with `--xdp off`, all are). XDP is only a fast path in front of TC, which
 /// does the same work, so a moment without it loses nothing. `native` falls back to generic, with
 /// a warning, on a driver that refuses it.
+///
+/// On a veth, XDP cannot trust a frame's checksum state: the peer's stack leaves TCP and UDP
+/// checksums for "hardware" to finish (`CHECKSUM_PARTIAL`, tx-checksumming is on by default) and
+/// nothing finishes them once XDP has sent the frame on as a bare frame; nor can a veth take an
+/// XDP transmit unless its peer has NAPI (GRO or XDP on). So on a veth, unless `on_veth` says the
+/// peers are ready for it, XDP is attached to hand every packet to TC (pin `xdp-IF-MODE-tc`, not a
+/// port of `LB_XDP_PORTS`, which the program also requires of the device a packet came in on):
+/// TC carries those flows as without XDP. Returns the interfaces left to TC that way.
 pub fn attach_xdp(
     ebpf: &mut Ebpf,
     interfaces: &[String],
     setting: XdpSetting,
+    on_veth: bool,
     bpffs: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let links = bpffs.join(LINKS_DIR);
     let mut stale = xdp_pins(bpffs)?;
     if setting == XdpSetting::Off || interfaces.is_empty() {
@@ -464,7 +473,7 @@ pub fn attach_xdp(
             remove_if_present(&links.join(&name))?;
             tracing::info!(link = name, "XDP link removed (--xdp off)");
         }
-        return Ok(());
+        return Ok(Vec::new());
     }
     std::fs::create_dir_all(&links).context("creating the links directory")?;
     let indexes = interfaces.iter().map(|i| interface_index(i)).collect::<anyhow::Result<Vec<u32>>>()?;
@@ -482,11 +491,24 @@ pub fn attach_xdp(
     // Devices XDP may redirect into: with `native`, only those in native mode (a driver that
     // refused native XDP usually cannot transmit XDP frames either).
     let mut ports = Vec::new();
+    let mut to_tc = Vec::new();
     for (interface, &index) in interfaces.iter().zip(&indexes) {
+        let trusted = on_veth || !crate::sys::net::driver(interface).is_ok_and(|d| d == "veth");
+        if !trusted {
+            tracing::warn!(
+                interface,
+                "a veth: XDP hands all its packets to TC (its peer may leave checksums unfinished, and a \
+                 veth takes XDP transmits only with NAPI on its peer); --xdp-on-veth when the peers \
+                 compute checksums (tx off) and have GRO or XDP on"
+            );
+            to_tc.push(interface.clone());
+        }
+        let label_of = |mode: &'static str| if trusted { mode.to_owned() } else { format!("{mode}-tc") };
         let mut attached = None;
         // A link an earlier agent pinned in an allowed mode is updated in place (atomic).
-        for &(_, label) in modes {
-            let name = xdp_pin_name(interface, label);
+        for &(_, mode) in modes {
+            let label = label_of(mode);
+            let name = xdp_pin_name(interface, &label);
             let pin = links.join(&name);
             if !pin.exists() {
                 continue;
@@ -498,7 +520,7 @@ pub fn attach_xdp(
                 .and_then(|link| program.attach_to_link(link).map_err(anyhow::Error::from));
             match update {
                 Ok(_) => {
-                    attached = Some(label);
+                    attached = Some(mode);
                     stale.retain(|n| *n != name);
                     break;
                 }
@@ -511,7 +533,7 @@ pub fn attach_xdp(
         if attached.is_none() {
             // Any other XDP link of ours on this interface (another mode, or a staged `_new` pin
             // left by a crash) would refuse the new one: remove them first.
-            for label in ["native", "generic"] {
+            for label in ["native", "generic", "native-tc", "generic-tc"] {
                 let name = xdp_pin_name(interface, label);
                 for pin in [links.join(&name), staged_pin(bpffs, &name)] {
                     if remove_if_present(&pin)? {
@@ -522,7 +544,7 @@ pub fn attach_xdp(
             for &(mode, label) in modes {
                 match program.attach_to_if_index(index, mode) {
                     Ok(id) => {
-                        let name = xdp_pin_name(interface, label);
+                        let name = xdp_pin_name(interface, &label_of(label));
                         let link = FdLink::try_from(program.take_link(id)?)
                             .context("the kernel attached XDP without a link (Linux 5.9+ expected)")?;
                         replace_pin(link, bpffs, &name)?;
@@ -538,10 +560,10 @@ pub fn attach_xdp(
             }
         }
         let mode = attached.unwrap_or("none");
-        if setting == XdpSetting::Generic || mode == "native" {
+        if trusted && (setting == XdpSetting::Generic || mode == "native") {
             ports.push(index);
         }
-        tracing::info!(interface, mode, "XDP attached");
+        tracing::info!(interface, mode, to_tc = !trusted, "XDP attached");
     }
     // Filled after attaching: until then XDP redirects nothing and leaves those flows to TC.
     let mut map: DevMapHash<_> = ebpf
@@ -558,7 +580,7 @@ pub fn attach_xdp(
             tracing::info!(link = name, "XDP link removed (interface no longer listed)");
         }
     }
-    Ok(())
+    Ok(to_tc)
 }
 
 /// The index of `interface` in this network namespace.

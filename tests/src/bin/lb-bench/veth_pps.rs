@@ -240,7 +240,7 @@ pub struct PpsRow {
 pub fn veth_pps(rounds: u32, millis: u32) -> anyhow::Result<Vec<PpsRow>> {
     eprintln!("veth packets per second");
     let variants = [
-        Variant::new("XDP (native, agent)", Some(&["--xdp", "native"]))?,
+        Variant::new("XDP (native, agent)", Some(&["--xdp", "native", "--xdp-on-veth"]))?,
         Variant::new("TC (agent)", Some(&[]))?,
         Variant::new("iptables DNAT (kube-proxy's rules)", None)?,
     ];
