@@ -117,6 +117,47 @@ fn health_endpoints_answer_on_the_metrics_address() {
     assert_eq!(node.agent.count("metrics endpoint stopped"), 0, "{:?}", node.agent.log());
 }
 
+/// kube-proxy's `/healthz`, as load balancers and node tooling read it: the JSON body with
+/// `lastUpdated`, `currentTime` (Go's time format) and `nodeEligible`, and 503 while this node's
+/// Node carries the cluster autoscaler's to-be-deleted taint (the process stays live).
+#[test]
+fn healthz_answers_kube_proxys_body_and_fails_while_the_node_is_to_be_deleted() {
+    let node = Node::new();
+    let body = |path: &str| -> (u16, serde_json::Value) {
+        let (status, text) = lb_tests::agent::http_get(node.metrics, path);
+        let json = text.split_once("\r\n\r\n").map_or(text.as_str(), |(_, b)| b).trim().to_owned();
+        (status, serde_json::from_str(&json).unwrap_or_else(|e| panic!("{path}: {e}: {text}")))
+    };
+    let (status, healthy) = body("/healthz");
+    assert_eq!(status, 200, "{healthy}");
+    assert_eq!(healthy["nodeEligible"], true);
+    let go_time = |v: &serde_json::Value| {
+        let t = v.as_str().unwrap_or_default();
+        t.len() >= 23 && t.ends_with(" +0000 UTC") && t.as_bytes()[4] == b'-' && t.as_bytes()[10] == b' '
+    };
+    assert!(go_time(&healthy["lastUpdated"]) && go_time(&healthy["currentTime"]), "{healthy}");
+    assert_eq!(
+        healthy["lastUpdated"], healthy["currentTime"],
+        "healthy: lastUpdated is now, as kube-proxy says"
+    );
+
+    let tainted = format!(
+        "{}---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-1}}\nspec:\n  taints: [{{key: ToBeDeletedByClusterAutoscaler, value: '1700000000', effect: NoSchedule}}]\n",
+        cluster()
+    );
+    let source = node._dir.path.join("cluster.yaml");
+    let before = node.agent.count("sync applied");
+    std::fs::write(&source, &tainted).expect("write");
+    node.agent.wait_for_log("sync applied", before + 1, Duration::from_secs(10)).expect("synced");
+    let (status, draining) = body("/healthz");
+    assert_eq!((status, &draining["nodeEligible"]), (503, &serde_json::Value::from(false)), "{draining}");
+    assert_eq!(http_status(node.metrics, "/livez"), 200);
+    std::fs::write(&source, cluster()).expect("write");
+    node.agent.wait_for_log("sync applied", before + 2, Duration::from_secs(10)).expect("synced");
+    let (status, back) = body("/healthz");
+    assert_eq!((status, &back["nodeEligible"]), (200, &serde_json::Value::from(true)), "{back}");
+}
+
 #[test]
 fn metrics_report_what_is_programmed() {
     let node = Node::new();

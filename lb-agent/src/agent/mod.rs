@@ -180,6 +180,7 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         service_health.sync(desired);
     }
     health.record_sync(matches!(outcome, Outcome::Applied));
+    health.set_node_eligible(identity.eligible(&source.nodes()));
     // Every program attached beside the earlier agent's (staged), then switched over: first the
     // programs that write per-connection state, then, once what the old ones wrote is copied,
     // those that read it. Dropped before the switch, `staged` detaches the new programs again.
@@ -245,7 +246,10 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
     loop {
         let retry = matches!(outcome, Outcome::MapsFailed | Outcome::MapsFull);
         tokio::select! {
-            () = changed.notified() => tokio::time::sleep(args.min_sync_period).await,
+            () = changed.notified() => {
+                health.queued();
+                tokio::time::sleep(args.min_sync_period).await;
+            }
             () = tokio::time::sleep(backoff), if retry => backoff = (backoff * 2).min(Duration::from_secs(30)),
             () = async { if let Some(p) = &pods { p.changed().await } }, if pods.is_some() => {
                 if let Some(p) = &mut pods {
@@ -268,6 +272,7 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
             service_health.sync(desired);
         }
         health.record_sync(matches!(outcome, Outcome::Applied));
+        health.set_node_eligible(identity.eligible(&source.nodes()));
         if matches!(outcome, Outcome::Applied) {
             backoff = Duration::from_secs(1);
             if health.set_ready() {

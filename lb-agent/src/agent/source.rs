@@ -117,6 +117,15 @@ pub struct NodeIdentity {
 }
 
 impl NodeIdentity {
+    /// Whether this node may take load-balancer traffic (`/healthz`'s `nodeEligible`): true
+    /// without a Node object of its name.
+    pub fn eligible(&self, nodes: &[Arc<Node>]) -> bool {
+        nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(self.name.as_str()))
+            .is_none_or(|n| crate::health::probes::node_eligible(n))
+    }
+
     pub fn context(&self, nodes: &[Arc<Node>]) -> NodeContext {
         let mut node = NodeContext::from_nodes(&self.name, nodes.iter().map(|n| &**n));
         let interfaces = nodeport_addresses::interface_addresses().unwrap_or_else(|e| {

@@ -144,7 +144,13 @@ impl Kind for Node {
     fn compact(&mut self) {
         self.metadata.managed_fields = None;
         self.metadata.annotations = None;
-        self.spec = None;
+        // Only the taint that makes the node ineligible for load-balancer traffic (`/healthz`).
+        self.spec = self.spec.take().map(|s| k8s_openapi::api::core::v1::NodeSpec {
+            taints: s.taints.map(|taints| {
+                taints.into_iter().filter(|t| t.key == crate::health::probes::TO_BE_DELETED_TAINT).collect()
+            }),
+            ..Default::default()
+        });
         self.status =
             self.status.take().map(|s| NodeStatus { addresses: s.addresses, ..NodeStatus::default() });
     }
