@@ -95,7 +95,16 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `run --config FILE` (kube-proxy's configuration) is read before logging starts: it may ask
+    // for JSON logs.
+    if let (Command::Run(args), Some(("run", run))) = (&mut cli.command, matches.subcommand())
+        && let Err(e) = cli::run::read_config(args, run, &matches, &mut cli.log_format)
+    {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     cli::logging::init(cli.log_format);
     // An ordinary error is one line (with its causes), never a backtrace.
     match dispatch(cli.command) {

@@ -69,6 +69,18 @@ impl Agent {
         Self::spawn_impl(None, "node-1", min_sync_period, &args, cgroup, bpffs, echo)
     }
 
+    /// Starts `lb-agent run ARGS --cgroup C --bpffs B --node-name NODE` without waiting (an
+    /// empty `NODE` names no node).
+    pub fn spawn_named(
+        args: &[&OsStr],
+        cgroup: &Path,
+        bpffs: &Path,
+        node_name: &str,
+        echo: bool,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_impl(None, node_name, "20ms", args, cgroup, bpffs, echo)
+    }
+
     /// Starts `lb-agent run ARGS --cgroup C --bpffs B --node-name node-1` without waiting.
     pub fn spawn(args: &[&OsStr], cgroup: &Path, bpffs: &Path, echo: bool) -> anyhow::Result<Self> {
         Self::spawn_impl(None, "node-1", "20ms", args, cgroup, bpffs, echo)

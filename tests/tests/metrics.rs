@@ -318,3 +318,62 @@ fn the_dashboard_and_alerts_query_metrics_the_agent_exposes() {
     let missing: Vec<&String> = names.iter().filter(|n| !exposed(n)).collect();
     assert!(missing.is_empty(), "queried but not exposed: {missing:?}\nexposed families: {families:?}");
 }
+
+/// The document kubeadm writes for kube-proxy (its defaults), as `--config` takes it.
+const KUBEADM: &str = include_str!("../../lb-agent/src/agent/kube_proxy_config/kubeadm.yaml");
+
+/// An operator swapping kube-proxy keeps kubeadm's `KubeProxyConfiguration`: with `--config`
+/// the agent serves `/metrics` and `/healthz` where the file says, takes `hostnameOverride` as
+/// this node's name (here: only its own endpoint under `internalTrafficPolicy: Local`), and
+/// warns once about the fields that do not apply.
+#[test]
+fn run_with_kubeadms_kube_proxy_configuration() {
+    require_root();
+    let (dir, cgroup, bpffs) =
+        (TempDir::new().expect("dir"), Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
+    let (metrics, healthz) = (free_local_addr(), free_local_addr());
+    let config = KUBEADM
+        .replace("metricsBindAddress: 0.0.0.0:10249", &format!("metricsBindAddress: {metrics}"))
+        .replace("healthzBindAddress: \"\"", &format!("healthzBindAddress: {healthz}"))
+        .replace("hostnameOverride: node-from-config", "hostnameOverride: node-cfg");
+    let config = dir.write("kube-proxy.yaml", &config).expect("config");
+    let source = dir
+        .write(
+            "cluster.yaml",
+            "apiVersion: v1
+kind: Service
+metadata: {name: local, namespace: default}
+spec:
+  clusterIP: 10.96.0.30
+  internalTrafficPolicy: Local
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: local-1, namespace: default, labels: {kubernetes.io/service-name: local}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ['10.244.1.1'], nodeName: node-cfg, conditions: {ready: true}}
+- {addresses: ['10.244.1.2'], nodeName: node-other, conditions: {ready: true}}
+",
+        )
+        .expect("source");
+    let args = ["--source".as_ref(), source.as_os_str(), "--config".as_ref(), config.as_os_str()];
+    let agent = Agent::spawn_named(&args, &cgroup.path, &bpffs.path, "", true).expect("agent");
+    agent.wait_for_log("agent ready", 1, Duration::from_secs(20)).expect("ready");
+    assert_eq!(http_status(metrics, "/metrics"), 200, "metrics where metricsBindAddress says");
+    assert_eq!(http_status(healthz, "/healthz"), 200, "healthz where healthzBindAddress says");
+    let rows = lb_tests::agent::inspect("services", &bpffs.path).expect("inspect");
+    let backends: Vec<String> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .flat_map(|r| r["backends"].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| b["address"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(backends, ["10.244.1.1:8080"], "hostnameOverride named this node: {rows:#}");
+    let warnings: Vec<String> = agent.log().into_iter().filter(|l| l.contains("do not apply")).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("clusterCIDR") && warnings[0].contains("mode"), "{warnings:?}");
+}

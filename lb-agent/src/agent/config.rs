@@ -12,6 +12,15 @@ use crate::{
 
 #[derive(Args)]
 pub struct Config {
+    /// kube-proxy's configuration file (a `KubeProxyConfiguration`, as kubeadm keeps it in the
+    /// `kube-system/kube-proxy` ConfigMap): the fields that mean the same here are honoured,
+    /// flags given win over it, fields that do not apply are named in one warning, and one that
+    /// would ask for behaviour the agent lacks is an error.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The `--config` fields that do not apply here (warned about at start).
+    #[arg(skip)]
+    pub not_applicable: Vec<String>,
     /// `kubernetes` to watch the API server, or a YAML file or directory of Kubernetes objects.
     #[arg(long)]
     pub source: String,
@@ -114,5 +123,45 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         _ => Err(format!("{s:?}: unit must be ms or s")),
+    }
+}
+
+impl Config {
+    /// Applies `--config`: each field the file sets, unless `given(flag id)` says the flag was
+    /// given (command line or environment). Returns what the file said, for its warning and its
+    /// log format; `None` without `--config`.
+    pub fn apply_kube_proxy_config(
+        &mut self,
+        given: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<super::kube_proxy_config::FromFile>, super::kube_proxy_config::ConfigError> {
+        let Some(path) = &self.config else { return Ok(None) };
+        let file = super::kube_proxy_config::load(path)?;
+        // An empty --node-name (or NODE_NAME) names no node: the file's hostnameOverride applies.
+        if let Some(name) =
+            file.node_name.clone().filter(|_| !given("node_name") || self.node_name.is_empty())
+        {
+            self.node_name = name;
+        }
+        if let Some(kubeconfig) = file.kubeconfig.clone().filter(|_| !given("kubeconfig")) {
+            self.kubeconfig = Some(kubeconfig);
+        }
+        if let Some(addr) = file.metrics_addr.clone().filter(|_| !given("metrics_addr")) {
+            self.metrics_addr = addr;
+        }
+        if let Some(addr) = file.healthz_addr.clone().filter(|_| !given("healthz_addr")) {
+            self.healthz_addr = addr;
+        }
+        if let Some(list) = file.nodeport_addresses.as_deref().filter(|_| !given("nodeport_addresses")) {
+            self.nodeport_addresses = NodePortAddresses::parse(list).map_err(|e| {
+                super::kube_proxy_config::ConfigError::Refused {
+                    path: path.clone(),
+                    problems: format!("nodePortAddresses: {e}"),
+                }
+            })?;
+        }
+        if let Some(period) = file.min_sync_period.filter(|_| !given("min_sync_period")) {
+            self.min_sync_period = period;
+        }
+        Ok(Some(file))
     }
 }

@@ -6,6 +6,7 @@ mod config;
 mod cycle;
 mod endpoints_api;
 mod kernel_log;
+pub mod kube_proxy_config;
 mod record;
 mod source;
 
@@ -52,6 +53,12 @@ pub fn run(args: Config) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: Config) -> anyhow::Result<()> {
+    if !args.not_applicable.is_empty() {
+        warn!(
+            fields = args.not_applicable.join(", "),
+            "--config: these KubeProxyConfiguration fields do not apply to lb-agent and are not used"
+        );
+    }
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let health = Arc::new(Health::default());
     let _health_server = if args.healthz_addr.is_empty() {

@@ -434,13 +434,13 @@ mod tests {
             })
         );
 
-        // The agent's last sync failed: unhealthy, whatever the endpoints.
-        health.record_sync(false);
+        // The agent is unhealthy (here: its node is being deleted), whatever the endpoints.
+        health.set_node_eligible(false);
         let (status, _, body) = get(port).await.expect("health check answers");
         assert_eq!(status, 503);
         assert_eq!(parse(&body)["serviceProxyHealthy"], false);
         assert_eq!(parse(&body)["localEndpoints"], 2);
-        health.record_sync(true);
+        health.set_node_eligible(true);
 
         // No local endpoint left: same listener, 503.
         server.sync(&state(vec![group("ns/web", "http", Scope::External, Some(port), &[])]));

@@ -145,11 +145,15 @@ impl Kind for Node {
         self.metadata.managed_fields = None;
         self.metadata.annotations = None;
         // Only the taint that makes the node ineligible for load-balancer traffic (`/healthz`).
-        self.spec = self.spec.take().map(|s| k8s_openapi::api::core::v1::NodeSpec {
-            taints: s.taints.map(|taints| {
-                taints.into_iter().filter(|t| t.key == crate::health::probes::TO_BE_DELETED_TAINT).collect()
-            }),
-            ..Default::default()
+        self.spec = self.spec.take().and_then(|s| {
+            let taints: Vec<_> = s
+                .taints
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| t.key == crate::health::probes::TO_BE_DELETED_TAINT)
+                .collect();
+            (!taints.is_empty())
+                .then(|| k8s_openapi::api::core::v1::NodeSpec { taints: Some(taints), ..Default::default() })
         });
         self.status =
             self.status.take().map(|s| NodeStatus { addresses: s.addresses, ..NodeStatus::default() });
