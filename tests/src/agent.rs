@@ -83,7 +83,7 @@ impl Agent {
 
     /// Starts `lb-agent run ARGS --cgroup C --bpffs B --node-name node-1` without waiting.
     pub fn spawn(args: &[&OsStr], cgroup: &Path, bpffs: &Path, echo: bool) -> anyhow::Result<Self> {
-        Self::spawn_impl(None, "node-1", "20ms", args, cgroup, bpffs, echo)
+        Self::spawn_named(args, cgroup, bpffs, "node-1", echo)
     }
 
     /// As `start_with`, but the agent runs inside `netns` as node `node_name`, with `EXTRA` flags
