@@ -317,4 +317,5 @@ fn a_pod_reaching_its_own_service_through_tc_is_masqueraded_back_to_itself() {
         "masqueraded, not the pod itself: {peers:?}"
     );
     assert!(mesh.stat("tc_new_flow") >= before + 4, "translated at TC on the pod's interface");
+    lb_tests::parity::shown(&["54"]);
 }

@@ -156,6 +156,7 @@ fn healthz_answers_kube_proxys_body_and_fails_while_the_node_is_to_be_deleted() 
     node.agent.wait_for_log("sync applied", before + 2, Duration::from_secs(10)).expect("synced");
     let (status, back) = body("/healthz");
     assert_eq!((status, &back["nodeEligible"]), (200, &serde_json::Value::from(true)), "{back}");
+    lb_tests::parity::shown(&["55"]);
 }
 
 #[test]
@@ -376,4 +377,5 @@ endpoints:
     let warnings: Vec<String> = agent.log().into_iter().filter(|l| l.contains("do not apply")).collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("clusterCIDR") && warnings[0].contains("mode"), "{warnings:?}");
+    lb_tests::parity::shown(&["56"]);
 }

@@ -136,4 +136,19 @@ pub const RULES: &[(&str, &str, &str)] = &[
     ("51", "Watch", "Nothing is programmed until Services and EndpointSlices have both synced"),
     ("52", "Watch", "Only this node's Node object is watched; its zone label change resyncs"),
     ("53", "Watch", "Changes are batched; identical objects cause no change"),
+    (
+        "54",
+        "Masquerade",
+        "A pod that reaches its own Service and is picked as the backend (hairpin) is masqueraded back to itself",
+    ),
+    (
+        "55",
+        "Health check",
+        "`/healthz` answers `lastUpdated`, `currentTime`, `nodeEligible`; 503 while the node is being deleted or tainted `ToBeDeletedByClusterAutoscaler`",
+    ),
+    (
+        "56",
+        "Configuration",
+        "Its `KubeProxyConfiguration` file (`--config`): bind addresses, hostname override, node port addresses, sync period",
+    ),
 ];
