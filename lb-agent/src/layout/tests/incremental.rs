@@ -333,3 +333,96 @@ proptest! {
         }
     }
 }
+
+/// Time of syncs at cluster scale, in-process against `MemoryMaps` (no kernel): `cargo test
+/// --release -p lb-agent --lib scale -- --ignored --nocapture`. 10,000 Services × 10 endpoints:
+/// the full sync, then one EndpointSlice changed at a time, synced the old way (translate and
+/// lay out everything, diff the whole state) and incrementally.
+#[test]
+#[ignore = "a measurement: run in release with --ignored --nocapture"]
+fn scale_one_slice_change_at_10k_services() {
+    use std::time::Instant;
+    let (services, endpoints, changes) = (10_000u32, 10u32, 200u32);
+    let svc = |i: u32| -> Arc<Service> {
+        Arc::new(object(serde_json::json!({
+            "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
+            "spec": {"clusterIP": format!("10.96.{}.{}", i / 256, i % 256), "ports": [{"name": "http", "port": 80}]},
+        })))
+    };
+    let slice = |i: u32, change: u32| -> Arc<EndpointSlice> {
+        let endpoints: Vec<serde_json::Value> = (0..endpoints)
+            .map(|e| {
+                let n = i * endpoints + e + change;
+                serde_json::json!({"addresses": [format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)],
+                                   "conditions": {"ready": true}, "nodeName": "node-2"})
+            })
+            .collect();
+        Arc::new(object(serde_json::json!({
+            "metadata": {"name": format!("svc-{i}-1"), "namespace": "bench",
+                         "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": endpoints,
+        })))
+    };
+    let node = NodeContext::named("node-1");
+    let mut store = ObjectStore::default();
+    for i in 0..services {
+        store.apply_service(svc(i));
+        let _ = store.apply_slice(slice(i, 0));
+    }
+    let dirty = store.take_dirty();
+    let mut syncer = Syncer::new(MemoryMaps::default()).expect("memory maps");
+    let t = Instant::now();
+    let report =
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("full sync");
+    let full_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(report.full && report.frontends == services as usize);
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    // Incremental: one slice at a time.
+    let mut incremental = Vec::new();
+    for c in 0..changes {
+        let i = (c * 7919) % services;
+        let t = Instant::now();
+        let _ = store.apply_slice(slice(i, c + 1));
+        let dirty = store.take_dirty();
+        let report = syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("sync");
+        incremental.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(!report.full && report.written > 0);
+    }
+    // The old way: everything translated, laid out and diffed for each change.
+    let mut old = Vec::new();
+    let mut old_syncer = Syncer::new(MemoryMaps::default()).expect("memory maps");
+    let objects = |store: &ObjectStore| {
+        let mut objects = Objects::default();
+        for o in store.all().into_values() {
+            objects.services.extend(o.services);
+            objects.slices.extend(o.slices);
+        }
+        objects
+    };
+    old_syncer.sync(&translate(&objects(&store), &node).0).expect("full");
+    for c in 0..changes / 10 {
+        let i = (c * 7919) % services;
+        let _ = store.apply_slice(slice(i, c + 1000));
+        let t = Instant::now();
+        let all = objects(&store);
+        old_syncer.sync(&translate(&all, &node).0).expect("sync");
+        old.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(str::to_owned))
+        .unwrap_or_default();
+    eprintln!(
+        "{services} services × {endpoints} endpoints: full sync {full_ms:.1} ms; one slice changed: \
+         incremental p50 {:.3} ms p99 {:.3} ms, whole-state p50 {:.1} ms p99 {:.1} ms; {hwm}",
+        pct(&mut incremental, 0.5),
+        pct(&mut incremental, 0.99),
+        pct(&mut old, 0.5),
+        pct(&mut old, 0.99),
+    );
+}
