@@ -82,25 +82,30 @@ fn node_port_keys(group: &BackendGroup) -> impl Iterator<Item = (u16, u8, bool)>
         .map(|f| (f.port, f.protocol.number(), f.addr.is_ipv4()))
 }
 
-/// The lowest id from `floor` up that is neither `programmed`, `reserved` nor `given` in this
-/// change. Every id below `floor` is programmed (the floor moves up past programmed ids, and
-/// down when an id is freed), so allocation does not scan the ids in use.
-fn allocate(
-    floor: &mut u32,
-    programmed: impl Fn(u32) -> bool,
-    reserved: impl Fn(u32) -> bool,
-    given: &mut BTreeSet<u32>,
-) -> u32 {
-    *floor = (*floor).max(1);
-    while programmed(*floor) {
-        *floor += 1;
+/// Hands out ids for one change: from `floor` up, neither `programmed` nor `reserved`. Every id
+/// below `floor` is programmed (the floor moves up past programmed ids, and down when an id is
+/// freed), and each id handed out is above the last one, so a change that allocates `n` ids
+/// scans the ids in use once, not `n` times.
+struct Allocator {
+    next: u32,
+}
+
+impl Allocator {
+    fn new(floor: &mut u32, programmed: impl Fn(u32) -> bool) -> Self {
+        *floor = (*floor).max(1);
+        while programmed(*floor) {
+            *floor += 1;
+        }
+        Self { next: *floor }
     }
-    let mut id = *floor;
-    while programmed(id) || reserved(id) || given.contains(&id) {
-        id += 1;
+
+    fn allocate(&mut self, programmed: impl Fn(u32) -> bool, reserved: impl Fn(u32) -> bool) -> u32 {
+        while programmed(self.next) || reserved(self.next) {
+            self.next += 1;
+        }
+        self.next += 1;
+        self.next - 1
     }
-    given.insert(id);
-    id
 }
 
 impl LayoutIndex {
@@ -280,7 +285,8 @@ impl LayoutIndex {
         }
 
         // Backends: the touched ones written anew, or deleted when no group uses them.
-        let mut given = BTreeSet::new();
+        let mut backend_ids =
+            Allocator::new(&mut self.backend_floor, |id| programmed.backends.contains_key(&id));
         let mut deleted = Vec::new();
         for identity in &touched {
             let Some(u) = self.backends.get(identity).copied() else { continue };
@@ -298,11 +304,9 @@ impl LayoutIndex {
             }
             let id = match u.id {
                 Some(id) => id,
-                None => allocate(
-                    &mut self.backend_floor,
+                None => backend_ids.allocate(
                     |id| programmed.backends.contains_key(&id),
                     |id| reserved.backends.contains(&id),
-                    &mut given,
                 ),
             };
             if let Some(entry) = self.backends.get_mut(identity) {
@@ -318,7 +322,7 @@ impl LayoutIndex {
 
         // Groups, in the desired state's order.
         let mut reused = BTreeSet::new();
-        let mut given = BTreeSet::new();
+        let mut group_ids = Allocator::new(&mut self.group_floor, |id| programmed.services.contains_key(&id));
         for key in old.keys() {
             let mut placements = Vec::new();
             for group in translator.groups(key) {
@@ -337,11 +341,9 @@ impl LayoutIndex {
                         reused.insert(id);
                         id
                     }
-                    None => allocate(
-                        &mut self.group_floor,
+                    None => group_ids.allocate(
                         |id| programmed.services.contains_key(&id),
                         |id| reserved.groups.contains(&id),
-                        &mut given,
                     ),
                 };
                 let backends = &self.backends;

@@ -393,6 +393,27 @@ fn scale_one_slice_change_at_10k_services() {
         incremental.push(t.elapsed().as_secs_f64() * 1e3);
         assert!(!report.full && report.written > 0);
     }
+    // Everything gone, then back within the id quarantine (a source read while half-written):
+    // every id is reserved, the new ones are found in one pass.
+    let t = Instant::now();
+    let keys: Vec<ServiceKey> = store.all().into_keys().collect();
+    for i in 0..services {
+        store.delete_service(&svc(i));
+        let _ = store.delete_slice(&slice(i, 0));
+    }
+    let dirty = store.take_dirty();
+    assert_eq!(dirty.len(), keys.len());
+    syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("all gone");
+    let gone_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    for i in 0..services {
+        store.apply_service(svc(i));
+        let _ = store.apply_slice(slice(i, 0));
+    }
+    let dirty = store.take_dirty();
+    let report = syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("all back");
+    let back_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(!report.full && report.frontends == services as usize);
     // The old way: everything translated, laid out and diffed for each change.
     let mut old = Vec::new();
     let mut old_syncer = Syncer::new(MemoryMaps::default()).expect("memory maps");
@@ -419,10 +440,50 @@ fn scale_one_slice_change_at_10k_services() {
         .unwrap_or_default();
     eprintln!(
         "{services} services × {endpoints} endpoints: full sync {full_ms:.1} ms; one slice changed: \
-         incremental p50 {:.3} ms p99 {:.3} ms, whole-state p50 {:.1} ms p99 {:.1} ms; {hwm}",
+         incremental p50 {:.3} ms p99 {:.3} ms, whole-state p50 {:.1} ms p99 {:.1} ms; all removed \
+         {gone_ms:.1} ms and back {back_ms:.1} ms (incremental); {hwm}",
         pct(&mut incremental, 0.5),
         pct(&mut incremental, 0.99),
         pct(&mut old, 0.5),
         pct(&mut old, 0.99),
     );
+}
+
+/// A change that does not fit the maps is refused whole by an incremental sync too: nothing is
+/// written, and the maps keep what they had.
+#[test]
+fn an_incremental_change_that_does_not_fit_writes_nothing() {
+    let node = NodeContext::named("node-1");
+    let capacity = crate::kernel::maps::Capacity {
+        frontends: 2,
+        slots: 100,
+        backends: 100,
+        source_ranges: 10,
+        services: 10,
+    };
+    let mut syncer =
+        Syncer::new(MemoryMaps { capacity: Some(capacity), ..MemoryMaps::default() }).expect("memory maps");
+    let mut store = ObjectStore::default();
+    store.apply_service(Arc::new(service_of("a", "10.96.0.10")));
+    let _ = store.apply_slice(Arc::new(slice_of("a", 8080, "10.244.1.1", "node-2")));
+    store.apply_service(Arc::new(service_of("b", "10.96.0.11")));
+    let dirty = store.take_dirty();
+    syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("fits");
+    let (before, writes) = (syncer.programmed().clone(), syncer.maps_mut().log.len());
+    store.apply_service(Arc::new(service_of("c", "10.96.0.12")));
+    let dirty = store.take_dirty();
+    let err =
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect_err("3 frontends");
+    assert!(matches!(err, MapsError::Full { needed: 3, capacity: 2, .. }), "{err}");
+    assert_eq!(syncer.maps_mut().log.len(), writes, "nothing written");
+    assert_eq!(syncer.programmed(), &before);
+    // The Service goes again: the next sync (full, after the refusal) is back to two.
+    let mut gone = service_of("c", "10.96.0.12");
+    gone.metadata.name = Some("c".into());
+    store.delete_service(&gone);
+    let dirty = store.take_dirty();
+    let report =
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("fits again");
+    assert!(report.full);
+    assert_eq!(normal(syncer.programmed()), normal(&before));
 }
