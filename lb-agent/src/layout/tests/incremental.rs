@@ -352,7 +352,8 @@ fn scale_one_slice_change_at_10k_services() {
     let slice = |i: u32, change: u32| -> Arc<EndpointSlice> {
         let endpoints: Vec<serde_json::Value> = (0..endpoints)
             .map(|e| {
-                let n = i * endpoints + e + change;
+                // A change replaces the last endpoint by a new address (a new backend id).
+                let n = if e + 1 == endpoints && change > 0 { 1_000_000 + change } else { i * endpoints + e };
                 serde_json::json!({"addresses": [format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)],
                                    "conditions": {"ready": true}, "nodeName": "node-2"})
             })
