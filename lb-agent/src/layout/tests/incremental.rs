@@ -334,6 +334,15 @@ proptest! {
     }
 }
 
+fn objects_of(store: &ObjectStore) -> Objects {
+    let mut objects = Objects::default();
+    for o in store.all().into_values() {
+        objects.services.extend(o.services);
+        objects.slices.extend(o.slices);
+    }
+    objects
+}
+
 /// Time of syncs at cluster scale, in-process against `MemoryMaps` (no kernel): `cargo test
 /// --release -p lb-agent --lib scale -- --ignored --nocapture`. 10,000 Services × 10 endpoints:
 /// the full sync, then one EndpointSlice changed at a time, synced the old way (translate and
@@ -367,18 +376,45 @@ fn scale_one_slice_change_at_10k_services() {
         })))
     };
     let node = NodeContext::named("node-1");
+    let rss = || -> String {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+        };
+        format!(
+            "rss {} kB (peak {} kB)",
+            field("VmRSS:").unwrap_or_default(),
+            field("VmHWM:").unwrap_or_default()
+        )
+    };
+    eprintln!("start: {}", rss());
     let mut store = ObjectStore::default();
     for i in 0..services {
         store.apply_service(svc(i));
         let _ = store.apply_slice(slice(i, 0));
     }
     let dirty = store.take_dirty();
+    eprintln!("objects stored: {}", rss());
+    {
+        let all = store.all();
+        eprintln!("all(): {}", rss());
+        let (t, _) = crate::model::incremental::Translator::new(&all, &node);
+        eprintln!("translator: {} ({} keys)", rss(), t.len());
+        let (desired, _) = translate(&objects_of(&store), &node);
+        eprintln!("+ a translate() desired state: {} ({} groups)", rss(), desired.groups.len());
+    }
+    eprintln!("dropped: {}", rss());
     let mut syncer = Syncer::new(MemoryMaps::default()).expect("memory maps");
     let t = Instant::now();
     let report =
         syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("full sync");
     let full_ms = t.elapsed().as_secs_f64() * 1e3;
     assert!(report.full && report.frontends == services as usize);
+    // (The maps themselves are counted twice here: `MemoryMaps` and the syncer's view.)
+    eprintln!("after the full sync: {}", rss());
     let pct = |v: &mut Vec<f64>, p: f64| {
         v.sort_by(f64::total_cmp);
         v[((v.len() - 1) as f64 * p).round() as usize]
