@@ -3,6 +3,7 @@
 //! apply, re-reads what the kernel really holds before the next attempt (`need_full_sync`).
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -13,10 +14,10 @@ use crate::{
     layout::{
         diff::{MapOp, apply_in_memory, diff},
         incremental::{LayoutIndex, Parts},
-        state::{LayoutOptions, MapState, Placement, Reserved, layout_placed},
+        state::{LayoutOptions, MapState, Placement, Reserved, layout_groups},
     },
     model::{
-        DesiredState, NodeContext, Problem, ServiceKey, ServiceObjects,
+        BackendGroup, DesiredState, NodeContext, Problem, ServiceKey, ServiceObjects,
         incremental::{Changed, Translator},
         node_addresses,
     },
@@ -209,7 +210,8 @@ impl<M: LbMaps> Syncer<M> {
         let mut report = SyncReport { full: true, ..SyncReport::default() };
         self.engine = None;
         self.parts = None;
-        let result = self.apply(desired, &mut report).map(drop);
+        let groups: Vec<&BackendGroup> = desired.groups.iter().collect();
+        let result = self.apply(&groups, &desired.node_addresses, &mut report).map(drop);
         span.record("written", report.written);
         span.record("removed", report.removed);
         span.record("elapsed_us", u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -223,7 +225,8 @@ impl<M: LbMaps> Syncer<M> {
     /// went.
     fn apply(
         &mut self,
-        desired: &DesiredState,
+        groups: &[&BackendGroup],
+        node_addresses: &[IpAddr],
         report: &mut SyncReport,
     ) -> Result<Vec<Placement>, MapsError> {
         if self.need_full_sync {
@@ -240,7 +243,8 @@ impl<M: LbMaps> Syncer<M> {
             };
         }
         self.times = SyncTimes { translate: self.times.translate, ..SyncTimes::default() };
-        let (target, placements) = layout_placed(desired, &self.programmed, &reserved, &self.options);
+        let (target, placements) =
+            layout_groups(groups, node_addresses, &self.programmed, &reserved, &self.options);
         check_capacity(&target, self.maps.capacity(), &self.options)?;
         let laid_out = Instant::now();
         self.times.layout = laid_out - now;
@@ -323,10 +327,12 @@ impl<M: LbMaps> Syncer<M> {
         let (translator, update) = Translator::new(objects, node);
         self.times.translate = started.elapsed();
         self.problems = update.problems;
-        let desired = translator.desired();
+        // The groups stay in the translator: laid out from there, not copied.
+        let groups: Vec<&BackendGroup> = translator.all_groups().map(|(_, g)| g).collect();
+        let node_addresses = node_addresses(node);
         let span = info_span!(
             "sync",
-            groups = desired.groups.len(),
+            groups = groups.len(),
             objects = Empty,
             written = Empty,
             removed = Empty,
@@ -337,14 +343,14 @@ impl<M: LbMaps> Syncer<M> {
         report.relaid = translator.len();
         self.engine = None;
         self.parts = None;
-        let result = self.apply(&desired, &mut report);
+        let result = self.apply(&groups, &node_addresses, &mut report);
+        drop(groups);
         span.record("written", report.written);
         span.record("removed", report.removed);
         span.record("elapsed_us", u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
         let placements = result?;
         self.initial = false;
-        let layout =
-            LayoutIndex::new(translator.all_groups(), placements, &self.programmed, desired.node_addresses);
+        let layout = LayoutIndex::new(translator.all_groups(), placements, &self.programmed, node_addresses);
         self.engine = Some(Engine { translator, layout });
         Ok(report)
     }

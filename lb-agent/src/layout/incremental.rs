@@ -46,9 +46,8 @@ pub struct LayoutIndex {
     explicit: HashMap<FrontendKey, u32>,
     /// Keys with a NodePort group, by (node port, protocol number, IPv4).
     node_ports: HashMap<(u16, u8, bool), BTreeSet<ServiceKey>>,
-    /// Every id below is programmed (a hint: allocation starts there).
-    group_floor: u32,
-    backend_floor: u32,
+    group_ids: IdPool,
+    backend_ids: IdPool,
     /// IPv4 frontends programmed (for the capacity check).
     frontends_v4: usize,
 }
@@ -82,25 +81,54 @@ fn node_port_keys(group: &BackendGroup) -> impl Iterator<Item = (u16, u8, bool)>
         .map(|f| (f.port, f.protocol.number(), f.addr.is_ipv4()))
 }
 
-/// The lowest id from `floor` up that is neither `programmed`, `reserved` nor `given` in this
-/// change. Every id below `floor` is programmed (the floor moves up past programmed ids, and
-/// down when an id is freed), so allocation does not scan the ids in use.
-fn allocate(
-    floor: &mut u32,
-    programmed: impl Fn(u32) -> bool,
-    reserved: impl Fn(u32) -> bool,
-    given: &mut BTreeSet<u32>,
-) -> u32 {
-    *floor = (*floor).max(1);
-    while programmed(*floor) {
-        *floor += 1;
+/// The ids of one map (groups or backends): every id from `high` up is free, and below it
+/// exactly those in `free` (ids freed since, some still quarantined). Allocation takes the
+/// lowest free id that is neither programmed nor reserved, without scanning the ids in use.
+#[derive(Debug, Default)]
+struct IdPool {
+    free: BTreeSet<u32>,
+    high: u32,
+}
+
+impl IdPool {
+    fn from_used(used: impl Iterator<Item = u32>) -> Self {
+        let used: BTreeSet<u32> = used.collect();
+        let high = used.last().map_or(1, |m| m.saturating_add(1));
+        Self { free: (1..high).filter(|id| !used.contains(id)).collect(), high }
     }
-    let mut id = *floor;
-    while programmed(id) || reserved(id) || given.contains(&id) {
-        id += 1;
+
+    fn release(&mut self, id: u32) {
+        if id < self.high {
+            self.free.insert(id);
+        }
     }
-    given.insert(id);
-    id
+
+    /// One id for a change that has handed out ids up to `cursor` (ids are handed out in
+    /// increasing order within a change, so quarantined ids are passed over once per change).
+    fn allocate(
+        &mut self,
+        cursor: &mut u32,
+        programmed: impl Fn(u32) -> bool,
+        reserved: impl Fn(u32) -> bool,
+    ) -> u32 {
+        let found = self.free.range(*cursor..).copied().find(|id| !reserved(*id) && !programmed(*id));
+        let id = match found {
+            Some(id) => {
+                self.free.remove(&id);
+                id
+            }
+            None => {
+                self.high = self.high.max(*cursor).max(1);
+                while programmed(self.high) || reserved(self.high) {
+                    self.high += 1;
+                }
+                self.high += 1;
+                self.high - 1
+            }
+        };
+        *cursor = id + 1;
+        id
+    }
 }
 
 impl LayoutIndex {
@@ -112,7 +140,12 @@ impl LayoutIndex {
         target: &MapState,
         node_addresses: Vec<IpAddr>,
     ) -> Self {
-        let mut index = Self { node_addresses, group_floor: 1, backend_floor: 1, ..Self::default() };
+        let mut index = Self {
+            node_addresses,
+            group_ids: IdPool::from_used(target.services.keys().copied()),
+            backend_ids: IdPool::from_used(target.backends.keys().copied()),
+            ..Self::default()
+        };
         let mut touched = BTreeSet::new();
         let mut ips = BTreeSet::new();
         let mut explicit = BTreeSet::new();
@@ -280,7 +313,7 @@ impl LayoutIndex {
         }
 
         // Backends: the touched ones written anew, or deleted when no group uses them.
-        let mut given = BTreeSet::new();
+        let mut cursor = 0;
         let mut deleted = Vec::new();
         for identity in &touched {
             let Some(u) = self.backends.get(identity).copied() else { continue };
@@ -292,17 +325,16 @@ impl LayoutIndex {
             if u.active + u.terminating == 0 {
                 deleted.push(*identity);
                 if let Some(id) = u.id {
-                    self.backend_floor = self.backend_floor.min(id);
+                    self.backend_ids.release(id);
                 }
                 continue;
             }
             let id = match u.id {
                 Some(id) => id,
-                None => allocate(
-                    &mut self.backend_floor,
+                None => self.backend_ids.allocate(
+                    &mut cursor,
                     |id| programmed.backends.contains_key(&id),
                     |id| reserved.backends.contains(&id),
-                    &mut given,
                 ),
             };
             if let Some(entry) = self.backends.get_mut(identity) {
@@ -318,7 +350,7 @@ impl LayoutIndex {
 
         // Groups, in the desired state's order.
         let mut reused = BTreeSet::new();
-        let mut given = BTreeSet::new();
+        let mut cursor = 0;
         for key in old.keys() {
             let mut placements = Vec::new();
             for group in translator.groups(key) {
@@ -337,11 +369,10 @@ impl LayoutIndex {
                         reused.insert(id);
                         id
                     }
-                    None => allocate(
-                        &mut self.group_floor,
+                    None => self.group_ids.allocate(
+                        &mut cursor,
                         |id| programmed.services.contains_key(&id),
                         |id| reserved.groups.contains(&id),
-                        &mut given,
                     ),
                 };
                 let backends = &self.backends;
@@ -356,7 +387,7 @@ impl LayoutIndex {
         }
         for id in parts.before.services.keys() {
             if !parts.after.services.contains_key(id) {
-                self.group_floor = self.group_floor.min(*id);
+                self.group_ids.release(*id);
             }
         }
 

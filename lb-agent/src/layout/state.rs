@@ -286,6 +286,19 @@ pub fn layout_placed(
     reserved: &Reserved,
     options: &LayoutOptions,
 ) -> (MapState, Vec<Placement>) {
+    let groups: Vec<&BackendGroup> = desired.groups.iter().collect();
+    layout_groups(&groups, &desired.node_addresses, programmed, reserved, options)
+}
+
+/// As `layout_placed`, for the desired state's `groups` (in its order) and `node_addresses`
+/// (wherever the groups are kept: no copy of them is made).
+pub fn layout_groups(
+    groups: &[&BackendGroup],
+    node_addresses: &[IpAddr],
+    programmed: &MapState,
+    reserved: &Reserved,
+    options: &LayoutOptions,
+) -> (MapState, Vec<Placement>) {
     let mut out = MapState::default();
 
     // Backends: one entry per (address, port, protocol), shared by every group that uses it.
@@ -293,7 +306,7 @@ pub fn layout_placed(
         programmed.backends.iter().map(|(id, b)| ((backend_addr(b), b.proto), *id)).collect();
     let mut backend_states: BTreeMap<BackendIdentity, u8> = BTreeMap::new();
     let mut local: BTreeSet<IpAddr> = BTreeSet::new();
-    for group in &desired.groups {
+    for group in groups {
         local.extend(local_ips(group));
         for (identity, state) in backend_uses(group) {
             backend_states.entry(identity).and_modify(|s| *s = (*s).min(state)).or_insert(state);
@@ -311,13 +324,12 @@ pub fn layout_placed(
     }
 
     // Frontend keys per group; the first group wins a key (translate refuses such conflicts).
-    let explicit: BTreeSet<FrontendKey> = desired.groups.iter().flat_map(explicit_keys).collect();
+    let explicit: BTreeSet<FrontendKey> = groups.iter().flat_map(|g| explicit_keys(g)).collect();
     let mut taken: BTreeSet<FrontendKey> = BTreeSet::new();
-    let group_keys: Vec<Vec<(FrontendKey, FrontendKind)>> = desired
-        .groups
+    let group_keys: Vec<Vec<(FrontendKey, FrontendKind)>> = groups
         .iter()
         .map(|group| {
-            frontend_keys(group, &desired.node_addresses, &|k| explicit.contains(k), &mut |k| taken.insert(k))
+            frontend_keys(group, node_addresses, &|k| explicit.contains(k), &mut |k| taken.insert(k))
         })
         .collect();
 
@@ -337,8 +349,8 @@ pub fn layout_placed(
     for (key, value) in &programmed.frontends {
         owners.entry(value.group).or_default().push(*key);
     }
-    let mut placements = Vec::with_capacity(desired.groups.len());
-    for (group, keys) in desired.groups.iter().zip(group_keys) {
+    let mut placements = Vec::with_capacity(groups.len());
+    for (group, keys) in groups.iter().zip(group_keys) {
         // No frontend on this node (a NodePort-only group and no node address of its family):
         // no id and no slots, which nothing could reach.
         if keys.is_empty() {
@@ -353,7 +365,7 @@ pub fn layout_placed(
             }
             None => group_ids.allocate(),
         };
-        lay_group(&mut out, group, id, &keys, &|identity| id_of[identity], &desired.node_addresses, options);
+        lay_group(&mut out, group, id, &keys, &|identity| id_of[identity], node_addresses, options);
         placements.push(Placement { id: Some(id), keys });
     }
     (out, placements)

@@ -333,3 +333,194 @@ proptest! {
         }
     }
 }
+
+fn objects_of(store: &ObjectStore) -> Objects {
+    let mut objects = Objects::default();
+    for o in store.all().into_values() {
+        objects.services.extend(o.services);
+        objects.slices.extend(o.slices);
+    }
+    objects
+}
+
+/// Time of syncs at cluster scale, in-process against `MemoryMaps` (no kernel): `cargo test
+/// --release -p lb-agent --lib scale -- --ignored --nocapture`. 10,000 Services × 10 endpoints:
+/// the full sync, then one EndpointSlice changed at a time, synced the old way (translate and
+/// lay out everything, diff the whole state) and incrementally.
+#[test]
+#[ignore = "a measurement: run in release with --ignored --nocapture"]
+fn scale_one_slice_change_at_10k_services() {
+    use std::time::Instant;
+    let (services, endpoints, changes) = (10_000u32, 10u32, 200u32);
+    let svc = |i: u32| -> Arc<Service> {
+        Arc::new(object(serde_json::json!({
+            "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
+            "spec": {"clusterIP": format!("10.96.{}.{}", i / 256, i % 256), "ports": [{"name": "http", "port": 80}]},
+        })))
+    };
+    let slice = |i: u32, change: u32| -> Arc<EndpointSlice> {
+        let endpoints: Vec<serde_json::Value> = (0..endpoints)
+            .map(|e| {
+                // A change replaces the last endpoint by a new address (a new backend id).
+                let n = if e + 1 == endpoints && change > 0 { 1_000_000 + change } else { i * endpoints + e };
+                serde_json::json!({"addresses": [format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)],
+                                   "conditions": {"ready": true}, "nodeName": "node-2"})
+            })
+            .collect();
+        Arc::new(object(serde_json::json!({
+            "metadata": {"name": format!("svc-{i}-1"), "namespace": "bench",
+                         "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": endpoints,
+        })))
+    };
+    let node = NodeContext::named("node-1");
+    let rss = || -> String {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+        };
+        format!(
+            "rss {} kB (peak {} kB)",
+            field("VmRSS:").unwrap_or_default(),
+            field("VmHWM:").unwrap_or_default()
+        )
+    };
+    eprintln!("start: {}", rss());
+    let mut store = ObjectStore::default();
+    for i in 0..services {
+        store.apply_service(svc(i));
+        let _ = store.apply_slice(slice(i, 0));
+    }
+    let dirty = store.take_dirty();
+    eprintln!("objects stored: {}", rss());
+    {
+        let all = store.all();
+        eprintln!("all(): {}", rss());
+        let (t, _) = crate::model::incremental::Translator::new(&all, &node);
+        eprintln!("translator: {} ({} keys)", rss(), t.len());
+        let (desired, _) = translate(&objects_of(&store), &node);
+        eprintln!("+ a translate() desired state: {} ({} groups)", rss(), desired.groups.len());
+    }
+    eprintln!("dropped: {}", rss());
+    let mut syncer = Syncer::new(MemoryMaps::default()).expect("memory maps");
+    let t = Instant::now();
+    let report =
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("full sync");
+    let full_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(report.full && report.frontends == services as usize);
+    // (The maps themselves are counted twice here: `MemoryMaps` and the syncer's view.)
+    eprintln!("after the full sync: {}", rss());
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    // Incremental: one slice at a time.
+    let mut incremental = Vec::new();
+    for c in 0..changes {
+        let i = (c * 7919) % services;
+        let t = Instant::now();
+        let _ = store.apply_slice(slice(i, c + 1));
+        let dirty = store.take_dirty();
+        let report = syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("sync");
+        incremental.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(!report.full && report.written > 0);
+    }
+    // Everything gone, then back within the id quarantine (a source read while half-written):
+    // every id is reserved, the new ones are found in one pass.
+    let t = Instant::now();
+    let keys: Vec<ServiceKey> = store.all().into_keys().collect();
+    for i in 0..services {
+        store.delete_service(&svc(i));
+        let _ = store.delete_slice(&slice(i, 0));
+    }
+    let dirty = store.take_dirty();
+    assert_eq!(dirty.len(), keys.len());
+    syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("all gone");
+    let gone_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    for i in 0..services {
+        store.apply_service(svc(i));
+        let _ = store.apply_slice(slice(i, 0));
+    }
+    let dirty = store.take_dirty();
+    let report = syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("all back");
+    let back_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(!report.full && report.frontends == services as usize);
+    // The old way: everything translated, laid out and diffed for each change.
+    let mut old = Vec::new();
+    let mut old_syncer = Syncer::new(MemoryMaps::default()).expect("memory maps");
+    let objects = |store: &ObjectStore| {
+        let mut objects = Objects::default();
+        for o in store.all().into_values() {
+            objects.services.extend(o.services);
+            objects.slices.extend(o.slices);
+        }
+        objects
+    };
+    old_syncer.sync(&translate(&objects(&store), &node).0).expect("full");
+    for c in 0..changes / 10 {
+        let i = (c * 7919) % services;
+        let _ = store.apply_slice(slice(i, c + 1000));
+        let t = Instant::now();
+        let all = objects(&store);
+        old_syncer.sync(&translate(&all, &node).0).expect("sync");
+        old.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(str::to_owned))
+        .unwrap_or_default();
+    eprintln!(
+        "{services} services × {endpoints} endpoints: full sync {full_ms:.1} ms; one slice changed: \
+         incremental p50 {:.3} ms p99 {:.3} ms, whole-state p50 {:.1} ms p99 {:.1} ms; all removed \
+         {gone_ms:.1} ms and back {back_ms:.1} ms (incremental); {hwm}",
+        pct(&mut incremental, 0.5),
+        pct(&mut incremental, 0.99),
+        pct(&mut old, 0.5),
+        pct(&mut old, 0.99),
+    );
+}
+
+/// A change that does not fit the maps is refused whole by an incremental sync too: nothing is
+/// written, and the maps keep what they had.
+#[test]
+fn an_incremental_change_that_does_not_fit_writes_nothing() {
+    let node = NodeContext::named("node-1");
+    let capacity = crate::kernel::maps::Capacity {
+        frontends: 2,
+        slots: 100,
+        backends: 100,
+        source_ranges: 10,
+        services: 10,
+    };
+    let mut syncer =
+        Syncer::new(MemoryMaps { capacity: Some(capacity), ..MemoryMaps::default() }).expect("memory maps");
+    let mut store = ObjectStore::default();
+    store.apply_service(Arc::new(service_of("a", "10.96.0.10")));
+    let _ = store.apply_slice(Arc::new(slice_of("a", 8080, "10.244.1.1", "node-2")));
+    store.apply_service(Arc::new(service_of("b", "10.96.0.11")));
+    let dirty = store.take_dirty();
+    syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("fits");
+    let (before, writes) = (syncer.programmed().clone(), syncer.maps_mut().log.len());
+    store.apply_service(Arc::new(service_of("c", "10.96.0.12")));
+    let dirty = store.take_dirty();
+    let err =
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect_err("3 frontends");
+    assert!(matches!(err, MapsError::Full { needed: 3, capacity: 2, .. }), "{err}");
+    assert_eq!(syncer.maps_mut().log.len(), writes, "nothing written");
+    assert_eq!(syncer.programmed(), &before);
+    // The Service goes again: the next sync (full, after the refusal) is back to two.
+    let mut gone = service_of("c", "10.96.0.12");
+    gone.metadata.name = Some("c".into());
+    store.delete_service(&gone);
+    let dirty = store.take_dirty();
+    let report =
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("fits again");
+    assert!(report.full);
+    assert_eq!(normal(syncer.programmed()), normal(&before));
+}

@@ -22,7 +22,11 @@ pub fn control_plane(services: u32, endpoints: u32, changes: u32) -> anyhow::Res
     let mut incremental_ms = Vec::new();
     for c in 0..changes {
         let before = bench.0.agent.count("sync applied");
-        std::fs::write(&bench.0.source, cluster(services, endpoints, Some(c)))?;
+        // Replaced by a rename, as editors and `kubectl`-style tools do: the agent never reads a
+        // half-written file (which would be a smaller cluster, synced as such).
+        let next = bench.0.source.with_extension("yaml.next");
+        std::fs::write(&next, cluster(services, endpoints, Some(c)))?;
+        std::fs::rename(&next, &bench.0.source)?;
         bench.0.agent.wait_for_log("sync applied", before + 1, Duration::from_secs(120))?;
         incremental_ms.push(sync_us(&bench.0.agent, before + 1)? as f64 / 1000.0);
     }
