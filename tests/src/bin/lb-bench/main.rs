@@ -120,9 +120,9 @@ fn main() -> anyhow::Result<()> {
              agent's real kube client), then one EndpointSlice changes {kube_changes} times. Visible:\n\
              from the bench's write of the changed slice to the API server (the watch event goes\n\
              out) to the new backend read from the pinned maps (polled every 200 µs). Sync: the\n\
-             agent's own `elapsed_us` of that sync (snapshot, translation, layout, diff, writes).\n\
+             agent's own `elapsed_us` of that sync (changes, translation, layout, diff, writes).\n\
              Full sync: the agent's log timestamps from \"waiting for the initial list\" to the\n\
-             first \"sync applied\" (list, snapshot, translation, writes), and its `elapsed_us`.\n\n\
+             first \"sync applied\" (list, full translation, writes), and its `elapsed_us`.\n\n\
              | --min-sync-period | full sync, list → last write (ms) | of which the sync (ms) | change visible p50 / p99 (ms) | sync p50 / p99 (ms) | peak RSS (MiB) |\n\
              |---|---|---|---|---|---|"
         );
@@ -146,8 +146,8 @@ fn main() -> anyhow::Result<()> {
         }
         let _ = writeln!(
             report,
-            "\nWhere a change's sync goes (p50 of each phase, ms, the agent's own clock): every sync\n\
-             still recomputes the whole desired state and layout.\n\n\
+            "\nWhere a change's sync goes (p50 of each phase, ms, the agent's own clock): a change's\n\
+             sync translates and lays out only the Services it touched.\n\n\
              | --min-sync-period | {} |\n|---|---|---|---|---|---|\n{phases}",
             PHASES.map(|p| p.trim_end_matches("_us")).join(" | ")
         );
