@@ -5,7 +5,7 @@
 //! tooling read this agent as they read kube-proxy: `kubeproxy_sync_proxy_rules_duration_seconds`
 //! (every sync) and `kubeproxy_network_programming_duration_seconds` (from an EndpointSlice's
 //! `endpoints.kubernetes.io/last-change-trigger-time` to the sync that wrote it), with
-//! kube-proxy's buckets (`pkg/proxy/metrics`).
+//! kube-proxy's current buckets.
 //!
 //! And two kinds of metric of our own, all prefixed `lb_`:
 //! - what the agent does, recorded by the run loop into `Metrics` as it happens: syncs and their
