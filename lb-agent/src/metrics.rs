@@ -34,6 +34,8 @@ use prometheus_client::{
 };
 use tracing::warn;
 
+use crate::source::store::ChangeCounts;
+
 use crate::{
     health::Health,
     kernel::maps::{Capacity, MapsError},
@@ -164,6 +166,8 @@ fn network_programming_buckets() -> impl Iterator<Item = f64> {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// kube-proxy's other sync metrics, same names, types and labels.
+    kube_proxy: KubeProxyMetrics,
     sync_duration: Histogram,
     /// kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds`.
     sync_proxy_rules_duration: Histogram,
@@ -205,6 +209,7 @@ impl Metrics {
             Unit::Seconds,
             network_programming_duration.clone(),
         );
+        let kube_proxy = KubeProxyMetrics::register(&mut root);
         let registry = root.sub_registry_with_prefix("lb");
         // kube-proxy's sync_proxy_rules_duration_seconds buckets: 1 ms to 16 s.
         let sync_duration = Histogram::new(sync_proxy_rules_buckets());
@@ -267,6 +272,7 @@ impl Metrics {
         }
         Self {
             registry: root,
+            kube_proxy,
             sync_duration,
             sync_proxy_rules_duration,
             network_programming_duration,
@@ -293,6 +299,35 @@ impl Metrics {
     /// after that time (kube-proxy observes each trigger time of the slices a sync wrote).
     pub fn record_network_programming(&self, latency: Duration) {
         self.network_programming_duration.observe(latency.as_secs_f64());
+    }
+
+    /// A change arrived and a sync is queued (`kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds`),
+    /// with the source's change counts now.
+    pub fn record_queued(&self, changes: ChangeCounts) {
+        self.kube_proxy.last_queued.set(unix_seconds());
+        self.record_changes(changes);
+    }
+
+    /// The source's change counts (`kubeproxy_sync_proxy_rules_{service,endpoint}_changes_*`).
+    pub fn record_changes(&self, changes: ChangeCounts) {
+        let k = &self.kube_proxy;
+        k.service_changes.inc_by(changes.service_total.saturating_sub(k.service_changes.get()));
+        k.endpoint_changes.inc_by(changes.endpoint_total.saturating_sub(k.endpoint_changes.get()));
+        k.service_pending.set(i64::try_from(changes.service_pending).unwrap_or(i64::MAX));
+        k.endpoint_pending.set(i64::try_from(changes.endpoint_pending).unwrap_or(i64::MAX));
+    }
+
+    /// A sync applied: its time (`kubeproxy_sync_proxy_rules_last_timestamp_seconds`) and the
+    /// Service ports whose Local policy finds no local endpoint, by `Scope`
+    /// (`kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy}`).
+    pub fn record_applied(&self, no_local_internal: usize, no_local_external: usize) {
+        let k = &self.kube_proxy;
+        k.last_synced.set(unix_seconds());
+        for (policy, n) in [("internal", no_local_internal), ("external", no_local_external)] {
+            k.no_local_endpoints
+                .get_or_create(&PolicyLabel { traffic_policy: policy })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// `n` connected UDP sockets destroyed.
@@ -388,4 +423,81 @@ pub async fn serve(
         .merge(extra);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
+}
+
+/// A gauge of seconds (a timestamp).
+type Seconds = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    traffic_policy: &'static str,
+}
+
+/// kube-proxy's sync metrics besides its two histograms (`pkg/proxy` metrics of the same names,
+/// types and labels), so dashboards and alerts built on kube-proxy read this agent as they read it.
+#[derive(Debug)]
+struct KubeProxyMetrics {
+    last_synced: Seconds,
+    last_queued: Seconds,
+    endpoint_changes: Counter,
+    endpoint_pending: Gauge,
+    service_changes: Counter,
+    service_pending: Gauge,
+    no_local_endpoints: Family<PolicyLabel, Gauge>,
+}
+
+impl KubeProxyMetrics {
+    fn register(root: &mut Registry) -> Self {
+        let this = Self {
+            last_synced: Seconds::default(),
+            last_queued: Seconds::default(),
+            endpoint_changes: Counter::default(),
+            endpoint_pending: Gauge::default(),
+            service_changes: Counter::default(),
+            service_pending: Gauge::default(),
+            no_local_endpoints: Family::default(),
+        };
+        root.register_with_unit(
+            "kubeproxy_sync_proxy_rules_last_timestamp",
+            "The last time proxy rules were successfully synced",
+            Unit::Seconds,
+            this.last_synced.clone(),
+        );
+        root.register_with_unit(
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp",
+            "The last time a sync of proxy rules was queued",
+            Unit::Seconds,
+            this.last_queued.clone(),
+        );
+        root.register(
+            "kubeproxy_sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            this.endpoint_changes.clone(),
+        );
+        root.register(
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            this.endpoint_pending.clone(),
+        );
+        root.register(
+            "kubeproxy_sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            this.service_changes.clone(),
+        );
+        root.register(
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            this.service_pending.clone(),
+        );
+        root.register(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            this.no_local_endpoints.clone(),
+        );
+        this
+    }
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }

@@ -379,3 +379,71 @@ endpoints:
     assert!(warnings[0].contains("clusterCIDR") && warnings[0].contains("mode"), "{warnings:?}");
     lb_tests::parity::shown(&["56"]);
 }
+
+/// kube-proxy's own metrics, same names and types, so its dashboards and alerts keep working:
+/// served next to ours by an agent on the Kubernetes source, and moving as kube-proxy's do (an
+/// EndpointSlice change is counted, the sync times stamped).
+#[test]
+fn kube_proxys_metrics_are_served_with_its_names_and_types() {
+    require_root();
+    let api = lb_tests::apiserver::FakeApiServer::start().expect("api server");
+    api.apply(lb_tests::apiserver::node("node-1", "zone-a", "192.0.2.10"));
+    api.apply(lb_tests::apiserver::service("default", "web", "10.96.0.10", &[("http", 80, "TCP")]));
+    api.apply(lb_tests::apiserver::slice(
+        "default",
+        "web-1",
+        "web",
+        &[("http", 8080, "TCP")],
+        &["10.244.1.1"],
+    ));
+    let (dir, cgroup, bpffs) =
+        (TempDir::new().expect("dir"), Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
+    let metrics = free_local_addr().to_string();
+    let kubeconfig = api.kubeconfig(&dir.path).expect("kubeconfig");
+    let agent =
+        Agent::spawn_kubernetes(&kubeconfig, &cgroup.path, &bpffs.path, &["--metrics-addr", &metrics])
+            .expect("agent");
+    agent.wait_for_log("agent ready", 1, Duration::from_secs(30)).expect("ready");
+    let addr: SocketAddr = metrics.parse().expect("addr");
+    // kube-proxy's metric families (pkg/proxy's names) and their types.
+    let kube_proxy = [
+        ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
+        ("kubeproxy_network_programming_duration_seconds", "histogram"),
+        ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge"),
+        ("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", "gauge"),
+        ("kubeproxy_sync_proxy_rules_endpoint_changes", "counter"),
+        ("kubeproxy_sync_proxy_rules_endpoint_changes_pending", "gauge"),
+        ("kubeproxy_sync_proxy_rules_service_changes", "counter"),
+        ("kubeproxy_sync_proxy_rules_service_changes_pending", "gauge"),
+        ("kubeproxy_sync_proxy_rules_no_local_endpoints_total", "gauge"),
+    ];
+    let before = scrape(addr).expect("scrape");
+    for (family, kind) in kube_proxy {
+        assert!(
+            before.text.contains(&format!("# TYPE {family} {kind}\n")),
+            "{family} {kind}:\n{}",
+            before.text
+        );
+    }
+    let changes =
+        |s: &Scrape| s.value("kubeproxy_sync_proxy_rules_endpoint_changes_total", &[]).expect("sample");
+    let synced = before.value("kubeproxy_sync_proxy_rules_last_timestamp_seconds", &[]).expect("sample");
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    assert!((now - synced).abs() < 60.0, "last sync stamped now: {synced} vs {now}");
+    let syncs = agent.count("sync applied");
+    api.apply(lb_tests::apiserver::slice(
+        "default",
+        "web-1",
+        "web",
+        &[("http", 8080, "TCP")],
+        &["10.244.1.1", "10.244.1.2"],
+    ));
+    agent.wait_for_log("sync applied", syncs + 1, Duration::from_secs(10)).expect("synced");
+    let after = scrape(addr).expect("scrape");
+    assert!(changes(&after) >= changes(&before) + 1.0, "the slice change is counted:\n{}", after.text);
+    assert_eq!(after.value("kubeproxy_sync_proxy_rules_endpoint_changes_pending", &[]).expect("sample"), 0.0);
+    assert!(
+        after.value("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", &[]).expect("sample") > 0.0
+    );
+}

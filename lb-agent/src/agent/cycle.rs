@@ -99,8 +99,11 @@ pub fn sync_once(
     }
     metrics.record_errors(ErrorKind::ObjectSkipped, problems as u64);
     let (services, slices) = source.counts();
+    metrics.record_changes(source.change_counts());
     match result {
         Ok(report) => {
+            let (internal, external) = syncer.no_local_endpoints();
+            metrics.record_applied(internal, external);
             match (syncer.last_parts(), udp_before) {
                 (Some(parts), _) if !report.full => {
                     close_stale_udp(bpffs, &udp_sockets::udp_targets(&parts.before), &parts.after, metrics);

@@ -255,6 +255,7 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         tokio::select! {
             () = changed.notified() => {
                 health.queued();
+                metrics.record_queued(source.change_counts());
                 tokio::time::sleep(args.min_sync_period).await;
             }
             () = tokio::time::sleep(backoff), if retry => backoff = (backoff * 2).min(Duration::from_secs(30)),

@@ -13,7 +13,11 @@ use tracing::warn;
 use crate::{
     model::{NodeContext, Problem, ServiceKey, ServiceObjects, group_objects},
     nodeport_addresses::{self, NodePortAddresses},
-    source::{self, SourceError, kubernetes::KubeSource, store::changed_keys},
+    source::{
+        self, SourceError,
+        kubernetes::KubeSource,
+        store::{ChangeCounts, changed_keys},
+    },
 };
 
 /// Where this agent's objects come from.
@@ -24,6 +28,8 @@ pub enum Source {
         _watcher: notify::RecommendedWatcher,
         last: BTreeMap<ServiceKey, ServiceObjects>,
         nodes: Vec<Arc<Node>>,
+        /// kube-proxy's change counts, from each load compared with the last.
+        counts: ChangeCounts,
     },
     Kubernetes(KubeSource),
 }
@@ -42,7 +48,13 @@ pub struct Changes {
 impl Source {
     /// A file source, not read yet.
     pub fn file(path: PathBuf, watcher: notify::RecommendedWatcher) -> Self {
-        Self::File { path, _watcher: watcher, last: BTreeMap::new(), nodes: Vec::new() }
+        Self::File {
+            path,
+            _watcher: watcher,
+            last: BTreeMap::new(),
+            nodes: Vec::new(),
+            counts: ChangeCounts::default(),
+        }
     }
 
     /// `lb_common::source_state` now.
@@ -58,11 +70,17 @@ impl Source {
     /// them with the last good load, by content; a load that fails changes nothing.
     pub fn changes(&mut self) -> Result<Changes, SourceError> {
         match self {
-            Self::File { path, last, nodes, .. } => {
+            Self::File { path, last, nodes, counts, .. } => {
                 let (objects, mut problems) = source::file::load(path)?;
                 let (grouped, more) = group_objects(&objects);
                 problems.extend(more);
                 let dirty = changed_keys(last, &grouped);
+                let none = ServiceObjects::default();
+                for key in &dirty {
+                    let (old, new) = (last.get(key).unwrap_or(&none), grouped.get(key).unwrap_or(&none));
+                    counts.service_total += u64::from(!old.same_services(new));
+                    counts.endpoint_total += u64::from(!old.same_slices(new));
+                }
                 *last = grouped;
                 *nodes = objects.nodes.iter().map(|n| Arc::clone(&n.object)).collect();
                 Ok(Changes { dirty, problems, triggers: Vec::new() })
@@ -87,6 +105,14 @@ impl Source {
         match self {
             Self::File { last, .. } => last.clone(),
             Self::Kubernetes(kube) => kube.all(),
+        }
+    }
+
+    /// kube-proxy's change counts so far (the file source has nothing pending between loads).
+    pub fn change_counts(&self) -> ChangeCounts {
+        match self {
+            Self::File { counts, .. } => *counts,
+            Self::Kubernetes(kube) => kube.change_counts(),
         }
     }
 

@@ -244,14 +244,25 @@ pub struct ServiceObjects {
     pub slices: Vec<Located<EndpointSlice>>,
 }
 
+fn same_objects<T: PartialEq>(a: &[Located<T>], b: &[Located<T>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(&a.object, &b.object) || a.object == b.object)
+}
+
 impl ServiceObjects {
     /// Same objects (by content, wherever they came from) in the same order.
     pub fn same_content(&self, other: &Self) -> bool {
-        fn same<T: PartialEq>(a: &[Located<T>], b: &[Located<T>]) -> bool {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(&a.object, &b.object) || a.object == b.object)
-        }
-        same(&self.services, &other.services) && same(&self.slices, &other.slices)
+        self.same_services(other) && self.same_slices(other)
+    }
+
+    /// Same Services (by content).
+    pub fn same_services(&self, other: &Self) -> bool {
+        same_objects(&self.services, &other.services)
+    }
+
+    /// Same EndpointSlices (by content).
+    pub fn same_slices(&self, other: &Self) -> bool {
+        same_objects(&self.slices, &other.slices)
     }
 
     pub fn is_empty(&self) -> bool {

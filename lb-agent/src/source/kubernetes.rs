@@ -325,6 +325,11 @@ impl KubeSource {
         Taken { dirty: tracked.store.take_dirty(), triggers: std::mem::take(&mut tracked.triggers) }
     }
 
+    /// kube-proxy's change counts so far (`store::ChangeCounts`).
+    pub fn change_counts(&self) -> super::store::ChangeCounts {
+        lock(&self.tracked).store.change_counts()
+    }
+
     /// The objects of `key` now (shared, not copied).
     pub fn objects(&self, key: &ServiceKey) -> Option<ServiceObjects> {
         lock(&self.tracked).store.objects(key)

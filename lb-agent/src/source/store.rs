@@ -24,6 +24,42 @@ pub struct ObjectStore {
     /// Service dirties both.
     slice_keys: HashMap<(String, String), ServiceKey>,
     dirty: BTreeSet<ServiceKey>,
+    /// kube-proxy's change counts: Service and EndpointSlice changes so far, and the keys whose
+    /// Service or slices changed since `take_dirty`.
+    changes: ChangeCounts,
+    services_pending: BTreeSet<ServiceKey>,
+    slices_pending: BTreeSet<ServiceKey>,
+}
+
+/// Changes a source saw, as kube-proxy counts them (`kubeproxy_sync_proxy_rules_*_changes_*`):
+/// every change of a Service or an EndpointSlice, and the Services with changes not yet synced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangeCounts {
+    pub service_total: u64,
+    pub endpoint_total: u64,
+    pub service_pending: usize,
+    pub endpoint_pending: usize,
+}
+
+impl ObjectStore {
+    fn service_changed(&mut self, key: &ServiceKey) {
+        self.changes.service_total += 1;
+        self.services_pending.insert(key.clone());
+    }
+
+    fn slices_changed(&mut self, key: &ServiceKey) {
+        self.changes.endpoint_total += 1;
+        self.slices_pending.insert(key.clone());
+    }
+
+    /// The change counts now.
+    pub fn change_counts(&self) -> ChangeCounts {
+        ChangeCounts {
+            service_pending: self.services_pending.len(),
+            endpoint_pending: self.slices_pending.len(),
+            ..self.changes
+        }
+    }
 }
 
 fn slice_id(slice: &EndpointSlice) -> (String, String) {
@@ -39,6 +75,7 @@ impl ObjectStore {
             return;
         }
         self.services.insert(key.clone(), Located { origin: String::new(), object: service });
+        self.service_changed(&key);
         self.dirty.insert(key);
     }
 
@@ -46,6 +83,7 @@ impl ObjectStore {
     pub fn delete_service(&mut self, service: &Service) {
         let key = ServiceKey::of_service(service);
         if self.services.remove(&key).is_some() {
+            self.service_changed(&key);
             self.dirty.insert(key);
         }
     }
@@ -69,6 +107,7 @@ impl ObjectStore {
         }
         slices.insert(id.1.clone(), Located { origin: String::new(), object: slice });
         self.slice_keys.insert(id, key.clone());
+        self.slices_changed(&key);
         self.dirty.insert(key);
         true
     }
@@ -83,6 +122,7 @@ impl ObjectStore {
                 self.slices.remove(&key);
             }
         }
+        self.slices_changed(&key);
         self.dirty.insert(key);
         true
     }
@@ -98,6 +138,7 @@ impl ObjectStore {
         let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for key in gone {
             self.services.remove(&key);
+            self.service_changed(&key);
             self.dirty.insert(key);
         }
     }
@@ -136,6 +177,8 @@ impl ObjectStore {
 
     /// The keys changed since the last call.
     pub fn take_dirty(&mut self) -> BTreeSet<ServiceKey> {
+        self.services_pending.clear();
+        self.slices_pending.clear();
         std::mem::take(&mut self.dirty)
     }
 
@@ -187,6 +230,26 @@ mod tests {
 
     fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
         names.iter().map(|n| ServiceKey::new("ns", *n)).collect()
+    }
+
+    #[test]
+    fn changes_are_counted_as_kube_proxy_counts_them() {
+        let mut store = ObjectStore::default();
+        store.apply_service(service("a", "10.96.0.1"));
+        store.apply_slice(slice("a-1", "a", "10.244.0.1"));
+        store.apply_slice(slice("a-1", "a", "10.244.0.2"));
+        store.apply_slice(slice("a-1", "a", "10.244.0.2"));
+        let c = store.change_counts();
+        assert_eq!((c.service_total, c.endpoint_total), (1, 2), "an unchanged object is no change");
+        assert_eq!((c.service_pending, c.endpoint_pending), (1, 1), "pending: Services with changes");
+        store.take_dirty();
+        let c = store.change_counts();
+        assert_eq!((c.service_total, c.endpoint_total, c.service_pending, c.endpoint_pending), (1, 2, 0, 0));
+        let mut gone = EndpointSlice::default();
+        gone.metadata.namespace = Some("ns".into());
+        gone.metadata.name = Some("a-1".into());
+        assert!(store.delete_slice(&gone));
+        assert_eq!(store.change_counts().endpoint_total, 3);
     }
 
     #[test]
