@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod image;
 mod parity;
 mod setup;
 
@@ -40,6 +41,9 @@ enum Cmd {
     /// Run every test and write docs/PARITY.md: each kube-proxy behaviour with the passing tests
     /// that show ours (a behaviour without one reads "missing").
     Parity,
+    /// Build the container image as an OCI archive, target/lb-agent-image.tar (`podman load -i`,
+    /// `ctr images import`), named lb-agent:dev as deploy/daemonset.yaml names it.
+    Image,
 }
 
 fn workspace_root() -> PathBuf {
@@ -110,6 +114,9 @@ fn test() -> anyhow::Result<()> {
 fn test_recording(parity: Option<&Path>) -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     let agent = build()?;
+    // The image test (tests/tests/image.rs) unpacks this archive and runs the agent from it.
+    println!("==> container image");
+    let archive = image::image(&agent)?;
     println!("==> unit tests");
     let with_parity = |mut cmd: Command| {
         if let Some(dir) = parity {
@@ -131,7 +138,8 @@ fn test_recording(parity: Option<&Path>) -> anyhow::Result<()> {
     let kernel = cargo_test(
         with_parity(cargo())
             .args(["test", "--release", "-p", "lb-tests", "--", "--test-threads=1"])
-            .env("LB_AGENT_BIN", &agent),
+            .env("LB_AGENT_BIN", &agent)
+            .env("LB_IMAGE_ARCHIVE", &archive),
     )?;
     ensure!(kernel.0 > 0, "no kernel test ran");
     println!("unit tests: {} passed, kernel tests: {} passed", unit.0, kernel.0);
@@ -168,5 +176,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => demo(),
         Cmd::Bench { quick, only } => bench(quick, only.as_deref()),
         Cmd::Parity => parity::parity(&workspace_root(), |dir| test_recording(Some(dir))),
+        Cmd::Image => {
+            require_root("cargo xtask image")?;
+            let agent = build()?;
+            let archive = image::image(&agent)?;
+            println!("wrote {} ({})", archive.display(), image::IMAGE);
+            Ok(())
+        }
     }
 }
