@@ -19,6 +19,8 @@ struct Cli {
     command: Command,
 }
 
+// `run`'s flags make its variant large; the command is parsed once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Program this node's load balancer from a source and keep it in sync.

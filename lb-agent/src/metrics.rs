@@ -433,7 +433,7 @@ struct PolicyLabel {
     traffic_policy: &'static str,
 }
 
-/// kube-proxy's sync metrics besides its two histograms (`pkg/proxy` metrics of the same names,
+/// kube-proxy's sync metrics besides its two histograms (kube-proxy's own names,
 /// types and labels), so dashboards and alerts built on kube-proxy read this agent as they read it.
 #[derive(Debug)]
 struct KubeProxyMetrics {

@@ -135,6 +135,20 @@ enum Freed {
 }
 
 impl<M: LbMaps> Syncer<M> {
+    /// The ids freed less than `QUARANTINE` ago (older ones leave the quarantine), which no
+    /// layout may hand out again yet.
+    fn quarantined(&mut self, now: Instant) -> Reserved {
+        self.freed.retain(|(at, _)| now.duration_since(*at) < QUARANTINE);
+        let mut reserved = Reserved::default();
+        for (_, id) in &self.freed {
+            match id {
+                Freed::Group(g) => reserved.groups.insert(*g),
+                Freed::Backend(b) => reserved.backends.insert(*b),
+            };
+        }
+        reserved
+    }
+
     /// Adopts whatever is already programmed (pinned maps of an earlier agent): nothing is flushed.
     /// Default layout options (random backend choice).
     #[cfg_attr(not(test), allow(dead_code, reason = "`run` passes its options to `with_options`"))]
@@ -234,14 +248,7 @@ impl<M: LbMaps> Syncer<M> {
             self.need_full_sync = false;
         }
         let now = Instant::now();
-        self.freed.retain(|(at, _)| now.duration_since(*at) < QUARANTINE);
-        let mut reserved = Reserved::default();
-        for (_, id) in &self.freed {
-            match id {
-                Freed::Group(g) => reserved.groups.insert(*g),
-                Freed::Backend(b) => reserved.backends.insert(*b),
-            };
-        }
+        let reserved = self.quarantined(now);
         self.times = SyncTimes { translate: self.times.translate, ..SyncTimes::default() };
         let (target, placements) =
             layout_groups(groups, node_addresses, &self.programmed, &reserved, &self.options);
@@ -435,14 +442,7 @@ impl<M: LbMaps> Syncer<M> {
         self.times = SyncTimes { translate: translated - now, ..SyncTimes::default() };
         self.problems = update.problems;
         report.translated = update.translated;
-        self.freed.retain(|(at, _)| now.duration_since(*at) < QUARANTINE);
-        let mut reserved = Reserved::default();
-        for (_, id) in &self.freed {
-            match id {
-                Freed::Group(g) => reserved.groups.insert(*g),
-                Freed::Backend(b) => reserved.backends.insert(*b),
-            };
-        }
+        let reserved = self.quarantined(now);
         let changed: Vec<Changed> = update.changed;
         let parts =
             engine.layout.update(&changed, &engine.translator, &self.programmed, &reserved, &self.options);

@@ -252,19 +252,13 @@ fn metric_names(expr: &str) -> Vec<String> {
 #[test]
 fn the_dashboard_and_alerts_query_metrics_the_agent_exposes() {
     // As deployed: the Kubernetes source (its watch metrics exist only there).
-    require_root();
-    let api = lb_tests::apiserver::FakeApiServer::start().expect("api server");
-    api.apply(lb_tests::apiserver::node("node-1", "zone-a", "192.0.2.10"));
-    api.apply(lb_tests::apiserver::service("default", "web", "10.96.0.10", &[("http", 80, "TCP")]));
-    let (dir, cgroup, bpffs) =
-        (TempDir::new().expect("dir"), Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
-    let metrics = free_local_addr().to_string();
-    let kubeconfig = api.kubeconfig(&dir.path).expect("kubeconfig");
-    let agent =
-        Agent::spawn_kubernetes(&kubeconfig, &cgroup.path, &bpffs.path, &["--metrics-addr", &metrics])
-            .expect("agent");
-    agent.wait_for_log("agent ready", 1, Duration::from_secs(30)).expect("ready");
-    let s = scrape(metrics.parse().expect("addr")).expect("scrape");
+    let node = KubeAgent::start(vec![lb_tests::apiserver::service(
+        "default",
+        "web",
+        "10.96.0.10",
+        &[("http", 80, "TCP")],
+    )]);
+    let s = scrape(node.metrics).expect("scrape");
     // Families and their types, from the live text.
     let families: Vec<(String, String)> = s
         .text
@@ -385,27 +379,12 @@ endpoints:
 /// EndpointSlice change is counted, the sync times stamped).
 #[test]
 fn kube_proxys_metrics_are_served_with_its_names_and_types() {
-    require_root();
-    let api = lb_tests::apiserver::FakeApiServer::start().expect("api server");
-    api.apply(lb_tests::apiserver::node("node-1", "zone-a", "192.0.2.10"));
-    api.apply(lb_tests::apiserver::service("default", "web", "10.96.0.10", &[("http", 80, "TCP")]));
-    api.apply(lb_tests::apiserver::slice(
-        "default",
-        "web-1",
-        "web",
-        &[("http", 8080, "TCP")],
-        &["10.244.1.1"],
-    ));
-    let (dir, cgroup, bpffs) =
-        (TempDir::new().expect("dir"), Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
-    let metrics = free_local_addr().to_string();
-    let kubeconfig = api.kubeconfig(&dir.path).expect("kubeconfig");
-    let agent =
-        Agent::spawn_kubernetes(&kubeconfig, &cgroup.path, &bpffs.path, &["--metrics-addr", &metrics])
-            .expect("agent");
-    agent.wait_for_log("agent ready", 1, Duration::from_secs(30)).expect("ready");
-    let addr: SocketAddr = metrics.parse().expect("addr");
-    // kube-proxy's metric families (pkg/proxy's names) and their types.
+    let node = KubeAgent::start(vec![
+        lb_tests::apiserver::service("default", "web", "10.96.0.10", &[("http", 80, "TCP")]),
+        lb_tests::apiserver::slice("default", "web-1", "web", &[("http", 8080, "TCP")], &["10.244.1.1"]),
+    ]);
+    let (api, agent, addr) = (&node.api, &node.agent, node.metrics);
+    // kube-proxy's metric families and their types.
     let kube_proxy = [
         ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
         ("kubeproxy_network_programming_duration_seconds", "histogram"),
@@ -446,4 +425,38 @@ fn kube_proxys_metrics_are_served_with_its_names_and_types() {
     assert!(
         after.value("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", &[]).expect("sample") > 0.0
     );
+}
+
+/// An agent on the Kubernetes source (the in-process API server holding `node-1` and `objects`),
+/// serving metrics on a free loopback port. Fields drop in order: the agent stops, the pins go,
+/// then the cgroup, the files and the API server.
+struct KubeAgent {
+    agent: Agent,
+    metrics: SocketAddr,
+    _bpffs: Bpffs,
+    _cgroup: Cgroup,
+    _dir: TempDir,
+    api: lb_tests::apiserver::FakeApiServer,
+}
+
+impl KubeAgent {
+    fn start(objects: Vec<serde_json::Value>) -> Self {
+        require_root();
+        let api = lb_tests::apiserver::FakeApiServer::start().expect("api server");
+        api.apply(lb_tests::apiserver::node("node-1", "zone-a", "192.0.2.10"));
+        api.apply_all(objects);
+        let (dir, cgroup, bpffs) =
+            (TempDir::new().expect("dir"), Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
+        let metrics = free_local_addr();
+        let kubeconfig = api.kubeconfig(&dir.path).expect("kubeconfig");
+        let agent = Agent::spawn_kubernetes(
+            &kubeconfig,
+            &cgroup.path,
+            &bpffs.path,
+            &["--metrics-addr", &metrics.to_string()],
+        )
+        .expect("agent");
+        agent.wait_for_log("agent ready", 1, Duration::from_secs(30)).expect("ready");
+        Self { agent, metrics, _bpffs: bpffs, _cgroup: cgroup, _dir: dir, api }
+    }
 }

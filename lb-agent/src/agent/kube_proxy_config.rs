@@ -54,7 +54,7 @@ fn unset(v: &Value) -> bool {
         Value::Null => true,
         Value::Bool(b) => !b,
         Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::String(s) => s.is_empty() || parse_go_duration(s) == Some(Duration::ZERO) || s == "0",
+        Value::String(s) => s.is_empty() || parse_go_duration(s) == Some(Duration::ZERO),
         Value::Array(a) => a.is_empty(),
         Value::Object(o) => o.values().all(unset),
     }
@@ -238,17 +238,11 @@ pub fn parse(text: &str) -> Result<FromFile, ParseError> {
     let bind = |key: &str, default: &str| {
         let text = fields.get(key).and_then(Value::as_str).unwrap_or_default();
         // kube-proxy also takes a bare IP (its default port) for these.
-        Some(if text.is_empty() {
-            default.to_owned()
-        } else if text.parse::<std::net::IpAddr>().is_ok() {
-            let port = default.rsplit(':').next().unwrap_or_default();
-            SocketAddr::new(
-                text.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
-                port.parse().unwrap_or(0),
-            )
-            .to_string()
-        } else {
-            text.to_owned()
+        let port = default.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        Some(match text.parse::<std::net::IpAddr>() {
+            _ if text.is_empty() => default.to_owned(),
+            Ok(ip) => SocketAddr::new(ip, port).to_string(),
+            Err(_) => text.to_owned(),
         })
     };
     out.metrics_addr = bind("metricsBindAddress", DEFAULT_METRICS);

@@ -23,13 +23,12 @@ pub fn init(format: LogFormat) {
     // kube-runtime's own warnings (a long debug dump per 403 while an API server starts) are
     // replaced by the source's (`source::watch_retry`).
     let from_env = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
-    let mut filter = EnvFilter::try_new(&from_env).unwrap_or_else(|_| EnvFilter::new("info"));
-    if from_env.trim().is_empty() {
-        filter = EnvFilter::new("info");
-    }
+    let mut directives = if from_env.trim().is_empty() { "info".to_owned() } else { from_env.clone() };
     if !from_env.contains("kube_runtime") {
-        filter = filter.add_directive(QUIET_WATCHER.parse().unwrap_or_default());
+        directives = format!("{directives},{QUIET_WATCHER}");
     }
+    let filter =
+        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET_WATCHER}")));
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -42,8 +42,6 @@ use crate::sys::bpf::{RawMap, map_type};
 /// Where an upgrade pins its new maps until the switch.
 const STAGE_DIR: &str = "migrate";
 
-/// `enum bpf_map_type` values with per-CPU values, and the arrays (keys are indexes).
-
 /// A map's shape as the kernel creates it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {

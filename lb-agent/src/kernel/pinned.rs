@@ -174,7 +174,7 @@ fn map_kind(t: u32) -> &'static str {
 pub fn map(bpffs: &Path, name: &'static str) -> Result<MapRow, PinnedError> {
     let path = bpffs.join(name);
     let map = RawMap::open(&path).map_err(|source| PinnedError::Open { path: path.clone(), source })?;
-    let entries = map.len().map_err(|source| PinnedError::Info { path: path.clone(), source })?;
+    let entries = map.entries().map_err(|source| PinnedError::Info { path: path.clone(), source })?;
     Ok(MapRow {
         name,
         kind: map_kind(map.info.map_type),

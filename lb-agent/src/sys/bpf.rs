@@ -5,7 +5,7 @@
 //! Every other module reaches these commands through this one; `unsafe` stays here.
 use std::{
     ffi::CString,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
@@ -311,7 +311,7 @@ impl RawMap {
     }
 
     fn from_fd(fd: OwnedFd) -> std::io::Result<Self> {
-        let info: MapInfo = obj_info(fd.as_fd_borrowed())?;
+        let info: MapInfo = obj_info(fd.as_fd())?;
         let (stride, value_bytes) = if info.percpu() {
             let cpus = aya::util::nr_cpus()
                 .map_err(|(what, e)| std::io::Error::new(e.kind(), format!("{what}: {e}")))?;
@@ -348,7 +348,7 @@ impl RawMap {
     }
 
     pub fn pin(&self, path: &Path) -> std::io::Result<()> {
-        obj_pin(self.fd.as_fd_borrowed(), path)
+        obj_pin(self.fd.as_fd(), path)
     }
 
     fn elem(&self, cmd: libc::c_long, key: &[u8], value: u64, flags: u64) -> std::io::Result<()> {
@@ -391,7 +391,7 @@ impl RawMap {
     }
 
     /// Entries in the map (arrays: always `max_entries`), counted by walking the keys.
-    pub fn len(&self) -> std::io::Result<u64> {
+    pub fn entries(&self) -> std::io::Result<u64> {
         if self.info.array() {
             return Ok(u64::from(self.info.max_entries));
         }
@@ -422,17 +422,6 @@ impl RawMap {
             each(&key);
         }
         Ok(())
-    }
-}
-
-/// `BorrowedFd` of an owned fd (a short name for the calls above).
-trait AsFdBorrowed {
-    fn as_fd_borrowed(&self) -> BorrowedFd<'_>;
-}
-
-impl AsFdBorrowed for OwnedFd {
-    fn as_fd_borrowed(&self) -> BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(self)
     }
 }
 
