@@ -33,8 +33,8 @@ pub struct Client {
 }
 
 /// Looks a frontend up with `lookup` (which copies the value out at once) and picks the backend in
-/// slot `hash % count + 1` of `path`'s range (`lb_common::select`: the rules, stated once) (a random number at the socket, the flow hash at
-/// TC). With session affinity on the frontend, the backend `client()` got last time is kept while
+/// slot `hash % count + 1` of `path`'s range (a random number at the socket, the flow hash at
+/// TC; the rules are `lb_common::select`'s). With session affinity on the frontend, the backend `client()` got last time is kept while
 /// it is still in the range and the client came back within the timeout (`affine`); `client` is
 /// called only then. `None`: not a frontend. A slot or backend miss means the agent changed the
 /// service between our reads (it shrank the slots, or an element was recycled): look the
