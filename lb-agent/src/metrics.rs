@@ -17,7 +17,7 @@ mod kernel;
 #[cfg(test)]
 mod tests;
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -411,9 +411,9 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
     }
 }
 
-/// Serves `/metrics` and the health endpoints on `addr` until the task is dropped.
+/// Serves `/metrics` and the health endpoints on `listener` until the task is dropped.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     extra: Router,
@@ -421,7 +421,6 @@ pub async fn serve(
     let app = crate::health::probes::router(health)
         .merge(Router::new().route("/metrics", get(scrape)).with_state(metrics))
         .merge(extra);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
 

@@ -410,7 +410,10 @@ fn kube_proxys_metrics_are_served_with_its_names_and_types() {
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     assert!((now - synced).abs() < 60.0, "last sync stamped now: {synced} vs {now}");
-    let syncs = agent.count("sync applied");
+    // The sync that carries the change (one Service dirty), not a periodic one that may land
+    // between the count and the apply.
+    let carried = "sync applied services=1 slices=1 full=false dirty=1";
+    let syncs = agent.count(carried);
     api.apply(lb_tests::apiserver::slice(
         "default",
         "web-1",
@@ -418,7 +421,7 @@ fn kube_proxys_metrics_are_served_with_its_names_and_types() {
         &[("http", 8080, "TCP")],
         &["10.244.1.1", "10.244.1.2"],
     ));
-    agent.wait_for_log("sync applied", syncs + 1, Duration::from_secs(10)).expect("synced");
+    agent.wait_for_log(carried, syncs + 1, Duration::from_secs(10)).expect("synced");
     let after = scrape(addr).expect("scrape");
     assert!(changes(&after) >= changes(&before) + 1.0, "the slice change is counted:\n{}", after.text);
     assert_eq!(after.value("kubeproxy_sync_proxy_rules_endpoint_changes_pending", &[]).expect("sample"), 0.0);

@@ -67,11 +67,14 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         let addr: std::net::SocketAddr =
             args.healthz_addr.parse().with_context(|| format!("--healthz-addr {:?}", args.healthz_addr))?;
         let health = Arc::clone(&health);
-        Some(AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = crate::health::probes::serve(addr, health).await {
-                error!(%addr, error = %e, "health endpoints stopped");
-            }
-        })))
+        // Bound before the first sync, so "ready" means the endpoints answer.
+        listen(addr, "health endpoints stopped").await.map(|listener| {
+            AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = crate::health::probes::serve(listener, health).await {
+                    error!(%addr, error = %e, "health endpoints stopped");
+                }
+            }))
+        })
     };
     let metrics = Arc::new(Metrics::new());
     // `explain`'s questions about endpoints, answered by the run loop between syncs.
@@ -83,11 +86,13 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
             args.metrics_addr.parse().with_context(|| format!("--metrics-addr {:?}", args.metrics_addr))?;
         let (metrics, health) = (Arc::clone(&metrics), Arc::clone(&health));
         let explain = endpoints_api::router(asks.clone());
-        Some(AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, metrics, health, explain).await {
-                error!(%addr, error = %e, "metrics endpoint stopped");
-            }
-        })))
+        listen(addr, "metrics endpoint stopped").await.map(|listener| {
+            AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, metrics, health, explain).await {
+                    error!(%addr, error = %e, "metrics endpoint stopped");
+                }
+            }))
+        })
     };
     // kube-proxy's healthCheckNodePort servers, on every address (kube-proxy's default).
     let mut service_health = ServiceHealthServer::new(Arc::clone(&health), Vec::new());
@@ -295,4 +300,10 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         "stopping; programs stay attached and maps stay pinned (`lb-agent cleanup` removes them)"
     );
     Ok(())
+}
+
+/// A listener on `addr`; when the address cannot be bound, the error is logged under `stopped`
+/// and the agent runs on without that server (as kube-proxy does).
+async fn listen(addr: std::net::SocketAddr, stopped: &str) -> Option<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| error!(%addr, error = %e, "{stopped}")).ok()
 }

@@ -10,7 +10,6 @@
 //! cluster autoscaler's `ToBeDeletedByClusterAutoscaler` taint). When healthy, `lastUpdated` is
 //! the current time, as kube-proxy reports it.
 use std::{
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -162,9 +161,8 @@ pub fn router(health: Arc<Health>) -> Router {
         .with_state(health)
 }
 
-/// Serves the endpoints until the task is dropped.
-pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+/// Serves the endpoints on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>) -> anyhow::Result<()> {
     axum::serve(listener, router(health)).await?;
     Ok(())
 }
