@@ -111,7 +111,12 @@ impl Netns {
 
     /// An fd for `setns(fd, CLONE_NEWNET)`.
     pub fn open(&self) -> anyhow::Result<OwnedFd> {
-        Ok(File::open(format!("/run/netns/{}", self.name))?.into())
+        Ok(File::open(self.path())?.into())
+    }
+
+    /// The namespace's file, as `ip netns` bind-mounts it (as container runtimes do theirs).
+    pub fn path(&self) -> std::path::PathBuf {
+        format!("/run/netns/{}", self.name).into()
     }
 }
 

@@ -18,10 +18,30 @@ pub struct Place<'a> {
 
 /// Builds a command for `lb-probe ARGS` that runs in `place`.
 pub fn command(place: &Place<'_>, args: &[&str]) -> anyhow::Result<Command> {
-    let ns = place.netns.open()?;
+    build(place, args, true)
+}
+
+/// Starts a probe in the background, as `spawn` does, whose process stays in the test's own
+/// network namespace while a thread of it works in `place`'s (see `lb-probe`): no process of
+/// `place`'s namespace shows in `/proc`, only its file under `/run/netns`.
+pub fn spawn_from_thread(place: &Place<'_>, args: &[&str]) -> anyhow::Result<Child> {
+    Ok(build(place, args, false)?
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?)
+}
+
+/// `lb-probe ARGS` in `place`'s cgroup; in its namespace from the start (`enter`), or from a
+/// thread of its own.
+fn build(place: &Place<'_>, args: &[&str], enter: bool) -> anyhow::Result<Command> {
+    let ns = if enter { Some(place.netns.open()?) } else { None };
     let procs: Option<File> = place.cgroup.map(Cgroup::procs_file).transpose()?;
     let mut cmd = Command::new(crate::sibling_bin("lb-probe"));
     cmd.args(args);
+    if !enter {
+        cmd.env("LB_PROBE_NETNS_THREAD", place.netns.path());
+    }
     // Safety: between fork and exec the closure only makes async-signal-safe syscalls (write,
     // setns) on fds opened before the fork, which the closure keeps alive.
     unsafe {
@@ -31,7 +51,9 @@ pub fn command(place: &Place<'_>, args: &[&str]) -> anyhow::Result<Command> {
                 let mut f: &File = procs;
                 f.write_all(b"0")?;
             }
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+            if let Some(ns) = &ns
+                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

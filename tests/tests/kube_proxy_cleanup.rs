@@ -466,8 +466,10 @@ fn deploy_daemonset_runs_the_kubernetes_source_on_every_node_with_named_capabili
     let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
     assert_eq!(
         added,
-        BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"])
+        BTreeSet::from(["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON", "SYS_RESOURCE"]),
+        "no CAP_SYS_PTRACE: pods' namespaces are found by their runtime files"
     );
+    assert_ne!(pod.host_pid, Some(true), "no hostPID: pods' namespaces are found by their runtime files");
     // Every added capability is justified in a comment naming it.
     let text = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).expect("daemonset.yaml");
     for cap in &added {
@@ -490,6 +492,7 @@ fn deploy_daemonset_runs_the_kubernetes_source_on_every_node_with_named_capabili
     };
     assert_eq!(host_path("/sys/fs/bpf").as_deref(), Some("/sys/fs/bpf"));
     assert_eq!(host_path("/sys/fs/cgroup").as_deref(), Some("/sys/fs/cgroup"));
+    assert_eq!(host_path("/run/netns").as_deref(), Some("/run/netns"));
 
     // Probes at kube-proxy's healthz port.
     for (probe, path) in [(&container.liveness_probe, "/livez"), (&container.readiness_probe, "/readyz")] {

@@ -3,9 +3,19 @@
 //! disconnected and its owner's next `send` fails (`EDESTADDRREQ`) and a blocked `recv` returns
 //! `ECONNABORTED`, so the application reconnects.
 //!
-//! sock_diag answers for one network namespace, the one of the netlink socket: the namespaces
-//! are found through `/proc/*/ns/net` (the DaemonSet runs with the host's PID namespace), and each
-//! is entered by a short-lived thread (`setns` changes only the calling thread).
+//! sock_diag answers for one network namespace, the one of the netlink socket, so each namespace
+//! is entered by a short-lived thread (`setns` changes only the calling thread). The namespaces
+//! are found in two places, deduplicated by inode:
+//! - the files container runtimes bind-mount for each pod sandbox under `/run/netns` (containerd's
+//!   `cni-…`, CRI-O's, `ip netns`'s): opening them is an ordinary file access, so the DaemonSet
+//!   mounts the host's `/run/netns` and needs neither the host's PID namespace nor
+//!   `CAP_SYS_PTRACE`;
+//! - `/proc/*/ns/net` of every process the agent can see (all of the node's with `hostPID`, for a
+//!   runtime that pins no namespace file; opening another user's is a ptrace-mode access).
+//!
+//! BPF socket iterators with `bpf_sock_destroy` (Linux 6.5) would not change this: a TCP or UDP
+//! iterator walks the sockets of the network namespace it was created in (the kernel's
+//! `bpf_iter_init_seq_net` takes the creating task's), so it needs the same namespace files.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
@@ -21,8 +31,8 @@ use crate::sys::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SockDestroyError {
-    #[error("listing network namespaces under /proc: {0}")]
-    Namespaces(std::io::Error),
+    #[error("listing network namespaces under {dir}: {source}")]
+    Namespaces { dir: &'static str, source: std::io::Error },
     #[error("in network namespace {ns}: {what}: {source}")]
     Netns { ns: PathBuf, what: &'static str, source: std::io::Error },
 }
@@ -48,20 +58,38 @@ fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
-/// One path per network namespace in use on the node (`/proc/<pid>/ns/net`, by inode).
+/// Where container runtimes bind-mount pod sandboxes' network namespaces (`/var/run` is a link to
+/// `/run` on current distributions; both are read, and a namespace seen twice counts once).
+const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
+
+/// One path per network namespace in use on the node, by inode: the runtimes' namespace files,
+/// then `/proc/<pid>/ns/net` of every process in sight.
 fn namespaces() -> Result<Vec<PathBuf>, SockDestroyError> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").map_err(SockDestroyError::Namespaces)? {
-        let Ok(entry) = entry else { continue };
-        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let path = entry.path().join("ns/net");
-        // A process may exit while we look: skip it.
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        if seen.insert((meta.dev(), meta.ino())) {
+    let mut add = |path: PathBuf| {
+        // A namespace or process may go away while we look, and a runtime's directory may hold
+        // a file that is not (or no longer) a mounted namespace: skip those.
+        if let Ok(meta) = std::fs::metadata(&path)
+            && crate::sys::fs::is_namespace(&path).unwrap_or(false)
+            && seen.insert((meta.dev(), meta.ino()))
+        {
             out.push(path);
+        }
+    };
+    for dir in NETNS_DIRS {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().for_each(|e| add(e.path())),
+            // No runtime pinned a namespace here (or the directory is not mounted in).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SockDestroyError::Namespaces { dir, source }),
+        }
+    }
+    let procs =
+        std::fs::read_dir("/proc").map_err(|source| SockDestroyError::Namespaces { dir: "/proc", source })?;
+    for entry in procs.flatten() {
+        if entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            add(entry.path().join("ns/net"));
         }
     }
     Ok(out)

@@ -90,7 +90,28 @@ fn unspecified(addr: SocketAddr) -> &'static str {
     if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
 }
 
+/// With `LB_PROBE_NETNS_THREAD=PATH` the probe works from a second thread that enters the
+/// network namespace at PATH, while the process (its main thread, what `/proc/PID/ns/net`
+/// shows) stays where it started: a namespace no visible process is in, as a pod's is to an
+/// agent without the host's PID namespace.
 fn main() {
+    let Some(path) = std::env::var_os("LB_PROBE_NETNS_THREAD") else {
+        return probe();
+    };
+    let ns = std::fs::File::open(&path).expect("LB_PROBE_NETNS_THREAD: open");
+    let worker = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd as _;
+        // Safety: setns on an open namespace fd changes only this thread's network namespace.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        probe();
+    });
+    if worker.join().is_err() {
+        std::process::exit(101);
+    }
+}
+
+fn probe() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|udp-flood|udp-resolver|original-dst ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
