@@ -7,6 +7,13 @@
 //! no route out of the machine); the variants alternate in rounds. The figure is what node 2's
 //! pod receives per second; the client's send rate is beside it, since on a 2-CPU machine the
 //! sender and the forwarding share the CPUs.
+//!
+//! Node 1's own CPU cost per packet, apart from the sender's and node 2's: the receiving ends of
+//! the client → node 1 and node 1 → node 2 links get NAPI (GRO on, as XDP on a veth has it anyway)
+//! in threaded mode, so everything node 1 does with a packet, from its veth's poll through XDP or
+//! TC, netfilter, routing and the transmit into node 2's ring, runs in one kernel thread
+//! (`napi/ext0-N`) whose time on CPU (`/proc/PID/schedstat`, this kernel has no separate IRQ
+//! time accounting) is divided by the packets node 2's pod received.
 use std::{
     fmt::Write as _,
     net::{SocketAddr, UdpSocket},
@@ -101,6 +108,42 @@ fn ethtool(ns: &Netns, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kernel's NAPI threads (`napi/DEV-ID`), by PID.
+fn napi_threads() -> anyhow::Result<std::collections::BTreeSet<u32>> {
+    let mut out = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.starts_with("napi/")) {
+            out.insert(pid);
+        }
+    }
+    Ok(out)
+}
+
+/// Gives `dev` in `ns` NAPI (GRO on) in threaded mode; returns the PIDs of its NAPI threads.
+fn threaded_napi(ns: &Netns, dev: &str) -> anyhow::Result<Vec<u32>> {
+    ethtool(ns, &["-K", dev, "gro", "on"])?;
+    let before = napi_threads()?;
+    // `ip netns exec` mounts the namespace's own /sys for the command (in a mount namespace of
+    // its own), where the device's `threaded` switch is.
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])
+        .status()?;
+    ensure!(status.success(), "threaded NAPI on {dev} in {}", ns.name);
+    let new: Vec<u32> = napi_threads()?.difference(&before).copied().collect();
+    ensure!(!new.is_empty(), "no NAPI thread appeared for {dev} in {}", ns.name);
+    Ok(new)
+}
+
+/// Nanoseconds `pids` spent on a CPU (`/proc/PID/schedstat`'s first field).
+fn cpu_ns(pids: &[u32]) -> anyhow::Result<u64> {
+    pids.iter().try_fold(0, |sum, pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
+        let ns: u64 = stat.split_whitespace().next().context("schedstat")?.parse()?;
+        Ok(sum + ns)
+    })
+}
+
 /// A larger receive buffer, so the receiving thread's scheduling drops fewer datagrams.
 fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
@@ -167,6 +210,8 @@ impl Drop for Receiver {
 /// One variant's topology, its receiver and (for the eBPF paths) node 1's agent.
 struct Variant {
     name: &'static str,
+    /// Node 1's NAPI thread(s) for packets from the client.
+    node1_threads: Vec<u32>,
     receiver: Receiver,
     agent: Option<(Agent, Bpffs, Cgroup, TempDir)>,
     topo: Topology,
@@ -178,7 +223,11 @@ impl Variant {
         // Full checksums from the client, as packets from a wire carry (an XDP_REDIRECTed frame
         // is verified by its receiver); NAPI on node 2's end, which a redirect into a veth needs.
         ethtool(&topo.client, &["-K", CLIENT_IF, "tx", "off"])?;
-        ethtool(&topo.node2, &["-K", NODE2_N1_IF, "gro", "on"])?;
+        // Forwarded UDP (from node 1) takes node 2's NAPI only with UDP GRO forwarding on;
+        // otherwise node 2's receive would run on node 1's thread (the backlog softirq).
+        ethtool(&topo.node2, &["-K", NODE2_N1_IF, "rx-udp-gro-forwarding", "on"])?;
+        threaded_napi(&topo.node2, NODE2_N1_IF)?;
+        let node1_threads = threaded_napi(&topo.node1, NODE1_EXT_IF)?;
         let receiver = Receiver::start(&topo.node2)?;
         let agent = match agent_flags {
             Some(flags) => {
@@ -195,18 +244,21 @@ impl Variant {
                 None
             }
         };
-        Ok(Self { name, receiver, agent, topo })
+        Ok(Self { name, node1_threads, receiver, agent, topo })
     }
 
-    /// Floods for `millis`; returns (sent, received) per second.
-    fn flood(&self, millis: u32) -> anyhow::Result<(f64, f64)> {
+    /// Floods for `millis`; returns (sent, received) per second and node 1's CPU nanoseconds
+    /// per received packet.
+    fn flood(&self, millis: u32) -> anyhow::Result<(f64, f64, f64)> {
         let before = self.receiver.count();
+        let cpu_before = cpu_ns(&self.node1_threads)?;
         let place = Place { netns: &self.topo.client, cgroup: None };
         let to = format!("{NODE1_EXT_V4}:{NODE_PORT}");
         let lines = probe::run(&place, &["udp-flood", &to, &millis.to_string()])?;
         // Let the last packets in flight arrive.
         std::thread::sleep(Duration::from_millis(100));
         let received = self.receiver.count() - before;
+        let node1_ns = (cpu_ns(&self.node1_threads)? - cpu_before) as f64 / received.max(1) as f64;
         let line = lines.first().context("no udp-flood summary")?;
         let field = |name: &str| -> anyhow::Result<f64> {
             line.split_whitespace()
@@ -215,7 +267,7 @@ impl Variant {
                 .with_context(|| format!("no {name} in {line:?}"))
         };
         let secs = field("us=")? / 1e6;
-        Ok((field("sent=")? / secs, received as f64 / secs))
+        Ok((field("sent=")? / secs, received as f64 / secs, node1_ns))
     }
 
     fn stat(&self, name: &str) -> u64 {
@@ -234,6 +286,8 @@ pub struct PpsRow {
     /// Packets per second the eBPF program itself handled (XDP: redirected by XDP; TC:
     /// translated by TC): shows the path was the one named.
     pub by_program_pps: Option<f64>,
+    /// Node 1's CPU time per packet (ns), its NAPI thread's.
+    pub node1_ns: f64,
 }
 
 /// Floods each variant `rounds` times for `millis`, alternating; returns the mean rates.
@@ -247,7 +301,7 @@ pub fn veth_pps(rounds: u32, millis: u32) -> anyhow::Result<Vec<PpsRow>> {
     // Warm-up: ARP and neighbour entries (XDP leaves a flow to TC until node 2's MAC is known),
     // and a check that each path delivers at all.
     for v in &variants {
-        let (_, received) = v.flood(300)?;
+        let (_, received, _) = v.flood(300)?;
         ensure!(received > 0.0, "{}: nothing reached node 2's pod", v.name);
     }
     let counter = |v: &Variant| match v.name {
@@ -255,25 +309,27 @@ pub fn veth_pps(rounds: u32, millis: u32) -> anyhow::Result<Vec<PpsRow>> {
         n if n.starts_with("TC") => Some(v.stat("tc_translated")),
         _ => None,
     };
-    let mut sums = vec![(0.0, 0.0, 0u64); variants.len()];
+    let mut sums = vec![(0.0, 0.0, 0u64, 0.0); variants.len()];
     for _ in 0..rounds {
         for (v, sum) in variants.iter().zip(&mut sums) {
             let before = counter(v);
-            let (sent, received) = v.flood(millis)?;
+            let (sent, received, node1_ns) = v.flood(millis)?;
             sum.0 += sent;
             sum.1 += received;
             sum.2 += counter(v).zip(before).map_or(0, |(a, b)| a - b);
+            sum.3 += node1_ns;
         }
     }
     let seconds = f64::from(rounds * millis) / 1000.0;
     Ok(variants
         .iter()
         .zip(sums)
-        .map(|(v, (sent, received, by))| PpsRow {
+        .map(|(v, (sent, received, by, node1_ns))| PpsRow {
             path: v.name,
             sent_pps: sent / f64::from(rounds),
             received_pps: received / f64::from(rounds),
             by_program_pps: counter(v).map(|_| by as f64 / seconds),
+            node1_ns: node1_ns / f64::from(rounds),
         })
         .collect())
 }
@@ -286,20 +342,26 @@ pub fn markdown(rows: &[PpsRow], rounds: u32, millis: u32) -> String {
         "\n## Packets per second through veth pairs (UDP NodePort to a pod on another node)\n\n\
          One client floods 32-byte UDP datagrams at node 1's NodePort for {millis} ms, {rounds} rounds per\n\
          path, alternating; node 1 DNATs and SNATs each to node 2's pod. Received: what the pod's\n\
-         socket got. Both CPUs carry the sender, node 1's forwarding and the receiver.\n\n\
-         | path on node 1 | sent (pps) | received (pps) | received / iptables | handled by the program (pps) |\n\
-         |---|---|---|---|---|"
+         socket got. Both CPUs carry the sender, node 1's forwarding and the receiver. Node 1's CPU\n\
+         per packet: the time on CPU of the NAPI thread that carries everything node 1 does with a\n\
+         packet (its receiving veth's poll, XDP or TC, netfilter, routing, the transmit to node 2;\n\
+         GRO on and threaded NAPI on the receiving ends, for every path), per packet received.\n\n\
+         | path on node 1 | sent (pps) | received (pps) | received / iptables | handled by the program (pps) | node 1 CPU per packet (ns) | ÷ iptables |\n\
+         |---|---|---|---|---|---|---|"
     );
-    let iptables = rows.iter().find(|r| r.path.starts_with("iptables")).map_or(f64::NAN, |r| r.received_pps);
+    let iptables = rows.iter().find(|r| r.path.starts_with("iptables"));
+    let (received, cpu) = iptables.map_or((f64::NAN, f64::NAN), |r| (r.received_pps, r.node1_ns));
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {:.2} | {} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {} | {:.0} | {:.2} |",
             r.path,
             r.sent_pps,
             r.received_pps,
-            r.received_pps / iptables,
-            r.by_program_pps.map_or_else(|| "-".to_owned(), |s| format!("{s:.0}"))
+            r.received_pps / received,
+            r.by_program_pps.map_or_else(|| "-".to_owned(), |s| format!("{s:.0}")),
+            r.node1_ns,
+            r.node1_ns / cpu
         );
     }
     out
