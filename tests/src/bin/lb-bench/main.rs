@@ -2,11 +2,12 @@
 //! `bench/RESULTS.md`. Benchmarks print; they never assert timings.
 //!
 //! - Packet path: the kernel's own time per run (BPF_PROG_TEST_RUN) of `lb_tc_ingress` and
-//!   `lb_xdp` for 1, 10,000 and 100,000 services, random and Maglev: a packet to no frontend
-//!   (`--repeat`, the runs share one buffer and the packet is never rewritten), a TCP SYN that
-//!   starts a flow to an external IP, and the same SYN again (a tracked flow), both from batches of
-//!   distinct flows timed one run each. Single runs carry the kernel's timer overhead, estimated
-//!   as (a batch of single runs to no frontend) − (the same packet repeated) and subtracted.
+//!   `lb_xdp` for 1, 10,000 and 100,000 services, random and Maglev, stage by stage: a non-IP
+//!   frame, an IPv4 packet of another protocol and a packet to no frontend (each `--repeat`ed: the
+//!   runs share one buffer and the packet is never rewritten), then a TCP SYN that starts a flow to
+//!   an external IP and the same SYN again (a tracked flow), from batches of distinct flows run
+//!   once each, each run paired with a run to no frontend in the same batch (the median extra
+//!   time, which the single run's timer overhead cancels out of).
 //! - Control plane: the agent's full sync of 10,000 services × 10 endpoints (source read,
 //!   translation, map writes), one EndpointSlice change (the file source re-reads the whole file),
 //!   and the agent's peak RSS; beside them, the time `iptables-restore` and `nft -f` take to load
