@@ -20,6 +20,7 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_ANY: u64 = 0;
 
 /// `enum bpf_map_type` values this layer needs to tell apart.
@@ -147,6 +148,20 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
     prog_ifindex: u32,
     expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN (up to `duration`; no context, no output buffer).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
 }
 
 /// `union bpf_attr` for BPF_LINK_CREATE (the common head, then room for the per-type part).
@@ -278,6 +293,20 @@ pub fn prog_load(prog_type: u32, name: &str, insns: &[u64], license: &str) -> st
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         std::io::Error::new(e.kind(), format!("{e}: {}", String::from_utf8_lossy(&log[..end])))
     })
+}
+
+/// Runs `prog` on `data` (a packet) `repeat` times in the kernel (BPF_PROG_TEST_RUN): the
+/// program's return value and the kernel's mean time per run in nanoseconds.
+pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> std::io::Result<(u32, u32)> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: data.len() as u32,
+        data_in: data.as_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok((attr.retval, attr.duration))
 }
 
 /// Attaches `prog` to `target` (an ifindex for TCX, an fd for a cgroup) at `attach_type` (`enum

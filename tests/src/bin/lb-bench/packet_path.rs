@@ -43,6 +43,22 @@ impl Bench {
     }
 }
 
+/// Kernel time (ns) per run of `frame` repeated `REPEAT` times through a program that only
+/// returns (`r0 = ret; exit`) at the hook `direction` names: BPF_PROG_TEST_RUN's own floor.
+fn empty_program_ns(direction: &str, frame: &[u8]) -> anyhow::Result<f64> {
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    let (prog_type, ret): (u32, i32) =
+        if direction == "xdp" { (BPF_PROG_TYPE_XDP, 2) } else { (BPF_PROG_TYPE_SCHED_CLS, -1) };
+    // `r0 = ret` (BPF_ALU64 | BPF_MOV | BPF_K), `exit`.
+    let insns = [0xb7 | (u64::from(ret as u32) << 32), 0x95];
+    let prog = lb_agent::sys::bpf::prog_load(prog_type, "lb_bench_empty", &insns, "GPL")
+        .context("loading the empty program")?;
+    use std::os::fd::AsFd as _;
+    let (_, ns) = lb_agent::sys::bpf::prog_test_run(prog.as_fd(), frame, REPEAT)?;
+    Ok(f64::from(ns))
+}
+
 fn syn(i: u32, dst: &str) -> Vec<u8> {
     let client = format!("198.{}.{}.{}:{}", 18 + (i >> 16) % 2, (i >> 8) & 0xff, i & 0xff, 1024 + i % 60_000);
     Packet::tcp(&client, dst, TCP_SYN).frame()
@@ -50,6 +66,8 @@ fn syn(i: u32, dst: &str) -> Vec<u8> {
 
 pub struct PacketRow {
     pub services: u32,
+    /// A program that only returns, on the non-IP frame: the harness alone.
+    pub empty: f64,
     /// A non-IP frame repeated: the program's entry and BPF_PROG_TEST_RUN's own cost.
     pub baseline: f64,
     /// An IPv4 packet of another protocol (GRE) repeated: the headers read, no lookup.
@@ -78,6 +96,7 @@ pub fn packet_path(sizes: &[u32]) -> anyhow::Result<Vec<PacketRow>> {
             eprintln!("packet path: {services} services, {algorithm}");
             let bench = Bench::start(services, 2, algorithm)?;
             for (hook, direction) in [("tc", "ingress"), ("xdp", "xdp")] {
+                let empty = empty_program_ns(direction, &arp)?;
                 let baseline = bench.repeated_ns(direction, &arp)?;
                 let other_ip = bench.repeated_ns(direction, &gre)?;
                 let repeated = bench.repeated_ns(direction, &miss)?;
@@ -92,6 +111,7 @@ pub fn packet_path(sizes: &[u32]) -> anyhow::Result<Vec<PacketRow>> {
                 };
                 rows.push(PacketRow {
                     services,
+                    empty,
                     baseline,
                     other_ip,
                     algorithm,
@@ -112,24 +132,25 @@ pub fn markdown(rows: &[PacketRow], sizes: &[u32]) -> String {
     let _ = writeln!(
         out,
         "## Packet path (BPF_PROG_TEST_RUN, kernel time per run)\n\n\
-         Stages, each one packet repeated {REPEAT} times: a non-IP frame (the harness and the\n\
-         program's entry), an IPv4 packet of another protocol (headers read, no lookup) and a TCP\n\
+         Stages, each one packet repeated {REPEAT} times: a program that only returns, on a non-IP\n\
+         frame (BPF_PROG_TEST_RUN's own floor), then ours on a non-IP frame (its entry), an IPv4 packet of another protocol (headers read, no lookup) and a TCP\n\
          SYN to no frontend (headers, the conntrack and frontend lookups). New flow and tracked\n\
          flow: {FLOWS} distinct TCP SYNs to an external IP with 2 local endpoints (every Service has\n\
          2), one run each, interleaved in one batch with as many distinct SYNs to no frontend; the\n\
          figure is the no-frontend time above plus the median extra time of a flow's run over its\n\
          partner's (the pairing cancels the single run's timer overhead). The tracked flow is the\n\
          same SYN again. XDP defers flows to local backends to TC untouched.\n\n\
-         | services | algorithm | hook | non-IP frame (ns) | other IPv4 (ns) | no frontend (ns) | new flow (ns) | tracked flow (ns) |\n|---|---|---|---|---|---|---|---|"
+         | services | algorithm | hook | empty program (ns) | non-IP frame (ns) | other IPv4 (ns) | no frontend (ns) | new flow (ns) | tracked flow (ns) |\n|---|---|---|---|---|---|---|---|---|"
     );
     let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
             r.services,
             r.algorithm,
             r.hook,
+            r.empty,
             r.baseline,
             r.other_ip,
             r.miss,
