@@ -17,6 +17,9 @@
 //! lb-probe tcp-connect ADDR COUNT    COUNT connects back to back, each closed at once with a reset
 //!                                    (no TIME_WAIT); one line per connect, its latency in ns or
 //!                                    `err …`, then `done us=<wall time of all>` (the bench)
+//! lb-probe tcp-connect-pair A N B   N pairs of connects, to A then to B, each closed with a reset;
+//!                                    one line per connect, `a <ns>` / `b <ns>` or `err …` (the
+//!                                    bench: a ClusterIP against a direct connect, same client)
 //! lb-probe original-dst ADDR COUNT  a sidecar proxy's listener: prints `listening`, then accepts
 //!                                    COUNT connections on ADDR; for each, reads the destination
 //!                                    the client dialled (SO_ORIGINAL_DST, set by an iptables
@@ -113,7 +116,7 @@ fn main() {
 
 fn probe() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|udp-flood|udp-resolver|original-dst ADDR [N]";
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|tcp-connect-pair|udp-flood|udp-resolver|original-dst ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -266,6 +269,25 @@ fn probe() {
                 writeln!(out, "{line}").expect("stdout");
             }
             writeln!(out, "done us={}", all.elapsed().as_micros()).expect("stdout");
+        }
+        "tcp-connect-pair" => {
+            // ADDR and a second address (args[4]) alternately, N pairs: one line per connect,
+            // `a <ns>` or `b <ns>` (or `err …`).
+            let other: SocketAddr = args.get(4).and_then(|a| a.parse().ok()).expect("second ADDR");
+            for _ in 0..n {
+                for (tag, to) in [("a", addr), ("b", other)] {
+                    let started = Instant::now();
+                    let line = match TcpStream::connect_timeout(&to, TIMEOUT) {
+                        Ok(stream) => {
+                            let ns = started.elapsed().as_nanos();
+                            reset_on_close(&stream);
+                            format!("{tag} {ns}")
+                        }
+                        Err(e) => err_line(&e, started),
+                    };
+                    writeln!(out, "{line}").expect("stdout");
+                }
+            }
         }
         "udp-resolver" => {
             let open = || -> std::io::Result<UdpSocket> {

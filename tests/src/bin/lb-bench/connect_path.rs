@@ -129,6 +129,41 @@ impl ConnectRow {
     }
 }
 
+/// A ClusterIP connect through the socket hooks against a direct connect to a backend, the two
+/// alternating in one client in the agent's cgroup (both pay the hooks' lookup; only the first
+/// is translated).
+pub struct PairedRow {
+    pub services: u32,
+    pub direct_ns: Vec<f64>,
+    pub cluster_ip_ns: Vec<f64>,
+    pub failed: usize,
+}
+
+impl PairedRow {
+    pub fn p50_ratio(&self) -> f64 {
+        percentile(&self.cluster_ip_ns, 0.5) / percentile(&self.direct_ns, 0.5)
+    }
+}
+
+/// `pairs` alternating connects, direct then ClusterIP, from `place`.
+fn run_pairs(
+    place: &Place<'_>,
+    direct: SocketAddr,
+    cluster_ip: SocketAddr,
+    pairs: u32,
+    row: &mut PairedRow,
+) -> anyhow::Result<()> {
+    let args = ["tcp-connect-pair", &direct.to_string(), &pairs.to_string(), &cluster_ip.to_string()];
+    for line in probe::run(place, &args)? {
+        match line.split_once(' ') {
+            Some(("a", ns)) => row.direct_ns.push(ns.parse().context("a line")?),
+            Some(("b", ns)) => row.cluster_ip_ns.push(ns.parse().context("b line")?),
+            _ => row.failed += 1,
+        }
+    }
+    Ok(())
+}
+
 /// kube-proxy's rule-set load times at one size (the control-plane comparison).
 pub struct RuleLoads {
     pub services: u32,
@@ -156,8 +191,8 @@ pub fn connect_path(
     endpoints: u32,
     rounds: u32,
     per_round: u32,
-) -> anyhow::Result<(Vec<ConnectRow>, Vec<RuleLoads>)> {
-    let (mut rows, mut loads) = (Vec::new(), Vec::new());
+) -> anyhow::Result<(Vec<ConnectRow>, Vec<RuleLoads>, Vec<PairedRow>)> {
+    let (mut rows, mut loads, mut paired) = (Vec::new(), Vec::new(), Vec::new());
     for &services in sizes {
         eprintln!("connect path: {services} services × {endpoints} endpoints");
         // The target is the last Service programmed (the last rule in KUBE-SERVICES).
@@ -203,8 +238,42 @@ pub fn connect_path(
             row.latencies_ns.sort_by(f64::total_cmp);
         }
         rows.extend(size_rows);
+        let mut pair = PairedRow { services, direct_ns: Vec::new(), cluster_ip_ns: Vec::new(), failed: 0 };
+        let hooked = Place { netns: &socket_ns.netns, cgroup: Some(&agent.0.cgroup) };
+        for _ in 0..rounds {
+            run_pairs(&hooked, backends[0], cluster_ip, per_round, &mut pair)?;
+        }
+        pair.direct_ns.sort_by(f64::total_cmp);
+        pair.cluster_ip_ns.sort_by(f64::total_cmp);
+        paired.push(pair);
     }
-    Ok((rows, loads))
+    Ok((rows, loads, paired))
+}
+
+/// The same-client comparison of the connect-path section.
+pub fn paired_markdown(rows: &[PairedRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nThe same client in the agent's cgroup, alternating a direct connect to a backend and a\n\
+         ClusterIP connect through the socket hooks, pair after pair (both pay the hooks' lookup;\n\
+         only the ClusterIP's is translated):\n\n\
+         | services | pairs | direct p50 (µs) | ClusterIP p50 (µs) | ClusterIP / direct, p50 | failed |\n\
+         |---|---|---|---|---|---|"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {:.1} | {:.3} | {} |",
+            r.services,
+            r.direct_ns.len(),
+            percentile(&r.direct_ns, 0.5) / 1000.0,
+            percentile(&r.cluster_ip_ns, 0.5) / 1000.0,
+            r.p50_ratio(),
+            r.failed
+        );
+    }
+    out
 }
 
 /// The connect-path section of the report.

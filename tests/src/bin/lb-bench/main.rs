@@ -69,10 +69,11 @@ fn main() -> anyhow::Result<()> {
 
     let connect_sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 1_000, 10_000] };
     let (rounds, per_round) = if quick { (2, 500) } else { (5, 2_000) };
-    let (connects, loads) =
+    let (connects, loads, paired) =
         if run("connect") { connect_path(connect_sizes, 10, rounds, per_round)? } else { Default::default() };
     if !connects.is_empty() {
         report.push_str(&connect_path::markdown(&connects, rounds * per_round));
+        report.push_str(&connect_path::paired_markdown(&paired));
     }
     let svg = connect_path::svg(&connects);
 
