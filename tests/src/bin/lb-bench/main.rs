@@ -19,6 +19,7 @@
 mod cluster;
 mod connect_path;
 mod control_plane;
+mod cost;
 mod kube_proxy_rules;
 mod packet_path;
 mod veth_pps;
@@ -62,9 +63,9 @@ fn main() -> anyhow::Result<()> {
     let mut report = String::new();
     let _ = writeln!(report, "# Benchmark results\n\nMachine: {}.\n", machine());
 
-    if run("packet") {
-        let rows = packet_path(sizes)?;
-        report.push_str(&packet_path::markdown(&rows, sizes));
+    let packet = if run("packet") { packet_path(sizes)? } else { Vec::new() };
+    if !packet.is_empty() {
+        report.push_str(&packet_path::markdown(&packet, sizes));
     }
 
     let connect_sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 1_000, 10_000] };
@@ -77,11 +78,14 @@ fn main() -> anyhow::Result<()> {
     }
     let svg = connect_path::svg(&connects);
 
-    if run("veth") {
-        let (rounds, millis) = if quick { (1, 1_000) } else { (3, 3_000) };
-        let rows = veth_pps(rounds, millis)?;
-        report.push_str(&veth_pps::markdown(&rows, rounds, millis));
+    let (veth_rounds, millis) = if quick { (1, 1_000) } else { (3, 3_000) };
+    let veth = if run("veth") { veth_pps(veth_rounds, millis)? } else { Vec::new() };
+    if !veth.is_empty() {
+        report.push_str(&veth_pps::markdown(&veth, veth_rounds, millis));
     }
+    // The largest size both the packet and the connect path measured.
+    let cost_size = *connect_sizes.iter().filter(|n| sizes.contains(n)).max().unwrap_or(&1);
+    report.push_str(&cost::markdown(&packet, &paired, &veth, cost_size));
 
     let (services, endpoints, changes) = if quick { (1_000, 10, 5) } else { (10_000, 10, 20) };
     if run("control") {

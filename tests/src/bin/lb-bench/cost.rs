@@ -1,0 +1,47 @@
+//! Issue 19's cost table: the datapath figures the other sections measured, beside the figures
+//! before the work on them (bench/RESULTS.md of that time) and the targets.
+use std::fmt::Write as _;
+
+use crate::{connect_path::PairedRow, packet_path::PacketRow, veth_pps::PpsRow};
+
+/// The summary at `services` (the packet path's and the connect path's size), random selection.
+pub fn markdown(packet: &[PacketRow], paired: &[PairedRow], veth: &[PpsRow], services: u32) -> String {
+    let row = |hook: &str| {
+        packet.iter().find(|r| r.services == services && r.algorithm == "random" && r.hook == hook)
+    };
+    let fmt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
+    let connect = paired.iter().find(|r| r.services == services).map(PairedRow::p50_ratio);
+    let node1 = |prefix: &str| veth.iter().find(|r| r.path.starts_with(prefix)).map(|r| r.node1_ns);
+    let xdp_cpu = node1("XDP").zip(node1("iptables")).map(|(x, i)| x / i);
+    let lines: [(&str, &str, Option<f64>, usize, &str); 6] = [
+        ("TC, packet to no frontend (ns)", "≈ 200", row("tc").map(|r| r.miss), 0, "≤ 100"),
+        ("XDP, packet to no frontend (ns)", "≈ 210", row("xdp").map(|r| r.miss), 0, "≤ 80"),
+        ("TC, new flow (ns)", "≈ 1,500 (single runs)", row("tc").and_then(|r| r.new_flow), 0, "-"),
+        ("TC, tracked flow (ns)", "≈ 1,000 (single runs)", row("tc").and_then(|r| r.tracked), 0, "≤ 150"),
+        ("TCP connect to a ClusterIP ÷ direct, p50, same client", "1.15", connect, 3, "≤ 1.05"),
+        ("NodePort forwarding, node 1's CPU per packet, XDP ÷ iptables", "-", xdp_cpu, 2, "≤ 0.33"),
+    ];
+    let targets = [100.0, 80.0, f64::INFINITY, 150.0, 1.05, 0.33];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## Datapath cost (issue 19), {services} services, random selection\n\n\
+         Gathered from the sections above (this run) beside the figures before (the bench of that\n\
+         time; its new and tracked flows were single runs minus an estimated timer overhead).\n\n\
+         | measurement | before | now | target | met |\n|---|---|---|---|---|"
+    );
+    for ((name, before, now, digits, target), limit) in lines.into_iter().zip(targets) {
+        let met = match now {
+            Some(v) if limit.is_finite() => {
+                if v <= limit {
+                    "yes"
+                } else {
+                    "no"
+                }
+            }
+            _ => "-",
+        };
+        let _ = writeln!(out, "| {name} | {before} | {} | {target} | {met} |", fmt(now, digits));
+    }
+    out
+}
