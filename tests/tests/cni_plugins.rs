@@ -1,0 +1,378 @@
+//! Pods made by real CNI plugins (Debian's `containernetworking-plugins`, called through the CNI
+//! protocol by `lb_tests::cni`) instead of the hand-built pods of `cni.rs`: node1 of the
+//! north-south topology (`PodNetwork::Plugin`) gets a backend pod and a client pod from the
+//! `bridge` plugin or the `ptp` plugin, with host-local IPAM on node1's pod CIDR. The agent runs
+//! in node1 as in the other tests (TC on `--interfaces`, socket programs on the test cgroup), and
+//! a NodePort Service has the CNI pod on node1 and a pod on node2 as its endpoints. On each
+//! network: a pod's process and a host process reach the ClusterIP, and an outside client reaches
+//! the NodePort, landing on both pods. With the `portmap` plugin chained after `bridge`, a pod's
+//! `hostPort` (kubelet's `portMappings`) works from outside and from the node next to our NodePort
+//! on the same node address, and portmap's `DEL` takes its rules away.
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_tests::{
+    agent::{Agent, cli_json},
+    cni::{Attachment, Network, command_in},
+    guard::{Bpffs, Cgroup, Netns, TempDir},
+    probe::{self, Place, backend_of},
+    require_root,
+    servers::Servers,
+    topology::{
+        NODE1_EXT_IF, NODE1_EXT_V4, NODE1_N2_IF, NODE1_NAME, NODE1_POD_CIDR_V4, NODE1_POD_GW_V4, NODE2_NAME,
+        POD2_V4, PodNetwork, Topology, ip_output,
+    },
+};
+use serde_json::{Value, json};
+
+const NODE_PORT: u16 = 30080;
+const HOST_PORT: u16 = 8081;
+const POD_PORT: u16 = 8080;
+/// The ClusterIP of `own`, the backend pod's own Service.
+const OWN: &str = "10.96.0.12";
+
+/// `web`: a NodePort Service (TCP 80, UDP 53) whose endpoints are the CNI pod `pod1` on node 1
+/// and `POD2_V4` on node 2; `own`: a ClusterIP Service ([`OWN`]) whose only endpoint is `pod1`.
+fn cluster(pod1: IpAddr) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  ports:
+  - {{name: http, port: 80, nodePort: {NODE_PORT}, targetPort: {POD_PORT}, protocol: TCP}}
+  - {{name: dns, port: 53, nodePort: {NODE_PORT}, targetPort: {POD_PORT}, protocol: UDP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: {POD_PORT}, protocol: TCP}}, {{name: dns, port: {POD_PORT}, protocol: UDP}}]
+endpoints:
+- {{addresses: ['{pod1}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}
+- {{addresses: ['{POD2_V4}'], nodeName: {NODE2_NAME}, conditions: {{ready: true}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: own, namespace: default}}
+spec:
+  clusterIP: {OWN}
+  ports: [{{name: http, port: 80, targetPort: {POD_PORT}, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: own-1, namespace: default, labels: {{kubernetes.io/service-name: own}}}}
+addressType: IPv4
+ports: [{{name: http, port: {POD_PORT}, protocol: TCP}}]
+endpoints:
+- {{addresses: ['{pod1}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}
+"
+    )
+}
+
+/// The reference bridge plugin as a kubelet node's CNI config has it: the gateway on the bridge.
+fn bridge() -> Value {
+    json!({
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": true,
+        "ipam": Network::host_local(NODE1_POD_CIDR_V4, NODE1_POD_GW_V4),
+    })
+}
+
+/// The ptp plugin: one veth per pod, the gateway address on its host end, a /32 route to the pod.
+fn ptp() -> Value {
+    json!({"type": "ptp", "ipam": Network::host_local(NODE1_POD_CIDR_V4, NODE1_POD_GW_V4)})
+}
+
+/// portmap, chained after the main plugin, taking kubelet's `portMappings`.
+fn portmap() -> Value {
+    json!({"type": "portmap", "capabilities": {"portMappings": true}})
+}
+
+/// Node 1 with its CNI pods and agent. Dropped in field order: the agent, the servers, the pins,
+/// the cgroup and files, then the pods (`DEL`, while the namespaces still exist), the client
+/// pod's namespace, the network's IPAM state, the topology.
+struct Node1 {
+    _agent: Agent,
+    servers: [Servers; 2],
+    _bpffs: Bpffs,
+    cgroup: Cgroup,
+    _dir: TempDir,
+    /// The backend pod, in `topo.pod1`; `None` once deleted by the test.
+    backend: Option<Attachment>,
+    client_pod: Attachment,
+    client_ns: Netns,
+    network: Network,
+    topo: Topology,
+}
+
+impl Node1 {
+    /// The topology, the pods of `plugins` (the backend pod with `runtime_config`), their
+    /// servers and node 1's agent.
+    fn start(plugins: Vec<Value>, runtime_config: Value) -> Self {
+        Self::start_with(plugins, runtime_config, &[])
+    }
+
+    /// As `start`, the agent with `extra` flags.
+    fn start_with(plugins: Vec<Value>, runtime_config: Value, extra: &[&str]) -> Self {
+        require_root();
+        let topo = Topology::with_pod_network(PodNetwork::Plugin).expect("topology");
+        let network = Network::new("pods", plugins).expect("network");
+        let backend =
+            network.add(&topo.node1, &topo.pod1, runtime_config).expect("CNI ADD of the backend pod");
+        let client_ns = Netns::new().expect("netns");
+        let client_pod = network.add(&topo.node1, &client_ns, json!({})).expect("CNI ADD of the client pod");
+        let serve = |ns, ip: IpAddr| Servers::start(ns, &[SocketAddr::new(ip, POD_PORT)]).expect("servers");
+        let servers = [serve(&topo.pod1, backend.ipv4()), serve(&topo.node2, POD2_V4.parse().expect("ip"))];
+        let dir = TempDir::new().expect("tempdir");
+        let source = dir.write("cluster.yaml", &cluster(backend.ipv4())).expect("source");
+        let (cgroup, bpffs) = (Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
+        let interfaces = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
+        let flags = [&["--interfaces", &interfaces, "--metrics-addr", ""], extra].concat();
+        let agent = Agent::start_in(&topo.node1, &source, &cgroup.path, &bpffs.path, NODE1_NAME, &flags)
+            .expect("agent on node 1");
+        Self {
+            _agent: agent,
+            servers,
+            _bpffs: bpffs,
+            cgroup,
+            _dir: dir,
+            backend: Some(backend),
+            client_pod,
+            client_ns,
+            network,
+            topo,
+        }
+    }
+
+    fn backend(&self) -> &Attachment {
+        self.backend.as_ref().expect("backend pod attached")
+    }
+
+    /// The two endpoints' addresses.
+    fn both(&self) -> BTreeSet<String> {
+        [self.backend().ipv4().to_string(), POD2_V4.to_owned()].into()
+    }
+
+    fn pod(&self) -> Place<'_> {
+        Place { netns: &self.client_ns, cgroup: Some(&self.cgroup) }
+    }
+
+    fn host(&self) -> Place<'_> {
+        Place { netns: &self.topo.node1, cgroup: Some(&self.cgroup) }
+    }
+
+    fn outside(&self) -> Place<'_> {
+        Place { netns: &self.topo.client, cgroup: None }
+    }
+
+    /// `n` probes (`tcp`, `udp`…) from `place` to `to`: each must be answered; returns the set of
+    /// addresses that answered.
+    fn reached(place: &Place<'_>, mode: &str, to: &str, n: usize) -> BTreeSet<String> {
+        let lines = probe::run(place, &[mode, to, &n.to_string()]).expect("probe");
+        assert_eq!(lines.len(), n, "{mode} to {to}: {lines:?}");
+        lines
+            .iter()
+            .map(|l| {
+                let backend = backend_of(l).unwrap_or_else(|| panic!("{mode} to {to} failed: {l}"));
+                backend.parse::<SocketAddr>().expect("backend").ip().to_string()
+            })
+            .collect()
+    }
+
+    /// The ClusterIP from a CNI pod and from a host process, and the NodePort from outside, reach
+    /// both endpoints (TCP), or one of them (a UDP flow).
+    fn every_path_reaches_both_pods(&self, network: &str) {
+        let node_port = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+        let cases = [
+            ("CNI pod → ClusterIP", self.pod(), "tcp", "10.96.0.10:80"),
+            ("CNI pod → ClusterIP (DNS-style UDP)", self.pod(), "udp-connected", "10.96.0.10:53"),
+            ("CNI pod → its node's NodePort", self.pod(), "tcp", &node_port),
+            ("host process → ClusterIP", self.host(), "tcp", "10.96.0.10:80"),
+            ("outside client → NodePort", self.outside(), "tcp", &node_port),
+            ("outside client → NodePort (UDP)", self.outside(), "udp", &node_port),
+        ];
+        for (what, place, mode, to) in cases {
+            if mode == "tcp" {
+                let got = Self::reached(&place, mode, to, 40);
+                assert_eq!(got, self.both(), "{network}: {what} {to} must reach both pods");
+            } else {
+                let got = Self::reached(&place, mode, to, 5);
+                assert!(got.len() == 1 && got.is_subset(&self.both()), "{network}: {what} {to}: {got:?}");
+            }
+        }
+        // The backend's own server saw the connections that landed on it.
+        assert!(!self.servers[0].hits().is_empty(), "{network}: the CNI pod's server was reached");
+    }
+}
+
+/// `iptables-save -t nat` inside `ns` (the host's own tables when `ns` is `None`; only read).
+fn nat_rules(ns: Option<&Netns>) -> String {
+    let program = std::path::Path::new("/usr/sbin/iptables-save");
+    let mut cmd = match ns {
+        Some(ns) => command_in(ns, program),
+        None => std::process::Command::new(program),
+    };
+    let out = cmd.args(["-t", "nat"]).output().expect("iptables-save");
+    assert!(out.status.success(), "iptables-save: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn bridge_plugin_pods_are_reached_through_the_cluster_ip_and_the_node_port() {
+    let node = Node1::start(vec![bridge()], json!({}));
+    // What the plugin built: both pods' host veths are ports of cni0, which holds the gateway.
+    let ports = ip_output(&node.topo.node1, &["-o", "link", "show", "master", "cni0"]).expect("bridge");
+    for pod in [node.backend(), &node.client_pod] {
+        let veth = pod.host_interfaces().into_iter().find(|i| i != "cni0").expect("host veth");
+        assert!(ports.contains(&format!(" {veth}@")), "{veth} not in cni0: {ports}");
+    }
+    let gateway = ip_output(&node.topo.node1, &["-4", "addr", "show", "cni0"]).expect("cni0");
+    assert!(gateway.contains(&format!("{NODE1_POD_GW_V4}/24")), "gateway on cni0: {gateway}");
+    node.every_path_reaches_both_pods("bridge");
+}
+
+#[test]
+fn ptp_plugin_pods_are_reached_through_the_cluster_ip_and_the_node_port() {
+    let node = Node1::start(vec![ptp()], json!({}));
+    // What the plugin built: a /32 route per pod via its own host veth, no bridge.
+    for pod in [node.backend(), &node.client_pod] {
+        let veth = pod.host_interfaces().into_iter().next().expect("host veth");
+        let route =
+            ip_output(&node.topo.node1, &["route", "show", &format!("{}/32", pod.ipv4())]).expect("route");
+        assert!(route.contains(&format!("dev {veth}")), "route to {}: {route:?}", pod.ipv4());
+    }
+    assert!(ip_output(&node.topo.node1, &["link", "show", "cni0"]).is_err(), "no bridge on ptp");
+    node.every_path_reaches_both_pods("ptp");
+}
+
+/// With `--socket-lb-scope host` pods' sockets are left alone and their packets to a ClusterIP
+/// are translated at TC on the host ends of their veths (`--pod-interfaces veth*`, the names both
+/// plugins give them): on a bridge, a pod's connection to its bridge neighbour and to node 2's
+/// pod; on ptp, the same through the per-pod routes.
+fn pods_reach_the_cluster_ip_through_tc_on_their_veths(plugin: Value, network: &str) {
+    let flags = ["--socket-lb-scope", "host", "--pod-interfaces", "veth*"];
+    let node = Node1::start_with(vec![plugin], json!({}), &flags);
+    // The agent attached its TC programs to both pods' host veths.
+    let status = cli_json(&["status"], &node._bpffs.path).expect("status");
+    let pins: Vec<&str> =
+        status["programs"].as_array().expect("programs").iter().filter_map(|p| p["pin"].as_str()).collect();
+    for pod in [node.backend(), &node.client_pod] {
+        let veth = pod.host_interfaces().into_iter().find(|i| i.starts_with("veth")).expect("host veth");
+        for hook in ["ingress", "egress"] {
+            let pin = format!("pod-{veth}-{hook}");
+            assert!(pins.iter().any(|p| p.ends_with(&pin)), "{network}: no {pin} in {pins:?}");
+        }
+    }
+    let node_port = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+    let cases = [
+        ("tcp", "10.96.0.10:80", 40),
+        ("udp-connected", "10.96.0.10:53", 5),
+        ("tcp", node_port.as_str(), 40),
+    ];
+    for (mode, to, n) in cases {
+        let got = Node1::reached(&node.pod(), mode, to, n);
+        if mode == "tcp" {
+            assert_eq!(got, node.both(), "{network}: CNI pod → {to} at TC must reach both pods");
+        } else {
+            assert!(got.len() == 1 && got.is_subset(&node.both()), "{network}: {mode} {to}: {got:?}");
+        }
+    }
+    // The backend pod saw the client pod's own address (no SNAT towards a local pod).
+    let client = node.client_pod.ipv4();
+    let peers: BTreeSet<IpAddr> = node.servers[0].hits().iter().map(|h| h.peer.ip()).collect();
+    assert_eq!(peers, [client].into(), "{network}: the backend pod's clients");
+
+    // Hairpin: the backend pod reaching its own Service gets its connection back from a node
+    // address, the reply coming from the ClusterIP.
+    let pod1 = Place { netns: &node.topo.pod1, cgroup: Some(&node.cgroup) };
+    let backend = SocketAddr::new(node.backend().ipv4(), POD_PORT);
+    let lines = probe::run(&pod1, &["tcp", &format!("{OWN}:80"), "3"]).expect("probe");
+    assert_eq!(lines, vec![format!("ok {backend} peer={OWN}:80"); 3], "{network}: hairpin");
+    let hairpin: BTreeSet<IpAddr> =
+        node.servers[0].hits().iter().map(|h| h.peer.ip()).filter(|p| *p != client).collect();
+    assert!(!hairpin.is_empty() && !hairpin.contains(&backend.ip()), "{network}: masqueraded: {hairpin:?}");
+    lb_tests::parity::shown(&["54"]);
+}
+
+#[test]
+fn bridge_plugin_pods_reach_the_cluster_ip_through_tc_on_their_veths() {
+    pods_reach_the_cluster_ip_through_tc_on_their_veths(bridge(), "bridge");
+}
+
+#[test]
+fn ptp_plugin_pods_reach_the_cluster_ip_through_tc_on_their_veths() {
+    pods_reach_the_cluster_ip_through_tc_on_their_veths(ptp(), "ptp");
+}
+
+#[test]
+fn portmap_host_port_and_our_node_port_work_side_by_side_on_one_node() {
+    host_port_next_to_node_port(&[]);
+}
+
+/// The same with our TC programs on the pods' veths too (`--socket-lb-scope host`): they see the
+/// hostPort's packets to and from the pod and leave them to portmap's DNAT.
+#[test]
+fn portmap_host_port_works_with_our_tc_programs_on_the_pod_veths() {
+    host_port_next_to_node_port(&["--socket-lb-scope", "host", "--pod-interfaces", "veth*"]);
+}
+
+/// A pod with `hostPort: HOST_PORT` (portmap) and the `web` NodePort on node 1, the agent with
+/// `extra` flags.
+fn host_port_next_to_node_port(extra: &[&str]) {
+    let mapping = json!({"portMappings": [
+        {"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "tcp"},
+    ]});
+    let mut node = Node1::start_with(vec![bridge(), portmap()], mapping, extra);
+    let backend_ip = node.backend().ipv4().to_string();
+    let id = node.backend().container_id().to_owned();
+    // portmap's DNAT is in node1's nat table, none of it in the host's.
+    let rules = nat_rules(Some(&node.topo.node1));
+    assert!(rules.contains(&format!("--dport {HOST_PORT}")) && rules.contains(&id), "portmap rules: {rules}");
+    assert!(!nat_rules(None).contains(&id), "portmap wrote into the host's namespace");
+
+    // A connection held through the hostPort while the NodePort balances new ones.
+    let host_port = format!("{NODE1_EXT_V4}:{HOST_PORT}");
+    let mut held = probe::spawn(&node.outside(), &["tcp-hold", &host_port]).expect("tcp-hold");
+    let mut stdin = held.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(held.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("greeting");
+    let held_backend = backend_of(line.trim()).unwrap_or_else(|| panic!("hostPort: {line}")).to_owned();
+    assert_eq!(held_backend, format!("{backend_ip}:{POD_PORT}"), "the hostPort is the pod's");
+
+    let node_port = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+    assert_eq!(Node1::reached(&node.outside(), "tcp", &node_port, 40), node.both(), "NodePort next to it");
+    let only_pod: BTreeSet<String> = [backend_ip.clone()].into();
+    assert_eq!(Node1::reached(&node.outside(), "tcp", &host_port, 10), only_pod, "hostPort from outside");
+    // A hostNetwork process on the node (socket programs on its cgroup): the hostPort, and the
+    // NodePort on the node's own address.
+    assert_eq!(Node1::reached(&node.host(), "tcp", &host_port, 5), only_pod, "hostPort from the node");
+    assert_eq!(Node1::reached(&node.host(), "tcp", &node_port, 40), node.both(), "NodePort from the node");
+    // Another pod on the bridge, through the node's address (portmap masquerades it).
+    assert_eq!(Node1::reached(&node.pod(), "tcp", &host_port, 5), only_pod, "hostPort from a pod");
+    assert_eq!(Node1::reached(&node.pod(), "tcp", &node_port, 40), node.both(), "NodePort from a pod");
+    writeln!(stdin, "ping").expect("ping");
+    line.clear();
+    stdout.read_line(&mut line).expect("reply");
+    assert_eq!(line.trim(), format!("ok {held_backend}"), "the held hostPort connection still works");
+    drop(stdin);
+    let _ = held.wait();
+
+    // DEL (portmap first, then bridge and its host-local IPAM) takes the hostPort away and frees
+    // the pod's address (host-local's allocation file).
+    let allocated = node.network.state_dir().join("ipam/pods").join(&backend_ip);
+    assert!(allocated.exists(), "{} not allocated", allocated.display());
+    node.backend.take().expect("backend").del().expect("CNI DEL");
+    let rules = nat_rules(Some(&node.topo.node1));
+    assert!(!rules.contains(&id) && !rules.contains(&format!("--dport {HOST_PORT}")), "left: {rules}");
+    let after = probe::run(&node.outside(), &["tcp", &host_port, "1"]).expect("probe");
+    assert!(after.len() == 1 && after[0].starts_with("err"), "hostPort after DEL: {after:?}");
+    assert!(!allocated.exists(), "{} still allocated", allocated.display());
+}
