@@ -86,13 +86,16 @@ impl Network {
         Ok(Self { inner: Arc::new(Inner { name: name.to_owned(), plugins, state }) })
     }
 
-    /// host-local IPAM handing out addresses of `subnet` (routes and the gateway as given).
-    pub fn host_local(subnet: &str, gateway: &str) -> Value {
-        json!({
-            "type": "host-local",
-            "ranges": [[{"subnet": subnet, "gateway": gateway}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
-        })
+    /// host-local IPAM handing out one address of each `(subnet, gateway)` range (one range per
+    /// family, as a dual-stack node's config has them), with a default route per family.
+    pub fn host_local(ranges: &[(&str, &str)]) -> Value {
+        let routes: Vec<Value> = ranges
+            .iter()
+            .map(|(subnet, _)| json!({"dst": if subnet.contains(':') { "::/0" } else { "0.0.0.0/0" }}))
+            .collect();
+        let ranges: Vec<Value> =
+            ranges.iter().map(|(subnet, gateway)| json!([{"subnet": subnet, "gateway": gateway}])).collect();
+        json!({"type": "host-local", "ranges": ranges, "routes": routes})
     }
 
     /// Where host-local keeps its allocations.
@@ -158,10 +161,14 @@ impl Attachment {
 
     /// The pod's first IPv4 address; panics (the test fails) when the plugin gave none.
     pub fn ipv4(&self) -> IpAddr {
-        self.ips()
-            .into_iter()
-            .find(IpAddr::is_ipv4)
-            .unwrap_or_else(|| panic!("no IPv4 address in the CNI result {}", self.result()))
+        self.ip(true)
+    }
+
+    /// The pod's first address of a family (`v4` or IPv6); panics when the plugin gave none.
+    pub fn ip(&self, v4: bool) -> IpAddr {
+        self.ips().into_iter().find(|ip| ip.is_ipv4() == v4).unwrap_or_else(|| {
+            panic!("no IPv{} address in the CNI result {}", if v4 { 4 } else { 6 }, self.result())
+        })
     }
 
     /// The names of the result's interfaces outside the pod (the bridge, the host end of the veth).
@@ -297,7 +304,7 @@ mod tests {
         let net = Network::new(
             "pods",
             vec![
-                json!({"type": "bridge", "ipam": Network::host_local("10.244.1.0/24", "10.244.1.1")}),
+                json!({"type": "bridge", "ipam": Network::host_local(&[("10.244.1.0/24", "10.244.1.1")])}),
                 json!({"type": "portmap", "capabilities": {"portMappings": true, "bandwidth": false}}),
             ],
         )

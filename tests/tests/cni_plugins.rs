@@ -1,17 +1,21 @@
 //! Pods made by real CNI plugins (Debian's `containernetworking-plugins`, called through the CNI
 //! protocol by `lb_tests::cni`) instead of the hand-built pods of `cni.rs`: node1 of the
 //! north-south topology (`PodNetwork::Plugin`) gets a backend pod and a client pod from the
-//! `bridge` plugin or the `ptp` plugin, with host-local IPAM on node1's pod CIDR. The agent runs
-//! in node1 as in the other tests (TC on `--interfaces`, socket programs on the test cgroup), and
-//! a NodePort Service has the CNI pod on node1 and a pod on node2 as its endpoints. On each
-//! network: a pod's process and a host process reach the ClusterIP, and an outside client reaches
-//! the NodePort, landing on both pods. With the `portmap` plugin chained after `bridge`, a pod's
-//! `hostPort` (kubelet's `portMappings`) works from outside and from the node next to our NodePort
-//! on the same node address, and portmap's `DEL` takes its rules away.
+//! `bridge` plugin or the `ptp` plugin, with dual-stack host-local IPAM on node1's pod CIDRs. The
+//! agent runs in node1 as in the other tests (TC on `--interfaces`, socket programs on the test
+//! cgroup), and a dual-stack NodePort Service has the CNI pod on node1 and a pod on node2 as its
+//! endpoints. On each network: a pod's process and a host process reach the ClusterIP, a pod and
+//! an outside client reach the NodePort, landing on both pods; with `--socket-lb-scope host` the
+//! pods' packets are translated at TC on the veths the plugin made (before the agent started and
+//! after; a pod reaching its own Service included). With the `portmap` plugin chained after
+//! `bridge`, a pod's `hostPort` (kubelet's `portMappings`) works from outside, from the node and
+//! from a pod next to our NodePort on the same node address, and portmap's `DEL` takes its rules
+//! away.
 use std::{
     collections::BTreeSet,
     io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 use lb_tests::{
@@ -22,8 +26,9 @@ use lb_tests::{
     require_root,
     servers::Servers,
     topology::{
-        NODE1_EXT_IF, NODE1_EXT_V4, NODE1_N2_IF, NODE1_NAME, NODE1_POD_CIDR_V4, NODE1_POD_GW_V4, NODE2_NAME,
-        POD2_V4, PodNetwork, Topology, ip_output,
+        NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_IF, NODE1_NAME, NODE1_POD_CIDR_V4,
+        NODE1_POD_CIDR_V6, NODE1_POD_GW_V4, NODE1_POD_GW_V6, NODE2_NAME, POD2_V4, POD2_V6, PodNetwork,
+        Topology, ip_output,
     },
 };
 use serde_json::{Value, json};
@@ -33,30 +38,46 @@ const HOST_PORT: u16 = 8081;
 const POD_PORT: u16 = 8080;
 /// The ClusterIP of `own`, the backend pod's own Service.
 const OWN: &str = "10.96.0.12";
+/// `web`'s IPv6 ClusterIP.
+const WEB_V6: &str = "fd00:96::10";
 
-/// `web`: a NodePort Service (TCP 80, UDP 53) whose endpoints are the CNI pod `pod1` on node 1
-/// and `POD2_V4` on node 2; `own`: a ClusterIP Service ([`OWN`]) whose only endpoint is `pod1`.
-fn cluster(pod1: IpAddr) -> String {
-    format!(
+/// `web`: a dual-stack NodePort Service (TCP 80, UDP 53) whose endpoints are the CNI pod `pod1`
+/// on node 1 and `POD2_V4`/`POD2_V6` on node 2; `own`: a ClusterIP Service ([`OWN`]) whose only
+/// endpoint is `pod1`.
+fn cluster(pod1: IpAddr, pod1_v6: IpAddr) -> String {
+    let slice = |family: &str, pod1: IpAddr, pod2: &str| {
+        format!(
+            "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-{family}, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: {family}
+ports: [{{name: http, port: {POD_PORT}, protocol: TCP}}, {{name: dns, port: {POD_PORT}, protocol: UDP}}]
+endpoints:
+- {{addresses: ['{pod1}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}
+- {{addresses: ['{pod2}'], nodeName: {NODE2_NAME}, conditions: {{ready: true}}}}
+"
+        )
+    };
+    let web = format!(
         "apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: default}}
 spec:
   type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
   clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, '{WEB_V6}']
   ports:
   - {{name: http, port: 80, nodePort: {NODE_PORT}, targetPort: {POD_PORT}, protocol: TCP}}
   - {{name: dns, port: 53, nodePort: {NODE_PORT}, targetPort: {POD_PORT}, protocol: UDP}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: {POD_PORT}, protocol: TCP}}, {{name: dns, port: {POD_PORT}, protocol: UDP}}]
-endpoints:
-- {{addresses: ['{pod1}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}
-- {{addresses: ['{POD2_V4}'], nodeName: {NODE2_NAME}, conditions: {{ready: true}}}}
----
+{}{}",
+        slice("IPv4", pod1, POD2_V4),
+        slice("IPv6", pod1_v6, POD2_V6)
+    );
+    web + &format!(
+        "---
 apiVersion: v1
 kind: Service
 metadata: {{name: own, namespace: default}}
@@ -75,19 +96,24 @@ endpoints:
     )
 }
 
+/// host-local on node 1's pod CIDRs, one address per family.
+fn ipam() -> Value {
+    Network::host_local(&[(NODE1_POD_CIDR_V4, NODE1_POD_GW_V4), (NODE1_POD_CIDR_V6, NODE1_POD_GW_V6)])
+}
+
 /// The reference bridge plugin as a kubelet node's CNI config has it: the gateway on the bridge.
 fn bridge() -> Value {
     json!({
         "type": "bridge",
         "bridge": "cni0",
         "isGateway": true,
-        "ipam": Network::host_local(NODE1_POD_CIDR_V4, NODE1_POD_GW_V4),
+        "ipam": ipam(),
     })
 }
 
 /// The ptp plugin: one veth per pod, the gateway address on its host end, a /32 route to the pod.
 fn ptp() -> Value {
-    json!({"type": "ptp", "ipam": Network::host_local(NODE1_POD_CIDR_V4, NODE1_POD_GW_V4)})
+    json!({"type": "ptp", "ipam": ipam()})
 }
 
 /// portmap, chained after the main plugin, taking kubelet's `portMappings`.
@@ -128,10 +154,20 @@ impl Node1 {
             network.add(&topo.node1, &topo.pod1, runtime_config).expect("CNI ADD of the backend pod");
         let client_ns = Netns::new().expect("netns");
         let client_pod = network.add(&topo.node1, &client_ns, json!({})).expect("CNI ADD of the client pod");
-        let serve = |ns, ip: IpAddr| Servers::start(ns, &[SocketAddr::new(ip, POD_PORT)]).expect("servers");
-        let servers = [serve(&topo.pod1, backend.ipv4()), serve(&topo.node2, POD2_V4.parse().expect("ip"))];
+        // Addresses are usable once DAD has run in the pods (the plugins set the pods' own sysctls
+        // alone).
+        for ns in [&topo.pod1, &client_ns] {
+            wait_no_tentative(ns);
+        }
+        let serve = |ns, ips: [IpAddr; 2]| {
+            let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, POD_PORT)).collect();
+            Servers::start(ns, &addrs).expect("servers")
+        };
+        let pod2 = [POD2_V4.parse().expect("ip"), POD2_V6.parse().expect("ip")];
+        let servers = [serve(&topo.pod1, [backend.ip(true), backend.ip(false)]), serve(&topo.node2, pod2)];
         let dir = TempDir::new().expect("tempdir");
-        let source = dir.write("cluster.yaml", &cluster(backend.ipv4())).expect("source");
+        let source =
+            dir.write("cluster.yaml", &cluster(backend.ip(true), backend.ip(false))).expect("source");
         let (cgroup, bpffs) = (Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
         let interfaces = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
         let flags = [&["--interfaces", &interfaces, "--metrics-addr", ""], extra].concat();
@@ -151,13 +187,40 @@ impl Node1 {
         }
     }
 
+    /// Waits (bounded) until `lb-agent status` lists both TC links of pod interface `veth`, or
+    /// none of them when `!present`.
+    fn wait_pod_links(&self, veth: &str, present: bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = cli_json(&["status"], &self._bpffs.path).expect("status");
+            let pins: Vec<String> = status["programs"]
+                .as_array()
+                .expect("programs")
+                .iter()
+                .filter_map(|p| p["pin"].as_str().map(str::to_owned))
+                .collect();
+            let has = |hook: &str| pins.iter().any(|p| p.ends_with(&format!("pod-{veth}-{hook}")));
+            if [has("ingress"), has("egress")] == [present; 2] {
+                return;
+            }
+            assert!(Instant::now() < deadline, "links of {veth} (present: {present}): {pins:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn backend(&self) -> &Attachment {
         self.backend.as_ref().expect("backend pod attached")
     }
 
-    /// The two endpoints' addresses.
+    /// The two endpoints' IPv4 addresses.
     fn both(&self) -> BTreeSet<String> {
-        [self.backend().ipv4().to_string(), POD2_V4.to_owned()].into()
+        self.both_of(true)
+    }
+
+    /// The two endpoints' addresses of a family.
+    fn both_of(&self, v4: bool) -> BTreeSet<String> {
+        let pod2 = if v4 { POD2_V4 } else { POD2_V6 };
+        [self.backend().ip(v4).to_string(), pod2.to_owned()].into()
     }
 
     fn pod(&self) -> Place<'_> {
@@ -190,25 +253,44 @@ impl Node1 {
     /// both endpoints (TCP), or one of them (a UDP flow).
     fn every_path_reaches_both_pods(&self, network: &str) {
         let node_port = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+        let node_port_v6 = format!("[{NODE1_EXT_V6}]:{NODE_PORT}");
+        let web_v6 = format!("[{WEB_V6}]:80");
         let cases = [
             ("CNI pod → ClusterIP", self.pod(), "tcp", "10.96.0.10:80"),
+            ("CNI pod → ClusterIP", self.pod(), "tcp", &web_v6),
             ("CNI pod → ClusterIP (DNS-style UDP)", self.pod(), "udp-connected", "10.96.0.10:53"),
             ("CNI pod → its node's NodePort", self.pod(), "tcp", &node_port),
             ("host process → ClusterIP", self.host(), "tcp", "10.96.0.10:80"),
+            ("host process → ClusterIP", self.host(), "tcp", &web_v6),
             ("outside client → NodePort", self.outside(), "tcp", &node_port),
+            ("outside client → NodePort", self.outside(), "tcp", &node_port_v6),
             ("outside client → NodePort (UDP)", self.outside(), "udp", &node_port),
         ];
         for (what, place, mode, to) in cases {
+            let both = self.both_of(!to.starts_with('['));
             if mode == "tcp" {
                 let got = Self::reached(&place, mode, to, 40);
-                assert_eq!(got, self.both(), "{network}: {what} {to} must reach both pods");
+                assert_eq!(got, both, "{network}: {what} {to} must reach both pods");
             } else {
                 let got = Self::reached(&place, mode, to, 5);
-                assert!(got.len() == 1 && got.is_subset(&self.both()), "{network}: {what} {to}: {got:?}");
+                assert!(got.len() == 1 && got.is_subset(&both), "{network}: {what} {to}: {got:?}");
             }
         }
         // The backend's own server saw the connections that landed on it.
         assert!(!self.servers[0].hits().is_empty(), "{network}: the CNI pod's server was reached");
+    }
+}
+
+/// Waits (bounded) until `ns` has no tentative IPv6 address.
+fn wait_no_tentative(ns: &Netns) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ip_output(ns, &["-6", "addr", "show", "tentative"]).expect("ip addr");
+        if !out.contains("inet6") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still tentative in {}: {out}", ns.name);
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -260,34 +342,30 @@ fn pods_reach_the_cluster_ip_through_tc_on_their_veths(plugin: Value, network: &
     let flags = ["--socket-lb-scope", "host", "--pod-interfaces", "veth*"];
     let node = Node1::start_with(vec![plugin], json!({}), &flags);
     // The agent attached its TC programs to both pods' host veths.
-    let status = cli_json(&["status"], &node._bpffs.path).expect("status");
-    let pins: Vec<&str> =
-        status["programs"].as_array().expect("programs").iter().filter_map(|p| p["pin"].as_str()).collect();
     for pod in [node.backend(), &node.client_pod] {
-        let veth = pod.host_interfaces().into_iter().find(|i| i.starts_with("veth")).expect("host veth");
-        for hook in ["ingress", "egress"] {
-            let pin = format!("pod-{veth}-{hook}");
-            assert!(pins.iter().any(|p| p.ends_with(&pin)), "{network}: no {pin} in {pins:?}");
-        }
+        node.wait_pod_links(&host_veth(pod), true);
     }
     let node_port = format!("{NODE1_EXT_V4}:{NODE_PORT}");
+    let web_v6 = format!("[{WEB_V6}]:80");
     let cases = [
         ("tcp", "10.96.0.10:80", 40),
+        ("tcp", web_v6.as_str(), 40),
         ("udp-connected", "10.96.0.10:53", 5),
         ("tcp", node_port.as_str(), 40),
     ];
     for (mode, to, n) in cases {
         let got = Node1::reached(&node.pod(), mode, to, n);
+        let both = node.both_of(!to.starts_with('['));
         if mode == "tcp" {
-            assert_eq!(got, node.both(), "{network}: CNI pod → {to} at TC must reach both pods");
+            assert_eq!(got, both, "{network}: CNI pod → {to} at TC must reach both pods");
         } else {
-            assert!(got.len() == 1 && got.is_subset(&node.both()), "{network}: {mode} {to}: {got:?}");
+            assert!(got.len() == 1 && got.is_subset(&both), "{network}: {mode} {to}: {got:?}");
         }
     }
-    // The backend pod saw the client pod's own address (no SNAT towards a local pod).
+    // The backend pod saw the client pod's own addresses (no SNAT towards a local pod).
     let client = node.client_pod.ipv4();
     let peers: BTreeSet<IpAddr> = node.servers[0].hits().iter().map(|h| h.peer.ip()).collect();
-    assert_eq!(peers, [client].into(), "{network}: the backend pod's clients");
+    assert_eq!(peers, [client, node.client_pod.ip(false)].into(), "{network}: the backend pod's clients");
 
     // Hairpin: the backend pod reaching its own Service gets its connection back from a node
     // address, the reply coming from the ClusterIP.
@@ -296,9 +374,26 @@ fn pods_reach_the_cluster_ip_through_tc_on_their_veths(plugin: Value, network: &
     let lines = probe::run(&pod1, &["tcp", &format!("{OWN}:80"), "3"]).expect("probe");
     assert_eq!(lines, vec![format!("ok {backend} peer={OWN}:80"); 3], "{network}: hairpin");
     let hairpin: BTreeSet<IpAddr> =
-        node.servers[0].hits().iter().map(|h| h.peer.ip()).filter(|p| *p != client).collect();
+        node.servers[0].hits().iter().map(|h| h.peer.ip()).filter(|p| !peers.contains(p)).collect();
     assert!(!hairpin.is_empty() && !hairpin.contains(&backend.ip()), "{network}: masqueraded: {hairpin:?}");
+
+    // A pod the plugin makes after the agent started (its veth made in the pod's namespace and
+    // moved into the node's): the agent attaches to it, and its connections are translated.
+    let late_ns = Netns::new().expect("netns");
+    let late = node.network.add(&node.topo.node1, &late_ns, json!({})).expect("CNI ADD of a late pod");
+    let veth = host_veth(&late);
+    node.wait_pod_links(&veth, true);
+    let place = Place { netns: &late_ns, cgroup: Some(&node.cgroup) };
+    assert_eq!(Node1::reached(&place, "tcp", "10.96.0.10:80", 40), node.both(), "{network}: late pod");
+    // Its DEL removes the veth, and the agent its links.
+    late.del().expect("CNI DEL of the late pod");
+    node.wait_pod_links(&veth, false);
     lb_tests::parity::shown(&["54"]);
+}
+
+/// The host end of a pod's veth, from the plugin's result.
+fn host_veth(pod: &Attachment) -> String {
+    pod.host_interfaces().into_iter().find(|i| i.starts_with("veth")).expect("host veth in the CNI result")
 }
 
 #[test]
