@@ -294,16 +294,21 @@ fn wait_no_tentative(ns: &Netns) {
     }
 }
 
-/// `iptables-save -t nat` inside `ns` (the host's own tables when `ns` is `None`; only read).
+/// `iptables-save -t nat` and `ip6tables-save -t nat` inside `ns` (the host's own tables when
+/// `ns` is `None`; only read).
 fn nat_rules(ns: Option<&Netns>) -> String {
-    let program = std::path::Path::new("/usr/sbin/iptables-save");
-    let mut cmd = match ns {
-        Some(ns) => command_in(ns, program),
-        None => std::process::Command::new(program),
-    };
-    let out = cmd.args(["-t", "nat"]).output().expect("iptables-save");
-    assert!(out.status.success(), "iptables-save: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8")
+    let mut all = String::new();
+    for tool in ["/usr/sbin/iptables-save", "/usr/sbin/ip6tables-save"] {
+        let program = std::path::Path::new(tool);
+        let mut cmd = match ns {
+            Some(ns) => command_in(ns, program),
+            None => std::process::Command::new(program),
+        };
+        let out = cmd.args(["-t", "nat"]).output().expect("iptables-save");
+        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+        all.push_str(&String::from_utf8(out.stdout).expect("utf-8"));
+    }
+    all
 }
 
 #[test]
@@ -423,13 +428,17 @@ fn portmap_host_port_works_with_our_tc_programs_on_the_pod_veths() {
 fn host_port_next_to_node_port(extra: &[&str]) {
     let mapping = json!({"portMappings": [
         {"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "tcp"},
+        {"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "udp"},
     ]});
     let mut node = Node1::start_with(vec![bridge(), portmap()], mapping, extra);
     let backend_ip = node.backend().ipv4().to_string();
     let id = node.backend().container_id().to_owned();
-    // portmap's DNAT is in node1's nat table, none of it in the host's.
+    // portmap's DNAT is in node1's nat tables (both families), none of it in the host's.
     let rules = nat_rules(Some(&node.topo.node1));
-    assert!(rules.contains(&format!("--dport {HOST_PORT}")) && rules.contains(&id), "portmap rules: {rules}");
+    let dnat =
+        |to: String| rules.lines().any(|l| l.contains(&format!("--dport {HOST_PORT}")) && l.contains(&to));
+    assert!(dnat(format!("{backend_ip}:{POD_PORT}")), "IPv4 DNAT: {rules}");
+    assert!(dnat(format!("[{}]:{POD_PORT}", node.backend().ip(false))), "IPv6 DNAT: {rules}");
     assert!(!nat_rules(None).contains(&id), "portmap wrote into the host's namespace");
 
     // A connection held through the hostPort while the NodePort balances new ones.
@@ -446,6 +455,19 @@ fn host_port_next_to_node_port(extra: &[&str]) {
     assert_eq!(Node1::reached(&node.outside(), "tcp", &node_port, 40), node.both(), "NodePort next to it");
     let only_pod: BTreeSet<String> = [backend_ip.clone()].into();
     assert_eq!(Node1::reached(&node.outside(), "tcp", &host_port, 10), only_pod, "hostPort from outside");
+    assert_eq!(Node1::reached(&node.outside(), "udp", &host_port, 5), only_pod, "UDP hostPort");
+    let udp = Node1::reached(&node.outside(), "udp", &node_port, 5);
+    assert!(udp.len() == 1 && udp.is_subset(&node.both()), "UDP NodePort next to it: {udp:?}");
+    // IPv6: portmap's ip6tables DNAT, our IPv6 NodePort.
+    let host_port_v6 = format!("[{NODE1_EXT_V6}]:{HOST_PORT}");
+    let only_pod_v6: BTreeSet<String> = [node.backend().ip(false).to_string()].into();
+    assert_eq!(Node1::reached(&node.outside(), "tcp", &host_port_v6, 5), only_pod_v6, "IPv6 hostPort");
+    let node_port_v6 = format!("[{NODE1_EXT_V6}]:{NODE_PORT}");
+    assert_eq!(
+        Node1::reached(&node.outside(), "tcp", &node_port_v6, 40),
+        node.both_of(false),
+        "IPv6 NodePort"
+    );
     // A hostNetwork process on the node (socket programs on its cgroup): the hostPort, and the
     // NodePort on the node's own address.
     assert_eq!(Node1::reached(&node.host(), "tcp", &host_port, 5), only_pod, "hostPort from the node");
