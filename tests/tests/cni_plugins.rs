@@ -101,12 +101,16 @@ fn ipam() -> Value {
     Network::host_local(&[(NODE1_POD_CIDR_V4, NODE1_POD_GW_V4), (NODE1_POD_CIDR_V6, NODE1_POD_GW_V6)])
 }
 
-/// The reference bridge plugin as a kubelet node's CNI config has it: the gateway on the bridge.
+/// The reference bridge plugin as containerd's default CNI config has it: the gateway on the
+/// bridge, the bridge promiscuous, and pods' traffic leaving the pod CIDR masqueraded (`ipMasq`:
+/// iptables rules the plugin adds in the node's namespace).
 fn bridge() -> Value {
     json!({
         "type": "bridge",
         "bridge": "cni0",
         "isGateway": true,
+        "ipMasq": true,
+        "promiscMode": true,
         "ipam": ipam(),
     })
 }
