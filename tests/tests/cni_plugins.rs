@@ -497,3 +497,87 @@ fn host_port_next_to_node_port(extra: &[&str]) {
     assert!(after.len() == 1 && after[0].starts_with("err"), "hostPort after DEL: {after:?}");
     assert!(!allocated.exists(), "{} still allocated", allocated.display());
 }
+
+/// `web` with its only endpoint on node 2 (a fresh node 1 has no pod yet).
+fn remote_only() -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  ports: [{{name: http, port: 80, nodePort: {NODE_PORT}, targetPort: {POD_PORT}, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: {POD_PORT}, protocol: TCP}}]
+endpoints:
+- {{addresses: ['{POD2_V4}'], nodeName: {NODE2_NAME}, conditions: {{ready: true}}}}
+"
+    )
+}
+
+/// The first `tcp` probe from `place` to `to` that is answered within `within`, as
+/// `(answering address, attempts)`; `None` when none is.
+fn first_answer(place: &Place<'_>, to: &str, within: Duration) -> Option<(String, usize)> {
+    let deadline = Instant::now() + within;
+    let mut attempts = 0;
+    while Instant::now() < deadline {
+        attempts += 1;
+        let lines = probe::run(place, &["tcp", to, "1"]).expect("probe");
+        if let Some(backend) = lines.first().and_then(|l| backend_of(l)) {
+            return Some((backend.parse::<SocketAddr>().expect("backend").ip().to_string(), attempts));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// A fresh node: the agent starts before the node's first pod, whose CNI ADD creates `cni0` with
+/// the pod CIDR's gateway address, a new address of the node. NodePorts answer on every address
+/// of the node (kube-proxy's default, `--nodeport-addresses` unset), so the NodePort answers on
+/// that address too, from the node and from outside, without any Service or endpoint changing.
+#[test]
+fn a_node_address_the_bridge_plugin_adds_after_the_agent_started_serves_node_ports() {
+    require_root();
+    let topo = Topology::with_pod_network(PodNetwork::Plugin).expect("topology");
+    let network = Network::new("pods", vec![bridge()]).expect("network");
+    let pod_ns = Netns::new().expect("netns");
+    let _servers = Servers::start(&topo.node2, &[SocketAddr::new(POD2_V4.parse().expect("ip"), POD_PORT)])
+        .expect("servers");
+    let dir = TempDir::new().expect("tempdir");
+    let source = dir.write("cluster.yaml", &remote_only()).expect("source");
+    let (cgroup, bpffs) = (Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
+    let interfaces = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
+    let agent = Agent::start_in(
+        &topo.node1,
+        &source,
+        &cgroup.path,
+        &bpffs.path,
+        NODE1_NAME,
+        &["--interfaces", &interfaces, "--metrics-addr", ""],
+    )
+    .expect("agent on node 1");
+    assert!(ip_output(&topo.node1, &["link", "show", "cni0"]).is_err(), "no bridge before the first pod");
+    let syncs = agent.count("sync applied");
+
+    let _pod = network.add(&topo.node1, &pod_ns, json!({})).expect("CNI ADD of the first pod");
+    let gateway = format!("{NODE1_POD_GW_V4}:{NODE_PORT}");
+    let host = Place { netns: &topo.node1, cgroup: Some(&cgroup) };
+    let outside = Place { netns: &topo.client, cgroup: None };
+    for (what, place) in [("host process", &host), ("outside client", &outside)] {
+        let answer = first_answer(place, &gateway, Duration::from_secs(5));
+        assert_eq!(
+            answer.as_ref().map(|(ip, _)| ip.as_str()),
+            Some(POD2_V4),
+            "{what} → NodePort on cni0's new address {gateway}: {answer:?}\n{}",
+            agent.log().join("\n")
+        );
+    }
+    assert!(agent.count("sync applied") > syncs, "the new address was programmed by a sync");
+    // The source did not change: the sync came from the address.
+    assert_eq!(std::fs::read_to_string(&source).expect("source"), remote_only());
+}
