@@ -131,7 +131,7 @@ fn portmap() -> Value {
 struct Node1 {
     _agent: Agent,
     servers: [Servers; 2],
-    _bpffs: Bpffs,
+    bpffs: Bpffs,
     cgroup: Cgroup,
     _dir: TempDir,
     /// The backend pod, in `topo.pod1`; `None` once deleted by the test.
@@ -180,7 +180,7 @@ impl Node1 {
         Self {
             _agent: agent,
             servers,
-            _bpffs: bpffs,
+            bpffs,
             cgroup,
             _dir: dir,
             backend: Some(backend),
@@ -196,7 +196,7 @@ impl Node1 {
     fn wait_pod_links(&self, veth: &str, present: bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let status = cli_json(&["status"], &self._bpffs.path).expect("status");
+            let status = cli_json(&["status"], &self.bpffs.path).expect("status");
             let pins: Vec<String> = status["programs"]
                 .as_array()
                 .expect("programs")
