@@ -580,4 +580,5 @@ fn a_node_address_the_bridge_plugin_adds_after_the_agent_started_serves_node_por
     assert!(agent.count("sync applied") > syncs, "the new address was programmed by a sync");
     // The source did not change: the sync came from the address.
     assert_eq!(std::fs::read_to_string(&source).expect("source"), remote_only());
+    lb_tests::parity::shown(&["42"]);
 }
