@@ -7,6 +7,7 @@
 //! removed the first time a guard is made.
 pub mod agent;
 pub mod apiserver;
+pub mod cni;
 pub mod flows;
 pub mod guard;
 pub mod metrics;

@@ -18,6 +18,9 @@
 //! `cni0` holding 10.244.1.1/24 and fd00:244:1::1/64, and pod1's addresses are on its `eth0`
 //! (10.244.1.2/24, fd00:244:1::2/64) with its default routes via the bridge's addresses.
 //!
+//! With `PodNetwork::Plugin` node1 has no pod yet: a real CNI plugin makes them (`crate::cni`),
+//! `pod1`'s namespace being the first pod's.
+//!
 //! node1 and node2 forward (sysctls set per namespace, see [`sysctl_in`]), rp_filter is off
 //! everywhere, DAD is off. Every namespace is a [`Netns`] guard: dropping the `Topology` (or an
 //! error half way through `new`) deletes all of them, which also removes their veths.
@@ -81,6 +84,10 @@ pub enum PodNetwork {
     /// The host end of the pod veth in a Linux bridge (`cni0`) that holds the gateway address for
     /// node1's pod CIDR (the reference `bridge` plugin's way): the pod's addresses on its `eth0`.
     Bridge,
+    /// Nothing for node1's pods: no pod veth, bridge, gateway address or route to node1's pod CIDR
+    /// on node1, and `pod1`'s namespace stays empty, for a real CNI plugin to wire pods into
+    /// afterwards (`crate::cni`). node2 and the client still route node1's pod CIDR via node1.
+    Plugin,
 }
 
 /// The bridge of `PodNetwork::Bridge`, in node1.
@@ -140,18 +147,21 @@ impl Topology {
             "netns",
             &node2.name,
         ])?;
-        node1.ip(&[
-            "link",
-            "add",
-            NODE1_POD1_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            POD1_IF,
-            "netns",
-            &pod1.name,
-        ])?;
+        let hand_built = pods != PodNetwork::Plugin;
+        if hand_built {
+            node1.ip(&[
+                "link",
+                "add",
+                NODE1_POD1_IF,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                POD1_IF,
+                "netns",
+                &pod1.name,
+            ])?;
+        }
 
         // Addresses.
         add_addr(client, CLIENT_IF, &format!("{CLIENT_V4}/24"))?;
@@ -165,19 +175,20 @@ impl Topology {
             node1.ip(&["link", "set", NODE1_POD1_IF, "master", NODE1_BRIDGE_IF])?;
             add_addr(node1, NODE1_BRIDGE_IF, &format!("{NODE1_POD_GW_V4}/24"))?;
             add_addr(node1, NODE1_BRIDGE_IF, &format!("{NODE1_POD_GW_V6}/64"))?;
-        } else {
+        } else if pods == PodNetwork::Routed {
             add_addr(node1, NODE1_POD1_IF, &format!("{NODE1_POD_GW_V4}/32"))?;
             add_addr(node1, NODE1_POD1_IF, &format!("{NODE1_POD_GW_V6}/128"))?;
         }
         add_addr(node2, NODE2_N1_IF, &format!("{NODE2_V4}/24"))?;
         add_addr(node2, NODE2_N1_IF, &format!("{NODE2_V6}/64"))?;
-        add_addr(pod1, POD1_IF, &format!("{POD1_LINK_LOCAL}/64"))?;
         // The pods' own addresses (Servers::start leaves addresses already there alone). pod1's
         // must exist before its routes name them as source.
         if pods == PodNetwork::Bridge {
+            add_addr(pod1, POD1_IF, &format!("{POD1_LINK_LOCAL}/64"))?;
             add_addr(pod1, POD1_IF, &format!("{POD1_V4}/24"))?;
             add_addr(pod1, POD1_IF, &format!("{POD1_V6}/64"))?;
-        } else {
+        } else if pods == PodNetwork::Routed {
+            add_addr(pod1, POD1_IF, &format!("{POD1_LINK_LOCAL}/64"))?;
             add_addr(pod1, "lo", &format!("{POD1_V4}/32"))?;
             add_addr(pod1, "lo", &format!("{POD1_V6}/128"))?;
         }
@@ -185,15 +196,14 @@ impl Topology {
         add_addr(node2, "lo", &format!("{POD2_V6}/128"))?;
 
         // Links up (routes need their device up).
-        for (ns, dev) in [
-            (client, CLIENT_IF),
-            (node1, NODE1_EXT_IF),
-            (node1, NODE1_N2_IF),
-            (node1, NODE1_POD1_IF),
-            (node2, NODE2_N1_IF),
-            (pod1, POD1_IF),
-        ] {
+        for (ns, dev) in
+            [(client, CLIENT_IF), (node1, NODE1_EXT_IF), (node1, NODE1_N2_IF), (node2, NODE2_N1_IF)]
+        {
             ns.ip(&["link", "set", dev, "up"])?;
+        }
+        if hand_built {
+            node1.ip(&["link", "set", NODE1_POD1_IF, "up"])?;
+            pod1.ip(&["link", "set", POD1_IF, "up"])?;
         }
         if pods == PodNetwork::Bridge {
             node1.ip(&["link", "set", NODE1_BRIDGE_IF, "up"])?;
@@ -226,8 +236,21 @@ impl Topology {
             pod1.ip(&["route", "add", &format!("{NODE1_POD_GW_V4}/32"), "dev", POD1_IF])?;
             pod1.ip(&["-6", "route", "add", &format!("{NODE1_POD_GW_V6}/128"), "dev", POD1_IF])?;
         }
-        pod1.ip(&["route", "add", "default", "via", NODE1_POD_GW_V4, "dev", POD1_IF, "src", POD1_V4])?;
-        pod1.ip(&["-6", "route", "add", "default", "via", NODE1_POD_GW_V6, "dev", POD1_IF, "src", POD1_V6])?;
+        if hand_built {
+            pod1.ip(&["route", "add", "default", "via", NODE1_POD_GW_V4, "dev", POD1_IF, "src", POD1_V4])?;
+            pod1.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                NODE1_POD_GW_V6,
+                "dev",
+                POD1_IF,
+                "src",
+                POD1_V6,
+            ])?;
+        }
 
         node2.ip(&["route", "add", NODE1_POD_CIDR_V4, "via", NODE1_N2_V4])?;
         node2.ip(&["route", "add", "10.0.1.0/24", "via", NODE1_N2_V4])?;

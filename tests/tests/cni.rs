@@ -123,6 +123,7 @@ fn every_path_reaches_both_pods(pods: PodNetwork) {
             assert!(bridge_ports.is_err(), "no bridge on the routed network");
             assert!(pod_route.contains(&format!("dev {NODE1_POD1_IF}")), "per-pod route: {pod_route:?}");
         }
+        PodNetwork::Plugin => panic!("hand-built pods only: cni_plugins.rs runs the real plugins"),
     }
     let both = |v4: bool| -> BTreeSet<String> {
         let pair = if v4 { [POD1_V4, POD2_V4] } else { [POD1_V6, POD2_V6] };

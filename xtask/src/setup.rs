@@ -11,9 +11,19 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// iptables and nftables: the kube-proxy cleanup test (tests/tests/kube_proxy_cleanup.rs);
 /// ethtool: the XDP test's veth offload settings (tests/tests/north_south.rs).
-/// `umoci` assembles the container image (`cargo xtask image`).
-const APT_PACKAGES: [&str; 8] =
-    ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "iproute2", "iptables", "nftables", "ethtool", "umoci"];
+/// `umoci` assembles the container image (`cargo xtask image`). containernetworking-plugins: the
+/// real CNI plugins (bridge, ptp, host-local, portmap) of tests/tests/cni_plugins.rs.
+const APT_PACKAGES: [&str; 9] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "iproute2",
+    "iptables",
+    "nftables",
+    "ethtool",
+    "umoci",
+    "containernetworking-plugins",
+];
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;

@@ -2,6 +2,7 @@
 //! a datapath (health and metrics servers, the source, the maps adopted or migrated, the first
 //! full sync, the programs attached staged and switched), then the loop that keeps the maps equal
 //! to the source until SIGTERM. The pins outlive it.
+mod address_watch;
 mod config;
 mod cycle;
 mod endpoints_api;
@@ -26,6 +27,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use self::{
+    address_watch::AddressWatch,
     cycle::sync_once,
     kernel_log::{AbortOnDrop, forward_kernel_log},
     record::{Outcome, Record},
@@ -184,6 +186,11 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+    // Subscribed before the first sync reads the addresses: a change meanwhile is not missed.
+    let mut addresses = AddressWatch::start(&args.nodeport_addresses).unwrap_or_else(|e| {
+        warn!(error = %e, "cannot follow the node's addresses; NodePorts get new ones at the next sync");
+        None
+    });
     let identity = NodeIdentity { name: args.node_name, nodeport_addresses: args.nodeport_addresses };
     let started = Instant::now();
     let (mut outcome, desired) = sync_once(&mut source, &identity, &mut syncer, &metrics, &args.bpffs);
@@ -269,6 +276,11 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
                     p.handle(&mut ebpf);
                 }
                 continue;
+            }
+            () = async { if let Some(a) = &addresses { a.readable().await } }, if addresses.is_some() => {
+                if !addresses.as_mut().is_some_and(AddressWatch::changed) {
+                    continue;
+                }
             }
             Some(question) = questions.recv() => {
                 endpoints_api::answer(question, &source, &identity);

@@ -1,5 +1,6 @@
 //! rtnetlink's link messages (`RTM_NEWLINK`, `RTM_DELLINK`) and the interface list: what
-//! `--pod-interfaces` follows.
+//! `--pod-interfaces` follows; and a socket on the address groups, whose messages tell the agent
+//! the node's addresses may have changed.
 use std::{collections::BTreeMap, os::fd::OwnedFd};
 
 use super::netlink::{self, u32_at};
@@ -56,6 +57,12 @@ pub fn parse_link_messages(buf: &[u8]) -> Vec<LinkEvent> {
 /// A non-blocking rtnetlink socket on the link multicast group.
 pub fn link_socket() -> std::io::Result<OwnedFd> {
     netlink::socket(libc::NETLINK_ROUTE, libc::RTMGRP_LINK as u32, true)
+}
+
+/// A non-blocking rtnetlink socket on the IPv4 and IPv6 address multicast groups
+/// (`RTM_NEWADDR`, `RTM_DELADDR`).
+pub fn address_socket() -> std::io::Result<OwnedFd> {
+    netlink::socket(libc::NETLINK_ROUTE, (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32, true)
 }
 
 /// The interfaces of this network namespace: index → name.
