@@ -8,7 +8,8 @@
 //! `SOCK_REVNAT_ENTRIES` backends; one pushed out of them (an unconnected UDP socket sending to
 //! more backends than that) goes to the LRU `LB_REVNAT_V4/V6` by socket cookie, which the reply
 //! side reads when the socket's own storage has no match (as it does for what older programs
-//! wrote there).
+//! wrote there). A connected UDP socket's translation is copied there too: it is the agent's
+//! index of the sockets to destroy when their backend goes away.
 //!
 //! The context holds addresses and ports in network byte order, as do the maps.
 use aya_ebpf::{
@@ -73,12 +74,12 @@ fn in_scope(ctx: &SockAddrContext) -> bool {
 
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
-    forward4(&ctx)
+    forward4(&ctx, Hook::Connect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward4(&ctx)
+    forward4(&ctx, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -95,12 +96,19 @@ pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn lb_connect6(ctx: SockAddrContext) -> i32 {
-    forward6(&ctx)
+    forward6(&ctx, Hook::Connect)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn lb_sendmsg6(ctx: SockAddrContext) -> i32 {
-    forward6(&ctx)
+    forward6(&ctx, Hook::Sendmsg)
+}
+
+/// Which forward hook runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Connect,
+    Sendmsg,
 }
 
 #[cgroup_sock_addr(recvmsg6)]
@@ -142,7 +150,7 @@ enum Translation {
 /// Looks an IPv4 destination up, picks a backend and remembers the frontend for the replies.
 /// Shared by `connect4`/`sendmsg4` and v4-mapped destinations of the IPv6 hooks.
 #[inline(always)]
-fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Translation {
+fn translate4(ctx: &SockAddrContext, hook: Hook, addr: u32, port: u16, proto: u8) -> Translation {
     let key = Frontend4Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
     let lookup = || unsafe { LB_FRONTENDS_V4.get(key) }.copied();
@@ -154,6 +162,7 @@ fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Transla
         Verdict::Backend(_, backend) => {
             remember(
                 ctx,
+                indexed(hook, proto),
                 SockRevNatEntry {
                     backend_addr: [backend.addr[0], 0, 0, 0],
                     frontend_addr: [addr, 0, 0, 0],
@@ -213,7 +222,7 @@ fn translate4(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Transla
 }
 
 #[inline(always)]
-fn forward4(ctx: &SockAddrContext) -> i32 {
+fn forward4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     if !in_scope(ctx) {
         return ALLOW;
     }
@@ -221,7 +230,7 @@ fn forward4(ctx: &SockAddrContext) -> i32 {
     // Safety: `sa` is the kernel-provided context, valid for the whole program run; the fields
     // read and written here are the ones the verifier allows for connect4/sendmsg4.
     let (addr, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
-    match translate4(ctx, addr, port, proto) {
+    match translate4(ctx, hook, addr, port, proto) {
         Translation::Pass => ALLOW,
         Translation::To(backend_addr, backend_port) => {
             // Safety: as above; user_ip4/user_port are writable in connect4/sendmsg4.
@@ -250,16 +259,28 @@ fn reverse4(ctx: &SockAddrContext) {
     }
 }
 
+/// Whether a translation is also written to the LRU by socket cookie: a connected UDP socket's,
+/// because the agent finds the connected UDP sockets to destroy after a backend goes away
+/// (`kernel/udp_sockets.rs`) by their cookies there (socket storage cannot be listed). The reply
+/// side never needs that copy: it reads the socket's storage first.
+#[inline(always)]
+fn indexed(hook: Hook, proto: u8) -> bool {
+    hook == Hook::Connect && proto == lb_common::proto::UDP
+}
+
 /// Records with the socket that it was sent to `entry`'s backend for its frontend: over the
 /// entry for that backend if the socket has one, else in the next of its slots (round robin).
 /// What that pushes out, or the whole entry when the socket has no storage (the kernel could not
-/// allocate it), goes to the LRU by socket cookie.
+/// allocate it) or is `indexed`, goes to the LRU by socket cookie.
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, entry: SockRevNatEntry) {
+fn remember(ctx: &SockAddrContext, indexed: bool, entry: SockRevNatEntry) {
     let Some(value) = LB_SOCK_REVNAT.get(ctx, true) else {
         spill(ctx, &entry);
         return;
     };
+    if indexed {
+        spill(ctx, &entry);
+    }
     let mut found = SOCK_REVNAT_ENTRIES;
     for i in 0..SOCK_REVNAT_ENTRIES {
         // Safety: `value` points to this socket's storage (a `SockRevNat`), valid for the whole
@@ -388,7 +409,7 @@ fn v4_mapped(addr: &[u32; 4]) -> bool {
 }
 
 #[inline(always)]
-fn forward6(ctx: &SockAddrContext) -> i32 {
+fn forward6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     if !in_scope(ctx) {
         return ALLOW;
     }
@@ -397,7 +418,7 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
     // Safety: valid context; readable fields.
     let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
     if v4_mapped(&addr) {
-        return forward_mapped(ctx, sa, addr[3], port, proto);
+        return forward_mapped(ctx, hook, sa, addr[3], port, proto);
     }
     let key = Frontend6Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once.
@@ -410,6 +431,7 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
         Verdict::Backend(_, backend) => {
             remember(
                 ctx,
+                indexed(hook, proto),
                 SockRevNatEntry {
                     backend_addr: backend.addr,
                     frontend_addr: addr,
@@ -472,8 +494,15 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
 /// An IPv4 frontend dialled through a dual-stack IPv6 socket (`::ffff:10.96.0.10`, as Java and
 /// other runtimes do): the IPv4 maps decide, the address stays v4-mapped.
 #[inline(always)]
-fn forward_mapped(ctx: &SockAddrContext, sa: *mut bpf_sock_addr, addr: u32, port: u16, proto: u8) -> i32 {
-    match translate4(ctx, addr, port, proto) {
+fn forward_mapped(
+    ctx: &SockAddrContext,
+    hook: Hook,
+    sa: *mut bpf_sock_addr,
+    addr: u32,
+    port: u16,
+    proto: u8,
+) -> i32 {
+    match translate4(ctx, hook, addr, port, proto) {
         Translation::Pass => ALLOW,
         Translation::To(backend_addr, backend_port) => {
             write_ip6(sa, &[0, 0, 0xffff_u32.to_be(), backend_addr], backend_port);

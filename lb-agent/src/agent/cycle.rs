@@ -50,14 +50,7 @@ fn close_stale_udp(
         );
         metrics.record_errors(ErrorKind::UdpSocketsUntracked, 1);
     }
-    let mut targets = udp_sockets::plan(&translated, before, &after, untracked);
-    match udp_sockets::storage_targets(bpffs, before, &after) {
-        Ok(storage) => targets.storage = Some(storage),
-        Err(e) => {
-            warn!(error = %e, "cannot open the socket storage map; only sockets in the cookie maps are found");
-            metrics.record_errors(ErrorKind::MapRead, 1);
-        }
-    }
+    let targets = udp_sockets::plan(&translated, before, &after, untracked);
     match sock_destroy::destroy_connected_udp(&targets) {
         Ok(0) => {}
         Ok(n) => {

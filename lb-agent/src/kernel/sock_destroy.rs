@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
     net::SocketAddr,
-    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::PathBuf,
 };
 
@@ -27,42 +27,24 @@ pub enum SockDestroyError {
     Netns { ns: PathBuf, what: &'static str, source: std::io::Error },
 }
 
-/// What to destroy: sockets whose own storage (`LB_SOCK_REVNAT`, read with each socket from
-/// sock_diag) says the sync took their destination away from the frontend they addressed;
-/// sockets with one of `cookies` (from the LRU reverse-NAT maps) whose destination is the recorded
-/// backend; and (when those maps may have lost entries) any connected UDP socket to one of
+/// What to destroy: sockets with one of these cookies whose destination is the recorded backend,
+/// and (when the cookie map may have lost entries) any connected UDP socket to one of
 /// `by_destination`.
 #[derive(Debug, Default)]
 pub struct Targets {
-    pub storage: Option<StorageTargets>,
     pub cookies: BTreeMap<u64, SocketAddr>,
     pub by_destination: BTreeSet<SocketAddr>,
 }
 
-/// The socket storage map and the UDP frontends' backends before and after the sync
-/// (`udp_sockets::udp_targets`).
-#[derive(Debug)]
-pub struct StorageTargets {
-    pub map: aya::maps::MapData,
-    pub before: BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
-    pub after: BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
-}
-
 impl Targets {
-    fn matches(&self, d: &UdpSocket, storage: Option<&[u8]>) -> bool {
+    fn matches(&self, d: &UdpSocket) -> bool {
         let dst = canonical(d.dst);
-        self.storage.as_ref().zip(storage).is_some_and(|(s, value)| {
-            crate::kernel::udp_sockets::newly_stale(d.cookie, dst, value, &s.before, &s.after)
-        }) || self.cookies.get(&d.cookie).is_some_and(|b| canonical(*b) == dst)
+        self.cookies.get(&d.cookie).is_some_and(|b| canonical(*b) == dst)
             || self.by_destination.contains(&dst)
     }
-
-    fn is_empty(&self) -> bool {
-        self.storage.is_none() && self.cookies.is_empty() && self.by_destination.is_empty()
-    }
 }
 
-pub fn canonical(a: SocketAddr) -> SocketAddr {
+fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
@@ -88,7 +70,7 @@ fn namespaces() -> Result<Vec<PathBuf>, SockDestroyError> {
 /// Destroys the connected UDP sockets `targets` names in every network namespace; returns how
 /// many were destroyed.
 pub fn destroy_connected_udp(targets: &Targets) -> Result<usize, SockDestroyError> {
-    if targets.is_empty() {
+    if targets.cookies.is_empty() && targets.by_destination.is_empty() {
         return Ok(0);
     }
     let mut destroyed = 0;
@@ -115,10 +97,9 @@ fn in_namespace(file: &File, ns: &std::path::Path, targets: &Targets) -> Result<
     net::enter_netns(file).map_err(err("setns"))?;
     let sock = sock_diag::socket().map_err(err("netlink socket"))?;
     let mut destroyed = 0;
-    let storage = targets.storage.as_ref().map(|s| s.map.fd().as_fd());
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        let sockets = sock_diag::connected_udp(&sock, family, storage).map_err(err("sock_diag dump"))?;
-        for (d, _) in sockets.iter().filter(|(d, value)| targets.matches(d, value.as_deref())) {
+        let sockets = sock_diag::connected_udp(&sock, family).map_err(err("sock_diag dump"))?;
+        for d in sockets.iter().filter(|d| targets.matches(d)) {
             match sock_diag::destroy(&sock, d) {
                 Ok(()) => destroyed += 1,
                 // Closed by its owner meanwhile.
@@ -145,19 +126,10 @@ mod tests {
         };
         let mut t = Targets::default();
         t.cookies.insert(1, "10.244.1.2:53".parse().expect("addr"));
-        assert!(
-            t.matches(&d(1, "[::ffff:10.244.1.2]:53"), None),
-            "v4-mapped destination of a dual-stack socket"
-        );
-        assert!(
-            !t.matches(&d(1, "[::ffff:10.244.1.3]:53"), None),
-            "the cookie was reused for another socket"
-        );
-        assert!(
-            !t.matches(&d(2, "[::ffff:10.244.1.2]:53"), None),
-            "another socket to that backend, not ours"
-        );
+        assert!(t.matches(&d(1, "[::ffff:10.244.1.2]:53")), "v4-mapped destination of a dual-stack socket");
+        assert!(!t.matches(&d(1, "[::ffff:10.244.1.3]:53")), "the cookie was reused for another socket");
+        assert!(!t.matches(&d(2, "[::ffff:10.244.1.2]:53")), "another socket to that backend, not ours");
         t.by_destination.insert("10.244.1.2:53".parse().expect("addr"));
-        assert!(t.matches(&d(2, "[::ffff:10.244.1.2]:53"), None), "the fallback by destination");
+        assert!(t.matches(&d(2, "[::ffff:10.244.1.2]:53")), "the fallback by destination");
     }
 }

@@ -6,13 +6,13 @@
 //! 48); at the socket layer the equivalent is to close the socket, so the application gets an
 //! error and connects again, to a live backend. TCP connections are left to drain (rule 49).
 //!
-//! The socket hooks already remember, with each socket, the backend it was sent to and the
-//! frontend it asked for (`LB_SOCK_REVNAT`, socket storage filled at connect and sendmsg; what
-//! does not fit there, and what older programs wrote, in `LB_REVNAT_V4/V6` by socket cookie).
-//! After a sync, [`stale`] picks the translations whose backend is no longer one the frontend's
-//! UDP port may use on the socket path; `sock_destroy` lists the connected UDP sockets of every
-//! network namespace with their storage (sock_diag reports it) and destroys those whose own
-//! storage, or whose cookie's LRU entry, says so for their destination.
+//! The socket hooks keep each socket's translation with the socket (`LB_SOCK_REVNAT`, socket
+//! storage, which userspace cannot list) and copy a connected UDP socket's, by socket cookie, to
+//! `LB_REVNAT_V4/V6` (with what the storage cannot hold): the backend a socket was sent to and
+//! the frontend it asked for. After a sync,
+//! [`stale`] picks the entries whose backend is no longer one the frontend's UDP port may use on
+//! the socket path; `sock_destroy` finds the connected UDP sockets with those cookies (and that
+//! destination) in every network namespace and destroys them.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -20,13 +20,10 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
-use lb_common::{RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, SlotKey, SockRevNat, map_names, proto};
+use lb_common::{RevNat4Key, RevNat4Value, RevNat6Key, RevNat6Value, SlotKey, map_names, proto};
 
 use crate::{
-    kernel::{
-        maps::MapsError,
-        sock_destroy::{StorageTargets, canonical},
-    },
+    kernel::maps::MapsError,
     layout::state::{FrontendKey, MapState, word_ip4, words_ip6},
 };
 
@@ -115,60 +112,11 @@ pub fn plan(
     } else {
         BTreeSet::new()
     };
-    crate::kernel::sock_destroy::Targets { storage: None, cookies, by_destination }
+    crate::kernel::sock_destroy::Targets { cookies, by_destination }
 }
 
-/// The translations a socket's `LB_SOCK_REVNAT` value holds (its bytes as sock_diag reports
-/// them; a short value holds none).
-pub fn from_storage(cookie: u64, value: &[u8]) -> Vec<Translated> {
-    let Some(v) = crate::sys::bpf::read_pod::<SockRevNat>(value) else { return Vec::new() };
-    v.entries
-        .iter()
-        .filter_map(|e| {
-            let (backend, frontend) = match e.family {
-                4 => (IpAddr::V4(word_ip4(e.backend_addr[0])), IpAddr::V4(word_ip4(e.frontend_addr[0]))),
-                6 => (IpAddr::V6(words_ip6(e.backend_addr)), IpAddr::V6(words_ip6(e.frontend_addr))),
-                _ => return None,
-            };
-            Some(Translated {
-                cookie,
-                backend: SocketAddr::new(backend, u16::from_be(e.backend_port)),
-                frontend: SocketAddr::new(frontend, u16::from_be(e.frontend_port)),
-            })
-        })
-        .collect()
-}
-
-/// Whether the socket `cookie`, connected to `destination` with the storage `value`, was sent
-/// there for a frontend the sync (`before` → `after`) took that backend from.
-pub fn newly_stale(
-    cookie: u64,
-    destination: SocketAddr,
-    value: &[u8],
-    before: &BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
-    after: &BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
-) -> bool {
-    let to_destination: Vec<Translated> = from_storage(cookie, value)
-        .into_iter()
-        .filter(|t| canonical(t.backend) == canonical(destination))
-        .collect();
-    !plan(&to_destination, before, after, false).cookies.is_empty()
-}
-
-/// The socket storage map pinned under `bpffs`, with the sync's UDP targets, for `sock_destroy`.
-pub fn storage_targets(
-    bpffs: &Path,
-    before: &BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
-    after: &BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
-) -> Result<StorageTargets, MapsError> {
-    let path = bpffs.join(map_names::SOCK_REVNAT);
-    let map = MapData::from_pin(&path).map_err(|source| MapsError::Open { path, source })?;
-    Ok(StorageTargets { map, before: before.clone(), after: after.clone() })
-}
-
-/// Every entry of the socket hooks' LRU reverse-NAT maps under `bpffs` (translations a socket's
-/// storage could not hold, and those of programs before socket storage), and whether either map
-/// is full (an LRU at capacity evicts: a socket may have been forgotten).
+/// Every entry of the socket hooks' reverse-NAT maps under `bpffs`, and whether either map is
+/// full (an LRU at capacity evicts: a socket may have been forgotten).
 pub fn translated(bpffs: &Path) -> Result<(Vec<Translated>, bool), MapsError> {
     let mut out = Vec::new();
     let mut full = false;
@@ -242,56 +190,6 @@ mod tests {
         // Nothing changed: nothing planned, although socket 3 is "stale" against both.
         let p = plan(&translated, &after, &after, false);
         assert!(p.cookies.is_empty());
-    }
-
-    #[test]
-    fn a_socket_is_judged_by_the_translation_its_storage_holds_for_its_destination() {
-        let before = targets(&[
-            ("10.96.0.10:53", &["10.244.1.2:53", "10.244.1.3:53"]),
-            ("[fd00:96::10]:53", &["[fd00:244::2]:53", "[fd00:244::3]:53"]),
-        ]);
-        let after =
-            targets(&[("10.96.0.10:53", &["10.244.1.2:53"]), ("[fd00:96::10]:53", &["[fd00:244::2]:53"])]);
-        let mut v = SockRevNat::default();
-        let v4 = |a: &str| u32::from_ne_bytes(a.parse::<Ipv4Addr>().expect("v4").octets());
-        v.entries[0] = lb_common::SockRevNatEntry {
-            backend_addr: [v4("10.244.1.3"), 0, 0, 0],
-            frontend_addr: [v4("10.96.0.10"), 0, 0, 0],
-            backend_port: 53u16.to_be(),
-            frontend_port: 53u16.to_be(),
-            family: 4,
-            pad: [0; 3],
-        };
-        let v6 = |a: &str| {
-            let o = a.parse::<Ipv6Addr>().expect("v6").octets();
-            core::array::from_fn(|i| u32::from_ne_bytes(o[i * 4..i * 4 + 4].try_into().expect("4 bytes")))
-        };
-        v.entries[2] = lb_common::SockRevNatEntry {
-            backend_addr: v6("fd00:244::2"),
-            frontend_addr: v6("fd00:96::10"),
-            backend_port: 53u16.to_be(),
-            frontend_port: 53u16.to_be(),
-            family: 6,
-            pad: [0; 3],
-        };
-        // Safety: SockRevNat is plain old data (repr(C), integers only); viewing it as bytes.
-        let bytes =
-            unsafe { std::slice::from_raw_parts((&raw const v).cast::<u8>(), size_of::<SockRevNat>()) };
-        let got = from_storage(9, bytes);
-        assert_eq!(
-            got,
-            [
-                Translated { cookie: 9, backend: sa("10.244.1.3:53"), frontend: sa("10.96.0.10:53") },
-                Translated { cookie: 9, backend: sa("[fd00:244::2]:53"), frontend: sa("[fd00:96::10]:53") },
-            ]
-        );
-        let stale = |dst: &str| newly_stale(9, sa(dst), bytes, &before, &after);
-        assert!(stale("10.244.1.3:53"), "sent to the removed backend");
-        assert!(stale("[::ffff:10.244.1.3]:53"), "the same, through a dual-stack socket");
-        assert!(!stale("[fd00:244::2]:53"), "its IPv6 backend is still offered");
-        assert!(!stale("10.244.1.2:53"), "no translation of this socket to that destination");
-        assert!(!newly_stale(9, sa("10.244.1.3:53"), bytes, &after, &after), "nothing changed");
-        assert!(!newly_stale(9, sa("10.244.1.3:53"), &bytes[..10], &before, &after), "a short value");
     }
 
     fn sa(s: &str) -> SocketAddr {

@@ -1,10 +1,9 @@
 //! sock_diag (`NETLINK_SOCK_DIAG`) for UDP: list the connected sockets of the calling thread's
-//! network namespace, each with its value in a socket storage map when asked (the kernel's
-//! `bpf_sk_storage_diag_put`), and destroy one (`SOCK_DESTROY`, the kernel's `udp_diag_destroy`,
+//! network namespace, and destroy one (`SOCK_DESTROY`, the kernel's `udp_diag_destroy`,
 //! `CONFIG_INET_DIAG_DESTROY`).
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
+    os::fd::OwnedFd,
 };
 
 use super::netlink::{self, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
@@ -16,17 +15,6 @@ const SOCK_DESTROY: u16 = 21;
 const ESTABLISHED: u32 = 1 << 1;
 /// `struct inet_diag_msg`, without its attributes.
 const MSG_LEN: usize = 72;
-/// `NLA_F_NESTED`, and the mask of an attribute's type without its flags.
-const NLA_F_NESTED: u16 = 1 << 15;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-/// Request attribute `INET_DIAG_REQ_SK_BPF_STORAGES`, nesting `SK_DIAG_BPF_STORAGE_REQ_MAP_FD`s.
-const INET_DIAG_REQ_SK_BPF_STORAGES: u16 = 2;
-const SK_DIAG_BPF_STORAGE_REQ_MAP_FD: u16 = 1;
-/// Reply attribute `INET_DIAG_SK_BPF_STORAGES`, nesting one `SK_DIAG_BPF_STORAGE` per map, which
-/// nests `SK_DIAG_BPF_STORAGE_MAP_ID` and `SK_DIAG_BPF_STORAGE_MAP_VALUE`.
-const INET_DIAG_SK_BPF_STORAGES: u16 = 20;
-const SK_DIAG_BPF_STORAGE: u16 = 1;
-const SK_DIAG_BPF_STORAGE_MAP_VALUE: u16 = 3;
 
 /// One connected UDP socket as sock_diag reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,38 +31,12 @@ pub fn socket() -> std::io::Result<OwnedFd> {
     netlink::socket(NETLINK_SOCK_DIAG, 0, false)
 }
 
-/// `struct inet_diag_req_v2` for UDP with `id`, then the attributes `extra`.
-fn request(kind: u16, flags: u16, family: u8, states: u32, id: &[u8; 48], extra: &[u8]) -> Vec<u8> {
+/// `struct inet_diag_req_v2` for UDP with `id`.
+fn request(kind: u16, flags: u16, family: u8, states: u32, id: &[u8; 48]) -> Vec<u8> {
     let mut payload = vec![family, libc::IPPROTO_UDP as u8, 0, 0];
     payload.extend_from_slice(&states.to_ne_bytes());
     payload.extend_from_slice(id);
-    payload.extend_from_slice(extra);
     netlink::request(kind, flags, &payload)
-}
-
-/// One attribute: length, type, value, padded to 4 bytes.
-fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(netlink::align4(4 + value.len()));
-    a.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    a.extend_from_slice(&kind.to_ne_bytes());
-    a.extend_from_slice(value);
-    a.resize(netlink::align4(a.len()), 0);
-    a
-}
-
-/// The value the socket of one dump message holds in the storage map asked for (the kernel
-/// reports only the maps the request named, so the first value is that map's).
-fn storage_value(p: &[u8]) -> Option<Vec<u8>> {
-    let (_, storages) = netlink::attributes(p, MSG_LEN)
-        .into_iter()
-        .find(|(kind, _)| kind & NLA_TYPE_MASK == INET_DIAG_SK_BPF_STORAGES)?;
-    let (_, storage) = netlink::attributes(storages, 0)
-        .into_iter()
-        .find(|(kind, _)| kind & NLA_TYPE_MASK == SK_DIAG_BPF_STORAGE)?;
-    netlink::attributes(storage, 0)
-        .into_iter()
-        .find(|(kind, _)| kind & NLA_TYPE_MASK == SK_DIAG_BPF_STORAGE_MAP_VALUE)
-        .map(|(_, value)| value.to_vec())
 }
 
 fn addr(family: u8, bytes: &[u8], port: [u8; 2]) -> SocketAddr {
@@ -121,20 +83,11 @@ fn parse(p: &[u8]) -> Option<UdpSocket> {
     })
 }
 
-/// Every connected UDP socket of `family` in the namespace of `sock`, with its value in the socket
-/// storage map `storage` when one is given (`None` for a socket without one).
-pub fn connected_udp(
-    sock: &OwnedFd,
-    family: u8,
-    storage: Option<BorrowedFd<'_>>,
-) -> std::io::Result<Vec<(UdpSocket, Option<Vec<u8>>)>> {
-    let extra = storage.map_or_else(Vec::new, |fd| {
-        let map_fd = attribute(SK_DIAG_BPF_STORAGE_REQ_MAP_FD, &(fd.as_raw_fd() as u32).to_ne_bytes());
-        attribute(INET_DIAG_REQ_SK_BPF_STORAGES | NLA_F_NESTED, &map_fd)
-    });
+/// Every connected UDP socket of `family` in the namespace of `sock`.
+pub fn connected_udp(sock: &OwnedFd, family: u8) -> std::io::Result<Vec<UdpSocket>> {
     netlink::send(
         sock,
-        &request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family, ESTABLISHED, &[0; 48], &extra),
+        &request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family, ESTABLISHED, &[0; 48]),
     )?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
@@ -144,9 +97,7 @@ pub fn connected_udp(
             match kind {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => return Err(std::io::Error::from_raw_os_error(-netlink::error_code(payload))),
-                SOCK_DIAG_BY_FAMILY => {
-                    out.extend(parse(payload).map(|d| (d, storage.and_then(|_| storage_value(payload)))));
-                }
+                SOCK_DIAG_BY_FAMILY => out.extend(parse(payload)),
                 _ => {}
             }
         }
@@ -158,10 +109,7 @@ pub fn connected_udp(
 
 /// Destroys the socket `d` (`ENOENT`: it is gone already).
 pub fn destroy(sock: &OwnedFd, d: &UdpSocket) -> std::io::Result<()> {
-    netlink::send(
-        sock,
-        &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, d.family, u32::MAX, &sockid(d), &[]),
-    )?;
+    netlink::send(sock, &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, d.family, u32::MAX, &sockid(d)))?;
     let mut buf = vec![0u8; 4096];
     let n = netlink::recv(sock, &mut buf, false)?;
     for (kind, payload) in netlink::messages(&buf[..n]) {
@@ -200,21 +148,5 @@ mod tests {
             msg.resize(MSG_LEN, 0);
             assert_eq!(parse(&msg), Some(d));
         }
-    }
-
-    #[test]
-    fn a_storage_value_is_found_in_its_nested_attributes() {
-        let mut msg = vec![0u8; MSG_LEN];
-        let value = [7u8; 12];
-        let id = attribute(2, &42u32.to_ne_bytes());
-        let pad = attribute(1, &[]);
-        let storage = attribute(
-            SK_DIAG_BPF_STORAGE | NLA_F_NESTED,
-            &[pad, id, attribute(SK_DIAG_BPF_STORAGE_MAP_VALUE, &value)].concat(),
-        );
-        msg.extend(attribute(8, &[1])); // INET_DIAG_SHUTDOWN, before it
-        assert_eq!(storage_value(&msg), None, "no storage attribute");
-        msg.extend(attribute(INET_DIAG_SK_BPF_STORAGES | NLA_F_NESTED, &storage));
-        assert_eq!(storage_value(&msg), Some(value.to_vec()));
     }
 }
