@@ -536,6 +536,30 @@ fn session_affinity_is_refreshed_by_each_connection_and_expires_after_the_timeou
     lb_tests::parity::shown(&["13a"]);
 }
 
+/// An unconnected UDP socket sent to more backends than its socket storage holds (four): the
+/// translations pushed out of it go to the LRU reverse-NAT map by socket cookie, and every reply
+/// still comes from the ClusterIP, from every backend, through plain and v4-mapped sockets.
+#[test]
+fn an_unconnected_udp_socket_sent_to_more_backends_than_its_storage_holds_keeps_the_clusterip() {
+    let pods: Vec<String> = (1..=8).map(|i| format!("10.244.1.{i}")).collect();
+    let backends: Vec<String> = pods.iter().map(|p| format!("{p}:5353")).collect();
+    let backend_refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let pod_refs: Vec<&str> = pods.iter().map(String::as_str).collect();
+    let node = Node::new(&backend_refs, &dns(&["10.96.0.53"], &pod_refs));
+    for (addr, from) in
+        [("10.96.0.53:53", "from=10.96.0.53:53"), ("[::ffff:10.96.0.53]:53", "from=[::ffff:10.96.0.53]:53")]
+    {
+        let lines = node.probe(&["udp", addr, "200"]);
+        assert_eq!(lines.len(), 200, "{addr}");
+        let wrong: Vec<&String> =
+            lines.iter().filter(|l| !(l.starts_with("ok 10.244.1.") && l.ends_with(from))).collect();
+        assert!(wrong.is_empty(), "{addr}: {} of 200, first {:?}", wrong.len(), wrong.first());
+        // Random choices over eight backends: all of them answered, so the socket went through
+        // more backends than its four storage slots.
+        assert_eq!(tally(&lines).len(), 8, "{addr}: {:?}", tally(&lines));
+    }
+}
+
 /// The reverse translation lives with the socket (`LB_SOCK_REVNAT`, socket storage): long-lived
 /// sockets keep the ClusterIP as their peer (getpeername) and as the source of their UDP replies
 /// (recvfrom) however many other connections come and go, even with reverse-NAT maps far smaller
