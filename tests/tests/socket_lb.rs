@@ -536,9 +536,10 @@ fn session_affinity_is_refreshed_by_each_connection_and_expires_after_the_timeou
     lb_tests::parity::shown(&["13a"]);
 }
 
-/// An unconnected UDP socket sent to more backends than its socket storage holds (four): the
-/// translations pushed out of it go to the LRU reverse-NAT map by socket cookie, and every reply
-/// still comes from the ClusterIP, from every backend, through plain and v4-mapped sockets.
+/// An unconnected UDP socket sent to more backends than its socket storage holds (four) before
+/// it reads the replies: the translations pushed out of its storage go to the LRU reverse-NAT map
+/// by socket cookie, and every reply still comes from the ClusterIP, from every backend, through
+/// plain and v4-mapped sockets.
 #[test]
 fn an_unconnected_udp_socket_sent_to_more_backends_than_its_storage_holds_keeps_the_clusterip() {
     let pods: Vec<String> = (1..=8).map(|i| format!("10.244.1.{i}")).collect();
@@ -549,7 +550,7 @@ fn an_unconnected_udp_socket_sent_to_more_backends_than_its_storage_holds_keeps_
     for (addr, from) in
         [("10.96.0.53:53", "from=10.96.0.53:53"), ("[::ffff:10.96.0.53]:53", "from=[::ffff:10.96.0.53]:53")]
     {
-        let lines = node.probe(&["udp", addr, "200"]);
+        let lines = node.probe(&["udp-burst", addr, "200"]);
         assert_eq!(lines.len(), 200, "{addr}");
         let wrong: Vec<&String> =
             lines.iter().filter(|l| !(l.starts_with("ok 10.244.1.") && l.ends_with(from))).collect();

@@ -23,6 +23,8 @@
 //!                                    REDIRECT) and sends and prints `orig=<addr>`
 //! lb-probe udp-flood ADDR MILLIS     32-byte datagrams from one connected socket, back to back for
 //!                                    MILLIS; prints `sent=<n> errors=<n> us=<elapsed>` (the bench)
+//! lb-probe udp-burst ADDR N          N datagrams from one unconnected socket back to back, then
+//!                                    N replies read, one line each (`ok <reply> from=<addr>`)
 //! lb-probe hold ADDR N               long-lived sockets: N TCP connections, N connected and N
 //!                                    unconnected UDP sockets (each sends once), all kept open;
 //!                                    checks them at once and after every line on stdin, one line
@@ -177,7 +179,7 @@ fn raise_nofile() {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|udp-flood|udp-resolver|original-dst|hold ADDR [N]";
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|udp-flood|udp-resolver|original-dst|hold|udp-burst ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -221,6 +223,22 @@ fn main() {
             for _ in 0..n {
                 let started = Instant::now();
                 let line = match socket.send_to(b"ping", addr).and_then(|_| socket.recv_from(&mut buf)) {
+                    Ok((len, from)) => format!("ok {} from={from}", String::from_utf8_lossy(&buf[..len])),
+                    Err(e) => err_line(&e, started),
+                };
+                writeln!(out, "{line}").expect("stdout");
+            }
+        }
+        "udp-burst" => {
+            let socket = UdpSocket::bind(unspecified(addr)).expect("bind");
+            socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            for _ in 0..n {
+                socket.send_to(b"ping", addr).expect("sendto");
+            }
+            let mut buf = [0u8; 1500];
+            for _ in 0..n {
+                let started = Instant::now();
+                let line = match socket.recv_from(&mut buf) {
                     Ok((len, from)) => format!("ok {} from={from}", String::from_utf8_lossy(&buf[..len])),
                     Err(e) => err_line(&e, started),
                 };
