@@ -33,7 +33,9 @@ pub mod map_names {
     pub const AGENT: &str = "LB_AGENT";
     pub const LOG: &str = "LB_LOG";
     pub const META: &str = "LB_META";
-    pub const ALL: [&str; 15] = [
+    /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of the socket hooks' translations.
+    pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
+    pub const ALL: [&str; 16] = [
         FRONTENDS_V4,
         FRONTENDS_V6,
         SLOTS,
@@ -49,6 +51,7 @@ pub mod map_names {
         AGENT,
         LOG,
         META,
+        SOCK_REVNAT,
     ];
 }
 
@@ -86,8 +89,10 @@ pub mod socket_scope {
 /// `LB_AGENT` so a later agent and the CLI can tell what they read. The layouts themselves are
 /// described field by field in `LB_META` (since 2), which is what an upgrade converts by.
 ///
-/// 1: the maps as first released. 2: `LB_META` added (no key or value changed).
-pub const SCHEMA_VERSION: u32 = 2;
+/// 1: the maps as first released. 2: `LB_META` added (no key or value changed). 3:
+/// `LB_SOCK_REVNAT` (socket storage) added; the socket hooks write `LB_REVNAT_V4/V6` only for
+/// what a socket's storage does not hold.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Key of `LB_FRONTENDS_V4`: a ClusterIP (or other VIP), its port and protocol.
 #[repr(C)]
@@ -259,6 +264,40 @@ pub struct RevNat6Value {
     pub frontend_addr: [u32; 4],
     pub frontend_port: u16,
     pub pad: u16,
+}
+
+/// One translation a socket made, in its `LB_SOCK_REVNAT` storage: the backend the socket was
+/// sent to and the frontend it addressed (addresses and ports in network byte order; an IPv4
+/// address, also one used v4-mapped through an IPv6 socket, in `[0]` with `family` 4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockRevNatEntry {
+    pub backend_addr: [u32; 4],
+    pub frontend_addr: [u32; 4],
+    pub backend_port: u16,
+    pub frontend_port: u16,
+    /// 0: unused, 4 or 6.
+    pub family: u8,
+    pub pad: [u8; 3],
+}
+
+/// How many translations one socket keeps in its storage: a connected socket makes one; an
+/// unconnected UDP socket sending to several frontends keeps the last `SOCK_REVNAT_ENTRIES`
+/// backends, and an older one that is pushed out goes to `LB_REVNAT_V4/V6` (the LRU).
+pub const SOCK_REVNAT_ENTRIES: usize = 4;
+
+/// Value of `LB_SOCK_REVNAT` (socket-local storage, `BPF_MAP_TYPE_SK_STORAGE`): the socket's
+/// translations, freed by the kernel with the socket, so no capacity evicts a live socket's.
+/// `next` is where the next new backend goes (round robin over `entries`).
+///
+/// Its layout is frozen: socket storage cannot be listed, so an upgrade cannot convert it; a
+/// change needs a map of another name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockRevNat {
+    pub entries: [SockRevNatEntry; SOCK_REVNAT_ENTRIES],
+    pub next: u32,
+    pub pad: u32,
 }
 
 /// Key of `LB_AFFINITY`: a client of a backend group with `sessionAffinity: ClientIP`
@@ -821,6 +860,8 @@ const _: () = assert!(size_of::<RevNat4Key>() == 16);
 const _: () = assert!(size_of::<RevNat4Value>() == 8);
 const _: () = assert!(size_of::<RevNat6Key>() == 32);
 const _: () = assert!(size_of::<RevNat6Value>() == 20);
+const _: () = assert!(size_of::<SockRevNatEntry>() == 40);
+const _: () = assert!(size_of::<SockRevNat>() == 168);
 const _: () = assert!(size_of::<CtKey>() == 40);
 const _: () = assert!(size_of::<CtValue>() == 56);
 const _: () = assert!(size_of::<SourceRangeKey>() == 20);
@@ -845,6 +886,8 @@ mod pod {
     unsafe impl aya::Pod for RevNat4Value {}
     unsafe impl aya::Pod for RevNat6Key {}
     unsafe impl aya::Pod for RevNat6Value {}
+    unsafe impl aya::Pod for SockRevNatEntry {}
+    unsafe impl aya::Pod for SockRevNat {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for SourceRangeKey {}

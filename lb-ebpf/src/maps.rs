@@ -85,3 +85,62 @@ pub static LB_SOCKET_SCOPE: Array<u64> = Array::with_max_entries(1, 0);
 /// that created the maps so a later one can convert them. No program reads it.
 #[map]
 pub static LB_META: HashMap<lb_common::MetaKey, lb_common::MapLayout> = HashMap::pinned(32, 0);
+
+/// A socket-local storage map (`BPF_MAP_TYPE_SK_STORAGE`) in BTF form, as aya-ebpf's
+/// `btf_maps::SkStorage` lays it out, plus the `pinning` member (by name), which that type lacks:
+/// the storage must be pinned so an upgraded agent's programs read what the old ones stored on
+/// live sockets. The kernel requires the BTF key and value types of such a map, hence the `.maps`
+/// section rather than a legacy `#[map]`. The fields are never read: they only carry types.
+#[repr(C)]
+pub struct SockStorage<T> {
+    r#type: *const [i32; aya_ebpf::bindings::bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+    /// `LIBBPF_PIN_BY_NAME`.
+    pinning: *const [i32; 1],
+}
+
+// Safety: the fields are null placeholders, never dereferenced; the kernel owns the map.
+unsafe impl<T> Sync for SockStorage<T> {}
+
+impl<T> SockStorage<T> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+            pinning: core::ptr::null(),
+        }
+    }
+
+    /// This socket's value, created zeroed when `create` and it has none; `None` when it has
+    /// none (or the kernel could not allocate one).
+    #[inline(always)]
+    pub fn get(&self, ctx: &aya_ebpf::programs::SockAddrContext, create: bool) -> Option<*mut T> {
+        let flags = if create { u64::from(aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE) } else { 0 };
+        // Safety: `ctx.sock_addr` is the kernel's context, valid for the program run; its `sk` is
+        // the socket the hook runs for (a full socket in every sock_addr hook), which
+        // bpf_sk_storage_get accepts. The map pointer names this map (relocated at load), and
+        // a null initial value asks for a zeroed one.
+        let ptr = unsafe {
+            let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
+            aya_ebpf::helpers::bpf_sk_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                sk.cast(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        if ptr.is_null() { None } else { Some(ptr.cast()) }
+    }
+}
+
+/// The socket hooks' translations, kept with each socket (`lb_common::SockRevNat`) and freed with
+/// it; `LB_REVNAT_V4/V6` hold only what does not fit (and what older programs wrote).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "LB_SOCK_REVNAT")]
+pub static LB_SOCK_REVNAT: SockStorage<lb_common::SockRevNat> = SockStorage::new();

@@ -535,3 +535,90 @@ fn session_affinity_is_refreshed_by_each_connection_and_expires_after_the_timeou
     assert_eq!(rows[0]["backend"], second.as_str(), "{rows:?}");
     lb_tests::parity::shown(&["13a"]);
 }
+
+/// An unconnected UDP socket sent to more backends than its socket storage holds (four) before
+/// it reads the replies: the translations pushed out of its storage go to the LRU reverse-NAT map
+/// by socket cookie, and every reply still comes from the ClusterIP, from every backend, through
+/// plain and v4-mapped sockets.
+#[test]
+fn an_unconnected_udp_socket_sent_to_more_backends_than_its_storage_holds_keeps_the_clusterip() {
+    let pods: Vec<String> = (1..=8).map(|i| format!("10.244.1.{i}")).collect();
+    let backends: Vec<String> = pods.iter().map(|p| format!("{p}:5353")).collect();
+    let backend_refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let pod_refs: Vec<&str> = pods.iter().map(String::as_str).collect();
+    let node = Node::new(&backend_refs, &dns(&["10.96.0.53"], &pod_refs));
+    for (addr, from) in
+        [("10.96.0.53:53", "from=10.96.0.53:53"), ("[::ffff:10.96.0.53]:53", "from=[::ffff:10.96.0.53]:53")]
+    {
+        let lines = node.probe(&["udp-burst", addr, "200"]);
+        assert_eq!(lines.len(), 200, "{addr}");
+        let wrong: Vec<&String> =
+            lines.iter().filter(|l| !(l.starts_with("ok 10.244.1.") && l.ends_with(from))).collect();
+        assert!(wrong.is_empty(), "{addr}: {} of 200, first {:?}", wrong.len(), wrong.first());
+        // Random choices over eight backends: all of them answered, so the socket went through
+        // more backends than its four storage slots.
+        assert_eq!(tally(&lines).len(), 8, "{addr}: {:?}", tally(&lines));
+    }
+}
+
+/// The reverse translation lives with the socket (`LB_SOCK_REVNAT`, socket storage): long-lived
+/// sockets keep the ClusterIP as their peer (getpeername) and as the source of their UDP replies
+/// (recvfrom) however many other connections come and go, even with reverse-NAT maps far smaller
+/// than the number of connections made (before, each connect left an entry in an LRU that then
+/// evicted those of the live sockets: cilium#48244's DNS breakage).
+#[test]
+fn long_lived_sockets_keep_the_clusterip_while_many_connections_come_and_go() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    const CAPACITY: &str = "256";
+    let v4 = ["10.244.1.1", "10.244.1.2", "10.244.1.3"];
+    let v6 = ["fd00:10:244:1::1", "fd00:10:244:1::2", "fd00:10:244:1::3"];
+    let mut backends: Vec<String> = v4.iter().map(|p| format!("{p}:5353")).collect();
+    backends.extend(v6.iter().map(|p| format!("[{p}]:5353")));
+    let backend_refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let pods: Vec<&str> = v4.iter().chain(&v6).copied().collect();
+    let node = Node::with_args(
+        &backend_refs,
+        &dns(&["10.96.0.53", "fd00:10:96::53"], &pods),
+        &["--max-revnat", CAPACITY],
+    );
+
+    // (ClusterIP, sockets of each kind: TCP, connected UDP, unconnected UDP): 1,320 in all.
+    let held = [("10.96.0.53:53", 340), ("[fd00:10:96::53]:53", 100)];
+    let mut probes = Vec::new();
+    for (addr, n) in held {
+        let mut child = probe::spawn(&node.inside(), &["hold", addr, &n.to_string()]).expect("probe");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        probes.push((addr, n, child, stdout));
+    }
+    let check = |addr: &str, n: usize, stdout: &mut BufReader<std::process::ChildStdout>| {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("probe output");
+        let all = format!("check tcp={n}/{n} udp-connected={n}/{n} udp={n}/{n} first_bad=");
+        assert_eq!(line.trim(), all, "{addr}");
+    };
+    for (addr, n, _, stdout) in &mut probes {
+        check(addr, *n, stdout);
+    }
+
+    // Short connections, many times the reverse-NAT capacity, each closed at once.
+    let started = Instant::now();
+    for (addr, count) in [("10.96.0.53:53", "4000"), ("[fd00:10:96::53]:53", "1000")] {
+        let lines = node.probe(&["tcp-connect", addr, count]);
+        let failed: Vec<&String> = lines.iter().filter(|l| l.starts_with("err")).collect();
+        assert!(failed.is_empty(), "{addr}: {} failed, first {:?}", failed.len(), failed.first());
+        assert_eq!(lines.len(), count.parse::<usize>().expect("count") + 1, "{addr}");
+    }
+    eprintln!("5000 short connections in {:?}", started.elapsed());
+
+    for (addr, n, child, stdout) in &mut probes {
+        let stdin = child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "check").expect("probe stdin");
+        stdin.flush().expect("probe stdin");
+        check(addr, *n, stdout);
+    }
+    for (_, _, mut child, _) in probes {
+        drop(child.stdin.take());
+        assert!(child.wait().expect("probe exit").success());
+    }
+}

@@ -32,7 +32,7 @@ use aya::maps::{Map, MapData};
 use lb_common::{
     AffinityKey, AffinityValue, AgentStatus, Backend, CtKey, CtValue, FieldLayout, Frontend4Key,
     Frontend6Key, FrontendValue, LAYOUT_FIELDS, MapLayout, MetaKey, RevNat4Key, RevNat4Value, RevNat6Key,
-    RevNat6Value, SCHEMA_VERSION, ServiceName, ServiceStats, SlotKey, SlotValue, map_names,
+    RevNat6Value, SCHEMA_VERSION, ServiceName, ServiceStats, SlotKey, SlotValue, SockRevNat, map_names,
 };
 use tracing::{info, warn};
 
@@ -157,6 +157,8 @@ pub fn layout(name: &str) -> Option<Layout> {
             ),
         ),
         map_names::LOG => (Field::scalar::<u32>("index"), Field::scalar::<u32>("group")),
+        // Socket-local storage: the key is the socket's file descriptor (userspace only).
+        map_names::SOCK_REVNAT => (Field::scalar::<i32>("fd"), fields!(SockRevNat: entries, next, pad)),
         _ => return None,
     };
     Some(Layout { key, value })
@@ -485,6 +487,15 @@ impl Migration {
             if old_shape == *new && !layout_changed {
                 continue;
             }
+            if name == map_names::SOCK_REVNAT {
+                // Socket storage cannot be listed, so it cannot be copied: its layout is frozen
+                // (`lb_common::SockRevNat`), a change needs a map of another name.
+                bail!(
+                    "pinned {name} differs from this agent's ({}): socket storage cannot be migrated; \
+                     keeping the old maps",
+                    describe(&old_shape, new, layout_changed)
+                );
+            }
             if old_shape.map_type != new.map_type {
                 bail!(
                     "pinned {name} is a map of type {} where this agent has {}: no conversion between \
@@ -648,7 +659,8 @@ mod tests {
     fn schema_1_layouts_are_frozen() {
         let sizes: Vec<(&str, (usize, usize))> = map_names::ALL
             .into_iter()
-            .filter(|n| *n != map_names::META)
+            // Maps schema 1 did not have.
+            .filter(|n| ![map_names::META, map_names::SOCK_REVNAT].contains(n))
             .map(|n| (n, key_value_sizes(n)))
             .collect();
         assert_eq!(

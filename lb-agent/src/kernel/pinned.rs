@@ -184,12 +184,13 @@ pub fn map(bpffs: &Path, name: &'static str) -> Result<MapRow, PinnedError> {
     })
 }
 
-/// Every map of `map_names::ALL` pinned under `bpffs` (missing ones are left out).
+/// Every map of `map_names::ALL` pinned under `bpffs` (missing ones are left out), but
+/// `LB_SOCK_REVNAT`: socket storage has no capacity and cannot be listed from userspace.
 pub fn maps(bpffs: &Path) -> Result<Vec<MapRow>, PinnedError> {
     let recorded = super::migrate::recorded_layouts(bpffs).unwrap_or_default();
     map_names::ALL
         .into_iter()
-        .filter(|name| bpffs.join(name).exists())
+        .filter(|name| *name != map_names::SOCK_REVNAT && bpffs.join(name).exists())
         .map(|name| {
             let mut row = map(bpffs, name)?;
             row.schema = recorded.get(name).map(|r| r.schema);

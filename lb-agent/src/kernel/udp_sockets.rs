@@ -6,8 +6,10 @@
 //! 48); at the socket layer the equivalent is to close the socket, so the application gets an
 //! error and connects again, to a live backend. TCP connections are left to drain (rule 49).
 //!
-//! The socket hooks already remember, per socket cookie, the backend a socket was sent to and
-//! the frontend it asked for (`LB_REVNAT_V4/V6`, filled at connect and sendmsg). After a sync,
+//! The socket hooks keep each socket's translation with the socket (`LB_SOCK_REVNAT`, socket
+//! storage, which userspace cannot list) and copy a connected UDP socket's, by socket cookie, to
+//! `LB_REVNAT_V4/V6` (with what the storage cannot hold): the backend a socket was sent to and
+//! the frontend it asked for. After a sync,
 //! [`stale`] picks the entries whose backend is no longer one the frontend's UDP port may use on
 //! the socket path; `sock_destroy` finds the connected UDP sockets with those cookies (and that
 //! destination) in every network namespace and destroys them.

@@ -26,6 +26,14 @@
 //!                                    REDIRECT) and sends and prints `orig=<addr>`
 //! lb-probe udp-flood ADDR MILLIS     32-byte datagrams from one connected socket, back to back for
 //!                                    MILLIS; prints `sent=<n> errors=<n> us=<elapsed>` (the bench)
+//! lb-probe udp-burst ADDR N          N datagrams from one unconnected socket back to back, then
+//!                                    N replies read, one line each (`ok <reply> from=<addr>`)
+//! lb-probe hold ADDR N               long-lived sockets: N TCP connections, N connected and N
+//!                                    unconnected UDP sockets (each sends once), all kept open;
+//!                                    checks them at once and after every line on stdin, one line
+//!                                    per check: `check tcp=<ok>/N udp-connected=<ok>/N
+//!                                    udp=<ok>/N first_bad=<what>`, where ok means a round trip
+//!                                    whose peer (getpeername) and reply source (recvfrom) are ADDR
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -93,6 +101,85 @@ fn unspecified(addr: SocketAddr) -> &'static str {
     if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
 }
 
+/// Long-lived sockets to one address (`hold`).
+struct Held {
+    addr: SocketAddr,
+    tcp: Vec<(TcpStream, BufReader<TcpStream>)>,
+    connected: Vec<UdpSocket>,
+    unconnected: Vec<UdpSocket>,
+}
+
+impl Held {
+    fn open(addr: SocketAddr, n: u64) -> std::io::Result<Self> {
+        let mut held = Self { addr, tcp: Vec::new(), connected: Vec::new(), unconnected: Vec::new() };
+        let mut buf = [0u8; 1500];
+        for _ in 0..n {
+            let (_, stream) = tcp_once(addr)?;
+            let reader = BufReader::new(stream.try_clone()?);
+            held.tcp.push((stream, reader));
+            let udp = UdpSocket::bind(unspecified(addr))?;
+            udp.set_read_timeout(Some(TIMEOUT))?;
+            udp.connect(addr)?;
+            held.connected.push(udp);
+            let udp = UdpSocket::bind(unspecified(addr))?;
+            udp.set_read_timeout(Some(TIMEOUT))?;
+            udp.send_to(b"ping", addr)?;
+            udp.recv_from(&mut buf)?;
+            held.unconnected.push(udp);
+        }
+        Ok(held)
+    }
+
+    /// One round trip on every socket: (ok TCP, ok connected UDP, ok unconnected UDP, the first
+    /// failure).
+    fn check(&mut self) -> (usize, usize, usize, String) {
+        let addr = self.addr;
+        let mut first_bad = String::new();
+        let mut bad = |what: String| {
+            if first_bad.is_empty() {
+                first_bad = what.replace(' ', "_");
+            }
+        };
+        let mut buf = [0u8; 1500];
+        let mut tcp = 0;
+        for (stream, reader) in &mut self.tcp {
+            let mut line = String::new();
+            match (stream.peer_addr(), writeln!(stream, "ping").and_then(|()| reader.read_line(&mut line))) {
+                (Ok(peer), Ok(n)) if peer == addr && n > 0 => tcp += 1,
+                (peer, read) => bad(format!("tcp peer={peer:?} read={read:?}")),
+            }
+        }
+        let mut connected = 0;
+        for udp in &self.connected {
+            let reply = udp.send(b"ping").and_then(|_| udp.recv_from(&mut buf));
+            match (udp.peer_addr(), reply) {
+                (Ok(peer), Ok((_, from))) if peer == addr && from == addr => connected += 1,
+                (peer, reply) => bad(format!("udp-connected peer={peer:?} reply={reply:?}")),
+            }
+        }
+        let mut unconnected = 0;
+        for udp in &self.unconnected {
+            match udp.send_to(b"ping", addr).and_then(|_| udp.recv_from(&mut buf)) {
+                Ok((_, from)) if from == addr => unconnected += 1,
+                reply => bad(format!("udp reply={reply:?}")),
+            }
+        }
+        (tcp, connected, unconnected, first_bad)
+    }
+}
+
+/// Raises the soft limit of open files to the hard one (`hold` keeps thousands of sockets).
+fn raise_nofile() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // Safety: getrlimit/setrlimit with a valid, correctly sized rlimit that outlives the calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
+    }
+}
+
 /// With `LB_PROBE_NETNS_THREAD=PATH` the probe works from a second thread that enters the
 /// network namespace at PATH, while the process (its main thread, what `/proc/PID/ns/net`
 /// shows) stays where it started: a namespace no visible process is in, as a pod's is to an
@@ -116,7 +203,7 @@ fn main() {
 
 fn probe() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|tcp-connect-pair|udp-flood|udp-resolver|original-dst ADDR [N]";
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|tcp-connect-pair|udp-flood|udp-resolver|original-dst|hold|udp-burst ADDR [N]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -160,6 +247,22 @@ fn probe() {
             for _ in 0..n {
                 let started = Instant::now();
                 let line = match socket.send_to(b"ping", addr).and_then(|_| socket.recv_from(&mut buf)) {
+                    Ok((len, from)) => format!("ok {} from={from}", String::from_utf8_lossy(&buf[..len])),
+                    Err(e) => err_line(&e, started),
+                };
+                writeln!(out, "{line}").expect("stdout");
+            }
+        }
+        "udp-burst" => {
+            let socket = UdpSocket::bind(unspecified(addr)).expect("bind");
+            socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            for _ in 0..n {
+                socket.send_to(b"ping", addr).expect("sendto");
+            }
+            let mut buf = [0u8; 1500];
+            for _ in 0..n {
+                let started = Instant::now();
+                let line = match socket.recv_from(&mut buf) {
                     Ok((len, from)) => format!("ok {} from={from}", String::from_utf8_lossy(&buf[..len])),
                     Err(e) => err_line(&e, started),
                 };
@@ -338,6 +441,20 @@ fn probe() {
             }
             writeln!(out, "sent={sent} errors={errors} us={}", started.elapsed().as_micros())
                 .expect("stdout");
+        }
+        "hold" => {
+            raise_nofile();
+            let mut held = Held::open(addr, n).expect("open the long-lived sockets");
+            let mut lines = std::io::stdin().lock().lines();
+            loop {
+                let (tcp, connected, unconnected, first_bad) = held.check();
+                writeln!(out, "check tcp={tcp}/{n} udp-connected={connected}/{n} udp={unconnected}/{n} first_bad={first_bad}")
+                    .expect("stdout");
+                out.flush().expect("stdout");
+                if !matches!(lines.next(), Some(Ok(_))) {
+                    break;
+                }
+            }
         }
         _ => {
             eprintln!("{usage}");
