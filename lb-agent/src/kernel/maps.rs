@@ -452,11 +452,20 @@ impl PinnedMaps {
             BatchKind::Frontend4 => batch.frontends4.update_batch(&keys, &values),
             BatchKind::Frontend6 => batch.frontends6.update_batch(&keys, &values),
             BatchKind::Service => {
-                let zeros = vec![0u8; run.len() * batch.service_stats.value_bytes];
-                // The names of the Services whose counters were zeroed, also when only some were.
-                let zeroed = batch.service_stats.update_batch(&keys, &zeros);
-                let done = zeroed.as_ref().map_or_else(|(done, _)| *done, |()| run.len());
+                // The per-CPU counters one by one: the kernel allocates per-CPU memory for a
+                // non-preallocated map without sleeping, which a long batch soon exhausts
+                // (`ENOMEM` after a few thousand entries at 100,000 Services). Then the names of
+                // the Services whose counters were zeroed, in one batch.
+                let zeros = vec![0u8; batch.service_stats.value_bytes];
                 let key_size = keys.len() / run.len();
+                let mut zeroed = Ok(());
+                for (i, key) in keys.chunks(key_size).enumerate() {
+                    if let Err(e) = batch.service_stats.update(key, &zeros) {
+                        zeroed = Err((i, e));
+                        break;
+                    }
+                }
+                let done = zeroed.as_ref().map_or_else(|(done, _)| *done, |()| run.len());
                 let value_size = values.len() / run.len();
                 batch.services.update_batch(&keys[..done * key_size], &values[..done * value_size])?;
                 zeroed
