@@ -474,6 +474,37 @@ impl PinnedMaps {
     }
 }
 
+/// How often, and how long apart, a write refused for want of kernel memory is tried again.
+const ENOMEM_TRIES: u32 = 50;
+const ENOMEM_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+fn out_of_memory(e: &MapsError) -> bool {
+    matches!(e, MapsError::Write { source: MapError::SyscallError(s), .. }
+        if s.io_error.raw_os_error() == Some(libc::ENOMEM))
+}
+
+impl PinnedMaps {
+    /// One write. The maps are not preallocated: the kernel takes each new entry (per-CPU
+    /// counters especially) from memory it allocates without sleeping and refills from a
+    /// worker, so after many writes in a row a write can find none (`ENOMEM`, seen at 100,000
+    /// Services × 10 endpoints). It is tried again after a short wait, for up to half a second.
+    fn apply_one(&mut self, op: &MapOp) -> Result<usize, MapsError> {
+        let mut tries = 1;
+        loop {
+            match self.apply(op) {
+                Err(e) if out_of_memory(&e) && tries < ENOMEM_TRIES => {
+                    if tries == 1 {
+                        tracing::info!(%op, "kernel memory for map entries ran short; waiting for it");
+                    }
+                    tries += 1;
+                    std::thread::sleep(ENOMEM_WAIT);
+                }
+                result => return result.map(|()| 1),
+            }
+        }
+    }
+}
+
 impl LbMaps for PinnedMaps {
     fn read(&self) -> Result<MapState, MapsError> {
         let mut state = MapState::default();
@@ -532,10 +563,10 @@ impl LbMaps for PinnedMaps {
             ops.iter().take(BATCH_MAX).take_while(|op| batch_kind(op) == Some(kind)).count()
         });
         let (Some(kind), Some(batch)) = (batch_kind(first), &self.batch) else {
-            return self.apply(first).map(|()| 1);
+            return self.apply_one(first);
         };
         if run < BATCH_MIN {
-            return self.apply(first).map(|()| 1);
+            return self.apply_one(first);
         }
         match self.apply_run(batch, kind, &ops[..run]) {
             Ok(()) => Ok(run),
@@ -547,10 +578,10 @@ impl LbMaps for PinnedMaps {
             Err((_, e)) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) => {
                 tracing::info!(error = %e, "batched map writes refused; writing entries one by one");
                 self.batch = None;
-                self.apply(first).map(|()| 1)
+                self.apply_one(first)
             }
             // The first entry failed in the batch: written alone, it succeeds or names the error.
-            Err(_) => self.apply(first).map(|()| 1),
+            Err(_) => self.apply_one(first),
         }
     }
 
