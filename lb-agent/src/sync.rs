@@ -106,19 +106,27 @@ const PROGRESS_CHECK_OPS: usize = 1024;
 struct Progress {
     total: usize,
     next: Instant,
+    /// The clock is read again once this many writes are done.
+    next_check: usize,
 }
 
 impl Progress {
     /// `None` for an apply too short to report on.
     fn new(total: usize, now: Instant) -> Option<Self> {
-        (total > PROGRESS_MIN_OPS).then_some(Self { total, next: now + PROGRESS_EVERY })
+        (total > PROGRESS_MIN_OPS).then_some(Self {
+            total,
+            next: now + PROGRESS_EVERY,
+            next_check: PROGRESS_CHECK_OPS,
+        })
     }
 
-    /// Whether a line is due after `done` writes; `now` is read only every `PROGRESS_CHECK_OPS`.
+    /// Whether a line is due after `done` writes (`done` grows by one write or by a batch);
+    /// `now` is read only once per `PROGRESS_CHECK_OPS` writes.
     fn due(&mut self, done: usize, now: impl FnOnce() -> Instant) -> bool {
-        if done == 0 || !done.is_multiple_of(PROGRESS_CHECK_OPS) || done >= self.total {
+        if done < self.next_check || done >= self.total {
             return false;
         }
+        self.next_check = done + PROGRESS_CHECK_OPS;
         let now = now();
         if now < self.next {
             return false;
@@ -262,25 +270,34 @@ impl<M: LbMaps> Syncer<M> {
         report.backends = target.backends.len();
         let mut progress = Progress::new(ops.len(), now);
         let what = if self.initial { "initial sync" } else { "sync" };
-        for (done, op) in ops.iter().enumerate() {
+        let mut done = 0;
+        while done < ops.len() {
             if let Some(p) = &mut progress
                 && p.due(done, Instant::now)
             {
                 info!(done, total = p.total, "{what}: {done} of {} map writes", p.total);
             }
-            debug!(%op, "map write");
-            if let Err(e) = self.maps.apply(op) {
-                self.need_full_sync = true;
-                return Err(e);
+            // Runs of puts into one map go in one command where the maps allow (the full sync
+            // of a large cluster), still in the diff's order.
+            let applied = match self.maps.apply_prefix(&ops[done..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.need_full_sync = true;
+                    return Err(e);
+                }
+            };
+            for op in &ops[done..done + applied] {
+                debug!(%op, "map write");
+                match op {
+                    MapOp::PutBackend(..)
+                    | MapOp::PutSlot(..)
+                    | MapOp::PutSourceRange(..)
+                    | MapOp::PutService(..)
+                    | MapOp::PutFrontend(..) => report.written += 1,
+                    _ => report.removed += 1,
+                }
             }
-            match op {
-                MapOp::PutBackend(..)
-                | MapOp::PutSlot(..)
-                | MapOp::PutSourceRange(..)
-                | MapOp::PutService(..)
-                | MapOp::PutFrontend(..) => report.written += 1,
-                _ => report.removed += 1,
-            }
+            done += applied;
         }
         let written = Instant::now();
         self.times.writes = written - diffed;
@@ -347,8 +364,19 @@ impl<M: LbMaps> Syncer<M> {
         objects: &BTreeMap<ServiceKey, ServiceObjects>,
         node: &NodeContext,
     ) -> Result<SyncReport, MapsError> {
+        self.sync_keys(objects.keys().cloned().collect(), node, &|key| objects.get(key).cloned())
+    }
+
+    /// As `sync_all`, for every key of `keys`, with their objects from `objects` (asked for one
+    /// key at a time, so a source needs never hold every object's translation input at once).
+    pub fn sync_keys(
+        &mut self,
+        keys: BTreeSet<ServiceKey>,
+        node: &NodeContext,
+        objects: &dyn Fn(&ServiceKey) -> Option<ServiceObjects>,
+    ) -> Result<SyncReport, MapsError> {
         let started = Instant::now();
-        let (translator, update) = Translator::new(objects, node);
+        let (translator, update) = Translator::from_keys(keys, node, objects);
         self.times.translate = started.elapsed();
         self.problems = update.problems;
         // The groups stay in the translator: laid out from there, not copied.
@@ -392,18 +420,19 @@ impl<M: LbMaps> Syncer<M> {
     /// them) are translated, laid out and diffed again, and the same ordered writes as a full
     /// sync's are applied. A full sync instead (`all` gives every object) when there is no
     /// incremental state (first sync, or one failed since), when the node's addresses changed,
-    /// or when the change does not fit the maps (the full sync refuses it whole).
+    /// or when the change does not fit the maps (the full sync refuses it whole). `keys` gives
+    /// every Service key of the source, for a full sync.
     pub fn sync_changes(
         &mut self,
         dirty: BTreeSet<ServiceKey>,
         node: &NodeContext,
         objects: &dyn Fn(&ServiceKey) -> Option<ServiceObjects>,
-        all: &dyn Fn() -> BTreeMap<ServiceKey, ServiceObjects>,
+        keys: &dyn Fn() -> BTreeSet<ServiceKey>,
     ) -> Result<SyncReport, MapsError> {
         if !self.incremental_ready(node) {
-            return self.sync_all(&all(), node);
+            return self.sync_keys(keys(), node, objects);
         }
-        let Some(engine) = self.engine.take() else { return self.sync_all(&all(), node) };
+        let Some(engine) = self.engine.take() else { return self.sync_keys(keys(), node, objects) };
         let started = Instant::now();
         let span = info_span!(
             "sync",
@@ -422,7 +451,7 @@ impl<M: LbMaps> Syncer<M> {
                 span.record("elapsed_us", u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
                 Ok(report)
             }
-            Err(Fallback::Full) => self.sync_all(&all(), node),
+            Err(Fallback::Full) => self.sync_keys(keys(), node, objects),
             Err(Fallback::Failed(e)) => Err(e),
         }
     }

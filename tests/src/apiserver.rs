@@ -221,15 +221,30 @@ async fn handle(
     let mut inner = shared.inner.lock().expect("lock");
     *inner.lists.entry(kind).or_default() += 1;
     let rv = inner.rv;
-    let items: Vec<Value> = inner
+    // Pages as the API server's `limit`/`continue` (kube's watcher asks for 500 objects a page):
+    // the token is the offset of the next page among the matching objects. Unlike the API
+    // server's, later pages come from the store as it is then, not from a snapshot.
+    let limit = query.get("limit").and_then(|v| v.parse::<usize>().ok()).filter(|l| *l > 0);
+    let offset: usize = query.get("continue").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut items: Vec<Value> = inner
         .kinds
         .get(&kind)
-        .map(|k| k.objects.values().filter(|o| selector.matches(o)).cloned().collect())
+        .map(|k| {
+            let matching = k.objects.values().filter(|o| selector.matches(o)).skip(offset);
+            matching.take(limit.map_or(usize::MAX, |l| l + 1)).cloned().collect()
+        })
         .unwrap_or_default();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(limit) = limit
+        && items.len() > limit
+    {
+        items.truncate(limit);
+        metadata["continue"] = json!((offset + limit).to_string());
+    }
     let list = json!({
         "apiVersion": kind.api_version(),
         "kind": format!("{}List", kind.name()),
-        "metadata": {"resourceVersion": rv.to_string()},
+        "metadata": metadata,
         "items": items,
     });
     json_response(StatusCode::OK, &list, false)

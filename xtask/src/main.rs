@@ -34,7 +34,8 @@ enum Cmd {
     Bench {
         #[arg(long)]
         quick: bool,
-        /// One section only (`packet`, `connect`, `veth` or `control`); nothing is written.
+        /// One section only (`packet`, `connect`, `veth`, `control`, or `kube`: the control plane's
+        /// Kubernetes-source part alone); nothing is written.
         #[arg(long)]
         only: Option<String>,
     },

@@ -92,7 +92,7 @@ pub fn sync_once(
     // only those of the groups it laid out again.
     let udp_before =
         (!syncer.incremental_ready(&node)).then(|| udp_sockets::udp_targets(syncer.programmed()));
-    let result = syncer.sync_changes(changes.dirty, &node, &|key| source.objects(key), &|| source.all());
+    let result = syncer.sync_changes(changes.dirty, &node, &|key| source.objects(key), &|| source.keys());
     let problems = changes.problems.len() + syncer.problems().len();
     for p in changes.problems.iter().chain(syncer.problems()) {
         warn!(object = %p.object, reason = %p.reason, "skipped");

@@ -100,11 +100,11 @@ impl Source {
         }
     }
 
-    /// Every key's objects now.
-    pub fn all(&self) -> BTreeMap<ServiceKey, ServiceObjects> {
+    /// Every Service key with objects now.
+    pub fn keys(&self) -> BTreeSet<ServiceKey> {
         match self {
-            Self::File { last, .. } => last.clone(),
-            Self::Kubernetes(kube) => kube.all(),
+            Self::File { last, .. } => last.keys().cloned().collect(),
+            Self::Kubernetes(kube) => kube.keys(),
         }
     }
 

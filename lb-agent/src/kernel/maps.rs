@@ -25,7 +25,10 @@ use crate::layout::{
         word_ip4, words_ip6,
     },
 };
-use crate::model::Cidr;
+use crate::{
+    model::Cidr,
+    sys::bpf::{RawMap, extend_bytes},
+};
 
 #[derive(Debug, Error)]
 pub enum MapsError {
@@ -64,6 +67,13 @@ pub trait LbMaps {
     fn read(&self) -> Result<MapState, MapsError>;
     /// Applies one write; deleting an absent entry is not an error.
     fn apply(&mut self, op: &MapOp) -> Result<(), MapsError>;
+    /// Applies the first writes of `ops` (at least one, unless `ops` is empty), in their order,
+    /// and says how many: maps that can write many entries in one command take a run of puts
+    /// into one map at once. After an error some of the run may be written (a prefix of it).
+    fn apply_prefix(&mut self, ops: &[MapOp]) -> Result<usize, MapsError> {
+        let Some(first) = ops.first() else { return Ok(0) };
+        self.apply(first).map(|()| 1)
+    }
     fn capacity(&self) -> Capacity;
 }
 
@@ -134,6 +144,9 @@ pub struct PinnedMaps {
     /// to another Service later).
     log: Array<MapData, u32>,
     capacity: Capacity,
+    /// The same maps as raw descriptors, for batched writes; `None` once the kernel refused a
+    /// batch (then every write goes one by one).
+    batch: Option<BatchMaps>,
 }
 
 /// The value of every `LB_SOURCE_RANGES` entry (only a match matters).
@@ -216,6 +229,7 @@ impl PinnedMaps {
                 source_ranges: source_ranges_cap,
                 services: services_cap,
             },
+            batch: Some(BatchMaps::open(path_of)?),
         })
     }
 
@@ -336,6 +350,161 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// The maps a full sync fills with many entries, for `BPF_MAP_UPDATE_BATCH`.
+struct BatchMaps {
+    frontends4: RawMap,
+    frontends6: RawMap,
+    slots: RawMap,
+    backends: RawMap,
+    services: RawMap,
+    service_stats: RawMap,
+}
+
+impl BatchMaps {
+    fn open(path_of: &dyn Fn(&'static str) -> PathBuf) -> Result<Self, MapsError> {
+        let open = |name: &'static str| {
+            let path = path_of(name);
+            RawMap::open(&path).map_err(|io_error| MapsError::Open {
+                path,
+                source: MapError::SyscallError(aya::sys::SyscallError { call: "bpf_obj_get", io_error }),
+            })
+        };
+        Ok(Self {
+            frontends4: open(map_names::FRONTENDS_V4)?,
+            frontends6: open(map_names::FRONTENDS_V6)?,
+            slots: open(map_names::SLOTS)?,
+            backends: open(map_names::BACKENDS)?,
+            services: open(map_names::SERVICES)?,
+            service_stats: open(map_names::SERVICE_STATS)?,
+        })
+    }
+}
+
+/// Writes that go in one batch when they follow one another.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BatchKind {
+    Backend,
+    Slot,
+    Service,
+    Frontend4,
+    Frontend6,
+}
+
+fn batch_kind(op: &MapOp) -> Option<BatchKind> {
+    match op {
+        MapOp::PutBackend(..) => Some(BatchKind::Backend),
+        MapOp::PutSlot(..) => Some(BatchKind::Slot),
+        MapOp::PutService(..) => Some(BatchKind::Service),
+        MapOp::PutFrontend(FrontendKey::V4(_), _) => Some(BatchKind::Frontend4),
+        MapOp::PutFrontend(FrontendKey::V6(_), _) => Some(BatchKind::Frontend6),
+        _ => None,
+    }
+}
+
+/// Runs shorter than this go one by one; longer ones in batches of at most `BATCH_MAX`.
+const BATCH_MIN: usize = 4;
+const BATCH_MAX: usize = 4096;
+
+/// The keys and values of a run of puts of one kind, back to back.
+fn encode(run: &[MapOp]) -> (Vec<u8>, Vec<u8>) {
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    for op in run {
+        match op {
+            MapOp::PutBackend(id, b) => {
+                extend_bytes(&mut keys, id);
+                extend_bytes(&mut values, b);
+            }
+            MapOp::PutSlot(k, v) => {
+                extend_bytes(&mut keys, k);
+                extend_bytes(&mut values, v);
+            }
+            MapOp::PutService(g, n) => {
+                extend_bytes(&mut keys, g);
+                extend_bytes(&mut values, n);
+            }
+            MapOp::PutFrontend(FrontendKey::V4(k), v) => {
+                extend_bytes(&mut keys, k);
+                extend_bytes(&mut values, v);
+            }
+            MapOp::PutFrontend(FrontendKey::V6(k), v) => {
+                extend_bytes(&mut keys, k);
+                extend_bytes(&mut values, v);
+            }
+            _ => {}
+        }
+    }
+    (keys, values)
+}
+
+impl PinnedMaps {
+    /// Writes `run` (puts of one kind, in order) in batches: a Service's counters are zeroed
+    /// before its name is written, as `apply` does, the whole run's counters first.
+    fn apply_run(
+        &self,
+        batch: &BatchMaps,
+        kind: BatchKind,
+        run: &[MapOp],
+    ) -> Result<(), (usize, std::io::Error)> {
+        let (keys, values) = encode(run);
+        match kind {
+            BatchKind::Backend => batch.backends.update_batch(&keys, &values),
+            BatchKind::Slot => batch.slots.update_batch(&keys, &values),
+            BatchKind::Frontend4 => batch.frontends4.update_batch(&keys, &values),
+            BatchKind::Frontend6 => batch.frontends6.update_batch(&keys, &values),
+            BatchKind::Service => {
+                // The per-CPU counters one by one: the kernel allocates per-CPU memory for a
+                // non-preallocated map without sleeping, which a long batch soon exhausts
+                // (`ENOMEM` after a few thousand entries at 100,000 Services). Then the names of
+                // the Services whose counters were zeroed, in one batch.
+                let zeros = vec![0u8; batch.service_stats.value_bytes];
+                let key_size = keys.len() / run.len();
+                let mut zeroed = Ok(());
+                for (i, key) in keys.chunks(key_size).enumerate() {
+                    if let Err(e) = batch.service_stats.update(key, &zeros) {
+                        zeroed = Err((i, e));
+                        break;
+                    }
+                }
+                let done = zeroed.as_ref().map_or_else(|(done, _)| *done, |()| run.len());
+                let value_size = values.len() / run.len();
+                batch.services.update_batch(&keys[..done * key_size], &values[..done * value_size])?;
+                zeroed
+            }
+        }
+    }
+}
+
+/// How often, and how long apart, a write refused for want of kernel memory is tried again.
+const ENOMEM_TRIES: u32 = 50;
+const ENOMEM_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+fn out_of_memory(e: &MapsError) -> bool {
+    matches!(e, MapsError::Write { source: MapError::SyscallError(s), .. }
+        if s.io_error.raw_os_error() == Some(libc::ENOMEM))
+}
+
+impl PinnedMaps {
+    /// One write. The maps are not preallocated: the kernel takes each new entry (per-CPU
+    /// counters especially) from memory it allocates without sleeping and refills from a
+    /// worker, so after many writes in a row a write can find none (`ENOMEM`, seen at 100,000
+    /// Services × 10 endpoints). It is tried again after a short wait, for up to half a second.
+    fn apply_one(&mut self, op: &MapOp) -> Result<usize, MapsError> {
+        let mut tries = 1;
+        loop {
+            match self.apply(op) {
+                Err(e) if out_of_memory(&e) && tries < ENOMEM_TRIES => {
+                    if tries == 1 {
+                        tracing::info!(%op, "kernel memory for map entries ran short; waiting for it");
+                    }
+                    tries += 1;
+                    std::thread::sleep(ENOMEM_WAIT);
+                }
+                result => return result.map(|()| 1),
+            }
+        }
+    }
+}
+
 impl LbMaps for PinnedMaps {
     fn read(&self) -> Result<MapState, MapsError> {
         let mut state = MapState::default();
@@ -388,10 +557,41 @@ impl LbMaps for PinnedMaps {
         result.map_err(|source| MapsError::Write { op: op.to_string(), source })
     }
 
+    fn apply_prefix(&mut self, ops: &[MapOp]) -> Result<usize, MapsError> {
+        let Some(first) = ops.first() else { return Ok(0) };
+        let run = batch_kind(first).filter(|_| self.batch.is_some()).map_or(0, |kind| {
+            ops.iter().take(BATCH_MAX).take_while(|op| batch_kind(op) == Some(kind)).count()
+        });
+        let (Some(kind), Some(batch)) = (batch_kind(first), &self.batch) else {
+            return self.apply_one(first);
+        };
+        if run < BATCH_MIN {
+            return self.apply_one(first);
+        }
+        match self.apply_run(batch, kind, &ops[..run]) {
+            Ok(()) => Ok(run),
+            // Written up to an entry that failed: that one is the first of the next call. (A map
+            // without preallocation takes its entries from a cache the kernel refills between
+            // commands: a long batch can find it empty, `ENOMEM`, where single writes succeed.)
+            Err((done, _)) if done > 0 => Ok(done),
+            // A kernel without batched writes for this map: one by one from now on.
+            Err((_, e)) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) => {
+                tracing::info!(error = %e, "batched map writes refused; writing entries one by one");
+                self.batch = None;
+                self.apply_one(first)
+            }
+            // The first entry failed in the batch: written alone, it succeeds or names the error.
+            Err(_) => self.apply_one(first),
+        }
+    }
+
     fn capacity(&self) -> Capacity {
         self.capacity
     }
 }
+
+/// The kernel's own "operation not supported" (`ENOTSUPP`, not in libc).
+const ENOTSUPP: i32 = 524;
 
 #[cfg(test)]
 /// In-memory maps for tests: applies ops to a `MapState` and keeps a log of them.

@@ -64,8 +64,18 @@ pub struct Translator {
 impl Translator {
     /// Translates every key of `objects` (the full `translate`, kept per key).
     pub fn new(objects: &BTreeMap<ServiceKey, ServiceObjects>, node: &NodeContext) -> (Self, Update) {
+        Self::from_keys(objects.keys().cloned().collect(), node, &|key| objects.get(key).cloned())
+    }
+
+    /// Translates every key of `keys`, their objects from `objects` one key at a time (a
+    /// source that keeps objects compact builds each key's only while it is translated).
+    pub fn from_keys(
+        keys: BTreeSet<ServiceKey>,
+        node: &NodeContext,
+        objects: &dyn Fn(&ServiceKey) -> Option<ServiceObjects>,
+    ) -> (Self, Update) {
         let mut t = Self { node: node.clone(), ..Self::default() };
-        let update = t.update(objects.keys().cloned().collect(), node, &|key| objects.get(key).cloned());
+        let update = t.update(keys, node, objects);
         (t, update)
     }
 

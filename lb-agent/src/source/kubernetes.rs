@@ -340,6 +340,11 @@ impl KubeSource {
         lock(&self.tracked).store.all()
     }
 
+    /// Every Service key with objects now.
+    pub fn keys(&self) -> BTreeSet<ServiceKey> {
+        lock(&self.tracked).store.keys()
+    }
+
     /// This node's Node object, once listed.
     pub fn node(&self) -> Option<Arc<Node>> {
         lock(&self.tracked).node.clone()

@@ -1,5 +1,6 @@
 //! Where objects come from. A source only produces `model::Objects`; it knows nothing of maps.
 pub mod api_check;
+pub mod compact;
 pub mod file;
 pub mod kubernetes;
 pub mod store;

@@ -12,14 +12,16 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
+use super::compact::StoredSlice;
 use crate::model::{Located, ServiceKey, ServiceObjects, SliceTie};
 
 /// The objects of every Service key, and the keys changed since `take_dirty`.
 #[derive(Debug, Default)]
 pub struct ObjectStore {
     services: BTreeMap<ServiceKey, Located<Service>>,
-    /// Slices by the key they are labelled for, then by name.
-    slices: BTreeMap<ServiceKey, BTreeMap<String, Located<EndpointSlice>>>,
+    /// Slices by the key they are labelled for, then by name, as much of them as the agent
+    /// reads (`StoredSlice`).
+    slices: BTreeMap<ServiceKey, BTreeMap<String, StoredSlice>>,
     /// The key of each stored slice, by (namespace, name): a slice relabelled for another
     /// Service dirties both.
     slice_keys: HashMap<(String, String), ServiceKey>,
@@ -102,10 +104,11 @@ impl ObjectStore {
             self.delete_slice(&slice);
         }
         let slices = self.slices.entry(key.clone()).or_default();
-        if slices.get(&id.1).is_some_and(|old| *old.object == *slice) {
+        let stored = StoredSlice::from(&*slice);
+        if slices.get(&id.1).is_some_and(|old| *old == stored) {
             return false;
         }
-        slices.insert(id.1.clone(), Located { origin: String::new(), object: slice });
+        slices.insert(id.1.clone(), stored);
         self.slice_keys.insert(id, key.clone());
         self.slices_changed(&key);
         self.dirty.insert(key);
@@ -163,16 +166,24 @@ impl ObjectStore {
     /// The objects of `key` now (shared, not copied); `None` when it has none.
     pub fn objects(&self, key: &ServiceKey) -> Option<ServiceObjects> {
         let services: Vec<Located<Service>> = self.services.get(key).cloned().into_iter().collect();
-        let slices: Vec<Located<EndpointSlice>> =
-            self.slices.get(key).map(|s| s.values().cloned().collect()).unwrap_or_default();
+        let slices: Vec<Located<EndpointSlice>> = self
+            .slices
+            .get(key)
+            .map(|s| s.values().map(|s| Located { origin: String::new(), object: s.to_slice() }).collect())
+            .unwrap_or_default();
         let objects = ServiceObjects { services, slices };
         (!objects.is_empty()).then_some(objects)
     }
 
-    /// Every key's objects.
+    /// Every key's objects (each slice built again from what is kept: `keys` and `objects`
+    /// give them one key at a time).
     pub fn all(&self) -> BTreeMap<ServiceKey, ServiceObjects> {
-        let keys: BTreeSet<&ServiceKey> = self.services.keys().chain(self.slices.keys()).collect();
-        keys.into_iter().filter_map(|k| self.objects(k).map(|o| (k.clone(), o))).collect()
+        self.keys().into_iter().filter_map(|k| self.objects(&k).map(|o| (k, o))).collect()
+    }
+
+    /// Every key with objects.
+    pub fn keys(&self) -> BTreeSet<ServiceKey> {
+        self.services.keys().chain(self.slices.keys()).cloned().collect()
     }
 
     /// The keys changed since the last call.

@@ -21,6 +21,7 @@ const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_ANY: u64 = 0;
 
 /// `enum bpf_map_type` values this layer needs to tell apart.
@@ -103,6 +104,20 @@ struct CreateAttr {
     inner_map_fd: u32,
     numa_node: u32,
     map_name: [u8; 16],
+}
+
+/// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
 }
 
 /// `union bpf_attr` for BPF_MAP_GET_FD_BY_ID.
@@ -408,6 +423,40 @@ impl RawMap {
         self.elem(BPF_MAP_UPDATE_ELEM, key, value.as_ptr() as u64, BPF_ANY)
     }
 
+    /// Creates or replaces many entries in one command (`BPF_MAP_UPDATE_BATCH`): `keys` and
+    /// `values` hold them back to back (`key_size` and `value_bytes` each), in the same order.
+    /// The kernel writes them in order and stops at the first that fails: the error comes with
+    /// how many were written before it. Hash and array maps take it (Linux 5.6); LPM tries do not.
+    pub fn update_batch(&self, keys: &[u8], values: &[u8]) -> Result<(), (usize, std::io::Error)> {
+        let key_size = self.info.key_size as usize;
+        let invalid = |what| (0, std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
+        if key_size == 0 || !keys.len().is_multiple_of(key_size) {
+            return Err(invalid("keys of the wrong size"));
+        }
+        let count = keys.len() / key_size;
+        if values.len() != count * self.value_bytes {
+            return Err(invalid("values of the wrong size"));
+        }
+        let Ok(count32) = u32::try_from(count) else { return Err(invalid("too many entries")) };
+        if count == 0 {
+            return Ok(());
+        }
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: count32,
+            map_fd: self.fd.as_raw_fd() as u32,
+            elem_flags: BPF_ANY,
+            ..Default::default()
+        };
+        // The kernel reads `count` keys of `key_size` and values of `value_bytes` (checked above
+        // against the map's own sizes) and writes back in `count` how many it wrote.
+        match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(((attr.count as usize).min(count), e)),
+        }
+    }
+
     /// Every key (arrays: every index), bounded by the capacity plus one for a map written
     /// while it is walked.
     pub fn keys(&self) -> std::io::Result<Vec<Vec<u8>>> {
@@ -459,6 +508,14 @@ impl RawMap {
 pub fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
     // Safety: `T: aya::Pod` (lb-common implements it for its map types) has no padding holes, so every one of its bytes is initialised.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+/// Appends the bytes of `v` (as `bytes_of`) to `out`, for a batch of entries.
+pub fn extend_bytes<T: aya::Pod>(out: &mut Vec<u8>, v: &T) {
+    // Safety: as in `bytes_of`.
+    out.extend_from_slice(unsafe {
+        std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>())
+    });
 }
 
 /// A `#[repr(C)]` plain-old-data value read from the front of `bytes` (`None` when too short).

@@ -201,7 +201,7 @@ fn run(events: Vec<Event>, options: LayoutOptions) -> Result<(), TestCaseError> 
 
         let (state_before, log_before) = (syncer.programmed().clone(), syncer.maps_mut().log.len());
         syncer
-            .sync_changes(dirty, &world.node, &|k: &ServiceKey| store.objects(k), &|| store.all())
+            .sync_changes(dirty, &world.node, &|k: &ServiceKey| store.objects(k), &|| store.keys())
             .expect("memory maps take every write");
         // Every prefix of the writes keeps the invariants.
         let mut mid = state_before;
@@ -233,7 +233,7 @@ fn run(events: Vec<Event>, options: LayoutOptions) -> Result<(), TestCaseError> 
         }
         // A sync with nothing dirty writes nothing.
         let report = syncer
-            .sync_changes(BTreeSet::new(), &world.node, &|k: &ServiceKey| store.objects(k), &|| store.all())
+            .sync_changes(BTreeSet::new(), &world.node, &|k: &ServiceKey| store.objects(k), &|| store.keys())
             .expect("empty sync");
         prop_assert_eq!((report.written, report.removed), (0, 0));
     }
@@ -309,7 +309,7 @@ proptest! {
             world.apply(event, &mut store);
             let dirty = store.take_dirty();
             let objects = |k: &ServiceKey| store.objects(k);
-            let all = || store.all();
+            let all = || store.keys();
             if let Some(fail) = fail
                 && syncer.incremental_ready(&world.node)
             {
@@ -410,7 +410,7 @@ fn scale_one_slice_change_at_10k_services() {
     let mut syncer = Syncer::new(MemoryMaps::default()).expect("memory maps");
     let t = Instant::now();
     let report =
-        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("full sync");
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.keys()).expect("full sync");
     let full_ms = t.elapsed().as_secs_f64() * 1e3;
     assert!(report.full && report.frontends == services as usize);
     // (The maps themselves are counted twice here: `MemoryMaps` and the syncer's view.)
@@ -426,7 +426,8 @@ fn scale_one_slice_change_at_10k_services() {
         let t = Instant::now();
         let _ = store.apply_slice(slice(i, c + 1));
         let dirty = store.take_dirty();
-        let report = syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("sync");
+        let report =
+            syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.keys()).expect("sync");
         incremental.push(t.elapsed().as_secs_f64() * 1e3);
         assert!(!report.full && report.written > 0);
     }
@@ -440,7 +441,7 @@ fn scale_one_slice_change_at_10k_services() {
     }
     let dirty = store.take_dirty();
     assert_eq!(dirty.len(), keys.len());
-    syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("all gone");
+    syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.keys()).expect("all gone");
     let gone_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     for i in 0..services {
@@ -448,7 +449,8 @@ fn scale_one_slice_change_at_10k_services() {
         let _ = store.apply_slice(slice(i, 0));
     }
     let dirty = store.take_dirty();
-    let report = syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("all back");
+    let report =
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.keys()).expect("all back");
     let back_ms = t.elapsed().as_secs_f64() * 1e3;
     assert!(!report.full && report.frontends == services as usize);
     // The old way: everything translated, laid out and diffed for each change.
@@ -505,12 +507,12 @@ fn an_incremental_change_that_does_not_fit_writes_nothing() {
     let _ = store.apply_slice(Arc::new(slice_of("a", 8080, "10.244.1.1", "node-2")));
     store.apply_service(Arc::new(service_of("b", "10.96.0.11")));
     let dirty = store.take_dirty();
-    syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("fits");
+    syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.keys()).expect("fits");
     let (before, writes) = (syncer.programmed().clone(), syncer.maps_mut().log.len());
     store.apply_service(Arc::new(service_of("c", "10.96.0.12")));
     let dirty = store.take_dirty();
     let err =
-        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect_err("3 frontends");
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.keys()).expect_err("3 frontends");
     assert!(matches!(err, MapsError::Full { needed: 3, capacity: 2, .. }), "{err}");
     assert_eq!(syncer.maps_mut().log.len(), writes, "nothing written");
     assert_eq!(syncer.programmed(), &before);
@@ -520,7 +522,7 @@ fn an_incremental_change_that_does_not_fit_writes_nothing() {
     store.delete_service(&gone);
     let dirty = store.take_dirty();
     let report =
-        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.all()).expect("fits again");
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.keys()).expect("fits again");
     assert!(report.full);
     assert_eq!(normal(syncer.programmed()), normal(&before));
 }

@@ -92,6 +92,23 @@ pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
+/// CPU time (user + system) `pid` has used, in ms.
+pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) in parentheses: utime and stime are the
+    // 14th and 15th fields of the line, the 12th and 13th after ") ".
+    let rest = stat.rsplit_once(") ").context("no command in /proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .context("short /proc/PID/stat")?
+        .iter()
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .sum();
+    // Linux reports these in USER_HZ ticks, 100 a second.
+    Ok(ticks * 10.0)
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::cluster::{Bench, cluster, ip, peak_rss_mib, strip_ansi, sync_field, sync_us};
+use crate::cluster::{Bench, cluster, cpu_ms, ip, peak_rss_mib, strip_ansi, sync_field, sync_us};
 
 pub struct ControlPlane {
     pub services: u32,
@@ -40,12 +40,17 @@ pub fn control_plane(services: u32, endpoints: u32, changes: u32) -> anyhow::Res
 /// server (the real list/watch protocol, the real kube client), then one EndpointSlice changes
 /// `changes` times, each change waiting for the one before to be visible.
 pub struct KubeControlPlane {
+    pub services: u32,
+    pub endpoints: u32,
     pub min_sync_period: &'static str,
     /// From the agent's "waiting for the initial list" line to its first "sync applied" line
     /// (the agent's own timestamps): list, snapshot, translation, map writes.
     pub full_sync_ms: f64,
     /// The agent's `elapsed_us` for that first sync (snapshot, translation, map writes).
     pub full_sync_apply_ms: f64,
+    /// The agent's CPU time (user + system) from its start to the end of that sync: loading
+    /// the programs, the list, the sync.
+    pub full_sync_cpu_ms: f64,
     /// From the bench's `apply` of the changed slice (the watch event is sent) to the changed
     /// backend being read from the pinned maps (polled every 200 µs), sorted.
     pub visible_ms: Vec<f64>,
@@ -85,49 +90,78 @@ impl FrontendProbe {
 /// The phases of a sync in the agent's "sync applied" line, in order.
 pub const PHASES: [&str; 5] = ["source_us", "translate_us", "layout_us", "diff_us", "write_us"];
 
+/// A cluster of `services` × `endpoints` in an in-process API server, and an agent that listed
+/// it through `--source kubernetes` (fields drop in declaration order: the agent stops before
+/// its pins and cgroup go).
+struct KubeCluster {
+    agent: lb_tests::agent::Agent,
+    probe: FrontendProbe,
+    api: lb_tests::apiserver::FakeApiServer,
+    endpoints: u32,
+    _bpffs: lb_tests::guard::Bpffs,
+    _cgroup: lb_tests::guard::Cgroup,
+    _dir: lb_tests::guard::TempDir,
+}
+
+impl KubeCluster {
+    fn start(services: u32, endpoints: u32, min_sync_period: &str) -> anyhow::Result<Self> {
+        use lb_tests::{
+            agent::Agent,
+            apiserver::{FakeApiServer, node, service},
+            guard::{Bpffs, Cgroup, TempDir},
+        };
+        let port = [("http", 80, "TCP")];
+        let api = FakeApiServer::start()?;
+        api.apply(node("node-1", "zone-a", "192.0.2.1"));
+        api.apply_all(
+            (0..services).map(|i| {
+                service("bench", &format!("svc-{i}"), &ip([10, 96, 0, 0], i + 1).to_string(), &port)
+            }),
+        );
+        api.apply_all((0..services).map(|i| slice_of(i, endpoints, None)));
+        let dir = TempDir::new()?;
+        let kubeconfig = api.kubeconfig(&dir.path)?;
+        let cgroup = Cgroup::new()?;
+        let bpffs = Bpffs::new()?;
+        let agent =
+            Agent::spawn_kubernetes_with(&kubeconfig, &cgroup.path, &bpffs.path, min_sync_period, false)?;
+        agent.wait_for_log("agent ready", 1, Duration::from_secs(1200))?;
+        let probe = FrontendProbe::open(&bpffs.path)?;
+        Ok(Self { agent, probe, api, endpoints, _bpffs: bpffs, _cgroup: cgroup, _dir: dir })
+    }
+
+    /// Moves the last endpoint of `svc-{service}` to the `change`-th new address (the watch
+    /// event goes out); the frontend and the address to look for.
+    fn change(&self, service: u32, change: u32) -> (Ipv4Addr, Ipv4Addr) {
+        self.api.apply(slice_of(service, self.endpoints, Some(change)));
+        (ip([10, 96, 0, 0], service + 1), ip([10, 200, 0, 0], change + 1))
+    }
+}
+
+/// The EndpointSlice of `svc-{i}`; with `changed`, its last endpoint on a new address.
+fn slice_of(i: u32, endpoints: u32, changed: Option<u32>) -> serde_json::Value {
+    let target_port = [("http", 8080, "TCP")];
+    let addrs: Vec<String> = (0..endpoints)
+        .map(|j| match changed {
+            Some(c) if j + 1 == endpoints => ip([10, 200, 0, 0], c + 1).to_string(),
+            _ => ip([10, 128, 0, 0], i * endpoints.max(1) + j).to_string(),
+        })
+        .collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    lb_tests::apiserver::slice("bench", &format!("svc-{i}-1"), &format!("svc-{i}"), &target_port, &addrs)
+}
+
 pub fn kube_control_plane(
     services: u32,
     endpoints: u32,
     changes: u32,
     min_sync_period: &'static str,
 ) -> anyhow::Result<KubeControlPlane> {
-    use lb_tests::{
-        agent::Agent,
-        apiserver::{FakeApiServer, node, service, slice},
-        guard::{Bpffs, Cgroup, TempDir},
-    };
     eprintln!(
         "control plane, Kubernetes source (--min-sync-period {min_sync_period}): {services} services × {endpoints} endpoints"
     );
-    let port = [("http", 80, "TCP")];
-    let target_port = [("http", 8080, "TCP")];
-    let addrs = |i: u32, changed: Option<u32>| -> Vec<String> {
-        (0..endpoints)
-            .map(|j| match changed {
-                // The last endpoint of svc-0 moves to a new address each change.
-                Some(c) if j + 1 == endpoints => ip([10, 200, 0, 0], c + 1).to_string(),
-                _ => ip([10, 128, 0, 0], i * endpoints.max(1) + j).to_string(),
-            })
-            .collect()
-    };
-    let slice_of = |i: u32, changed: Option<u32>| {
-        let addrs = addrs(i, changed);
-        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-        slice("bench", &format!("svc-{i}-1"), &format!("svc-{i}"), &target_port, &addrs)
-    };
-    let api = FakeApiServer::start()?;
-    api.apply(node("node-1", "zone-a", "192.0.2.1"));
-    api.apply_all(
-        (0..services)
-            .map(|i| service("bench", &format!("svc-{i}"), &ip([10, 96, 0, 0], i + 1).to_string(), &port)),
-    );
-    api.apply_all((0..services).map(|i| slice_of(i, None)));
-    let dir = TempDir::new()?;
-    let kubeconfig = api.kubeconfig(&dir.path)?;
-    let cgroup = Cgroup::new()?;
-    let bpffs = Bpffs::new()?;
-    let agent = Agent::spawn_kubernetes_with(&kubeconfig, &cgroup.path, &bpffs.path, min_sync_period, false)?;
-    agent.wait_for_log("agent ready", 1, Duration::from_secs(600))?;
+    let cluster = KubeCluster::start(services, endpoints, min_sync_period)?;
+    let agent = &cluster.agent;
     let line_of = |pattern: &str| {
         agent.log().into_iter().find(|l| l.contains(pattern)).and_then(|l| log_seconds(&strip_ansi(&l)))
     };
@@ -135,45 +169,115 @@ pub fn kube_control_plane(
         (Some(a), Some(b)) => (b - a) * 1000.0,
         _ => f64::NAN,
     };
-    let full_sync_apply_ms = sync_us(&agent, 1)? as f64 / 1000.0;
-    let probe = FrontendProbe::open(&bpffs.path)?;
-    let frontend = ip([10, 96, 0, 0], 1);
+    let full_sync_apply_ms = sync_us(agent, 1)? as f64 / 1000.0;
+    for line in agent.log().iter().filter(|l| l.contains("listed") || l.contains("sync applied")).take(4) {
+        eprintln!("  agent: {}", strip_ansi(line));
+    }
+    let full_sync_cpu_ms = cpu_ms(agent.pid())?;
+    eprintln!("  agent CPU after the full sync: {full_sync_cpu_ms:.0} ms");
     let mut visible_ms = Vec::new();
     let mut sync_ms = Vec::new();
     let mut phases_ms = vec![Vec::new(); PHASES.len()];
     for c in 0..changes {
         let before = agent.count("sync applied");
-        let moved = ip([10, 200, 0, 0], c + 1);
-        let object = slice_of(0, Some(c));
         let started = Instant::now();
-        api.apply(object);
-        while !probe.serves(frontend, 80, moved) {
+        let (frontend, moved) = cluster.change(0, c);
+        while !cluster.probe.serves(frontend, 80, moved) {
             anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "change {c} not visible in 60 s");
             std::thread::sleep(Duration::from_micros(200));
         }
         visible_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         agent.wait_for_log("sync applied", before + 1, Duration::from_secs(60))?;
-        sync_ms.push(sync_us(&agent, before + 1)? as f64 / 1000.0);
+        sync_ms.push(sync_us(agent, before + 1)? as f64 / 1000.0);
         for (phase, times) in PHASES.iter().zip(&mut phases_ms) {
-            times.push(sync_field(&agent, before + 1, phase)? as f64 / 1000.0);
+            times.push(sync_field(agent, before + 1, phase)? as f64 / 1000.0);
         }
         // Let the agent go idle, so changes do not coalesce.
         std::thread::sleep(Duration::from_millis(30));
     }
     let rss_mib = peak_rss_mib(agent.pid())?;
-    drop(agent);
+    drop(cluster);
     visible_ms.sort_by(f64::total_cmp);
     sync_ms.sort_by(f64::total_cmp);
     for times in &mut phases_ms {
         times.sort_by(f64::total_cmp);
     }
     Ok(KubeControlPlane {
+        services,
+        endpoints,
         min_sync_period,
         full_sync_ms,
         full_sync_apply_ms,
+        full_sync_cpu_ms,
         visible_ms,
         sync_ms,
         phases_ms,
         rss_mib,
     })
+}
+
+/// Sustained churn: EndpointSlice changes at a fixed rate, each to another Service.
+pub struct Churn {
+    pub services: u32,
+    pub endpoints: u32,
+    pub rate: u32,
+    pub seconds: u32,
+    /// From each change's write to the API server to its backend read from the pinned maps,
+    /// sorted.
+    pub visible_ms: Vec<f64>,
+    /// The agent's CPU time over the churn (from the first change until the last is visible),
+    /// as a share of one CPU.
+    pub cpu_share: f64,
+    /// Syncs the agent applied meanwhile (changes coalesce when they come faster than a sync).
+    pub syncs: usize,
+    pub rss_mib: f64,
+}
+
+/// `rate` EndpointSlice changes a second for `seconds`, on a cluster of `services` ×
+/// `endpoints` listed through `--source kubernetes` (`--min-sync-period 0ms`: each change is
+/// synced as soon as the agent is free). Changes are written on schedule, not after the one
+/// before is visible; each one's visibility is polled every 200 µs between writes.
+pub fn kube_churn(services: u32, endpoints: u32, rate: u32, seconds: u32) -> anyhow::Result<Churn> {
+    eprintln!(
+        "control plane churn: {rate} EndpointSlice changes/s for {seconds} s, {services} services × {endpoints} endpoints"
+    );
+    let cluster = KubeCluster::start(services, endpoints, "0ms")?;
+    let agent = &cluster.agent;
+    let syncs_before = agent.count("sync applied");
+    let total = rate * seconds;
+    let every = Duration::from_secs(1) / rate;
+    let mut pending: Vec<(Instant, Ipv4Addr, Ipv4Addr)> = Vec::new();
+    let mut visible_ms = Vec::new();
+    let cpu_before = cpu_ms(agent.pid())?;
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < total || !pending.is_empty() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(u64::from(seconds) + 60),
+            "{} changes not visible 60 s after the churn",
+            pending.len()
+        );
+        if sent < total && started.elapsed() >= every * sent {
+            // Each change to another Service (one of 1000), moving its last endpoint.
+            let at = Instant::now();
+            let (frontend, moved) = cluster.change(sent % services.min(1000), sent);
+            pending.push((at, frontend, moved));
+            sent += 1;
+        }
+        pending.retain(|(at, frontend, moved)| {
+            let seen = cluster.probe.serves(*frontend, 80, *moved);
+            if seen {
+                visible_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+            }
+            !seen
+        });
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_share = (cpu_ms(agent.pid())? - cpu_before) / 1000.0 / elapsed;
+    let syncs = agent.count("sync applied") - syncs_before;
+    let rss_mib = peak_rss_mib(agent.pid())?;
+    drop(cluster);
+    visible_ms.sort_by(f64::total_cmp);
+    Ok(Churn { services, endpoints, rate, seconds, visible_ms, cpu_share, syncs, rss_mib })
 }

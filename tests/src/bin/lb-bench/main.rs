@@ -32,7 +32,7 @@ use lb_tests::require_root;
 use crate::{
     cluster::percentile,
     connect_path::{RuleLoads, connect_path},
-    control_plane::{PHASES, control_plane, kube_control_plane},
+    control_plane::{PHASES, control_plane, kube_churn, kube_control_plane},
     packet_path::packet_path,
     veth_pps::veth_pps,
 };
@@ -55,7 +55,8 @@ fn main() -> anyhow::Result<()> {
     require_root();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only packet|connect|veth|control`: one section, for working on it; nothing is written.
+    // `--only packet|connect|veth|control`: one section, for working on it; nothing is written
+    // (`--only kube`: the control plane's Kubernetes-source part alone).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 10_000, 100_000] };
@@ -85,7 +86,9 @@ fn main() -> anyhow::Result<()> {
     }
     // The largest size both the packet and the connect path measured.
     let cost_size = *connect_sizes.iter().filter(|n| sizes.contains(n)).max().unwrap_or(&1);
-    report.push_str(&cost::markdown(&packet, &paired, &veth, cost_size));
+    if !packet.is_empty() || !paired.is_empty() || !veth.is_empty() {
+        report.push_str(&cost::markdown(&packet, &paired, &veth, cost_size));
+    }
 
     let (services, endpoints, changes) = if quick { (1_000, 10, 5) } else { (10_000, 10, 20) };
     if run("control") {
@@ -117,32 +120,50 @@ fn main() -> anyhow::Result<()> {
             cp.rss_mib
         );
     }
-    if run("control") {
+    if run("control") || only.as_deref() == Some("kube") {
         let kube_changes = if quick { 10 } else { 50 };
         let _ = writeln!(
             report,
-            "\n## Control plane, Kubernetes source ({services} services × {endpoints} endpoints)\n\n\
-             The agent lists the cluster from an in-process API server (the list/watch protocol, the\n\
-             agent's real kube client), then one EndpointSlice changes {kube_changes} times. Visible:\n\
-             from the bench's write of the changed slice to the API server (the watch event goes\n\
-             out) to the new backend read from the pinned maps (polled every 200 µs). Sync: the\n\
-             agent's own `elapsed_us` of that sync (changes, translation, layout, diff, writes).\n\
-             Full sync: the agent's log timestamps from \"waiting for the initial list\" to the\n\
-             first \"sync applied\" (list, full translation, writes), and its `elapsed_us`.\n\n\
-             | --min-sync-period | full sync, list → last write (ms) | of which the sync (ms) | change visible p50 / p99 (ms) | sync p50 / p99 (ms) | peak RSS (MiB) |\n\
-             |---|---|---|---|---|---|"
+            "\n## Control plane, Kubernetes source\n\n\
+             The agent lists the cluster from an in-process API server (the list/watch protocol in\n\
+             pages of 500, the agent's real kube client), then one EndpointSlice changes {kube_changes}\n\
+             times (20 at the largest size). Visible: from the bench's write of the changed slice to\n\
+             the API server (the watch event goes out) to the new backend read from the pinned maps\n\
+             (polled every 200 µs). Sync: the agent's own `elapsed_us` of that sync (changes,\n\
+             translation, layout, diff, writes). Full sync: the agent's log timestamps from \"waiting\n\
+             for the initial list\" to the first \"sync applied\" (list, full translation, writes),\n\
+             its `elapsed_us`, and the agent's CPU time (user + system) from its start to then\n\
+             (program loading included). Times are wall clock on a shared machine.\n\n\
+             | Services × endpoints | --min-sync-period | full sync, list → last write (ms) | of which the sync (ms) | agent CPU until then (ms) | change visible p50 / p99 (ms) | sync p50 / p99 (ms) | peak RSS (MiB) |\n\
+             |---|---|---|---|---|---|---|---|"
         );
         let mut phases = String::new();
-        for period in ["10ms", "0ms"] {
-            let k = kube_control_plane(services, endpoints, kube_changes, period)?;
+        let large = if quick { 10_000 } else { 100_000 };
+        let runs = [
+            (services, endpoints, kube_changes, "10ms"),
+            (services, endpoints, kube_changes, "0ms"),
+            (large, endpoints, 20, "0ms"),
+        ];
+        for (services, endpoints, changes, period) in runs {
+            let k = kube_control_plane(services, endpoints, changes, period)?;
             let p50: Vec<String> = k.phases_ms.iter().map(|t| format!("{:.1}", percentile(t, 0.5))).collect();
-            let _ = writeln!(phases, "| {} | {} |", k.min_sync_period, p50.join(" | "));
+            let _ = writeln!(
+                phases,
+                "| {} × {} | {} | {} |",
+                k.services,
+                k.endpoints,
+                k.min_sync_period,
+                p50.join(" | ")
+            );
             let _ = writeln!(
                 report,
-                "| {} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} |",
+                "| {} × {} | {} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} |",
+                k.services,
+                k.endpoints,
                 k.min_sync_period,
                 k.full_sync_ms,
                 k.full_sync_apply_ms,
+                k.full_sync_cpu_ms,
                 percentile(&k.visible_ms, 0.5),
                 percentile(&k.visible_ms, 0.99),
                 percentile(&k.sync_ms, 0.5),
@@ -154,8 +175,29 @@ fn main() -> anyhow::Result<()> {
             report,
             "\nWhere a change's sync goes (p50 of each phase, ms, the agent's own clock): a change's\n\
              sync translates and lays out only the Services it touched.\n\n\
-             | --min-sync-period | {} |\n|---|---|---|---|---|---|\n{phases}",
+             | Services × endpoints | --min-sync-period | {} |\n|---|---|---|---|---|---|---|\n{phases}",
             PHASES.map(|p| p.trim_end_matches("_us")).join(" | ")
+        );
+        let (rate, seconds) = if quick { (100, 3) } else { (100, 10) };
+        let c = kube_churn(services, endpoints, rate, seconds)?;
+        let _ = writeln!(
+            report,
+            "Sustained churn: {} EndpointSlice changes a second for {} s, each to another Service, on\n\
+             {} × {} (`--min-sync-period 0ms`), written on schedule whatever the agent is doing.\n\
+             Visible as above; CPU: the agent's user + system time over the churn, per second.\n\n\
+             | changes | change visible p50 / p99 (ms) | agent CPU (% of one CPU) | syncs | peak RSS (MiB) |\n\
+             |---|---|---|---|---|\n\
+             | {} | {:.1} / {:.1} | {:.1} | {} | {:.1} |",
+            c.rate,
+            c.seconds,
+            c.services,
+            c.endpoints,
+            c.visible_ms.len(),
+            percentile(&c.visible_ms, 0.5),
+            percentile(&c.visible_ms, 0.99),
+            c.cpu_share * 100.0,
+            c.syncs,
+            c.rss_mib
         );
     }
     let _ = writeln!(report, "\nWhole run: {:.0} s.", started.elapsed().as_secs_f64());
