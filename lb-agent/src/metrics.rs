@@ -346,7 +346,9 @@ impl Metrics {
         gauge(&self.programmed_services, state.services.len());
         gauge(&self.programmed_frontends, state.frontends.len());
         gauge(&self.programmed_backends, state.backends.len());
-        let v4 = state.frontends.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count();
+        // IPv4 keys sort before IPv6 ones: count the (usually fewer) IPv6 keys, from the least.
+        let least_v6 = FrontendKey::V6(lb_common::Frontend6Key { addr: [0; 4], port: 0, proto: 0, pad: 0 });
+        let v4 = state.frontends.len() - state.frontends.range(least_v6..).count();
         let fill = |map, entries: usize, capacity: u32| kernel::MapFill {
             map,
             entries: u64::try_from(entries).unwrap_or(u64::MAX),

@@ -339,17 +339,7 @@ impl<M: LbMaps> Syncer<M> {
     /// exist (they drop), as (internal, external): kube-proxy's
     /// `sync_proxy_rules_no_local_endpoints_total`.
     pub fn no_local_endpoints(&self) -> (usize, usize) {
-        let Some(engine) = &self.engine else { return (0, 0) };
-        let mut counts = (0, 0);
-        for (_, g) in engine.translator.all_groups() {
-            if g.eligible.is_empty() && g.when_empty == crate::model::WhenEmpty::Drop {
-                match g.scope {
-                    crate::model::Scope::Internal => counts.0 += 1,
-                    crate::model::Scope::External => counts.1 += 1,
-                }
-            }
-        }
-        counts
+        self.engine.as_ref().map_or((0, 0), |e| e.translator.no_local_endpoints())
     }
 
     /// The whole desired state last applied from objects (a copy; for tests and tools).

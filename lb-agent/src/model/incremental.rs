@@ -59,6 +59,9 @@ pub struct Translator {
     claimants: HashMap<Claim, BTreeSet<ServiceKey>>,
     /// Accepted keys with a `healthCheckNodePort` in some group.
     health: BTreeSet<ServiceKey>,
+    /// Accepted keys with groups whose Local traffic policy finds no local endpoint while
+    /// others exist: how many such groups, (internal, external).
+    no_local: BTreeMap<ServiceKey, (usize, usize)>,
 }
 
 impl Translator {
@@ -109,6 +112,13 @@ impl Translator {
             groups: self.health.iter().flat_map(|k| self.groups(k).iter().cloned()).collect(),
             node_addresses: super::node_addresses(&self.node),
         }
+    }
+
+    /// The groups whose Local traffic policy finds no local endpoint while others exist (they
+    /// drop), as (internal, external): kube-proxy's `sync_proxy_rules_no_local_endpoints_total`.
+    /// Kept per key as keys change, so asking costs only the keys that have some.
+    pub fn no_local_endpoints(&self) -> (usize, usize) {
+        self.no_local.values().fold((0, 0), |(i, e), (ki, ke)| (i + ki, e + ke))
     }
 
     /// Every problem now (translation and refusals), in key order.
@@ -194,6 +204,7 @@ impl Translator {
                         .push(Changed { key: key.clone(), before: before.remove(key).unwrap_or_default() });
                 }
                 self.health.remove(key);
+                self.no_local.remove(key);
                 continue;
             };
             let conflict = settle(key, &entry.translation, &mut claimed);
@@ -207,6 +218,10 @@ impl Translator {
             } else {
                 self.health.remove(key);
             }
+            match no_local_endpoints(entry.groups()) {
+                (0, 0) => self.no_local.remove(key),
+                counts => self.no_local.insert(key.clone(), counts),
+            };
             match before.remove(key) {
                 // Translated again: changed if its groups differ.
                 Some(old) if old.as_slice() != entry.groups() => {
@@ -223,4 +238,15 @@ impl Translator {
         }
         update
     }
+}
+
+/// How many of `groups` drop for want of a local endpoint, (internal, external).
+pub(crate) fn no_local_endpoints(groups: &[BackendGroup]) -> (usize, usize) {
+    let drops = |scope| {
+        groups
+            .iter()
+            .filter(|g| g.scope == scope && g.eligible.is_empty() && g.when_empty == super::WhenEmpty::Drop)
+            .count()
+    };
+    (drops(super::Scope::Internal), drops(super::Scope::External))
 }

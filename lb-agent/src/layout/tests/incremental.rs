@@ -231,6 +231,15 @@ fn run(events: Vec<Event>, options: LayoutOptions) -> Result<(), TestCaseError> 
                 want_n.2
             )));
         }
+        // kube-proxy's no-local-endpoints counts, kept per key, equal a count over the whole
+        // translation.
+        let (desired, _) = translate(&objects, &world.node);
+        prop_assert_eq!(
+            syncer.no_local_endpoints(),
+            crate::model::incremental::no_local_endpoints(&desired.groups),
+            "step {}: no-local-endpoints counts",
+            step
+        );
         // A sync with nothing dirty writes nothing.
         let report = syncer
             .sync_changes(BTreeSet::new(), &world.node, &|k: &ServiceKey| store.objects(k), &|| store.keys())
@@ -431,6 +440,18 @@ fn scale_one_slice_change_at_10k_services() {
         incremental.push(t.elapsed().as_secs_f64() * 1e3);
         assert!(!report.full && report.written > 0);
     }
+    // What the agent asks of the syncer after every applied sync (metrics, logs): its cost must
+    // not grow with the cluster either.
+    let metrics = crate::metrics::Metrics::new();
+    let t = Instant::now();
+    for _ in 0..changes {
+        std::hint::black_box(syncer.no_local_endpoints());
+        metrics.record_programmed(syncer.programmed(), syncer.capacity());
+    }
+    eprintln!(
+        "after each sync (no-local counts, programmed gauges): {:.1} µs",
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(changes)
+    );
     // Everything gone, then back within the id quarantine (a source read while half-written):
     // every id is reserved, the new ones are found in one pass.
     let t = Instant::now();
