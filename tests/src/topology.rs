@@ -29,7 +29,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::guard::{Netns, enter_netns};
+use crate::{
+    agent::Agent,
+    guard::{Netns, enter_netns},
+};
 
 pub const CLIENT_V4: &str = "10.0.1.2";
 pub const CLIENT_V6: &str = "fd00:1::2";
@@ -102,6 +105,20 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// `lb-agent run --source SOURCE --interfaces ext0,n2 EXTRA…` on node 1 (its programs on both
+    /// of node 1's links), in `cgroup` with its pins under `bpffs`; waits until it is ready.
+    pub fn start_node1_agent(
+        &self,
+        source: &std::path::Path,
+        cgroup: &std::path::Path,
+        bpffs: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let interfaces = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
+        let args = [&["--interfaces", interfaces.as_str()], extra].concat();
+        Agent::start_in(&self.node1, source, cgroup, bpffs, NODE1_NAME, &args)
+    }
+
     /// The routed pod network (`PodNetwork::Routed`).
     pub fn new() -> anyhow::Result<Self> {
         Self::with_pod_network(PodNetwork::Routed)

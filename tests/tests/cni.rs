@@ -14,8 +14,8 @@ use lb_tests::{
     require_root,
     servers::Servers,
     topology::{
-        NODE1_BRIDGE_IF, NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_IF, NODE1_NAME, NODE1_POD1_IF,
-        NODE2_NAME, POD1_V4, POD1_V6, POD2_V4, POD2_V6, PodNetwork, Topology, ip_output,
+        NODE1_BRIDGE_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_NAME, NODE1_POD1_IF, NODE2_NAME, POD1_V4, POD1_V6,
+        POD2_V4, POD2_V6, PodNetwork, Topology, ip_output,
     },
 };
 
@@ -80,16 +80,9 @@ impl Node1 {
         let dir = TempDir::new().expect("tempdir");
         let source = dir.write("cluster.yaml", &cluster()).expect("source");
         let (cgroup, bpffs) = (Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
-        let interfaces = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
-        let agent = Agent::start_in(
-            &topo.node1,
-            &source,
-            &cgroup.path,
-            &bpffs.path,
-            NODE1_NAME,
-            &["--interfaces", &interfaces, "--metrics-addr", ""],
-        )
-        .expect("agent on node 1");
+        let agent = topo
+            .start_node1_agent(&source, &cgroup.path, &bpffs.path, &["--metrics-addr", ""])
+            .expect("agent on node 1");
         Self { _agent: agent, _pods: servers, _bpffs: bpffs, cgroup, _dir: dir, topo }
     }
 

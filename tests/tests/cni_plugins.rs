@@ -26,9 +26,8 @@ use lb_tests::{
     require_root,
     servers::Servers,
     topology::{
-        NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_IF, NODE1_NAME, NODE1_POD_CIDR_V4,
-        NODE1_POD_CIDR_V6, NODE1_POD_GW_V4, NODE1_POD_GW_V6, NODE2_NAME, POD2_V4, POD2_V6, PodNetwork,
-        Topology, ip_output,
+        NODE1_EXT_V4, NODE1_EXT_V6, NODE1_NAME, NODE1_POD_CIDR_V4, NODE1_POD_CIDR_V6, NODE1_POD_GW_V4,
+        NODE1_POD_GW_V6, NODE2_NAME, POD2_V4, POD2_V6, PodNetwork, Topology, ip_output,
     },
 };
 use serde_json::{Value, json};
@@ -173,10 +172,9 @@ impl Node1 {
         let source =
             dir.write("cluster.yaml", &cluster(backend.ip(true), backend.ip(false))).expect("source");
         let (cgroup, bpffs) = (Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
-        let interfaces = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
-        let flags = [&["--interfaces", &interfaces, "--metrics-addr", ""], extra].concat();
-        let agent = Agent::start_in(&topo.node1, &source, &cgroup.path, &bpffs.path, NODE1_NAME, &flags)
-            .expect("agent on node 1");
+        let flags = [&["--metrics-addr", ""], extra].concat();
+        let agent =
+            topo.start_node1_agent(&source, &cgroup.path, &bpffs.path, &flags).expect("agent on node 1");
         Self {
             _agent: agent,
             servers,
@@ -551,16 +549,9 @@ fn a_node_address_the_bridge_plugin_adds_after_the_agent_started_serves_node_por
     let dir = TempDir::new().expect("tempdir");
     let source = dir.write("cluster.yaml", &remote_only()).expect("source");
     let (cgroup, bpffs) = (Cgroup::new().expect("cgroup"), Bpffs::new().expect("bpffs"));
-    let interfaces = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
-    let agent = Agent::start_in(
-        &topo.node1,
-        &source,
-        &cgroup.path,
-        &bpffs.path,
-        NODE1_NAME,
-        &["--interfaces", &interfaces, "--metrics-addr", ""],
-    )
-    .expect("agent on node 1");
+    let agent = topo
+        .start_node1_agent(&source, &cgroup.path, &bpffs.path, &["--metrics-addr", ""])
+        .expect("agent on node 1");
     assert!(ip_output(&topo.node1, &["link", "show", "cni0"]).is_err(), "no bridge before the first pod");
     let syncs = agent.count("sync applied");
 

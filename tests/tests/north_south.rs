@@ -13,9 +13,8 @@ use lb_tests::{
     require_root,
     servers::Servers,
     topology::{
-        CLIENT_IF, CLIENT_V4, CLIENT_V6, NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_IF, NODE1_N2_V4,
-        NODE1_N2_V6, NODE1_NAME, NODE2_N1_IF, NODE2_NAME, NODE2_V4, POD1_V4, POD1_V6, POD2_V4, POD2_V6,
-        Topology,
+        CLIENT_IF, CLIENT_V4, CLIENT_V6, NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_V4, NODE1_N2_V6,
+        NODE1_NAME, NODE2_N1_IF, NODE2_NAME, NODE2_V4, POD1_V4, POD1_V6, POD2_V4, POD2_V6, Topology,
     },
 };
 
@@ -118,16 +117,14 @@ impl Cluster {
         let source = dir.write("cluster.yaml", yaml).expect("source");
         let cgroups = [Cgroup::new().expect("cgroup"), Cgroup::new().expect("cgroup")];
         let (bpffs1, bpffs2) = (Bpffs::new().expect("bpffs"), Bpffs::new().expect("bpffs"));
-        let interfaces1 = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
-        let agent1 = Agent::start_in(
-            &topo.node1,
-            &source,
-            &cgroups[0].path,
-            &bpffs1.path,
-            NODE1_NAME,
-            &[&["--interfaces", &interfaces1, "--healthz-addr", "127.0.0.1:10256"], extra].concat(),
-        )
-        .expect("agent on node 1");
+        let agent1 = topo
+            .start_node1_agent(
+                &source,
+                &cgroups[0].path,
+                &bpffs1.path,
+                &[&["--healthz-addr", "127.0.0.1:10256"], extra].concat(),
+            )
+            .expect("agent on node 1");
         let agent2 = both.then(|| {
             Agent::start_in(
                 &topo.node2,
@@ -357,21 +354,10 @@ fn tracked_flow_keeps_its_backend_and_survives_an_agent_restart() {
         assert_eq!(ping(&mut stdin), format!("ok {first}"));
     }
     // A new agent takes over the pinned maps (conntrack included) and links.
-    let interfaces1 = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
     let source = c.dir.path.join("cluster.yaml");
     let cgroup = c.cgroups[0].path.clone();
-    let old = std::mem::replace(
-        &mut c.agent1,
-        Agent::start_in(
-            &c.topo.node1,
-            &source,
-            &cgroup,
-            &c.bpffs1.path,
-            NODE1_NAME,
-            &["--interfaces", &interfaces1],
-        )
-        .expect("second agent"),
-    );
+    let second = c.topo.start_node1_agent(&source, &cgroup, &c.bpffs1.path, &[]).expect("second agent");
+    let old = std::mem::replace(&mut c.agent1, second);
     old.stop().expect("old agent stops");
     for _ in 0..5 {
         assert_eq!(ping(&mut stdin), format!("ok {first}"), "the flow stays on its backend");

@@ -31,10 +31,7 @@ use lb_tests::{
     agent::{Agent, inspect},
     guard::{Bpffs, Cgroup, Netns, TempDir, enter_netns},
     probe::{self, Place},
-    topology::{
-        CLIENT_IF, NODE1_EXT_IF, NODE1_EXT_V4, NODE1_N2_IF, NODE1_NAME, NODE2_N1_IF, NODE2_NAME, POD2_V4,
-        Topology,
-    },
+    topology::{CLIENT_IF, NODE1_EXT_IF, NODE1_EXT_V4, NODE2_N1_IF, NODE2_NAME, POD2_V4, Topology},
 };
 
 use crate::kube_proxy_rules::timed_load;
@@ -233,10 +230,8 @@ impl Variant {
             Some(flags) => {
                 let (dir, cgroup, bpffs) = (TempDir::new()?, Cgroup::new()?, Bpffs::new()?);
                 let source = dir.write("cluster.yaml", &service())?;
-                let interfaces = format!("{NODE1_EXT_IF},{NODE1_N2_IF}");
-                let args = [&["--interfaces", interfaces.as_str(), "--metrics-addr", ""], flags].concat();
-                let agent =
-                    Agent::start_in(&topo.node1, &source, &cgroup.path, &bpffs.path, NODE1_NAME, &args)?;
+                let args = [&["--metrics-addr", ""], flags].concat();
+                let agent = topo.start_node1_agent(&source, &cgroup.path, &bpffs.path, &args)?;
                 Some((agent, bpffs, cgroup, dir))
             }
             None => {
