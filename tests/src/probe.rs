@@ -78,3 +78,17 @@ pub fn spawn(place: &Place<'_>, args: &[&str]) -> anyhow::Result<Child> {
 pub fn backend_of(line: &str) -> Option<&str> {
     line.strip_prefix("ok ").and_then(|rest| rest.split_whitespace().next())
 }
+
+/// `n` probes (`tcp`, `udp`…) from `place` to `to`: every one must be answered; returns the set
+/// of addresses (IPs) that answered.
+pub fn reached(place: &Place<'_>, mode: &str, to: &str, n: usize) -> std::collections::BTreeSet<String> {
+    let lines = run(place, &[mode, to, &n.to_string()]).expect("probe");
+    assert_eq!(lines.len(), n, "{mode} to {to}: {lines:?}");
+    lines
+        .iter()
+        .map(|l| {
+            let backend = backend_of(l).unwrap_or_else(|| panic!("{mode} to {to} failed: {l}"));
+            backend.parse::<std::net::SocketAddr>().expect("backend").ip().to_string()
+        })
+        .collect()
+}

@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, net::SocketAddr};
 use lb_tests::{
     agent::Agent,
     guard::{Bpffs, Cgroup, TempDir},
-    probe::{self, Place, backend_of},
+    probe::{self, Place},
     require_root,
     servers::Servers,
     topology::{
@@ -85,20 +85,6 @@ impl Node1 {
             .expect("agent on node 1");
         Self { _agent: agent, _pods: servers, _bpffs: bpffs, cgroup, _dir: dir, topo }
     }
-
-    /// `n` probes (`tcp` or `udp`) from `place` to `to`; every one must be answered, and the set of
-    /// pod addresses that answered is returned.
-    fn reached(&self, place: &Place<'_>, mode: &str, to: &str, n: usize) -> BTreeSet<String> {
-        let lines = probe::run(place, &[mode, to, &n.to_string()]).expect("probe");
-        assert_eq!(lines.len(), n, "{mode} to {to}: {lines:?}");
-        lines
-            .iter()
-            .map(|l| {
-                let backend = backend_of(l).unwrap_or_else(|| panic!("{mode} to {to} failed: {l}"));
-                backend.parse::<SocketAddr>().expect("backend").ip().to_string()
-            })
-            .collect()
-    }
 }
 
 /// Every path of the module doc reaches both pods, in both families.
@@ -141,7 +127,7 @@ fn every_path_reaches_both_pods(pods: PodNetwork) {
         // A connected UDP socket and an unconnected one from one port each stay on one backend
         // (one flow); TCP connections spread over both pods.
         let (n, want) = if mode == "tcp" { (40, both(v4)) } else { (5, BTreeSet::new()) };
-        let got = node.reached(place, mode, &to, n);
+        let got = probe::reached(place, mode, &to, n);
         if mode == "tcp" {
             assert_eq!(got, want, "{pods:?}: {what} {to} must reach both pods");
         } else {

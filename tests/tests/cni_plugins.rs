@@ -237,20 +237,6 @@ impl Node1 {
         Place { netns: &self.topo.client, cgroup: None }
     }
 
-    /// `n` probes (`tcp`, `udp`…) from `place` to `to`: each must be answered; returns the set of
-    /// addresses that answered.
-    fn reached(place: &Place<'_>, mode: &str, to: &str, n: usize) -> BTreeSet<String> {
-        let lines = probe::run(place, &[mode, to, &n.to_string()]).expect("probe");
-        assert_eq!(lines.len(), n, "{mode} to {to}: {lines:?}");
-        lines
-            .iter()
-            .map(|l| {
-                let backend = backend_of(l).unwrap_or_else(|| panic!("{mode} to {to} failed: {l}"));
-                backend.parse::<SocketAddr>().expect("backend").ip().to_string()
-            })
-            .collect()
-    }
-
     /// The ClusterIP from a CNI pod and from a host process, and the NodePort from outside, reach
     /// both endpoints (TCP), or one of them (a UDP flow).
     fn every_path_reaches_both_pods(&self, network: &str) {
@@ -271,10 +257,10 @@ impl Node1 {
         for (what, place, mode, to) in cases {
             let both = self.both_of(!to.starts_with('['));
             if mode == "tcp" {
-                let got = Self::reached(&place, mode, to, 40);
+                let got = probe::reached(&place, mode, to, 40);
                 assert_eq!(got, both, "{network}: {what} {to} must reach both pods");
             } else {
-                let got = Self::reached(&place, mode, to, 5);
+                let got = probe::reached(&place, mode, to, 5);
                 assert!(got.len() == 1 && got.is_subset(&both), "{network}: {what} {to}: {got:?}");
             }
         }
@@ -361,7 +347,7 @@ fn pods_reach_the_cluster_ip_through_tc_on_their_veths(plugin: Value, network: &
         ("tcp", node_port.as_str(), 40),
     ];
     for (mode, to, n) in cases {
-        let got = Node1::reached(&node.pod(), mode, to, n);
+        let got = probe::reached(&node.pod(), mode, to, n);
         let both = node.both_of(!to.starts_with('['));
         if mode == "tcp" {
             assert_eq!(got, both, "{network}: CNI pod → {to} at TC must reach both pods");
@@ -391,7 +377,7 @@ fn pods_reach_the_cluster_ip_through_tc_on_their_veths(plugin: Value, network: &
     let veth = host_veth(&late);
     node.wait_pod_links(&veth, true);
     let place = Place { netns: &late_ns, cgroup: Some(&node.cgroup) };
-    assert_eq!(Node1::reached(&place, "tcp", "10.96.0.10:80", 40), node.both(), "{network}: late pod");
+    assert_eq!(probe::reached(&place, "tcp", "10.96.0.10:80", 40), node.both(), "{network}: late pod");
     // Its DEL removes the veth, and the agent its links.
     late.del().expect("CNI DEL of the late pod");
     node.wait_pod_links(&veth, false);
@@ -454,29 +440,29 @@ fn host_port_next_to_node_port(extra: &[&str]) {
     assert_eq!(held_backend, format!("{backend_ip}:{POD_PORT}"), "the hostPort is the pod's");
 
     let node_port = format!("{NODE1_EXT_V4}:{NODE_PORT}");
-    assert_eq!(Node1::reached(&node.outside(), "tcp", &node_port, 40), node.both(), "NodePort next to it");
+    assert_eq!(probe::reached(&node.outside(), "tcp", &node_port, 40), node.both(), "NodePort next to it");
     let only_pod: BTreeSet<String> = [backend_ip.clone()].into();
-    assert_eq!(Node1::reached(&node.outside(), "tcp", &host_port, 10), only_pod, "hostPort from outside");
-    assert_eq!(Node1::reached(&node.outside(), "udp", &host_port, 5), only_pod, "UDP hostPort");
-    let udp = Node1::reached(&node.outside(), "udp", &node_port, 5);
+    assert_eq!(probe::reached(&node.outside(), "tcp", &host_port, 10), only_pod, "hostPort from outside");
+    assert_eq!(probe::reached(&node.outside(), "udp", &host_port, 5), only_pod, "UDP hostPort");
+    let udp = probe::reached(&node.outside(), "udp", &node_port, 5);
     assert!(udp.len() == 1 && udp.is_subset(&node.both()), "UDP NodePort next to it: {udp:?}");
     // IPv6: portmap's ip6tables DNAT, our IPv6 NodePort.
     let host_port_v6 = format!("[{NODE1_EXT_V6}]:{HOST_PORT}");
     let only_pod_v6: BTreeSet<String> = [node.backend().ip(false).to_string()].into();
-    assert_eq!(Node1::reached(&node.outside(), "tcp", &host_port_v6, 5), only_pod_v6, "IPv6 hostPort");
+    assert_eq!(probe::reached(&node.outside(), "tcp", &host_port_v6, 5), only_pod_v6, "IPv6 hostPort");
     let node_port_v6 = format!("[{NODE1_EXT_V6}]:{NODE_PORT}");
     assert_eq!(
-        Node1::reached(&node.outside(), "tcp", &node_port_v6, 40),
+        probe::reached(&node.outside(), "tcp", &node_port_v6, 40),
         node.both_of(false),
         "IPv6 NodePort"
     );
     // A hostNetwork process on the node (socket programs on its cgroup): the hostPort, and the
     // NodePort on the node's own address.
-    assert_eq!(Node1::reached(&node.host(), "tcp", &host_port, 5), only_pod, "hostPort from the node");
-    assert_eq!(Node1::reached(&node.host(), "tcp", &node_port, 40), node.both(), "NodePort from the node");
+    assert_eq!(probe::reached(&node.host(), "tcp", &host_port, 5), only_pod, "hostPort from the node");
+    assert_eq!(probe::reached(&node.host(), "tcp", &node_port, 40), node.both(), "NodePort from the node");
     // Another pod on the bridge, through the node's address (portmap masquerades it).
-    assert_eq!(Node1::reached(&node.pod(), "tcp", &host_port, 5), only_pod, "hostPort from a pod");
-    assert_eq!(Node1::reached(&node.pod(), "tcp", &node_port, 40), node.both(), "NodePort from a pod");
+    assert_eq!(probe::reached(&node.pod(), "tcp", &host_port, 5), only_pod, "hostPort from a pod");
+    assert_eq!(probe::reached(&node.pod(), "tcp", &node_port, 40), node.both(), "NodePort from a pod");
     writeln!(stdin, "ping").expect("ping");
     line.clear();
     stdout.read_line(&mut line).expect("reply");
