@@ -565,7 +565,7 @@ fn an_unconnected_udp_socket_sent_to_more_backends_than_its_storage_holds_keeps_
 /// sockets keep the ClusterIP as their peer (getpeername) and as the source of their UDP replies
 /// (recvfrom) however many other connections come and go, even with reverse-NAT maps far smaller
 /// than the number of connections made (before, each connect left an entry in an LRU that then
-/// evicted those of the live sockets: cilium#48244's DNS breakage).
+/// evicted those of the live sockets, the reverse-map exhaustion that breaks DNS under Cilium).
 #[test]
 fn long_lived_sockets_keep_the_clusterip_while_many_connections_come_and_go() {
     use std::io::{BufRead as _, BufReader, Write as _};
