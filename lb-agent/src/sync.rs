@@ -10,9 +10,9 @@ use std::{
 use tracing::{debug, field::Empty, info, info_span};
 
 use crate::{
-    kernel::maps::{Capacity, LbMaps, MapsError, check_capacity},
+    kernel::maps::{Capacity, LbMaps, MapsError, Occupancy, check_capacity},
     layout::{
-        diff::{MapOp, apply_in_memory, diff},
+        diff::{MapOp, apply_in_memory, diff, diff_read_back},
         incremental::{LayoutIndex, Parts},
         state::{LayoutOptions, MapState, Placement, Reserved, layout_groups},
     },
@@ -251,6 +251,9 @@ impl<M: LbMaps> Syncer<M> {
         node_addresses: &[IpAddr],
         report: &mut SyncReport,
     ) -> Result<Vec<Placement>, MapsError> {
+        // What is programmed came from the maps (an earlier agent's, or after a failed apply):
+        // it may hold entries no frontend reaches.
+        let read_back = self.initial || self.need_full_sync;
         if self.need_full_sync {
             self.programmed = self.maps.read()?;
             self.need_full_sync = false;
@@ -260,10 +263,15 @@ impl<M: LbMaps> Syncer<M> {
         self.times = SyncTimes { translate: self.times.translate, ..SyncTimes::default() };
         let (target, placements) =
             layout_groups(groups, node_addresses, &self.programmed, &reserved, &self.options);
-        check_capacity(&target, self.maps.capacity(), &self.options)?;
+        let (ops, removed_first) = if read_back {
+            diff_read_back(&self.programmed, &target)
+        } else {
+            (diff(&self.programmed, &target), MapState::default())
+        };
+        let peak = Occupancy::peak(&self.programmed, &removed_first, &target);
+        check_capacity(peak, &target, self.maps.capacity(), &self.options)?;
         let laid_out = Instant::now();
         self.times.layout = laid_out - now;
-        let ops = diff(&self.programmed, &target);
         let diffed = Instant::now();
         self.times.diff = diffed - laid_out;
         report.frontends = target.frontends.len();
@@ -466,7 +474,8 @@ impl<M: LbMaps> Syncer<M> {
         let parts =
             engine.layout.update(&changed, &engine.translator, &self.programmed, &reserved, &self.options);
         report.relaid = parts.relaid;
-        if !fits(&self.programmed, &parts, engine.layout.frontends_v4(), self.maps.capacity()) {
+        let peak = Occupancy::peak(&self.programmed, &MapState::default(), &parts.after);
+        if check_capacity(peak, &parts.after, self.maps.capacity(), &self.options).is_err() {
             return Err(Fallback::Full);
         }
         let laid_out = Instant::now();
@@ -505,27 +514,6 @@ impl<M: LbMaps> Syncer<M> {
         self.initial = false;
         Ok(())
     }
-}
-
-/// Whether the maps hold what they hold with `parts.before` replaced by `parts.after`
-/// (`frontends_v4`: IPv4 frontends after the change).
-fn fits(programmed: &MapState, parts: &Parts, frontends_v4: usize, cap: Capacity) -> bool {
-    let after = |now: usize, before: usize, after: usize| (now + after).saturating_sub(before);
-    let (b, a) = (&parts.before, &parts.after);
-    let frontends = after(programmed.frontends.len(), b.frontends.len(), a.frontends.len());
-    [
-        (frontends_v4, cap.frontends),
-        (frontends.saturating_sub(frontends_v4), cap.frontends),
-        (after(programmed.slots.len(), b.slots.len(), a.slots.len()), cap.slots),
-        (after(programmed.backends.len(), b.backends.len(), a.backends.len()), cap.backends),
-        (
-            after(programmed.source_ranges.len(), b.source_ranges.len(), a.source_ranges.len()),
-            cap.source_ranges,
-        ),
-        (after(programmed.services.len(), b.services.len(), a.services.len()), cap.services),
-    ]
-    .iter()
-    .all(|(needed, capacity)| *needed <= *capacity as usize)
 }
 
 #[cfg(test)]

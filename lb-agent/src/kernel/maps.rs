@@ -77,17 +77,65 @@ pub trait LbMaps {
     fn capacity(&self) -> Capacity;
 }
 
-/// Fails, before anything is written, when `target` (laid out with `options`) does not fit.
-pub fn check_capacity(target: &MapState, cap: Capacity, options: &LayoutOptions) -> Result<(), MapsError> {
-    let v4 = target.frontends.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count();
-    let v6 = target.frontends.len() - v4;
+/// How many entries each service map holds at the fullest point of an apply: every put into a
+/// map comes before its removals (`diff`), so that is what is there plus the keys written anew.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub frontends_v4: usize,
+    pub frontends_v6: usize,
+    pub slots: usize,
+    pub backends: usize,
+    pub source_ranges: usize,
+    pub services: usize,
+}
+
+impl Occupancy {
+    /// At the fullest point of writing `new`'s entries over `programmed`, after `removed_first`
+    /// (entries of `programmed` the apply removes before any put) are gone.
+    pub fn peak(programmed: &MapState, removed_first: &MapState, new: &MapState) -> Self {
+        fn added<K: Ord, V>(now: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> usize {
+            new.keys().filter(|k| !now.contains_key(k)).count()
+        }
+        let v4 = |m: &BTreeMap<FrontendKey, FrontendValue>| {
+            m.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count()
+        };
+        let (now_v4, gone_v4) = (v4(&programmed.frontends), v4(&removed_first.frontends));
+        let new_v4 = new
+            .frontends
+            .keys()
+            .filter(|k| matches!(k, FrontendKey::V4(_)) && !programmed.frontends.contains_key(k))
+            .count();
+        let new_frontends = added(&programmed.frontends, &new.frontends);
+        Self {
+            frontends_v4: now_v4 - gone_v4 + new_v4,
+            frontends_v6: (programmed.frontends.len() - now_v4) - (removed_first.frontends.len() - gone_v4)
+                + (new_frontends - new_v4),
+            slots: programmed.slots.len() - removed_first.slots.len() + added(&programmed.slots, &new.slots),
+            backends: programmed.backends.len() - removed_first.backends.len()
+                + added(&programmed.backends, &new.backends),
+            source_ranges: programmed.source_ranges.len() - removed_first.source_ranges.len()
+                + new.source_ranges.difference(&programmed.source_ranges).count(),
+            services: programmed.services.len() - removed_first.services.len()
+                + added(&programmed.services, &new.services),
+        }
+    }
+}
+
+/// Fails, before anything is written, when an apply of `target` would at any point hold more
+/// entries in a map than it can (`peak`, see `Occupancy`; `target` laid out with `options`).
+pub fn check_capacity(
+    peak: Occupancy,
+    target: &MapState,
+    cap: Capacity,
+    options: &LayoutOptions,
+) -> Result<(), MapsError> {
     for (name, needed, capacity) in [
-        (map_names::FRONTENDS_V4, v4, cap.frontends),
-        (map_names::FRONTENDS_V6, v6, cap.frontends),
-        (map_names::SLOTS, target.slots.len(), cap.slots),
-        (map_names::BACKENDS, target.backends.len(), cap.backends),
-        (map_names::SOURCE_RANGES, target.source_ranges.len(), cap.source_ranges),
-        (map_names::SERVICES, target.services.len(), cap.services),
+        (map_names::FRONTENDS_V4, peak.frontends_v4, cap.frontends),
+        (map_names::FRONTENDS_V6, peak.frontends_v6, cap.frontends),
+        (map_names::SLOTS, peak.slots, cap.slots),
+        (map_names::BACKENDS, peak.backends, cap.backends),
+        (map_names::SOURCE_RANGES, peak.source_ranges, cap.source_ranges),
+        (map_names::SERVICES, peak.services, cap.services),
     ] {
         if needed > capacity as usize {
             if name == map_names::SLOTS
@@ -605,6 +653,29 @@ pub struct MemoryMaps {
 }
 
 #[cfg(test)]
+impl MemoryMaps {
+    /// Whether `op` puts a new key into a map that holds `cap`'s count already.
+    fn would_overflow(&self, op: &MapOp, cap: Capacity) -> bool {
+        let s = &self.state;
+        let full = |len: usize, capacity: u32| len >= capacity as usize;
+        match op {
+            MapOp::PutBackend(id, _) => !s.backends.contains_key(id) && full(s.backends.len(), cap.backends),
+            MapOp::PutSlot(k, _) => !s.slots.contains_key(k) && full(s.slots.len(), cap.slots),
+            MapOp::PutSourceRange(r) => {
+                !s.source_ranges.contains(r) && full(s.source_ranges.len(), cap.source_ranges)
+            }
+            MapOp::PutService(g, _) => !s.services.contains_key(g) && full(s.services.len(), cap.services),
+            MapOp::PutFrontend(k, _) => {
+                let v4 = matches!(k, FrontendKey::V4(_));
+                let family = s.frontends.keys().filter(|f| matches!(f, FrontendKey::V4(_)) == v4).count();
+                !s.frontends.contains_key(k) && full(family, cap.frontends)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
 impl LbMaps for MemoryMaps {
     fn read(&self) -> Result<MapState, MapsError> {
         Ok(self.state.clone())
@@ -613,6 +684,15 @@ impl LbMaps for MemoryMaps {
     fn apply(&mut self, op: &MapOp) -> Result<(), MapsError> {
         if self.fail_at == Some(self.log.len()) {
             return Err(MapsError::Write { op: op.to_string(), source: MapError::KeyNotFound });
+        }
+        if let Some(cap) = self.capacity
+            && self.would_overflow(op, cap)
+        {
+            // What the kernel answers a new key in a full hash map (or LPM trie).
+            let io_error = std::io::Error::from_raw_os_error(libc::E2BIG);
+            let source =
+                MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_update_elem", io_error });
+            return Err(MapsError::Write { op: op.to_string(), source });
         }
         crate::layout::diff::apply_in_memory(&mut self.state, op);
         self.log.push(*op);

@@ -13,6 +13,10 @@
 //! 9. removed service names and counters (no frontend names their group any more);
 //! 10. removed backends (no slot names them any more).
 //!
+//! Maps read back from the kernel (at start, or after a failed apply) may also hold entries no
+//! frontend reaches, written ahead of their frontends by an apply that failed part-way: their
+//! removals come before everything else (`diff_read_back`).
+//!
 //! Every prefix of the list leaves `MapState::check` true, so an apply that fails half-way leaves
 //! a consistent datapath, and applying the list again is harmless. For source ranges, every
 //! prefix admits, at each frontend, every source both the old and the new state admit, and none
@@ -103,6 +107,32 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
         old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)),
     );
     ops
+}
+
+/// `diff` from maps read back from the kernel, which may hold entries no frontend reaches (an
+/// apply that failed part-way wrote them ahead of the frontends that were to use them): the
+/// removals of those `new` does not keep come first, so they never take room the change needs.
+/// Returns the writes and the entries removed first.
+pub fn diff_read_back(old: &MapState, new: &MapState) -> (Vec<MapOp>, MapState) {
+    let mut first = old.unreachable();
+    first.slots.retain(|k, _| !new.slots.contains_key(k));
+    first.backends.retain(|id, _| !new.backends.contains_key(id));
+    first.services.retain(|g, _| !new.services.contains_key(g));
+    first.source_ranges.retain(|r| !new.source_ranges.contains(r));
+    let ops = diff(old, new);
+    if first == MapState::default() {
+        return (ops, first);
+    }
+    let removed_first = |op: &MapOp| match op {
+        MapOp::DeleteSourceRange(r) => first.source_ranges.contains(r),
+        MapOp::DeleteSlot(k) => first.slots.contains_key(k),
+        MapOp::DeleteService(g) => first.services.contains_key(g),
+        MapOp::DeleteBackend(id) => first.backends.contains_key(id),
+        _ => false,
+    };
+    let (mut ordered, rest): (Vec<MapOp>, Vec<MapOp>) = ops.into_iter().partition(removed_first);
+    ordered.extend(rest);
+    (ordered, first)
 }
 
 /// Applies one op to an in-memory state (what the syncer knows is programmed after a write;

@@ -446,6 +446,45 @@ pub(crate) fn lay_group(
     }
 }
 
+impl MapState {
+    /// The entries no frontend reaches: groups (slots, names, source ranges) no frontend names
+    /// and backends no reached slot names. A state the agent laid out has none; maps read back
+    /// after an apply that failed part-way hold what it wrote ahead of the frontends that were to
+    /// use it.
+    pub fn unreachable(&self) -> MapState {
+        let groups: BTreeSet<u32> = self.frontends.values().map(|v| v.group).collect();
+        let named: BTreeSet<u32> =
+            self.slots.iter().filter(|(k, _)| groups.contains(&k.group)).map(|(_, v)| v.backend).collect();
+        MapState {
+            services: self
+                .services
+                .iter()
+                .filter(|(g, _)| !groups.contains(g))
+                .map(|(g, n)| (*g, *n))
+                .collect(),
+            frontends: BTreeMap::new(),
+            slots: self
+                .slots
+                .iter()
+                .filter(|(k, _)| !groups.contains(&k.group))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .filter(|(id, _)| !named.contains(id))
+                .map(|(id, b)| (*id, *b))
+                .collect(),
+            source_ranges: self
+                .source_ranges
+                .iter()
+                .filter(|r| !groups.contains(&r.group))
+                .copied()
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 impl MapState {
     /// Checks the invariant the kernel relies on: every frontend's group has its name and

@@ -1068,6 +1068,46 @@ proptest! {
             prop_assert_eq!((report.written, report.removed), (0, 0));
         }
     }
+
+    #[test]
+    fn a_sync_that_does_not_fit_is_refused_before_any_write_also_after_a_failure(
+        (start, batches) in scenario(),
+        caps in prop::collection::vec((1u32..8, 1u32..40, 1u32..16, 1u32..8), 12),
+        fail_points in prop::collection::vec(any::<prop::sample::Index>(), 12),
+    ) {
+        let maps = Shared::default();
+        let mut syncer = Syncer::new(maps.clone()).expect("memory maps read");
+        let mut world = start;
+        for ((batch, (frontends, slots, backends, services)), fail) in batches.iter().zip(&caps).zip(&fail_points) {
+            for c in batch {
+                apply_change(&mut world, *c);
+            }
+            let new = world_state(&world);
+            // An apply that stops part-way first (a write refused for another reason), leaving
+            // entries written ahead of their frontends.
+            maps.0.borrow_mut().capacity = None;
+            let ops = diff(&maps.state(), &layout(&new, &maps.state())).len();
+            if ops > 1 {
+                maps.0.borrow_mut().fail_at = Some(maps.log_len() + fail.index(ops));
+                prop_assert!(syncer.sync(&new).is_err());
+                maps.0.borrow_mut().fail_at = None;
+            }
+            let cap = Capacity { frontends: *frontends, slots: *slots, backends: *backends, source_ranges: 64, services: *services };
+            maps.0.borrow_mut().capacity = Some(cap);
+            let (before, written) = (maps.state(), maps.log_len());
+            match syncer.sync(&new) {
+                Ok(_) => {
+                    prop_assert_eq!(served(&maps.state()), expected_service(&new));
+                }
+                Err(MapsError::Full { .. } | MapsError::MaglevFull { .. }) => {
+                    prop_assert_eq!(maps.log_len(), written, "refused, yet written");
+                    prop_assert_eq!(maps.state(), before);
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("a write failed instead of a refusal: {e}"))),
+            }
+            prop_assert_eq!(&maps.state(), syncer.programmed());
+        }
+    }
 }
 
 // ---- (c) Syncer with a failing write ------------------------------------------------------------
@@ -1174,6 +1214,42 @@ fn over_capacity_keeps_what_is_programmed() {
     ]);
     syncer.sync(&dual).expect("fits");
     assert_eq!(served(&maps.state()), expected_service(&dual));
+}
+
+#[test]
+fn entries_a_failed_apply_left_ahead_of_their_frontends_are_removed_first() {
+    // The first apply stops before any frontend: backends, slots and names are written under
+    // ids no frontend names yet.
+    let maps = Shared::default();
+    let mut syncer = Syncer::new(maps.clone()).expect("read");
+    let full = layout(&before(), &MapState::default());
+    let ahead =
+        diff(&MapState::default(), &full).iter().filter(|op| !matches!(op, MapOp::PutFrontend(..))).count();
+    maps.0.borrow_mut().fail_at = Some(ahead);
+    syncer.sync(&before()).expect_err("the first frontend's write fails");
+    let left = maps.state();
+    assert!(left.frontends.is_empty());
+    assert_eq!(left.unreachable(), left, "all of it is ahead of its frontends");
+    // Room for exactly what `after` needs: the retry lays `after` out under new group ids, so it
+    // fits only if what the failed apply left goes first.
+    let target = layout(&after(), &MapState::default());
+    maps.0.borrow_mut().fail_at = None;
+    maps.0.borrow_mut().capacity = Some(Capacity {
+        frontends: 2,
+        slots: u32::try_from(target.slots.len()).expect("small"),
+        backends: 3,
+        source_ranges: 1,
+        services: 2,
+    });
+    syncer.sync(&after()).expect("fits once the leftovers are removed");
+    assert_eq!(served(&maps.state()), expected_service(&after()));
+    let log = &maps.0.borrow().log;
+    let first_put = log[ahead..].iter().position(|op| matches!(op, MapOp::PutSlot(..))).expect("a slot");
+    assert!(
+        log[ahead..ahead + first_put].iter().any(|op| matches!(op, MapOp::DeleteSlot(..))),
+        "the leftover slots go before the new ones: {:?}",
+        lines(&log[ahead..])
+    );
 }
 
 // ---- (e) restart --------------------------------------------------------------------------------
