@@ -268,7 +268,7 @@ impl<M: LbMaps> Syncer<M> {
         } else {
             (diff(&self.programmed, &target), MapState::default())
         };
-        let peak = Occupancy::peak(&self.programmed, &removed_first, &target);
+        let peak = Occupancy::peak(&self.programmed, &removed_first, &ops);
         check_capacity(peak, &target, self.maps.capacity(), &self.options)?;
         let laid_out = Instant::now();
         self.times.layout = laid_out - now;
@@ -474,13 +474,13 @@ impl<M: LbMaps> Syncer<M> {
         let parts =
             engine.layout.update(&changed, &engine.translator, &self.programmed, &reserved, &self.options);
         report.relaid = parts.relaid;
-        let peak = Occupancy::peak(&self.programmed, &MapState::default(), &parts.after);
-        if check_capacity(peak, &parts.after, self.maps.capacity(), &self.options).is_err() {
-            return Err(Fallback::Full);
-        }
         let laid_out = Instant::now();
         self.times.layout = laid_out - translated;
         let ops = diff(&parts.before, &parts.after);
+        let peak = Occupancy::peak(&self.programmed, &MapState::default(), &ops);
+        if check_capacity(peak, &parts.after, self.maps.capacity(), &self.options).is_err() {
+            return Err(Fallback::Full);
+        }
         let diffed = Instant::now();
         self.times.diff = diffed - laid_out;
         for op in &ops {

@@ -90,34 +90,36 @@ pub struct Occupancy {
 }
 
 impl Occupancy {
-    /// At the fullest point of writing `new`'s entries over `programmed`, after `removed_first`
-    /// (entries of `programmed` the apply removes before any put) are gone.
-    pub fn peak(programmed: &MapState, removed_first: &MapState, new: &MapState) -> Self {
-        fn added<K: Ord, V>(now: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> usize {
-            new.keys().filter(|k| !now.contains_key(k)).count()
-        }
+    /// At the fullest point of applying `ops` (a `diff`, puts of a map before its removals) to
+    /// `programmed`, once `removed_first` (entries the apply removes before any put) are gone.
+    pub fn peak(programmed: &MapState, removed_first: &MapState, ops: &[MapOp]) -> Self {
         let v4 = |m: &BTreeMap<FrontendKey, FrontendValue>| {
             m.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count()
         };
         let (now_v4, gone_v4) = (v4(&programmed.frontends), v4(&removed_first.frontends));
-        let new_v4 = new
-            .frontends
-            .keys()
-            .filter(|k| matches!(k, FrontendKey::V4(_)) && !programmed.frontends.contains_key(k))
-            .count();
-        let new_frontends = added(&programmed.frontends, &new.frontends);
-        Self {
-            frontends_v4: now_v4 - gone_v4 + new_v4,
-            frontends_v6: (programmed.frontends.len() - now_v4) - (removed_first.frontends.len() - gone_v4)
-                + (new_frontends - new_v4),
-            slots: programmed.slots.len() - removed_first.slots.len() + added(&programmed.slots, &new.slots),
-            backends: programmed.backends.len() - removed_first.backends.len()
-                + added(&programmed.backends, &new.backends),
-            source_ranges: programmed.source_ranges.len() - removed_first.source_ranges.len()
-                + new.source_ranges.difference(&programmed.source_ranges).count(),
-            services: programmed.services.len() - removed_first.services.len()
-                + added(&programmed.services, &new.services),
+        let mut peak = Self {
+            frontends_v4: now_v4 - gone_v4,
+            frontends_v6: (programmed.frontends.len() - now_v4) - (removed_first.frontends.len() - gone_v4),
+            slots: programmed.slots.len() - removed_first.slots.len(),
+            backends: programmed.backends.len() - removed_first.backends.len(),
+            source_ranges: programmed.source_ranges.len() - removed_first.source_ranges.len(),
+            services: programmed.services.len() - removed_first.services.len(),
+        };
+        for op in ops {
+            let (count, new) = match op {
+                MapOp::PutFrontend(k @ FrontendKey::V4(_), _) => {
+                    (&mut peak.frontends_v4, !programmed.frontends.contains_key(k))
+                }
+                MapOp::PutFrontend(k, _) => (&mut peak.frontends_v6, !programmed.frontends.contains_key(k)),
+                MapOp::PutSlot(k, _) => (&mut peak.slots, !programmed.slots.contains_key(k)),
+                MapOp::PutBackend(id, _) => (&mut peak.backends, !programmed.backends.contains_key(id)),
+                MapOp::PutSourceRange(r) => (&mut peak.source_ranges, !programmed.source_ranges.contains(r)),
+                MapOp::PutService(g, _) => (&mut peak.services, !programmed.services.contains_key(g)),
+                _ => continue,
+            };
+            *count += usize::from(new);
         }
+        peak
     }
 }
 
