@@ -17,9 +17,12 @@
 //! lb-probe tcp-connect ADDR COUNT    COUNT connects back to back, each closed at once with a reset
 //!                                    (no TIME_WAIT); one line per connect, its latency in ns or
 //!                                    `err …`, then `done us=<wall time of all>` (the bench)
-//! lb-probe tcp-connect-pair A N B   N pairs of connects, to A then to B, each closed with a reset;
-//!                                    one line per connect, `a <ns>` / `b <ns>` or `err …` (the
-//!                                    bench: a ClusterIP against a direct connect, same client)
+//! lb-probe tcp-connect-pair A N B [A2 …]
+//!                                    N pairs of connects, one to B and one to an A (A, A2, … in
+//!                                    turn), A first in even pairs and B first in odd ones, each
+//!                                    closed with a reset; one line per connect, `a <ns>` /
+//!                                    `b <ns>` or `err …` (the bench: a ClusterIP against direct
+//!                                    connects to its backends, same client)
 //! lb-probe original-dst ADDR COUNT  a sidecar proxy's listener: prints `listening`, then accepts
 //!                                    COUNT connections on ADDR; for each, reads the destination
 //!                                    the client dialled (SO_ORIGINAL_DST, set by an iptables
@@ -377,8 +380,12 @@ fn probe() {
             // ADDR and a second address (args[4]) alternately, N pairs: one line per connect,
             // `a <ns>` or `b <ns>` (or `err …`).
             let other: SocketAddr = args.get(4).and_then(|a| a.parse().ok()).expect("second ADDR");
-            for _ in 0..n {
-                for (tag, to) in [("a", addr), ("b", other)] {
+            let more: Vec<SocketAddr> = args[5..].iter().map(|a| a.parse().expect("ADDR")).collect();
+            let directs: Vec<SocketAddr> = std::iter::once(addr).chain(more).collect();
+            for i in 0..n {
+                let a = directs[usize::try_from(i).expect("small") % directs.len()];
+                let order = if i % 2 == 0 { [("a", a), ("b", other)] } else { [("b", other), ("a", a)] };
+                for (tag, to) in order {
                     let started = Instant::now();
                     let line = match TcpStream::connect_timeout(&to, TIMEOUT) {
                         Ok(stream) => {

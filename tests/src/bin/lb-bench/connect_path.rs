@@ -129,9 +129,9 @@ impl ConnectRow {
     }
 }
 
-/// A ClusterIP connect through the socket hooks against a direct connect to a backend, the two
-/// alternating in one client in the agent's cgroup (both pay the hooks' lookup; only the first
-/// is translated).
+/// A ClusterIP connect through the socket hooks against direct connects to the same backends,
+/// pair after pair in one client in the agent's cgroup (both pay the hooks' lookup; only the
+/// ClusterIP's is translated).
 pub struct PairedRow {
     pub services: u32,
     pub direct_ns: Vec<f64>,
@@ -145,15 +145,19 @@ impl PairedRow {
     }
 }
 
-/// `pairs` alternating connects, direct then ClusterIP, from `place`.
+/// `pairs` pairs of connects from `place`: the ClusterIP and a direct one to each of `direct` in
+/// turn, the first of a pair alternating.
 fn run_pairs(
     place: &Place<'_>,
-    direct: SocketAddr,
+    direct: &[SocketAddr],
     cluster_ip: SocketAddr,
     pairs: u32,
     row: &mut PairedRow,
 ) -> anyhow::Result<()> {
-    let args = ["tcp-connect-pair", &direct.to_string(), &pairs.to_string(), &cluster_ip.to_string()];
+    let mut args =
+        vec!["tcp-connect-pair".to_owned(), direct[0].to_string(), pairs.to_string(), cluster_ip.to_string()];
+    args.extend(direct[1..].iter().map(ToString::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     for line in probe::run(place, &args)? {
         match line.split_once(' ') {
             Some(("a", ns)) => row.direct_ns.push(ns.parse().context("a line")?),
@@ -241,7 +245,7 @@ pub fn connect_path(
         let mut pair = PairedRow { services, direct_ns: Vec::new(), cluster_ip_ns: Vec::new(), failed: 0 };
         let hooked = Place { netns: &socket_ns.netns, cgroup: Some(&agent.0.cgroup) };
         for _ in 0..rounds {
-            run_pairs(&hooked, backends[0], cluster_ip, per_round, &mut pair)?;
+            run_pairs(&hooked, &backends, cluster_ip, per_round, &mut pair)?;
         }
         pair.direct_ns.sort_by(f64::total_cmp);
         pair.cluster_ip_ns.sort_by(f64::total_cmp);
@@ -255,9 +259,10 @@ pub fn paired_markdown(rows: &[PairedRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nThe same client in the agent's cgroup, alternating a direct connect to a backend and a\n\
-         ClusterIP connect through the socket hooks, pair after pair (both pay the hooks' lookup;\n\
-         only the ClusterIP's is translated):\n\n\
+        "\nThe same client in the agent's cgroup, pair after pair: a ClusterIP connect through the\n\
+         socket hooks and a direct connect to one of the Service's backends (each in turn, so both\n\
+         reach the same backends as often; the first of a pair alternates). Both pay the hooks'\n\
+         lookup; only the ClusterIP's is translated:\n\n\
          | services | pairs | direct p50 (µs) | ClusterIP p50 (µs) | ClusterIP / direct, p50 | failed |\n\
          |---|---|---|---|---|---|"
     );
