@@ -1,0 +1,349 @@
+//! The file source's state between loads: the documents of the last good load, by the hash of
+//! their text, and the objects of every Service key as references into them.
+//!
+//! A load cuts each file into its documents (`yaml_split`), parses only the documents whose
+//! text the last load did not have (on two threads when there is much to parse), and compares
+//! the objects of each key with the last load's by content. Editing one Service in a file of
+//! 20,000 documents parses one document and dirties one key; a document that moves, or appears
+//! twice, is not parsed again. Per document only its objects are kept, slices in their compact
+//! form (`StoredSlice`), never the text.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::Path,
+    sync::Arc,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+
+use super::{
+    SourceError,
+    compact::StoredSlice,
+    file::{self, Origin, PendingProblem},
+    store::ChangeCounts,
+    yaml_split,
+};
+use crate::model::{Located, Problem, ServiceKey, ServiceObjects, SliceTie, unlabelled_slice};
+
+/// Parsing on more threads than this is not worth taking the node's cores from its pods.
+const PARSE_THREADS: usize = 2;
+/// Below this much text to parse, one thread.
+const PARALLEL_BYTES: usize = 256 << 10;
+
+/// The file source's objects, and what each load changed.
+#[derive(Default)]
+pub struct FileStore {
+    /// Two independent keyed hashes of a document's text (128 bits: a collision would hide an
+    /// edit); keys chosen at random per process.
+    hashers: (ahash::RandomState, ahash::RandomState),
+    /// The parsed documents of the last good load, by the hash of their text.
+    chunks: HashMap<TextHash, Arc<Chunk>>,
+    keys: BTreeMap<ServiceKey, KeyRefs>,
+    nodes: Vec<Arc<Node>>,
+    counts: ChangeCounts,
+}
+
+type TextHash = (u64, u64);
+
+/// What one load changed.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The keys whose objects differ from the last good load's.
+    pub dirty: BTreeSet<ServiceKey>,
+    /// Every problem of the files (objects not read, slices tied to no Service).
+    pub problems: Vec<Problem>,
+    /// Pieces of text parsed (documents not seen in the last load, or whole files).
+    pub parsed: usize,
+}
+
+/// The objects of one piece of a file (a document, or comments only, or a whole file that
+/// did not cut), origins relative to the piece.
+#[derive(Debug, Default)]
+struct Chunk {
+    /// Documents the parser yielded (empty ones count in origins).
+    docs: u32,
+    services: Vec<(Origin, ServiceKey, Arc<Service>)>,
+    /// Slices tied to a Service (headless Services' and FQDN slices are never used).
+    slices: Vec<(Origin, ServiceKey, StoredSlice)>,
+    nodes: Vec<Arc<Node>>,
+    problems: Vec<PendingProblem>,
+    /// Slices without a `kubernetes.io/service-name` label (reported after every other problem).
+    unlabelled: Vec<PendingProblem>,
+}
+
+impl Chunk {
+    fn of(docs: file::Documents) -> Self {
+        let mut chunk = Self { docs: docs.count, problems: docs.problems, ..Self::default() };
+        for (origin, mut service) in docs.services {
+            // Written by the API server for its own bookkeeping; translation never reads it.
+            service.metadata.managed_fields = None;
+            let key = ServiceKey::of_service(&service);
+            chunk.services.push((origin, key, Arc::new(service)));
+        }
+        for (origin, slice) in docs.slices {
+            match SliceTie::of(&slice) {
+                SliceTie::Service(key) => chunk.slices.push((origin, key, StoredSlice::from(&slice))),
+                SliceTie::Ignored => {}
+                SliceTie::Unlabelled => {
+                    let problem =
+                        unlabelled_slice(&Located { origin: String::new(), object: Arc::new(slice) });
+                    chunk.unlabelled.push(PendingProblem {
+                        object: problem.object,
+                        origin,
+                        reason: problem.reason,
+                    });
+                }
+            }
+        }
+        chunk.nodes = docs.nodes.into_iter().map(|(_, n)| Arc::new(n)).collect();
+        chunk
+    }
+}
+
+/// One object of a key: item `item` of `chunk`'s services or slices, in `file` after `base`
+/// documents.
+#[derive(Clone, Debug)]
+struct Ref {
+    chunk: Arc<Chunk>,
+    item: usize,
+    file: Arc<str>,
+    base: u32,
+}
+
+impl Ref {
+    fn origin(&self, origin: &Origin) -> String {
+        Origin { doc: self.base + origin.doc, path: origin.path.clone() }.in_file(&self.file)
+    }
+
+    fn service(&self) -> &Arc<Service> {
+        &self.chunk.services[self.item].2
+    }
+
+    fn slice(&self) -> &StoredSlice {
+        &self.chunk.slices[self.item].2
+    }
+}
+
+/// The objects of one key, in the order of the files.
+#[derive(Debug, Default)]
+struct KeyRefs {
+    services: Vec<Ref>,
+    slices: Vec<Ref>,
+}
+
+impl KeyRefs {
+    fn same_services(&self, other: &Self) -> bool {
+        self.services.len() == other.services.len()
+            && self.services.iter().zip(&other.services).all(|(a, b)| {
+                let (a, b) = (a.service(), b.service());
+                Arc::ptr_eq(a, b) || a == b
+            })
+    }
+
+    fn same_slices(&self, other: &Self) -> bool {
+        self.slices.len() == other.slices.len()
+            && self.slices.iter().zip(&other.slices).all(|(a, b)| {
+                let (a, b) = (a.slice(), b.slice());
+                std::ptr::eq(a, b) || a == b
+            })
+    }
+}
+
+impl FileStore {
+    /// Reads every file under `path` again. A load that fails (a file unreadable or not YAML)
+    /// changes nothing: the last good load stays.
+    pub fn load(&mut self, path: &Path) -> Result<Loaded, SourceError> {
+        let mut chunks: HashMap<TextHash, Arc<Chunk>> = HashMap::new();
+        let mut files: Vec<(Arc<str>, Vec<Arc<Chunk>>)> = Vec::new();
+        let mut parsed = 0;
+        for file in file::files(path)? {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| SourceError::Read { path: file.display().to_string(), source })?;
+            let name: Arc<str> = file.display().to_string().into();
+            let pieces = self.pieces(&name, &text, &mut chunks, &mut parsed)?;
+            files.push((name, pieces));
+        }
+        let mut keys: BTreeMap<ServiceKey, KeyRefs> = BTreeMap::new();
+        let mut nodes = Vec::new();
+        let mut problems = Vec::new();
+        let mut unlabelled = Vec::new();
+        for (file, pieces) in &files {
+            let mut base = 0;
+            for chunk in pieces {
+                let at = |item| Ref { chunk: Arc::clone(chunk), item, file: Arc::clone(file), base };
+                for (item, (_, key, _)) in chunk.services.iter().enumerate() {
+                    refs_of(&mut keys, key).services.push(at(item));
+                }
+                for (item, (_, key, _)) in chunk.slices.iter().enumerate() {
+                    refs_of(&mut keys, key).slices.push(at(item));
+                }
+                nodes.extend(chunk.nodes.iter().cloned());
+                let in_file = |p: &PendingProblem| {
+                    PendingProblem {
+                        origin: Origin { doc: base + p.origin.doc, ..p.origin.clone() },
+                        ..p.clone()
+                    }
+                    .in_file(file)
+                };
+                problems.extend(chunk.problems.iter().map(in_file));
+                unlabelled.extend(chunk.unlabelled.iter().map(in_file));
+                base += chunk.docs;
+            }
+        }
+        problems.extend(unlabelled);
+        let none = KeyRefs::default();
+        let mut dirty: BTreeSet<ServiceKey> =
+            self.keys.keys().filter(|k| !keys.contains_key(*k)).cloned().collect();
+        for (key, new) in &keys {
+            if self.keys.get(key).is_some_and(|old| old.same_services(new) && old.same_slices(new)) {
+                continue;
+            }
+            dirty.insert(key.clone());
+        }
+        for key in &dirty {
+            let (old, new) = (self.keys.get(key).unwrap_or(&none), keys.get(key).unwrap_or(&none));
+            self.counts.service_total += u64::from(!old.same_services(new));
+            self.counts.endpoint_total += u64::from(!old.same_slices(new));
+        }
+        (self.chunks, self.keys, self.nodes) = (chunks, keys, nodes);
+        Ok(Loaded { dirty, problems, parsed })
+    }
+
+    /// The parsed pieces of one file's `text`, in order: those seen before (in the last load
+    /// or this one) reused, the others parsed and added to `seen`. A piece that does not parse
+    /// alone has the whole text parsed: its error is the file's, and should the whole parse,
+    /// the file is one piece.
+    fn pieces(
+        &self,
+        file: &str,
+        text: &str,
+        seen: &mut HashMap<TextHash, Arc<Chunk>>,
+        parsed: &mut usize,
+    ) -> Result<Vec<Arc<Chunk>>, SourceError> {
+        let syntax = |reason| SourceError::Syntax { path: file.to_owned(), reason };
+        let whole = |seen: &mut HashMap<TextHash, Arc<Chunk>>,
+                     parsed: &mut usize|
+         -> Result<Vec<Arc<Chunk>>, SourceError> {
+            let hash = self.hash(text);
+            let chunk = match self.chunks.get(&hash).or_else(|| seen.get(&hash)) {
+                Some(chunk) => Arc::clone(chunk),
+                None => {
+                    *parsed += 1;
+                    Arc::new(Chunk::of(file::parse(text).map_err(syntax)?))
+                }
+            };
+            seen.insert(hash, Arc::clone(&chunk));
+            Ok(vec![chunk])
+        };
+        let Some(pieces) = yaml_split::documents(text) else { return whole(seen, parsed) };
+        let hashes: Vec<TextHash> = pieces.iter().map(|p| self.hash(p)).collect();
+        let mut todo: Vec<(TextHash, &str)> = Vec::new();
+        let mut queued = BTreeSet::new();
+        for (hash, piece) in hashes.iter().zip(&pieces) {
+            if let Some(chunk) = self.chunks.get(hash) {
+                seen.entry(*hash).or_insert_with(|| Arc::clone(chunk));
+            } else if !seen.contains_key(hash) && queued.insert(*hash) {
+                todo.push((*hash, piece));
+            }
+        }
+        *parsed += todo.len();
+        let mut done = Vec::with_capacity(todo.len());
+        for (result, (hash, _)) in parse_all(&todo).into_iter().zip(&todo) {
+            match result {
+                Ok(chunk) => done.push((*hash, Arc::new(chunk))),
+                Err(_) => return whole(seen, parsed),
+            }
+        }
+        seen.extend(done);
+        Ok(hashes.iter().map(|h| Arc::clone(&seen[h])).collect())
+    }
+
+    fn hash(&self, text: &str) -> TextHash {
+        (self.hashers.0.hash_one(text), self.hashers.1.hash_one(text))
+    }
+
+    /// The objects of `key` now; `None` when it has none.
+    pub fn objects(&self, key: &ServiceKey) -> Option<ServiceObjects> {
+        let refs = self.keys.get(key)?;
+        let services = refs
+            .services
+            .iter()
+            .map(|r| Located {
+                origin: r.origin(&r.chunk.services[r.item].0),
+                object: Arc::clone(r.service()),
+            })
+            .collect();
+        let slices: Vec<Located<EndpointSlice>> = refs
+            .slices
+            .iter()
+            .map(|r| Located { origin: r.origin(&r.chunk.slices[r.item].0), object: r.slice().to_slice() })
+            .collect();
+        Some(ServiceObjects { services, slices })
+    }
+
+    /// Every key with objects.
+    pub fn keys(&self) -> BTreeSet<ServiceKey> {
+        self.keys.keys().cloned().collect()
+    }
+
+    /// The Node objects, in the order of the files.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.clone()
+    }
+
+    /// Services and EndpointSlices (tied to a Service) held.
+    pub fn counts(&self) -> (usize, usize) {
+        self.keys.values().fold((0, 0), |(s, e), r| (s + r.services.len(), e + r.slices.len()))
+    }
+
+    /// kube-proxy's change counts: each load compared with the last (nothing is pending
+    /// between loads).
+    pub fn change_counts(&self) -> ChangeCounts {
+        self.counts
+    }
+}
+
+fn refs_of<'a>(keys: &'a mut BTreeMap<ServiceKey, KeyRefs>, key: &ServiceKey) -> &'a mut KeyRefs {
+    if !keys.contains_key(key) {
+        keys.insert(key.clone(), KeyRefs::default());
+    }
+    keys.get_mut(key).expect("inserted above")
+}
+
+/// Each piece parsed and made compact at once (a piece's whole objects never outlive it), in
+/// order; on up to `PARSE_THREADS` threads when there is much text.
+fn parse_all(pieces: &[(TextHash, &str)]) -> Vec<Result<Chunk, String>> {
+    let parse = |part: &[(TextHash, &str)]| {
+        part.iter().map(|(_, t)| file::parse(t).map(Chunk::of)).collect::<Vec<_>>()
+    };
+    let bytes: usize = pieces.iter().map(|(_, t)| t.len()).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(PARSE_THREADS);
+    if threads < 2 || bytes < PARALLEL_BYTES || pieces.len() < 2 {
+        return parse(pieces);
+    }
+    // Cut where half of the text is behind.
+    let mut behind = 0;
+    let cut = pieces
+        .iter()
+        .position(|(_, t)| {
+            behind += t.len();
+            behind * 2 >= bytes
+        })
+        .map_or(pieces.len(), |i| i + 1)
+        .min(pieces.len() - 1);
+    let (first, second) = pieces.split_at(cut);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| parse(second));
+        let mut out = parse(first);
+        match other.join() {
+            Ok(rest) => out.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests;
