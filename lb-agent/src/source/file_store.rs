@@ -9,6 +9,7 @@
 //! form (`StoredSlice`), never the text.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{BuildHasherDefault, Hasher},
     path::Path,
     sync::Arc,
 };
@@ -39,13 +40,36 @@ pub struct FileStore {
     /// edit); keys chosen at random per process.
     hashers: (ahash::RandomState, ahash::RandomState),
     /// The parsed documents of the last good load, by the hash of their text.
-    chunks: HashMap<TextHash, Arc<Chunk>>,
+    chunks: ChunkMap,
+    /// The last good load's files, in order.
+    files: Vec<FileState>,
     keys: BTreeMap<ServiceKey, KeyRefs>,
-    nodes: Vec<Arc<Node>>,
     counts: ChangeCounts,
 }
 
 type TextHash = (u64, u64);
+
+type ChunkMap = HashMap<TextHash, Arc<Chunk>, BuildHasherDefault<Random>>;
+
+/// The hasher of maps keyed by `TextHash`es, which are random already: it keeps them.
+#[derive(Default)]
+struct Random(u64);
+
+impl Hasher for Random {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(29) ^ n;
+    }
+}
 
 /// What one load changed.
 #[derive(Debug, Default)]
@@ -102,32 +126,32 @@ impl Chunk {
     }
 }
 
-/// One object of a key: item `item` of `chunk`'s services or slices, in `file` after `base`
-/// documents.
+/// One object of a key: item `item` of the services or slices of `chunk`, piece `pos` of file
+/// `file` (indexes into `FileStore::files`).
 #[derive(Clone, Debug)]
 struct Ref {
     chunk: Arc<Chunk>,
-    item: usize,
-    file: Arc<str>,
-    base: u32,
+    item: u32,
+    file: u32,
+    pos: u32,
 }
 
 impl Ref {
-    fn origin(&self, origin: &Origin) -> String {
-        Origin { doc: self.base + origin.doc, path: origin.path.clone() }.in_file(&self.file)
-    }
-
     fn service(&self) -> &Arc<Service> {
-        &self.chunk.services[self.item].2
+        &self.chunk.services[self.item as usize].2
     }
 
     fn slice(&self) -> &StoredSlice {
-        &self.chunk.slices[self.item].2
+        &self.chunk.slices[self.item as usize].2
+    }
+
+    fn place(&self) -> (u32, u32, u32) {
+        (self.file, self.pos, self.item)
     }
 }
 
 /// The objects of one key, in the order of the files.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct KeyRefs {
     services: Vec<Ref>,
     slices: Vec<Ref>,
@@ -149,66 +173,189 @@ impl KeyRefs {
                 std::ptr::eq(a, b) || a == b
             })
     }
+
+    fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty()
+    }
+}
+
+/// One file of the last good load.
+#[derive(Debug)]
+struct FileState {
+    name: Arc<str>,
+    pieces: Vec<Arc<Chunk>>,
+    hashes: Vec<TextHash>,
+    /// Documents before each piece.
+    bases: Vec<u32>,
+}
+
+impl FileState {
+    fn new(name: Arc<str>, pieces: Vec<Arc<Chunk>>, hashes: Vec<TextHash>) -> Self {
+        let mut base = 0;
+        let bases = pieces
+            .iter()
+            .map(|c| {
+                let b = base;
+                base += c.docs;
+                b
+            })
+            .collect();
+        Self { name, pieces, hashes, bases }
+    }
+
+    fn origin(&self, pos: u32, origin: &Origin) -> String {
+        Origin { doc: self.bases[pos as usize] + origin.doc, path: origin.path.clone() }.in_file(&self.name)
+    }
+}
+
+/// Adds the objects of piece `pos` of file `file` to their keys.
+fn index(keys: &mut BTreeMap<ServiceKey, KeyRefs>, chunk: &Arc<Chunk>, file: u32, pos: u32) {
+    let at = |item: usize| Ref { chunk: Arc::clone(chunk), item: item as u32, file, pos };
+    for (item, (_, key, _)) in chunk.services.iter().enumerate() {
+        refs_of(keys, key).services.push(at(item));
+    }
+    for (item, (_, key, _)) in chunk.slices.iter().enumerate() {
+        refs_of(keys, key).slices.push(at(item));
+    }
+}
+
+/// The keys of a piece's objects.
+fn keys_of(chunk: &Chunk) -> impl Iterator<Item = &ServiceKey> {
+    chunk.services.iter().map(|(_, k, _)| k).chain(chunk.slices.iter().map(|(_, k, _)| k))
 }
 
 impl FileStore {
     /// Reads every file under `path` again. A load that fails (a file unreadable or not YAML)
     /// changes nothing: the last good load stays.
     pub fn load(&mut self, path: &Path) -> Result<Loaded, SourceError> {
-        let mut chunks: HashMap<TextHash, Arc<Chunk>> = HashMap::new();
-        let mut files: Vec<(Arc<str>, Vec<Arc<Chunk>>)> = Vec::new();
+        let mut chunks = ChunkMap::default();
+        let mut files = Vec::new();
         let mut parsed = 0;
         for file in file::files(path)? {
             let text = std::fs::read_to_string(&file)
                 .map_err(|source| SourceError::Read { path: file.display().to_string(), source })?;
             let name: Arc<str> = file.display().to_string().into();
-            let pieces = self.pieces(&name, &text, &mut chunks, &mut parsed)?;
-            files.push((name, pieces));
+            let (pieces, hashes) = self.pieces(&name, &text, &mut chunks, &mut parsed)?;
+            files.push(FileState::new(name, pieces, hashes));
         }
-        let mut keys: BTreeMap<ServiceKey, KeyRefs> = BTreeMap::new();
-        let mut nodes = Vec::new();
         let mut problems = Vec::new();
         let mut unlabelled = Vec::new();
-        for (file, pieces) in &files {
-            let mut base = 0;
-            for chunk in pieces {
-                let at = |item| Ref { chunk: Arc::clone(chunk), item, file: Arc::clone(file), base };
-                for (item, (_, key, _)) in chunk.services.iter().enumerate() {
-                    refs_of(&mut keys, key).services.push(at(item));
-                }
-                for (item, (_, key, _)) in chunk.slices.iter().enumerate() {
-                    refs_of(&mut keys, key).slices.push(at(item));
-                }
-                nodes.extend(chunk.nodes.iter().cloned());
+        for file in &files {
+            for (chunk, base) in file.pieces.iter().zip(&file.bases) {
                 let in_file = |p: &PendingProblem| {
                     PendingProblem {
                         origin: Origin { doc: base + p.origin.doc, ..p.origin.clone() },
                         ..p.clone()
                     }
-                    .in_file(file)
+                    .in_file(&file.name)
                 };
                 problems.extend(chunk.problems.iter().map(in_file));
                 unlabelled.extend(chunk.unlabelled.iter().map(in_file));
-                base += chunk.docs;
             }
         }
         problems.extend(unlabelled);
-        let none = KeyRefs::default();
-        let mut dirty: BTreeSet<ServiceKey> =
-            self.keys.keys().filter(|k| !keys.contains_key(*k)).cloned().collect();
-        for (key, new) in &keys {
-            if self.keys.get(key).is_some_and(|old| old.same_services(new) && old.same_slices(new)) {
-                continue;
+        // When no piece came or went, only the keys of the pieces that changed in place can
+        // differ, and every other object keeps its place.
+        let same_shape = self.files.len() == files.len()
+            && self
+                .files
+                .iter()
+                .zip(&files)
+                .all(|(a, b)| a.name == b.name && a.hashes.len() == b.hashes.len());
+        let changed: Option<Vec<(u32, u32)>> = same_shape.then(|| {
+            let mut changed = Vec::new();
+            for (f, (old, new)) in self.files.iter().zip(&files).enumerate() {
+                for (pos, (a, b)) in old.hashes.iter().zip(&new.hashes).enumerate() {
+                    if a != b {
+                        changed.push((f as u32, pos as u32));
+                    }
+                }
             }
-            dirty.insert(key.clone());
-        }
+            changed
+        });
+        let (dirty, old) = match changed {
+            Some(changed) => self.patch(&files, &changed),
+            None => self.rebuild(&files),
+        };
+        let none = KeyRefs::default();
         for key in &dirty {
-            let (old, new) = (self.keys.get(key).unwrap_or(&none), keys.get(key).unwrap_or(&none));
+            let (old, new) = (old.get(key).unwrap_or(&none), self.keys.get(key).unwrap_or(&none));
             self.counts.service_total += u64::from(!old.same_services(new));
             self.counts.endpoint_total += u64::from(!old.same_slices(new));
         }
-        (self.chunks, self.keys, self.nodes) = (chunks, keys, nodes);
+        (self.chunks, self.files) = (chunks, files);
         Ok(Loaded { dirty, problems, parsed })
+    }
+
+    /// The index built again for `files`. The keys whose objects differ from the last load's,
+    /// and their refs before.
+    fn rebuild(&mut self, files: &[FileState]) -> (BTreeSet<ServiceKey>, BTreeMap<ServiceKey, KeyRefs>) {
+        let mut keys = BTreeMap::new();
+        for (f, file) in files.iter().enumerate() {
+            for (pos, chunk) in file.pieces.iter().enumerate() {
+                index(&mut keys, chunk, f as u32, pos as u32);
+            }
+        }
+        let mut old = std::mem::replace(&mut self.keys, keys);
+        let mut dirty: BTreeSet<ServiceKey> =
+            old.keys().filter(|k| !self.keys.contains_key(*k)).cloned().collect();
+        for (key, new) in &self.keys {
+            if !old.get(key).is_some_and(|old| old.same_services(new) && old.same_slices(new)) {
+                dirty.insert(key.clone());
+            }
+        }
+        old.retain(|k, _| dirty.contains(k));
+        (dirty, old)
+    }
+
+    /// The index moved from the last load's files to `files`, which differ from them only in
+    /// the pieces at `changed` (file, position): the refs of those places replaced. The keys
+    /// whose objects differ now, and their refs before.
+    fn patch(
+        &mut self,
+        files: &[FileState],
+        changed: &[(u32, u32)],
+    ) -> (BTreeSet<ServiceKey>, BTreeMap<ServiceKey, KeyRefs>) {
+        let mut touched: BTreeSet<ServiceKey> = BTreeSet::new();
+        for &(f, pos) in changed {
+            let (old, new) =
+                (&self.files[f as usize].pieces[pos as usize], &files[f as usize].pieces[pos as usize]);
+            touched.extend(keys_of(old).chain(keys_of(new)).cloned());
+        }
+        let mut before: BTreeMap<ServiceKey, KeyRefs> =
+            touched.iter().filter_map(|k| self.keys.get(k).map(|r| (k.clone(), r.clone()))).collect();
+        let places: BTreeSet<(u32, u32)> = changed.iter().copied().collect();
+        for key in &touched {
+            if let Some(refs) = self.keys.get_mut(key) {
+                refs.services.retain(|r| !places.contains(&(r.file, r.pos)));
+                refs.slices.retain(|r| !places.contains(&(r.file, r.pos)));
+            }
+        }
+        for &(f, pos) in changed {
+            index(&mut self.keys, &files[f as usize].pieces[pos as usize], f, pos);
+        }
+        let none = KeyRefs::default();
+        let mut dirty = BTreeSet::new();
+        for key in touched {
+            let now = match self.keys.get_mut(&key) {
+                Some(refs) => {
+                    refs.services.sort_by_key(Ref::place);
+                    refs.slices.sort_by_key(Ref::place);
+                    &*refs
+                }
+                None => &none,
+            };
+            let old = before.get(&key).unwrap_or(&none);
+            let same = old.same_services(now) && old.same_slices(now);
+            if now.is_empty() {
+                self.keys.remove(&key);
+            }
+            if !same {
+                dirty.insert(key);
+            }
+        }
+        before.retain(|k, _| dirty.contains(k));
+        (dirty, before)
     }
 
     /// The parsed pieces of one file's `text`, in order: those seen before (in the last load
@@ -219,13 +366,11 @@ impl FileStore {
         &self,
         file: &str,
         text: &str,
-        seen: &mut HashMap<TextHash, Arc<Chunk>>,
+        seen: &mut ChunkMap,
         parsed: &mut usize,
-    ) -> Result<Vec<Arc<Chunk>>, SourceError> {
+    ) -> Result<(Vec<Arc<Chunk>>, Vec<TextHash>), SourceError> {
         let syntax = |reason| SourceError::Syntax { path: file.to_owned(), reason };
-        let whole = |seen: &mut HashMap<TextHash, Arc<Chunk>>,
-                     parsed: &mut usize|
-         -> Result<Vec<Arc<Chunk>>, SourceError> {
+        let whole = |seen: &mut ChunkMap, parsed: &mut usize| -> Result<_, SourceError> {
             let hash = self.hash(text);
             let chunk = match self.chunks.get(&hash).or_else(|| seen.get(&hash)) {
                 Some(chunk) => Arc::clone(chunk),
@@ -235,7 +380,7 @@ impl FileStore {
                 }
             };
             seen.insert(hash, Arc::clone(&chunk));
-            Ok(vec![chunk])
+            Ok((vec![chunk], vec![hash]))
         };
         let Some(pieces) = yaml_split::documents(text) else { return whole(seen, parsed) };
         let hashes: Vec<TextHash> = pieces.iter().map(|p| self.hash(p)).collect();
@@ -257,7 +402,7 @@ impl FileStore {
             }
         }
         seen.extend(done);
-        Ok(hashes.iter().map(|h| Arc::clone(&seen[h])).collect())
+        Ok((hashes.iter().map(|h| Arc::clone(&seen[h])).collect(), hashes))
     }
 
     fn hash(&self, text: &str) -> TextHash {
@@ -267,18 +412,22 @@ impl FileStore {
     /// The objects of `key` now; `None` when it has none.
     pub fn objects(&self, key: &ServiceKey) -> Option<ServiceObjects> {
         let refs = self.keys.get(key)?;
+        let origin = |r: &Ref, o: &Origin| self.files[r.file as usize].origin(r.pos, o);
         let services = refs
             .services
             .iter()
             .map(|r| Located {
-                origin: r.origin(&r.chunk.services[r.item].0),
+                origin: origin(r, &r.chunk.services[r.item as usize].0),
                 object: Arc::clone(r.service()),
             })
             .collect();
         let slices: Vec<Located<EndpointSlice>> = refs
             .slices
             .iter()
-            .map(|r| Located { origin: r.origin(&r.chunk.slices[r.item].0), object: r.slice().to_slice() })
+            .map(|r| Located {
+                origin: origin(r, &r.chunk.slices[r.item as usize].0),
+                object: r.slice().to_slice(),
+            })
             .collect();
         Some(ServiceObjects { services, slices })
     }
@@ -290,7 +439,7 @@ impl FileStore {
 
     /// The Node objects, in the order of the files.
     pub fn nodes(&self) -> Vec<Arc<Node>> {
-        self.nodes.clone()
+        self.files.iter().flat_map(|f| f.pieces.iter().flat_map(|c| c.nodes.iter().cloned())).collect()
     }
 
     /// Services and EndpointSlices (tied to a Service) held.
