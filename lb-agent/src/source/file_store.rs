@@ -88,32 +88,35 @@ pub struct Loaded {
 struct Chunk {
     /// Documents the parser yielded (empty ones count in origins).
     docs: u32,
-    services: Vec<(Origin, ServiceKey, Arc<Service>)>,
+    services: Box<[(Origin, ServiceKey, Arc<Service>)]>,
     /// Slices tied to a Service (headless Services' and FQDN slices are never used).
-    slices: Vec<(Origin, ServiceKey, StoredSlice)>,
-    nodes: Vec<Arc<Node>>,
-    problems: Vec<PendingProblem>,
+    slices: Box<[(Origin, ServiceKey, StoredSlice)]>,
+    nodes: Box<[Arc<Node>]>,
+    problems: Box<[PendingProblem]>,
     /// Slices without a `kubernetes.io/service-name` label (reported after every other problem).
-    unlabelled: Vec<PendingProblem>,
+    unlabelled: Box<[PendingProblem]>,
 }
 
 impl Chunk {
+    /// The kept form of some documents' objects (boxed slices: no spare capacity, as a
+    /// document usually holds one object).
     fn of(docs: file::Documents) -> Self {
-        let mut chunk = Self { docs: docs.count, problems: docs.problems, ..Self::default() };
-        for (origin, mut service) in docs.services {
+        let services = docs.services.into_iter().map(|(origin, mut service)| {
             // Written by the API server for its own bookkeeping; translation never reads it.
             service.metadata.managed_fields = None;
             let key = ServiceKey::of_service(&service);
-            chunk.services.push((origin, key, Arc::new(service)));
-        }
+            (origin, key, Arc::new(service))
+        });
+        let mut slices = Vec::new();
+        let mut unlabelled = Vec::new();
         for (origin, slice) in docs.slices {
             match SliceTie::of(&slice) {
-                SliceTie::Service(key) => chunk.slices.push((origin, key, StoredSlice::from(&slice))),
+                SliceTie::Service(key) => slices.push((origin, key, StoredSlice::from(&slice))),
                 SliceTie::Ignored => {}
                 SliceTie::Unlabelled => {
                     let problem =
                         unlabelled_slice(&Located { origin: String::new(), object: Arc::new(slice) });
-                    chunk.unlabelled.push(PendingProblem {
+                    unlabelled.push(PendingProblem {
                         object: problem.object,
                         origin,
                         reason: problem.reason,
@@ -121,8 +124,14 @@ impl Chunk {
                 }
             }
         }
-        chunk.nodes = docs.nodes.into_iter().map(|(_, n)| Arc::new(n)).collect();
-        chunk
+        Self {
+            docs: docs.count,
+            services: services.collect(),
+            slices: slices.into(),
+            nodes: docs.nodes.into_iter().map(|(_, n)| Arc::new(n)).collect(),
+            problems: docs.problems.into(),
+            unlabelled: unlabelled.into(),
+        }
     }
 }
 
@@ -176,6 +185,12 @@ impl KeyRefs {
 
     fn is_empty(&self) -> bool {
         self.services.is_empty() && self.slices.is_empty()
+    }
+
+    /// No spare capacity (a key usually has one Service and a few slices).
+    fn shrink(&mut self) {
+        self.services.shrink_to_fit();
+        self.slices.shrink_to_fit();
     }
 }
 
@@ -296,6 +311,7 @@ impl FileStore {
                 index(&mut keys, chunk, f as u32, pos as u32);
             }
         }
+        keys.values_mut().for_each(KeyRefs::shrink);
         let mut old = std::mem::replace(&mut self.keys, keys);
         let mut dirty: BTreeSet<ServiceKey> =
             old.keys().filter(|k| !self.keys.contains_key(*k)).cloned().collect();
@@ -341,6 +357,7 @@ impl FileStore {
                 Some(refs) => {
                     refs.services.sort_by_key(Ref::place);
                     refs.slices.sort_by_key(Ref::place);
+                    refs.shrink();
                     &*refs
                 }
                 None => &none,
