@@ -1,35 +1,24 @@
 //! Where this agent's objects come from, what changed since the last sync, and who this node is.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::SystemTime};
 
 use k8s_openapi::api::core::v1::Node;
 use lb_common::source_state;
 use tracing::warn;
 
 use crate::{
-    model::{NodeContext, Problem, ServiceKey, ServiceObjects, group_objects},
+    model::{NodeContext, Problem, ServiceKey, ServiceObjects},
     nodeport_addresses::{self, NodePortAddresses},
-    source::{
-        self, SourceError,
-        kubernetes::KubeSource,
-        store::{ChangeCounts, changed_keys},
-    },
+    source::{SourceError, file_store::FileStore, kubernetes::KubeSource, store::ChangeCounts},
 };
 
 /// Where this agent's objects come from.
 pub enum Source {
-    /// A file or directory, read whole at each change; `last` is the last good load, by key.
+    /// A file or directory, read again at each change; `store` holds the last good load
+    /// (only the documents whose text changed are parsed again).
     File {
         path: PathBuf,
         _watcher: notify::RecommendedWatcher,
-        last: BTreeMap<ServiceKey, ServiceObjects>,
-        nodes: Vec<Arc<Node>>,
-        /// kube-proxy's change counts, from each load compared with the last.
-        counts: ChangeCounts,
+        store: FileStore,
     },
     Kubernetes(KubeSource),
 }
@@ -48,13 +37,7 @@ pub struct Changes {
 impl Source {
     /// A file source, not read yet.
     pub fn file(path: PathBuf, watcher: notify::RecommendedWatcher) -> Self {
-        Self::File {
-            path,
-            _watcher: watcher,
-            last: BTreeMap::new(),
-            nodes: Vec::new(),
-            counts: ChangeCounts::default(),
-        }
+        Self::File { path, _watcher: watcher, store: FileStore::default() }
     }
 
     /// `lb_common::source_state` now.
@@ -67,23 +50,13 @@ impl Source {
     }
 
     /// What changed since the last call. The file source reads its files again and compares
-    /// them with the last good load, by content; a load that fails changes nothing.
+    /// them with the last good load, by content (`FileStore::load`); a load that fails changes
+    /// nothing.
     pub fn changes(&mut self) -> Result<Changes, SourceError> {
         match self {
-            Self::File { path, last, nodes, counts, .. } => {
-                let (objects, mut problems) = source::file::load(path)?;
-                let (grouped, more) = group_objects(&objects);
-                problems.extend(more);
-                let dirty = changed_keys(last, &grouped);
-                let none = ServiceObjects::default();
-                for key in &dirty {
-                    let (old, new) = (last.get(key).unwrap_or(&none), grouped.get(key).unwrap_or(&none));
-                    counts.service_total += u64::from(!old.same_services(new));
-                    counts.endpoint_total += u64::from(!old.same_slices(new));
-                }
-                *last = grouped;
-                *nodes = objects.nodes.iter().map(|n| Arc::clone(&n.object)).collect();
-                Ok(Changes { dirty, problems, triggers: Vec::new() })
+            Self::File { path, store, .. } => {
+                let loaded = store.load(path)?;
+                Ok(Changes { dirty: loaded.dirty, problems: loaded.problems, triggers: Vec::new() })
             }
             Self::Kubernetes(kube) => {
                 let taken = kube.take_changes();
@@ -95,7 +68,7 @@ impl Source {
     /// The objects of `key` now.
     pub fn objects(&self, key: &ServiceKey) -> Option<ServiceObjects> {
         match self {
-            Self::File { last, .. } => last.get(key).cloned(),
+            Self::File { store, .. } => store.objects(key),
             Self::Kubernetes(kube) => kube.objects(key),
         }
     }
@@ -103,7 +76,7 @@ impl Source {
     /// Every Service key with objects now.
     pub fn keys(&self) -> BTreeSet<ServiceKey> {
         match self {
-            Self::File { last, .. } => last.keys().cloned().collect(),
+            Self::File { store, .. } => store.keys(),
             Self::Kubernetes(kube) => kube.keys(),
         }
     }
@@ -111,7 +84,7 @@ impl Source {
     /// kube-proxy's change counts so far (the file source has nothing pending between loads).
     pub fn change_counts(&self) -> ChangeCounts {
         match self {
-            Self::File { counts, .. } => *counts,
+            Self::File { store, .. } => store.change_counts(),
             Self::Kubernetes(kube) => kube.change_counts(),
         }
     }
@@ -119,7 +92,7 @@ impl Source {
     /// The Node objects (the one named like this node gives its zone and addresses).
     pub fn nodes(&self) -> Vec<Arc<Node>> {
         match self {
-            Self::File { nodes, .. } => nodes.clone(),
+            Self::File { store, .. } => store.nodes(),
             Self::Kubernetes(kube) => kube.node().into_iter().collect(),
         }
     }
@@ -127,9 +100,7 @@ impl Source {
     /// Services and EndpointSlices held (for the log).
     pub fn counts(&self) -> (usize, usize) {
         match self {
-            Self::File { last, .. } => {
-                last.values().fold((0, 0), |(s, e), o| (s + o.services.len(), e + o.slices.len()))
-            }
+            Self::File { store, .. } => store.counts(),
             Self::Kubernetes(kube) => kube.counts(),
         }
     }

@@ -3,7 +3,10 @@
 //!
 //! A file that cannot be read or parsed fails the whole load (the agent keeps what it has
 //! programmed); an object that parses as YAML but not as its kind is reported and skipped.
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use k8s_openapi::api::{
     core::v1::{Node, Service},
@@ -16,7 +19,7 @@ use super::SourceError;
 use crate::model::{Located, Objects, Problem};
 
 /// The YAML files under `path` (itself, or the `.yaml`/`.yml`/`.json` files below it), sorted.
-fn files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
+pub(super) fn files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
     let read_err = |source| SourceError::Read { path: path.display().to_string(), source };
     let meta = std::fs::metadata(path).map_err(read_err)?;
     if !meta.is_dir() {
@@ -80,96 +83,133 @@ pub fn parse_into(
     objects: &mut Objects,
     problems: &mut Vec<Problem>,
 ) -> Result<(), SourceError> {
-    let docs: Documents = serde_saphyr::from_str_multiple_with_options::<Value, _>(text, options())
-        .map_err(|e| SourceError::Syntax { path: file.to_owned(), reason: e.to_string() })?;
-    let origin = |relative: &str| format!("{file}{relative}");
-    fn located<T>(list: Vec<Located<T>>, file: &str) -> impl Iterator<Item = Located<T>> {
-        list.into_iter().map(move |l| Located { origin: format!("{file}{}", l.origin), object: l.object })
+    let docs = parse(text).map_err(|reason| SourceError::Syntax { path: file.to_owned(), reason })?;
+    fn located<T>(list: Vec<(Origin, T)>, file: &str) -> impl Iterator<Item = Located<T>> {
+        list.into_iter().map(move |(o, object)| Located { origin: o.in_file(file), object: Arc::new(object) })
     }
-    objects.services.extend(located(docs.objects.services, file));
-    objects.slices.extend(located(docs.objects.slices, file));
-    objects.nodes.extend(located(docs.objects.nodes, file));
-    problems.extend(
-        docs.problems
-            .into_iter()
-            .map(|p| Problem { object: format!("{} ({})", p.object, origin(&p.origin)), reason: p.reason }),
-    );
+    objects.services.extend(located(docs.services, file));
+    objects.slices.extend(located(docs.slices, file));
+    objects.nodes.extend(located(docs.nodes, file));
+    problems.extend(docs.problems.into_iter().map(|p| p.in_file(file)));
     Ok(())
 }
 
-/// The documents of one file, each turned into its object as soon as the parser yields it, so
-/// only one document's generic `Value` exists at a time (a file of 20,000 documents held as
-/// values first took ~180 MB). Origins are relative to the file (`#3`, `#3/items/0`);
-/// `parse_into` puts the file name in front.
-#[derive(Default)]
-struct Documents {
-    objects: Objects,
-    problems: Vec<PendingProblem>,
-    count: usize,
+/// Parses a YAML stream (a file, or some of its documents) into its objects, each document
+/// turned into its object as soon as the parser yields it, so only one document's generic
+/// `Value` exists at a time (a file of 20,000 documents held as values first took ~180 MB).
+/// The error is the parser's.
+pub(super) fn parse(text: &str) -> Result<Documents, String> {
+    serde_saphyr::from_str_multiple_with_options::<Value, Documents>(text, options())
+        .map_err(|e| e.to_string())
+}
+
+/// Where in a stream an object is: its document (1-based) and, inside a `v1/List`, the path
+/// to it (`/items/0`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Origin {
+    pub doc: u32,
+    pub path: Box<str>,
+}
+
+impl Origin {
+    /// `file#3/items/0`, the origin the agent reports.
+    pub fn in_file(&self, file: &str) -> String {
+        format!("{file}#{}{}", self.doc, self.path)
+    }
+
+    fn item(&self, i: usize) -> Self {
+        Self { doc: self.doc, path: format!("{}/items/{i}", self.path).into() }
+    }
+}
+
+/// The objects of a stream's documents, in their order, and the problems of those that are not
+/// objects the agent reads.
+#[derive(Debug, Default)]
+pub(super) struct Documents {
+    /// Documents the parser yielded (empty ones too: they count in origins).
+    pub count: u32,
+    pub services: Vec<(Origin, Service)>,
+    pub slices: Vec<(Origin, EndpointSlice)>,
+    pub nodes: Vec<(Origin, Node)>,
+    pub problems: Vec<PendingProblem>,
 }
 
 /// A `Problem` whose origin lacks the file name.
-struct PendingProblem {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct PendingProblem {
     /// `Kind namespace/name`.
-    object: String,
-    origin: String,
-    reason: String,
+    pub object: String,
+    pub origin: Origin,
+    pub reason: String,
+}
+
+impl PendingProblem {
+    pub fn in_file(&self, file: &str) -> Problem {
+        Problem {
+            object: format!("{} ({})", self.object, self.origin.in_file(file)),
+            reason: self.reason.clone(),
+        }
+    }
 }
 
 impl Extend<Value> for Documents {
     fn extend<I: IntoIterator<Item = Value>>(&mut self, docs: I) {
         for doc in docs {
             self.count += 1;
-            add_document(format!("#{}", self.count), doc, &mut self.objects, &mut self.problems);
+            let origin = Origin { doc: self.count, path: "".into() };
+            self.add(origin, doc);
         }
     }
 }
 
-fn add_document(origin: String, doc: Value, objects: &mut Objects, problems: &mut Vec<PendingProblem>) {
-    if doc.is_null() {
-        return;
-    }
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
-    let api_version = text(doc.get("apiVersion"));
-    let kind = text(doc.get("kind"));
-    let name = doc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .map_or_else(|| "<unnamed>".to_owned(), str::to_owned);
-    let namespace =
-        doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
-    let object = format!("{kind} {namespace}/{name}");
-    let mut problem = |reason: String| {
-        problems.push(PendingProblem { object: object.clone(), origin: origin.clone(), reason })
-    };
-    match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => match serde_json::from_value::<Service>(doc) {
-            Ok(object) => objects.services.push(Located { origin, object: object.into() }),
-            Err(e) => problem(format!("not a valid Service: {e}")),
-        },
-        ("discovery.k8s.io/v1", "EndpointSlice") => match serde_json::from_value::<EndpointSlice>(doc) {
-            Ok(object) => objects.slices.push(Located { origin, object: object.into() }),
-            Err(e) => problem(format!("not a valid EndpointSlice: {e}")),
-        },
-        ("v1", "Node") => match serde_json::from_value::<Node>(doc) {
-            Ok(object) => objects.nodes.push(Located { origin, object: object.into() }),
-            Err(e) => problem(format!("not a valid Node: {e}")),
-        },
-        ("v1", "List") => {
-            let items = match doc {
-                Value::Object(mut map) => match map.remove("items") {
-                    Some(Value::Array(items)) => items,
-                    _ => Vec::new(),
-                },
-                _ => Vec::new(),
-            };
-            for (i, item) in items.into_iter().enumerate() {
-                add_document(format!("{origin}/items/{i}"), item, objects, problems);
-            }
+impl Documents {
+    fn add(&mut self, origin: Origin, doc: Value) {
+        if doc.is_null() {
+            return;
         }
-        _ => problem(format!(
-            "unsupported object {api_version}/{kind}; ignored (v1/Service, discovery.k8s.io/v1/EndpointSlice and v1/Node are read)"
-        )),
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
+        let api_version = text(doc.get("apiVersion"));
+        let kind = text(doc.get("kind"));
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map_or_else(|| "<unnamed>".to_owned(), str::to_owned);
+        let namespace =
+            doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
+        let object = format!("{kind} {namespace}/{name}");
+        let problems = &mut self.problems;
+        let mut problem = |reason: String| {
+            problems.push(PendingProblem { object: object.clone(), origin: origin.clone(), reason })
+        };
+        match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Service") => match serde_json::from_value::<Service>(doc) {
+                Ok(object) => self.services.push((origin, object)),
+                Err(e) => problem(format!("not a valid Service: {e}")),
+            },
+            ("discovery.k8s.io/v1", "EndpointSlice") => match serde_json::from_value::<EndpointSlice>(doc) {
+                Ok(object) => self.slices.push((origin, object)),
+                Err(e) => problem(format!("not a valid EndpointSlice: {e}")),
+            },
+            ("v1", "Node") => match serde_json::from_value::<Node>(doc) {
+                Ok(object) => self.nodes.push((origin, object)),
+                Err(e) => problem(format!("not a valid Node: {e}")),
+            },
+            ("v1", "List") => {
+                let items = match doc {
+                    Value::Object(mut map) => match map.remove("items") {
+                        Some(Value::Array(items)) => items,
+                        _ => Vec::new(),
+                    },
+                    _ => Vec::new(),
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    self.add(origin.item(i), item);
+                }
+            }
+            _ => problem(format!(
+                "unsupported object {api_version}/{kind}; ignored (v1/Service, discovery.k8s.io/v1/EndpointSlice and v1/Node are read)"
+            )),
+        }
     }
 }
 

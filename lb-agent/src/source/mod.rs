@@ -2,9 +2,11 @@
 pub mod api_check;
 pub mod compact;
 pub mod file;
+pub mod file_store;
 pub mod kubernetes;
 pub mod store;
 pub mod watch_retry;
+pub mod yaml_split;
 
 use thiserror::Error;
 

@@ -11,7 +11,11 @@ pub struct ControlPlane {
     pub services: u32,
     pub endpoints: u32,
     pub full_sync_ms: f64,
+    /// Of the full sync, the source's part (`source_us`: reading and parsing the file).
+    pub full_sync_source_ms: f64,
     pub incremental_ms: Vec<f64>,
+    /// Of each change's sync, the source's part (re-reading the file, parsing what changed), sorted.
+    pub incremental_source_ms: Vec<f64>,
     pub rss_mib: f64,
 }
 
@@ -19,7 +23,9 @@ pub fn control_plane(services: u32, endpoints: u32, changes: u32) -> anyhow::Res
     eprintln!("control plane: {services} services × {endpoints} endpoints");
     let bench = Bench::start(services, endpoints, "random")?;
     let full_sync_ms = sync_us(&bench.0.agent, 1)? as f64 / 1000.0;
+    let full_sync_source_ms = sync_field(&bench.0.agent, 1, "source_us")? as f64 / 1000.0;
     let mut incremental_ms = Vec::new();
+    let mut incremental_source_ms = Vec::new();
     for c in 0..changes {
         let before = bench.0.agent.count("sync applied");
         // Replaced by a rename, as editors and `kubectl`-style tools do: the agent never reads a
@@ -29,11 +35,21 @@ pub fn control_plane(services: u32, endpoints: u32, changes: u32) -> anyhow::Res
         std::fs::rename(&next, &bench.0.source)?;
         bench.0.agent.wait_for_log("sync applied", before + 1, Duration::from_secs(120))?;
         incremental_ms.push(sync_us(&bench.0.agent, before + 1)? as f64 / 1000.0);
+        incremental_source_ms.push(sync_field(&bench.0.agent, before + 1, "source_us")? as f64 / 1000.0);
     }
     let rss_mib = peak_rss_mib(bench.0.agent.pid())?;
     drop(bench);
     incremental_ms.sort_by(f64::total_cmp);
-    Ok(ControlPlane { services, endpoints, full_sync_ms, incremental_ms, rss_mib })
+    incremental_source_ms.sort_by(f64::total_cmp);
+    Ok(ControlPlane {
+        services,
+        endpoints,
+        full_sync_ms,
+        full_sync_source_ms,
+        incremental_ms,
+        incremental_source_ms,
+        rss_mib,
+    })
 }
 
 /// The same cluster through `--source kubernetes`: the agent lists it from the in-process API

@@ -9,7 +9,8 @@
 //!   once each, each run paired with a run to no frontend in the same batch (the median extra
 //!   time, which the single run's timer overhead cancels out of).
 //! - Control plane: the agent's full sync of 10,000 services × 10 endpoints (source read,
-//!   translation, map writes), one EndpointSlice change (the file source re-reads the whole file),
+//!   translation, map writes), one EndpointSlice change (the file source re-reads the file and
+//!   parses the changed document again),
 //!   and the agent's peak RSS; beside them, the time `iptables-restore` and `nft -f` take to load
 //!   the rule sets kube-proxy would write for the same services (its iptables and nftables
 //!   layouts), in a network namespace made for it.
@@ -56,7 +57,8 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     // `--only packet|connect|veth|control`: one section, for working on it; nothing is written
-    // (`--only kube`: the control plane's Kubernetes-source part alone).
+    // (`--only kube`: the control plane's Kubernetes-source part alone, `--only file` its
+    // file-source part alone).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 10_000, 100_000] };
@@ -91,7 +93,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let (services, endpoints, changes) = if quick { (1_000, 10, 5) } else { (10_000, 10, 20) };
-    if run("control") {
+    if run("control") || only.as_deref() == Some("file") {
         let cp = control_plane(services, endpoints, changes)?;
         // The connect path's loads at this size (not run with `--only control`).
         let load = loads.iter().find(|l| l.services == services);
@@ -105,7 +107,9 @@ fn main() -> anyhow::Result<()> {
              kube-proxy's rule sets are the connect path's, loaded into its namespaces.\n\n\
              | measurement | lb-agent | kube-proxy's rule set | ratio |\n|---|---|---|---|\n\
              | full sync: source read, translation, map writes (ms) | {:.0} | iptables-restore {:.0} / nft -f {:.0} | {:.3} / {:.3} |\n\
-             | one EndpointSlice change, p50 / p99 of {} (ms; the file source re-reads all) | {:.1} / {:.1} | - | - |\n\
+             | of which the source: reading and parsing the file (ms) | {:.0} | - | - |\n\
+             | one EndpointSlice change, p50 / p99 of {} (ms; the file source re-reads the file, parses the changed document) | {:.1} / {:.1} | - | - |\n\
+             | of which the source, p50 / p99 (ms) | {:.1} / {:.1} | - | - |\n\
              | agent peak RSS (MiB) | {:.1} | - | - |",
             cp.services,
             cp.endpoints,
@@ -114,9 +118,12 @@ fn main() -> anyhow::Result<()> {
             nft_ms,
             iptables_ratio,
             nft_ratio,
+            cp.full_sync_source_ms,
             cp.incremental_ms.len(),
             percentile(&cp.incremental_ms, 0.5),
             percentile(&cp.incremental_ms, 0.99),
+            percentile(&cp.incremental_source_ms, 0.5),
+            percentile(&cp.incremental_source_ms, 0.99),
             cp.rss_mib
         );
     }
