@@ -51,21 +51,49 @@ fn expired(proto: u8, value: &CtValue, now: u64) -> bool {
     now.wrapping_sub(value.last_seen) > ct_lifetime(proto, value.flags)
 }
 
-/// The live entry for `key` (expired entries count as absent), read in place (no copy: the
-/// programs' stack is 512 bytes).
+/// The live entry for `key` (expired entries count as absent), in place in the map (no copy: the
+/// programs' stack is 512 bytes): read it through `Entry::value`, refresh it with `touch`.
 #[inline(always)]
-pub fn lookup(key: &CtKey, now: u64) -> Option<&'static CtValue> {
-    // Safety: plain-old-data value read during this program run; a concurrent update can at
-    // worst mix the fields of two writes of the same flow, which carry the same addresses, and
-    // an LRU eviction racing with us makes this one packet go to a stale tuple, as in Cilium.
-    let value = unsafe { LB_CONNTRACK.get(key) }?;
-    if expired(key.proto, value, now) { None } else { Some(value) }
+pub fn lookup(key: &CtKey, now: u64) -> Option<Entry> {
+    let ptr = LB_CONNTRACK.get_ptr_mut(key)?;
+    let entry = Entry(ptr);
+    if expired(key.proto, entry.value(), now) { None } else { Some(entry) }
 }
 
-/// Marks a packet of a tracked flow: refreshes both entries and records the TCP state
-/// (`reply`: the packet came from the backend).
+/// A conntrack entry found by `lookup`, in place in the map.
+#[derive(Clone, Copy)]
+pub struct Entry(*mut CtValue);
+
+impl Entry {
+    /// The entry's value.
+    #[inline(always)]
+    pub fn value(&self) -> &'static CtValue {
+        // Safety: the pointer is to a map element, valid for this program run (an LRU eviction
+        // or delete frees it only after the run). A concurrent update can at worst mix the
+        // fields of two writes of the same flow, which carry the same addresses, and an eviction
+        // racing with us makes this one packet go to a stale tuple, as in Cilium. The reference
+        // is not held across `touch`, the only write.
+        unsafe { &*self.0 }
+    }
+}
+
+/// How long after its last refresh an entry is refreshed again by a packet that changes no
+/// TCP state: a sixteenth of its lifetime (0.6 s for a closing TCP flow, 3.75 s for a new one or
+/// UDP, 22 min for an established TCP flow). A packet then writes nothing, and only this entry
+/// is looked up: its peer (the other direction's entry, another lookup and more cold memory) is
+/// refreshed with it. An entry's `last_seen` is thus at most 1/16 of its lifetime behind the
+/// flow's last packet, and a flow idle for its whole lifetime expires at most that much early.
 #[inline(always)]
-pub fn touch(key: &CtKey, value: &CtValue, tcp_flags: u8, reply: bool, now: u64) {
+fn refresh_after(proto: u8, flags: u16) -> u64 {
+    ct_lifetime(proto, flags) >> 4
+}
+
+/// Marks a packet of a tracked flow (`entry`, found under `key`): records the TCP state in both
+/// entries (`reply`: the packet came from the backend) and refreshes both timestamps, when the
+/// state changes or the timestamp is older than `refresh_after`; otherwise writes nothing.
+#[inline(always)]
+pub fn touch(key: &CtKey, entry: Entry, tcp_flags: u8, reply: bool, now: u64) {
+    let value = entry.value();
     let mut set = 0;
     if reply {
         set |= ct_flags::SEEN_REPLY;
@@ -84,19 +112,30 @@ pub fn touch(key: &CtKey, value: &CtValue, tcp_flags: u8, reply: bool, now: u64)
     }
     // A new SYN on a closing entry is the client reusing its port: the flow starts over.
     let reopen = tcp_flags & crate::packet::TCP_SYN != 0 && tcp_flags & crate::packet::TCP_RST == 0 && !reply;
-    for k in [*key, peer_key(key, value)] {
-        if let Some(entry) = LB_CONNTRACK.get_ptr_mut(k) {
-            // Safety: `entry` points into the map element for this program run; the writes are
-            // plain stores of a timestamp and flag bits (a racing writer can only lose a bit of
-            // TCP state, which the next packet sets again).
-            unsafe {
-                (*entry).last_seen = now;
-                if reopen {
-                    (*entry).flags &= !(ct_flags::CLOSING | ct_flags::FIN_ORIGINAL | ct_flags::FIN_REPLY);
-                }
-                (*entry).flags |= set;
-            }
-        }
+    let clear = if reopen { ct_flags::CLOSING | ct_flags::FIN_ORIGINAL | ct_flags::FIN_REPLY } else { 0 };
+    let flags = value.flags;
+    // Both entries' flags move together (made equal, updated alike): when this one's would not
+    // change, neither would the peer's.
+    if (flags & !clear) | set == flags && now.wrapping_sub(value.last_seen) < refresh_after(key.proto, flags)
+    {
+        return;
+    }
+    let peer = peer_key(key, value);
+    mark(entry.0, set, clear, now);
+    if let Some(other) = LB_CONNTRACK.get_ptr_mut(peer) {
+        mark(other, set, clear, now);
+    }
+}
+
+/// Refreshes one entry and updates its flags.
+#[inline(always)]
+fn mark(entry: *mut CtValue, set: u16, clear: u16, now: u64) {
+    // Safety: `entry` points into a map element for this program run; the writes are plain
+    // stores of a timestamp and flag bits (a racing writer can only lose a bit of TCP state,
+    // which the next packet sets again).
+    unsafe {
+        (*entry).last_seen = now;
+        (*entry).flags = ((*entry).flags & !clear) | set;
     }
 }
 

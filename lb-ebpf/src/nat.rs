@@ -162,16 +162,17 @@ pub fn ingress<H: Hook>(ctx: &H) -> Action {
 #[inline(never)]
 fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
     let original = conntrack::key(flow, ct_dir::ORIGINAL);
-    if let Some(entry) = conntrack::lookup(&original, now)
-        && backend_alive(entry)
+    if let Some(found) = conntrack::lookup(&original, now)
+        && backend_alive(found.value())
     {
+        let entry = found.value();
         let snat = entry.flags & ct_flags::SNAT != 0;
         if H::WHOLE_ONLY && !snat {
             return defer();
         }
         let action = apply(ctx, flow, entry, snat);
         if action != Action::NEXT {
-            conntrack::touch(&original, entry, flow.tcp_flags, false, now);
+            conntrack::touch(&original, found, flow.tcp_flags, false, now);
             bump(H::COUNTERS.translated);
         }
         return action;
@@ -183,14 +184,15 @@ fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
         return UNTRACKED;
     }
     let reply = conntrack::key(flow, ct_dir::REPLY);
-    if let Some(entry) = conntrack::lookup(&reply, now) {
+    if let Some(found) = conntrack::lookup(&reply, now) {
+        let entry = found.value();
         if H::WHOLE_ONLY && entry.flags & ct_flags::SNAT == 0 {
             return defer();
         }
         // The reply now comes from the frontend, an address of ours for a NodePort.
         let action = apply(ctx, flow, entry, true);
         if action != Action::NEXT {
-            conntrack::touch(&reply, entry, flow.tcp_flags, true, now);
+            conntrack::touch(&reply, found, flow.tcp_flags, true, now);
             bump(H::COUNTERS.revnat);
         }
         return action;
@@ -223,11 +225,11 @@ fn icmp_error<H: Hook>(ctx: &H, direct: bool) -> Action {
         pad: 0,
     };
     let entry = match conntrack::lookup(&key, now) {
-        Some(entry) => entry,
+        Some(entry) => entry.value(),
         None => {
             key.dir = ct_dir::ORIGINAL;
             match conntrack::lookup(&key, now) {
-                Some(entry) => entry,
+                Some(entry) => entry.value(),
                 None => return Action::NEXT,
             }
         }
@@ -273,12 +275,12 @@ fn reply<H: Hook>(ctx: &H, flow: &Flow) -> Action {
     let flow = *flow;
     let now = conntrack::now();
     let reply = conntrack::key(&flow, ct_dir::REPLY);
-    let Some(entry) = conntrack::lookup(&reply, now) else {
+    let Some(found) = conntrack::lookup(&reply, now) else {
         return Action::NEXT;
     };
-    conntrack::touch(&reply, entry, flow.tcp_flags, true, now);
+    conntrack::touch(&reply, found, flow.tcp_flags, true, now);
     bump(H::COUNTERS.revnat);
-    apply(ctx, &flow, entry, false)
+    apply(ctx, &flow, found.value(), false)
 }
 
 /// A packet of ours that this hook leaves to the next stage (counted).
@@ -445,7 +447,7 @@ fn finishes<H: Hook>(ctx: &H, fib: &FibParams, found: Found) -> bool {
 /// and track the flow. Not inlined: its own stack frame keeps the program under 512 bytes.
 #[inline(never)]
 fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
-    let hash = flow_hash(&flow.src, flow.sport, flow.dport, flow.proto);
+    let hash = || flow_hash(&flow.src, flow.sport, flow.dport, flow.proto);
     // A LoadBalancer frontend whose source ranges leave this client out is, for `resolve`, no
     // frontend; `denied` tells the two apart (checked before the backend choice, so a Service
     // without endpoints drops such a client too, as kube-proxy's firewall chain comes first).
@@ -548,6 +550,7 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
         // cannot take the same one.
         let mut sport = 0;
         let mut tries = 0;
+        let hash = hash();
         while tries < SNAT_TRIES {
             let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
             let port = (SNAT_PORT_MIN + (hash.wrapping_add(tries.wrapping_mul(7919)) % span) as u16).to_be();
