@@ -2,9 +2,12 @@
 //! per direction, each holding the tuple its packets are rewritten to. Either entry's value, with
 //! source and destination swapped and the direction flipped, is the key of the other.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{CtKey, CtValue, ct_dir, ct_flags, ct_lifetime};
+use lb_common::{CtKey, CtValue, ct_dir, ct_flags, ct_gate, ct_lifetime};
 
-use crate::{maps::LB_CONNTRACK, packet::Flow};
+use crate::{
+    maps::{LB_CONNTRACK, LB_CT_GATE},
+    packet::Flow,
+};
 
 /// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of every timestamp in the maps (conntrack
 /// `last_seen`, affinity `last_used`). Its tick (a few ms) is far below any lifetime it measures,
@@ -14,6 +17,36 @@ use crate::{maps::LB_CONNTRACK, packet::Flow};
 pub fn now() -> u64 {
     // Safety: bpf_ktime_get_coarse_ns has no preconditions.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Whether an original-direction entry may exist for `flow` (keyed by its tuple as it arrived):
+/// false only when the gate is ready and `flow`'s destination slot was never opened
+/// (`lb_common::ct_gate`). Two array reads, no hashing of the 40-byte key: a packet to no
+/// frontend then costs one hash lookup (the frontend's), not two.
+#[inline(always)]
+pub fn may_track(flow: &Flow) -> bool {
+    if !matches!(LB_CT_GATE.get(ct_gate::READY), Some(ready) if *ready != 0) {
+        return true;
+    }
+    let slot = ct_gate::slot(&flow.dst, flow.dport, flow.proto);
+    !matches!(LB_CT_GATE.get(slot), Some(open) if *open == 0)
+}
+
+/// Opens the gate for `flow`'s destination; called before an original-direction entry for it is
+/// stored. `Err`: the slot cannot be written, and the entry must not be stored.
+#[inline(always)]
+pub fn open_gate(flow: &Flow) -> Result<(), ()> {
+    let slot = ct_gate::slot(&flow.dst, flow.dport, flow.proto);
+    let open = LB_CT_GATE.get_ptr_mut(slot).ok_or(())?;
+    // Safety: the pointer is to the slot's array element, valid for the program run. A plain
+    // one-byte store (no read-modify-write), so concurrent writers cannot undo each other; it is
+    // skipped when already set, to leave the cache line clean.
+    unsafe {
+        if *open == 0 {
+            *open = 1;
+        }
+    }
+    Ok(())
 }
 
 /// The key of `flow` in direction `dir`.

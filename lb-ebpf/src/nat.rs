@@ -162,7 +162,8 @@ pub fn ingress<H: Hook>(ctx: &H) -> Action {
 #[inline(never)]
 fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
     let original = conntrack::key(flow, ct_dir::ORIGINAL);
-    if let Some(found) = conntrack::lookup(&original, now)
+    if conntrack::may_track(flow)
+        && let Some(found) = conntrack::lookup(&original, now)
         && backend_alive(found.value())
     {
         let entry = found.value();
@@ -578,7 +579,9 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
             return Action::DROP;
         }
     }
-    if conntrack::store(&conntrack::key(flow, ct_dir::ORIGINAL), &scratch.entry).is_err() {
+    if conntrack::open_gate(flow).is_err()
+        || conntrack::store(&conntrack::key(flow, ct_dir::ORIGINAL), &scratch.entry).is_err()
+    {
         bump(H::COUNTERS.nat_failed);
         bump_service(group, H::COUNTERS.service + service_stats::NAT_FAILED);
         return Action::DROP;

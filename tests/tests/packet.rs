@@ -569,6 +569,41 @@ fn a_half_closed_tcp_flow_stays_established_until_both_sides_finish() {
     assert_eq!(ct_state(&node, &client, &frontend), "closing");
 }
 
+/// Packets to a destination no tracked flow was made to skip the conntrack lookup (the
+/// conntrack gate, `lb_common::ct_gate`), which must never hide a flow: one tracked before an
+/// agent restart that makes the gate anew (as after an upgrade from an agent without it, whose
+/// programs opened no slot) is still tracked by the next agent's programs, not taken for new.
+#[test]
+fn a_flow_tracked_before_a_restart_that_makes_the_conntrack_gate_anew_is_still_tracked() {
+    require_root();
+    let dir = TempDir::new().expect("tempdir");
+    let source = dir.write("cluster.yaml", &cluster()).expect("source");
+    let cgroup = Cgroup::new().expect("cgroup");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let (client, frontend, backend) = (addr(CLIENT4, 42000), addr(EXTERNAL4, 80), addr(POD4, 8080));
+    let agent = Agent::start(&source, &cgroup.path, &bpffs.path).expect("agent");
+    let syn = Packet::tcp(&client, &frontend, TCP_SYN);
+    let t = trace(&bpffs.path, "ingress", &frame(&syn)).expect("trace");
+    assert_translated(&t, &syn.with(&client, &backend), "SYN");
+    assert_eq!(t.json["counters"]["tc_new_flow"], 1, "the SYN starts a flow: {:#}", t.json);
+    drop(agent);
+    let gate = bpffs.path.join(lb_common::map_names::CT_GATE);
+    std::fs::remove_file(&gate).expect("removing the gate's pin");
+
+    let _agent = Agent::start(&source, &cgroup.path, &bpffs.path).expect("agent, again");
+    assert!(gate.exists(), "the new agent pins a new gate");
+    let data = Packet::tcp(&client, &frontend, TCP_ACK | TCP_PSH).payload(b"more");
+    let t = trace(&bpffs.path, "ingress", &frame(&data)).expect("trace");
+    assert_translated(&t, &data.with(&client, &backend), "data after the restart");
+    assert_eq!(t.json["counters"]["tc_translated"], 1, "{:#}", t.json);
+    assert!(t.json["counters"].get("tc_new_flow").is_none(), "a conntrack hit, not a new flow: {:#}", t.json);
+    // A packet to a destination no flow went to takes the gate's short way and is still not ours.
+    let other = Packet::tcp(&client, "192.0.2.1:80", TCP_SYN);
+    let t = trace(&bpffs.path, "ingress", &frame(&other)).expect("trace");
+    assert_eq!(t.verdict, PASS, "{:#}", t.json);
+    assert_eq!(hex(&t.output), hex(&other.frame()), "untouched");
+}
+
 #[test]
 fn one_client_port_to_two_frontends_of_one_local_backend_is_not_cross_wired() {
     let node = Node::start();
