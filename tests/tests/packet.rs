@@ -592,7 +592,7 @@ fn a_flow_tracked_before_a_restart_that_makes_the_conntrack_gate_anew_is_still_t
 
     let _agent = Agent::start(&source, &cgroup.path, &bpffs.path).expect("agent, again");
     assert!(gate.exists(), "the new agent pins a new gate");
-    let data = Packet::tcp(&client, &frontend, TCP_ACK | TCP_PSH).payload(b"more");
+    let data = data_packet(&client, &frontend);
     let t = trace(&bpffs.path, "ingress", &frame(&data)).expect("trace");
     assert_translated(&t, &data.with(&client, &backend), "data after the restart");
     assert_eq!(t.json["counters"]["tc_translated"], 1, "{:#}", t.json);
@@ -602,6 +602,21 @@ fn a_flow_tracked_before_a_restart_that_makes_the_conntrack_gate_anew_is_still_t
     let t = trace(&bpffs.path, "ingress", &frame(&other)).expect("trace");
     assert_eq!(t.verdict, PASS, "{:#}", t.json);
     assert_eq!(hex(&t.output), hex(&other.frame()), "untouched");
+
+    // The slot is what decides: closed by hand (what a restart without the agent's refill would
+    // leave), the flow's next packet is taken for a new one.
+    let data = aya::maps::MapData::from_pin(&gate).expect("the gate's pin");
+    let mut map: aya::maps::Array<_, u8> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("the gate is an array");
+    let dst: std::net::Ipv4Addr = EXTERNAL4.parse().expect("address");
+    let slot = lb_common::ct_gate::slot(&[u32::from_ne_bytes(dst.octets()), 0, 0, 0], 80u16.to_be(), 6);
+    map.set(slot, 0, 0).expect("closing the slot");
+    let t = trace(&bpffs.path, "ingress", &frame(&data_packet(&client, &frontend))).expect("trace");
+    assert_eq!(t.json["counters"]["tc_new_flow"], 1, "the gate hid the flow: {:#}", t.json);
+}
+
+fn data_packet(client: &str, frontend: &str) -> Packet {
+    Packet::tcp(client, frontend, TCP_ACK | TCP_PSH).payload(b"more")
 }
 
 #[test]
