@@ -143,26 +143,38 @@ pub fn ingress<H: Hook>(ctx: &H) -> Action {
     let Some(flow) = packet::parse(ctx) else {
         return if H::WHOLE_ONLY { Action::NEXT } else { icmp_error(ctx, true) };
     };
-    let now = conntrack::now();
     // Two out-of-line steps, each with its own stack frame: the 512-byte limit applies to the
-    // deepest call chain, not to the sum of everything inlined.
-    let action = tracked(ctx, &flow, now);
-    if action != UNTRACKED {
-        return action;
+    // deepest call chain, not to the sum of everything inlined. A packet that can belong to no
+    // tracked flow (the conntrack gate is shut for its destination, and it is no reply to a SNAT
+    // port) goes straight to the frontend lookup: one hash lookup, no clock read.
+    let original = conntrack::may_track(&flow);
+    if original || snat_port(flow.dport) {
+        let action = tracked(ctx, &flow, original);
+        if action != UNTRACKED {
+            return action;
+        }
     }
-    let (action, log) = new_flow(ctx, &flow, now).take_log();
+    let (action, log) = new_flow(ctx, &flow).take_log();
     if log {
         log_flow(ctx);
     }
     action
 }
 
+/// Whether `port` (network order) is one SNAT gives out (`SNAT_PORT_MIN..=SNAT_PORT_MAX`).
+#[inline(always)]
+fn snat_port(port: u16) -> bool {
+    (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(port))
+}
+
 /// A packet of a tracked flow, in either direction, is rewritten as its entry says; `UNTRACKED`
-/// for a packet of no tracked flow.
+/// for a packet of no tracked flow. `may_original`: whether the conntrack gate lets the packet
+/// look for an original-direction entry (`conntrack::may_track`).
 #[inline(never)]
-fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
+fn tracked<H: Hook>(ctx: &H, flow: &Flow, may_original: bool) -> Action {
+    let now = conntrack::now();
     let original = conntrack::key(flow, ct_dir::ORIGINAL);
-    if conntrack::may_track(flow)
+    if may_original
         && let Some(found) = conntrack::lookup(&original, now)
         && backend_alive(found.value())
     {
@@ -181,7 +193,7 @@ fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
     // At an ingress the only replies translated are those of SNATed flows (a local backend's
     // reply leaves through `egress`), and they come back to a port of the SNAT range: any other
     // packet needs no second lookup, which a packet to no frontend would otherwise pay.
-    if !(SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(flow.dport)) {
+    if !snat_port(flow.dport) {
         return UNTRACKED;
     }
     let reply = conntrack::key(flow, ct_dir::REPLY);
@@ -447,7 +459,7 @@ fn finishes<H: Hook>(ctx: &H, fib: &FibParams, found: Found) -> bool {
 /// A packet that is not part of a tracked flow: if it is addressed to a frontend, pick a backend
 /// and track the flow. Not inlined: its own stack frame keeps the program under 512 bytes.
 #[inline(never)]
-fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
+fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
     let hash = || flow_hash(&flow.src, flow.sport, flow.dport, flow.proto);
     // A LoadBalancer frontend whose source ranges leave this client out is, for `resolve`, no
     // frontend; `denied` tells the two apart (checked before the backend choice, so a Service
@@ -496,6 +508,7 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
     if H::WHOLE_ONLY && !snat {
         return defer();
     }
+    let now = conntrack::now();
 
     // Big values live in a per-CPU scratch slot, not on the 512-byte stack.
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
