@@ -6,7 +6,7 @@
 //!   frame, an IPv4 packet of another protocol and a packet to no frontend (each `--repeat`ed: the
 //!   runs share one buffer and the packet is never rewritten), then a TCP SYN that starts a flow to
 //!   an external IP and the same SYN again (a tracked flow), from batches of distinct flows run
-//!   once each, each run paired with a run to no frontend in the same batch (the median extra
+//!   once each, each run paired with a run of the non-IP frame in the same batch (the median extra
 //!   time, which the single run's timer overhead cancels out of).
 //! - Control plane: the agent's full sync of 10,000 services × 10 endpoints (source read,
 //!   translation, map writes), one EndpointSlice change (the file source re-reads the whole file),
