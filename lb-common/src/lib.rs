@@ -430,13 +430,14 @@ pub const fn ct_lifetime(proto: u8, flags: u16) -> u64 {
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
 
-/// The conntrack gate (`LB_CT_GATE`, an array of `u8`): which destinations (address, port,
-/// protocol) a packet must have for an original-direction conntrack entry to exist, so that a
-/// packet to any other destination skips that lookup. Slot `slot(...)` is set to 1 by the
-/// programs before they store an original-direction entry to such a destination, and never
-/// cleared (another destination sharing the slot only costs its packets the lookup). Slot
-/// `READY` holds 1 once the agent has set the slots of every entry the map held when its
-/// programs took over (`lb-agent`'s `kernel::ct_gate`); until then no lookup is skipped.
+/// The conntrack gate (`LB_CT_GATE`, an array of `u8`): the destinations (address, port,
+/// protocol) that may be a frontend or have an original-direction conntrack entry, so that a
+/// packet to any other destination skips both lookups. Slot `slot(...)` is set to 1 by the agent
+/// before it writes a frontend, and by the programs before they store an original-direction
+/// entry; nothing clears one (another destination sharing the slot only costs its packets the
+/// lookups). Slot `READY` holds 1 once the agent has opened the slots of every frontend and
+/// conntrack entry the maps held when its programs took over (`lb-agent`'s `kernel::ct_gate`);
+/// until then no lookup is skipped.
 pub mod ct_gate {
     /// Slots; a power of two.
     pub const SLOTS: u32 = 1 << 16;

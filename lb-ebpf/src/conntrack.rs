@@ -19,10 +19,9 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Whether an original-direction entry may exist for `flow` (keyed by its tuple as it arrived):
-/// false only when the gate is ready and `flow`'s destination slot was never opened
-/// (`lb_common::ct_gate`). Two array reads, no hashing of the 40-byte key: a packet to no
-/// frontend then costs one hash lookup (the frontend's), not two.
+/// Whether `flow`'s destination may be a frontend or have an original-direction entry: false
+/// only when the gate is ready and the destination's slot was never opened
+/// (`lb_common::ct_gate`). Two array reads: a packet to no frontend then costs no hash lookup.
 #[inline(always)]
 pub fn may_track(flow: &Flow) -> bool {
     if !matches!(LB_CT_GATE.get(ct_gate::READY), Some(ready) if *ready != 0) {

@@ -143,16 +143,20 @@ pub fn ingress<H: Hook>(ctx: &H) -> Action {
     let Some(flow) = packet::parse(ctx) else {
         return if H::WHOLE_ONLY { Action::NEXT } else { icmp_error(ctx, true) };
     };
-    // Two out-of-line steps, each with its own stack frame: the 512-byte limit applies to the
-    // deepest call chain, not to the sum of everything inlined. A packet that can belong to no
-    // tracked flow (the conntrack gate is shut for its destination, and it is no reply to a SNAT
-    // port) goes straight to the frontend lookup: one hash lookup, no clock read.
-    let original = conntrack::may_track(&flow);
-    if original || snat_port(flow.dport) {
-        let action = tracked(ctx, &flow, original);
-        if action != UNTRACKED {
-            return action;
+    // A packet whose destination the gate shuts out is to no frontend and of no flow tracked in
+    // its original direction: only a reply to a SNAT port can still be ours. No hash lookup.
+    if !conntrack::may_track(&flow) {
+        if !snat_port(flow.dport) {
+            return Action::NEXT;
         }
+        let action = tracked(ctx, &flow, false);
+        return if action == UNTRACKED { Action::NEXT } else { action };
+    }
+    // Two out-of-line steps, each with its own stack frame: the 512-byte limit applies to the
+    // deepest call chain, not to the sum of everything inlined.
+    let action = tracked(ctx, &flow, true);
+    if action != UNTRACKED {
+        return action;
     }
     let (action, log) = new_flow(ctx, &flow).take_log();
     if log {

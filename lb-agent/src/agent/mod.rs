@@ -147,7 +147,8 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         Migration::prepare(&args.bpffs, caps).context("comparing the pinned maps with this agent's")?;
     let pin_paths = migration.as_ref().map(Migration::pin_paths).unwrap_or_default();
     let mut ebpf = loader::load(&args.bpffs, caps, &pin_paths)?;
-    // Until this agent's programs are the only writers of conntrack (below), no lookup is skipped.
+    // Until this agent's programs are the only writers (below) and every frontend's and conntrack
+    // entry's gate slot is open, no packet skips the lookups.
     ct_gate::close(&args.bpffs).context("closing the conntrack gate")?;
     socket_scope::program(&mut ebpf, args.socket_lb_scope)?;
     if let Some(m) = &mut migration {
