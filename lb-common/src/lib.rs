@@ -35,7 +35,9 @@ pub mod map_names {
     pub const META: &str = "LB_META";
     /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of the socket hooks' translations.
     pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
-    pub const ALL: [&str; 16] = [
+    /// The conntrack gate (`crate::ct_gate`).
+    pub const CT_GATE: &str = "LB_CT_GATE";
+    pub const ALL: [&str; 17] = [
         FRONTENDS_V4,
         FRONTENDS_V6,
         SLOTS,
@@ -52,6 +54,7 @@ pub mod map_names {
         LOG,
         META,
         SOCK_REVNAT,
+        CT_GATE,
     ];
 }
 
@@ -426,6 +429,30 @@ pub const fn ct_lifetime(proto: u8, flags: u16) -> u64 {
 /// default ephemeral range (32768–60999) so they never collide with the node's own sockets.
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// The conntrack gate (`LB_CT_GATE`, an array of `u8`): the destinations (address, port,
+/// protocol) that may be a frontend or have an original-direction conntrack entry, so that a
+/// packet to any other destination skips both lookups. Slot `slot(...)` is set to 1 by the agent
+/// before it writes a frontend, and by the programs before they store an original-direction
+/// entry; nothing clears one (another destination sharing the slot only costs its packets the
+/// lookups). Slot `READY` holds 1 once the agent has opened the slots of every frontend and
+/// conntrack entry the maps held when its programs took over (`lb-agent`'s `kernel::ct_gate`);
+/// until then no lookup is skipped.
+pub mod ct_gate {
+    /// Slots; a power of two.
+    pub const SLOTS: u32 = 1 << 16;
+    /// Index of the ready flag, after the slots.
+    pub const READY: u32 = SLOTS;
+    /// Entries of the map.
+    pub const ENTRIES: u32 = SLOTS + 1;
+
+    /// The slot of a destination (`dst` as in `CtKey::dst`, port in network byte order).
+    #[inline(always)]
+    pub const fn slot(dst: &[u32; 4], dport: u16, proto: u8) -> u32 {
+        let x = dst[0] ^ dst[1] ^ dst[2] ^ dst[3] ^ ((dport as u32) << 8) ^ proto as u32;
+        x.wrapping_mul(0x9e37_79b1) >> (32 - SLOTS.trailing_zeros())
+    }
+}
 
 /// Hash of a flow's client side and service port, the same on every node and in the agent (used
 /// to pick a slot: with a Maglev table every node picks the same backend for a flow). The

@@ -33,8 +33,8 @@ pub struct Client {
 }
 
 /// Looks a frontend up with `lookup` (which copies the value out at once) and picks the backend in
-/// slot `hash % count + 1` of `path`'s range (a random number at the socket, the flow hash at
-/// TC; the rules are `lb_common::select`'s). With session affinity on the frontend, the backend `client()` got last time is kept while
+/// slot `hash() % count + 1` of `path`'s range (a random number at the socket, the flow hash at
+/// TC, asked for only once a frontend is found; the rules are `lb_common::select`'s). With session affinity on the frontend, the backend `client()` got last time is kept while
 /// it is still in the range and the client came back within the timeout (`affine`); `client` is
 /// called only then. `None`: not a frontend. A slot or backend miss means the agent changed the
 /// service between our reads (it shrank the slots, or an element was recycled): look the
@@ -42,14 +42,24 @@ pub struct Client {
 #[inline(always)]
 pub fn resolve(
     lookup: impl Fn() -> Option<FrontendValue>,
-    hash: u32,
+    hash: impl Fn() -> u32,
     path: Path,
     client: impl Fn() -> Client,
 ) -> Option<Resolved> {
     let mut group = 0;
+    // Computed only for a frontend (a packet to none pays no hash), once.
+    let mut hashed = None;
     for _ in 0..2 {
         let frontend = lookup()?;
         group = frontend.group;
+        let hash = match hashed {
+            Some(h) => h,
+            None => {
+                let h = hash();
+                hashed = Some(h);
+                h
+            }
+        };
         if let Some(verdict) = select(&frontend, hash, path, &client) {
             return Some(Resolved { group, verdict });
         }

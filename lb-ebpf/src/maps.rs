@@ -41,6 +41,11 @@ pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 #[map]
 pub static LB_CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(capacity::CONNTRACK, 0);
 
+/// The conntrack gate (`lb_common::ct_gate`): destinations an original-direction conntrack entry
+/// may exist for. Set by the programs, the ready flag by the agent.
+#[map]
+pub static LB_CT_GATE: Array<u8> = Array::pinned(lb_common::ct_gate::ENTRIES, 0);
+
 /// Session affinity (`sessionAffinity: ClientIP`): `(group, client)` → the backend last chosen
 /// (see `lb::resolve`). Written by the programs only; a preallocated LRU, so a full map evicts the
 /// least recently used client instead of failing.

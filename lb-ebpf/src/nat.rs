@@ -143,35 +143,53 @@ pub fn ingress<H: Hook>(ctx: &H) -> Action {
     let Some(flow) = packet::parse(ctx) else {
         return if H::WHOLE_ONLY { Action::NEXT } else { icmp_error(ctx, true) };
     };
-    let now = conntrack::now();
+    // A packet whose destination the gate shuts out is to no frontend and of no flow tracked in
+    // its original direction: only a reply to a SNAT port can still be ours. No hash lookup.
+    if !conntrack::may_track(&flow) {
+        if !snat_port(flow.dport) {
+            return Action::NEXT;
+        }
+        let action = tracked(ctx, &flow, false);
+        return if action == UNTRACKED { Action::NEXT } else { action };
+    }
     // Two out-of-line steps, each with its own stack frame: the 512-byte limit applies to the
     // deepest call chain, not to the sum of everything inlined.
-    let action = tracked(ctx, &flow, now);
+    let action = tracked(ctx, &flow, true);
     if action != UNTRACKED {
         return action;
     }
-    let (action, log) = new_flow(ctx, &flow, now).take_log();
+    let (action, log) = new_flow(ctx, &flow).take_log();
     if log {
         log_flow(ctx);
     }
     action
 }
 
+/// Whether `port` (network order) is one SNAT gives out (`SNAT_PORT_MIN..=SNAT_PORT_MAX`).
+#[inline(always)]
+fn snat_port(port: u16) -> bool {
+    (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(port))
+}
+
 /// A packet of a tracked flow, in either direction, is rewritten as its entry says; `UNTRACKED`
-/// for a packet of no tracked flow.
+/// for a packet of no tracked flow. `may_original`: whether the conntrack gate lets the packet
+/// look for an original-direction entry (`conntrack::may_track`).
 #[inline(never)]
-fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
+fn tracked<H: Hook>(ctx: &H, flow: &Flow, may_original: bool) -> Action {
+    let now = conntrack::now();
     let original = conntrack::key(flow, ct_dir::ORIGINAL);
-    if let Some(entry) = conntrack::lookup(&original, now)
-        && backend_alive(entry)
+    if may_original
+        && let Some(found) = conntrack::lookup(&original, now)
+        && backend_alive(found.value())
     {
+        let entry = found.value();
         let snat = entry.flags & ct_flags::SNAT != 0;
         if H::WHOLE_ONLY && !snat {
             return defer();
         }
         let action = apply(ctx, flow, entry, snat);
         if action != Action::NEXT {
-            conntrack::touch(&original, entry, flow.tcp_flags, false, now);
+            conntrack::touch(&original, found, flow.tcp_flags, false, now);
             bump(H::COUNTERS.translated);
         }
         return action;
@@ -179,18 +197,19 @@ fn tracked<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
     // At an ingress the only replies translated are those of SNATed flows (a local backend's
     // reply leaves through `egress`), and they come back to a port of the SNAT range: any other
     // packet needs no second lookup, which a packet to no frontend would otherwise pay.
-    if !(SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(flow.dport)) {
+    if !snat_port(flow.dport) {
         return UNTRACKED;
     }
     let reply = conntrack::key(flow, ct_dir::REPLY);
-    if let Some(entry) = conntrack::lookup(&reply, now) {
+    if let Some(found) = conntrack::lookup(&reply, now) {
+        let entry = found.value();
         if H::WHOLE_ONLY && entry.flags & ct_flags::SNAT == 0 {
             return defer();
         }
         // The reply now comes from the frontend, an address of ours for a NodePort.
         let action = apply(ctx, flow, entry, true);
         if action != Action::NEXT {
-            conntrack::touch(&reply, entry, flow.tcp_flags, true, now);
+            conntrack::touch(&reply, found, flow.tcp_flags, true, now);
             bump(H::COUNTERS.revnat);
         }
         return action;
@@ -223,11 +242,11 @@ fn icmp_error<H: Hook>(ctx: &H, direct: bool) -> Action {
         pad: 0,
     };
     let entry = match conntrack::lookup(&key, now) {
-        Some(entry) => entry,
+        Some(entry) => entry.value(),
         None => {
             key.dir = ct_dir::ORIGINAL;
             match conntrack::lookup(&key, now) {
-                Some(entry) => entry,
+                Some(entry) => entry.value(),
                 None => return Action::NEXT,
             }
         }
@@ -273,12 +292,12 @@ fn reply<H: Hook>(ctx: &H, flow: &Flow) -> Action {
     let flow = *flow;
     let now = conntrack::now();
     let reply = conntrack::key(&flow, ct_dir::REPLY);
-    let Some(entry) = conntrack::lookup(&reply, now) else {
+    let Some(found) = conntrack::lookup(&reply, now) else {
         return Action::NEXT;
     };
-    conntrack::touch(&reply, entry, flow.tcp_flags, true, now);
+    conntrack::touch(&reply, found, flow.tcp_flags, true, now);
     bump(H::COUNTERS.revnat);
-    apply(ctx, &flow, entry, false)
+    apply(ctx, &flow, found.value(), false)
 }
 
 /// A packet of ours that this hook leaves to the next stage (counted).
@@ -444,8 +463,8 @@ fn finishes<H: Hook>(ctx: &H, fib: &FibParams, found: Found) -> bool {
 /// A packet that is not part of a tracked flow: if it is addressed to a frontend, pick a backend
 /// and track the flow. Not inlined: its own stack frame keeps the program under 512 bytes.
 #[inline(never)]
-fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
-    let hash = flow_hash(&flow.src, flow.sport, flow.dport, flow.proto);
+fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
+    let hash = || flow_hash(&flow.src, flow.sport, flow.dport, flow.proto);
     // A LoadBalancer frontend whose source ranges leave this client out is, for `resolve`, no
     // frontend; `denied` tells the two apart (checked before the backend choice, so a Service
     // without endpoints drops such a client too, as kube-proxy's firewall chain comes first).
@@ -493,6 +512,7 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
     if H::WHOLE_ONLY && !snat {
         return defer();
     }
+    let now = conntrack::now();
 
     // Big values live in a per-CPU scratch slot, not on the 512-byte stack.
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -548,6 +568,7 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
         // cannot take the same one.
         let mut sport = 0;
         let mut tries = 0;
+        let hash = hash();
         while tries < SNAT_TRIES {
             let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
             let port = (SNAT_PORT_MIN + (hash.wrapping_add(tries.wrapping_mul(7919)) % span) as u16).to_be();
@@ -575,7 +596,9 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow, now: u64) -> Action {
             return Action::DROP;
         }
     }
-    if conntrack::store(&conntrack::key(flow, ct_dir::ORIGINAL), &scratch.entry).is_err() {
+    if conntrack::open_gate(flow).is_err()
+        || conntrack::store(&conntrack::key(flow, ct_dir::ORIGINAL), &scratch.entry).is_err()
+    {
         bump(H::COUNTERS.nat_failed);
         bump_service(group, H::COUNTERS.service + service_stats::NAT_FAILED);
         return Action::DROP;

@@ -154,7 +154,7 @@ fn translate4(ctx: &SockAddrContext, hook: Hook, addr: u32, port: u16, proto: u8
     let key = Frontend4Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once; see `lb::backend_at`.
     let lookup = || unsafe { LB_FRONTENDS_V4.get(key) }.copied();
-    let Some(Resolved { group, verdict }) = resolve(lookup, random(), Path::Socket, || netns_client(ctx))
+    let Some(Resolved { group, verdict }) = resolve(lookup, random, Path::Socket, || netns_client(ctx))
     else {
         return Translation::Pass;
     };
@@ -423,7 +423,7 @@ fn forward6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let key = Frontend6Key { addr, port, proto, pad: 0 };
     // Safety: plain-old-data value, copied out at once.
     let lookup = || unsafe { LB_FRONTENDS_V6.get(key) }.copied();
-    let Some(Resolved { group, verdict }) = resolve(lookup, random(), Path::Socket, || netns_client(ctx))
+    let Some(Resolved { group, verdict }) = resolve(lookup, random, Path::Socket, || netns_client(ctx))
     else {
         return ALLOW;
     };

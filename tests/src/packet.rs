@@ -406,8 +406,18 @@ pub fn trace_on(
 /// Runs every frame of `frames` once through one program, loaded once (`lb-agent trace --batch`,
 /// frames on stdin); one `Traced` per frame, in order.
 pub fn trace_batch(bpffs: &Path, direction: &str, frames: &[Vec<u8>]) -> anyhow::Result<Vec<Traced>> {
+    trace_batch_with(&crate::agent_bin(), bpffs, direction, frames)
+}
+
+/// `trace_batch` with the programs of the agent binary `agent` (e.g. an older build, to compare).
+pub fn trace_batch_with(
+    agent: &Path,
+    bpffs: &Path,
+    direction: &str,
+    frames: &[Vec<u8>],
+) -> anyhow::Result<Vec<Traced>> {
     use std::io::Write as _;
-    let mut child = Command::new(crate::agent_bin())
+    let mut child = Command::new(agent)
         .args(["trace", "--batch", "--output", "json", "--direction", direction, "--packet", "-", "--bpffs"])
         .arg(bpffs)
         .env("RUST_BACKTRACE", "0")

@@ -569,6 +569,59 @@ fn a_half_closed_tcp_flow_stays_established_until_both_sides_finish() {
     assert_eq!(ct_state(&node, &client, &frontend), "closing");
 }
 
+/// Packets to a destination that is no frontend and no tracked flow was made to skip the
+/// frontend and conntrack lookups (the conntrack gate, `lb_common::ct_gate`), which must never
+/// hide a frontend or a flow: one tracked before an agent restart that makes the gate anew (as
+/// after an upgrade from an agent without it, which opened no slot) is still tracked by the next
+/// agent's programs, not taken for new.
+#[test]
+fn a_flow_tracked_before_a_restart_that_makes_the_conntrack_gate_anew_is_still_tracked() {
+    require_root();
+    let dir = TempDir::new().expect("tempdir");
+    let source = dir.write("cluster.yaml", &cluster()).expect("source");
+    let cgroup = Cgroup::new().expect("cgroup");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let (client, frontend, backend) = (addr(CLIENT4, 42000), addr(EXTERNAL4, 80), addr(POD4, 8080));
+    let agent = Agent::start(&source, &cgroup.path, &bpffs.path).expect("agent");
+    let syn = Packet::tcp(&client, &frontend, TCP_SYN);
+    let t = trace(&bpffs.path, "ingress", &frame(&syn)).expect("trace");
+    assert_translated(&t, &syn.with(&client, &backend), "SYN");
+    assert_eq!(t.json["counters"]["tc_new_flow"], 1, "the SYN starts a flow: {:#}", t.json);
+    drop(agent);
+    let gate = bpffs.path.join(lb_common::map_names::CT_GATE);
+    std::fs::remove_file(&gate).expect("removing the gate's pin");
+
+    let _agent = Agent::start(&source, &cgroup.path, &bpffs.path).expect("agent, again");
+    assert!(gate.exists(), "the new agent pins a new gate");
+    let data = data_packet(&client, &frontend);
+    let t = trace(&bpffs.path, "ingress", &frame(&data)).expect("trace");
+    assert_translated(&t, &data.with(&client, &backend), "data after the restart");
+    assert_eq!(t.json["counters"]["tc_translated"], 1, "{:#}", t.json);
+    assert!(t.json["counters"].get("tc_new_flow").is_none(), "a conntrack hit, not a new flow: {:#}", t.json);
+    // A packet to a destination no flow went to takes the gate's short way and is still not ours.
+    let other = Packet::tcp(&client, "192.0.2.1:80", TCP_SYN);
+    let t = trace(&bpffs.path, "ingress", &frame(&other)).expect("trace");
+    assert_eq!(t.verdict, PASS, "{:#}", t.json);
+    assert_eq!(hex(&t.output), hex(&other.frame()), "untouched");
+
+    // The slot is what decides: closed by hand (what a restart without the agent's refill would
+    // leave), the frontend's packets, this flow's included, pass as if it were none.
+    let data = aya::maps::MapData::from_pin(&gate).expect("the gate's pin");
+    let mut map: aya::maps::Array<_, u8> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("the gate is an array");
+    let dst: std::net::Ipv4Addr = EXTERNAL4.parse().expect("address");
+    let slot = lb_common::ct_gate::slot(&[u32::from_ne_bytes(dst.octets()), 0, 0, 0], 80u16.to_be(), 6);
+    map.set(slot, 0, 0).expect("closing the slot");
+    let data = data_packet(&client, &frontend);
+    let t = trace(&bpffs.path, "ingress", &frame(&data)).expect("trace");
+    assert_eq!(t.verdict, PASS, "{:#}", t.json);
+    assert_eq!(hex(&t.output), hex(&data.frame()), "the gate hid the frontend and the flow: {:#}", t.json);
+}
+
+fn data_packet(client: &str, frontend: &str) -> Packet {
+    Packet::tcp(client, frontend, TCP_ACK | TCP_PSH).payload(b"more")
+}
+
 #[test]
 fn one_client_port_to_two_frontends_of_one_local_backend_is_not_cross_wired() {
     let node = Node::start();

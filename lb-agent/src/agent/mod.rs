@@ -36,6 +36,7 @@ use self::{
 use crate::{
     health::{Health, service_checks::ServiceHealthServer},
     kernel::{
+        ct_gate,
         loader::{self, Capacities},
         maps::PinnedMaps,
         migrate::{self, Migration},
@@ -146,6 +147,9 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         Migration::prepare(&args.bpffs, caps).context("comparing the pinned maps with this agent's")?;
     let pin_paths = migration.as_ref().map(Migration::pin_paths).unwrap_or_default();
     let mut ebpf = loader::load(&args.bpffs, caps, &pin_paths)?;
+    // Until this agent's programs are the only writers (below) and every frontend's and conntrack
+    // entry's gate slot is open, no packet skips the lookups.
+    ct_gate::close(&args.bpffs).context("closing the conntrack gate")?;
     socket_scope::program(&mut ebpf, args.socket_lb_scope)?;
     if let Some(m) = &mut migration {
         m.copy()
@@ -250,6 +254,7 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         migrate::record_layouts(&args.bpffs, &pinned_before, &migrated)
             .context("recording the map layouts")?;
     }
+    ct_gate::fill_logged(&args.bpffs);
     if !interfaces.is_empty() || pods.is_some() {
         crate::snat_ports::reserve();
     }

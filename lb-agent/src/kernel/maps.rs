@@ -14,7 +14,8 @@ use aya::{
 };
 use lb_common::{
     AgentStatus, Backend, Frontend4Key, Frontend6Key, FrontendValue, SOURCE_RANGE_GROUP_BITS, ServiceName,
-    ServiceStats, SlotKey, SlotValue, SourceRangeKey, frontend_flags, map_names, service_stats, stats,
+    ServiceStats, SlotKey, SlotValue, SourceRangeKey, ct_gate, frontend_flags, map_names, service_stats,
+    stats,
 };
 use thiserror::Error;
 
@@ -193,6 +194,11 @@ pub struct PinnedMaps {
     /// `LB_LOG`: the group the programs log; cleared when that group goes (its id may be handed
     /// to another Service later).
     log: Array<MapData, u32>,
+    /// `LB_CT_GATE`: a frontend's slot is opened before the frontend is written (the programs
+    /// take a packet whose slot is shut for no frontend's).
+    gate: Array<MapData, u8>,
+    /// The slots this agent opened (nothing shuts one).
+    opened: Vec<bool>,
     capacity: Capacity,
     /// The same maps as raw descriptors, for batched writes; `None` once the kernel refused a
     /// batch (then every write goes one by one).
@@ -261,6 +267,8 @@ impl PinnedMaps {
         let agent = Array::try_from(m).map_err(conv(map_names::AGENT))?;
         let (m, _) = open(dir, map_names::LOG)?;
         let log = Array::try_from(m).map_err(conv(map_names::LOG))?;
+        let (m, _) = open(dir, map_names::CT_GATE)?;
+        let gate = Array::try_from(m).map_err(conv(map_names::CT_GATE))?;
         Ok(Self {
             frontends4,
             frontends6,
@@ -272,6 +280,8 @@ impl PinnedMaps {
             service_stats,
             agent,
             log,
+            gate,
+            opened: vec![false; ct_gate::SLOTS as usize],
             capacity: Capacity {
                 frontends,
                 slots: slots_cap,
@@ -555,6 +565,37 @@ impl PinnedMaps {
     }
 }
 
+impl PinnedMaps {
+    /// Every frontend's key, read from the maps (for the conntrack gate's fill).
+    pub fn frontend_keys(&self) -> Result<Vec<FrontendKey>, MapsError> {
+        let mut out = Vec::new();
+        for k in self.frontends4.keys() {
+            out.push(FrontendKey::V4(
+                k.map_err(|source| MapsError::Read { name: map_names::FRONTENDS_V4, source })?,
+            ));
+        }
+        for k in self.frontends6.keys() {
+            out.push(FrontendKey::V6(
+                k.map_err(|source| MapsError::Read { name: map_names::FRONTENDS_V6, source })?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Opens the conntrack gate's slot of a frontend (`lb_common::ct_gate`) before it is written.
+    fn open_gate(&mut self, key: &FrontendKey) -> Result<(), MapError> {
+        let slot = match key {
+            FrontendKey::V4(k) => ct_gate::slot(&[k.addr, 0, 0, 0], k.port, k.proto),
+            FrontendKey::V6(k) => ct_gate::slot(&k.addr, k.port, k.proto),
+        };
+        if !self.opened[slot as usize] {
+            self.gate.set(slot, 1, 0)?;
+            self.opened[slot as usize] = true;
+        }
+        Ok(())
+    }
+}
+
 impl LbMaps for PinnedMaps {
     fn read(&self) -> Result<MapState, MapsError> {
         let mut state = MapState::default();
@@ -581,6 +622,9 @@ impl LbMaps for PinnedMaps {
     }
 
     fn apply(&mut self, op: &MapOp) -> Result<(), MapsError> {
+        if let MapOp::PutFrontend(key, _) = op {
+            self.open_gate(key).map_err(|source| MapsError::Write { op: op.to_string(), source })?;
+        }
         let result = match op {
             MapOp::PutBackend(id, b) => self.backends.insert(id, b, 0),
             MapOp::PutSlot(k, v) => self.slots.insert(k, v, 0),
@@ -612,6 +656,14 @@ impl LbMaps for PinnedMaps {
         let run = batch_kind(first).filter(|_| self.batch.is_some()).map_or(0, |kind| {
             ops.iter().take(BATCH_MAX).take_while(|op| batch_kind(op) == Some(kind)).count()
         });
+        if run >= BATCH_MIN {
+            // The frontends' gate slots first, as `apply` does for one.
+            for op in &ops[..run] {
+                if let MapOp::PutFrontend(key, _) = op {
+                    self.open_gate(key).map_err(|source| MapsError::Write { op: op.to_string(), source })?;
+                }
+            }
+        }
         let (Some(kind), Some(batch)) = (batch_kind(first), &self.batch) else {
             return self.apply_one(first);
         };

@@ -159,6 +159,7 @@ pub fn layout(name: &str) -> Option<Layout> {
         map_names::LOG => (Field::scalar::<u32>("index"), Field::scalar::<u32>("group")),
         // Socket-local storage: the key is the socket's file descriptor (userspace only).
         map_names::SOCK_REVNAT => (Field::scalar::<i32>("fd"), fields!(SockRevNat: entries, next, pad)),
+        map_names::CT_GATE => (Field::scalar::<u32>("index"), Field::scalar::<u8>("set")),
         _ => return None,
     };
     Some(Layout { key, value })
@@ -660,7 +661,7 @@ mod tests {
         let sizes: Vec<(&str, (usize, usize))> = map_names::ALL
             .into_iter()
             // Maps schema 1 did not have.
-            .filter(|n| ![map_names::META, map_names::SOCK_REVNAT].contains(n))
+            .filter(|n| ![map_names::META, map_names::SOCK_REVNAT, map_names::CT_GATE].contains(n))
             .map(|n| (n, key_value_sizes(n)))
             .collect();
         assert_eq!(

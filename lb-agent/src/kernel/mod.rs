@@ -8,6 +8,7 @@
 //! - `udp_sockets`, `sock_destroy`: connected UDP sockets whose backend left, found and closed;
 //! - `test_run`: a program run on frames with `BPF_PROG_TEST_RUN` against the pinned maps (`trace`).
 pub mod attached;
+pub mod ct_gate;
 pub mod loader;
 pub mod maps;
 pub mod migrate;

@@ -6,7 +6,7 @@
 //!   frame, an IPv4 packet of another protocol and a packet to no frontend (each `--repeat`ed: the
 //!   runs share one buffer and the packet is never rewritten), then a TCP SYN that starts a flow to
 //!   an external IP and the same SYN again (a tracked flow), from batches of distinct flows run
-//!   once each, each run paired with a run to no frontend in the same batch (the median extra
+//!   once each, each run paired with a run of the non-IP frame in the same batch (the median extra
 //!   time, which the single run's timer overhead cancels out of).
 //! - Control plane: the agent's full sync of 10,000 services × 10 endpoints (source read,
 //!   translation, map writes), one EndpointSlice change (the file source re-reads the file and
@@ -62,6 +62,21 @@ fn main() -> anyhow::Result<()> {
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 10_000, 100_000] };
+    // `--compare OLD_AGENT [--services N] [--rounds R]`: the packet path of an older agent's
+    // programs and this one's, alternated in one sitting (see `packet_path::compare`); nothing else
+    // runs and nothing is written.
+    if let Some(old) = args.iter().position(|a| a == "--compare").and_then(|i| args.get(i + 1)) {
+        let value = |flag: &str, default: u32| -> anyhow::Result<u32> {
+            match args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)) {
+                Some(v) => v.parse().with_context(|| format!("{flag} {v}")),
+                None => Ok(default),
+            }
+        };
+        let report =
+            packet_path::compare(&PathBuf::from(old), value("--services", 10_000)?, value("--rounds", 3)?)?;
+        println!("{report}");
+        return Ok(());
+    }
     let started = Instant::now();
     let mut report = String::new();
     let _ = writeln!(report, "# Benchmark results\n\nMachine: {}.\n", machine());

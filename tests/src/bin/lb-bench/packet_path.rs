@@ -1,8 +1,8 @@
 //! Packet path: the kernel's own time per run (BPF_PROG_TEST_RUN) of `lb_tc_ingress` and `lb_xdp`.
-use std::{fmt::Write as _, process::Command};
+use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Context as _, ensure};
-use lb_tests::packet::{Packet, TCP_SYN, trace_batch};
+use lb_tests::packet::{Packet, TCP_SYN, trace_batch_with};
 
 use crate::cluster::{Bench, TARGET};
 
@@ -20,9 +20,20 @@ impl Bench {
         frames: &[Vec<u8>],
         reference: &[Vec<u8>],
     ) -> anyhow::Result<f64> {
+        self.paired_extra_ns_with(&lb_tests::agent_bin(), direction, frames, reference)
+    }
+
+    /// `paired_extra_ns` with the programs of the agent binary `agent`.
+    fn paired_extra_ns_with(
+        &self,
+        agent: &Path,
+        direction: &str,
+        frames: &[Vec<u8>],
+        reference: &[Vec<u8>],
+    ) -> anyhow::Result<f64> {
         let interleaved: Vec<Vec<u8>> =
             frames.iter().zip(reference).flat_map(|(f, r)| [f.clone(), r.clone()]).collect();
-        let traced = trace_batch(&self.0.bpffs.path, direction, &interleaved)?;
+        let traced = trace_batch_with(agent, &self.0.bpffs.path, direction, &interleaved)?;
         let ns = |t: &lb_tests::packet::Traced| t.json["duration_ns"].as_i64().unwrap_or(0) as f64;
         let mut extra: Vec<f64> = traced.chunks(2).map(|p| ns(&p[0]) - ns(&p[1])).collect();
         extra.sort_by(f64::total_cmp);
@@ -31,7 +42,12 @@ impl Bench {
 
     /// Kernel time (ns) per run of `frame` repeated `REPEAT` times.
     fn repeated_ns(&self, direction: &str, frame: &[u8]) -> anyhow::Result<f64> {
-        let out = Command::new(lb_tests::agent_bin())
+        self.repeated_ns_with(&lb_tests::agent_bin(), direction, frame)
+    }
+
+    /// `repeated_ns` with the programs of the agent binary `agent`.
+    fn repeated_ns_with(&self, agent: &Path, direction: &str, frame: &[u8]) -> anyhow::Result<f64> {
+        let out = Command::new(agent)
             .args(["trace", "--output", "json", "--direction", direction, "--repeat"])
             .arg(REPEAT.to_string())
             .args(["--packet", &lb_tests::packet::hex(frame), "--bpffs"])
@@ -64,6 +80,98 @@ fn syn(i: u32, dst: &str) -> Vec<u8> {
     Packet::tcp(&client, dst, TCP_SYN).frame()
 }
 
+/// `--compare OLD_AGENT`: the packet path of the programs embedded in `old` (an agent binary,
+/// e.g. a build before a change) and in this bench's agent, side by side against one agent's maps
+/// at `services` services (random selection), the two alternated stage by stage over `rounds`
+/// rounds, new and tracked flows paired with the non-IP frame. Each figure is the median over
+/// rounds; each round's new and tracked flows are a fresh
+/// set of distinct flows. The older programs must load against this agent's pinned maps.
+pub fn compare(old: &Path, services: u32, rounds: u32) -> anyhow::Result<String> {
+    let new = lb_tests::agent_bin();
+    let agents = [old, new.as_path()];
+    let target = format!("{TARGET}:80");
+    let miss = Packet::tcp("198.18.0.1:40000", "192.0.2.1:80", TCP_SYN).frame();
+    let arp = lb_tests::packet::unhex(
+        "ffffffffffff02000000000108060001080006040001020000000001c612000100000000000000c0000201",
+    );
+    let mut gre = miss.clone();
+    gre[14 + 9] = 47;
+    // The paired reference: the non-IP frame, which every version of the programs treats alike
+    // (a packet to no frontend, once the reference, changes with the programs: it would move the
+    // flows' figures by its own change).
+    let reference: Vec<Vec<u8>> = vec![arp.clone(); FLOWS as usize];
+    // Clients 100.64.0.0/10 (no backend's address), one set of FLOWS per run.
+    let flows = |set: u32| -> Vec<Vec<u8>> {
+        (0..FLOWS)
+            .map(|j| {
+                let i = set * FLOWS + j;
+                let client = format!(
+                    "100.{}.{}.{}:{}",
+                    64 + (i >> 16) % 64,
+                    (i >> 8) & 0xff,
+                    i & 0xff,
+                    1024 + i % 60_000
+                );
+                Packet::tcp(&client, &target, TCP_SYN).frame()
+            })
+            .collect()
+    };
+    let bench = Bench::start(services, 2, "random")?;
+    const STAGES: [&str; 5] = ["non-IP", "other IPv4", "no frontend", "new flow", "tracked flow"];
+    // [hook][agent][stage] → one figure per round.
+    let mut figures = vec![vec![vec![Vec::new(); STAGES.len()]; 2]; 2];
+    let mut set = 0;
+    for round in 0..rounds {
+        eprintln!("packet compare: round {}/{rounds}", round + 1);
+        for (h, direction) in ["ingress", "xdp"].into_iter().enumerate() {
+            for (a, agent) in agents.iter().enumerate() {
+                let f = &mut figures[h][a];
+                f[0].push(bench.repeated_ns_with(agent, direction, &arp)?);
+                f[1].push(bench.repeated_ns_with(agent, direction, &gre)?);
+                let base = f[0][f[0].len() - 1];
+                f[2].push(bench.repeated_ns_with(agent, direction, &miss)?);
+                let fresh = flows(set);
+                set += 1;
+                f[3].push(base + bench.paired_extra_ns_with(agent, direction, &fresh, &reference)?);
+                if direction == "ingress" {
+                    f[4].push(base + bench.paired_extra_ns_with(agent, direction, &fresh, &reference)?);
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Packet path, {} (before) and {} (after), {services} services, random, median of {rounds} alternated rounds\n\n\
+         | hook | stage | before (ns) | after (ns) | before, each round | after, each round |\n|---|---|---|---|---|---|",
+        old.display(),
+        new.display()
+    );
+    for (h, hook) in ["tc", "xdp"].into_iter().enumerate() {
+        for (s, stage) in STAGES.iter().enumerate() {
+            let [before, after] = [&figures[h][0][s], &figures[h][1][s]];
+            if before.is_empty() {
+                continue;
+            }
+            let med = |v: &Vec<f64>| {
+                let mut v = v.clone();
+                v.sort_by(f64::total_cmp);
+                crate::cluster::percentile(&v, 0.5)
+            };
+            let each = |v: &Vec<f64>| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" ");
+            let _ = writeln!(
+                out,
+                "| {hook} | {stage} | {:.0} | {:.0} | {} | {} |",
+                med(before),
+                med(after),
+                each(before),
+                each(after)
+            );
+        }
+    }
+    Ok(out)
+}
+
 pub struct PacketRow {
     pub services: u32,
     /// A program that only returns, on the non-IP frame: the harness alone.
@@ -90,7 +198,8 @@ pub fn packet_path(sizes: &[u32]) -> anyhow::Result<Vec<PacketRow>> {
     // The same IPv4 packet as `miss`, its protocol GRE (47): parsed up to the IP header.
     let mut gre = miss.clone();
     gre[14 + 9] = 47;
-    let misses: Vec<Vec<u8>> = (0..FLOWS).map(|i| syn(i, "192.0.2.1:80")).collect();
+    // The paired reference (see `compare`): the non-IP frame.
+    let reference: Vec<Vec<u8>> = vec![arp.clone(); FLOWS as usize];
     for &services in sizes {
         for algorithm in ["random", "maglev"] {
             eprintln!("packet path: {services} services, {algorithm}");
@@ -103,9 +212,9 @@ pub fn packet_path(sizes: &[u32]) -> anyhow::Result<Vec<PacketRow>> {
                 let flows: Vec<Vec<u8>> = (0..FLOWS).map(|i| syn(i, &target)).collect();
                 // XDP leaves flows to local backends to TC untouched, creating nothing: its
                 // "new flow" is the decision to defer, and there is no tracked flow for it.
-                let new_flow = repeated + bench.paired_extra_ns(direction, &flows, &misses)?;
+                let new_flow = baseline + bench.paired_extra_ns(direction, &flows, &reference)?;
                 let tracked = if hook == "tc" {
-                    Some(repeated + bench.paired_extra_ns(direction, &flows, &misses)?)
+                    Some(baseline + bench.paired_extra_ns(direction, &flows, &reference)?)
                 } else {
                     None
                 };
@@ -136,8 +245,8 @@ pub fn markdown(rows: &[PacketRow], sizes: &[u32]) -> String {
          frame (BPF_PROG_TEST_RUN's own floor), then ours on a non-IP frame (its entry), an IPv4 packet of another protocol (headers read, no lookup) and a TCP\n\
          SYN to no frontend (headers, the conntrack and frontend lookups). New flow and tracked\n\
          flow: {FLOWS} distinct TCP SYNs to an external IP with 2 local endpoints (every Service has\n\
-         2), one run each, interleaved in one batch with as many distinct SYNs to no frontend; the\n\
-         figure is the no-frontend time above plus the median extra time of a flow's run over its\n\
+         2), one run each, interleaved in one batch with as many runs of the non-IP frame; the\n\
+         figure is the non-IP time above plus the median extra time of a flow's run over its\n\
          partner's (the pairing cancels the single run's timer overhead). The tracked flow is the\n\
          same SYN again. XDP defers flows to local backends to TC untouched.\n\n\
          | services | algorithm | hook | empty program (ns) | non-IP frame (ns) | other IPv4 (ns) | no frontend (ns) | new flow (ns) | tracked flow (ns) |\n|---|---|---|---|---|---|---|---|---|"
