@@ -146,9 +146,14 @@ pub fn touch(key: &CtKey, entry: Entry, tcp_flags: u8, reply: bool, now: u64) {
     let reopen = tcp_flags & crate::packet::TCP_SYN != 0 && tcp_flags & crate::packet::TCP_RST == 0 && !reply;
     let clear = if reopen { ct_flags::CLOSING | ct_flags::FIN_ORIGINAL | ct_flags::FIN_REPLY } else { 0 };
     let flags = value.flags;
-    // Both entries' flags move together (made equal, updated alike): when this one's would not
-    // change, neither would the peer's.
-    if (flags & !clear) | set == flags && now.wrapping_sub(value.last_seen) < refresh_after(key.proto, flags)
+    // Both entries' flags move together (updated alike), so when this one's would not change,
+    // neither would the peer's, unless two CPUs raced on them and one lost a bit: a SYN, FIN or
+    // RST always writes both, which makes them equal again (a reopened port must not find its
+    // reply entry still closing).
+    let control = tcp_flags & (crate::packet::TCP_SYN | crate::packet::TCP_FIN | crate::packet::TCP_RST) != 0;
+    if !control
+        && (flags & !clear) | set == flags
+        && now.wrapping_sub(value.last_seen) < refresh_after(key.proto, flags)
     {
         return;
     }

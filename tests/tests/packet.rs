@@ -590,6 +590,9 @@ fn a_flow_tracked_before_a_restart_that_makes_the_conntrack_gate_anew_is_still_t
     drop(agent);
     let gate = bpffs.path.join(lb_common::map_names::CT_GATE);
     std::fs::remove_file(&gate).expect("removing the gate's pin");
+    // The operator's tools read a datapath without a gate (one from before it) all the same.
+    let services = inspect("services", &bpffs.path).expect("inspect without a gate");
+    assert!(services.to_string().contains(EXTERNAL4), "{services:#}");
 
     let _agent = Agent::start(&source, &cgroup.path, &bpffs.path).expect("agent, again");
     assert!(gate.exists(), "the new agent pins a new gate");

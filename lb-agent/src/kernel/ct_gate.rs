@@ -36,7 +36,9 @@ pub fn fill(bpffs: &Path) -> anyhow::Result<usize> {
     let limit = 1 << 26;
     let mut seen = 0;
     for key in ct.keys() {
-        let Ok(key) = key else { continue };
+        // A listing error ends the listing (aya's `MapKeys` yields nothing after it): the gate
+        // must then stay closed, or an entry not yet seen would have its slot shut.
+        let key = key.context("listing the conntrack map")?;
         seen += 1;
         if seen > limit {
             anyhow::bail!("listing the conntrack map did not end after {limit} keys");

@@ -195,8 +195,8 @@ pub struct PinnedMaps {
     /// to another Service later).
     log: Array<MapData, u32>,
     /// `LB_CT_GATE`: a frontend's slot is opened before the frontend is written (the programs
-    /// take a packet whose slot is shut for no frontend's).
-    gate: Array<MapData, u8>,
+    /// take a packet whose slot is shut for no frontend's). `None`: programs from before the gate.
+    gate: Option<Array<MapData, u8>>,
     /// The slots this agent opened (nothing shuts one).
     opened: Vec<bool>,
     capacity: Capacity,
@@ -267,8 +267,14 @@ impl PinnedMaps {
         let agent = Array::try_from(m).map_err(conv(map_names::AGENT))?;
         let (m, _) = open(dir, map_names::LOG)?;
         let log = Array::try_from(m).map_err(conv(map_names::LOG))?;
-        let (m, _) = open(dir, map_names::CT_GATE)?;
-        let gate = Array::try_from(m).map_err(conv(map_names::CT_GATE))?;
+        // A datapath from before the gate has none (the operator tools still read its maps); the
+        // agent makes sure of it before any write (`kernel::ct_gate::close`).
+        let gate = if path_of(map_names::CT_GATE).exists() {
+            let (m, _) = open(dir, map_names::CT_GATE)?;
+            Some(Array::try_from(m).map_err(conv(map_names::CT_GATE))?)
+        } else {
+            None
+        };
         Ok(Self {
             frontends4,
             frontends6,
@@ -588,8 +594,10 @@ impl PinnedMaps {
             FrontendKey::V4(k) => ct_gate::slot(&[k.addr, 0, 0, 0], k.port, k.proto),
             FrontendKey::V6(k) => ct_gate::slot(&k.addr, k.port, k.proto),
         };
-        if !self.opened[slot as usize] {
-            self.gate.set(slot, 1, 0)?;
+        if let Some(gate) = &mut self.gate
+            && !self.opened[slot as usize]
+        {
+            gate.set(slot, 1, 0)?;
             self.opened[slot as usize] = true;
         }
         Ok(())
