@@ -13,8 +13,9 @@ use lb_tests::{
     require_root,
     servers::Servers,
     topology::{
-        CLIENT_IF, CLIENT_V4, CLIENT_V6, NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_V4, NODE1_N2_V6,
-        NODE1_NAME, NODE2_N1_IF, NODE2_NAME, NODE2_V4, POD1_V4, POD1_V6, POD2_V4, POD2_V6, Topology,
+        CLIENT_IF, CLIENT_V4, CLIENT_V6, NODE1_EXT_IF, NODE1_EXT_V4, NODE1_EXT_V6, NODE1_N2_IF, NODE1_N2_V4,
+        NODE1_N2_V6, NODE1_NAME, NODE2_N1_IF, NODE2_NAME, NODE2_V4, POD1_V4, POD1_V6, POD2_V4, POD2_V6,
+        Topology,
     },
 };
 
@@ -364,6 +365,60 @@ fn tracked_flow_keeps_its_backend_and_survives_an_agent_restart() {
     }
     drop(stdin);
     let _ = held.wait();
+}
+
+/// The programs attached by TCX to `direction` of `interface` in `netns`.
+fn tcx_programs(netns: &Netns, interface: &'static str, direction: aya::programs::TcAttachType) -> usize {
+    let fd = netns.open().expect("netns fd");
+    std::thread::spawn(move || {
+        enter_netns(&fd).expect("setns");
+        aya::programs::SchedClassifier::query_tcx(interface, direction).expect("TCX query").1.len()
+    })
+    .join()
+    .expect("query thread")
+}
+
+#[test]
+fn an_interface_dropped_from_interfaces_loses_the_earlier_agents_programs() {
+    use aya::programs::TcAttachType::{Egress, Ingress};
+    let mut c = Cluster::start(false);
+    let pin = |interface: &str, direction: &str| {
+        c.bpffs1.path.join("links").join(format!("tc-{interface}-{direction}"))
+    };
+    let (kept, dropped) = (
+        (pin(NODE1_EXT_IF, "ingress"), pin(NODE1_EXT_IF, "egress")),
+        (pin(NODE1_N2_IF, "ingress"), pin(NODE1_N2_IF, "egress")),
+    );
+    assert!(kept.0.exists() && kept.1.exists() && dropped.0.exists() && dropped.1.exists());
+    assert_eq!(tcx_programs(&c.topo.node1, NODE1_N2_IF, Ingress), 1);
+    // A new agent with only the external interface takes over.
+    let source = c.dir.path.join("cluster.yaml");
+    let second = Agent::start_in(
+        &c.topo.node1,
+        &source,
+        &c.cgroups[0].path,
+        &c.bpffs1.path,
+        NODE1_NAME,
+        &["--interfaces", NODE1_EXT_IF],
+    )
+    .expect("second agent");
+    let old = std::mem::replace(&mut c.agent1, second);
+    old.stop().expect("old agent stops");
+    assert!(kept.0.exists() && kept.1.exists(), "the kept interface keeps its links");
+    assert!(!dropped.0.exists() && !dropped.1.exists(), "the dropped interface's links are gone");
+    for direction in [Ingress, Egress] {
+        assert_eq!(
+            tcx_programs(&c.topo.node1, NODE1_N2_IF, direction),
+            0,
+            "no program left on {NODE1_N2_IF}"
+        );
+        assert_eq!(tcx_programs(&c.topo.node1, NODE1_EXT_IF, direction), 1, "ours on {NODE1_EXT_IF}");
+    }
+    // The NodePort still answers through the kept interface (from node 1's own pod: replies
+    // from node 2's come back through the interface no longer translated).
+    let lines =
+        probe::run(&c.client(), &["tcp", &format!("{NODE1_EXT_V4}:{NODE_PORT}"), "10"]).expect("probe");
+    assert!(lines.iter().filter_map(|l| backend_of(l)).any(|b| ip_of(b) == POD1_V4), "{lines:?}");
 }
 
 /// GET / on `addr` from inside `netns`: (status, body).

@@ -247,6 +247,7 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
         }
     }
     staged.commit(|_| true)?;
+    loader::remove_stale_tc_pins(&args.bpffs, &interfaces)?;
     if let Some(m) = migration.take() {
         m.finish()?;
         info!(maps = ?migrated, schema = SCHEMA_VERSION, "upgrade done: the programs use the new maps");

@@ -303,9 +303,37 @@ pub fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String], staged: &mut Staged) ->
             let link = program.take_link(id)?;
             match FdLink::try_from(link) {
                 // bpffs refuses dots in names (VLAN devices are called `eth0.100`).
-                Ok(link) => staged.stage(link, &format!("tc-{interface}-{direction}").replace('.', "_"))?,
+                Ok(link) => staged.stage(link, &tc_pin_name(interface, direction))?,
                 Err(_) => tracing::info!(interface, direction, "attached as a clsact filter (no TCX)"),
             }
+        }
+    }
+    Ok(())
+}
+
+/// Prefix of the pins of the TC links on `--interfaces`: `links/tc-<interface>-<direction>`.
+const TC_PIN_PREFIX: &str = "tc-";
+
+/// The pin of the TC link on `direction` of `--interfaces` member `interface` (bpffs refuses
+/// dots in names: VLAN devices are called `eth0.100`).
+fn tc_pin_name(interface: &str, direction: &str) -> String {
+    format!("{TC_PIN_PREFIX}{interface}-{direction}").replace('.', "_")
+}
+
+/// An earlier agent's TC links on interfaces no longer in `--interfaces` are removed: their
+/// programs would otherwise run on, over maps this agent may have replaced, writing connection
+/// state no gate slot was opened for. Call once this agent's links are committed.
+pub fn remove_stale_tc_pins(bpffs: &Path, interfaces: &[String]) -> anyhow::Result<()> {
+    let keep: std::collections::BTreeSet<String> = interfaces
+        .iter()
+        .flat_map(|i| ["ingress", "egress"].map(|direction| tc_pin_name(i, direction)))
+        .collect();
+    for name in link_pins(bpffs, TC_PIN_PREFIX)? {
+        if !keep.contains(&name) && remove_link_pin(bpffs, &name)? {
+            tracing::info!(
+                link = name,
+                "TC link of an earlier agent removed (its interface is not in --interfaces)"
+            );
         }
     }
     Ok(())
