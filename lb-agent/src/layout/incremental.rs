@@ -151,8 +151,23 @@ impl LayoutIndex {
         let mut explicit = BTreeSet::new();
         for ((key, group), placement) in groups.zip(placements) {
             index.add_group(key, group, &mut touched, &mut ips, &mut explicit);
-            index.placed.entry(key.clone()).or_default().push(placement);
+            // (What a change touched: nothing to lay out again here.)
+            (touched.clear(), ips.clear(), explicit.clear());
+            match index.placed.get_mut(key) {
+                Some(placed) => placed.push(placement),
+                None => {
+                    index.placed.insert(key.clone(), vec![placement]);
+                }
+            }
         }
+        // Built whole, not grown entry by entry (half-full nodes), as they are kept.
+        index.backends = std::mem::take(&mut index.backends).into_iter().collect();
+        index.placed = std::mem::take(&mut index.placed).into_iter().collect();
+        for placed in index.placed.values_mut() {
+            placed.shrink_to_fit();
+        }
+        index.local_ips.shrink_to_fit();
+        index.explicit.shrink_to_fit();
         for (id, b) in &target.backends {
             if let Some(u) = index.backends.get_mut(&(super::state::backend_addr(b), b.proto)) {
                 u.id = Some(*id);
