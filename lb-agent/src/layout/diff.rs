@@ -69,40 +69,36 @@ impl fmt::Display for MapOp {
 
 /// The ordered writes from `old` to `new`.
 pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
-    let mut ops = Vec::new();
-    for (id, b) in &new.backends {
-        if old.backends.get(id) != Some(b) {
-            ops.push(MapOp::PutBackend(*id, *b));
-        }
-    }
-    for (k, v) in &new.slots {
-        if old.slots.get(k) != Some(v) {
-            ops.push(MapOp::PutSlot(*k, *v));
-        }
-    }
-    ops.extend(new.source_ranges.difference(&old.source_ranges).map(|r| MapOp::PutSourceRange(*r)));
-    for (g, n) in &new.services {
-        if old.services.get(g) != Some(n) {
-            ops.push(MapOp::PutService(*g, *n));
-        }
-    }
-    for (k, v) in &new.frontends {
-        if old.frontends.get(k) != Some(v) {
-            ops.push(MapOp::PutFrontend(*k, *v));
-        }
-    }
-    ops.extend(
-        old.frontends.keys().filter(|k| !new.frontends.contains_key(k)).map(|k| MapOp::DeleteFrontend(*k)),
-    );
-    ops.extend(old.source_ranges.difference(&new.source_ranges).map(|r| MapOp::DeleteSourceRange(*r)));
-    ops.extend(old.slots.keys().filter(|k| !new.slots.contains_key(k)).map(|k| MapOp::DeleteSlot(*k)));
-    ops.extend(
-        old.services.keys().filter(|g| !new.services.contains_key(g)).map(|g| MapOp::DeleteService(*g)),
-    );
-    ops.extend(
-        old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)),
-    );
-    ops
+    diff_iter(old, new).collect()
+}
+
+/// The writes of `diff`, in the same order, made as they are taken (a full sync of a large
+/// cluster writes them in chunks, never holding them all).
+pub fn diff_iter<'a>(old: &'a MapState, new: &'a MapState) -> impl Iterator<Item = MapOp> + 'a {
+    let backends = new.backends.iter().filter(|(id, b)| old.backends.get(id) != Some(b));
+    let slots = new.slots.iter().filter(|(k, v)| old.slots.get(k) != Some(v));
+    let services = new.services.iter().filter(|(g, n)| old.services.get(g) != Some(n));
+    let frontends = new.frontends.iter().filter(|(k, v)| old.frontends.get(k) != Some(v));
+    backends
+        .map(|(id, b)| MapOp::PutBackend(*id, *b))
+        .chain(slots.map(|(k, v)| MapOp::PutSlot(*k, *v)))
+        .chain(new.source_ranges.difference(&old.source_ranges).map(|r| MapOp::PutSourceRange(*r)))
+        .chain(services.map(|(g, n)| MapOp::PutService(*g, *n)))
+        .chain(frontends.map(|(k, v)| MapOp::PutFrontend(*k, *v)))
+        .chain(
+            old.frontends
+                .keys()
+                .filter(|k| !new.frontends.contains_key(k))
+                .map(|k| MapOp::DeleteFrontend(*k)),
+        )
+        .chain(old.source_ranges.difference(&new.source_ranges).map(|r| MapOp::DeleteSourceRange(*r)))
+        .chain(old.slots.keys().filter(|k| !new.slots.contains_key(k)).map(|k| MapOp::DeleteSlot(*k)))
+        .chain(
+            old.services.keys().filter(|g| !new.services.contains_key(g)).map(|g| MapOp::DeleteService(*g)),
+        )
+        .chain(
+            old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)),
+        )
 }
 
 /// Applies one op to an in-memory state (what the syncer knows is programmed after a write;
