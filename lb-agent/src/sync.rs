@@ -263,6 +263,12 @@ impl<M: LbMaps> Syncer<M> {
         let (target, placements) =
             layout_groups(groups, node_addresses, &self.programmed, &reserved, &self.options);
         check_capacity(&target, self.maps.capacity(), &self.options)?;
+        // Kept as the programmed state until the next sync: in whole B-trees when it is large.
+        let target = if target.slots.len() + target.backends.len() > PROGRESS_MIN_OPS {
+            target.compacted()
+        } else {
+            target
+        };
         let laid_out = Instant::now();
         self.times.layout = laid_out - now;
         // The writes are made as they are applied, a chunk at a time (never all held at once);
@@ -328,8 +334,7 @@ impl<M: LbMaps> Syncer<M> {
         self.freed.extend(groups_before.difference(&groups_after).map(|g| (now, Freed::Group(*g))));
         let backends_freed = self.programmed.backends.keys().filter(|b| !target.backends.contains_key(b));
         self.freed.extend(backends_freed.map(|b| (now, Freed::Backend(*b))));
-        // Kept until the next sync: in whole B-trees when this one laid out many entries.
-        self.programmed = if total > PROGRESS_MIN_OPS { target.compacted() } else { target };
+        self.programmed = target;
         self.times.diff += written.elapsed();
         Ok(placements)
     }
