@@ -187,13 +187,14 @@ fn describe<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::
 /// `kubernetes.io/service-name` label, so they share its key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
+    /// Shared by every copy (a key is held by the store, the translation and the layout).
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self { namespace: namespace.into().into(), name: name.into().into() }
     }
 
     /// The key of a Service (a missing name is the empty name: such a Service is malformed).
