@@ -7,6 +7,7 @@ pub mod bpf;
 #[cfg(test)]
 pub mod counting_alloc;
 pub mod fs;
+pub mod malloc;
 pub mod net;
 pub mod netlink;
 pub mod rtnetlink;
