@@ -65,8 +65,7 @@ struct StoredSpec {
     cluster_ip: Text,
     cluster_ips: Box<[Box<str>]>,
     ip_families: Box<[Box<str>]>,
-    /// (name, protocol, port, nodePort).
-    ports: Box<[(Text, Text, i32, Option<i32>)]>,
+    ports: Box<[StoredPort]>,
     session_affinity: Text,
     affinity_timeout: Option<i32>,
     external_ips: Box<[Box<str>]>,
@@ -75,6 +74,9 @@ struct StoredSpec {
     internal_traffic_policy: Text,
     health_check_node_port: Option<i32>,
 }
+
+/// A Service port: (name, protocol, port, nodePort).
+type StoredPort = (Text, Text, i32, Option<i32>);
 
 impl From<&Service> for StoredService {
     fn from(svc: &Service) -> Self {
