@@ -29,3 +29,8 @@ pub mod snat_ports;
 pub mod source;
 pub mod sync;
 pub mod sys;
+
+/// Test builds count their allocations (`sys::counting_alloc`), for the memory measurements.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: sys::counting_alloc::Counting = sys::counting_alloc::Counting;

@@ -12,7 +12,7 @@ use tracing::{debug, field::Empty, info, info_span};
 use crate::{
     kernel::maps::{Capacity, LbMaps, MapsError, Occupancy, check_capacity},
     layout::{
-        diff::{MapOp, apply_in_memory, diff, diff_read_back},
+        diff::{MapOp, apply_in_memory, diff, diff_read_back, leftovers},
         incremental::{LayoutIndex, Parts},
         state::{LayoutOptions, MapState, Placement, Reserved, layout_groups},
     },
@@ -96,6 +96,8 @@ const QUARANTINE: Duration = Duration::from_secs(5);
 /// An apply of more map writes than this logs its progress (the initial sync of a large cluster
 /// takes seconds).
 const PROGRESS_MIN_OPS: usize = 10_000;
+/// A full apply takes its writes from the diff this many at a time.
+const APPLY_CHUNK: usize = 4096;
 /// How often a long apply logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// The clock is read once per this many writes, so progress costs nothing per write.
@@ -263,50 +265,67 @@ impl<M: LbMaps> Syncer<M> {
         self.times = SyncTimes { translate: self.times.translate, ..SyncTimes::default() };
         let (target, placements) =
             layout_groups(groups, node_addresses, &self.programmed, &reserved, &self.options);
-        let (ops, removed_first) = if read_back {
-            diff_read_back(&self.programmed, &target)
+        // Kept as the programmed state until the next sync: in whole B-trees when it is large.
+        let target = if target.slots.len() + target.backends.len() > PROGRESS_MIN_OPS {
+            target.compacted()
         } else {
-            (diff(&self.programmed, &target), MapState::default())
+            target
         };
-        let peak = Occupancy::peak(&self.programmed, &removed_first, &ops);
-        check_capacity(peak, &target, self.maps.capacity(), &self.options)?;
         let laid_out = Instant::now();
         self.times.layout = laid_out - now;
+        let first = if read_back { leftovers(&self.programmed, &target) } else { MapState::default() };
+        // The writes are made as they are applied, a chunk at a time (never all held at once); a
+        // first pass counts them, for the capacity check and the progress lines.
+        let (peak, total) =
+            Occupancy::peak(&self.programmed, &first, diff_read_back(&self.programmed, &target, &first));
+        check_capacity(peak, &target, self.maps.capacity(), &self.options)?;
         let diffed = Instant::now();
         self.times.diff = diffed - laid_out;
         report.frontends = target.frontends.len();
         report.backends = target.backends.len();
-        let mut progress = Progress::new(ops.len(), now);
+        let mut progress = Progress::new(total, now);
         let what = if self.initial { "initial sync" } else { "sync" };
         let mut done = 0;
-        while done < ops.len() {
-            if let Some(p) = &mut progress
-                && p.due(done, Instant::now)
-            {
-                info!(done, total = p.total, "{what}: {done} of {} map writes", p.total);
+        let mut ops = diff_read_back(&self.programmed, &target, &first);
+        let mut chunk: Vec<MapOp> = Vec::with_capacity(total.min(APPLY_CHUNK));
+        loop {
+            chunk.clear();
+            chunk.extend(ops.by_ref().take(APPLY_CHUNK));
+            if chunk.is_empty() {
+                break;
             }
-            // Runs of puts into one map go in one command where the maps allow (the full sync
-            // of a large cluster), still in the diff's order.
-            let applied = match self.maps.apply_prefix(&ops[done..]) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.need_full_sync = true;
-                    return Err(e);
+            let mut at = 0;
+            while at < chunk.len() {
+                if let Some(p) = &mut progress
+                    && p.due(done, Instant::now)
+                {
+                    info!(done, total = p.total, "{what}: {done} of {} map writes", p.total);
                 }
-            };
-            for op in &ops[done..done + applied] {
-                debug!(%op, "map write");
-                match op {
-                    MapOp::PutBackend(..)
-                    | MapOp::PutSlot(..)
-                    | MapOp::PutSourceRange(..)
-                    | MapOp::PutService(..)
-                    | MapOp::PutFrontend(..) => report.written += 1,
-                    _ => report.removed += 1,
+                // Runs of puts into one map go in one command where the maps allow (the full
+                // sync of a large cluster), still in the diff's order.
+                let applied = match self.maps.apply_prefix(&chunk[at..]) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.need_full_sync = true;
+                        return Err(e);
+                    }
+                };
+                for op in &chunk[at..at + applied] {
+                    debug!(%op, "map write");
+                    match op {
+                        MapOp::PutBackend(..)
+                        | MapOp::PutSlot(..)
+                        | MapOp::PutSourceRange(..)
+                        | MapOp::PutService(..)
+                        | MapOp::PutFrontend(..) => report.written += 1,
+                        _ => report.removed += 1,
+                    }
                 }
+                at += applied;
+                done += applied;
             }
-            done += applied;
         }
+        drop((ops, chunk));
         let written = Instant::now();
         self.times.writes = written - diffed;
         // Ids in use before this sync and not after it: quarantined (see `QUARANTINE`).
@@ -477,7 +496,7 @@ impl<M: LbMaps> Syncer<M> {
         let laid_out = Instant::now();
         self.times.layout = laid_out - translated;
         let ops = diff(&parts.before, &parts.after);
-        let peak = Occupancy::peak(&self.programmed, &MapState::default(), &ops);
+        let (peak, _) = Occupancy::peak(&self.programmed, &MapState::default(), ops.iter().copied());
         if check_capacity(peak, &parts.after, self.maps.capacity(), &self.options).is_err() {
             return Err(Fallback::Full);
         }

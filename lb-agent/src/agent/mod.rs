@@ -51,6 +51,7 @@ use crate::{
 
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub fn run(args: Config) -> anyhow::Result<()> {
+    crate::sys::malloc::return_large_allocations();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
 }

@@ -92,8 +92,13 @@ pub struct Occupancy {
 
 impl Occupancy {
     /// At the fullest point of applying `ops` (a `diff`, puts of a map before its removals) to
-    /// `programmed`, once `removed_first` (entries the apply removes before any put) are gone.
-    pub fn peak(programmed: &MapState, removed_first: &MapState, ops: &[MapOp]) -> Self {
+    /// `programmed`, once `removed_first` (entries the apply removes before any put) are gone;
+    /// and how many writes `ops` holds.
+    pub fn peak(
+        programmed: &MapState,
+        removed_first: &MapState,
+        ops: impl IntoIterator<Item = MapOp>,
+    ) -> (Self, usize) {
         let v4 = |m: &BTreeMap<FrontendKey, FrontendValue>| {
             m.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count()
         };
@@ -106,8 +111,10 @@ impl Occupancy {
             source_ranges: programmed.source_ranges.len() - removed_first.source_ranges.len(),
             services: programmed.services.len() - removed_first.services.len(),
         };
+        let mut writes = 0;
         for op in ops {
-            let (count, new) = match op {
+            writes += 1;
+            let (count, new) = match &op {
                 MapOp::PutFrontend(k @ FrontendKey::V4(_), _) => {
                     (&mut peak.frontends_v4, !programmed.frontends.contains_key(k))
                 }
@@ -120,7 +127,7 @@ impl Occupancy {
             };
             *count += usize::from(new);
         }
-        peak
+        (peak, writes)
     }
 }
 

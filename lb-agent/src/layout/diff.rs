@@ -15,7 +15,7 @@
 //!
 //! Maps read back from the kernel (at start, or after a failed apply) may also hold entries no
 //! frontend reaches, written ahead of their frontends by an apply that failed part-way: their
-//! removals come before everything else (`diff_read_back`).
+//! removals come before everything else (`leftovers`, `diff_read_back`).
 //!
 //! Every prefix of the list leaves `MapState::check` true, so an apply that fails half-way leaves
 //! a consistent datapath, and applying the list again is harmless. For source ranges, every
@@ -73,56 +73,63 @@ impl fmt::Display for MapOp {
 
 /// The ordered writes from `old` to `new`.
 pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
-    let mut ops = Vec::new();
-    for (id, b) in &new.backends {
-        if old.backends.get(id) != Some(b) {
-            ops.push(MapOp::PutBackend(*id, *b));
-        }
-    }
-    for (k, v) in &new.slots {
-        if old.slots.get(k) != Some(v) {
-            ops.push(MapOp::PutSlot(*k, *v));
-        }
-    }
-    ops.extend(new.source_ranges.difference(&old.source_ranges).map(|r| MapOp::PutSourceRange(*r)));
-    for (g, n) in &new.services {
-        if old.services.get(g) != Some(n) {
-            ops.push(MapOp::PutService(*g, *n));
-        }
-    }
-    for (k, v) in &new.frontends {
-        if old.frontends.get(k) != Some(v) {
-            ops.push(MapOp::PutFrontend(*k, *v));
-        }
-    }
-    ops.extend(
-        old.frontends.keys().filter(|k| !new.frontends.contains_key(k)).map(|k| MapOp::DeleteFrontend(*k)),
-    );
-    ops.extend(old.source_ranges.difference(&new.source_ranges).map(|r| MapOp::DeleteSourceRange(*r)));
-    ops.extend(old.slots.keys().filter(|k| !new.slots.contains_key(k)).map(|k| MapOp::DeleteSlot(*k)));
-    ops.extend(
-        old.services.keys().filter(|g| !new.services.contains_key(g)).map(|g| MapOp::DeleteService(*g)),
-    );
-    ops.extend(
-        old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)),
-    );
-    ops
+    diff_iter(old, new).collect()
 }
 
-/// `diff` from maps read back from the kernel, which may hold entries no frontend reaches (an
-/// apply that failed part-way wrote them ahead of the frontends that were to use them): the
-/// removals of those `new` does not keep come first, so they never take room the change needs.
-/// Returns the writes and the entries removed first.
-pub fn diff_read_back(old: &MapState, new: &MapState) -> (Vec<MapOp>, MapState) {
+/// The writes of `diff`, in the same order, made as they are taken (a full sync of a large
+/// cluster writes them in chunks, never holding them all).
+pub fn diff_iter<'a>(old: &'a MapState, new: &'a MapState) -> impl Iterator<Item = MapOp> + 'a {
+    let backends = new.backends.iter().filter(|(id, b)| old.backends.get(id) != Some(b));
+    let slots = new.slots.iter().filter(|(k, v)| old.slots.get(k) != Some(v));
+    let services = new.services.iter().filter(|(g, n)| old.services.get(g) != Some(n));
+    let frontends = new.frontends.iter().filter(|(k, v)| old.frontends.get(k) != Some(v));
+    backends
+        .map(|(id, b)| MapOp::PutBackend(*id, *b))
+        .chain(slots.map(|(k, v)| MapOp::PutSlot(*k, *v)))
+        .chain(new.source_ranges.difference(&old.source_ranges).map(|r| MapOp::PutSourceRange(*r)))
+        .chain(services.map(|(g, n)| MapOp::PutService(*g, *n)))
+        .chain(frontends.map(|(k, v)| MapOp::PutFrontend(*k, *v)))
+        .chain(
+            old.frontends
+                .keys()
+                .filter(|k| !new.frontends.contains_key(k))
+                .map(|k| MapOp::DeleteFrontend(*k)),
+        )
+        .chain(old.source_ranges.difference(&new.source_ranges).map(|r| MapOp::DeleteSourceRange(*r)))
+        .chain(old.slots.keys().filter(|k| !new.slots.contains_key(k)).map(|k| MapOp::DeleteSlot(*k)))
+        .chain(
+            old.services.keys().filter(|g| !new.services.contains_key(g)).map(|g| MapOp::DeleteService(*g)),
+        )
+        .chain(
+            old.backends.keys().filter(|k| !new.backends.contains_key(k)).map(|k| MapOp::DeleteBackend(*k)),
+        )
+}
+
+/// Of maps read back from the kernel, the entries no frontend reaches (an apply that failed
+/// part-way wrote them ahead of the frontends that were to use them) that `new` does not keep:
+/// `diff_read_back` removes them first, so they never take room the change needs.
+pub fn leftovers(old: &MapState, new: &MapState) -> MapState {
     let mut first = old.unreachable();
     first.slots.retain(|k, _| !new.slots.contains_key(k));
     first.backends.retain(|id, _| !new.backends.contains_key(id));
     first.services.retain(|g, _| !new.services.contains_key(g));
     first.source_ranges.retain(|r| !new.source_ranges.contains(r));
-    let ops = diff(old, new);
-    if first == MapState::default() {
-        return (ops, first);
-    }
+    first
+}
+
+/// The writes of `diff_iter`, with the removals of `first` (`leftovers`) before all the others.
+pub fn diff_read_back<'a>(
+    old: &'a MapState,
+    new: &'a MapState,
+    first: &'a MapState,
+) -> impl Iterator<Item = MapOp> + 'a {
+    let removals = first
+        .source_ranges
+        .iter()
+        .map(|r| MapOp::DeleteSourceRange(*r))
+        .chain(first.slots.keys().map(|k| MapOp::DeleteSlot(*k)))
+        .chain(first.services.keys().map(|g| MapOp::DeleteService(*g)))
+        .chain(first.backends.keys().map(|id| MapOp::DeleteBackend(*id)));
     let removed_first = |op: &MapOp| match op {
         MapOp::DeleteSourceRange(r) => first.source_ranges.contains(r),
         MapOp::DeleteSlot(k) => first.slots.contains_key(k),
@@ -130,9 +137,7 @@ pub fn diff_read_back(old: &MapState, new: &MapState) -> (Vec<MapOp>, MapState) 
         MapOp::DeleteBackend(id) => first.backends.contains_key(id),
         _ => false,
     };
-    let (mut ordered, rest): (Vec<MapOp>, Vec<MapOp>) = ops.into_iter().partition(removed_first);
-    ordered.extend(rest);
-    (ordered, first)
+    removals.chain(diff_iter(old, new).filter(move |op| !removed_first(op)))
 }
 
 /// Applies one op to an in-memory state (what the syncer knows is programmed after a write;

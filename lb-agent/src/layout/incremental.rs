@@ -146,13 +146,45 @@ impl LayoutIndex {
             backend_ids: IdPool::from_used(target.backends.keys().copied()),
             ..Self::default()
         };
-        let mut touched = BTreeSet::new();
-        let mut ips = BTreeSet::new();
-        let mut explicit = BTreeSet::new();
+        // What `add_group` does for each group, with the backends' uses gathered in a vector
+        // and their tree built whole at the end (grown entry by entry, its nodes would be
+        // half full, and a full sync is the agent's peak of memory).
+        let mut uses: Vec<(BackendIdentity, u8)> = Vec::new();
         for ((key, group), placement) in groups.zip(placements) {
-            index.add_group(key, group, &mut touched, &mut ips, &mut explicit);
-            index.placed.entry(key.clone()).or_default().push(placement);
+            uses.extend(backend_uses(group));
+            for ip in local_ips(group) {
+                *index.local_ips.entry(ip).or_default() += 1;
+            }
+            for k in explicit_keys(group) {
+                *index.explicit.entry(k).or_default() += 1;
+            }
+            for np in node_port_keys(group) {
+                index.node_ports.entry(np).or_default().insert(key.clone());
+            }
+            match index.placed.get_mut(key) {
+                Some(placed) => placed.push(placement),
+                None => {
+                    index.placed.insert(key.clone(), vec![placement]);
+                }
+            }
         }
+        uses.sort_unstable();
+        let mut backends: Vec<(BackendIdentity, BackendUse)> = Vec::new();
+        for (identity, state) in uses {
+            if backends.last().is_none_or(|(last, _)| *last != identity) {
+                backends.push((identity, BackendUse::default()));
+            }
+            if let Some((_, u)) = backends.last_mut() {
+                count(u, state, true);
+            }
+        }
+        index.backends = backends.into_iter().collect();
+        index.placed = std::mem::take(&mut index.placed).into_iter().collect();
+        for placed in index.placed.values_mut() {
+            placed.shrink_to_fit();
+        }
+        index.local_ips.shrink_to_fit();
+        index.explicit.shrink_to_fit();
         for (id, b) in &target.backends {
             if let Some(u) = index.backends.get_mut(&(super::state::backend_addr(b), b.proto)) {
                 u.id = Some(*id);

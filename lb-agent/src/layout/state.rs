@@ -302,26 +302,46 @@ pub fn layout_groups(
     let mut out = MapState::default();
 
     // Backends: one entry per (address, port, protocol), shared by every group that uses it.
+    // (Sorted vectors, not trees and hash maps: a full sync of a large cluster lays out every
+    // backend at once, and this is its peak of memory.)
     let programmed_backends: HashMap<BackendIdentity, u32> =
         programmed.backends.iter().map(|(id, b)| ((backend_addr(b), b.proto), *id)).collect();
-    let mut backend_states: BTreeMap<BackendIdentity, u8> = BTreeMap::new();
-    let mut local: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut uses: Vec<(BackendIdentity, u8)> = Vec::new();
+    let mut local: Vec<IpAddr> = Vec::new();
     for group in groups {
-        local.extend(local_ips(group));
-        for (identity, state) in backend_uses(group) {
-            backend_states.entry(identity).and_modify(|s| *s = (*s).min(state)).or_insert(state);
-        }
+        local.extend(group.backends.iter().filter(|b| b.local).map(|b| b.addr.ip()));
+        uses.extend(backend_uses(group));
     }
+    local.sort_unstable();
+    local.dedup();
+    // Each backend's state: the lowest any group gives it (sorted by identity, then state).
+    uses.sort_unstable();
+    uses.dedup_by(|later, first| later.0 == first.0);
     let mut backend_ids = Ids::new(programmed.backends.keys().chain(&reserved.backends).copied());
-    let mut id_of: HashMap<BackendIdentity, u32> = HashMap::new();
-    for (identity, state) in &backend_states {
-        let id = match programmed_backends.get(identity) {
-            Some(id) => *id,
-            None => backend_ids.allocate(),
-        };
-        id_of.insert(*identity, id);
-        out.backends.insert(id, backend_entry(identity, *state, local.contains(&identity.0.ip())));
-    }
+    // (identity, id), sorted by identity.
+    let ids: Vec<(BackendIdentity, u32)> = uses
+        .iter()
+        .map(|(identity, _)| {
+            let id = match programmed_backends.get(identity) {
+                Some(id) => *id,
+                None => backend_ids.allocate(),
+            };
+            (*identity, id)
+        })
+        .collect();
+    drop(programmed_backends);
+    let entries: Vec<(u32, Backend)> = uses
+        .iter()
+        .zip(&ids)
+        .map(|((identity, state), (_, id))| {
+            (*id, backend_entry(identity, *state, local.binary_search(&identity.0.ip()).is_ok()))
+        })
+        .collect();
+    drop((uses, local));
+    out.backends = entries.into_iter().collect();
+    let id_of = |identity: &BackendIdentity| -> u32 {
+        ids.binary_search_by(|(i, _)| i.cmp(identity)).map_or(0, |at| ids[at].1)
+    };
 
     // Frontend keys per group; the first group wins a key (translate refuses such conflicts).
     let explicit: BTreeSet<FrontendKey> = groups.iter().flat_map(|g| explicit_keys(g)).collect();
@@ -365,7 +385,7 @@ pub fn layout_groups(
             }
             None => group_ids.allocate(),
         };
-        lay_group(&mut out, group, id, &keys, &|identity| id_of[identity], node_addresses, options);
+        lay_group(&mut out, group, id, &keys, &id_of, node_addresses, options);
         placements.push(Placement { id: Some(id), keys });
     }
     (out, placements)
@@ -481,6 +501,18 @@ impl MapState {
                 .filter(|r| !groups.contains(&r.group))
                 .copied()
                 .collect(),
+        }
+    }
+
+    /// The same entries in B-trees built whole (a tree grown entry by entry in key order keeps
+    /// its nodes about half full): for a state kept after a large sync.
+    pub fn compacted(self) -> Self {
+        Self {
+            services: self.services.into_iter().collect(),
+            frontends: self.frontends.into_iter().collect(),
+            slots: self.slots.into_iter().collect(),
+            backends: self.backends.into_iter().collect(),
+            source_ranges: self.source_ranges.into_iter().collect(),
         }
     }
 }

@@ -55,8 +55,9 @@ pub struct Update {
 pub struct Translator {
     node: NodeContext,
     entries: BTreeMap<ServiceKey, Entry>,
-    /// The valid Services claiming each frontend.
-    claimants: HashMap<Claim, BTreeSet<ServiceKey>>,
+    /// The valid Services claiming each frontend, sorted (almost always one: a list, not a
+    /// set of its own).
+    claimants: HashMap<Claim, Vec<ServiceKey>>,
     /// Accepted keys with a `healthCheckNodePort` in some group.
     health: BTreeSet<ServiceKey>,
     /// Accepted keys with groups whose Local traffic policy finds no local endpoint while
@@ -79,6 +80,8 @@ impl Translator {
     ) -> (Self, Update) {
         let mut t = Self { node: node.clone(), ..Self::default() };
         let update = t.update(keys, node, objects);
+        // Kept for the agent's lifetime: a tree built whole, not grown key by key.
+        t.entries = std::mem::take(&mut t.entries).into_iter().collect();
         (t, update)
     }
 
@@ -138,9 +141,12 @@ impl Translator {
     fn index_claims(&mut self, key: &ServiceKey, t: &ServiceTranslation, add: bool) {
         for claim in t.claims() {
             if add {
-                self.claimants.entry(claim).or_default().insert(key.clone());
+                let keys = self.claimants.entry(claim).or_default();
+                if let Err(i) = keys.binary_search(key) {
+                    keys.insert(i, key.clone());
+                }
             } else if let Some(set) = self.claimants.get_mut(&claim) {
-                set.remove(key);
+                set.retain(|k| k != key);
                 if set.is_empty() {
                     self.claimants.remove(&claim);
                 }
@@ -187,7 +193,8 @@ impl Translator {
                 continue;
             }
             for key in self.claimants.get(&claim).into_iter().flatten() {
-                if component.insert(key.clone())
+                if !component.contains(key)
+                    && component.insert(key.clone())
                     && let Some(e) = self.entries.get(key)
                 {
                     frontier.extend(e.translation.claims());

@@ -7,9 +7,9 @@ mod translate;
 mod types;
 
 pub use translate::{
-    Claim, EndpointVerdict, Located, NodeContext, Objects, ServiceKey, ServiceObjects, ServiceTranslation,
-    SliceTie, endpoint_verdicts, group_objects, node_addresses, settle, translate, translate_service,
-    unlabelled_slice,
+    Claim, EndpointVerdict, Located, NodeContext, Objects, SERVICE_NAME, SERVICE_PROXY_NAME, ServiceKey,
+    ServiceObjects, ServiceTranslation, SliceTie, endpoint_verdicts, group_objects, node_addresses, settle,
+    translate, translate_service, unlabelled_slice,
 };
 pub use types::*;
 

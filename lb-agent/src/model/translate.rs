@@ -27,9 +27,9 @@ use k8s_openapi::api::{
 use super::types::*;
 
 /// Label that hands a Service to another proxy (kube-proxy skips such Services).
-const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+pub const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// Label that ties an EndpointSlice to its Service (the only link kube-proxy uses).
-const SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Label set on the slices of headless Services.
 const HEADLESS: &str = "service.kubernetes.io/headless";
 /// The API server's default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -187,13 +187,14 @@ fn describe<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::
 /// `kubernetes.io/service-name` label, so they share its key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
+    /// Shared by every copy (a key is held by the store, the translation and the layout).
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self { namespace: namespace.into().into(), name: name.into().into() }
     }
 
     /// The key of a Service (a missing name is the empty name: such a Service is malformed).
@@ -424,6 +425,15 @@ pub fn translate_service(
         Some(svc) => {
             let mut groups = service_groups(&svc, Some(&slices), node);
             groups.sort_by(|a, b| (&a.service, a.family, a.scope).cmp(&(&b.service, b.family, b.scope)));
+            // Kept for the agent's lifetime (`incremental::Translator`): no spare capacity.
+            for g in &mut groups {
+                g.frontends.shrink_to_fit();
+                g.eligible.shrink_to_fit();
+                g.from_node.shrink_to_fit();
+                g.backends.shrink_to_fit();
+                g.source_ranges.shrink_to_fit();
+            }
+            groups.shrink_to_fit();
             ServiceTranslation { valid: true, groups, problems }
         }
         None => ServiceTranslation { valid: false, groups: Vec::new(), problems },

@@ -1,22 +1,200 @@
-//! An EndpointSlice as the object store keeps it for the agent's lifetime: what translation
-//! and the endpoint verdicts read, nothing else. A k8s-openapi `Endpoint` is 352 bytes before
+//! A Service and an EndpointSlice as the object store keeps them for the agent's lifetime:
+//! what translation and the endpoint verdicts read, nothing else. A k8s-openapi `Service` is
+//! over a kilobyte before any of its strings (`ObjectMeta` and `ServiceSpec` hold every field
+//! the API has); a kept one is the dozen fields translation reads. A k8s-openapi `Endpoint` is 352 bytes before
 //! any of its strings, most of them fields the agent never reads (`targetRef`, `hostname`,
-//! `zone`, `deprecatedTopology`); a kept one is a fifth of that.
-use std::sync::Arc;
+//! `zone`, `deprecatedTopology`), and an `ObjectMeta` with one label costs a whole B-tree node;
+//! a kept endpoint is one small record: its address as an `IpAddr` (when the text is exactly
+//! that address's), its node name shared with every endpoint on that node.
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use k8s_openapi::{
-    api::discovery::v1::{Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice},
+    api::{
+        core::v1::{
+            ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
+            ServiceStatus, SessionAffinityConfig,
+        },
+        discovery::v1::{Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice},
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use super::kubernetes::LAST_CHANGE_TRIGGER_TIME;
+use crate::model::{SERVICE_NAME, SERVICE_PROXY_NAME};
+
+type Text = Option<Box<str>>;
+
+fn text(s: &Option<String>) -> Text {
+    s.as_deref().map(Box::from)
+}
+
+fn owned(s: &Text) -> Option<String> {
+    s.as_deref().map(str::to_owned)
+}
+
+fn texts(list: Option<&Vec<String>>) -> Box<[Box<str>]> {
+    list.into_iter().flatten().map(|s| s.as_str().into()).collect()
+}
+
+/// A list translation reads as "empty when unset": given back unset when empty.
+fn strings(list: &[Box<str>]) -> Option<Vec<String>> {
+    (!list.is_empty()).then(|| list.iter().map(|s| s.to_string()).collect())
+}
+
+/// The kept part of a Service; `to_service` gives it back as one. Equal when everything
+/// translation reads is equal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredService {
+    name: Text,
+    namespace: Text,
+    /// The `service.kubernetes.io/service-proxy-name` label's value (another proxy's Service).
+    proxy_name: Text,
+    /// `None`: the object had no spec.
+    spec: Option<Box<StoredSpec>>,
+    /// `status.loadBalancer.ingress` as (ip, ipMode).
+    ingress: Box<[(Text, Text)]>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct StoredSpec {
+    type_: Text,
+    cluster_ip: Text,
+    cluster_ips: Box<[Box<str>]>,
+    ip_families: Box<[Box<str>]>,
+    ports: Box<[StoredPort]>,
+    session_affinity: Text,
+    affinity_timeout: Option<i32>,
+    external_ips: Box<[Box<str>]>,
+    load_balancer_source_ranges: Box<[Box<str>]>,
+    external_traffic_policy: Text,
+    internal_traffic_policy: Text,
+    health_check_node_port: Option<i32>,
+}
+
+/// A Service port: (name, protocol, port, nodePort).
+type StoredPort = (Text, Text, i32, Option<i32>);
+
+impl From<&Service> for StoredService {
+    fn from(svc: &Service) -> Self {
+        let meta = &svc.metadata;
+        let spec = svc.spec.as_ref().map(|spec| {
+            Box::new(StoredSpec {
+                type_: text(&spec.type_),
+                cluster_ip: text(&spec.cluster_ip),
+                cluster_ips: texts(spec.cluster_ips.as_ref()),
+                ip_families: texts(spec.ip_families.as_ref()),
+                ports: spec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|p| (text(&p.name), text(&p.protocol), p.port, p.node_port))
+                    .collect(),
+                session_affinity: text(&spec.session_affinity),
+                affinity_timeout: spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds),
+                external_ips: texts(spec.external_ips.as_ref()),
+                load_balancer_source_ranges: texts(spec.load_balancer_source_ranges.as_ref()),
+                external_traffic_policy: text(&spec.external_traffic_policy),
+                internal_traffic_policy: text(&spec.internal_traffic_policy),
+                health_check_node_port: spec.health_check_node_port,
+            })
+        });
+        let ingress =
+            svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+        Self {
+            name: text(&meta.name),
+            namespace: text(&meta.namespace),
+            proxy_name: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_PROXY_NAME))
+                .map(|v| v.as_str().into()),
+            spec,
+            ingress: ingress.into_iter().flatten().map(|i| (text(&i.ip), text(&i.ip_mode))).collect(),
+        }
+    }
+}
+
+impl StoredService {
+    /// The Service again, with only the kept fields (a Kubernetes object for translation).
+    pub fn to_service(&self) -> Arc<Service> {
+        let spec = self.spec.as_deref().map(|s| ServiceSpec {
+            type_: owned(&s.type_),
+            cluster_ip: owned(&s.cluster_ip),
+            cluster_ips: strings(&s.cluster_ips),
+            ip_families: strings(&s.ip_families),
+            ports: (!s.ports.is_empty()).then(|| {
+                s.ports
+                    .iter()
+                    .map(|(name, protocol, port, node_port)| ServicePort {
+                        name: owned(name),
+                        protocol: owned(protocol),
+                        port: *port,
+                        node_port: *node_port,
+                        ..ServicePort::default()
+                    })
+                    .collect()
+            }),
+            session_affinity: owned(&s.session_affinity),
+            session_affinity_config: s.affinity_timeout.map(|t| SessionAffinityConfig {
+                client_ip: Some(ClientIPConfig { timeout_seconds: Some(t) }),
+            }),
+            external_ips: strings(&s.external_ips),
+            load_balancer_source_ranges: strings(&s.load_balancer_source_ranges),
+            external_traffic_policy: owned(&s.external_traffic_policy),
+            internal_traffic_policy: owned(&s.internal_traffic_policy),
+            health_check_node_port: s.health_check_node_port,
+            ..ServiceSpec::default()
+        });
+        let status = (!self.ingress.is_empty()).then(|| ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    self.ingress
+                        .iter()
+                        .map(|(ip, ip_mode)| LoadBalancerIngress {
+                            ip: owned(ip),
+                            ip_mode: owned(ip_mode),
+                            ..LoadBalancerIngress::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..ServiceStatus::default()
+        });
+        Arc::new(Service {
+            metadata: ObjectMeta {
+                name: owned(&self.name),
+                namespace: owned(&self.namespace),
+                labels: self
+                    .proxy_name
+                    .as_deref()
+                    .map(|v| BTreeMap::from([(SERVICE_PROXY_NAME.to_owned(), v.to_owned())])),
+                ..ObjectMeta::default()
+            },
+            spec,
+            status,
+        })
+    }
+}
 
 /// The kept part of an EndpointSlice; `to_slice` gives it back as one (without what was
 /// dropped). Equal when everything the agent reads is equal.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredSlice {
-    /// Name, namespace, labels and the `last-change-trigger-time` annotation only.
-    metadata: Box<ObjectMeta>,
+    name: Option<Box<str>>,
+    namespace: Option<Box<str>>,
+    /// The `kubernetes.io/service-name` label (the only label a stored slice's readers use:
+    /// slices labelled headless are not stored).
+    service: Option<Box<str>>,
+    /// The `last-change-trigger-time` annotation.
+    trigger: Option<Box<str>>,
     address_type: Box<str>,
     ports: Box<[EndpointPort]>,
     endpoints: Box<[StoredEndpoint]>,
@@ -25,59 +203,135 @@ pub struct StoredSlice {
 /// The kept part of one endpoint.
 #[derive(Clone, Debug, PartialEq)]
 struct StoredEndpoint {
-    addresses: Box<[Box<str>]>,
+    addresses: Addresses,
     conditions: Option<EndpointConditions>,
     hints: Option<Box<EndpointHints>>,
-    node_name: Option<Box<str>>,
+    node_name: Option<Arc<str>>,
 }
 
-impl From<&EndpointSlice> for StoredSlice {
-    fn from(slice: &EndpointSlice) -> Self {
+/// An endpoint's addresses: almost always one, kept as the address itself when its text is
+/// exactly how that address prints (so the slice given back is the same text).
+#[derive(Clone, Debug, PartialEq)]
+enum Addresses {
+    One(IpAddr),
+    Text(Box<[Box<str>]>),
+}
+
+impl Addresses {
+    fn of(addresses: &[String]) -> Self {
+        if let [one] = addresses
+            && let Ok(ip) = one.parse::<IpAddr>()
+            && ip.to_string() == *one
+        {
+            return Self::One(ip);
+        }
+        Self::Text(addresses.iter().map(|a| a.as_str().into()).collect())
+    }
+
+    fn to_strings(&self) -> Vec<String> {
+        match self {
+            Self::One(IpAddr::V4(ip)) => vec![ipv4_text(ip.octets())],
+            Self::One(ip) => vec![ip.to_string()],
+            Self::Text(texts) => texts.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+/// `a.b.c.d`, as `Ipv4Addr`'s `Display` writes it, without the formatting machinery (a full
+/// sync gives back every endpoint's address as text).
+fn ipv4_text(octets: [u8; 4]) -> String {
+    let mut out = String::with_capacity(15);
+    for (i, o) in octets.into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if o >= 100 {
+            out.push(char::from(b'0' + o / 100));
+        }
+        if o >= 10 {
+            out.push(char::from(b'0' + o / 10 % 10));
+        }
+        out.push(char::from(b'0' + o % 10));
+    }
+    out
+}
+
+/// Node names shared by the endpoints that name them (a cluster has few nodes and many
+/// endpoints). Names no endpoint uses any more are let go by `prune`.
+#[derive(Debug, Default)]
+pub struct NodeNames(HashSet<Arc<str>>);
+
+impl NodeNames {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return Arc::clone(n);
+        }
+        let n: Arc<str> = name.into();
+        self.0.insert(Arc::clone(&n));
+        n
+    }
+
+    /// Forgets the names only this set holds.
+    pub fn prune(&mut self) {
+        self.0.retain(|n| Arc::strong_count(n) > 1);
+    }
+}
+
+impl StoredSlice {
+    /// The kept part of `slice`, its node names shared through `names`.
+    pub fn new(slice: &EndpointSlice, names: &mut NodeNames) -> Self {
         let meta = &slice.metadata;
-        let annotations = meta.annotations.as_ref().and_then(|a| {
-            let kept: std::collections::BTreeMap<String, String> = a
-                .iter()
-                .filter(|(k, _)| *k == LAST_CHANGE_TRIGGER_TIME)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            (!kept.is_empty()).then_some(kept)
-        });
+        let boxed = |s: &Option<String>| s.as_deref().map(Box::from);
         Self {
-            metadata: Box::new(ObjectMeta {
-                name: meta.name.clone(),
-                namespace: meta.namespace.clone(),
-                labels: meta.labels.clone(),
-                annotations,
-                ..ObjectMeta::default()
-            }),
+            name: boxed(&meta.name),
+            namespace: boxed(&meta.namespace),
+            service: meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME)).map(|s| s.as_str().into()),
+            trigger: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
+                .map(|s| s.as_str().into()),
             address_type: slice.address_type.as_str().into(),
             ports: slice.ports.clone().unwrap_or_default().into(),
             endpoints: slice
                 .endpoints
                 .iter()
                 .map(|e| StoredEndpoint {
-                    addresses: e.addresses.iter().map(|a| a.as_str().into()).collect(),
+                    addresses: Addresses::of(&e.addresses),
                     conditions: e.conditions.clone(),
                     hints: e.hints.clone().map(Box::new),
-                    node_name: e.node_name.as_deref().map(Into::into),
+                    node_name: e.node_name.as_deref().map(|n| names.get(n)),
                 })
                 .collect(),
         }
     }
-}
 
-impl StoredSlice {
+    /// The slice's name (empty when it has none).
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+
     /// The slice again, with only the kept fields (a Kubernetes object for translation).
     pub fn to_slice(&self) -> Arc<EndpointSlice> {
+        let owned = |s: &Option<Box<str>>| s.as_deref().map(str::to_owned);
+        let one = |k: &str, v: &Option<Box<str>>| {
+            v.as_deref().map(|v| BTreeMap::from([(k.to_owned(), v.to_owned())]))
+        };
         Arc::new(EndpointSlice {
-            metadata: (*self.metadata).clone(),
+            metadata: ObjectMeta {
+                name: owned(&self.name),
+                namespace: owned(&self.namespace),
+                labels: one(SERVICE_NAME, &self.service),
+                annotations: one(LAST_CHANGE_TRIGGER_TIME, &self.trigger),
+                ..ObjectMeta::default()
+            },
             address_type: self.address_type.to_string(),
             ports: (!self.ports.is_empty()).then(|| self.ports.to_vec()),
             endpoints: self
                 .endpoints
                 .iter()
                 .map(|e| Endpoint {
-                    addresses: e.addresses.iter().map(|a| a.to_string()).collect(),
+                    addresses: e.addresses.to_strings(),
                     conditions: e.conditions.clone(),
                     hints: e.hints.as_deref().cloned(),
                     node_name: e.node_name.as_deref().map(str::to_owned),
@@ -106,7 +360,8 @@ mod tests {
                            "targetRef": {"kind": "Pod", "name": "web-abc", "namespace": "shop"}}],
         }))
         .expect("slice");
-        let back = StoredSlice::from(&slice).to_slice();
+        let names = &mut NodeNames::default();
+        let back = StoredSlice::new(&slice, names).to_slice();
         let mut expected = slice.clone();
         expected.metadata = ObjectMeta {
             name: slice.metadata.name.clone(),
@@ -125,9 +380,28 @@ mod tests {
         let mut moved = slice.clone();
         moved.endpoints[0].target_ref = None;
         moved.metadata.resource_version = Some("8".into());
-        assert_eq!(StoredSlice::from(&moved), StoredSlice::from(&slice));
+        assert_eq!(StoredSlice::new(&moved, names), StoredSlice::new(&slice, names));
         let mut not_ready = slice;
         not_ready.endpoints[0].conditions.as_mut().expect("conditions").serving = Some(false);
-        assert_ne!(StoredSlice::from(&not_ready), StoredSlice::from(&moved));
+        assert_ne!(StoredSlice::new(&not_ready, names), StoredSlice::new(&moved, names));
+        // Addresses are given back as written, whatever their form.
+        for texts in
+            [vec!["fd00::1"], vec!["10.0.0.1", "10.0.0.2"], vec!["FD00::1"], vec!["010.0.0.1"], vec![]]
+        {
+            let mut odd = not_ready.clone();
+            odd.endpoints[0].addresses = texts.iter().map(|t| t.to_string()).collect();
+            assert_eq!(
+                StoredSlice::new(&odd, names).to_slice().endpoints[0].addresses,
+                odd.endpoints[0].addresses
+            );
+        }
+        for ip in ["0.0.0.0", "10.0.0.1", "255.255.255.255", "1.20.100.9", "100.10.1.0"] {
+            let octets = ip.parse::<std::net::Ipv4Addr>().expect("ip").octets();
+            assert_eq!(ipv4_text(octets), ip);
+        }
+        // One node name held once, however many endpoints name it.
+        assert_eq!(names.0.len(), 1);
+        names.prune();
+        assert!(names.0.is_empty(), "no stored slice names node-1 any more");
     }
 }

@@ -38,7 +38,10 @@ use tokio::{
 };
 use tracing::info;
 
-use super::{store::ObjectStore, watch_retry};
+use super::{
+    store::{ListedService, ListedSlice, ObjectStore, list_service},
+    watch_retry,
+};
 use crate::model::{Located, Objects, ServiceKey, ServiceObjects};
 
 /// The annotation the EndpointSlice controller stamps with the time of the change that
@@ -84,15 +87,23 @@ impl Drop for KubeSource {
 trait Kind:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
 {
+    /// An object of a list in progress, as kept until the list is swapped in: as compact as
+    /// the store keeps it, made as soon as the object arrives.
+    type Listed: Send + 'static;
     /// Drops what the agent never reads.
     fn compact(&mut self);
+    fn listed(tracked: &mut Tracked, object: Self) -> Self::Listed;
     fn apply(tracked: &mut Tracked, object: Arc<Self>, since: SystemTime);
     fn delete(tracked: &mut Tracked, object: &Self);
     /// A complete list, replacing every object of the kind.
-    fn replace(tracked: &mut Tracked, objects: Vec<Arc<Self>>);
+    fn replace(tracked: &mut Tracked, objects: Vec<Self::Listed>);
 }
 
 impl Kind for Service {
+    type Listed = ListedService;
+    fn listed(_: &mut Tracked, object: Self) -> ListedService {
+        list_service(&object)
+    }
     fn compact(&mut self) {
         self.metadata.managed_fields = None;
         self.metadata.annotations = None;
@@ -103,7 +114,7 @@ impl Kind for Service {
     fn delete(tracked: &mut Tracked, object: &Self) {
         tracked.store.delete_service(object);
     }
-    fn replace(tracked: &mut Tracked, objects: Vec<Arc<Self>>) {
+    fn replace(tracked: &mut Tracked, objects: Vec<ListedService>) {
         tracked.store.replace_services(objects);
     }
 }
@@ -117,6 +128,10 @@ pub fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
 }
 
 impl Kind for EndpointSlice {
+    type Listed = ListedSlice;
+    fn listed(tracked: &mut Tracked, object: Self) -> ListedSlice {
+        tracked.store.list_slice(&object)
+    }
     fn compact(&mut self) {
         self.metadata.managed_fields = None;
         if let Some(annotations) = &mut self.metadata.annotations {
@@ -135,12 +150,16 @@ impl Kind for EndpointSlice {
     fn delete(tracked: &mut Tracked, object: &Self) {
         let _ = tracked.store.delete_slice(object);
     }
-    fn replace(tracked: &mut Tracked, objects: Vec<Arc<Self>>) {
+    fn replace(tracked: &mut Tracked, objects: Vec<ListedSlice>) {
         tracked.store.replace_slices(objects);
     }
 }
 
 impl Kind for Node {
+    type Listed = Arc<Self>;
+    fn listed(_: &mut Tracked, object: Self) -> Arc<Self> {
+        Arc::new(object)
+    }
     fn compact(&mut self) {
         self.metadata.managed_fields = None;
         self.metadata.annotations = None;
@@ -218,7 +237,7 @@ fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinH
         let mut stream = std::pin::pin!(stream);
         let mut retry = watch_retry::Retry::new(w.kind, &w.retry);
         // A (re)list in progress: swapped in whole at its end.
-        let mut listing: Vec<Arc<K>> = Vec::new();
+        let mut listing: Vec<K::Listed> = Vec::new();
         while let Some(event) = stream.next().await {
             // The server answered with data (`Init` only marks the start of a list attempt).
             if matches!(event, Ok(Event::InitApply(_) | Event::InitDone | Event::Apply(_) | Event::Delete(_)))
@@ -227,7 +246,7 @@ fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinH
             }
             match event {
                 Ok(Event::Init) => listing.clear(),
-                Ok(Event::InitApply(object)) => listing.push(Arc::new(object)),
+                Ok(Event::InitApply(object)) => listing.push(K::listed(&mut lock(&w.tracked), object)),
                 Ok(Event::InitDone) => {
                     info!(kind = w.kind, objects = listing.len(), "listed");
                     K::replace(&mut lock(&w.tracked), std::mem::take(&mut listing));

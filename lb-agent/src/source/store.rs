@@ -12,25 +12,47 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use super::compact::StoredSlice;
+use super::compact::{NodeNames, StoredService, StoredSlice};
 use crate::model::{Located, ServiceKey, ServiceObjects, SliceTie};
 
 /// The objects of every Service key, and the keys changed since `take_dirty`.
 #[derive(Debug, Default)]
 pub struct ObjectStore {
-    services: BTreeMap<ServiceKey, Located<Service>>,
-    /// Slices by the key they are labelled for, then by name, as much of them as the agent
-    /// reads (`StoredSlice`).
-    slices: BTreeMap<ServiceKey, BTreeMap<String, StoredSlice>>,
+    /// Services by key, as much of them as the agent reads (`StoredService`).
+    services: BTreeMap<ServiceKey, StoredService>,
+    /// Slices by the key they are labelled for, sorted by name (a Service has one or a few:
+    /// a list, not a map of its own), as much of them as the agent reads (`StoredSlice`).
+    slices: BTreeMap<ServiceKey, Vec<StoredSlice>>,
+    /// The node names the stored endpoints share.
+    node_names: NodeNames,
     /// The key of each stored slice, by (namespace, name): a slice relabelled for another
     /// Service dirties both.
     slice_keys: HashMap<(String, String), ServiceKey>,
-    dirty: BTreeSet<ServiceKey>,
-    /// kube-proxy's change counts: Service and EndpointSlice changes so far, and the keys whose
-    /// Service or slices changed since `take_dirty`.
+    /// The keys changed since `take_dirty`, with what changed: (its Service, its slices).
+    dirty: BTreeMap<ServiceKey, (bool, bool)>,
+    /// kube-proxy's change counts: Service and EndpointSlice changes so far, and how many keys
+    /// of `dirty` had their Service or their slices changed.
     changes: ChangeCounts,
-    services_pending: BTreeSet<ServiceKey>,
-    slices_pending: BTreeSet<ServiceKey>,
+}
+
+/// A Service as a list holds it until the list is swapped in: its key and kept part.
+#[derive(Debug)]
+pub struct ListedService {
+    key: ServiceKey,
+    stored: StoredService,
+}
+
+/// A Service as the store keeps it, made as soon as the watch hands it over.
+pub fn list_service(service: &Service) -> ListedService {
+    ListedService { key: ServiceKey::of_service(service), stored: StoredService::from(service) }
+}
+
+/// An EndpointSlice as a list holds it until the list is swapped in (`ObjectStore::list_slice`):
+/// its namespace and name, and the Service key and kept part of one the store keeps.
+#[derive(Debug)]
+pub struct ListedSlice {
+    id: (String, String),
+    stored: Option<(ServiceKey, StoredSlice)>,
 }
 
 /// Changes a source saw, as kube-proxy counts them (`kubeproxy_sync_proxy_rules_*_changes_*`):
@@ -44,23 +66,25 @@ pub struct ChangeCounts {
 }
 
 impl ObjectStore {
-    fn service_changed(&mut self, key: &ServiceKey) {
+    fn service_changed(&mut self, key: ServiceKey) {
         self.changes.service_total += 1;
-        self.services_pending.insert(key.clone());
+        let (service, _) = self.dirty.entry(key).or_default();
+        if !std::mem::replace(service, true) {
+            self.changes.service_pending += 1;
+        }
     }
 
-    fn slices_changed(&mut self, key: &ServiceKey) {
+    fn slices_changed(&mut self, key: ServiceKey) {
         self.changes.endpoint_total += 1;
-        self.slices_pending.insert(key.clone());
+        let (_, slices) = self.dirty.entry(key).or_default();
+        if !std::mem::replace(slices, true) {
+            self.changes.endpoint_pending += 1;
+        }
     }
 
     /// The change counts now.
     pub fn change_counts(&self) -> ChangeCounts {
-        ChangeCounts {
-            service_pending: self.services_pending.len(),
-            endpoint_pending: self.slices_pending.len(),
-            ..self.changes
-        }
+        self.changes
     }
 }
 
@@ -72,104 +96,124 @@ fn slice_id(slice: &EndpointSlice) -> (String, String) {
 impl ObjectStore {
     /// A Service added or updated.
     pub fn apply_service(&mut self, service: Arc<Service>) {
-        let key = ServiceKey::of_service(&service);
-        if self.services.get(&key).is_some_and(|old| *old.object == *service) {
+        self.apply_listed_service(list_service(&service));
+    }
+
+    /// As `apply_service`, for a Service already made what the store keeps.
+    pub fn apply_listed_service(&mut self, listed: ListedService) {
+        let ListedService { key, stored } = listed;
+        if self.services.get(&key).is_some_and(|old| *old == stored) {
             return;
         }
-        self.services.insert(key.clone(), Located { origin: String::new(), object: service });
-        self.service_changed(&key);
-        self.dirty.insert(key);
+        self.services.insert(key.clone(), stored);
+        self.service_changed(key);
     }
 
     /// A Service deleted.
     pub fn delete_service(&mut self, service: &Service) {
         let key = ServiceKey::of_service(service);
         if self.services.remove(&key).is_some() {
-            self.service_changed(&key);
-            self.dirty.insert(key);
+            self.service_changed(key);
         }
+    }
+
+    /// An EndpointSlice as the store keeps it, made as soon as the watch hands it over (a
+    /// relist holds these, not whole objects, until it is swapped in).
+    pub fn list_slice(&mut self, slice: &EndpointSlice) -> ListedSlice {
+        let stored = match SliceTie::of(slice) {
+            SliceTie::Service(key) => Some((key, StoredSlice::new(slice, &mut self.node_names))),
+            SliceTie::Ignored | SliceTie::Unlabelled => None,
+        };
+        ListedSlice { id: slice_id(slice), stored }
     }
 
     /// An EndpointSlice added or updated. Slices of headless Services, FQDN and unlabelled ones
     /// are not kept (nothing uses them). Whether the slices of a Service changed.
     pub fn apply_slice(&mut self, slice: Arc<EndpointSlice>) -> bool {
-        let id = slice_id(&slice);
-        let key = match SliceTie::of(&slice) {
-            SliceTie::Service(key) => key,
-            SliceTie::Ignored | SliceTie::Unlabelled => return self.delete_slice(&slice),
-        };
+        let listed = self.list_slice(&slice);
+        self.apply_listed(listed)
+    }
+
+    /// As `apply_slice`, for a slice already made what the store keeps.
+    pub fn apply_listed(&mut self, listed: ListedSlice) -> bool {
+        let ListedSlice { id, stored } = listed;
+        let Some((key, stored)) = stored else { return self.delete_id(id) };
         if let Some(old_key) = self.slice_keys.get(&id)
             && *old_key != key
         {
-            self.delete_slice(&slice);
+            self.delete_id(id.clone());
         }
         let slices = self.slices.entry(key.clone()).or_default();
-        let stored = StoredSlice::from(&*slice);
-        if slices.get(&id.1).is_some_and(|old| *old == stored) {
-            return false;
+        match slices.binary_search_by(|s| s.name().cmp(&id.1)) {
+            Ok(i) if slices[i] == stored => return false,
+            Ok(i) => slices[i] = stored,
+            Err(i) => slices.insert(i, stored),
         }
-        slices.insert(id.1.clone(), stored);
         self.slice_keys.insert(id, key.clone());
-        self.slices_changed(&key);
-        self.dirty.insert(key);
+        self.slices_changed(key);
         true
     }
 
     /// An EndpointSlice deleted (found by namespace and name); whether it was kept.
     pub fn delete_slice(&mut self, slice: &EndpointSlice) -> bool {
-        let id = slice_id(slice);
+        self.delete_id(slice_id(slice))
+    }
+
+    fn delete_id(&mut self, id: (String, String)) -> bool {
         let Some(key) = self.slice_keys.remove(&id) else { return false };
         if let Some(slices) = self.slices.get_mut(&key) {
-            slices.remove(&id.1);
+            slices.retain(|s| s.name() != id.1);
             if slices.is_empty() {
                 self.slices.remove(&key);
             }
         }
-        self.slices_changed(&key);
-        self.dirty.insert(key);
+        self.slices_changed(key);
         true
     }
 
-    /// Every Service replaced by `services` (a relist): only keys whose Service changed, came
-    /// or went are dirtied.
-    pub fn replace_services(&mut self, services: Vec<Arc<Service>>) {
-        let mut seen = BTreeSet::new();
+    /// Every Service replaced by `services` (a relist, made by `list_service` as it came): only
+    /// keys whose Service changed, came or went are dirtied.
+    pub fn replace_services(&mut self, services: Vec<ListedService>) {
+        let mut seen = std::collections::HashSet::with_capacity(services.len());
         for s in services {
-            seen.insert(ServiceKey::of_service(&s));
-            self.apply_service(s);
+            seen.insert(s.key.clone());
+            self.apply_listed_service(s);
         }
         let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for key in gone {
             self.services.remove(&key);
-            self.service_changed(&key);
-            self.dirty.insert(key);
+            self.service_changed(key);
         }
     }
 
-    /// Every EndpointSlice replaced by `slices` (a relist), as `replace_services`.
-    pub fn replace_slices(&mut self, slices: Vec<Arc<EndpointSlice>>) {
-        let mut seen = BTreeSet::new();
+    /// Every EndpointSlice replaced by `slices` (a relist, made by `list_slice` as it came),
+    /// as `replace_services`.
+    pub fn replace_slices(&mut self, slices: Vec<ListedSlice>) {
+        let mut seen = std::collections::HashSet::with_capacity(slices.len());
         for s in slices {
-            seen.insert(slice_id(&s));
-            let _ = self.apply_slice(s);
+            seen.insert(s.id.clone());
+            let _ = self.apply_listed(s);
         }
         let gone: Vec<(String, String)> =
             self.slice_keys.keys().filter(|k| !seen.contains(*k)).cloned().collect();
-        for (namespace, name) in gone {
-            let mut slice = EndpointSlice::default();
-            slice.metadata.namespace = Some(namespace);
-            slice.metadata.name = Some(name);
-            let _ = self.delete_slice(&slice);
+        for id in gone {
+            let _ = self.delete_id(id);
         }
+        self.node_names.prune();
     }
 
     /// The objects of `key` now (shared, not copied); `None` when it has none.
     pub fn objects(&self, key: &ServiceKey) -> Option<ServiceObjects> {
-        let services: Vec<Located<Service>> = self.services.get(key).cloned().into_iter().collect();
+        let services: Vec<Located<Service>> = self
+            .services
+            .get(key)
+            .map(|s| Located { origin: String::new(), object: s.to_service() })
+            .into_iter()
+            .collect();
         let slices: Vec<Located<EndpointSlice>> = self
             .slices
             .get(key)
-            .map(|s| s.values().map(|s| Located { origin: String::new(), object: s.to_slice() }).collect())
+            .map(|s| s.iter().map(|s| Located { origin: String::new(), object: s.to_slice() }).collect())
             .unwrap_or_default();
         let objects = ServiceObjects { services, slices };
         (!objects.is_empty()).then_some(objects)
@@ -188,9 +232,8 @@ impl ObjectStore {
 
     /// The keys changed since the last call.
     pub fn take_dirty(&mut self) -> BTreeSet<ServiceKey> {
-        self.services_pending.clear();
-        self.slices_pending.clear();
-        std::mem::take(&mut self.dirty)
+        (self.changes.service_pending, self.changes.endpoint_pending) = (0, 0);
+        std::mem::take(&mut self.dirty).into_keys().collect()
     }
 
     /// Services and EndpointSlices held.
@@ -239,6 +282,15 @@ mod tests {
         )
     }
 
+    fn replace_services(store: &mut ObjectStore, services: Vec<Arc<Service>>) {
+        store.replace_services(services.iter().map(|s| list_service(s)).collect());
+    }
+
+    fn replace_slices(store: &mut ObjectStore, slices: Vec<Arc<EndpointSlice>>) {
+        let listed = slices.iter().map(|s| store.list_slice(s)).collect();
+        store.replace_slices(listed);
+    }
+
     fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
         names.iter().map(|n| ServiceKey::new("ns", *n)).collect()
     }
@@ -266,15 +318,15 @@ mod tests {
     #[test]
     fn a_relist_dirties_only_what_changed() {
         let mut store = ObjectStore::default();
-        store.replace_services(vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]);
-        store.replace_slices(vec![slice("a-1", "a", "10.244.0.1"), slice("b-1", "b", "10.244.0.2")]);
+        replace_services(&mut store, vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]);
+        replace_slices(&mut store, vec![slice("a-1", "a", "10.244.0.1"), slice("b-1", "b", "10.244.0.2")]);
         assert_eq!(store.take_dirty(), keys(&["a", "b"]));
         // The same list again (a relist after 410 Gone), then one with b's slice changed and a gone.
-        store.replace_services(vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]);
-        store.replace_slices(vec![slice("a-1", "a", "10.244.0.1"), slice("b-1", "b", "10.244.0.2")]);
+        replace_services(&mut store, vec![service("a", "10.96.0.1"), service("b", "10.96.0.2")]);
+        replace_slices(&mut store, vec![slice("a-1", "a", "10.244.0.1"), slice("b-1", "b", "10.244.0.2")]);
         assert_eq!(store.take_dirty(), keys(&[]));
-        store.replace_services(vec![service("b", "10.96.0.2")]);
-        store.replace_slices(vec![slice("b-1", "b", "10.244.0.3")]);
+        replace_services(&mut store, vec![service("b", "10.96.0.2")]);
+        replace_slices(&mut store, vec![slice("b-1", "b", "10.244.0.3")]);
         assert_eq!(store.take_dirty(), keys(&["a", "b"]));
         assert!(store.objects(&ServiceKey::new("ns", "a")).is_none());
         assert_eq!(store.counts(), (1, 1));

@@ -4,7 +4,10 @@
 //! functions; `unsafe` outside the kernel programs lives here, each block with its invariant.
 pub mod async_fd;
 pub mod bpf;
+#[cfg(test)]
+pub mod counting_alloc;
 pub mod fs;
+pub mod malloc;
 pub mod net;
 pub mod netlink;
 pub mod rtnetlink;

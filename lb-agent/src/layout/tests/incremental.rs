@@ -547,3 +547,138 @@ fn an_incremental_change_that_does_not_fit_writes_nothing() {
     assert!(report.full);
     assert_eq!(normal(syncer.programmed()), normal(&before));
 }
+
+/// Memory at cluster scale, counted by the test build's allocator (`sys::counting_alloc`), not
+/// the RSS: `cargo test --release -p lb-agent --lib scale -- --ignored --nocapture`. 10,000
+/// Services × 10 endpoints as the bench's API server serves them, relisted as the Kubernetes
+/// source does (every object of a list, then the list swapped in), then fully synced into
+/// `MemoryMaps` (whose own copy of the maps, the kernel's memory in the agent, is not counted).
+#[test]
+#[ignore = "a measurement: run in release with --ignored --nocapture"]
+fn scale_memory_at_10k_services() {
+    use std::time::Instant;
+
+    use crate::sys::counting_alloc::{live, peak, reset_peak};
+    let (services, endpoints) = (10_000u32, 10u32);
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    let ip = |i: u32, base: u32| std::net::Ipv4Addr::from(base + i).to_string();
+    let port = [("http", 80, "TCP")];
+    let target = [("http", 8080, "TCP")];
+    let node = NodeContext {
+        name: "node-1".into(),
+        zone: Some("zone-a".into()),
+        addresses: vec!["192.0.2.1".parse().expect("address")],
+    };
+    let start = live();
+    reset_peak();
+    // As the watcher hands them over: a list's objects, parsed one at a time.
+    let listed_services: Vec<_> = (0..services)
+        .map(|i| {
+            let v =
+                lb_tests::apiserver::service("bench", &format!("svc-{i}"), &ip(i + 1, 0x0a60_0000), &port);
+            crate::source::store::list_service(&object(v))
+        })
+        .collect();
+    let mut store = ObjectStore::default();
+    let listed_slices: Vec<_> = (0..services)
+        .map(|i| {
+            let addrs: Vec<String> = (0..endpoints).map(|j| ip(i * endpoints + j, 0x0a80_0000)).collect();
+            let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+            let v = lb_tests::apiserver::slice(
+                "bench",
+                &format!("svc-{i}-1"),
+                &format!("svc-{i}"),
+                &target,
+                &addrs,
+            );
+            store.list_slice(&object(v))
+        })
+        .collect();
+    let listed = live() - start;
+    store.replace_services(listed_services);
+    store.replace_slices(listed_slices);
+    let stored = live() - start;
+    let relist_peak = peak() - start;
+    let dirty = store.take_dirty();
+    let mut syncer = Syncer::new(MemoryMaps::default()).expect("memory maps");
+    let before_sync = live();
+    reset_peak();
+    let t = Instant::now();
+    let report =
+        syncer.sync_changes(dirty, &node, &|k| store.objects(k), &|| store.keys()).expect("full sync");
+    let full_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(report.full && report.frontends == services as usize);
+    let sync_peak = peak() - before_sync;
+    let after_sync = live() - before_sync;
+    // The maps' own copy (`MemoryMaps`), and the syncer's view of them, measured by a copy.
+    let programmed = {
+        let at = live();
+        let copy = syncer.programmed().clone();
+        let size = live() - at;
+        drop(copy);
+        size
+    };
+    // `MemoryMaps`' log of every write, not the agent's either.
+    let log = syncer.maps_mut().log.capacity() * std::mem::size_of::<crate::layout::diff::MapOp>();
+    let kept = after_sync - programmed - log; // the syncer: its view of the maps and the engine
+    eprintln!(
+        "{services} services × {endpoints} endpoints (counted allocations, MiB): a list's full objects {:.1}; \
+         store {:.1} (peak while relisting {:.1}); full sync {full_ms:.0} ms, peak above the store {:.1}, \
+         kept by the syncer {:.1} = programmed view {:.1} + translation and layout {:.1} (+ the \
+         in-memory maps {:.1}, not counted); agent total ≈ {:.1}, peak ≈ {:.1}",
+        mib(listed),
+        mib(stored),
+        mib(relist_peak),
+        mib(sync_peak.saturating_sub(programmed + log)),
+        mib(kept),
+        mib(programmed),
+        mib(kept - programmed),
+        mib(programmed),
+        mib(stored + kept),
+        mib((stored + sync_peak.saturating_sub(programmed + log)).max(relist_peak)),
+    );
+    // The parts, each built again on its own.
+    let at = live();
+    let all = store.all();
+    let objects_of_all = live() - at;
+    let at = live();
+    let (translator, _) = crate::model::incremental::Translator::new(&all, &node);
+    let translator_bytes = live() - at;
+    drop(all);
+    let at = live();
+    let groups: Vec<&BackendGroup> = translator.all_groups().map(|(_, g)| g).collect();
+    let node_addresses = crate::model::node_addresses(&node);
+    let (target, placements) = crate::layout::state::layout_groups(
+        &groups,
+        &node_addresses,
+        &MapState::default(),
+        &Reserved::default(),
+        &LayoutOptions::default(),
+    );
+    drop(groups);
+    let index = crate::layout::incremental::LayoutIndex::new(
+        translator.all_groups(),
+        placements,
+        &target,
+        node_addresses,
+    );
+    let index_and_target = live() - at;
+    let target_bytes = {
+        let at = live();
+        let copy = target.clone();
+        let size = live() - at;
+        drop(copy);
+        size
+    };
+    eprintln!(
+        "  parts (MiB): every key's objects built again {:.1}; translator {:.1}; layout index {:.1}; \
+         (sizes: Service {} B, EndpointSlice {} B, BackendGroup {} B)",
+        mib(objects_of_all),
+        mib(translator_bytes),
+        mib(index_and_target - target_bytes),
+        std::mem::size_of::<Service>(),
+        std::mem::size_of::<EndpointSlice>(),
+        std::mem::size_of::<BackendGroup>(),
+    );
+    drop((index, target, translator));
+}

@@ -60,6 +60,10 @@ fn main() -> anyhow::Result<()> {
     // (`--only kube`: the control plane's Kubernetes-source part alone, `--only file` its
     // file-source part alone).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    // `--skip-large` / `--skip-churn`: the Kubernetes source's largest row or its churn row left
+    // out, for iterating on the control plane (nothing is written then either).
+    let skip_large = args.iter().any(|a| a == "--skip-large");
+    let skip_churn = args.iter().any(|a| a == "--skip-churn");
     let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 10_000, 100_000] };
     // `--compare OLD_AGENT [--services N] [--rounds R]`: the packet path of an older agent's
@@ -166,7 +170,8 @@ fn main() -> anyhow::Result<()> {
             (services, endpoints, kube_changes, "0ms"),
             (large, endpoints, 20, "0ms"),
         ];
-        for (services, endpoints, changes, period) in runs {
+        let runs = if skip_large { &runs[..2] } else { &runs[..] };
+        for &(services, endpoints, changes, period) in runs {
             let k = kube_control_plane(services, endpoints, changes, period)?;
             let p50: Vec<String> = k.phases_ms.iter().map(|t| format!("{:.1}", percentile(t, 0.5))).collect();
             let _ = writeln!(
@@ -201,31 +206,33 @@ fn main() -> anyhow::Result<()> {
             PHASES.map(|p| p.trim_end_matches("_us")).join(" | ")
         );
         let (rate, seconds) = if quick { (100, 3) } else { (100, 10) };
-        let c = kube_churn(services, endpoints, rate, seconds)?;
-        let _ = writeln!(
-            report,
-            "Sustained churn: {} EndpointSlice changes a second for {} s, each to another Service, on\n\
+        let churn = if skip_churn { None } else { Some(kube_churn(services, endpoints, rate, seconds)?) };
+        if let Some(c) = churn {
+            let _ = writeln!(
+                report,
+                "Sustained churn: {} EndpointSlice changes a second for {} s, each to another Service, on\n\
              {} × {} (`--min-sync-period 0ms`), written on schedule whatever the agent is doing.\n\
              Visible as above; CPU: the agent's user + system time over the churn, per second.\n\n\
              | changes | change visible p50 / p99 (ms) | agent CPU (% of one CPU) | syncs | peak RSS (MiB) |\n\
              |---|---|---|---|---|\n\
              | {} | {:.1} / {:.1} | {:.1} | {} | {:.1} |",
-            c.rate,
-            c.seconds,
-            c.services,
-            c.endpoints,
-            c.visible_ms.len(),
-            percentile(&c.visible_ms, 0.5),
-            percentile(&c.visible_ms, 0.99),
-            c.cpu_share * 100.0,
-            c.syncs,
-            c.rss_mib
-        );
+                c.rate,
+                c.seconds,
+                c.services,
+                c.endpoints,
+                c.visible_ms.len(),
+                percentile(&c.visible_ms, 0.5),
+                percentile(&c.visible_ms, 0.99),
+                c.cpu_share * 100.0,
+                c.syncs,
+                c.rss_mib
+            );
+        }
     }
     let _ = writeln!(report, "\nWhole run: {:.0} s.", started.elapsed().as_secs_f64());
     println!("{report}");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/RESULTS.md");
-    if !quick && only.is_none() {
+    if !quick && only.is_none() && !skip_large && !skip_churn {
         std::fs::create_dir_all(path.parent().context("bench dir")?)?;
         std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
         let chart = path.with_file_name("connect.svg");

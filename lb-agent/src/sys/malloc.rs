@@ -1,0 +1,20 @@
+//! The C allocator's settings for a long-running agent.
+
+/// Allocations of 128 KiB and more always get their own mapping, returned to the kernel when
+/// freed. glibc otherwise raises that threshold each time such a mapping is freed (up to
+/// 32 MiB), after which a full sync's large temporary vectors (a list's page, the writes of a
+/// chunk, a layout's sorted backends) come from the heap, where the agent's long-lived small
+/// objects pin them: about 4 MiB more peak RSS at 10,000 Services (measured with the bench).
+/// Whether it was set (it always is with glibc; elsewhere there is nothing to set).
+pub fn return_large_allocations() -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: `mallopt` takes a parameter number and a value and only changes the
+        // allocator's thresholds; it is called before the agent starts its threads.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) == 1 }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        false
+    }
+}
