@@ -80,6 +80,33 @@ fn syn(i: u32, dst: &str) -> Vec<u8> {
     Packet::tcp(&client, dst, TCP_SYN).frame()
 }
 
+/// The frames each stage repeats, and the reference new and tracked flows are paired with.
+struct StageFrames {
+    /// A TCP SYN to no frontend.
+    miss: Vec<u8>,
+    /// An ARP request: the programs look at the EtherType and pass it.
+    arp: Vec<u8>,
+    /// The same IPv4 packet as `miss`, its protocol GRE (47): parsed up to the IP header.
+    gre: Vec<u8>,
+    /// `FLOWS` copies of the non-IP frame, which every version of the programs treats alike (a
+    /// packet to no frontend, once the reference, changes with the programs: it would move the
+    /// flows' figures by its own change).
+    reference: Vec<Vec<u8>>,
+}
+
+impl StageFrames {
+    fn new() -> Self {
+        let miss = Packet::tcp("198.18.0.1:40000", "192.0.2.1:80", TCP_SYN).frame();
+        let arp = lb_tests::packet::unhex(
+            "ffffffffffff02000000000108060001080006040001020000000001c612000100000000000000c0000201",
+        );
+        let mut gre = miss.clone();
+        gre[14 + 9] = 47;
+        let reference = vec![arp.clone(); FLOWS as usize];
+        Self { miss, arp, gre, reference }
+    }
+}
+
 /// `--compare OLD_AGENT`: the packet path of the programs embedded in `old` (an agent binary,
 /// e.g. a build before a change) and in this bench's agent, side by side against one agent's maps
 /// at `services` services (random selection), the two alternated stage by stage over `rounds`
@@ -90,16 +117,7 @@ pub fn compare(old: &Path, services: u32, rounds: u32) -> anyhow::Result<String>
     let new = lb_tests::agent_bin();
     let agents = [old, new.as_path()];
     let target = format!("{TARGET}:80");
-    let miss = Packet::tcp("198.18.0.1:40000", "192.0.2.1:80", TCP_SYN).frame();
-    let arp = lb_tests::packet::unhex(
-        "ffffffffffff02000000000108060001080006040001020000000001c612000100000000000000c0000201",
-    );
-    let mut gre = miss.clone();
-    gre[14 + 9] = 47;
-    // The paired reference: the non-IP frame, which every version of the programs treats alike
-    // (a packet to no frontend, once the reference, changes with the programs: it would move the
-    // flows' figures by its own change).
-    let reference: Vec<Vec<u8>> = vec![arp.clone(); FLOWS as usize];
+    let StageFrames { miss, arp, gre, reference } = StageFrames::new();
     // Clients 100.64.0.0/10 (no backend's address), one set of FLOWS per run.
     let flows = |set: u32| -> Vec<Vec<u8>> {
         (0..FLOWS)
@@ -190,16 +208,7 @@ pub struct PacketRow {
 pub fn packet_path(sizes: &[u32]) -> anyhow::Result<Vec<PacketRow>> {
     let mut rows = Vec::new();
     let target = format!("{TARGET}:80");
-    let miss = Packet::tcp("198.18.0.1:40000", "192.0.2.1:80", TCP_SYN).frame();
-    // An ARP request: the programs look at the EtherType and pass it.
-    let arp = lb_tests::packet::unhex(
-        "ffffffffffff02000000000108060001080006040001020000000001c612000100000000000000c0000201",
-    );
-    // The same IPv4 packet as `miss`, its protocol GRE (47): parsed up to the IP header.
-    let mut gre = miss.clone();
-    gre[14 + 9] = 47;
-    // The paired reference (see `compare`): the non-IP frame.
-    let reference: Vec<Vec<u8>> = vec![arp.clone(); FLOWS as usize];
+    let StageFrames { miss, arp, gre, reference } = StageFrames::new();
     for &services in sizes {
         for algorithm in ["random", "maglev"] {
             eprintln!("packet path: {services} services, {algorithm}");
