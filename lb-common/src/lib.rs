@@ -439,8 +439,10 @@ pub const SNAT_PORT_MAX: u16 = 65_535;
 /// conntrack entry the maps held when its programs took over (`lb-agent`'s `kernel::ct_gate`);
 /// until then no lookup is skipped.
 pub mod ct_gate {
-    /// Slots; a power of two.
-    pub const SLOTS: u32 = 1 << 16;
+    /// Slots; a power of two. 4 MiB: at 100,000 Services the frontends and flows' destinations
+    /// (a few hundred thousand) open a few percent of them (with 65,536 slots nearly every slot
+    /// was open, and packets to no frontend paid both lookups again).
+    pub const SLOTS: u32 = 1 << 22;
     /// Index of the ready flag, after the slots.
     pub const READY: u32 = SLOTS;
     /// Entries of the map.

@@ -204,8 +204,8 @@ pub struct PinnedMaps {
     /// `LB_CT_GATE`: a frontend's slot is opened before the frontend is written (the programs
     /// take a packet whose slot is shut for no frontend's). `None`: programs from before the gate.
     gate: Option<Array<MapData, u8>>,
-    /// The slots this agent opened (nothing shuts one).
-    opened: Vec<bool>,
+    /// The slots this agent opened, a bit each (nothing shuts one).
+    opened: Vec<u64>,
     capacity: Capacity,
     /// The same maps as raw descriptors, for batched writes; `None` once the kernel refused a
     /// batch (then every write goes one by one).
@@ -294,7 +294,7 @@ impl PinnedMaps {
             agent,
             log,
             gate,
-            opened: vec![false; ct_gate::SLOTS as usize],
+            opened: vec![0; ct_gate::SLOTS as usize / 64],
             capacity: Capacity {
                 frontends,
                 slots: slots_cap,
@@ -602,10 +602,10 @@ impl PinnedMaps {
             FrontendKey::V6(k) => ct_gate::slot(&k.addr, k.port, k.proto),
         };
         if let Some(gate) = &mut self.gate
-            && !self.opened[slot as usize]
+            && self.opened[slot as usize / 64] & (1 << (slot % 64)) == 0
         {
             gate.set(slot, 1, 0)?;
-            self.opened[slot as usize] = true;
+            self.opened[slot as usize / 64] |= 1 << (slot % 64);
         }
         Ok(())
     }
