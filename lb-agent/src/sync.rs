@@ -14,7 +14,7 @@ use crate::{
     layout::{
         diff::{MapOp, apply_in_memory, diff, diff_read_back, leftovers},
         incremental::{LayoutIndex, Parts},
-        state::{LayoutOptions, MapState, Placement, Reserved, layout_groups},
+        state::{FrontendKey, LayoutOptions, MapState, Placement, Reserved, layout_groups},
     },
     model::{
         BackendGroup, DesiredState, NodeContext, Problem, ServiceKey, ServiceObjects,
@@ -276,8 +276,12 @@ impl<M: LbMaps> Syncer<M> {
         let first = if read_back { leftovers(&self.programmed, &target) } else { MapState::default() };
         // The writes are made as they are applied, a chunk at a time (never all held at once); a
         // first pass counts them, for the capacity check and the progress lines.
-        let (peak, total) =
-            Occupancy::peak(&self.programmed, &first, diff_read_back(&self.programmed, &target, &first));
+        let (peak, total) = Occupancy::peak(
+            &self.programmed,
+            frontends_v4(&self.programmed),
+            &first,
+            diff_read_back(&self.programmed, &target, &first),
+        );
         check_capacity(peak, &target, self.maps.capacity(), &self.options)?;
         let diffed = Instant::now();
         self.times.diff = diffed - laid_out;
@@ -490,13 +494,16 @@ impl<M: LbMaps> Syncer<M> {
         report.translated = update.translated;
         let reserved = self.quarantined(now);
         let changed: Vec<Changed> = update.changed;
+        // IPv4 frontends programmed now (the index's count, before it takes the change).
+        let programmed_v4 = engine.layout.frontends_v4();
         let parts =
             engine.layout.update(&changed, &engine.translator, &self.programmed, &reserved, &self.options);
         report.relaid = parts.relaid;
         let laid_out = Instant::now();
         self.times.layout = laid_out - translated;
         let ops = diff(&parts.before, &parts.after);
-        let (peak, _) = Occupancy::peak(&self.programmed, &MapState::default(), ops.iter().copied());
+        let (peak, _) =
+            Occupancy::peak(&self.programmed, programmed_v4, &MapState::default(), ops.iter().copied());
         if check_capacity(peak, &parts.after, self.maps.capacity(), &self.options).is_err() {
             return Err(Fallback::Full);
         }
@@ -533,6 +540,11 @@ impl<M: LbMaps> Syncer<M> {
         self.initial = false;
         Ok(())
     }
+}
+
+/// The IPv4 frontends of `state` (they sort before the IPv6 ones).
+fn frontends_v4(state: &MapState) -> usize {
+    state.frontends.keys().take_while(|k| matches!(k, FrontendKey::V4(_))).count()
 }
 
 #[cfg(test)]

@@ -92,17 +92,17 @@ pub struct Occupancy {
 
 impl Occupancy {
     /// At the fullest point of applying `ops` (a `diff`, puts of a map before its removals) to
-    /// `programmed`, once `removed_first` (entries the apply removes before any put) are gone;
-    /// and how many writes `ops` holds.
+    /// `programmed` (with `programmed_v4` IPv4 frontends: an incremental sync knows it without a
+    /// count), once `removed_first` (entries the apply removes before any put) are gone; and how
+    /// many writes `ops` holds.
     pub fn peak(
         programmed: &MapState,
+        programmed_v4: usize,
         removed_first: &MapState,
         ops: impl IntoIterator<Item = MapOp>,
     ) -> (Self, usize) {
-        let v4 = |m: &BTreeMap<FrontendKey, FrontendValue>| {
-            m.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count()
-        };
-        let (now_v4, gone_v4) = (v4(&programmed.frontends), v4(&removed_first.frontends));
+        let now_v4 = programmed_v4;
+        let gone_v4 = removed_first.frontends.keys().filter(|k| matches!(k, FrontendKey::V4(_))).count();
         let mut peak = Self {
             frontends_v4: now_v4 - gone_v4,
             frontends_v6: (programmed.frontends.len() - now_v4) - (removed_first.frontends.len() - gone_v4),
