@@ -169,7 +169,7 @@ pub fn touch(key: &CtKey, entry: Entry, tcp_flags: u8, reply: bool, now: u64) {
 fn mark(entry: *mut CtValue, set: u16, clear: u16, now: u64) {
     // Safety: `entry` points into a map element for this program run; the writes are plain
     // stores of a timestamp and flag bits (a racing writer can only lose a bit of TCP state,
-    // which the next packet sets again).
+    // which the next SYN, FIN or RST, or the next refresh, writes again into both entries).
     unsafe {
         (*entry).last_seen = now;
         (*entry).flags = ((*entry).flags & !clear) | set;
