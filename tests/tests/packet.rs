@@ -25,7 +25,7 @@ use std::{
 
 use lb_agent::kernel::test_run::{Direction, TestRunner};
 use lb_tests::{
-    agent::{Agent, inspect},
+    agent::{Agent, explain, inspect},
     guard::{Bpffs, Cgroup, Netns, TempDir, enter_netns},
     packet::{
         IcmpSeen, L4, Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, Traced, fold, hex, icmp_error, icmp_seen,
@@ -607,6 +607,14 @@ fn a_flow_tracked_before_a_restart_that_makes_the_conntrack_gate_anew_is_still_t
     assert_eq!(t.verdict, PASS, "{:#}", t.json);
     assert_eq!(hex(&t.output), hex(&other.frame()), "untouched");
 
+    // `explain` reads the gate as the programs do: the frontend's slot is open.
+    let why = |e: &serde_json::Value| format!("{} {}", e["verdict"], e["notes"]);
+    let to = format!("{frontend}/TCP");
+    let args = ["--to", to.as_str(), "--from", client.as_str()];
+    let e = explain(&bpffs.path, &args).expect("explain");
+    assert_eq!(e["verdict"]["action"], "translate", "{e:#}");
+    assert!(why(&e).contains(&format!("is open: packets to {frontend} are looked up")), "{e:#}");
+
     // The slot is what decides: closed by hand (what a restart without the agent's refill would
     // leave), the frontend's packets, this flow's included, pass as if it were none.
     let data = aya::maps::MapData::from_pin(&gate).expect("the gate's pin");
@@ -619,6 +627,10 @@ fn a_flow_tracked_before_a_restart_that_makes_the_conntrack_gate_anew_is_still_t
     let t = trace(&bpffs.path, "ingress", &frame(&data)).expect("trace");
     assert_eq!(t.verdict, PASS, "{:#}", t.json);
     assert_eq!(hex(&t.output), hex(&data.frame()), "the gate hid the frontend and the flow: {:#}", t.json);
+    // And `explain` says what the kernel did, and why.
+    let e = explain(&bpffs.path, &args).expect("explain");
+    assert_eq!(e["verdict"]["action"], "untouched", "{e:#}");
+    assert!(why(&e).contains("is a frontend, but its conntrack gate slot"), "{e:#}");
 }
 
 fn data_packet(client: &str, frontend: &str) -> Packet {

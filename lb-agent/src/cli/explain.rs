@@ -6,7 +6,7 @@
 use std::{io::Read as _, io::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use clap::Args;
 use lb_common::{AffinityKey, AffinityValue, CtKey, CtValue};
 
@@ -49,6 +49,8 @@ pub struct ExplainArgs {
 struct PinnedLive {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
+    /// `None`: a datapath from before the conntrack gate.
+    gate: Option<Array<MapData, u8>>,
 }
 
 /// A lookup's value; a failed read other than "no such key" is logged and taken as absent.
@@ -71,6 +73,10 @@ impl LiveTables for PinnedLive {
     fn flow(&self, key: &CtKey) -> Option<CtValue> {
         found(lb_common::map_names::CONNTRACK, self.conntrack.get(key, 0))
     }
+
+    fn gate(&self, index: u32) -> Option<u8> {
+        found(lb_common::map_names::CT_GATE, self.gate.as_ref()?.get(&index, 0))
+    }
 }
 
 pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
@@ -80,6 +86,7 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     let live = PinnedLive {
         affinity: affinity::open(&args.bpffs).context("opening the affinity map")?,
         conntrack: conntrack::open(&args.bpffs).context("opening the conntrack map")?,
+        gate: crate::kernel::ct_gate::open_if_pinned(&args.bpffs).context("opening the conntrack gate")?,
     };
     let explanation = explain::explain(&state, &query, &live, affinity::monotonic_ns());
     let endpoints = endpoints_of(&explanation, &state, args.agent);

@@ -12,12 +12,15 @@ use aya::maps::{Array, Map, MapData};
 use lb_common::{ct_dir, ct_gate, map_names};
 use tracing::{info, warn};
 
-use crate::layout::state::FrontendKey;
-
 fn open(bpffs: &Path) -> anyhow::Result<Array<MapData, u8>> {
     let path = bpffs.join(map_names::CT_GATE);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     Array::try_from(Map::Array(data)).context("LB_CT_GATE is not an array")
+}
+
+/// The gate's map, or `None` for a datapath from before it (read-only tools still read those).
+pub fn open_if_pinned(bpffs: &Path) -> anyhow::Result<Option<Array<MapData, u8>>> {
+    if bpffs.join(map_names::CT_GATE).exists() { open(bpffs).map(Some) } else { Ok(None) }
 }
 
 /// Makes every packet be looked up (before this agent writes or attaches anything).
@@ -51,11 +54,7 @@ pub fn fill(bpffs: &Path) -> anyhow::Result<usize> {
     // of each frontend it writes, before writing it).
     let maps = crate::kernel::maps::PinnedMaps::open(bpffs).context("opening the service maps")?;
     for key in maps.frontend_keys().context("listing the frontends")? {
-        let slot = match key {
-            FrontendKey::V4(k) => ct_gate::slot(&[k.addr, 0, 0, 0], k.port, k.proto),
-            FrontendKey::V6(k) => ct_gate::slot(&k.addr, k.port, k.proto),
-        };
-        gate.set(slot, 1, 0).context("opening a frontend's gate slot")?;
+        gate.set(key.gate_slot(), 1, 0).context("opening a frontend's gate slot")?;
     }
     gate.set(ct_gate::READY, 1, 0).context("marking the conntrack gate ready")?;
     Ok(seen)

@@ -597,10 +597,7 @@ impl PinnedMaps {
 
     /// Opens the conntrack gate's slot of a frontend (`lb_common::ct_gate`) before it is written.
     fn open_gate(&mut self, key: &FrontendKey) -> Result<(), MapError> {
-        let slot = match key {
-            FrontendKey::V4(k) => ct_gate::slot(&[k.addr, 0, 0, 0], k.port, k.proto),
-            FrontendKey::V6(k) => ct_gate::slot(&k.addr, k.port, k.proto),
-        };
+        let slot = key.gate_slot();
         if let Some(gate) = &mut self.gate
             && self.opened[slot as usize / 64] & (1 << (slot % 64)) == 0
         {

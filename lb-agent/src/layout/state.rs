@@ -45,6 +45,13 @@ impl FrontendKey {
             Self::V6(k) => k.proto,
         }
     }
+    /// The frontend's slot in the conntrack gate (`lb_common::ct_gate`).
+    pub fn gate_slot(&self) -> u32 {
+        match self {
+            Self::V4(k) => lb_common::ct_gate::slot(&[k.addr, 0, 0, 0], k.port, k.proto),
+            Self::V6(k) => lb_common::ct_gate::slot(&k.addr, k.port, k.proto),
+        }
+    }
 }
 
 /// IPv4 address as the kernel context holds it: network byte order in a native `u32`.

@@ -21,7 +21,8 @@ use std::{
 
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, FrontendValue, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    SlotKey, affinity_kind, backend_flags, backend_state, ct_dir, ct_lifetime, flow_hash, frontend_flags,
+    SlotKey, affinity_kind, backend_flags, backend_state, ct_dir, ct_gate, ct_lifetime, flow_hash,
+    frontend_flags,
     select::{self, WhenEmpty, in_range, slot_of, slots},
 };
 pub use query::{Path, Query, Source, Target};
@@ -39,6 +40,9 @@ pub trait LiveTables {
     fn affinity(&self, key: &AffinityKey) -> Option<AffinityValue>;
     /// `LB_CONNTRACK[key]`.
     fn flow(&self, key: &CtKey) -> Option<CtValue>;
+    /// `LB_CT_GATE[index]` (`lb_common::ct_gate`); `None` when the datapath has no gate (one
+    /// from before it), whose programs look every packet up.
+    fn gate(&self, index: u32) -> Option<u8>;
 }
 
 /// A backend as `explain` shows it.
@@ -284,6 +288,11 @@ fn decide(state: &MapState, query: &Query, live: &impl LiveTables, now: u64, out
         },
         _ => to,
     };
+
+    // The conntrack gate comes before both lookups: a destination whose slot is shut is passed.
+    if query.path == Path::Packet && !gate(state, lookup_addr, protocol, live, out) {
+        return;
+    }
 
     // TC looks conntrack up first: a packet of a tracked flow keeps its backend.
     if query.path == Path::Packet
@@ -685,6 +694,53 @@ fn affinity(
 
 /// The client's flow in conntrack, as TC looks it up before anything else.
 #[allow(clippy::too_many_arguments, reason = "the flow's tuple and the kernel's inputs")]
+/// The packet path's conntrack gate for `to` (`lb_common::ct_gate`, `lb-ebpf`'s
+/// `conntrack::may_track`): whether the programs look the packet up at all. A note says which; a
+/// shut slot ends the decision (the packet passes untouched: a frontend's only if the gate is
+/// damaged).
+fn gate(
+    state: &MapState,
+    to: SocketAddr,
+    protocol: Protocol,
+    live: &impl LiveTables,
+    out: &mut Explanation,
+) -> bool {
+    let key = FrontendKey::new(to.ip(), to.port(), protocol);
+    let slot = key.gate_slot();
+    let Some(ready) = live.gate(ct_gate::READY) else {
+        out.notes.push("this datapath has no conntrack gate: every packet is looked up".to_owned());
+        return true;
+    };
+    if ready == 0 {
+        out.notes.push(
+            "the conntrack gate is not ready (the agent has not yet opened the slots of what the maps \
+             held when its programs took over): every packet is looked up"
+                .to_owned(),
+        );
+        return true;
+    }
+    if live.gate(slot).is_some_and(|open| open != 0) {
+        out.notes.push(format!("conntrack gate slot {slot} is open: packets to {to} are looked up"));
+        return true;
+    }
+    out.verdict = if state.frontends.contains_key(&key) {
+        Verdict::Untouched {
+            reason: format!(
+                "{to} is a frontend, but its conntrack gate slot {slot} is shut: the packet programs \
+                 pass its packets without a lookup, untranslated (the agent opens a frontend's slot \
+                 before writing it; restarting the agent fills the gate again)"
+            ),
+        }
+    } else {
+        out.notes.push(format!(
+            "conntrack gate slot {slot} is shut: no frontend or tracked flow has this destination, and \
+             the packet programs pass it without a lookup"
+        ));
+        Verdict::NotAFrontend
+    };
+    false
+}
+
 fn tracked(
     state: &MapState,
     src: IpAddr,

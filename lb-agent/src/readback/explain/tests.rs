@@ -27,6 +27,8 @@ const TABLE: u32 = 13;
 struct Fake {
     affinity: BTreeMap<AffinityKey, AffinityValue>,
     flows: BTreeMap<CtKey, CtValue>,
+    /// `LB_CT_GATE`'s non-zero entries; `None`: no gate (every packet looked up).
+    gate: Option<BTreeMap<u32, u8>>,
 }
 
 impl LiveTables for Fake {
@@ -35,6 +37,9 @@ impl LiveTables for Fake {
     }
     fn flow(&self, key: &CtKey) -> Option<CtValue> {
         self.flows.get(key).copied()
+    }
+    fn gate(&self, index: u32) -> Option<u8> {
+        self.gate.as_ref().map(|g| g.get(&index).copied().unwrap_or(0))
     }
 }
 
@@ -553,4 +558,38 @@ fn the_flow_hash_is_the_kernels_on_ipv6_too() {
             other => panic!("{client}: {other:?}"),
         }
     }
+}
+
+/// The packet path's conntrack gate, as `lb-ebpf`'s `conntrack::may_track` reads it: no gate or a
+/// gate not ready looks every packet up; a ready gate passes a destination whose slot is shut,
+/// even a frontend's (which only a damaged gate can do, and which `explain` must then say).
+#[test]
+fn the_conntrack_gate_decides_before_any_lookup() {
+    let state = layout(&desired(vec![external()]), &MapState::default());
+    let frontend = FrontendKey::new("203.0.113.10".parse().expect("ip"), 80, Protocol::Tcp);
+    let open =
+        |slots: &[u32]| Fake { gate: Some(slots.iter().map(|&s| (s, 1)).collect()), ..Fake::default() };
+    let ready_open = open(&[ct_gate::READY, frontend.gate_slot()]);
+    let cases = [
+        ("no gate", Fake::default(), "translate", "no conntrack gate: every packet is looked up"),
+        ("gate not ready", open(&[]), "translate", "not ready"),
+        ("slot open", ready_open, "translate", "is open: packets to 203.0.113.10:80 are looked up"),
+        ("slot shut", open(&[ct_gate::READY]), "untouched", "is a frontend, but its conntrack gate slot"),
+    ];
+    for (name, live, action, says) in cases {
+        let mut case = Case::new(name, state.clone(), "203.0.113.10:80/TCP", action);
+        case.from = Some(format!("{CLIENT}:40000"));
+        case.live = live;
+        case.says = vec![says];
+        if action == "translate" {
+            case.eligible = vec!["10.244.1.2:8080", "10.244.2.2:8080", "10.244.3.2:8080"];
+        }
+        check(&case);
+    }
+    // A destination that is no frontend, its slot shut: passed, and said so.
+    let mut case = Case::new("no frontend", state.clone(), "203.0.113.99:80/TCP", "not_a_frontend");
+    case.from = Some(format!("{CLIENT}:40000"));
+    case.live = open(&[ct_gate::READY]);
+    case.says = vec!["no frontend or tracked flow has this destination"];
+    check(&case);
 }
