@@ -1,8 +1,9 @@
 //! Parsing and rewriting the headers of one packet: reads in place from the linear data where the
 //! bytes are there (nearly always for headers), else through the skb helpers at TC and
-//! `bpf_xdp_load_bytes` at XDP; writes through the helpers (`bpf_skb_store_bytes`,
-//! `bpf_xdp_store_bytes`, which check bounds at run time and keep the skb's checksum state). `Packet` is what the two hooks
-//! differ in; everything above it (parse, rewrite, and `nat`) is one code path.
+//! `bpf_xdp_load_bytes` at XDP; writes at TC through the helpers (`bpf_skb_store_bytes` and the
+//! checksum helpers, which check bounds at run time and keep the skb's checksum state), at XDP in
+//! place where the bytes are in the linear data (else `bpf_xdp_store_bytes`). `Packet` is what the
+//! two hooks differ in; everything above it (parse, rewrite, and `nat`) is one code path.
 //!
 //! Only what the load balancer translates is parsed: Ethernet + IPv4 (not a fragment) or IPv6
 //! (no extension header) + TCP or UDP. Anything else, including a truncated header, is `None` and
@@ -66,6 +67,27 @@ fn load_in_place<T>(start: usize, end: usize, offset: usize) -> Option<T> {
     // Safety: `at..at + size_of::<T>()` lies within the packet's linear data (checked above,
     // and by the verifier); only plain-old-data types are loaded, read without alignment.
     Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+}
+
+/// Writes `value` at `offset` of a packet whose linear data is `start..end`, in place; false
+/// when the bytes are not all in the linear data (then a helper writes them). Only at XDP: a TC
+/// program that writes packet data directly gets a prologue from the verifier that un-clones
+/// every cloned skb it sees (a copy of the headers), ours or not, where the helpers copy only
+/// the packets they write.
+#[inline(always)]
+fn store_in_place<T>(start: usize, end: usize, offset: usize, value: &T) -> bool {
+    // Bounds as in `load_in_place`.
+    if offset > 256 {
+        return false;
+    }
+    let at = start + offset;
+    if at + core::mem::size_of::<T>().max(2) > end {
+        return false;
+    }
+    // Safety: `at..at + size_of::<T>()` lies within the packet's linear data (checked above, and
+    // by the verifier), which an XDP program may write; only plain-old-data types are stored.
+    unsafe { core::ptr::write_unaligned(at as *mut T, core::ptr::read(value)) };
+    true
 }
 
 impl Packet for TcContext {
@@ -136,6 +158,9 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn store<T>(&self, offset: usize, value: &T) -> Result<(), ()> {
+        if store_in_place(self.data(), self.data_end(), offset, value) {
+            return Ok(());
+        }
         // Safety: the helper reads `size_of::<T>()` bytes from `value`, a live reference.
         let ret = unsafe {
             bpf_xdp_store_bytes(
