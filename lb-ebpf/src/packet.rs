@@ -1,8 +1,9 @@
 //! Parsing and rewriting the headers of one packet: reads in place from the linear data where the
 //! bytes are there (nearly always for headers), else through the skb helpers at TC and
-//! `bpf_xdp_load_bytes` at XDP; writes through the helpers (`bpf_skb_store_bytes`,
-//! `bpf_xdp_store_bytes`, which check bounds at run time and keep the skb's checksum state). `Packet` is what the two hooks
-//! differ in; everything above it (parse, rewrite, and `nat`) is one code path.
+//! `bpf_xdp_load_bytes` at XDP; writes at TC through the helpers (`bpf_skb_store_bytes` and the
+//! checksum helpers, which check bounds at run time and keep the skb's checksum state), at XDP in
+//! place where the bytes are in the linear data (else `bpf_xdp_store_bytes`). `Packet` is what the
+//! two hooks differ in; everything above it (parse, rewrite, and `nat`) is one code path.
 //!
 //! Only what the load balancer translates is parsed: Ethernet + IPv4 (not a fragment) or IPv6
 //! (no extension header) + TCP or UDP. Anything else, including a truncated header, is `None` and
@@ -39,6 +40,10 @@ pub trait Packet: EbpfContext {
     /// Updates the TCP/UDP checksum at `offset`; `flags` as for `bpf_l4_csum_replace` (the low
     /// bits are the size, 2 or 4; `BPF_F_MARK_MANGLED_0` keeps an absent UDP checksum absent).
     fn l4_csum_replace(&self, offset: usize, from: u32, to: u32, flags: u64) -> Result<(), ()>;
+    /// Updates the TCP/UDP checksum at `offset` by `diff`, the one's-complement sum of the new
+    /// 16-bit words minus the old (`csum_diff`); `flags` as for `l4_csum_replace` without a size
+    /// (`bpf_l4_csum_replace`'s diff form: one call for several changed fields).
+    fn l4_csum_diff(&self, offset: usize, diff: u32, flags: u64) -> Result<(), ()>;
     /// The index of the device the packet is on.
     fn ifindex(&self) -> u32;
 }
@@ -64,6 +69,27 @@ fn load_in_place<T>(start: usize, end: usize, offset: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(at as *const T) })
 }
 
+/// Writes `value` at `offset` of a packet whose linear data is `start..end`, in place; false
+/// when the bytes are not all in the linear data (then a helper writes them). Only at XDP: a TC
+/// program that writes packet data directly gets a prologue from the verifier that un-clones
+/// every cloned skb it sees (a copy of the headers), ours or not, where the helpers copy only
+/// the packets they write.
+#[inline(always)]
+fn store_in_place<T>(start: usize, end: usize, offset: usize, value: &T) -> bool {
+    // Bounds as in `load_in_place`.
+    if offset > 256 {
+        return false;
+    }
+    let at = start + offset;
+    if at + core::mem::size_of::<T>().max(2) > end {
+        return false;
+    }
+    // Safety: `at..at + size_of::<T>()` lies within the packet's linear data (checked above, and
+    // by the verifier), which an XDP program may write; only plain-old-data types are stored.
+    unsafe { core::ptr::write_unaligned(at as *mut T, core::ptr::read(value)) };
+    true
+}
+
 impl Packet for TcContext {
     #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, ()> {
@@ -86,6 +112,11 @@ impl Packet for TcContext {
     #[inline(always)]
     fn l4_csum_replace(&self, offset: usize, from: u32, to: u32, flags: u64) -> Result<(), ()> {
         TcContext::l4_csum_replace(self, offset, u64::from(from), u64::from(to), flags).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn l4_csum_diff(&self, offset: usize, diff: u32, flags: u64) -> Result<(), ()> {
+        TcContext::l4_csum_replace(self, offset, 0, u64::from(diff), flags).map_err(|_| ())
     }
 
     #[inline(always)]
@@ -127,6 +158,9 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn store<T>(&self, offset: usize, value: &T) -> Result<(), ()> {
+        if store_in_place(self.data(), self.data_end(), offset, value) {
+            return Ok(());
+        }
         // Safety: the helper reads `size_of::<T>()` bytes from `value`, a live reference.
         let ret = unsafe {
             bpf_xdp_store_bytes(
@@ -160,6 +194,20 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
+    fn l4_csum_diff(&self, offset: usize, diff: u32, flags: u64) -> Result<(), ()> {
+        let check: u16 = Packet::load(self, offset)?;
+        let mangled = flags & u64::from(BPF_F_MARK_MANGLED_0) != 0;
+        if mangled && check == 0 {
+            return Ok(());
+        }
+        let mut new = csum_apply(check, diff);
+        if mangled && new == 0 {
+            new = 0xffff;
+        }
+        Packet::store(self, offset, &new)
+    }
+
+    #[inline(always)]
     fn ifindex(&self) -> u32 {
         // Safety: the context pointer is the kernel's `xdp_md` for this run.
         unsafe { (*self.ctx).ingress_ifindex }
@@ -180,6 +228,35 @@ fn csum_replace(check: u16, from: u32, to: u32, size: u64) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
+}
+
+/// `csum_diff`'s term for a 4-byte field that changed from `from` to `to` (as loaded): the
+/// one's-complement `to - from`, before folding.
+#[inline(always)]
+fn diff32(from: u32, to: u32) -> u64 {
+    u64::from(!from) + u64::from(to)
+}
+
+/// `csum_diff`'s term for a 2-byte field.
+#[inline(always)]
+fn diff16(from: u16, to: u16) -> u64 {
+    u64::from(!from) + u64::from(to)
+}
+
+/// A sum of `diff32`/`diff16` terms folded to 16 bits: a checksum difference (`__wsum`).
+#[inline(always)]
+fn csum_diff(mut sum: u64) -> u32 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u32
+}
+
+/// The checksum `check` of data that changed by `diff` (`csum_diff`): RFC 1624, eqn. 3.
+#[inline(always)]
+fn csum_apply(check: u16, diff: u32) -> u16 {
+    !(csum_diff(u64::from(!check) + u64::from(diff)) as u16)
 }
 
 /// The addresses and ports of one TCP or UDP packet (network byte order, IPv4 in `[0]`).
@@ -290,7 +367,14 @@ fn l4_csum(flow: &Flow) -> (usize, u64) {
 
 /// Rewrites the packet's source and destination to `src:sport` → `dst:dport`, updating the IPv4
 /// header checksum and the TCP/UDP checksum (pseudo-header included) incrementally. Fields that
-/// do not change are not touched. `Err` leaves the packet partly rewritten: drop it.
+/// do not change are not written. `Err` leaves the packet partly rewritten: drop it.
+///
+/// Few helper calls (each costs some nanoseconds: a writable check and the packet pointers
+/// recomputed): for IPv4 the header checksum is computed here and written with the addresses,
+/// and with the ports too when they follow (no IP options), in one store; the TCP/UDP checksum
+/// takes one update for the addresses (pseudo-header) and one for the ports. Those two cannot be
+/// one: a packet whose checksum is left to the device (`CHECKSUM_PARTIAL`) holds only the
+/// pseudo-header's sum there, which the ports are not part of; the helper knows the skb's state.
 #[inline(always)]
 pub fn rewrite<P: Packet>(
     ctx: &P,
@@ -301,12 +385,31 @@ pub fn rewrite<P: Packet>(
     dport: u16,
 ) -> Result<(), ()> {
     let (csum, mangled) = l4_csum(flow);
+    let ports = sport != flow.sport || dport != flow.dport;
     if flow.family == 4 {
-        if src[0] != flow.src[0] {
-            rewrite_addr4(ctx, IP4_SRC, csum, mangled, flow.src[0], src[0])?;
-        }
-        if dst[0] != flow.dst[0] {
-            rewrite_addr4(ctx, IP4_DST, csum, mangled, flow.dst[0], dst[0])?;
+        if src[0] != flow.src[0] || dst[0] != flow.dst[0] {
+            let diff = csum_diff(diff32(flow.src[0], src[0]) + diff32(flow.dst[0], dst[0]));
+            let check: u16 = ctx.load(IP4_CSUM)?;
+            // Checksum, source, destination: 16-bit words as they lie from offset 10 of the header.
+            let head = [
+                csum_apply(check, diff),
+                src[0] as u16,
+                (src[0] >> 16) as u16,
+                dst[0] as u16,
+                (dst[0] >> 16) as u16,
+            ];
+            if ports && flow.l4 == IP4_DST + 4 {
+                let all = [head[0], head[1], head[2], head[3], head[4], sport, dport];
+                ctx.store(IP4_CSUM, &all)?;
+            } else {
+                ctx.store(IP4_CSUM, &head)?;
+                if ports {
+                    ctx.store(flow.l4, &[sport, dport])?;
+                }
+            }
+            ctx.l4_csum_diff(csum, diff, u64::from(BPF_F_PSEUDO_HDR) | mangled)?;
+        } else if ports {
+            ctx.store(flow.l4, &[sport, dport])?;
         }
     } else {
         if *src != flow.src {
@@ -315,29 +418,15 @@ pub fn rewrite<P: Packet>(
         if *dst != flow.dst {
             rewrite_addr6(ctx, IP6_DST, csum, mangled, &flow.dst, dst)?;
         }
+        if ports {
+            ctx.store(flow.l4, &[sport, dport])?;
+        }
     }
-    if sport != flow.sport {
-        rewrite_port(ctx, flow.l4, csum, mangled, flow.sport, sport)?;
-    }
-    if dport != flow.dport {
-        rewrite_port(ctx, flow.l4 + 2, csum, mangled, flow.dport, dport)?;
+    if ports {
+        let diff = csum_diff(diff16(flow.sport, sport) + diff16(flow.dport, dport));
+        ctx.l4_csum_diff(csum, diff, mangled)?;
     }
     Ok(())
-}
-
-#[inline(always)]
-fn rewrite_addr4<P: Packet>(
-    ctx: &P,
-    at: usize,
-    csum: usize,
-    mangled: u64,
-    old: u32,
-    new: u32,
-) -> Result<(), ()> {
-    ctx.store(at, &new)?;
-    ctx.l3_csum_replace(IP4_CSUM, old, new)?;
-    let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
-    ctx.l4_csum_replace(csum, old, new, flags)
 }
 
 #[inline(always)]
@@ -357,19 +446,6 @@ fn rewrite_addr6<P: Packet>(
         }
     }
     Ok(())
-}
-
-#[inline(always)]
-fn rewrite_port<P: Packet>(
-    ctx: &P,
-    at: usize,
-    csum: usize,
-    mangled: u64,
-    old: u16,
-    new: u16,
-) -> Result<(), ()> {
-    ctx.store(at, &new)?;
-    ctx.l4_csum_replace(csum, u32::from(old), u32::from(new), mangled | 2)
 }
 
 /// Writes the Ethernet destination and source addresses (before a redirect).

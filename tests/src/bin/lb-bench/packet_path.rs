@@ -2,42 +2,106 @@
 use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Context as _, ensure};
-use lb_tests::packet::{Packet, TCP_SYN, trace_batch_with};
+use lb_tests::packet::{Packet, TCP_ACK, TCP_PSH, TCP_SYN, Traced, trace_batch_with, tuple};
 
 use crate::cluster::{Bench, TARGET};
 
 pub const FLOWS: u32 = 10_000;
 pub const REPEAT: u32 = 1_000_000;
 
+/// TC ingress figures of a set of TCP flows (`Bench::tcp_flows_with`), each the median extra time
+/// of a run over its paired non-IP frame (ns).
+struct FlowFigures {
+    new_flow: f64,
+    back_to_back: f64,
+    interleaved: f64,
+}
+
 impl Bench {
     /// Kernel time (ns) of a run of each of `frames` beyond a run of its partner in `reference`,
     /// the two interleaved in one batch (one run each) so that each pair meets the same timer,
-    /// cache and scheduling conditions: the median over pairs. Steady where the mean of single
-    /// runs is not (their timer overhead alone moves by 2× between runs on a VM).
-    fn paired_extra_ns(
-        &self,
-        direction: &str,
-        frames: &[Vec<u8>],
-        reference: &[Vec<u8>],
-    ) -> anyhow::Result<f64> {
-        self.paired_extra_ns_with(&lb_tests::agent_bin(), direction, frames, reference)
-    }
-
-    /// `paired_extra_ns` with the programs of the agent binary `agent`.
-    fn paired_extra_ns_with(
+    /// cache and scheduling conditions: the median over pairs, and what each of `frames` became.
+    /// Steady where the mean of single runs is not (their timer overhead alone moves by 2×
+    /// between runs on a VM). Single runs, not `--repeat`: each run gets the frame afresh, where
+    /// repeated runs would reuse the buffer a rewrite changed.
+    fn paired_with(
         &self,
         agent: &Path,
         direction: &str,
         frames: &[Vec<u8>],
         reference: &[Vec<u8>],
-    ) -> anyhow::Result<f64> {
+    ) -> anyhow::Result<(f64, Vec<Traced>)> {
         let interleaved: Vec<Vec<u8>> =
             frames.iter().zip(reference).flat_map(|(f, r)| [f.clone(), r.clone()]).collect();
         let traced = trace_batch_with(agent, &self.0.bpffs.path, direction, &interleaved)?;
-        let ns = |t: &lb_tests::packet::Traced| t.json["duration_ns"].as_i64().unwrap_or(0) as f64;
-        let mut extra: Vec<f64> = traced.chunks(2).map(|p| ns(&p[0]) - ns(&p[1])).collect();
+        let ns = |t: &Traced| t.json["duration_ns"].as_i64().unwrap_or(0) as f64;
+        let mut extra = Vec::with_capacity(frames.len());
+        let mut outputs = Vec::with_capacity(frames.len());
+        let mut pairs = traced.into_iter();
+        while let (Some(frame), Some(partner)) = (pairs.next(), pairs.next()) {
+            extra.push(ns(&frame) - ns(&partner));
+            outputs.push(frame);
+        }
         extra.sort_by(f64::total_cmp);
-        Ok(crate::cluster::percentile(&extra, 0.5))
+        Ok((crate::cluster::percentile(&extra, 0.5), outputs))
+    }
+
+    /// The TC ingress figures of `clients`' TCP flows to `target` (one flow per client), each the
+    /// median extra time over the non-IP frame (`paired_with`):
+    /// - new flow: each client's SYN, once (`FLOWS` flows interleaved, as they would arrive);
+    /// - then each flow is driven to established as the programs' conntrack needs it: the
+    ///   backend's SYN-ACK through `lb_tc_egress` (its reply entry marks both entries as having
+    ///   seen a reply: the established lifetime) and the client's ACK that ends the handshake;
+    /// - tracked flow, interleaved: each flow's next segment (an ACK with 64 bytes of data) once,
+    ///   the flows interleaved (each run meets the flow's conntrack entry cold);
+    /// - tracked flow, back to back: one flow's data segment `FLOWS` times in a row (the same
+    ///   flow's packets arriving back to back: the steady per-packet cost).
+    ///
+    /// A tracked flow's ordinary packet writes nothing to conntrack (only a SYN, FIN or RST, a
+    /// state change or an old timestamp does), so its cost is that of the packet alone.
+    fn tcp_flows_with(
+        &self,
+        agent: &Path,
+        clients: &[String],
+        target: &str,
+        reference: &[Vec<u8>],
+    ) -> anyhow::Result<FlowFigures> {
+        let bpffs = &self.0.bpffs.path;
+        let syns: Vec<Vec<u8>> = clients.iter().map(|c| Packet::tcp(c, target, TCP_SYN).frame()).collect();
+        let (new_flow, translated) = self.paired_with(agent, "ingress", &syns, reference)?;
+        // The backend each SYN went to, from the translated frame.
+        let mut backends = Vec::with_capacity(clients.len());
+        for (client, syn) in clients.iter().zip(&translated) {
+            let (_, src, dst) = tuple(&syn.output);
+            ensure!(
+                src.to_string() == *client && dst.to_string() != target,
+                "the SYN {client} -> {target} was not translated (now {src} -> {dst})"
+            );
+            backends.push(dst.to_string());
+        }
+        let syn_acks: Vec<Vec<u8>> = clients
+            .iter()
+            .zip(&backends)
+            .map(|(c, b)| Packet::tcp(b, c, TCP_SYN | TCP_ACK).frame())
+            .collect();
+        for (reply, traced) in syn_acks.iter().zip(trace_batch_with(agent, bpffs, "egress", &syn_acks)?) {
+            let (_, src, _) = tuple(&traced.output);
+            ensure!(src.to_string() == target, "the SYN-ACK {:?} was not translated back", tuple(reply));
+        }
+        let acks: Vec<Vec<u8>> = clients.iter().map(|c| Packet::tcp(c, target, TCP_ACK).frame()).collect();
+        trace_batch_with(agent, bpffs, "ingress", &acks)?;
+        let data: Vec<Vec<u8>> = clients
+            .iter()
+            .map(|c| Packet::tcp(c, target, TCP_ACK | TCP_PSH).payload(&[0x61; 64]).frame())
+            .collect();
+        let (interleaved, translated) = self.paired_with(agent, "ingress", &data, reference)?;
+        for ((client, backend), segment) in clients.iter().zip(&backends).zip(&translated) {
+            let (_, _, dst) = tuple(&segment.output);
+            ensure!(dst.to_string() == *backend, "{client}'s data segment went to {dst}, not {backend}");
+        }
+        let same = vec![data[0].clone(); reference.len()];
+        let (back_to_back, _) = self.paired_with(agent, "ingress", &same, reference)?;
+        Ok(FlowFigures { new_flow, back_to_back, interleaved })
     }
 
     /// Kernel time (ns) per run of `frame` repeated `REPEAT` times.
@@ -75,9 +139,11 @@ fn empty_program_ns(direction: &str, frame: &[u8]) -> anyhow::Result<f64> {
     Ok(f64::from(ns))
 }
 
-fn syn(i: u32, dst: &str) -> Vec<u8> {
-    let client = format!("198.{}.{}.{}:{}", 18 + (i >> 16) % 2, (i >> 8) & 0xff, i & 0xff, 1024 + i % 60_000);
-    Packet::tcp(&client, dst, TCP_SYN).frame()
+/// The packet path's `FLOWS` clients, in 198.18.0.0/15 (no backend's address).
+fn clients() -> Vec<String> {
+    (0..FLOWS)
+        .map(|i| format!("198.{}.{}.{}:{}", 18 + (i >> 16) % 2, (i >> 8) & 0xff, i & 0xff, 1024 + i % 60_000))
+        .collect()
 }
 
 /// The frames each stage repeats, and the reference new and tracked flows are paired with.
@@ -110,32 +176,32 @@ impl StageFrames {
 /// `--compare OLD_AGENT`: the packet path of the programs embedded in `old` (an agent binary,
 /// e.g. a build before a change) and in this bench's agent, side by side against one agent's maps
 /// at `services` services (random selection), the two alternated stage by stage over `rounds`
-/// rounds, new and tracked flows paired with the non-IP frame. Each figure is the median over
-/// rounds; each round's new and tracked flows are a fresh
-/// set of distinct flows. The older programs must load against this agent's pinned maps.
+/// rounds, new and tracked flows paired with the non-IP frame (`Bench::tcp_flows_with`). Each
+/// figure is the median over rounds; each round's flows are a fresh set of distinct flows, driven
+/// through their handshake by the programs being measured. The older programs must load against this agent's pinned maps.
 pub fn compare(old: &Path, services: u32, rounds: u32) -> anyhow::Result<String> {
     let new = lb_tests::agent_bin();
     let agents = [old, new.as_path()];
     let target = format!("{TARGET}:80");
     let StageFrames { miss, arp, gre, reference } = StageFrames::new();
     // Clients 100.64.0.0/10 (no backend's address), one set of FLOWS per run.
-    let flows = |set: u32| -> Vec<Vec<u8>> {
+    let clients = |set: u32| -> Vec<String> {
         (0..FLOWS)
             .map(|j| {
                 let i = set * FLOWS + j;
-                let client = format!(
-                    "100.{}.{}.{}:{}",
-                    64 + (i >> 16) % 64,
-                    (i >> 8) & 0xff,
-                    i & 0xff,
-                    1024 + i % 60_000
-                );
-                Packet::tcp(&client, &target, TCP_SYN).frame()
+                format!("100.{}.{}.{}:{}", 64 + (i >> 16) % 64, (i >> 8) & 0xff, i & 0xff, 1024 + i % 60_000)
             })
             .collect()
     };
     let bench = Bench::start(services, 2, "random")?;
-    const STAGES: [&str; 5] = ["non-IP", "other IPv4", "no frontend", "new flow", "tracked flow"];
+    const STAGES: [&str; 6] = [
+        "non-IP",
+        "other IPv4",
+        "no frontend",
+        "new flow",
+        "tracked flow, back to back",
+        "tracked flow, 10,000 flows interleaved",
+    ];
     // [hook][agent][stage] → one figure per round.
     let mut figures = vec![vec![vec![Vec::new(); STAGES.len()]; 2]; 2];
     let mut set = 0;
@@ -148,11 +214,17 @@ pub fn compare(old: &Path, services: u32, rounds: u32) -> anyhow::Result<String>
                 f[1].push(bench.repeated_ns_with(agent, direction, &gre)?);
                 let base = f[0][f[0].len() - 1];
                 f[2].push(bench.repeated_ns_with(agent, direction, &miss)?);
-                let fresh = flows(set);
+                let fresh = clients(set);
                 set += 1;
-                f[3].push(base + bench.paired_extra_ns_with(agent, direction, &fresh, &reference)?);
                 if direction == "ingress" {
-                    f[4].push(base + bench.paired_extra_ns_with(agent, direction, &fresh, &reference)?);
+                    let flows = bench.tcp_flows_with(agent, &fresh, &target, &reference)?;
+                    f[3].push(base + flows.new_flow);
+                    f[4].push(base + flows.back_to_back);
+                    f[5].push(base + flows.interleaved);
+                } else {
+                    let syns: Vec<Vec<u8>> =
+                        fresh.iter().map(|c| Packet::tcp(c, &target, TCP_SYN).frame()).collect();
+                    f[3].push(base + bench.paired_with(agent, direction, &syns, &reference)?.0);
                 }
             }
         }
@@ -202,7 +274,10 @@ pub struct PacketRow {
     pub hook: &'static str,
     pub miss: f64,
     pub new_flow: Option<f64>,
+    /// An established flow's data segment, the same flow's run back to back (TC only).
     pub tracked: Option<f64>,
+    /// Each of `FLOWS` established flows' data segment once, interleaved (TC only).
+    pub tracked_interleaved: Option<f64>,
 }
 
 pub fn packet_path(sizes: &[u32]) -> anyhow::Result<Vec<PacketRow>> {
@@ -218,15 +293,18 @@ pub fn packet_path(sizes: &[u32]) -> anyhow::Result<Vec<PacketRow>> {
                 let baseline = bench.repeated_ns(direction, &arp)?;
                 let other_ip = bench.repeated_ns(direction, &gre)?;
                 let repeated = bench.repeated_ns(direction, &miss)?;
-                let flows: Vec<Vec<u8>> = (0..FLOWS).map(|i| syn(i, &target)).collect();
+                let agent = lb_tests::agent_bin();
                 // XDP leaves flows to local backends to TC untouched, creating nothing: its
                 // "new flow" is the decision to defer, and there is no tracked flow for it.
-                let new_flow = baseline + bench.paired_extra_ns(direction, &flows, &reference)?;
-                let tracked = if hook == "tc" {
-                    Some(baseline + bench.paired_extra_ns(direction, &flows, &reference)?)
+                let (new_flow, tracked, tracked_interleaved) = if hook == "tc" {
+                    let flows = bench.tcp_flows_with(&agent, &clients(), &target, &reference)?;
+                    (flows.new_flow, Some(baseline + flows.back_to_back), Some(baseline + flows.interleaved))
                 } else {
-                    None
+                    let syns: Vec<Vec<u8>> =
+                        clients().iter().map(|c| Packet::tcp(c, &target, TCP_SYN).frame()).collect();
+                    (bench.paired_with(&agent, direction, &syns, &reference)?.0, None, None)
                 };
+                let new_flow = baseline + new_flow;
                 rows.push(PacketRow {
                     services,
                     empty,
@@ -237,6 +315,7 @@ pub fn packet_path(sizes: &[u32]) -> anyhow::Result<Vec<PacketRow>> {
                     miss: repeated,
                     new_flow: Some(new_flow),
                     tracked,
+                    tracked_interleaved,
                 });
             }
         }
@@ -252,19 +331,23 @@ pub fn markdown(rows: &[PacketRow], sizes: &[u32]) -> String {
         "## Packet path (BPF_PROG_TEST_RUN, kernel time per run)\n\n\
          Stages, each one packet repeated {REPEAT} times: a program that only returns, on a non-IP\n\
          frame (BPF_PROG_TEST_RUN's own floor), then ours on a non-IP frame (its entry), an IPv4 packet of another protocol (headers read, no lookup) and a TCP\n\
-         SYN to no frontend (headers, the conntrack and frontend lookups). New flow and tracked\n\
-         flow: {FLOWS} distinct TCP SYNs to an external IP with 2 local endpoints (every Service has\n\
-         2), one run each, interleaved in one batch with as many runs of the non-IP frame; the\n\
-         figure is the non-IP time above plus the median extra time of a flow's run over its\n\
-         partner's (the pairing cancels the single run's timer overhead). The tracked flow is the\n\
-         same SYN again. XDP defers flows to local backends to TC untouched.\n\n\
-         | services | algorithm | hook | empty program (ns) | non-IP frame (ns) | other IPv4 (ns) | no frontend (ns) | new flow (ns) | tracked flow (ns) |\n|---|---|---|---|---|---|---|---|---|"
+         SYN to no frontend (headers, the conntrack and frontend lookups). Flows: {FLOWS} TCP flows\n\
+         from distinct clients to an external IP with 2 local endpoints (every Service has 2); each\n\
+         figure is the non-IP time above plus the median extra time of a run over its partner, a\n\
+         run of the non-IP frame in the same batch (single runs: the pairing cancels the single\n\
+         run's timer overhead, and each run gets its frame afresh). New flow: each flow's SYN once.\n\
+         The flows are then established as the programs' conntrack needs (the backend's SYN-ACK\n\
+         through the egress program, the client's ACK); tracked flow: a data segment (ACK, 64 bytes)\n\
+         of one flow run back to back {FLOWS} times (the steady cost of a flow's packets), and of\n\
+         each of the {FLOWS} flows once, interleaved (each meets its conntrack entry cold). XDP\n\
+         defers flows to local backends to TC untouched.\n\n\
+         | services | algorithm | hook | empty program (ns) | non-IP frame (ns) | other IPv4 (ns) | no frontend (ns) | new flow (ns) | tracked flow, back to back (ns) | tracked flow, {FLOWS} interleaved (ns) |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
             r.services,
             r.algorithm,
             r.hook,
@@ -273,14 +356,15 @@ pub fn markdown(rows: &[PacketRow], sizes: &[u32]) -> String {
             r.other_ip,
             r.miss,
             fmt(r.new_flow),
-            fmt(r.tracked)
+            fmt(r.tracked),
+            fmt(r.tracked_interleaved)
         );
     }
     // Flatness: the largest size against one service, per algorithm and hook.
     let _ = writeln!(
         out,
         "\nRatio, largest size to 1 service (target ≤ 1.1).\n\n\
-         | algorithm | hook | no frontend | new flow | tracked |\n|---|---|---|---|---|"
+         | algorithm | hook | no frontend | new flow | tracked, back to back | tracked, interleaved |\n|---|---|---|---|---|---|"
     );
     let largest = *sizes.last().unwrap_or(&1);
     for algorithm in ["random", "maglev"] {
@@ -294,10 +378,11 @@ pub fn markdown(rows: &[PacketRow], sizes: &[u32]) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "| {algorithm} | {hook} | {:.2} | {} | {} |",
+                    "| {algorithm} | {hook} | {:.2} | {} | {} | {} |",
                     b.miss / a.miss.max(1.0),
                     ratio(a.new_flow, b.new_flow),
-                    ratio(a.tracked, b.tracked)
+                    ratio(a.tracked, b.tracked),
+                    ratio(a.tracked_interleaved, b.tracked_interleaved)
                 );
             }
         }
