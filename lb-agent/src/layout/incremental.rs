@@ -4,34 +4,39 @@
 //!
 //! What a group's entries depend on beyond the group itself, and how it is followed here:
 //! - its backends' ids and entries: a backend entry's state is the lowest any group gives it
-//!   and it carries `LOCAL` when its address is local in any group: counted per backend and per
-//!   address, so a change rewrites exactly the backend entries whose state or flags moved;
+//!   and it carries `LOCAL` when its address is local in any group: counted per backend (an
+//!   address is local while one of its backends is counted local), so a change rewrites exactly
+//!   the backend entries whose state or flags moved;
 //! - its NodePort keys: a node address:port that another group has as an explicit frontend is
 //!   that group's: explicit keys are counted, and a NodePort group is laid out again when an
 //!   explicit key on a node address with its port appears or goes;
 //! - the node's addresses: a change of them is a full layout (`update` refuses it).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
 };
 
 use lb_common::{FrontendValue, SlotKey, backend_state};
 
 use super::state::{
     BackendIdentity, FrontendKey, LayoutOptions, MapState, Placement, Reserved, SourceRange, backend_entry,
-    backend_uses, explicit_keys, frontend_keys, kept_id, lay_group, local_ips,
+    backend_uses, explicit_keys, frontend_keys, kept_id, lay_group,
 };
 use crate::model::{
     BackendGroup, Cidr, ServiceKey,
     incremental::{Changed, Translator},
 };
 
-/// How many groups use a backend, by the state they give it, and its id.
+/// How many groups use a backend, by the state they give it, how many list it as a backend on
+/// this node, and its id.
 #[derive(Clone, Copy, Debug, Default)]
 struct BackendUse {
     id: Option<u32>,
     active: u32,
     terminating: u32,
+    /// Groups listing it on this node (`BackendInfo::local`): its address is local while some
+    /// backend with that address has one.
+    local: u32,
 }
 
 /// The layout of the desired state, by Service key, kept up to date incrementally.
@@ -40,8 +45,6 @@ pub struct LayoutIndex {
     node_addresses: Vec<IpAddr>,
     placed: HashMap<ServiceKey, Vec<Placement>>,
     backends: BTreeMap<BackendIdentity, BackendUse>,
-    /// Groups listing each address as a local backend.
-    local_ips: HashMap<IpAddr, u32>,
     /// Explicit frontends (all but NodePorts) of the groups, counted.
     explicit: HashMap<FrontendKey, u32>,
     /// Keys with a NodePort group, by (node port, protocol number, IPv4).
@@ -63,13 +66,17 @@ pub struct Parts {
     pub relaid: usize,
 }
 
-/// Whether `key` has its state `state`, for the two counters.
-fn count(u: &mut BackendUse, state: u8, add: bool) {
+/// One group's use of a backend (the state it gives it, whether it lists it on this node)
+/// counted in or out.
+fn count(u: &mut BackendUse, (state, local): (u8, bool), add: bool) {
     let n = if state == backend_state::ACTIVE { &mut u.active } else { &mut u.terminating };
-    if add {
-        *n += 1;
-    } else {
-        *n = n.saturating_sub(1);
+    let counters = std::iter::once(n).chain(local.then_some(&mut u.local));
+    for n in counters {
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -146,15 +153,16 @@ impl LayoutIndex {
             backend_ids: IdPool::from_used(target.backends.keys().copied()),
             ..Self::default()
         };
-        // What `add_group` does for each group, with the backends' uses gathered in a vector
-        // and their tree built whole at the end (grown entry by entry, its nodes would be
-        // half full, and a full sync is the agent's peak of memory).
-        let mut uses: Vec<(BackendIdentity, u8)> = Vec::new();
+        // What `add_group` does for each group, with the backends' uses gathered in a vector,
+        // merged in place and their tree built whole at the end (grown entry by entry, its
+        // nodes would be half full, and a full sync is the agent's peak of memory).
+        let mut uses: Vec<(BackendIdentity, BackendUse)> = Vec::new();
         for ((key, group), placement) in groups.zip(placements) {
-            uses.extend(backend_uses(group));
-            for ip in local_ips(group) {
-                *index.local_ips.entry(ip).or_default() += 1;
-            }
+            uses.extend(backend_uses(group).into_iter().map(|(identity, used)| {
+                let mut u = BackendUse::default();
+                count(&mut u, used, true);
+                (identity, u)
+            }));
             for k in explicit_keys(group) {
                 *index.explicit.entry(k).or_default() += 1;
             }
@@ -168,25 +176,26 @@ impl LayoutIndex {
                 }
             }
         }
-        uses.sort_unstable();
-        let mut backends: Vec<(BackendIdentity, BackendUse)> = Vec::new();
-        for (identity, state) in uses {
-            if backends.last().is_none_or(|(last, _)| *last != identity) {
-                backends.push((identity, BackendUse::default()));
+        uses.sort_unstable_by_key(|(identity, _)| *identity);
+        uses.dedup_by(|(identity, u), (kept, sum)| {
+            let same = identity == kept;
+            if same {
+                sum.active += u.active;
+                sum.terminating += u.terminating;
+                sum.local += u.local;
             }
-            if let Some((_, u)) = backends.last_mut() {
-                count(u, state, true);
-            }
-        }
-        index.backends = backends.into_iter().collect();
+            same
+        });
+        index.backends = super::state::tree_of_sorted(uses);
         index.placed = std::mem::take(&mut index.placed).into_iter().collect();
         for placed in index.placed.values_mut() {
             placed.shrink_to_fit();
         }
-        index.local_ips.shrink_to_fit();
         index.explicit.shrink_to_fit();
         for (id, b) in &target.backends {
-            if let Some(u) = index.backends.get_mut(&(super::state::backend_addr(b), b.proto)) {
+            if let Some(u) =
+                index.backends.get_mut(&BackendIdentity::new(super::state::backend_addr(b), b.proto))
+            {
                 u.id = Some(*id);
             }
         }
@@ -203,6 +212,12 @@ impl LayoutIndex {
         self.frontends_v4
     }
 
+    /// Whether some group lists a backend at `ip` on this node (its entries carry `LOCAL`).
+    fn ip_local(&self, ip: IpAddr) -> bool {
+        let (lo, hi) = BackendIdentity::bounds(ip);
+        self.backends.range(lo..=hi).any(|(_, u)| u.local > 0)
+    }
+
     fn add_group(
         &mut self,
         key: &ServiceKey,
@@ -211,16 +226,13 @@ impl LayoutIndex {
         ips: &mut BTreeSet<IpAddr>,
         explicit: &mut BTreeSet<FrontendKey>,
     ) {
-        for (identity, state) in backend_uses(group) {
-            count(self.backends.entry(identity).or_default(), state, true);
-            touched.insert(identity);
-        }
-        for ip in local_ips(group) {
-            let n = self.local_ips.entry(ip).or_default();
-            *n += 1;
-            if *n == 1 {
-                ips.insert(ip);
+        for (identity, used) in backend_uses(group) {
+            // An address that was not local and is now.
+            if used.1 && !self.ip_local(identity.ip()) {
+                ips.insert(identity.ip());
             }
+            count(self.backends.entry(identity).or_default(), used, true);
+            touched.insert(identity);
         }
         for k in explicit_keys(group) {
             let n = self.explicit.entry(k).or_default();
@@ -242,20 +254,15 @@ impl LayoutIndex {
         ips: &mut BTreeSet<IpAddr>,
         explicit: &mut BTreeSet<FrontendKey>,
     ) {
-        for (identity, state) in backend_uses(group) {
+        for (identity, used) in backend_uses(group) {
             if let Some(u) = self.backends.get_mut(&identity) {
-                count(u, state, false);
+                count(u, used, false);
+            }
+            // An address that was local and is not any more.
+            if used.1 && !self.ip_local(identity.ip()) {
+                ips.insert(identity.ip());
             }
             touched.insert(identity);
-        }
-        for ip in local_ips(group) {
-            if let Some(n) = self.local_ips.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.local_ips.remove(&ip);
-                    ips.insert(ip);
-                }
-            }
         }
         for k in explicit_keys(group) {
             if let Some(n) = self.explicit.get_mut(&k) {
@@ -316,8 +323,8 @@ impl LayoutIndex {
         }
         // Backends whose `LOCAL` flag moved.
         for ip in &ips {
-            let (lo, hi) = (SocketAddr::new(*ip, 0), SocketAddr::new(*ip, u16::MAX));
-            touched.extend(self.backends.range((lo, 0)..=(hi, u8::MAX)).map(|(k, _)| *k));
+            let (lo, hi) = BackendIdentity::bounds(*ip);
+            touched.extend(self.backends.range(lo..=hi).map(|(k, _)| *k));
         }
 
         let mut parts = Parts { relaid: old.len(), ..Parts::default() };
@@ -373,7 +380,7 @@ impl LayoutIndex {
                 entry.id = Some(id);
             }
             let state = if u.active > 0 { backend_state::ACTIVE } else { backend_state::TERMINATING };
-            let local = self.local_ips.contains_key(&identity.0.ip());
+            let local = self.ip_local(identity.ip());
             parts.after.backends.insert(id, backend_entry(identity, state, local));
         }
         for identity in deleted {
