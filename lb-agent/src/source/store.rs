@@ -99,12 +99,20 @@ impl ObjectStore {
         self.apply_listed_service(list_service(&service));
     }
 
+    /// `key` as the store already holds it (its strings shared by every copy), or itself.
+    fn shared_key(&self, key: ServiceKey) -> ServiceKey {
+        let held = self.services.get_key_value(&key).map(|(k, _)| k);
+        held.or_else(|| self.slices.get_key_value(&key).map(|(k, _)| k)).map_or(key, Clone::clone)
+    }
+
     /// As `apply_service`, for a Service already made what the store keeps.
     pub fn apply_listed_service(&mut self, listed: ListedService) {
-        let ListedService { key, stored } = listed;
+        let ListedService { key, mut stored } = listed;
         if self.services.get(&key).is_some_and(|old| *old == stored) {
             return;
         }
+        let key = self.shared_key(key);
+        stored.share_key(&key);
         self.services.insert(key.clone(), stored);
         self.service_changed(key);
     }
@@ -121,7 +129,12 @@ impl ObjectStore {
     /// relist holds these, not whole objects, until it is swapped in).
     pub fn list_slice(&mut self, slice: &EndpointSlice) -> ListedSlice {
         let stored = match SliceTie::of(slice) {
-            SliceTie::Service(key) => Some((key, StoredSlice::new(slice, &mut self.node_names))),
+            SliceTie::Service(key) => {
+                let key = self.shared_key(key);
+                let mut stored = StoredSlice::new(slice, &mut self.node_names);
+                stored.share_key(&key);
+                Some((key, stored))
+            }
             SliceTie::Ignored | SliceTie::Unlabelled => None,
         };
         ListedSlice { id: slice_id(slice), stored }
@@ -137,7 +150,9 @@ impl ObjectStore {
     /// As `apply_slice`, for a slice already made what the store keeps.
     pub fn apply_listed(&mut self, listed: ListedSlice) -> bool {
         let ListedSlice { id, stored } = listed;
-        let Some((key, stored)) = stored else { return self.delete_id(id) };
+        let Some((key, mut stored)) = stored else { return self.delete_id(id) };
+        let key = self.shared_key(key);
+        stored.share_key(&key);
         if let Some(old_key) = self.slice_keys.get(&id)
             && *old_key != key
         {
