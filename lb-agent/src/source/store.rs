@@ -199,6 +199,8 @@ impl ObjectStore {
             self.services.remove(&key);
             self.service_changed(key);
         }
+        // Built whole: a list inserts in key order, which leaves a tree's nodes about half full.
+        self.services = std::mem::take(&mut self.services).into_iter().collect();
     }
 
     /// Every EndpointSlice replaced by `slices` (a relist, made by `list_slice` as it came),
@@ -215,6 +217,8 @@ impl ObjectStore {
             let _ = self.delete_id(id);
         }
         self.node_names.prune();
+        // As in `replace_services`.
+        self.slices = std::mem::take(&mut self.slices).into_iter().collect();
     }
 
     /// The objects of `key` now (shared, not copied); `None` when it has none.
