@@ -80,6 +80,35 @@ fn count(u: &mut BackendUse, (state, local): (u8, bool), add: bool) {
     }
 }
 
+/// Every backend's uses (`uses`, sorted by backend) counted, as a tree with full nodes built a
+/// part at a time from the end while the vector gives back its memory (as
+/// `state::tree_of_sorted`: never the vector and the tree both whole).
+fn counted(mut uses: Vec<(BackendIdentity, (u8, bool))>) -> BTreeMap<BackendIdentity, BackendUse> {
+    let part = (uses.len() / 8).max(4096);
+    let mut tree = BTreeMap::new();
+    while !uses.is_empty() {
+        let mut at = uses.len().saturating_sub(part);
+        // A backend's uses are counted in one part.
+        while at > 0 && uses[at - 1].0 == uses[at].0 {
+            at -= 1;
+        }
+        let mut front: Vec<(BackendIdentity, BackendUse)> = Vec::new();
+        for (identity, used) in uses.drain(at..) {
+            if front.last().is_none_or(|(last, _)| *last != identity) {
+                front.push((identity, BackendUse::default()));
+            }
+            if let Some((_, u)) = front.last_mut() {
+                count(u, used, true);
+            }
+        }
+        uses.shrink_to_fit();
+        let mut front: BTreeMap<BackendIdentity, BackendUse> = front.into_iter().collect();
+        front.append(&mut tree);
+        tree = front;
+    }
+    tree
+}
+
 fn node_port_keys(group: &BackendGroup) -> impl Iterator<Item = (u16, u8, bool)> + '_ {
     group
         .frontends
@@ -153,16 +182,12 @@ impl LayoutIndex {
             backend_ids: IdPool::from_used(target.backends.keys().copied()),
             ..Self::default()
         };
-        // What `add_group` does for each group, with the backends' uses gathered in a vector,
-        // merged in place and their tree built whole at the end (grown entry by entry, its
-        // nodes would be half full, and a full sync is the agent's peak of memory).
-        let mut uses: Vec<(BackendIdentity, BackendUse)> = Vec::new();
+        // What `add_group` does for each group, with the backends' uses gathered in a vector
+        // and their tree built whole at the end (grown entry by entry, its nodes would be half
+        // full, and a full sync is the agent's peak of memory).
+        let mut uses: Vec<(BackendIdentity, (u8, bool))> = Vec::new();
         for ((key, group), placement) in groups.zip(placements) {
-            uses.extend(backend_uses(group).into_iter().map(|(identity, used)| {
-                let mut u = BackendUse::default();
-                count(&mut u, used, true);
-                (identity, u)
-            }));
+            uses.extend(backend_uses(group));
             for k in explicit_keys(group) {
                 *index.explicit.entry(k).or_default() += 1;
             }
@@ -177,16 +202,7 @@ impl LayoutIndex {
             }
         }
         uses.sort_unstable_by_key(|(identity, _)| *identity);
-        uses.dedup_by(|(identity, u), (kept, sum)| {
-            let same = identity == kept;
-            if same {
-                sum.active += u.active;
-                sum.terminating += u.terminating;
-                sum.local += u.local;
-            }
-            same
-        });
-        index.backends = super::state::tree_of_sorted(uses);
+        index.backends = counted(uses);
         index.placed = std::mem::take(&mut index.placed).into_iter().collect();
         for placed in index.placed.values_mut() {
             placed.shrink_to_fit();
@@ -448,5 +464,45 @@ impl LayoutIndex {
         self.frontends_v4 =
             (self.frontends_v4 + v4(&parts.after.frontends)).saturating_sub(v4(&parts.before.frontends));
         parts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    /// Counted in parts, every backend's uses add up as counted one by one, at sizes around
+    /// the part boundaries and with a backend's uses spread over them.
+    #[test]
+    fn uses_counted_in_parts_add_up() {
+        for n in [0u32, 1, 4095, 4096, 4097, 3 * 4096 + 7, 50_000] {
+            let uses: Vec<(BackendIdentity, (u8, bool))> = (0..n)
+                .map(|i| {
+                    // Runs of 1 to 5 uses of one backend.
+                    let backend = i - i % (1 + i % 5);
+                    let addr = SocketAddr::from(([10, 0, (backend >> 8) as u8, backend as u8], 80));
+                    let state = if i % 3 == 0 { backend_state::TERMINATING } else { backend_state::ACTIVE };
+                    (BackendIdentity::new(addr, 6 + (backend >> 16) as u8), (state, i % 2 == 0))
+                })
+                .collect();
+            let mut sorted = uses.clone();
+            sorted.sort_unstable_by_key(|(identity, _)| *identity);
+            let tree = counted(sorted);
+            let mut expected: BTreeMap<BackendIdentity, (u32, u32, u32)> = BTreeMap::new();
+            for (identity, (state, local)) in uses {
+                let e = expected.entry(identity).or_default();
+                if state == backend_state::ACTIVE {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+                e.2 += u32::from(local);
+            }
+            let got: BTreeMap<BackendIdentity, (u32, u32, u32)> =
+                tree.iter().map(|(k, u)| (*k, (u.active, u.terminating, u.local))).collect();
+            assert_eq!(got, expected, "{n} uses");
+        }
     }
 }

@@ -433,6 +433,14 @@ pub fn layout_groups(
         owners.entry(value.group).or_default().push(*key);
     }
     let mut placements = Vec::with_capacity(groups.len());
+    // Each group is laid out on its own and its entries gathered in vectors, the trees built
+    // whole at the end: grown entry by entry, they would hold about twice the memory (half-full
+    // nodes) at the full sync's peak. Group ids, so the entries' keys, are distinct.
+    let mut one = MapState::default();
+    let mut slots: Vec<(SlotKey, SlotValue)> = Vec::new();
+    let mut services: Vec<(u32, ServiceName)> = Vec::new();
+    let mut frontends: Vec<(FrontendKey, FrontendValue)> = Vec::new();
+    let mut ranges: Vec<SourceRange> = Vec::new();
     for (group, keys) in groups.iter().zip(group_keys) {
         // No frontend on this node (a NodePort-only group and no node address of its family):
         // no id and no slots, which nothing could reach.
@@ -448,9 +456,20 @@ pub fn layout_groups(
             }
             None => group_ids.allocate(),
         };
-        lay_group(&mut out, group, id, &keys, &id_of, node_addresses, options);
+        lay_group(&mut one, group, id, &keys, &id_of, node_addresses, options);
+        slots.extend(std::mem::take(&mut one.slots));
+        services.extend(std::mem::take(&mut one.services));
+        frontends.extend(std::mem::take(&mut one.frontends));
+        ranges.extend(std::mem::take(&mut one.source_ranges));
         placements.push(Placement { id: Some(id), keys });
     }
+    slots.sort_unstable_by_key(|(k, _)| *k);
+    out.slots = tree_of_sorted(slots);
+    services.sort_unstable_by_key(|(id, _)| *id);
+    out.services = tree_of_sorted(services);
+    frontends.sort_unstable_by_key(|(k, _)| *k);
+    out.frontends = tree_of_sorted(frontends);
+    out.source_ranges = ranges.into_iter().collect();
     (out, placements)
 }
 
@@ -566,18 +585,6 @@ impl MapState {
                 .filter(|r| !groups.contains(&r.group))
                 .copied()
                 .collect(),
-        }
-    }
-
-    /// The same entries in B-trees built whole (a tree grown entry by entry in key order keeps
-    /// its nodes about half full): for a state kept after a large sync.
-    pub fn compacted(self) -> Self {
-        Self {
-            services: tree_of_sorted(self.services.into_iter().collect()),
-            frontends: tree_of_sorted(self.frontends.into_iter().collect()),
-            slots: tree_of_sorted(self.slots.into_iter().collect()),
-            backends: tree_of_sorted(self.backends.into_iter().collect()),
-            source_ranges: self.source_ranges.into_iter().collect(),
         }
     }
 }

@@ -1349,7 +1349,7 @@ fn freed_ids_are_not_handed_to_the_next_service_at_once() {
     );
 }
 
-/// A tree built a part at a time (`MapState::compacted`, the full sync's backends) holds exactly
+/// A tree built a part at a time (`layout_groups`' maps at a full sync) holds exactly
 /// the entries, in order, at every size around the part boundaries.
 #[test]
 fn a_tree_built_in_parts_holds_every_entry() {
