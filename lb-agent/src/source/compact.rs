@@ -235,7 +235,8 @@ impl StoredService {
 /// dropped). Equal when everything the agent reads is equal.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredSlice {
-    name: Option<Box<str>>,
+    /// (Shared with the store's index of slices by name.)
+    name: Option<Arc<str>>,
     namespace: Option<Arc<str>>,
     /// The `kubernetes.io/service-name` label (the only label a stored slice's readers use:
     /// slices labelled headless are not stored).
@@ -417,9 +418,8 @@ impl StoredSlice {
     /// The kept part of `slice`, its node names shared through `names`.
     pub fn new(slice: &EndpointSlice, names: &mut NodeNames) -> Self {
         let meta = &slice.metadata;
-        let boxed = |s: &Option<String>| s.as_deref().map(Box::from);
         Self {
-            name: boxed(&meta.name),
+            name: meta.name.as_deref().map(Arc::from),
             namespace: meta.namespace.as_deref().map(|n| names.get(n)),
             service: meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME)).map(|s| s.as_str().into()),
             trigger: meta
@@ -452,6 +452,11 @@ impl StoredSlice {
         share(&mut self.service, &key.name);
     }
 
+    /// The slice's name as kept (none when it has none).
+    pub fn shared_name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
+
     /// The slice's name (empty when it has none).
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or_default()
@@ -459,11 +464,10 @@ impl StoredSlice {
 
     /// The slice again, with only the kept fields (a Kubernetes object for translation).
     pub fn to_slice(&self) -> Arc<EndpointSlice> {
-        let boxed = |s: &Option<Box<str>>| s.as_deref().map(str::to_owned);
         let one = |k: &str, v: Option<&str>| v.map(|v| BTreeMap::from([(k.to_owned(), v.to_owned())]));
         Arc::new(EndpointSlice {
             metadata: ObjectMeta {
-                name: boxed(&self.name),
+                name: owned(&self.name),
                 namespace: owned(&self.namespace),
                 labels: one(SERVICE_NAME, self.service.as_deref()),
                 annotations: one(LAST_CHANGE_TRIGGER_TIME, self.trigger.as_deref()),

@@ -27,7 +27,7 @@ pub struct ObjectStore {
     node_names: NodeNames,
     /// The key of each stored slice, by (namespace, name): a slice relabelled for another
     /// Service dirties both.
-    slice_keys: HashMap<(String, String), ServiceKey>,
+    slice_keys: HashMap<SliceId, ServiceKey>,
     /// The keys changed since `take_dirty`, with what changed: (its Service, its slices).
     dirty: BTreeMap<ServiceKey, (bool, bool)>,
     /// kube-proxy's change counts: Service and EndpointSlice changes so far, and how many keys
@@ -85,6 +85,18 @@ impl ObjectStore {
     /// The change counts now.
     pub fn change_counts(&self) -> ChangeCounts {
         self.changes
+    }
+}
+
+/// A kept slice's namespace and name as `ObjectStore::slice_keys` holds them: the namespace
+/// shared with its Service key, the name with its stored record.
+type SliceId = (Arc<str>, Arc<str>);
+
+/// `text`, shared with `kept` when they are equal.
+fn shared_text(kept: Option<&Arc<str>>, text: &str) -> Arc<str> {
+    match kept {
+        Some(k) if **k == *text => Arc::clone(k),
+        _ => text.into(),
     }
 }
 
@@ -149,35 +161,48 @@ impl ObjectStore {
 
     /// As `apply_slice`, for a slice already made what the store keeps.
     pub fn apply_listed(&mut self, listed: ListedSlice) -> bool {
+        self.apply_listed_id(listed).0
+    }
+
+    /// As `apply_listed`, also giving the slice's id when it is kept.
+    fn apply_listed_id(&mut self, listed: ListedSlice) -> (bool, Option<SliceId>) {
         let ListedSlice { id, stored } = listed;
-        let Some((key, mut stored)) = stored else { return self.delete_id(id) };
+        let Some((key, mut stored)) = stored else { return (self.delete_id(&id), None) };
         let key = self.shared_key(key);
         stored.share_key(&key);
-        if let Some(old_key) = self.slice_keys.get(&id)
+        let sid: SliceId =
+            (shared_text(Some(&key.namespace), &id.0), shared_text(stored.shared_name(), &id.1));
+        if let Some(old_key) = self.slice_keys.get(&sid)
             && *old_key != key
         {
-            self.delete_id(id.clone());
+            self.delete_sid(&sid);
         }
         let slices = self.slices.entry(key.clone()).or_default();
         match slices.binary_search_by(|s| s.name().cmp(&id.1)) {
-            Ok(i) if slices[i] == stored => return false,
+            Ok(i) if slices[i] == stored => return (false, Some(sid)),
             Ok(i) => slices[i] = stored,
             Err(i) => slices.insert(i, stored),
         }
-        self.slice_keys.insert(id, key.clone());
+        // Removed first: an entry that stays keeps its old id, the replaced record's name.
+        self.slice_keys.remove(&sid);
+        self.slice_keys.insert(sid.clone(), key.clone());
         self.slices_changed(key);
-        true
+        (true, Some(sid))
     }
 
     /// An EndpointSlice deleted (found by namespace and name); whether it was kept.
     pub fn delete_slice(&mut self, slice: &EndpointSlice) -> bool {
-        self.delete_id(slice_id(slice))
+        self.delete_id(&slice_id(slice))
     }
 
-    fn delete_id(&mut self, id: (String, String)) -> bool {
-        let Some(key) = self.slice_keys.remove(&id) else { return false };
+    fn delete_id(&mut self, (namespace, name): &(String, String)) -> bool {
+        self.delete_sid(&(namespace.as_str().into(), name.as_str().into()))
+    }
+
+    fn delete_sid(&mut self, id: &SliceId) -> bool {
+        let Some(key) = self.slice_keys.remove(id) else { return false };
         if let Some(slices) = self.slices.get_mut(&key) {
-            slices.retain(|s| s.name() != id.1);
+            slices.retain(|s| s.name() != &*id.1);
             if slices.is_empty() {
                 self.slices.remove(&key);
             }
@@ -208,13 +233,13 @@ impl ObjectStore {
     pub fn replace_slices(&mut self, slices: Vec<ListedSlice>) {
         let mut seen = std::collections::HashSet::with_capacity(slices.len());
         for s in slices {
-            seen.insert(s.id.clone());
-            let _ = self.apply_listed(s);
+            if let (_, Some(id)) = self.apply_listed_id(s) {
+                seen.insert(id);
+            }
         }
-        let gone: Vec<(String, String)> =
-            self.slice_keys.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<SliceId> = self.slice_keys.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for id in gone {
-            let _ = self.delete_id(id);
+            let _ = self.delete_sid(&id);
         }
         self.node_names.prune();
         // As in `replace_services`.
