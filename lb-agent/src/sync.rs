@@ -265,12 +265,8 @@ impl<M: LbMaps> Syncer<M> {
         self.times = SyncTimes { translate: self.times.translate, ..SyncTimes::default() };
         let (target, placements) =
             layout_groups(groups, node_addresses, &self.programmed, &reserved, &self.options);
-        // Kept as the programmed state until the next sync: in whole B-trees when it is large.
-        let target = if target.slots.len() + target.backends.len() > PROGRESS_MIN_OPS {
-            target.compacted()
-        } else {
-            target
-        };
+        // (Kept as the programmed state until the next sync: `layout_groups` builds its trees
+        // whole, not half full.)
         let laid_out = Instant::now();
         self.times.layout = laid_out - now;
         let first = if read_back { leftovers(&self.programmed, &target) } else { MapState::default() };

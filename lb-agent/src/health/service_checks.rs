@@ -287,7 +287,7 @@ mod tests {
             }],
             when_empty: if eligible.is_empty() { WhenEmpty::Drop } else { WhenEmpty::Reject },
             from_node: backends.iter().map(|b| b.addr).collect(),
-            eligible,
+            eligible: eligible.into(),
             backends,
             affinity_timeout: None,
             source_ranges: Vec::new(),

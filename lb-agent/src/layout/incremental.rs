@@ -4,34 +4,39 @@
 //!
 //! What a group's entries depend on beyond the group itself, and how it is followed here:
 //! - its backends' ids and entries: a backend entry's state is the lowest any group gives it
-//!   and it carries `LOCAL` when its address is local in any group: counted per backend and per
-//!   address, so a change rewrites exactly the backend entries whose state or flags moved;
+//!   and it carries `LOCAL` when its address is local in any group: counted per backend (an
+//!   address is local while one of its backends is counted local), so a change rewrites exactly
+//!   the backend entries whose state or flags moved;
 //! - its NodePort keys: a node address:port that another group has as an explicit frontend is
 //!   that group's: explicit keys are counted, and a NodePort group is laid out again when an
 //!   explicit key on a node address with its port appears or goes;
 //! - the node's addresses: a change of them is a full layout (`update` refuses it).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
 };
 
 use lb_common::{FrontendValue, SlotKey, backend_state};
 
 use super::state::{
     BackendIdentity, FrontendKey, LayoutOptions, MapState, Placement, Reserved, SourceRange, backend_entry,
-    backend_uses, explicit_keys, frontend_keys, kept_id, lay_group, local_ips,
+    backend_uses, explicit_keys, frontend_keys, kept_id, lay_group,
 };
 use crate::model::{
     BackendGroup, Cidr, ServiceKey,
     incremental::{Changed, Translator},
 };
 
-/// How many groups use a backend, by the state they give it, and its id.
+/// How many groups use a backend, by the state they give it, how many list it as a backend on
+/// this node, and its id.
 #[derive(Clone, Copy, Debug, Default)]
 struct BackendUse {
     id: Option<u32>,
     active: u32,
     terminating: u32,
+    /// Groups listing it on this node (`BackendInfo::local`): its address is local while some
+    /// backend with that address has one.
+    local: u32,
 }
 
 /// The layout of the desired state, by Service key, kept up to date incrementally.
@@ -40,8 +45,6 @@ pub struct LayoutIndex {
     node_addresses: Vec<IpAddr>,
     placed: HashMap<ServiceKey, Vec<Placement>>,
     backends: BTreeMap<BackendIdentity, BackendUse>,
-    /// Groups listing each address as a local backend.
-    local_ips: HashMap<IpAddr, u32>,
     /// Explicit frontends (all but NodePorts) of the groups, counted.
     explicit: HashMap<FrontendKey, u32>,
     /// Keys with a NodePort group, by (node port, protocol number, IPv4).
@@ -63,14 +66,47 @@ pub struct Parts {
     pub relaid: usize,
 }
 
-/// Whether `key` has its state `state`, for the two counters.
-fn count(u: &mut BackendUse, state: u8, add: bool) {
+/// One group's use of a backend (the state it gives it, whether it lists it on this node)
+/// counted in or out.
+fn count(u: &mut BackendUse, (state, local): (u8, bool), add: bool) {
     let n = if state == backend_state::ACTIVE { &mut u.active } else { &mut u.terminating };
-    if add {
-        *n += 1;
-    } else {
-        *n = n.saturating_sub(1);
+    let counters = std::iter::once(n).chain(local.then_some(&mut u.local));
+    for n in counters {
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
     }
+}
+
+/// Every backend's uses (`uses`, sorted by backend) counted, as a tree with full nodes built a
+/// part at a time from the end while the vector gives back its memory (as
+/// `state::tree_of_sorted`: never the vector and the tree both whole).
+fn counted(mut uses: Vec<(BackendIdentity, (u8, bool))>) -> BTreeMap<BackendIdentity, BackendUse> {
+    let part = (uses.len() / 8).max(4096);
+    let mut tree = BTreeMap::new();
+    while !uses.is_empty() {
+        let mut at = uses.len().saturating_sub(part);
+        // A backend's uses are counted in one part.
+        while at > 0 && uses[at - 1].0 == uses[at].0 {
+            at -= 1;
+        }
+        let mut front: Vec<(BackendIdentity, BackendUse)> = Vec::new();
+        for (identity, used) in uses.drain(at..) {
+            if front.last().is_none_or(|(last, _)| *last != identity) {
+                front.push((identity, BackendUse::default()));
+            }
+            if let Some((_, u)) = front.last_mut() {
+                count(u, used, true);
+            }
+        }
+        uses.shrink_to_fit();
+        let mut front: BTreeMap<BackendIdentity, BackendUse> = front.into_iter().collect();
+        front.append(&mut tree);
+        tree = front;
+    }
+    tree
 }
 
 fn node_port_keys(group: &BackendGroup) -> impl Iterator<Item = (u16, u8, bool)> + '_ {
@@ -147,14 +183,11 @@ impl LayoutIndex {
             ..Self::default()
         };
         // What `add_group` does for each group, with the backends' uses gathered in a vector
-        // and their tree built whole at the end (grown entry by entry, its nodes would be
-        // half full, and a full sync is the agent's peak of memory).
-        let mut uses: Vec<(BackendIdentity, u8)> = Vec::new();
+        // and their tree built whole at the end (grown entry by entry, its nodes would be half
+        // full, and a full sync is the agent's peak of memory).
+        let mut uses: Vec<(BackendIdentity, (u8, bool))> = Vec::new();
         for ((key, group), placement) in groups.zip(placements) {
             uses.extend(backend_uses(group));
-            for ip in local_ips(group) {
-                *index.local_ips.entry(ip).or_default() += 1;
-            }
             for k in explicit_keys(group) {
                 *index.explicit.entry(k).or_default() += 1;
             }
@@ -168,25 +201,17 @@ impl LayoutIndex {
                 }
             }
         }
-        uses.sort_unstable();
-        let mut backends: Vec<(BackendIdentity, BackendUse)> = Vec::new();
-        for (identity, state) in uses {
-            if backends.last().is_none_or(|(last, _)| *last != identity) {
-                backends.push((identity, BackendUse::default()));
-            }
-            if let Some((_, u)) = backends.last_mut() {
-                count(u, state, true);
-            }
-        }
-        index.backends = backends.into_iter().collect();
+        uses.sort_unstable_by_key(|(identity, _)| *identity);
+        index.backends = counted(uses);
         index.placed = std::mem::take(&mut index.placed).into_iter().collect();
         for placed in index.placed.values_mut() {
             placed.shrink_to_fit();
         }
-        index.local_ips.shrink_to_fit();
         index.explicit.shrink_to_fit();
         for (id, b) in &target.backends {
-            if let Some(u) = index.backends.get_mut(&(super::state::backend_addr(b), b.proto)) {
+            if let Some(u) =
+                index.backends.get_mut(&BackendIdentity::new(super::state::backend_addr(b), b.proto))
+            {
                 u.id = Some(*id);
             }
         }
@@ -203,6 +228,12 @@ impl LayoutIndex {
         self.frontends_v4
     }
 
+    /// Whether some group lists a backend at `ip` on this node (its entries carry `LOCAL`).
+    fn ip_local(&self, ip: IpAddr) -> bool {
+        let (lo, hi) = BackendIdentity::bounds(ip);
+        self.backends.range(lo..=hi).any(|(_, u)| u.local > 0)
+    }
+
     fn add_group(
         &mut self,
         key: &ServiceKey,
@@ -211,16 +242,13 @@ impl LayoutIndex {
         ips: &mut BTreeSet<IpAddr>,
         explicit: &mut BTreeSet<FrontendKey>,
     ) {
-        for (identity, state) in backend_uses(group) {
-            count(self.backends.entry(identity).or_default(), state, true);
-            touched.insert(identity);
-        }
-        for ip in local_ips(group) {
-            let n = self.local_ips.entry(ip).or_default();
-            *n += 1;
-            if *n == 1 {
-                ips.insert(ip);
+        for (identity, used) in backend_uses(group) {
+            // An address that was not local and is now.
+            if used.1 && !self.ip_local(identity.ip()) {
+                ips.insert(identity.ip());
             }
+            count(self.backends.entry(identity).or_default(), used, true);
+            touched.insert(identity);
         }
         for k in explicit_keys(group) {
             let n = self.explicit.entry(k).or_default();
@@ -242,20 +270,15 @@ impl LayoutIndex {
         ips: &mut BTreeSet<IpAddr>,
         explicit: &mut BTreeSet<FrontendKey>,
     ) {
-        for (identity, state) in backend_uses(group) {
+        for (identity, used) in backend_uses(group) {
             if let Some(u) = self.backends.get_mut(&identity) {
-                count(u, state, false);
+                count(u, used, false);
+            }
+            // An address that was local and is not any more.
+            if used.1 && !self.ip_local(identity.ip()) {
+                ips.insert(identity.ip());
             }
             touched.insert(identity);
-        }
-        for ip in local_ips(group) {
-            if let Some(n) = self.local_ips.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.local_ips.remove(&ip);
-                    ips.insert(ip);
-                }
-            }
         }
         for k in explicit_keys(group) {
             if let Some(n) = self.explicit.get_mut(&k) {
@@ -316,8 +339,8 @@ impl LayoutIndex {
         }
         // Backends whose `LOCAL` flag moved.
         for ip in &ips {
-            let (lo, hi) = (SocketAddr::new(*ip, 0), SocketAddr::new(*ip, u16::MAX));
-            touched.extend(self.backends.range((lo, 0)..=(hi, u8::MAX)).map(|(k, _)| *k));
+            let (lo, hi) = BackendIdentity::bounds(*ip);
+            touched.extend(self.backends.range(lo..=hi).map(|(k, _)| *k));
         }
 
         let mut parts = Parts { relaid: old.len(), ..Parts::default() };
@@ -373,7 +396,7 @@ impl LayoutIndex {
                 entry.id = Some(id);
             }
             let state = if u.active > 0 { backend_state::ACTIVE } else { backend_state::TERMINATING };
-            let local = self.local_ips.contains_key(&identity.0.ip());
+            let local = self.ip_local(identity.ip());
             parts.after.backends.insert(id, backend_entry(identity, state, local));
         }
         for identity in deleted {
@@ -441,5 +464,45 @@ impl LayoutIndex {
         self.frontends_v4 =
             (self.frontends_v4 + v4(&parts.after.frontends)).saturating_sub(v4(&parts.before.frontends));
         parts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    /// Counted in parts, every backend's uses add up as counted one by one, at sizes around
+    /// the part boundaries and with a backend's uses spread over them.
+    #[test]
+    fn uses_counted_in_parts_add_up() {
+        for n in [0u32, 1, 4095, 4096, 4097, 3 * 4096 + 7, 50_000] {
+            let uses: Vec<(BackendIdentity, (u8, bool))> = (0..n)
+                .map(|i| {
+                    // Runs of 1 to 5 uses of one backend.
+                    let backend = i - i % (1 + i % 5);
+                    let addr = SocketAddr::from(([10, 0, (backend >> 8) as u8, backend as u8], 80));
+                    let state = if i % 3 == 0 { backend_state::TERMINATING } else { backend_state::ACTIVE };
+                    (BackendIdentity::new(addr, 6 + (backend >> 16) as u8), (state, i % 2 == 0))
+                })
+                .collect();
+            let mut sorted = uses.clone();
+            sorted.sort_unstable_by_key(|(identity, _)| *identity);
+            let tree = counted(sorted);
+            let mut expected: BTreeMap<BackendIdentity, (u32, u32, u32)> = BTreeMap::new();
+            for (identity, (state, local)) in uses {
+                let e = expected.entry(identity).or_default();
+                if state == backend_state::ACTIVE {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+                e.2 += u32::from(local);
+            }
+            let got: BTreeMap<BackendIdentity, (u32, u32, u32)> =
+                tree.iter().map(|(k, u)| (*k, (u.active, u.terminating, u.local))).collect();
+            assert_eq!(got, expected, "{n} uses");
+        }
     }
 }

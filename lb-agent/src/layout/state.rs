@@ -88,8 +88,53 @@ pub fn backend_addr(b: &Backend) -> SocketAddr {
     SocketAddr::new(ip, u16::from_be(b.port))
 }
 
-/// Identity of a backend entry: address, port and protocol.
-pub(crate) type BackendIdentity = (SocketAddr, u8);
+/// Identity of a backend entry: address, port and protocol, in 20 bytes (a `(SocketAddr, u8)`
+/// takes 36, and the layout holds one per backend of the cluster). Ordered as
+/// `(SocketAddr, u8)` is: IPv4 before IPv6, then address, port, protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct BackendIdentity {
+    v6: bool,
+    /// IPv4 in the first 4 bytes, the rest zero.
+    ip: [u8; 16],
+    port: u16,
+    proto: u8,
+}
+
+impl BackendIdentity {
+    pub(crate) fn new(addr: SocketAddr, proto: u8) -> Self {
+        let (v6, ip) = match addr.ip() {
+            IpAddr::V4(a) => {
+                let mut ip = [0; 16];
+                ip[..4].copy_from_slice(&a.octets());
+                (false, ip)
+            }
+            IpAddr::V6(a) => (true, a.octets()),
+        };
+        Self { v6, ip, port: addr.port(), proto }
+    }
+
+    pub(crate) fn ip(&self) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(self.ip))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(self.ip[0], self.ip[1], self.ip[2], self.ip[3]))
+        }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(), self.port)
+    }
+
+    pub(crate) fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    /// The lowest and highest identity with address `ip` (every port and protocol).
+    pub(crate) fn bounds(ip: IpAddr) -> (Self, Self) {
+        let lo = Self::new(SocketAddr::new(ip, 0), 0);
+        (lo, Self { port: u16::MAX, proto: u8::MAX, ..lo })
+    }
+}
 
 /// An `LB_SOURCE_RANGES` entry: sources in `cidr` may reach the LoadBalancer frontends of
 /// `group` that carry `frontend_flags::SOURCE_RANGES`.
@@ -108,6 +153,23 @@ pub struct MapState {
     pub slots: BTreeMap<SlotKey, SlotValue>,
     pub backends: BTreeMap<u32, Backend>,
     pub source_ranges: BTreeSet<SourceRange>,
+}
+
+/// The tree of `sorted` (sorted by key, keys distinct) with full nodes, built a part at a time
+/// from the end while the vector gives back its memory: the two are never both whole (a full
+/// sync of a large cluster builds its largest trees so, at the agent's peak of memory). Each
+/// part merges the tree built so far again: 8 parts at most.
+pub(crate) fn tree_of_sorted<K: Ord, V>(mut sorted: Vec<(K, V)>) -> BTreeMap<K, V> {
+    let part = (sorted.len() / 8).max(4096);
+    let mut tree = BTreeMap::new();
+    while !sorted.is_empty() {
+        let at = sorted.len().saturating_sub(part);
+        let mut front: BTreeMap<K, V> = sorted.drain(at..).collect();
+        sorted.shrink_to_fit();
+        front.append(&mut tree);
+        tree = front;
+    }
+    tree
 }
 
 /// Hands out the lowest id that is neither programmed nor already given out in this layout, so
@@ -203,27 +265,24 @@ pub struct Placement {
 }
 
 /// A group's backends with the state it gives each: the lowest of its entries (active before
-/// terminating); a backend only in `eligible` or `from_node` is active.
-pub(crate) fn backend_uses(group: &BackendGroup) -> BTreeMap<BackendIdentity, u8> {
+/// terminating); a backend only in `eligible` or `from_node` is active. With each, whether the
+/// group lists it as a backend on this node (`BackendInfo::local`).
+pub(crate) fn backend_uses(group: &BackendGroup) -> BTreeMap<BackendIdentity, (u8, bool)> {
     let proto = group.service.protocol.number();
-    let mut uses: BTreeMap<BackendIdentity, u8> = BTreeMap::new();
+    let mut uses: BTreeMap<BackendIdentity, (u8, bool)> = BTreeMap::new();
     for info in &group.backends {
         let state = match info.state {
             EndpointState::Active => backend_state::ACTIVE,
             EndpointState::Terminating => backend_state::TERMINATING,
         };
-        uses.entry((info.addr, proto)).and_modify(|s| *s = (*s).min(state)).or_insert(state);
+        uses.entry(BackendIdentity::new(info.addr, proto))
+            .and_modify(|(s, local)| (*s, *local) = ((*s).min(state), *local || info.local))
+            .or_insert((state, info.local));
     }
-    for addr in group.eligible.iter().chain(&group.from_node) {
-        uses.entry((*addr, proto)).or_insert(backend_state::ACTIVE);
+    for addr in group.eligible.iter().chain(group.from_node.iter()) {
+        uses.entry(BackendIdentity::new(*addr, proto)).or_insert((backend_state::ACTIVE, false));
     }
     uses
-}
-
-/// The addresses of a group's backends on this node (their backend entries carry `LOCAL`, in
-/// whatever group).
-pub(crate) fn local_ips(group: &BackendGroup) -> BTreeSet<IpAddr> {
-    group.backends.iter().filter(|b| b.local).map(|b| b.addr.ip()).collect()
 }
 
 /// A group's frontends at an explicit address (all but the NodePort).
@@ -283,7 +342,7 @@ pub(crate) fn kept_id(
 /// address is a backend on this node in some group.
 pub(crate) fn backend_entry(identity: &BackendIdentity, state: u8, local: bool) -> Backend {
     let flags = if local { backend_flags::LOCAL } else { 0 };
-    backend_value(identity.0, identity.1, state, flags)
+    backend_value(identity.addr(), identity.proto(), state, flags)
 }
 
 /// Lays `desired` out (see `layout_reserving`), also saying where each group went.
@@ -311,13 +370,16 @@ pub fn layout_groups(
     // Backends: one entry per (address, port, protocol), shared by every group that uses it.
     // (Sorted vectors, not trees and hash maps: a full sync of a large cluster lays out every
     // backend at once, and this is its peak of memory.)
-    let programmed_backends: HashMap<BackendIdentity, u32> =
-        programmed.backends.iter().map(|(id, b)| ((backend_addr(b), b.proto), *id)).collect();
+    let programmed_backends: HashMap<BackendIdentity, u32> = programmed
+        .backends
+        .iter()
+        .map(|(id, b)| (BackendIdentity::new(backend_addr(b), b.proto), *id))
+        .collect();
     let mut uses: Vec<(BackendIdentity, u8)> = Vec::new();
     let mut local: Vec<IpAddr> = Vec::new();
     for group in groups {
         local.extend(group.backends.iter().filter(|b| b.local).map(|b| b.addr.ip()));
-        uses.extend(backend_uses(group));
+        uses.extend(backend_uses(group).into_iter().map(|(identity, (state, _))| (identity, state)));
     }
     local.sort_unstable();
     local.dedup();
@@ -337,15 +399,16 @@ pub fn layout_groups(
         })
         .collect();
     drop(programmed_backends);
-    let entries: Vec<(u32, Backend)> = uses
+    let mut entries: Vec<(u32, Backend)> = uses
         .iter()
         .zip(&ids)
         .map(|((identity, state), (_, id))| {
-            (*id, backend_entry(identity, *state, local.binary_search(&identity.0.ip()).is_ok()))
+            (*id, backend_entry(identity, *state, local.binary_search(&identity.ip()).is_ok()))
         })
         .collect();
     drop((uses, local));
-    out.backends = entries.into_iter().collect();
+    entries.sort_unstable_by_key(|(id, _)| *id);
+    out.backends = tree_of_sorted(entries);
     let id_of = |identity: &BackendIdentity| -> u32 {
         ids.binary_search_by(|(i, _)| i.cmp(identity)).map_or(0, |at| ids[at].1)
     };
@@ -377,6 +440,14 @@ pub fn layout_groups(
         owners.entry(value.group).or_default().push(*key);
     }
     let mut placements = Vec::with_capacity(groups.len());
+    // Each group is laid out on its own and its entries gathered in vectors, the trees built
+    // whole at the end: grown entry by entry, they would hold about twice the memory (half-full
+    // nodes) at the full sync's peak. Group ids, so the entries' keys, are distinct.
+    let mut one = MapState::default();
+    let mut slots: Vec<(SlotKey, SlotValue)> = Vec::new();
+    let mut services: Vec<(u32, ServiceName)> = Vec::new();
+    let mut frontends: Vec<(FrontendKey, FrontendValue)> = Vec::new();
+    let mut ranges: Vec<SourceRange> = Vec::new();
     for (group, keys) in groups.iter().zip(group_keys) {
         // No frontend on this node (a NodePort-only group and no node address of its family):
         // no id and no slots, which nothing could reach.
@@ -392,9 +463,20 @@ pub fn layout_groups(
             }
             None => group_ids.allocate(),
         };
-        lay_group(&mut out, group, id, &keys, &id_of, node_addresses, options);
+        lay_group(&mut one, group, id, &keys, &id_of, node_addresses, options);
+        slots.extend(std::mem::take(&mut one.slots));
+        services.extend(std::mem::take(&mut one.services));
+        frontends.extend(std::mem::take(&mut one.frontends));
+        ranges.extend(std::mem::take(&mut one.source_ranges));
         placements.push(Placement { id: Some(id), keys });
     }
+    slots.sort_unstable_by_key(|(k, _)| *k);
+    out.slots = tree_of_sorted(slots);
+    services.sort_unstable_by_key(|(id, _)| *id);
+    out.services = tree_of_sorted(services);
+    frontends.sort_unstable_by_key(|(k, _)| *k);
+    out.frontends = tree_of_sorted(frontends);
+    out.source_ranges = ranges.into_iter().collect();
     (out, placements)
 }
 
@@ -410,7 +492,9 @@ pub(crate) fn lay_group(
     options: &LayoutOptions,
 ) {
     let proto = group.service.protocol.number();
-    let ids_of = |set: &[SocketAddr]| -> Vec<u32> { set.iter().map(|addr| id_of(&(*addr, proto))).collect() };
+    let ids_of = |set: &[SocketAddr]| -> Vec<u32> {
+        set.iter().map(|addr| id_of(&BackendIdentity::new(*addr, proto))).collect()
+    };
     // Maglev: slot i+1 holds table entry i, which depends only on the backend set, so a
     // backend change rewrites only the slots whose entry changed (about 1/N of them).
     let maglev_slots = |set: &[SocketAddr]| -> Vec<u32> {
@@ -508,18 +592,6 @@ impl MapState {
                 .filter(|r| !groups.contains(&r.group))
                 .copied()
                 .collect(),
-        }
-    }
-
-    /// The same entries in B-trees built whole (a tree grown entry by entry in key order keeps
-    /// its nodes about half full): for a state kept after a large sync.
-    pub fn compacted(self) -> Self {
-        Self {
-            services: self.services.into_iter().collect(),
-            frontends: self.frontends.into_iter().collect(),
-            slots: self.slots.into_iter().collect(),
-            backends: self.backends.into_iter().collect(),
-            source_ranges: self.source_ranges.into_iter().collect(),
         }
     }
 }

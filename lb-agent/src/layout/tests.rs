@@ -69,8 +69,8 @@ pub(crate) fn group(svc: &str, protocol: Protocol, frontends: &[&str], backends:
             .iter()
             .map(|&addr| BackendInfo { addr, state: EndpointState::Active, local: false })
             .collect(),
-        from_node: eligible.clone(),
-        eligible,
+        from_node: eligible.clone().into(),
+        eligible: eligible.into(),
         when_empty: WhenEmpty::Reject,
         affinity_timeout: None,
         source_ranges: vec![],
@@ -126,7 +126,7 @@ fn expected_service_with(desired: &DesiredState, options: &LayoutOptions) -> BTr
         let slots: Vec<SocketAddr> = if options.maglev(g) {
             maglev::table(&g.from_node, options.maglev_size).into_iter().map(|i| g.from_node[i]).collect()
         } else {
-            g.from_node.clone()
+            g.from_node.to_vec()
         };
         let backends: Vec<String> = slots.iter().map(|b| format!("{b}/{proto}")).collect();
         let drop = if g.from_node.is_empty() && g.when_empty == WhenEmpty::Drop {
@@ -341,7 +341,7 @@ fn golden_diff_for_state_and_affinity_changes() {
     let mut new = old.clone();
     let g = &mut new.groups[0];
     g.backends[0].state = EndpointState::Terminating;
-    g.eligible = vec![sock("10.244.1.2:8080")];
+    g.eligible = [sock("10.244.1.2:8080")].into();
     g.from_node = g.eligible.clone();
     g.affinity_timeout = Some(10_800);
     let target = layout(&new, &programmed);
@@ -434,8 +434,8 @@ fn node_ports_expand_to_node_addresses_and_drop_is_flagged() {
     let drop = |mut g: BackendGroup| {
         g.backends =
             vec![BackendInfo { addr: sock("10.244.2.1:8080"), state: EndpointState::Active, local: false }];
-        g.eligible.clear();
-        g.from_node.clear();
+        g.eligible = [].into();
+        g.from_node = [].into();
         g.when_empty = WhenEmpty::Drop;
         g
     };
@@ -971,15 +971,15 @@ fn world_state(world: &World) -> DesiredState {
                     BackendGroup {
                         service: ServicePortName {
                             namespace: "ns".into(),
-                            name: format!("svc-{i}"),
+                            name: format!("svc-{i}").into(),
                             port: port_name.into(),
                             protocol,
                         },
                         family,
                         scope,
                         frontends,
-                        eligible,
-                        from_node,
+                        eligible: eligible.into(),
+                        from_node: from_node.into(),
                         when_empty,
                         backends: backends.clone(),
                         affinity_timeout: s.affinity,
@@ -1347,6 +1347,18 @@ fn freed_ids_are_not_handed_to_the_next_service_at_once() {
         plain.frontends[&newer].group == old_group || plain.backends.contains_key(&old_backend),
         "layout without reservation hands out the lowest free ids"
     );
+}
+
+/// A tree built a part at a time (`layout_groups`' maps at a full sync) holds exactly
+/// the entries, in order, at every size around the part boundaries.
+#[test]
+fn a_tree_built_in_parts_holds_every_entry() {
+    for n in [0u32, 1, 4095, 4096, 4097, 8192 * 3 + 5, 40_000] {
+        let sorted: Vec<(u32, u32)> = (0..n).map(|i| (i * 3, i)).collect();
+        let tree = super::state::tree_of_sorted(sorted.clone());
+        assert_eq!(tree.len(), sorted.len(), "{n} entries");
+        assert!(tree.iter().map(|(k, v)| (*k, *v)).eq(sorted.iter().copied()), "{n} entries in order");
+    }
 }
 
 // ---- (f) Maglev ---------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ struct Entry {
     translation: ServiceTranslation,
     /// Valid and not refused for a frontend an earlier Service has.
     accepted: bool,
-    /// Why it was refused, when it was.
-    conflict: Option<Problem>,
+    /// Why it was refused, when it was (boxed: every key has an entry, few a conflict).
+    conflict: Option<Box<Problem>>,
 }
 
 impl Entry {
@@ -126,7 +126,7 @@ impl Translator {
 
     /// Every problem now (translation and refusals), in key order.
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        self.entries.values().flat_map(|e| e.translation.problems.iter().chain(&e.conflict))
+        self.entries.values().flat_map(|e| e.translation.problems.iter().chain(e.conflict.as_deref()))
     }
 
     /// Number of Service keys known (with a Service or a slice).
@@ -218,8 +218,10 @@ impl Translator {
             let accepted = entry.translation.valid && conflict.is_none();
             let was = entry.accepted;
             entry.accepted = accepted;
-            entry.conflict = conflict;
-            update.problems.extend(entry.translation.problems.iter().chain(&entry.conflict).cloned());
+            entry.conflict = conflict.map(Box::new);
+            update
+                .problems
+                .extend(entry.translation.problems.iter().chain(entry.conflict.as_deref()).cloned());
             if entry.groups().iter().any(|g| g.health_check_node_port.is_some()) {
                 self.health.insert(key.clone());
             } else {

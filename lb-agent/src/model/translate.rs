@@ -423,13 +423,11 @@ pub fn translate_service(
     let slices = usable_slices(key, objects, exists, &mut problems);
     match first.flatten() {
         Some(svc) => {
-            let mut groups = service_groups(&svc, Some(&slices), node);
+            let mut groups = service_groups(key, &svc, Some(&slices), node);
             groups.sort_by(|a, b| (&a.service, a.family, a.scope).cmp(&(&b.service, b.family, b.scope)));
             // Kept for the agent's lifetime (`incremental::Translator`): no spare capacity.
             for g in &mut groups {
                 g.frontends.shrink_to_fit();
-                g.eligible.shrink_to_fit();
-                g.from_node.shrink_to_fit();
                 g.backends.shrink_to_fit();
                 g.source_ranges.shrink_to_fit();
             }
@@ -680,12 +678,17 @@ fn usable_slices<'a>(
 /// The groups of a valid Service: per port and IP family, the `Internal` group (ClusterIPs) and,
 /// when there are external frontends in that family, the `External` group.
 fn service_groups(
+    key: &ServiceKey,
     svc: &ValidService<'_>,
     slices: Option<&Vec<&EndpointSlice>>,
     node: &NodeContext,
 ) -> Vec<BackendGroup> {
     let mut groups = Vec::new();
+    // The groups' names share the key's strings (the same text but for a malformed key).
+    let shared = |kept: &Arc<str>, text: &str| if **kept == *text { Arc::clone(kept) } else { text.into() };
+    let (namespace, name) = (shared(&key.namespace, svc.namespace), shared(&key.name, svc.name));
     for port in &svc.ports {
+        let port_name: Arc<str> = port.name.as_str().into();
         for family in [Family::V4, Family::V6] {
             let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
                 ips.iter().copied().filter(|ip| Family::of(ip) == family).collect()
@@ -733,8 +736,9 @@ fn service_groups(
             );
             // Rule 27: decides reject (nothing anywhere) against drop (nothing in the Local set).
             let has_any_endpoints = endpoints.iter().any(Endpoint::usable);
-            let cluster = cluster_set(&endpoints);
-            let local = local_set(&endpoints);
+            // Shared by the groups that use them (`BackendGroup::eligible`).
+            let cluster: Arc<[SocketAddr]> = cluster_set(&endpoints).into();
+            let local: Arc<[SocketAddr]> = local_set(&endpoints).into();
             let mut backends: Vec<BackendInfo> = endpoints
                 .iter()
                 .filter(|e| e.usable())
@@ -749,8 +753,9 @@ fn service_groups(
                 svc.source_ranges.iter().copied().filter(|c| c.family() == family).collect();
             source_ranges.sort();
             let group = |scope, frontends, policy_local: bool| {
-                let eligible: Vec<SocketAddr> = if policy_local { local.clone() } else { cluster.clone() };
-                let from_node = if scope == Scope::External { cluster.clone() } else { eligible.clone() };
+                let eligible = if policy_local { Arc::clone(&local) } else { Arc::clone(&cluster) };
+                let from_node =
+                    if scope == Scope::External { Arc::clone(&cluster) } else { Arc::clone(&eligible) };
                 // The Cluster set is empty only when no endpoint is usable anywhere, so a Drop
                 // always comes from a Local policy (rule 40).
                 let when_empty = if eligible.is_empty() && has_any_endpoints {
@@ -760,9 +765,9 @@ fn service_groups(
                 };
                 BackendGroup {
                     service: ServicePortName {
-                        namespace: svc.namespace.to_owned(),
-                        name: svc.name.to_owned(),
-                        port: port.name.clone(),
+                        namespace: Arc::clone(&namespace),
+                        name: Arc::clone(&name),
+                        port: Arc::clone(&port_name),
                         protocol: port.protocol,
                     },
                     family,
@@ -955,7 +960,7 @@ pub fn endpoint_verdicts(
         })
     };
     let zone = node.zone.as_deref().unwrap_or("(none)");
-    let groups = service_groups(&svc, Some(&slices), node);
+    let groups = service_groups(key, &svc, Some(&slices), node);
     let mut out = Vec::new();
     for port in &svc.ports {
         for family in [Family::V4, Family::V6] {
@@ -965,7 +970,7 @@ pub fn endpoint_verdicts(
             let mode = topology(&endpoints);
             for scope in [Scope::Internal, Scope::External] {
                 let Some(group) = groups.iter().find(|g| {
-                    g.service.port == port.name
+                    *g.service.port == *port.name
                         && g.service.protocol == port.protocol
                         && g.family == family
                         && g.scope == scope

@@ -1,6 +1,7 @@
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -73,12 +74,13 @@ impl Family {
 }
 
 /// kube-proxy's ServicePortName: a Service port is identified by namespace, name, port **name**
-/// and protocol, never by its number.
+/// and protocol, never by its number. (The strings are shared: with the `ServiceKey`, and
+/// between the groups of a Service port.)
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePortName {
-    pub namespace: String,
-    pub name: String,
-    pub port: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub port: Arc<str>,
     pub protocol: Protocol,
 }
 
@@ -287,11 +289,13 @@ pub struct BackendGroup {
     pub frontends: Vec<Frontend>,
     /// Backends eligible for new connections under the group's traffic policy (for `External`,
     /// what traffic arriving from outside the node may use), sorted. Empty: see `when_empty`.
-    pub eligible: Vec<SocketAddr>,
+    /// (Shared with `from_node` and the Service's other groups when they are the same set: a
+    /// large cluster keeps one copy of most.)
+    pub eligible: Arc<[SocketAddr]>,
     /// Backends for connections made on this node (the socket hooks), sorted: `eligible` for
     /// `Internal`; for `External` the Cluster set, because kube-proxy short-circuits this node's
     /// own traffic to external frontends (rule 31) even with `externalTrafficPolicy: Local`.
-    pub from_node: Vec<SocketAddr>,
+    pub from_node: Arc<[SocketAddr]>,
     /// Reject or drop when `eligible` is empty (`Reject` whenever it is not).
     pub when_empty: WhenEmpty,
     /// Every known backend of the group (eligible or not), sorted, for display and draining.

@@ -5,11 +5,13 @@
 //! any of its strings, most of them fields the agent never reads (`targetRef`, `hostname`,
 //! `zone`, `deprecatedTopology`), and an `ObjectMeta` with one label costs a whole B-tree node;
 //! a kept endpoint is one small record: its address as an `IpAddr` (when the text is exactly
-//! that address's), its node name shared with every endpoint on that node.
+//! that address's), its node name shared with every endpoint on that node. Texts that many
+//! objects repeat (a type, a policy, an IP family, a protocol, a common port name; a slice's
+//! namespace) are one shared copy, not one allocation per object.
 use std::{
     collections::{BTreeMap, HashSet},
     net::IpAddr,
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
 
 use k8s_openapi::{
@@ -24,24 +26,60 @@ use k8s_openapi::{
 };
 
 use super::kubernetes::LAST_CHANGE_TRIGGER_TIME;
-use crate::model::{SERVICE_NAME, SERVICE_PROXY_NAME};
+use crate::model::{SERVICE_NAME, SERVICE_PROXY_NAME, ServiceKey};
 
-type Text = Option<Box<str>>;
+type Text = Option<Arc<str>>;
+
+/// Values of the fields a Service's objects share with most others: held once for the agent's
+/// lifetime (a 4-byte text is a 32-byte allocation of its own).
+const WORDS: [&str; 24] = [
+    "ClusterIP",
+    "NodePort",
+    "LoadBalancer",
+    "ExternalName",
+    "None",
+    "ClientIP",
+    "Cluster",
+    "Local",
+    "IPv4",
+    "IPv6",
+    "TCP",
+    "UDP",
+    "SCTP",
+    "VIP",
+    "Proxy",
+    "http",
+    "https",
+    "grpc",
+    "metrics",
+    "dns",
+    "dns-tcp",
+    "web",
+    "SingleStack",
+    "PreferDualStack",
+];
+
+/// `s`, shared when it is one of `WORDS`.
+fn word(s: &str) -> Arc<str> {
+    static SHARED: OnceLock<Vec<Arc<str>>> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| WORDS.iter().map(|w| Arc::from(*w)).collect());
+    shared.iter().find(|w| ***w == *s).map_or_else(|| s.into(), Arc::clone)
+}
 
 fn text(s: &Option<String>) -> Text {
-    s.as_deref().map(Box::from)
+    s.as_deref().map(word)
 }
 
 fn owned(s: &Text) -> Option<String> {
     s.as_deref().map(str::to_owned)
 }
 
-fn texts(list: Option<&Vec<String>>) -> Box<[Box<str>]> {
-    list.into_iter().flatten().map(|s| s.as_str().into()).collect()
+fn texts(list: Option<&Vec<String>>) -> Box<[Arc<str>]> {
+    list.into_iter().flatten().map(|s| word(s)).collect()
 }
 
 /// A list translation reads as "empty when unset": given back unset when empty.
-fn strings(list: &[Box<str>]) -> Option<Vec<String>> {
+fn strings(list: &[Arc<str>]) -> Option<Vec<String>> {
     (!list.is_empty()).then(|| list.iter().map(|s| s.to_string()).collect())
 }
 
@@ -63,13 +101,13 @@ pub struct StoredService {
 struct StoredSpec {
     type_: Text,
     cluster_ip: Text,
-    cluster_ips: Box<[Box<str>]>,
-    ip_families: Box<[Box<str>]>,
+    cluster_ips: Box<[Arc<str>]>,
+    ip_families: Box<[Arc<str>]>,
     ports: Box<[StoredPort]>,
     session_affinity: Text,
     affinity_timeout: Option<i32>,
-    external_ips: Box<[Box<str>]>,
-    load_balancer_source_ranges: Box<[Box<str>]>,
+    external_ips: Box<[Arc<str>]>,
+    load_balancer_source_ranges: Box<[Arc<str>]>,
     external_traffic_policy: Text,
     internal_traffic_policy: Text,
     health_check_node_port: Option<i32>,
@@ -111,18 +149,27 @@ impl From<&Service> for StoredService {
         Self {
             name: text(&meta.name),
             namespace: text(&meta.namespace),
-            proxy_name: meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_PROXY_NAME))
-                .map(|v| v.as_str().into()),
+            proxy_name: meta.labels.as_ref().and_then(|l| l.get(SERVICE_PROXY_NAME)).map(|v| word(v)),
             spec,
             ingress: ingress.into_iter().flatten().map(|i| (text(&i.ip), text(&i.ip_mode))).collect(),
         }
     }
 }
 
+/// `text` as `kept` holds it, when they are equal.
+fn share(text: &mut Option<Arc<str>>, kept: &Arc<str>) {
+    if text.as_deref() == Some(&**kept) {
+        *text = Some(Arc::clone(kept));
+    }
+}
+
 impl StoredService {
+    /// Holds the name and namespace as `key` holds them (one copy for the store).
+    pub fn share_key(&mut self, key: &ServiceKey) {
+        share(&mut self.namespace, &key.namespace);
+        share(&mut self.name, &key.name);
+    }
+
     /// The Service again, with only the kept fields (a Kubernetes object for translation).
     pub fn to_service(&self) -> Arc<Service> {
         let spec = self.spec.as_deref().map(|s| ServiceSpec {
@@ -188,25 +235,114 @@ impl StoredService {
 /// dropped). Equal when everything the agent reads is equal.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredSlice {
-    name: Option<Box<str>>,
-    namespace: Option<Box<str>>,
+    /// (Shared with the store's index of slices by name.)
+    name: Option<Arc<str>>,
+    namespace: Option<Arc<str>>,
     /// The `kubernetes.io/service-name` label (the only label a stored slice's readers use:
     /// slices labelled headless are not stored).
-    service: Option<Box<str>>,
+    service: Option<Arc<str>>,
     /// The `last-change-trigger-time` annotation.
     trigger: Option<Box<str>>,
-    address_type: Box<str>,
-    ports: Box<[EndpointPort]>,
+    address_type: Arc<str>,
+    ports: Box<[SlicePort]>,
     endpoints: Box<[StoredEndpoint]>,
 }
 
-/// The kept part of one endpoint.
+/// An `EndpointPort`, its texts shared.
 #[derive(Clone, Debug, PartialEq)]
-struct StoredEndpoint {
+struct SlicePort {
+    name: Text,
+    port: Option<i32>,
+    protocol: Text,
+    app_protocol: Text,
+}
+
+/// The kept part of one endpoint: almost always one IPv4 address, written as it prints, and no
+/// hints, kept in 24 bytes (`V4`); any other is boxed (`Full`, 56 bytes more). A slice holds up
+/// to 100 endpoints and a large cluster hundreds of thousands.
+#[derive(Clone, Debug, PartialEq)]
+enum StoredEndpoint {
+    V4 { ip: [u8; 4], conditions: Conditions, node_name: Option<Arc<str>> },
+    Full(Box<FullEndpoint>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct FullEndpoint {
     addresses: Addresses,
     conditions: Option<EndpointConditions>,
-    hints: Option<Box<EndpointHints>>,
+    hints: Option<EndpointHints>,
     node_name: Option<Arc<str>>,
+}
+
+/// An `Option<EndpointConditions>` in one byte: `PRESENT`, and two bits per condition (0 unset,
+/// 1 false, 2 true): ready, serving, terminating from the lowest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Conditions(u8);
+
+impl Conditions {
+    const PRESENT: u8 = 0x40;
+
+    fn of(conditions: Option<&EndpointConditions>) -> Self {
+        let bits = |b: Option<bool>| match b {
+            None => 0u8,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
+        Self(
+            conditions.map_or(0, |c| {
+                Self::PRESENT | bits(c.ready) | bits(c.serving) << 2 | bits(c.terminating) << 4
+            }),
+        )
+    }
+
+    fn get(self) -> Option<EndpointConditions> {
+        let bit = |shift: u8| match (self.0 >> shift) & 3 {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        };
+        (self.0 & Self::PRESENT != 0).then(|| EndpointConditions {
+            ready: bit(0),
+            serving: bit(2),
+            terminating: bit(4),
+        })
+    }
+}
+
+impl StoredEndpoint {
+    fn new(e: &Endpoint, names: &mut NodeNames) -> Self {
+        let node_name = e.node_name.as_deref().map(|n| names.get(n));
+        match Addresses::of(&e.addresses) {
+            Addresses::One(IpAddr::V4(ip)) if e.hints.is_none() => {
+                Self::V4 { ip: ip.octets(), conditions: Conditions::of(e.conditions.as_ref()), node_name }
+            }
+            addresses => Self::Full(Box::new(FullEndpoint {
+                addresses,
+                conditions: e.conditions.clone(),
+                hints: e.hints.clone(),
+                node_name,
+            })),
+        }
+    }
+
+    fn to_endpoint(&self) -> Endpoint {
+        let owned = |n: &Option<Arc<str>>| n.as_deref().map(str::to_owned);
+        match self {
+            Self::V4 { ip, conditions, node_name } => Endpoint {
+                addresses: vec![ipv4_text(*ip)],
+                conditions: conditions.get(),
+                node_name: owned(node_name),
+                ..Endpoint::default()
+            },
+            Self::Full(e) => Endpoint {
+                addresses: e.addresses.to_strings(),
+                conditions: e.conditions.clone(),
+                hints: e.hints.clone(),
+                node_name: owned(&e.node_name),
+                ..Endpoint::default()
+            },
+        }
+    }
 }
 
 /// An endpoint's addresses: almost always one, kept as the address itself when its text is
@@ -257,7 +393,8 @@ fn ipv4_text(octets: [u8; 4]) -> String {
 }
 
 /// Node names shared by the endpoints that name them (a cluster has few nodes and many
-/// endpoints). Names no endpoint uses any more are let go by `prune`.
+/// endpoints), and the other texts slices repeat (namespaces, address types, port names and
+/// protocols). Names no slice uses any more are let go by `prune`.
 #[derive(Debug, Default)]
 pub struct NodeNames(HashSet<Arc<str>>);
 
@@ -281,29 +418,43 @@ impl StoredSlice {
     /// The kept part of `slice`, its node names shared through `names`.
     pub fn new(slice: &EndpointSlice, names: &mut NodeNames) -> Self {
         let meta = &slice.metadata;
-        let boxed = |s: &Option<String>| s.as_deref().map(Box::from);
         Self {
-            name: boxed(&meta.name),
-            namespace: boxed(&meta.namespace),
+            name: meta.name.as_deref().map(Arc::from),
+            namespace: meta.namespace.as_deref().map(|n| names.get(n)),
             service: meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME)).map(|s| s.as_str().into()),
             trigger: meta
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
                 .map(|s| s.as_str().into()),
-            address_type: slice.address_type.as_str().into(),
-            ports: slice.ports.clone().unwrap_or_default().into(),
-            endpoints: slice
-                .endpoints
+            address_type: names.get(&slice.address_type),
+            ports: slice
+                .ports
                 .iter()
-                .map(|e| StoredEndpoint {
-                    addresses: Addresses::of(&e.addresses),
-                    conditions: e.conditions.clone(),
-                    hints: e.hints.clone().map(Box::new),
-                    node_name: e.node_name.as_deref().map(|n| names.get(n)),
+                .flatten()
+                .map(|p| {
+                    let mut shared = |t: &Option<String>| t.as_deref().map(|t| names.get(t));
+                    SlicePort {
+                        name: shared(&p.name),
+                        port: p.port,
+                        protocol: shared(&p.protocol),
+                        app_protocol: shared(&p.app_protocol),
+                    }
                 })
                 .collect(),
+            endpoints: slice.endpoints.iter().map(|e| StoredEndpoint::new(e, names)).collect(),
         }
+    }
+
+    /// Holds the namespace and Service name as `key` holds them (one copy for the store).
+    pub fn share_key(&mut self, key: &ServiceKey) {
+        share(&mut self.namespace, &key.namespace);
+        share(&mut self.service, &key.name);
+    }
+
+    /// The slice's name as kept (none when it has none).
+    pub fn shared_name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
     }
 
     /// The slice's name (empty when it has none).
@@ -313,31 +464,28 @@ impl StoredSlice {
 
     /// The slice again, with only the kept fields (a Kubernetes object for translation).
     pub fn to_slice(&self) -> Arc<EndpointSlice> {
-        let owned = |s: &Option<Box<str>>| s.as_deref().map(str::to_owned);
-        let one = |k: &str, v: &Option<Box<str>>| {
-            v.as_deref().map(|v| BTreeMap::from([(k.to_owned(), v.to_owned())]))
-        };
+        let one = |k: &str, v: Option<&str>| v.map(|v| BTreeMap::from([(k.to_owned(), v.to_owned())]));
         Arc::new(EndpointSlice {
             metadata: ObjectMeta {
                 name: owned(&self.name),
                 namespace: owned(&self.namespace),
-                labels: one(SERVICE_NAME, &self.service),
-                annotations: one(LAST_CHANGE_TRIGGER_TIME, &self.trigger),
+                labels: one(SERVICE_NAME, self.service.as_deref()),
+                annotations: one(LAST_CHANGE_TRIGGER_TIME, self.trigger.as_deref()),
                 ..ObjectMeta::default()
             },
             address_type: self.address_type.to_string(),
-            ports: (!self.ports.is_empty()).then(|| self.ports.to_vec()),
-            endpoints: self
-                .endpoints
-                .iter()
-                .map(|e| Endpoint {
-                    addresses: e.addresses.to_strings(),
-                    conditions: e.conditions.clone(),
-                    hints: e.hints.as_deref().cloned(),
-                    node_name: e.node_name.as_deref().map(str::to_owned),
-                    ..Endpoint::default()
-                })
-                .collect(),
+            ports: (!self.ports.is_empty()).then(|| {
+                self.ports
+                    .iter()
+                    .map(|p| EndpointPort {
+                        name: owned(&p.name),
+                        port: p.port,
+                        protocol: owned(&p.protocol),
+                        app_protocol: owned(&p.app_protocol),
+                    })
+                    .collect()
+            }),
+            endpoints: self.endpoints.iter().map(StoredEndpoint::to_endpoint).collect(),
         })
     }
 }
@@ -345,6 +493,17 @@ impl StoredSlice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `slice` with one endpoint of one IPv4 address, no hints and only kept fields.
+    fn odd_free(slice: &EndpointSlice) -> EndpointSlice {
+        let mut plain = slice.clone();
+        plain.endpoints = vec![Endpoint {
+            addresses: vec!["10.0.0.7".into()],
+            node_name: Some("node-1".into()),
+            ..Endpoint::default()
+        }];
+        plain
+    }
 
     #[test]
     fn a_stored_slice_keeps_what_translation_reads_and_drops_the_rest() {
@@ -395,12 +554,34 @@ mod tests {
                 odd.endpoints[0].addresses
             );
         }
+        // The common endpoint (one IPv4 address, no hints) is kept in 24 bytes, its conditions
+        // in one: every combination given back as it was.
+        assert_eq!(std::mem::size_of::<StoredEndpoint>(), 24);
+        let states = [None, Some(false), Some(true)];
+        let mut all = vec![None];
+        for ready in states {
+            for serving in states {
+                for terminating in states {
+                    all.push(Some(EndpointConditions { ready, serving, terminating }));
+                }
+            }
+        }
+        for conditions in all {
+            let mut plain = odd_free(&not_ready);
+            plain.endpoints[0].conditions = conditions.clone();
+            let stored = StoredSlice::new(&plain, names);
+            assert!(matches!(stored.endpoints[0], StoredEndpoint::V4 { .. }), "{conditions:?}");
+            assert_eq!(stored.to_slice().endpoints, plain.endpoints, "{conditions:?}");
+        }
         for ip in ["0.0.0.0", "10.0.0.1", "255.255.255.255", "1.20.100.9", "100.10.1.0"] {
             let octets = ip.parse::<std::net::Ipv4Addr>().expect("ip").octets();
             assert_eq!(ipv4_text(octets), ip);
         }
-        // One node name held once, however many endpoints name it.
-        assert_eq!(names.0.len(), 1);
+        // One node name held once, however many endpoints name it (with the namespace, address
+        // type, port name and protocol every slice of the namespace repeats).
+        let mut held: Vec<&str> = names.0.iter().map(|n| &**n).collect();
+        held.sort_unstable();
+        assert_eq!(held, ["IPv4", "TCP", "http", "node-1", "shop"]);
         names.prune();
         assert!(names.0.is_empty(), "no stored slice names node-1 any more");
     }

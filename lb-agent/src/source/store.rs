@@ -27,7 +27,7 @@ pub struct ObjectStore {
     node_names: NodeNames,
     /// The key of each stored slice, by (namespace, name): a slice relabelled for another
     /// Service dirties both.
-    slice_keys: HashMap<(String, String), ServiceKey>,
+    slice_keys: HashMap<SliceId, ServiceKey>,
     /// The keys changed since `take_dirty`, with what changed: (its Service, its slices).
     dirty: BTreeMap<ServiceKey, (bool, bool)>,
     /// kube-proxy's change counts: Service and EndpointSlice changes so far, and how many keys
@@ -88,6 +88,18 @@ impl ObjectStore {
     }
 }
 
+/// A kept slice's namespace and name as `ObjectStore::slice_keys` holds them: the namespace
+/// shared with its Service key, the name with its stored record.
+type SliceId = (Arc<str>, Arc<str>);
+
+/// `text`, shared with `kept` when they are equal.
+fn shared_text(kept: Option<&Arc<str>>, text: &str) -> Arc<str> {
+    match kept {
+        Some(k) if **k == *text => Arc::clone(k),
+        _ => text.into(),
+    }
+}
+
 fn slice_id(slice: &EndpointSlice) -> (String, String) {
     let meta = &slice.metadata;
     (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
@@ -99,12 +111,20 @@ impl ObjectStore {
         self.apply_listed_service(list_service(&service));
     }
 
+    /// `key` as the store already holds it (its strings shared by every copy), or itself.
+    fn shared_key(&self, key: ServiceKey) -> ServiceKey {
+        let held = self.services.get_key_value(&key).map(|(k, _)| k);
+        held.or_else(|| self.slices.get_key_value(&key).map(|(k, _)| k)).map_or(key, Clone::clone)
+    }
+
     /// As `apply_service`, for a Service already made what the store keeps.
     pub fn apply_listed_service(&mut self, listed: ListedService) {
-        let ListedService { key, stored } = listed;
+        let ListedService { key, mut stored } = listed;
         if self.services.get(&key).is_some_and(|old| *old == stored) {
             return;
         }
+        let key = self.shared_key(key);
+        stored.share_key(&key);
         self.services.insert(key.clone(), stored);
         self.service_changed(key);
     }
@@ -121,7 +141,12 @@ impl ObjectStore {
     /// relist holds these, not whole objects, until it is swapped in).
     pub fn list_slice(&mut self, slice: &EndpointSlice) -> ListedSlice {
         let stored = match SliceTie::of(slice) {
-            SliceTie::Service(key) => Some((key, StoredSlice::new(slice, &mut self.node_names))),
+            SliceTie::Service(key) => {
+                let key = self.shared_key(key);
+                let mut stored = StoredSlice::new(slice, &mut self.node_names);
+                stored.share_key(&key);
+                Some((key, stored))
+            }
             SliceTie::Ignored | SliceTie::Unlabelled => None,
         };
         ListedSlice { id: slice_id(slice), stored }
@@ -136,33 +161,48 @@ impl ObjectStore {
 
     /// As `apply_slice`, for a slice already made what the store keeps.
     pub fn apply_listed(&mut self, listed: ListedSlice) -> bool {
+        self.apply_listed_id(listed).0
+    }
+
+    /// As `apply_listed`, also giving the slice's id when it is kept.
+    fn apply_listed_id(&mut self, listed: ListedSlice) -> (bool, Option<SliceId>) {
         let ListedSlice { id, stored } = listed;
-        let Some((key, stored)) = stored else { return self.delete_id(id) };
-        if let Some(old_key) = self.slice_keys.get(&id)
+        let Some((key, mut stored)) = stored else { return (self.delete_id(&id), None) };
+        let key = self.shared_key(key);
+        stored.share_key(&key);
+        let sid: SliceId =
+            (shared_text(Some(&key.namespace), &id.0), shared_text(stored.shared_name(), &id.1));
+        if let Some(old_key) = self.slice_keys.get(&sid)
             && *old_key != key
         {
-            self.delete_id(id.clone());
+            self.delete_sid(&sid);
         }
         let slices = self.slices.entry(key.clone()).or_default();
         match slices.binary_search_by(|s| s.name().cmp(&id.1)) {
-            Ok(i) if slices[i] == stored => return false,
+            Ok(i) if slices[i] == stored => return (false, Some(sid)),
             Ok(i) => slices[i] = stored,
             Err(i) => slices.insert(i, stored),
         }
-        self.slice_keys.insert(id, key.clone());
+        // Removed first: an entry that stays keeps its old id, the replaced record's name.
+        self.slice_keys.remove(&sid);
+        self.slice_keys.insert(sid.clone(), key.clone());
         self.slices_changed(key);
-        true
+        (true, Some(sid))
     }
 
     /// An EndpointSlice deleted (found by namespace and name); whether it was kept.
     pub fn delete_slice(&mut self, slice: &EndpointSlice) -> bool {
-        self.delete_id(slice_id(slice))
+        self.delete_id(&slice_id(slice))
     }
 
-    fn delete_id(&mut self, id: (String, String)) -> bool {
-        let Some(key) = self.slice_keys.remove(&id) else { return false };
+    fn delete_id(&mut self, (namespace, name): &(String, String)) -> bool {
+        self.delete_sid(&(namespace.as_str().into(), name.as_str().into()))
+    }
+
+    fn delete_sid(&mut self, id: &SliceId) -> bool {
+        let Some(key) = self.slice_keys.remove(id) else { return false };
         if let Some(slices) = self.slices.get_mut(&key) {
-            slices.retain(|s| s.name() != id.1);
+            slices.retain(|s| s.name() != &*id.1);
             if slices.is_empty() {
                 self.slices.remove(&key);
             }
@@ -184,6 +224,8 @@ impl ObjectStore {
             self.services.remove(&key);
             self.service_changed(key);
         }
+        // Built whole: a list inserts in key order, which leaves a tree's nodes about half full.
+        self.services = std::mem::take(&mut self.services).into_iter().collect();
     }
 
     /// Every EndpointSlice replaced by `slices` (a relist, made by `list_slice` as it came),
@@ -191,15 +233,17 @@ impl ObjectStore {
     pub fn replace_slices(&mut self, slices: Vec<ListedSlice>) {
         let mut seen = std::collections::HashSet::with_capacity(slices.len());
         for s in slices {
-            seen.insert(s.id.clone());
-            let _ = self.apply_listed(s);
+            if let (_, Some(id)) = self.apply_listed_id(s) {
+                seen.insert(id);
+            }
         }
-        let gone: Vec<(String, String)> =
-            self.slice_keys.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<SliceId> = self.slice_keys.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for id in gone {
-            let _ = self.delete_id(id);
+            let _ = self.delete_sid(&id);
         }
         self.node_names.prune();
+        // As in `replace_services`.
+        self.slices = std::mem::take(&mut self.slices).into_iter().collect();
     }
 
     /// The objects of `key` now (shared, not copied); `None` when it has none.

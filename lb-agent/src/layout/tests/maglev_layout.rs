@@ -61,7 +61,7 @@ fn every_node_lays_out_the_same_table() {
     let node_a = web(&[1, 2, 3, 4, 5]);
     let mut node_b = web(&[5, 4, 3, 2, 1]);
     for g in &mut node_b.groups {
-        g.from_node.reverse();
+        g.from_node = g.from_node.iter().rev().copied().collect();
     }
     let others = desired(vec![group("ns/db:sql", Protocol::Tcp, &["10.96.0.50:5432"], &["10.244.9.9:5432"])]);
     let b_before = layout(&others, &MapState::default());

@@ -79,7 +79,7 @@ fn local_policy(local_ready: bool) -> DesiredState {
         &["10.244.1.2:8080", "10.244.2.2:8080", "10.244.3.2:8080"],
     );
     g.backends[0].local = true;
-    g.eligible = if local_ready { vec![sock("10.244.1.2:8080")] } else { vec![] };
+    g.eligible = if local_ready { [sock("10.244.1.2:8080")].into() } else { [].into() };
     if !local_ready {
         g.when_empty = WhenEmpty::Drop;
     }
@@ -229,8 +229,8 @@ fn explains_each_reason_as_the_kernel_decides() {
         b.state = EndpointState::Terminating;
     }
     let mut internal_local = web();
-    internal_local.eligible.clear();
-    internal_local.from_node.clear();
+    internal_local.eligible = [].into();
+    internal_local.from_node = [].into();
     internal_local.when_empty = WhenEmpty::Drop;
 
     let all = ["10.244.1.2:8080", "10.244.2.2:8080", "10.244.3.2:8080"];
