@@ -224,7 +224,12 @@ async fn handle(
     list_response(&shared, kind, &selector, &query)
 }
 
-fn list_response(shared: &Shared, kind: Kind, selector: &Selector, query: &HashMap<String, String>) -> Response {
+fn list_response(
+    shared: &Shared,
+    kind: Kind,
+    selector: &Selector,
+    query: &HashMap<String, String>,
+) -> Response {
     let mut inner = shared.inner.lock().expect("lock");
     *inner.lists.entry(kind).or_default() += 1;
     let rv = inner.rv;
@@ -234,8 +239,7 @@ fn list_response(shared: &Shared, kind: Kind, selector: &Selector, query: &HashM
     // `resourceVersion=0` is answered whole, `limit` ignored, as the API server's watch cache
     // answers it (kube-proxy's informers, and the agent's first lists, ask so).
     let from_cache = query.get("resourceVersion").is_some_and(|v| v == "0");
-    let limit =
-        query.get("limit").and_then(|v| v.parse::<usize>().ok()).filter(|l| *l > 0 && !from_cache);
+    let limit = query.get("limit").and_then(|v| v.parse::<usize>().ok()).filter(|l| *l > 0 && !from_cache);
     let offset: usize = query.get("continue").and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut items: Vec<&str> = inner
         .kinds
@@ -403,12 +407,11 @@ impl FakeApiServer {
             let mut obj = obj;
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
             let state = inner.kinds.entry(kind).or_default();
-            let event =
-                if state.objects.insert(key(&obj), (obj.clone(), obj.to_string())).is_some() {
-                    "MODIFIED"
-                } else {
-                    "ADDED"
-                };
+            let event = if state.objects.insert(key(&obj), (obj.clone(), obj.to_string())).is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             state.history.push((rv, event, obj));
         }
         let _ = self.shared.events.send(());
