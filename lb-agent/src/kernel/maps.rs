@@ -222,10 +222,13 @@ pub struct PinnedMaps {
     /// holds it meanwhile).
     stats_ahead: Option<RawMap>,
     /// The thread zeroing counters ahead, with the groups it was given.
-    ahead: Option<(std::thread::JoinHandle<(RawMap, usize)>, Vec<u32>)>,
+    ahead: Option<(ZeroingAhead, Vec<u32>)>,
     /// Groups whose counters were zeroed ahead and whose names are not written yet.
     zeroed: BTreeSet<u32>,
 }
+
+/// A thread zeroing counters (`zero_counters`): it gives back its map and how many it zeroed.
+type ZeroingAhead = std::thread::JoinHandle<(RawMap, usize)>;
 
 /// The value of every `LB_SOURCE_RANGES` entry (only a match matters).
 const SOURCE_RANGE_MARK: u8 = 1;
