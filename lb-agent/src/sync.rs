@@ -279,6 +279,17 @@ impl<M: LbMaps> Syncer<M> {
             diff_read_back(&self.programmed, &target, &first),
         );
         check_capacity(peak, &target, self.maps.capacity(), &self.options)?;
+        // The counters of the new groups (all of them at the initial sync) are made on another
+        // thread while the backends and slots are written: each is a per-CPU allocation in the
+        // kernel, as long as ten other writes. Only groups no programmed frontend names.
+        let named: BTreeSet<u32> = self.programmed.frontends.values().map(|f| f.group).collect();
+        let new_groups: Vec<u32> = target
+            .services
+            .keys()
+            .filter(|g| !self.programmed.services.contains_key(g) && !named.contains(g))
+            .copied()
+            .collect();
+        self.maps.zero_counters_ahead(new_groups);
         let diffed = Instant::now();
         self.times.diff = diffed - laid_out;
         report.frontends = target.frontends.len();
@@ -307,6 +318,7 @@ impl<M: LbMaps> Syncer<M> {
                     Ok(n) => n,
                     Err(e) => {
                         self.need_full_sync = true;
+                        self.maps.settle_counters();
                         return Err(e);
                     }
                 };
@@ -326,6 +338,7 @@ impl<M: LbMaps> Syncer<M> {
             }
         }
         drop((ops, chunk));
+        self.maps.settle_counters();
         let written = Instant::now();
         self.times.writes = written - diffed;
         // Ids in use before this sync and not after it: quarantined (see `QUARANTINE`).

@@ -2,7 +2,8 @@
 //! EndpointSlices and Nodes, reached by the agent's real kube client through a kubeconfig.
 //!
 //! - `GET` list: `{kind}List` with `metadata.resourceVersion`, filtered by `labelSelector`
-//!   (`!key`, `key`, `key=value`) and `fieldSelector` (`metadata.name=…`).
+//!   (`!key`, `key`, `key=value`) and `fieldSelector` (`metadata.name=…`), in pages of `limit`
+//!   (`continue`), except at `resourceVersion=0`: whole, as the watch cache answers it.
 //! - `GET ?watch=true&resourceVersion=N`: a streaming body of `{"type":…,"object":…}` lines:
 //!   every event after N, a BOOKMARK, then new events as they happen. A version older than the
 //!   compacted history gets an `ERROR` event with a `410 Expired` Status, as the real server sends.
@@ -74,7 +75,9 @@ impl Kind {
 
 #[derive(Default)]
 struct KindState {
-    objects: BTreeMap<String, Value>,
+    /// Each object with its JSON text (encoded once when written, as the API server's watch
+    /// cache keeps objects ready to send rather than encoding them again for every list).
+    objects: BTreeMap<String, (Value, String)>,
     /// (resourceVersion, event type, object)
     history: Vec<(u64, &'static str, Value)>,
     /// Watches from a version below this get 410 Gone.
@@ -218,20 +221,32 @@ async fn handle(
         let timeout = query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290);
         return watch_response(shared, kind, selector, since, Duration::from_secs(timeout));
     }
+    list_response(&shared, kind, &selector, &query)
+}
+
+fn list_response(
+    shared: &Shared,
+    kind: Kind,
+    selector: &Selector,
+    query: &HashMap<String, String>,
+) -> Response {
     let mut inner = shared.inner.lock().expect("lock");
     *inner.lists.entry(kind).or_default() += 1;
     let rv = inner.rv;
     // Pages as the API server's `limit`/`continue` (kube's watcher asks for 500 objects a page):
     // the token is the offset of the next page among the matching objects. Unlike the API
-    // server's, later pages come from the store as it is then, not from a snapshot.
-    let limit = query.get("limit").and_then(|v| v.parse::<usize>().ok()).filter(|l| *l > 0);
+    // server's, later pages come from the store as it is then, not from a snapshot. A list at
+    // `resourceVersion=0` is answered whole, `limit` ignored, as the API server's watch cache
+    // answers it (kube-proxy's informers, and the agent's first lists, ask so).
+    let from_cache = query.get("resourceVersion").is_some_and(|v| v == "0");
+    let limit = query.get("limit").and_then(|v| v.parse::<usize>().ok()).filter(|l| *l > 0 && !from_cache);
     let offset: usize = query.get("continue").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut items: Vec<Value> = inner
+    let mut items: Vec<&str> = inner
         .kinds
         .get(&kind)
         .map(|k| {
-            let matching = k.objects.values().filter(|o| selector.matches(o)).skip(offset);
-            matching.take(limit.map_or(usize::MAX, |l| l + 1)).cloned().collect()
+            let matching = k.objects.values().filter(|(o, _)| selector.matches(o)).skip(offset);
+            matching.take(limit.map_or(usize::MAX, |l| l + 1)).map(|(_, text)| text.as_str()).collect()
         })
         .unwrap_or_default();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
@@ -241,13 +256,25 @@ async fn handle(
         items.truncate(limit);
         metadata["continue"] = json!((offset + limit).to_string());
     }
-    let list = json!({
-        "apiVersion": kind.api_version(),
-        "kind": format!("{}List", kind.name()),
-        "metadata": metadata,
-        "items": items,
-    });
-    json_response(StatusCode::OK, &list, false)
+    let head = json!({"apiVersion": kind.api_version(), "kind": format!("{}List", kind.name()), "metadata": metadata});
+    // The list as `{...head, "items": [item, ...]}`, from the items' kept text.
+    let head = head.to_string();
+    let mut body = String::with_capacity(head.len() + items.iter().map(|i| i.len() + 1).sum::<usize>() + 16);
+    body.push_str(&head[..head.len() - 1]);
+    body.push_str(",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(item);
+    }
+    body.push_str("]}");
+    drop(inner);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("response")
 }
 
 /// Events of `kind` after `since`, as watch lines, with the last of them and the store's current
@@ -380,8 +407,11 @@ impl FakeApiServer {
             let mut obj = obj;
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
             let state = inner.kinds.entry(kind).or_default();
-            let event =
-                if state.objects.insert(key(&obj), obj.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+            let event = if state.objects.insert(key(&obj), (obj.clone(), obj.to_string())).is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             state.history.push((rv, event, obj));
         }
         let _ = self.shared.events.send(());
@@ -393,7 +423,7 @@ impl FakeApiServer {
         inner.rv += 1;
         let rv = inner.rv;
         let state = inner.kinds.entry(kind).or_default();
-        if let Some(mut obj) = state.objects.remove(&format!("{namespace}/{name}")) {
+        if let Some((mut obj, _)) = state.objects.remove(&format!("{namespace}/{name}")) {
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
             state.history.push((rv, "DELETED", obj));
         }
@@ -475,7 +505,7 @@ impl FakeApiServer {
     /// Every object the server holds now.
     pub fn objects(&self) -> Vec<Value> {
         let inner = self.shared.inner.lock().expect("lock");
-        inner.kinds.values().flat_map(|k| k.objects.values().cloned()).collect()
+        inner.kinds.values().flat_map(|k| k.objects.values().map(|(o, _)| o.clone())).collect()
     }
 
     /// How many list requests the server answered for `kind`.

@@ -52,7 +52,11 @@ use crate::{
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub fn run(args: Config) -> anyhow::Result<()> {
     crate::sys::malloc::return_large_allocations();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    crate::sys::malloc::one_arena();
+    // The run loop (program loading, syncs: blocking work) runs on this thread; the tasks it
+    // spawns (the watches, the servers) on one worker thread, so the initial list arrives while
+    // the programs load and watch events are read while a sync runs.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(run_async(args))
 }
 

@@ -76,6 +76,14 @@ pub trait LbMaps {
         self.apply(first).map(|()| 1)
     }
     fn capacity(&self) -> Capacity;
+    /// Starts making the per-service counters of `groups` (new groups no frontend names yet:
+    /// nothing reads their counters) on another thread, while the writes before their names are
+    /// applied; the puts of their names then find them made. Called once the apply is known to
+    /// fit the maps.
+    fn zero_counters_ahead(&mut self, _groups: Vec<u32>) {}
+    /// Ends what `zero_counters_ahead` started: waits for it, and removes the counters of groups
+    /// whose names were not written (an apply that failed before them).
+    fn settle_counters(&mut self) {}
 }
 
 /// How many entries each service map holds at the fullest point of an apply: every put into a
@@ -210,7 +218,17 @@ pub struct PinnedMaps {
     /// The same maps as raw descriptors, for batched writes; `None` once the kernel refused a
     /// batch (then every write goes one by one).
     batch: Option<BatchMaps>,
+    /// Another descriptor of `LB_SERVICE_STATS`, for `zero_counters_ahead`'s thread (which
+    /// holds it meanwhile).
+    stats_ahead: Option<RawMap>,
+    /// The thread zeroing counters ahead, with the groups it was given.
+    ahead: Option<(ZeroingAhead, Vec<u32>)>,
+    /// Groups whose counters were zeroed ahead and whose names are not written yet.
+    zeroed: BTreeSet<u32>,
 }
+
+/// A thread zeroing counters (`zero_counters`): it gives back its map and how many it zeroed.
+type ZeroingAhead = std::thread::JoinHandle<(RawMap, usize)>;
 
 /// The value of every `LB_SOURCE_RANGES` entry (only a match matters).
 const SOURCE_RANGE_MARK: u8 = 1;
@@ -303,6 +321,9 @@ impl PinnedMaps {
                 services: services_cap,
             },
             batch: Some(BatchMaps::open(path_of)?),
+            stats_ahead: RawMap::open(&path_of(map_names::SERVICE_STATS)).ok(),
+            ahead: None,
+            zeroed: BTreeSet::new(),
         })
     }
 
@@ -532,7 +553,10 @@ impl PinnedMaps {
                 let zeros = vec![0u8; batch.service_stats.value_bytes];
                 let key_size = keys.len() / run.len();
                 let mut zeroed = Ok(());
-                for (i, key) in keys.chunks(key_size).enumerate() {
+                for (i, (key, op)) in keys.chunks(key_size).zip(run).enumerate() {
+                    if matches!(op, MapOp::PutService(g, _) if self.zeroed.contains(g)) {
+                        continue;
+                    }
                     if let Err(e) = batch.service_stats.update(key, &zeros) {
                         zeroed = Err((i, e));
                         break;
@@ -576,6 +600,44 @@ impl PinnedMaps {
             }
         }
     }
+}
+
+impl PinnedMaps {
+    /// Waits for the thread zeroing counters ahead, if one runs: the groups it zeroed are
+    /// noted, the others get theirs with their names as usual.
+    fn join_ahead(&mut self) {
+        let Some((thread, groups)) = self.ahead.take() else { return };
+        match thread.join() {
+            Ok((map, done)) => {
+                self.stats_ahead = Some(map);
+                self.zeroed.extend(&groups[..done.min(groups.len())]);
+            }
+            // Nothing was noted as zeroed: every name's counters are written with it.
+            Err(_) => {
+                tracing::warn!("zeroing per-service counters ahead failed; they are written with the names")
+            }
+        }
+    }
+}
+
+/// Zeroes the per-CPU counters of `groups` in order, each tried again for a while when the
+/// kernel is short of memory for it (as `PinnedMaps::apply_one`); how many were zeroed.
+fn zero_counters(map: &RawMap, groups: &[u32]) -> usize {
+    let zeros = vec![0u8; map.value_bytes];
+    for (i, g) in groups.iter().enumerate() {
+        let mut tries = 1;
+        loop {
+            match map.update(&g.to_ne_bytes(), &zeros) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && tries < ENOMEM_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(ENOMEM_WAIT);
+                }
+                Err(_) => return i,
+            }
+        }
+    }
+    groups.len()
 }
 
 impl PinnedMaps {
@@ -643,9 +705,19 @@ impl LbMaps for PinnedMaps {
             MapOp::PutSourceRange(r) => self.source_ranges.insert(&source_range_key(r), SOURCE_RANGE_MARK, 0),
             // A new group, or a group id that now serves another Service port (`diff` puts only
             // those): its counters start from zero.
-            MapOp::PutService(g, n) => zeroed_service_stats()
-                .and_then(|zero| self.service_stats.insert(g, zero, 0))
-                .and_then(|()| self.services.insert(g, n, 0)),
+            MapOp::PutService(g, n) => {
+                self.join_ahead();
+                let zeroed = if self.zeroed.contains(g) {
+                    Ok(())
+                } else {
+                    zeroed_service_stats().and_then(|zero| self.service_stats.insert(g, zero, 0))
+                };
+                let put = zeroed.and_then(|()| self.services.insert(g, n, 0));
+                if put.is_ok() {
+                    self.zeroed.remove(g);
+                }
+                put
+            }
             MapOp::PutFrontend(FrontendKey::V4(k), v) => self.frontends4.insert(k, v, 0),
             MapOp::PutFrontend(FrontendKey::V6(k), v) => self.frontends6.insert(k, v, 0),
             MapOp::DeleteFrontend(FrontendKey::V4(k)) => ignore_missing(self.frontends4.remove(k)),
@@ -676,13 +748,25 @@ impl LbMaps for PinnedMaps {
                 }
             }
         }
+        if matches!(first, MapOp::PutService(..)) {
+            self.join_ahead();
+        }
         let (Some(kind), Some(batch)) = (batch_kind(first), &self.batch) else {
             return self.apply_one(first);
         };
         if run < BATCH_MIN {
             return self.apply_one(first);
         }
-        match self.apply_run(batch, kind, &ops[..run]) {
+        let result = self.apply_run(batch, kind, &ops[..run]);
+        if kind == BatchKind::Service {
+            let written = result.as_ref().map_or_else(|(done, _)| *done, |()| run);
+            for op in &ops[..written] {
+                if let MapOp::PutService(g, _) = op {
+                    self.zeroed.remove(g);
+                }
+            }
+        }
+        match result {
             Ok(()) => Ok(run),
             // Written up to an entry that failed: that one is the first of the next call. (A map
             // without preallocation takes its entries from a cache the kernel refills between
@@ -701,6 +785,32 @@ impl LbMaps for PinnedMaps {
 
     fn capacity(&self) -> Capacity {
         self.capacity
+    }
+
+    fn zero_counters_ahead(&mut self, groups: Vec<u32>) {
+        self.join_ahead();
+        if groups.is_empty() {
+            return;
+        }
+        let Some(map) = self.stats_ahead.take() else { return };
+        let given = groups.clone();
+        let spawned = std::thread::Builder::new().name("lb-counters".into()).spawn(move || {
+            let done = zero_counters(&map, &given);
+            (map, done)
+        });
+        match spawned {
+            Ok(thread) => self.ahead = Some((thread, groups)),
+            // No thread: every name's counters are written with it, as without this.
+            Err(e) => tracing::warn!(error = %e, "cannot start a thread to zero per-service counters ahead"),
+        }
+    }
+
+    fn settle_counters(&mut self) {
+        self.join_ahead();
+        for g in std::mem::take(&mut self.zeroed) {
+            // Best effort: a counter left without its name is harmless, and read by no one.
+            let _ = ignore_missing(self.service_stats.remove(&g));
+        }
     }
 }
 

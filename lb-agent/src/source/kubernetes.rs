@@ -25,10 +25,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource,
-    runtime::{
-        WatchStreamExt as _,
-        watcher::{self, Event},
-    },
+    runtime::watcher::{self, Event, ListSemantic},
 };
 use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
@@ -41,6 +38,7 @@ use tracing::info;
 use super::{
     store::{ListedService, ListedSlice, ObjectStore, list_service},
     watch_retry,
+    wire::{WireService, WireSlice},
 };
 use crate::model::{Located, Objects, ServiceKey, ServiceObjects};
 
@@ -83,10 +81,12 @@ impl Drop for KubeSource {
     }
 }
 
-/// An object kind the source watches: how it is kept, and applied to the tracked objects.
-trait Kind:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
-{
+/// An object kind the source watches: how it is decoded and kept, and applied to the tracked
+/// objects.
+trait Kind: Send + Sync + 'static {
+    /// The object as the watch decodes it (`wire`: only what the agent reads).
+    type Wire: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static;
+    fn from_wire(wire: Self::Wire) -> Self;
     /// An object of a list in progress, as kept until the list is swapped in: as compact as
     /// the store keeps it, made as soon as the object arrives.
     type Listed: Send + 'static;
@@ -100,6 +100,10 @@ trait Kind:
 }
 
 impl Kind for Service {
+    type Wire = WireService;
+    fn from_wire(wire: WireService) -> Self {
+        wire.into()
+    }
     type Listed = ListedService;
     fn listed(_: &mut Tracked, object: Self) -> ListedService {
         list_service(&object)
@@ -128,6 +132,10 @@ pub fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
 }
 
 impl Kind for EndpointSlice {
+    type Wire = WireSlice;
+    fn from_wire(wire: WireSlice) -> Self {
+        wire.into()
+    }
     type Listed = ListedSlice;
     fn listed(tracked: &mut Tracked, object: Self) -> ListedSlice {
         tracked.store.list_slice(&object)
@@ -156,6 +164,10 @@ impl Kind for EndpointSlice {
 }
 
 impl Kind for Node {
+    type Wire = Self;
+    fn from_wire(wire: Self) -> Self {
+        wire
+    }
     type Listed = Arc<Self>;
     fn listed(_: &mut Tracked, object: Self) -> Arc<Self> {
         Arc::new(object)
@@ -230,11 +242,31 @@ struct Watch {
     started: SystemTime,
 }
 
-fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinHandle<()> {
+/// Starts the watch of one kind. The first list is asked at `resourceVersion=0` (any version:
+/// the API server answers from its watch cache, whole, as it answers kube-proxy's informers)
+/// rather than with a quorum read of etcd page by page. A relist after `410 Gone` is a quorum
+/// read (as client-go's reflector relists after "expired"): a cache that lags behind what this
+/// watch already saw cannot take the agent back in time.
+fn spawn_watch<K: Kind>(api: Api<K::Wire>, config: watcher::Config, w: Watch) -> JoinHandle<()> {
     // No backoff in the stream: `watch_retry` decides each wait (a 410 relists at once).
-    let stream = watcher::watcher(api, config).modify(K::compact);
+    let watch = move |semantic: ListSemantic| {
+        let mut config = config.clone();
+        if semantic == ListSemantic::Any {
+            // kube asks `resourceVersion=0` only of a list without a page size (the watch cache
+            // answers whole anyway).
+            config.page_size = None;
+        }
+        watcher::watcher(api.clone(), config.list_semantic(semantic))
+    };
+    // Each object as it is kept, made as soon as it arrives.
+    let kept = |wire: K::Wire| {
+        let mut object = K::from_wire(wire);
+        object.compact();
+        object
+    };
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
+        let mut stream = Box::pin(watch(ListSemantic::Any));
+        let mut consistent = false;
         let mut retry = watch_retry::Retry::new(w.kind, &w.retry);
         // A (re)list in progress: swapped in whole at its end.
         let mut listing: Vec<K::Listed> = Vec::new();
@@ -246,7 +278,9 @@ fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinH
             }
             match event {
                 Ok(Event::Init) => listing.clear(),
-                Ok(Event::InitApply(object)) => listing.push(K::listed(&mut lock(&w.tracked), object)),
+                Ok(Event::InitApply(object)) => {
+                    listing.push(K::listed(&mut lock(&w.tracked), kept(object)));
+                }
                 Ok(Event::InitDone) => {
                     info!(kind = w.kind, objects = listing.len(), "listed");
                     K::replace(&mut lock(&w.tracked), std::mem::take(&mut listing));
@@ -260,8 +294,10 @@ fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinH
                         w.errors.set(w.index, false);
                     }
                     match event {
-                        Event::Apply(object) => K::apply(&mut lock(&w.tracked), Arc::new(object), w.started),
-                        Event::Delete(object) => K::delete(&mut lock(&w.tracked), &object),
+                        Event::Apply(object) => {
+                            K::apply(&mut lock(&w.tracked), Arc::new(kept(object)), w.started);
+                        }
+                        Event::Delete(object) => K::delete(&mut lock(&w.tracked), &kept(object)),
                         _ => {}
                     }
                     w.changed.notify_one();
@@ -271,6 +307,12 @@ fn spawn_watch<K: Kind>(api: Api<K>, config: watcher::Config, w: Watch) -> JoinH
                     // 410 Gone), after the wait `watch_retry` gives (none for a 410).
                     w.restarts.inc();
                     w.errors.set(w.index, true);
+                    if !consistent && watch_retry::classify(&e) == watch_retry::Failure::Gone {
+                        // The stream would relist at `resourceVersion=0`: a new one relists
+                        // with a quorum read.
+                        stream = Box::pin(watch(ListSemantic::MostRecent));
+                        consistent = true;
+                    }
                     let wait = retry.failed(&e, std::time::Instant::now());
                     tokio::time::sleep(wait).await;
                 }
@@ -307,18 +349,18 @@ impl KubeSource {
             retry: retry.clone(),
             started,
         };
-        let t1 = spawn_watch(
-            Api::<Service>::all(client.clone()),
+        let t1 = spawn_watch::<Service>(
+            Api::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/service-proxy-name"),
             w("Service", 0, "services"),
         );
-        let t2 = spawn_watch(
-            Api::<EndpointSlice>::all(client.clone()),
+        let t2 = spawn_watch::<EndpointSlice>(
+            Api::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/headless"),
             w("EndpointSlice", 1, "endpointslices"),
         );
-        let t3 = spawn_watch(
-            Api::<Node>::all(client.clone()),
+        let t3 = spawn_watch::<Node>(
+            Api::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             w("Node", 2, "nodes"),
         );

@@ -6,6 +6,7 @@ pub mod file_store;
 pub mod kubernetes;
 pub mod store;
 pub mod watch_retry;
+pub mod wire;
 pub mod yaml_split;
 
 use thiserror::Error;

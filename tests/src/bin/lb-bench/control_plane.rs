@@ -62,6 +62,9 @@ pub struct KubeControlPlane {
     /// From the agent's "waiting for the initial list" line to its first "sync applied" line
     /// (the agent's own timestamps): list, snapshot, translation, map writes.
     pub full_sync_ms: f64,
+    /// From the bench's start of the agent to that first "sync applied" line: program loading,
+    /// the list (which the agent starts before loading its programs), the sync.
+    pub start_to_sync_ms: f64,
     /// The agent's `elapsed_us` for that first sync (snapshot, translation, map writes).
     pub full_sync_apply_ms: f64,
     /// The agent's CPU time (user + system) from its start to the end of that sync: loading
@@ -114,6 +117,8 @@ struct KubeCluster {
     probe: FrontendProbe,
     api: lb_tests::apiserver::FakeApiServer,
     endpoints: u32,
+    /// When the bench started the agent, in seconds since midnight UTC (as `log_seconds`).
+    spawned_s: f64,
     _bpffs: lb_tests::guard::Bpffs,
     _cgroup: lb_tests::guard::Cgroup,
     _dir: lb_tests::guard::TempDir,
@@ -139,11 +144,14 @@ impl KubeCluster {
         let kubeconfig = api.kubeconfig(&dir.path)?;
         let cgroup = Cgroup::new()?;
         let bpffs = Bpffs::new()?;
+        let spawned = std::time::SystemTime::now();
         let agent =
             Agent::spawn_kubernetes_with(&kubeconfig, &cgroup.path, &bpffs.path, min_sync_period, false)?;
         agent.wait_for_log("agent ready", 1, Duration::from_secs(1200))?;
         let probe = FrontendProbe::open(&bpffs.path)?;
-        Ok(Self { agent, probe, api, endpoints, _bpffs: bpffs, _cgroup: cgroup, _dir: dir })
+        let since_epoch = spawned.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        let spawned_s = since_epoch % 86_400.0;
+        Ok(Self { agent, probe, api, endpoints, spawned_s, _bpffs: bpffs, _cgroup: cgroup, _dir: dir })
     }
 
     /// Moves the last endpoint of `svc-{service}` to the `change`-th new address (the watch
@@ -185,12 +193,15 @@ pub fn kube_control_plane(
         (Some(a), Some(b)) => (b - a) * 1000.0,
         _ => f64::NAN,
     };
+    let start_to_sync_ms = line_of("sync applied").map_or(f64::NAN, |b| (b - cluster.spawned_s) * 1000.0);
     let full_sync_apply_ms = sync_us(agent, 1)? as f64 / 1000.0;
     for line in agent.log().iter().filter(|l| l.contains("listed") || l.contains("sync applied")).take(4) {
         eprintln!("  agent: {}", strip_ansi(line));
     }
     let full_sync_cpu_ms = cpu_ms(agent.pid())?;
-    eprintln!("  agent CPU after the full sync: {full_sync_cpu_ms:.0} ms");
+    eprintln!(
+        "  agent CPU after the full sync: {full_sync_cpu_ms:.0} ms; list → last write {full_sync_ms:.0} ms, agent start → last write {start_to_sync_ms:.0} ms"
+    );
     let mut visible_ms = Vec::new();
     let mut sync_ms = Vec::new();
     let mut phases_ms = vec![Vec::new(); PHASES.len()];
@@ -223,6 +234,7 @@ pub fn kube_control_plane(
         endpoints,
         min_sync_period,
         full_sync_ms,
+        start_to_sync_ms,
         full_sync_apply_ms,
         full_sync_cpu_ms,
         visible_ms,
