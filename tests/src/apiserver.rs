@@ -14,6 +14,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
+    ops::Bound,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -234,19 +235,25 @@ fn list_response(
     *inner.lists.entry(kind).or_default() += 1;
     let rv = inner.rv;
     // Pages as the API server's `limit`/`continue` (kube's watcher asks for 500 objects a page):
-    // the token is the offset of the next page among the matching objects. Unlike the API
-    // server's, later pages come from the store as it is then, not from a snapshot. A list at
+    // the token is the key of the page's last object, and the next page starts after it (as etcd
+    // reads a range: no page costs the objects before it). Unlike the API server's, later pages
+    // come from the store as it is then, not from a snapshot. A list at
     // `resourceVersion=0` is answered whole, `limit` ignored, as the API server's watch cache
     // answers it (kube-proxy's informers, and the agent's first lists, ask so).
     let from_cache = query.get("resourceVersion").is_some_and(|v| v == "0");
     let limit = query.get("limit").and_then(|v| v.parse::<usize>().ok()).filter(|l| *l > 0 && !from_cache);
-    let offset: usize = query.get("continue").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut items: Vec<&str> = inner
+    let after = query.get("continue").cloned();
+    let mut items: Vec<(&str, &str)> = inner
         .kinds
         .get(&kind)
         .map(|k| {
-            let matching = k.objects.values().filter(|(o, _)| selector.matches(o)).skip(offset);
-            matching.take(limit.map_or(usize::MAX, |l| l + 1)).map(|(_, text)| text.as_str()).collect()
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let matching =
+                k.objects.range((from, Bound::Unbounded)).filter(|(_, (o, _))| selector.matches(o));
+            matching
+                .take(limit.map_or(usize::MAX, |l| l + 1))
+                .map(|(key, (_, text))| (key.as_str(), text.as_str()))
+                .collect()
         })
         .unwrap_or_default();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
@@ -254,8 +261,9 @@ fn list_response(
         && items.len() > limit
     {
         items.truncate(limit);
-        metadata["continue"] = json!((offset + limit).to_string());
+        metadata["continue"] = json!(items[limit - 1].0);
     }
+    let items: Vec<&str> = items.into_iter().map(|(_, text)| text).collect();
     let head = json!({"apiVersion": kind.api_version(), "kind": format!("{}List", kind.name()), "metadata": metadata});
     // The list as `{...head, "items": [item, ...]}`, from the items' kept text.
     let head = head.to_string();

@@ -242,22 +242,16 @@ struct Watch {
     started: SystemTime,
 }
 
-/// Starts the watch of one kind. The first list is asked at `resourceVersion=0` (any version:
-/// the API server answers from its watch cache, whole, as it answers kube-proxy's informers)
-/// rather than with a quorum read of etcd page by page. A relist after `410 Gone` is a quorum
-/// read (as client-go's reflector relists after "expired"): a cache that lags behind what this
-/// watch already saw cannot take the agent back in time.
+/// Starts the watch of one kind. Every list (the first, and a relist after `410 Gone`) is a
+/// consistent read in pages of 500 (kube's default): only a page's objects are held at once
+/// while they are made compact. A list at `resourceVersion=0` (kube-proxy's informers' request)
+/// is answered whole by the API server's watch cache, page size ignored; measured through the
+/// bench at 10,000 Services × 10 endpoints it was about 0.1 s faster from list to last write,
+/// but the whole body, which kube's client holds twice while it decodes, took the agent's peak
+/// RSS from 62 to 85 MiB. Newer API servers answer consistent lists from the watch cache too.
 fn spawn_watch<K: Kind>(api: Api<K::Wire>, config: watcher::Config, w: Watch) -> JoinHandle<()> {
     // No backoff in the stream: `watch_retry` decides each wait (a 410 relists at once).
-    let watch = move |semantic: ListSemantic| {
-        let mut config = config.clone();
-        if semantic == ListSemantic::Any {
-            // kube asks `resourceVersion=0` only of a list without a page size (the watch cache
-            // answers whole anyway).
-            config.page_size = None;
-        }
-        watcher::watcher(api.clone(), config.list_semantic(semantic))
-    };
+    let config = config.list_semantic(ListSemantic::MostRecent);
     // Each object as it is kept, made as soon as it arrives.
     let kept = |wire: K::Wire| {
         let mut object = K::from_wire(wire);
@@ -265,8 +259,7 @@ fn spawn_watch<K: Kind>(api: Api<K::Wire>, config: watcher::Config, w: Watch) ->
         object
     };
     tokio::spawn(async move {
-        let mut stream = Box::pin(watch(ListSemantic::Any));
-        let mut consistent = false;
+        let mut stream = Box::pin(watcher::watcher(api, config));
         let mut retry = watch_retry::Retry::new(w.kind, &w.retry);
         // A (re)list in progress: swapped in whole at its end.
         let mut listing: Vec<K::Listed> = Vec::new();
@@ -307,12 +300,6 @@ fn spawn_watch<K: Kind>(api: Api<K::Wire>, config: watcher::Config, w: Watch) ->
                     // 410 Gone), after the wait `watch_retry` gives (none for a 410).
                     w.restarts.inc();
                     w.errors.set(w.index, true);
-                    if !consistent && watch_retry::classify(&e) == watch_retry::Failure::Gone {
-                        // The stream would relist at `resourceVersion=0`: a new one relists
-                        // with a quorum read.
-                        stream = Box::pin(watch(ListSemantic::MostRecent));
-                        consistent = true;
-                    }
                     let wait = retry.failed(&e, std::time::Instant::now());
                     tokio::time::sleep(wait).await;
                 }

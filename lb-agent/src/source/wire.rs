@@ -1,8 +1,8 @@
 //! Services and EndpointSlices as the watches decode them: only the fields the agent reads, so
 //! `managedFields`, other annotations, an endpoint's `targetRef`, `zone`, `hostname` and
-//! `deprecatedTopology` are skipped by the parser instead of being built and dropped (a whole
-//! list at `resourceVersion=0` is decoded at once: 10,000 k8s-openapi slices of 10 endpoints are
-//! about 50 MB). Each is turned into the k8s-openapi object with only those fields (the strings
+//! `deprecatedTopology` are skipped by the parser instead of being built and dropped (a page of
+//! a list is decoded at once, and a whole list of 10,000 k8s-openapi slices of 10 endpoints would
+//! be about 50 MB). Each is turned into the k8s-openapi object with only those fields (the strings
 //! moved, not copied) as the watch hands it over.
 use std::{borrow::Cow, collections::BTreeMap};
 

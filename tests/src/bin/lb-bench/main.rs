@@ -152,8 +152,8 @@ fn main() -> anyhow::Result<()> {
             report,
             "\n## Control plane, Kubernetes source\n\n\
              The agent lists the cluster from an in-process API server (the list/watch protocol, the\n\
-             agent's real kube client; its first lists at resourceVersion 0, answered whole as from\n\
-             the watch cache, with objects encoded once as they are written), then one EndpointSlice changes {kube_changes}\n\
+             agent's real kube client; its lists are consistent reads in pages of 500, the server's\n\
+             objects encoded once as they are written), then one EndpointSlice changes {kube_changes}\n\
              times (20 at the largest size). Visible: from the bench's write of the changed slice to\n\
              the API server (the watch event goes out) to the new backend read from the pinned maps\n\
              (polled every 200 µs). Sync: the agent's own `elapsed_us` of that sync (changes,\n\
