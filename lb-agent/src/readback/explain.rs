@@ -692,8 +692,6 @@ fn affinity(
     holds.then_some((entry.slot, entry.backend))
 }
 
-/// The client's flow in conntrack, as TC looks it up before anything else.
-#[allow(clippy::too_many_arguments, reason = "the flow's tuple and the kernel's inputs")]
 /// The packet path's conntrack gate for `to` (`lb_common::ct_gate`, `lb-ebpf`'s
 /// `conntrack::may_track`): whether the programs look the packet up at all. A note says which; a
 /// shut slot ends the decision (the packet passes untouched: a frontend's only if the gate is
@@ -741,6 +739,8 @@ fn gate(
     false
 }
 
+/// The client's flow in conntrack, as TC looks it up (after the gate) before anything else.
+#[allow(clippy::too_many_arguments, reason = "the flow's tuple and the kernel's inputs")]
 fn tracked(
     state: &MapState,
     src: IpAddr,
