@@ -90,6 +90,8 @@ struct Inner {
     rv: u64,
     kinds: HashMap<Kind, KindState>,
     lists: HashMap<Kind, usize>,
+    /// When the first list request of any kind arrived.
+    first_list: Option<std::time::SystemTime>,
     watches: HashMap<Kind, usize>,
     down: bool,
     /// Answer every request with this status (401, 403).
@@ -233,6 +235,7 @@ fn list_response(
 ) -> Response {
     let mut inner = shared.inner.lock().expect("lock");
     *inner.lists.entry(kind).or_default() += 1;
+    inner.first_list.get_or_insert_with(std::time::SystemTime::now);
     let rv = inner.rv;
     // Pages as the API server's `limit`/`continue` (kube's watcher asks for 500 objects a page):
     // the token is the key of the page's last object, and the next page starts after it (as etcd
@@ -519,6 +522,11 @@ impl FakeApiServer {
     /// How many list requests the server answered for `kind`.
     pub fn lists(&self, kind: Kind) -> usize {
         self.shared.inner.lock().expect("lock").lists.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// When the first list request (of any kind) arrived: where a client's list → sync starts.
+    pub fn first_list(&self) -> Option<std::time::SystemTime> {
+        self.shared.inner.lock().expect("lock").first_list
     }
 
     /// How many watch requests the server accepted for `kind`.

@@ -52,7 +52,10 @@ use crate::{
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub fn run(args: Config) -> anyhow::Result<()> {
     crate::sys::malloc::return_large_allocations();
-    crate::sys::malloc::one_arena();
+    // The file source parses a large file on two threads, which one arena's lock would serialize.
+    if args.source == "kubernetes" {
+        crate::sys::malloc::one_arena();
+    }
     // The run loop (program loading, syncs: blocking work) runs on this thread; the tasks it
     // spawns (the watches, the servers) on one worker thread, so the initial list arrives while
     // the programs load and watch events are read while a sync runs.

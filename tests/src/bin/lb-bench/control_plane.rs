@@ -59,8 +59,8 @@ pub struct KubeControlPlane {
     pub services: u32,
     pub endpoints: u32,
     pub min_sync_period: &'static str,
-    /// From the agent's "waiting for the initial list" line to its first "sync applied" line
-    /// (the agent's own timestamps): list, snapshot, translation, map writes.
+    /// From the API server's receipt of the agent's first list request to the agent's first
+    /// "sync applied" line (its own timestamp): list, snapshot, translation, map writes.
     pub full_sync_ms: f64,
     /// From the bench's start of the agent to that first "sync applied" line: program loading,
     /// the list (which the agent starts before loading its programs), the sync.
@@ -189,7 +189,13 @@ pub fn kube_control_plane(
     let line_of = |pattern: &str| {
         agent.log().into_iter().find(|l| l.contains(pattern)).and_then(|l| log_seconds(&strip_ansi(&l)))
     };
-    let full_sync_ms = match (line_of("waiting for the initial list"), line_of("sync applied")) {
+    // The first list request, as the server saw it, on the log's clock (seconds of the UTC day).
+    let first_list = cluster
+        .api
+        .first_list()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64() % 86_400.0);
+    let full_sync_ms = match (first_list, line_of("sync applied")) {
         (Some(a), Some(b)) => (b - a) * 1000.0,
         _ => f64::NAN,
     };

@@ -157,10 +157,10 @@ fn main() -> anyhow::Result<()> {
              times (20 at the largest size). Visible: from the bench's write of the changed slice to\n\
              the API server (the watch event goes out) to the new backend read from the pinned maps\n\
              (polled every 200 µs). Sync: the agent's own `elapsed_us` of that sync (changes,\n\
-             translation, layout, diff, writes). Full sync: the agent's log timestamps from \"waiting\n\
-             for the initial list\" to the first \"sync applied\" (list, full translation, writes;\n\
-             the agent starts its lists before it loads its programs, so part of the list may come\n\
-             before), from the bench's start of the agent to then (program loading, list, sync), its\n\
+             translation, layout, diff, writes). Full sync: from the API server's receipt of the agent's\n\
+             first list request to the agent's first \"sync applied\" (its log timestamp: list, full\n\
+             translation, writes; the lists run while the agent loads its programs), from the\n\
+             bench's start of the agent to then (program loading, list, sync), its\n\
              `elapsed_us`, and the agent's CPU time (user + system) from its start to then (program\n\
              loading included). Times are wall clock on a shared machine.\n\n\
              | Services × endpoints | --min-sync-period | full sync, list → last write (ms) | agent start → last write (ms) | of which the sync (ms) | agent CPU until then (ms) | change visible p50 / p99 (ms) | sync p50 / p99 (ms) | peak RSS (MiB) |\n\
