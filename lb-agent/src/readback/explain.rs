@@ -717,7 +717,8 @@ fn gate(
         );
         return true;
     }
-    if live.gate(slot).is_some_and(|open| open != 0) {
+    // A slot that cannot be read counts as open, as in the kernel (`may_track`).
+    if live.gate(slot).is_none_or(|open| open != 0) {
         out.notes.push(format!("conntrack gate slot {slot} is open: packets to {to} are looked up"));
         return true;
     }

@@ -94,6 +94,7 @@ impl From<WireService> for Service {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireEndpoint {
+    #[serde(default, deserialize_with = "null_as_default")]
     addresses: Vec<String>,
     conditions: Option<EndpointConditions>,
     hints: Option<EndpointHints>,
@@ -106,15 +107,19 @@ struct WireEndpoint {
 pub struct WireSlice {
     #[serde(deserialize_with = "object_meta")]
     metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "null_as_default")]
     address_type: String,
     ports: Option<Vec<EndpointPort>>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "null_as_default")]
     endpoints: Vec<WireEndpoint>,
 }
 
-/// `endpoints: null` (an empty slice as some servers send it) as no endpoints.
-fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<WireEndpoint>, D::Error> {
-    Ok(Option::<Vec<WireEndpoint>>::deserialize(d)?.unwrap_or_default())
+/// An absent or `null` field as its default, as k8s-openapi decodes one (e.g. `endpoints: null`,
+/// an empty slice as some servers send it). A required field a server left out (`addressType`,
+/// an endpoint's `addresses`) then fails translation of its slice alone, with a problem naming
+/// it, instead of failing the decoding of the whole list page it came in.
+fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl From<WireSlice> for EndpointSlice {
@@ -247,6 +252,16 @@ mod tests {
         .expect("slice");
         let slice = EndpointSlice::from(slice);
         assert!(slice.endpoints.is_empty() && slice.metadata.annotations.is_none());
+        // Required fields left out or null decode as k8s-openapi decodes them (empty), so one
+        // such slice does not fail its whole list page.
+        let slice: WireSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s"}, "endpoints": [{"addresses": null}, {"nodeName": "n"}],
+        }))
+        .expect("slice without addressType or addresses");
+        let slice = EndpointSlice::from(slice);
+        assert_eq!(slice.address_type, "");
+        assert_eq!(slice.endpoints.len(), 2);
+        assert!(slice.endpoints.iter().all(|e| e.addresses.is_empty()));
         let service: WireService =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "s"}})).expect("service");
         assert!(Service::from(service).spec.is_none());
