@@ -265,8 +265,6 @@ impl<M: LbMaps> Syncer<M> {
         self.times = SyncTimes { translate: self.times.translate, ..SyncTimes::default() };
         let (target, placements) =
             layout_groups(groups, node_addresses, &self.programmed, &reserved, &self.options);
-        // (Kept as the programmed state until the next sync: `layout_groups` builds its trees
-        // whole, not half full.)
         let laid_out = Instant::now();
         self.times.layout = laid_out - now;
         let first = if read_back { leftovers(&self.programmed, &target) } else { MapState::default() };
