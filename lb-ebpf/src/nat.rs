@@ -563,10 +563,17 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
         pad2: 0,
         last_seen: now,
     };
-    if snat {
-        // A port whose reply tuple is free; the reply entry is made first so a concurrent flow
-        // cannot take the same one.
-        let mut sport = 0;
+    // The source port: the client's own unless SNAT, if its reply tuple is free, else a port of
+    // the SNAT range whose reply tuple is free. The client's port can be taken when the client
+    // reused it for another frontend of the same backend (clients pick ports per destination):
+    // both flows would have the same reply tuple, and netfilter, under kube-proxy, gives the
+    // second flow another source port too. The reply entry is made first, so a concurrent flow
+    // cannot take the same tuple.
+    let own = reply_key(flow, &backend.addr, backend.port, &src, flow.sport);
+    let mut sport = None;
+    if !snat && conntrack::claim(&own, &scratch.back, now).is_ok() {
+        sport = Some(flow.sport);
+    } else {
         let mut tries = 0;
         let hash = hash();
         while tries < SNAT_TRIES {
@@ -574,28 +581,18 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
             let port = (SNAT_PORT_MIN + (hash.wrapping_add(tries.wrapping_mul(7919)) % span) as u16).to_be();
             let reply_key = reply_key(flow, &backend.addr, backend.port, &src, port);
             if conntrack::claim(&reply_key, &scratch.back, now).is_ok() {
-                sport = port;
+                sport = Some(port);
                 break;
             }
             tries += 1;
         }
-        if sport == 0 {
-            bump(H::COUNTERS.nat_failed);
-            bump_service(group, H::COUNTERS.service + service_stats::NAT_FAILED);
-            return Action::DROP;
-        }
-        scratch.entry.sport = sport;
-    } else {
-        // The reply tuple names no frontend: if another live flow of this client port already
-        // owns it (the same client port to two frontends of one backend), refuse this one
-        // rather than send the other's replies from the wrong frontend.
-        let reply_key = reply_key(flow, &backend.addr, backend.port, &src, flow.sport);
-        if conntrack::claim(&reply_key, &scratch.back, now).is_err() {
-            bump(H::COUNTERS.nat_failed);
-            bump_service(group, H::COUNTERS.service + service_stats::NAT_FAILED);
-            return Action::DROP;
-        }
     }
+    let Some(sport) = sport else {
+        bump(H::COUNTERS.nat_failed);
+        bump_service(group, H::COUNTERS.service + service_stats::NAT_FAILED);
+        return Action::DROP;
+    };
+    scratch.entry.sport = sport;
     if conntrack::open_gate(flow).is_err()
         || conntrack::store(&conntrack::key(flow, ct_dir::ORIGINAL), &scratch.entry).is_err()
     {

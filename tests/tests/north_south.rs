@@ -577,6 +577,66 @@ const STICKY_NODE_PORT: u16 = 30083;
 
 /// `cluster()` plus a Service `sticky` (NodePort 30083, dual-stack, `sessionAffinity: ClientIP`
 /// with the default timeout) on the same two pods as `web`.
+/// `cluster()` and a Service `two-ports` whose two NodePorts (30090, 30091) lead to the same pod
+/// port, on node 1 only.
+fn two_ports_cluster() -> String {
+    let mut yaml = cluster();
+    yaml.push_str(&format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: two-ports, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.14
+  ports:
+  - {{name: http, port: 80, nodePort: {TWO_PORTS_A}, targetPort: 8080, protocol: TCP}}
+  - {{name: alt, port: 81, nodePort: {TWO_PORTS_B}, targetPort: 8080, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: two-ports-1, namespace: default, labels: {{kubernetes.io/service-name: two-ports}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: alt, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: ['{POD1_V4}'], nodeName: {NODE1_NAME}, conditions: {{ready: true}}}}
+"
+    ));
+    yaml
+}
+
+const TWO_PORTS_A: u16 = 30090;
+const TWO_PORTS_B: u16 = 30091;
+
+/// A client that keeps a connection to one frontend and opens another from the same local port
+/// to a second frontend of the same pod (clients pick ports per destination, so this happens by
+/// chance too): both translated tuples would be pod:8080 ↔ client:port, one reply tuple for two
+/// flows. kube-proxy's conntrack gives the second flow another source port (netfilter's implicit
+/// source-port remap); so must we, and not drop it.
+#[test]
+fn a_client_port_reused_for_another_frontend_of_the_same_pod_gets_its_connection() {
+    let c = Cluster::start_with(false, &two_ports_cluster());
+    let (a, b) = (format!("{NODE1_EXT_V4}:{TWO_PORTS_A}"), format!("{NODE1_EXT_V4}:{TWO_PORTS_B}"));
+    let mut client_ports = Vec::new();
+    for _ in 0..3 {
+        let lines = probe::run(&c.client(), &["same-port", &a, &b]).expect("probe");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with(&format!("first ok {POD1_V4}:8080")), "{lines:?}");
+        assert!(lines[1].starts_with(&format!("second ok {POD1_V4}:8080")), "{lines:?}");
+        let port = lines[0].rsplit_once("port=").and_then(|(_, p)| p.parse::<u16>().ok()).expect("port");
+        client_ports.push(port);
+    }
+    // The pod saw the client's own address each time (no address SNAT towards a local pod): the
+    // first connection of each pair from the client's port, the second from another.
+    let hits: Vec<SocketAddr> =
+        c.pods.iter().flat_map(Servers::hits).filter(|h| h.backend.port() == 8080).map(|h| h.peer).collect();
+    assert_eq!(hits.len(), 6, "{hits:?}");
+    assert!(hits.iter().all(|p| p.ip().to_string() == CLIENT_V4), "{hits:?}");
+    let remapped = hits.iter().filter(|p| !client_ports.contains(&p.port())).count();
+    assert_eq!(remapped, 3, "client ports {client_ports:?}, the pod saw {hits:?}");
+    assert_eq!(c.stat("tc_nat_failed"), 0);
+}
+
 fn sticky_cluster() -> String {
     let mut yaml = cluster();
     yaml.push_str(&format!(

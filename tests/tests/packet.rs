@@ -638,24 +638,47 @@ fn data_packet(client: &str, frontend: &str) -> Packet {
 }
 
 #[test]
-fn one_client_port_to_two_frontends_of_one_local_backend_is_not_cross_wired() {
+fn one_client_port_to_two_frontends_of_one_local_backend_gets_a_second_source_port() {
     let node = Node::start();
     let client = addr(CLIENT4, 42000);
     let (external, cluster, backend) = (addr(EXTERNAL4, 80), addr(CLUSTER4, 80), addr(POD4, 8080));
     let syn = Packet::tcp(&client, &external, TCP_SYN);
     assert_translated(&node.trace("ingress", &frame(&syn)), &syn.with(&client, &backend), "first flow");
     // The same client port to the ClusterIP of the same backend: its reply tuple (backend →
-    // client) is the first flow's, so the second is refused rather than stealing the replies.
+    // client:42000) is the first flow's. As netfilter's implicit source-port remap does under
+    // kube-proxy, the second flow keeps the client's address and gets another port (from the SNAT
+    // range), rather than being dropped or stealing the first flow's replies.
     let other = Packet::tcp(&client, &cluster, TCP_SYN);
     let t = node.trace("ingress", &frame(&other));
-    assert_eq!(t.verdict, 2, "refused (TC_ACT_SHOT): {:#}", t.json);
-    assert_eq!(t.json["counters"]["tc_nat_failed"], 1, "{:#}", t.json);
-    // The first flow's replies still come from the frontend it addressed.
+    assert_eq!(t.verdict, OK, "translated: {:#}", t.json);
+    let (_, from, to) = tuple(&t.output);
+    assert_eq!(to.to_string(), backend, "{:#}", t.json);
+    assert_eq!(from.ip().to_string(), CLIENT4, "the client's address is kept: {:#}", t.json);
+    assert!(
+        (lb_common::SNAT_PORT_MIN..=lb_common::SNAT_PORT_MAX).contains(&from.port()),
+        "another port, from the SNAT range: {from}"
+    );
+    assert_translated(&t, &other.with(&from.to_string(), &backend), "second flow");
+    assert!(t.json["counters"].get("tc_nat_failed").is_none(), "{:#}", t.json);
+    // Each flow's replies come from the frontend it addressed, to the client's own port.
     let reply = Packet::tcp(&backend, &client, TCP_SYN | TCP_ACK);
     assert_translated(
         &node.trace("egress", &frame(&reply)),
         &reply.with(&external, &client),
         "first flow's reply",
+    );
+    let reply = Packet::tcp(&backend, &from.to_string(), TCP_SYN | TCP_ACK);
+    assert_translated(
+        &node.trace("egress", &frame(&reply)),
+        &reply.with(&cluster, &client),
+        "second flow's reply",
+    );
+    // And its next packet follows its entry.
+    let data = data_packet(&client, &cluster);
+    assert_translated(
+        &node.trace("ingress", &frame(&data)),
+        &data.with(&from.to_string(), &backend),
+        "second flow's data",
     );
 }
 

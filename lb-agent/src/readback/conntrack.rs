@@ -24,7 +24,8 @@ pub struct FlowRow {
     pub frontend: SocketAddr,
     /// The backend the flow goes to.
     pub backend: SocketAddr,
-    /// The source the backend sees, when SNATed (backend on another node).
+    /// The source the backend sees, when not the client's: SNATed (backend on another node), or
+    /// the client's address from another port (the client's port was taken towards that backend).
     pub snat: Option<SocketAddr>,
     /// `syn`, `established` or `closing` for TCP; `-` otherwise.
     pub state: &'static str,
@@ -37,6 +38,11 @@ pub struct FlowRow {
 fn addr(family: u8, words: &[u32; 4], port: u16) -> SocketAddr {
     let ip = if family == 4 { IpAddr::V4(word_ip4(words[0])) } else { IpAddr::V6(words_ip6(*words)) };
     SocketAddr::new(ip, u16::from_be(port))
+}
+
+/// Whether an original-direction entry rewrites the source: SNAT, or the client's port alone.
+pub fn translated_source(key: &CtKey, value: &CtValue) -> bool {
+    value.flags & ct_flags::SNAT != 0 || value.src != key.src || value.sport != key.sport
 }
 
 /// The row of one original-direction entry, at time `now` (ns).
@@ -54,7 +60,7 @@ pub fn row(key: &CtKey, value: &CtValue, now: u64) -> FlowRow {
         client: addr(key.family, &key.src, key.sport),
         frontend: addr(key.family, &key.dst, key.dport),
         backend: addr(key.family, &value.dst, value.dport),
-        snat: (value.flags & ct_flags::SNAT != 0).then(|| addr(key.family, &value.src, value.sport)),
+        snat: translated_source(key, value).then(|| addr(key.family, &value.src, value.sport)),
         state,
         idle_seconds: idle / 1_000_000_000,
         live: idle <= ct_lifetime(key.proto, value.flags),
@@ -119,6 +125,14 @@ mod tests {
         assert_eq!(r.snat.map(|s| s.to_string()).as_deref(), Some("10.0.2.1:61000"));
         assert_eq!((r.state, r.idle_seconds, r.live), ("established", 2, true));
         let closing = CtValue { flags: ct_flags::CLOSING, ..value };
+        // Not SNAT: no source shown, unless the client's port was replaced.
+        let direct = CtValue { src: key.src, sport: key.sport, flags: 0, ..value };
+        assert_eq!(row(&key, &direct, 3_500_000_000).snat, None);
+        let remapped = CtValue { sport: 61005u16.to_be(), ..direct };
+        assert_eq!(
+            row(&key, &remapped, 3_500_000_000).snat.map(|s| s.to_string()).as_deref(),
+            Some("10.0.1.2:61005")
+        );
         assert!(!row(&key, &closing, 20_000_000_000).live, "10 s after FIN the entry is expired");
     }
 }

@@ -769,7 +769,7 @@ fn tracked(
         || state.backends.get(&entry.backend).is_some_and(|b| b.addr == entry.dst && b.port == entry.dport);
     let backend = addr_of(family, &entry.dst, entry.dport);
     let snat =
-        (entry.flags & lb_common::ct_flags::SNAT != 0).then(|| addr_of(family, &entry.src, entry.sport));
+        super::conntrack::translated_source(&key, &entry).then(|| addr_of(family, &entry.src, entry.sport));
     out.notes.push(match (live_entry, programmed) {
         (true, true) => format!(
             "this flow is already tracked: its packets go to {backend} (conntrack), whatever a new flow \

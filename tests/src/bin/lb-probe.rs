@@ -31,6 +31,10 @@
 //!                                    MILLIS; prints `sent=<n> errors=<n> us=<elapsed>` (the bench)
 //! lb-probe udp-burst ADDR N          N datagrams from one unconnected socket back to back, then
 //!                                    N replies read, one line each (`ok <reply> from=<addr>`)
+//! lb-probe same-port A B           one connection to A, held, and a second from the same local
+//!                                    port to B (SO_REUSEADDR), as a client that reuses its port
+//!                                    for another destination; two lines, `first ok <reply>
+//!                                    port=<local port>` and `second ok <reply>` or `… err …`
 //! lb-probe hold ADDR N               long-lived sockets: N TCP connections, N connected and N
 //!                                    unconnected UDP sockets (each sends once), all kept open;
 //!                                    checks them at once and after every line on stdin, one line
@@ -98,6 +102,95 @@ fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     }
     let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
     Ok(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+}
+
+/// A TCP connection to `to` from local port `port` (0: any) of a socket with SO_REUSEADDR, so
+/// that a second socket may take the port of a first one that is still connected.
+fn tcp_from_port(to: SocketAddr, port: u16) -> std::io::Result<(String, TcpStream)> {
+    use std::os::fd::FromRawFd as _;
+    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // Safety: socket(2) with constant arguments; the fd is owned by `stream` at once.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Safety: a fresh socket fd that nothing else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // Safety: a valid fd and a correctly sized int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let local: SocketAddr = SocketAddr::new(unspecified(to).parse::<SocketAddr>().expect("addr").ip(), port);
+    let timeout = libc::timeval { tv_sec: TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
+    // Safety: as above; `sockaddr` holds a sockaddr of `len` bytes for the call.
+    let rc = unsafe {
+        let (sockaddr, len) = sockaddr_of(local);
+        let rc = libc::bind(fd, (&raw const sockaddr).cast(), len);
+        if rc == 0 {
+            // A blocking connect gives up after SO_SNDTIMEO.
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                std::ptr::from_ref(&timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            let (sockaddr, len) = sockaddr_of(to);
+            libc::connect(fd, (&raw const sockaddr).cast(), len)
+        } else {
+            rc
+        }
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+    Ok((line.trim().to_owned(), stream))
+}
+
+/// `addr` as a `sockaddr_storage` and its length.
+fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // Safety: an all-zero sockaddr_storage is valid; it is large and aligned enough for both
+    // sockaddr_in and sockaddr_in6, which are written into it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // Safety: see above.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // Safety: see above.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
 }
 
 fn unspecified(addr: SocketAddr) -> &'static str {
@@ -206,13 +299,16 @@ fn main() {
 
 fn probe() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|tcp-connect-pair|udp-flood|udp-resolver|original-dst|hold|udp-burst ADDR [N]";
+    let usage = "usage: lb-probe tcp|udp|udp-connected|tcp-hold|tcp-loop|tcp-log|udp-log|tcp-connect|tcp-connect-pair|udp-flood|udp-resolver|original-dst|hold|udp-burst|same-port ADDR [N|B]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
     };
     let addr: SocketAddr = addr.parse().expect("ADDR must be IP:PORT");
-    let n: u64 = args.get(3).map_or(1, |s| s.parse().expect("N must be a number"));
+    let n: u64 = match mode.as_str() {
+        "same-port" => 1, // its third argument is an address
+        _ => args.get(3).map_or(1, |s| s.parse().expect("N must be a number")),
+    };
     let mut out = std::io::stdout().lock();
     match mode.as_str() {
         "tcp" => {
@@ -227,6 +323,29 @@ fn probe() {
                 };
                 writeln!(out, "{line}").expect("stdout");
             }
+        }
+        "same-port" => {
+            let second: SocketAddr = args.get(3).expect("B").parse().expect("B must be IP:PORT");
+            let started = Instant::now();
+            let first = tcp_from_port(addr, 0);
+            let port = match &first {
+                Ok((reply, stream)) => {
+                    let port = stream.local_addr().expect("local addr").port();
+                    writeln!(out, "first ok {reply} port={port}").expect("stdout");
+                    port
+                }
+                Err(e) => {
+                    writeln!(out, "first {}", err_line(e, started)).expect("stdout");
+                    return;
+                }
+            };
+            let started = Instant::now();
+            let line = match tcp_from_port(second, port) {
+                Ok((reply, _)) => format!("second ok {reply}"),
+                Err(e) => format!("second {}", err_line(&e, started)),
+            };
+            writeln!(out, "{line}").expect("stdout");
+            drop(first);
         }
         "original-dst" => {
             let listener = std::net::TcpListener::bind(addr).expect("bind");
