@@ -295,6 +295,7 @@ impl<M: LbMaps> Syncer<M> {
         let mut progress = Progress::new(total, now);
         let what = if self.initial { "initial sync" } else { "sync" };
         let mut done = 0;
+        let mut removed_backends = false;
         let mut ops = diff_read_back(&self.programmed, &target, &first);
         let mut chunk: Vec<MapOp> = Vec::with_capacity(total.min(APPLY_CHUNK));
         loop {
@@ -317,11 +318,14 @@ impl<M: LbMaps> Syncer<M> {
                     Err(e) => {
                         self.need_full_sync = true;
                         self.maps.settle_counters();
+                        // Some of the run may be written, removals included.
+                        let _ = self.maps.raise_backend_epoch();
                         return Err(e);
                     }
                 };
                 for op in &chunk[at..at + applied] {
                     debug!(%op, "map write");
+                    removed_backends |= matches!(op, MapOp::DeleteBackend(_));
                     match op {
                         MapOp::PutBackend(..)
                         | MapOp::PutSlot(..)
@@ -337,6 +341,10 @@ impl<M: LbMaps> Syncer<M> {
         }
         drop((ops, chunk));
         self.maps.settle_counters();
+        if let Err(e) = self.raise_backend_epoch(removed_backends) {
+            self.need_full_sync = true;
+            return Err(e);
+        }
         let written = Instant::now();
         self.times.writes = written - diffed;
         // Ids in use before this sync and not after it: quarantined (see `QUARANTINE`).
@@ -353,6 +361,13 @@ impl<M: LbMaps> Syncer<M> {
         self.programmed = target;
         self.times.diff += written.elapsed();
         Ok(placements)
+    }
+
+    /// Raises the backends' epoch (`lb_common::backend_epoch`) after writes that `removed`
+    /// backends, and after this agent's first sync (whose maps may hold entries an earlier agent
+    /// checked against backends since gone), so tracked flows check their backend again.
+    fn raise_backend_epoch(&mut self, removed: bool) -> Result<(), MapsError> {
+        if removed || self.initial { self.maps.raise_backend_epoch() } else { Ok(()) }
     }
 
     /// The problems of the Services the last sync from objects translated or settled again
@@ -521,6 +536,8 @@ impl<M: LbMaps> Syncer<M> {
             if let Err(e) = self.maps.apply(op) {
                 self.need_full_sync = true;
                 self.parts = None;
+                // Earlier writes may have removed backends.
+                let _ = self.maps.raise_backend_epoch();
                 return Err(Fallback::Failed(e));
             }
             apply_in_memory(&mut self.programmed, op);
@@ -538,6 +555,12 @@ impl<M: LbMaps> Syncer<M> {
                 }
                 _ => report.written += 1,
             }
+        }
+        let removed_backends = ops.iter().any(|op| matches!(op, MapOp::DeleteBackend(_)));
+        if let Err(e) = self.raise_backend_epoch(removed_backends) {
+            self.need_full_sync = true;
+            self.parts = None;
+            return Err(Fallback::Failed(e));
         }
         self.times.writes = diffed.elapsed();
         report.frontends = self.programmed.frontends.len();

@@ -37,7 +37,9 @@ pub mod map_names {
     pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
     /// The conntrack gate (`crate::ct_gate`).
     pub const CT_GATE: &str = "LB_CT_GATE";
-    pub const ALL: [&str; 17] = [
+    /// The backends' epoch (`crate::BackendEpoch`).
+    pub const BACKEND_EPOCH: &str = "LB_BACKEND_EPOCH";
+    pub const ALL: [&str; 18] = [
         FRONTENDS_V4,
         FRONTENDS_V6,
         SLOTS,
@@ -55,6 +57,7 @@ pub mod map_names {
         META,
         SOCK_REVNAT,
         CT_GATE,
+        BACKEND_EPOCH,
     ];
 }
 
@@ -94,8 +97,9 @@ pub mod socket_scope {
 ///
 /// 1: the maps as first released. 2: `LB_META` added (no key or value changed). 3:
 /// `LB_SOCK_REVNAT` (socket storage) added; the socket hooks write `LB_REVNAT_V4/V6` only for
-/// what a socket's storage does not hold.
-pub const SCHEMA_VERSION: u32 = 3;
+/// what a socket's storage does not hold. 4: `LB_BACKEND_EPOCH` added (and `LB_CT_GATE`, which
+/// came without a number); `CtValue`'s `pad2` (always 0) became `epoch`.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Key of `LB_FRONTENDS_V4`: a ClusterIP (or other VIP), its port and protocol.
 #[repr(C)]
@@ -383,7 +387,9 @@ pub struct CtValue {
     pub pad: u16,
     /// Backend id chosen for the flow (0 on REPLY entries).
     pub backend: u32,
-    pub pad2: u32,
+    /// `LB_BACKEND_EPOCH` when the flow's backend was last found programmed (0: not yet): while
+    /// the two are equal, no backend has been removed since, and the check is skipped.
+    pub epoch: u32,
     /// `bpf_ktime_get_coarse_ns` of the last packet in either direction.
     pub last_seen: u64,
 }
@@ -429,6 +435,23 @@ pub const fn ct_lifetime(proto: u8, flags: u16) -> u64 {
 /// default ephemeral range (32768–60999) so they never collide with the node's own sockets.
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// The backends' epoch (`LB_BACKEND_EPOCH`, an array of one `u32`). A tracked flow whose backend
+/// is no longer programmed starts over (kube-proxy clears the conntrack entries of removed
+/// endpoints); checking that costs a hash lookup per packet. The agent raises the epoch after
+/// every sync that removed a backend, and at its first sync (so it is not 0 once an agent has
+/// synced); a flow's entry records the epoch at which its backend was last found programmed, and
+/// while the two are equal no backend has gone since: no lookup. 0 means not known: checked.
+pub mod backend_epoch {
+    /// The epoch after `epoch`, never 0.
+    #[inline(always)]
+    pub const fn next(epoch: u32) -> u32 {
+        match epoch.wrapping_add(1) {
+            0 => 1,
+            e => e,
+        }
+    }
+}
 
 /// The conntrack gate (`LB_CT_GATE`, an array of `u8`): the destinations (address, port,
 /// protocol) that may be a frontend or have an original-direction conntrack entry, so that a

@@ -107,6 +107,14 @@ impl Entry {
         // is not held across `touch`, the only write.
         unsafe { &*self.0 }
     }
+
+    /// Records that the entry's backend was found programmed at backend epoch `epoch`.
+    #[inline(always)]
+    pub fn set_epoch(&self, epoch: u32) {
+        // Safety: as in `value`; a plain store of one field (a racing writer stores the same
+        // epoch, or one that only makes the next packet check again).
+        unsafe { (*self.0).epoch = epoch };
+    }
 }
 
 /// How long after its last refresh an entry is refreshed again by a packet that changes no

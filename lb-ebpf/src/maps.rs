@@ -46,6 +46,10 @@ pub static LB_CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(capacit
 #[map]
 pub static LB_CT_GATE: Array<u8> = Array::pinned(lb_common::ct_gate::ENTRIES, 0);
 
+/// The backends' epoch (`lb_common::backend_epoch`), written by the agent.
+#[map]
+pub static LB_BACKEND_EPOCH: Array<u32> = Array::pinned(1, 0);
+
 /// Session affinity (`sessionAffinity: ClientIP`): `(group, client)` → the backend last chosen
 /// (see `lb::resolve`). Written by the programs only; a preallocated LRU, so a full map evicts the
 /// least recently used client instead of failing.

@@ -34,7 +34,7 @@ use crate::{
     conntrack,
     lb::{Path, Resolved, Verdict, resolve},
     log,
-    maps::{LB_BACKENDS, LB_FRONTENDS_V4, LB_FRONTENDS_V6},
+    maps::{LB_BACKEND_EPOCH, LB_BACKENDS, LB_FRONTENDS_V4, LB_FRONTENDS_V6},
     packet::{self, Flow, Packet},
     source_range,
     stats::{bump, bump_service},
@@ -180,7 +180,7 @@ fn tracked<H: Hook>(ctx: &H, flow: &Flow, may_original: bool) -> Action {
     let original = conntrack::key(flow, ct_dir::ORIGINAL);
     if may_original
         && let Some(found) = conntrack::lookup(&original, now)
-        && backend_alive(found.value())
+        && backend_alive(found)
     {
         let entry = found.value();
         let snat = entry.flags & ct_flags::SNAT != 0;
@@ -405,17 +405,27 @@ fn log_flow<H: Hook>(ctx: &H) {
 /// Whether the backend a tracked flow goes to is still programmed (same id, same address). When
 /// it is gone (its endpoint left every Service), the flow is treated as new and gets a live
 /// backend, as kube-proxy clears the conntrack entries of a removed UDP endpoint; otherwise a
-/// UDP client that keeps sending would be stuck on a dead backend.
+/// UDP client that keeps sending would be stuck on a dead backend. Looked up only when a backend
+/// was removed since the entry's last check (`lb_common::backend_epoch`), which is then recorded.
 #[inline(always)]
-fn backend_alive(entry: &CtValue) -> bool {
+fn backend_alive(found: conntrack::Entry) -> bool {
+    let entry = found.value();
     if entry.backend == 0 {
         return true; // made by an agent that did not record ids: trust it
     }
+    let epoch = LB_BACKEND_EPOCH.get(0).copied().unwrap_or(0);
+    if epoch != 0 && entry.epoch == epoch {
+        return true;
+    }
     // Safety: plain-old-data value read once in place.
-    match unsafe { LB_BACKENDS.get(entry.backend) } {
+    let alive = match unsafe { LB_BACKENDS.get(entry.backend) } {
         Some(b) => b.addr == entry.dst && b.port == entry.dport,
         None => false,
+    };
+    if alive && epoch != 0 {
+        found.set_epoch(epoch);
     }
+    alive
 }
 
 /// Rewrites a tracked packet to `entry`'s tuple and sends it on: through the stack when its
@@ -549,7 +559,7 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
         flags,
         pad: 0,
         backend: backend_id,
-        pad2: 0,
+        epoch: 0,
         last_seen: now,
     };
     scratch.back = CtValue {
@@ -560,7 +570,7 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
         flags,
         pad: 0,
         backend: 0,
-        pad2: 0,
+        epoch: 0,
         last_seen: now,
     };
     // The source port: the client's own unless SNAT, if its reply tuple is free, else a port of

@@ -14,8 +14,8 @@ use aya::{
 };
 use lb_common::{
     AgentStatus, Backend, Frontend4Key, Frontend6Key, FrontendValue, SOURCE_RANGE_GROUP_BITS, ServiceName,
-    ServiceStats, SlotKey, SlotValue, SourceRangeKey, ct_gate, frontend_flags, map_names, service_stats,
-    stats,
+    ServiceStats, SlotKey, SlotValue, SourceRangeKey, backend_epoch, ct_gate, frontend_flags, map_names,
+    service_stats, stats,
 };
 use thiserror::Error;
 
@@ -84,6 +84,9 @@ pub trait LbMaps {
     /// Ends what `zero_counters_ahead` started: waits for it, and removes the counters of groups
     /// whose names were not written (an apply that failed before them).
     fn settle_counters(&mut self) {}
+    /// Raises the backends' epoch (`lb_common::backend_epoch`): tracked flows then check that
+    /// their backend is still programmed. Called after writes that removed backends.
+    fn raise_backend_epoch(&mut self) -> Result<(), MapsError>;
 }
 
 /// How many entries each service map holds at the fullest point of an apply: every put into a
@@ -212,6 +215,8 @@ pub struct PinnedMaps {
     /// `LB_CT_GATE`: a frontend's slot is opened before the frontend is written (the programs
     /// take a packet whose slot is shut for no frontend's). `None`: programs from before the gate.
     gate: Option<Array<MapData, u8>>,
+    /// `LB_BACKEND_EPOCH`. `None`: programs from before it (which check every tracked packet).
+    epoch: Option<Array<MapData, u32>>,
     /// The slots this agent opened, a bit each (nothing shuts one).
     opened: Vec<u64>,
     capacity: Capacity,
@@ -300,6 +305,12 @@ impl PinnedMaps {
         } else {
             None
         };
+        let epoch = if path_of(map_names::BACKEND_EPOCH).exists() {
+            let (m, _) = open(dir, map_names::BACKEND_EPOCH)?;
+            Some(Array::try_from(m).map_err(conv(map_names::BACKEND_EPOCH))?)
+        } else {
+            None
+        };
         Ok(Self {
             frontends4,
             frontends6,
@@ -312,6 +323,7 @@ impl PinnedMaps {
             agent,
             log,
             gate,
+            epoch,
             opened: vec![0; ct_gate::SLOTS as usize / 64],
             capacity: Capacity {
                 frontends,
@@ -783,6 +795,14 @@ impl LbMaps for PinnedMaps {
         }
     }
 
+    fn raise_backend_epoch(&mut self) -> Result<(), MapsError> {
+        let Some(map) = &mut self.epoch else { return Ok(()) };
+        let read = |source| MapsError::Read { name: map_names::BACKEND_EPOCH, source };
+        let epoch = backend_epoch::next(map.get(&0, 0).map_err(read)?);
+        map.set(0, epoch, 0)
+            .map_err(|source| MapsError::Write { op: format!("backend epoch {epoch}"), source })
+    }
+
     fn capacity(&self) -> Capacity {
         self.capacity
     }
@@ -826,6 +846,8 @@ pub struct MemoryMaps {
     pub capacity: Option<Capacity>,
     /// Fail the n-th apply (0-based), to test partial applies.
     pub fail_at: Option<usize>,
+    /// `LB_BACKEND_EPOCH`.
+    pub epoch: u32,
 }
 
 #[cfg(test)]
@@ -872,6 +894,11 @@ impl LbMaps for MemoryMaps {
         }
         crate::layout::diff::apply_in_memory(&mut self.state, op);
         self.log.push(*op);
+        Ok(())
+    }
+
+    fn raise_backend_epoch(&mut self) -> Result<(), MapsError> {
+        self.epoch = backend_epoch::next(self.epoch);
         Ok(())
     }
 

@@ -118,9 +118,11 @@ pub fn layout(name: &str) -> Option<Layout> {
             fields!(RevNat6Value: frontend_addr, frontend_port, pad),
         ),
         map_names::STATS => (Field::scalar::<u32>("index"), Field::scalar::<u64>("count")),
+        // `epoch` was `pad2` before schema 4, always 0: a schema 1 map read with this layout
+        // (see above) holds epoch 0, "not checked yet", which is what it is.
         map_names::CONNTRACK => (
             fields!(CtKey: src, dst, sport, dport, proto, family, dir, pad),
-            fields!(CtValue: src, dst, sport, dport, flags, pad, backend, pad2, last_seen),
+            fields!(CtValue: src, dst, sport, dport, flags, pad, backend, epoch, last_seen),
         ),
         // aya's `lpm_trie::Key<SourceRangeKey>`: the prefix length, then the data.
         map_names::SOURCE_RANGES => (
@@ -160,6 +162,7 @@ pub fn layout(name: &str) -> Option<Layout> {
         // Socket-local storage: the key is the socket's file descriptor (userspace only).
         map_names::SOCK_REVNAT => (Field::scalar::<i32>("fd"), fields!(SockRevNat: entries, next, pad)),
         map_names::CT_GATE => (Field::scalar::<u32>("index"), Field::scalar::<u8>("set")),
+        map_names::BACKEND_EPOCH => (Field::scalar::<u32>("index"), Field::scalar::<u32>("epoch")),
         _ => return None,
     };
     Some(Layout { key, value })
@@ -661,7 +664,10 @@ mod tests {
         let sizes: Vec<(&str, (usize, usize))> = map_names::ALL
             .into_iter()
             // Maps schema 1 did not have.
-            .filter(|n| ![map_names::META, map_names::SOCK_REVNAT, map_names::CT_GATE].contains(n))
+            .filter(|n| {
+                ![map_names::META, map_names::SOCK_REVNAT, map_names::CT_GATE, map_names::BACKEND_EPOCH]
+                    .contains(n)
+            })
             .map(|n| (n, key_value_sizes(n)))
             .collect();
         assert_eq!(

@@ -266,6 +266,9 @@ impl LbMaps for Shared {
     fn capacity(&self) -> Capacity {
         self.0.borrow().capacity()
     }
+    fn raise_backend_epoch(&mut self) -> Result<(), MapsError> {
+        self.0.borrow_mut().raise_backend_epoch()
+    }
 }
 
 // Two states used by several tests: `before` → `after` touches every phase of the diff.
@@ -1169,6 +1172,27 @@ fn failure_on_the_first_sync_then_converges() {
     // The backends that did land are not written again.
     let puts = maps.0.borrow().log.iter().filter(|op| matches!(op, MapOp::PutBackend(..))).count();
     assert_eq!(puts, 3);
+}
+
+/// The backends' epoch moves at the first sync and at each sync that removes a backend, and only
+/// then: a tracked flow's backend is looked up again exactly when it may be gone.
+#[test]
+fn the_backend_epoch_moves_when_a_backend_goes() {
+    let maps = Shared::with(MemoryMaps::default());
+    let mut syncer = Syncer::new(maps.clone()).expect("read");
+    let epoch = || maps.0.borrow().epoch;
+    syncer.sync(&before()).expect("first sync");
+    assert_eq!(epoch(), 1, "the first sync sets it");
+    syncer.sync(&before()).expect("the same again");
+    assert_eq!(epoch(), 1, "nothing removed");
+    let mut more = before();
+    more.groups.push(group("ns/extra:http", Protocol::Tcp, &["10.96.0.40:80"], &["10.244.1.9:8080"]));
+    syncer.sync(&more).expect("a backend added");
+    assert_eq!(epoch(), 1, "nothing removed");
+    syncer.sync(&after()).expect("backends removed");
+    assert!(maps.0.borrow().log.iter().any(|op| matches!(op, MapOp::DeleteBackend(_))));
+    assert_eq!(epoch(), 2, "backends removed");
+    assert_eq!(lb_common::backend_epoch::next(u32::MAX), 1, "never 0");
 }
 
 // ---- (d) capacity -------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ mod tests {
             flags: ct_flags::SNAT | ct_flags::SEEN_REPLY,
             pad: 0,
             backend: 0,
-            pad2: 0,
+            epoch: 0,
             last_seen: 1_000_000_000,
         };
         let r = row(&key, &value, 3_500_000_000);

@@ -505,7 +505,7 @@ fn a_tracked_flow_is_named_with_its_backend() {
         flags: ct_flags::SEEN_REPLY,
         pad: 0,
         backend,
-        pad2: 0,
+        epoch: 0,
         last_seen: 90 * SEC,
     };
     let live = Fake { flows: BTreeMap::from([(key, value)]), ..Fake::default() };
