@@ -67,6 +67,9 @@ pub struct Syncer<M: LbMaps> {
     options: LayoutOptions,
     /// No sync has applied yet: the first one may be the whole cluster (progress says "initial").
     initial: bool,
+    /// The backends' epoch must be raised (`raise_backend_epoch`): backends were removed, or a
+    /// write may have removed some, since the last raise that succeeded.
+    epoch_pending: bool,
     /// The translation and layout of what is programmed, by Service key, after a sync from
     /// Service objects (`sync_all`) applied; `None` after a failure: the next sync is full.
     engine: Option<Engine>,
@@ -170,7 +173,7 @@ impl<M: LbMaps> Syncer<M> {
     /// restarted with another `--lb-algorithm`) are rewritten by the first sync, make before break.
     pub fn with_options(maps: M, options: LayoutOptions) -> Result<Self, MapsError> {
         let programmed = maps.read()?;
-        Ok(Self {
+        let mut syncer = Self {
             maps,
             times: SyncTimes::default(),
             programmed,
@@ -178,10 +181,16 @@ impl<M: LbMaps> Syncer<M> {
             freed: Vec::new(),
             options,
             initial: true,
+            // The maps may hold entries an earlier agent checked against a backend it then
+            // removed, and it may have stopped before raising the epoch: raised before anything.
+            epoch_pending: true,
             engine: None,
             problems: Vec::new(),
             parts: None,
-        })
+        };
+        // A failure is retried after the next apply.
+        let _ = syncer.raise_backend_epoch(false);
+        Ok(syncer)
     }
 
     /// Where the last sync's time went.
@@ -319,7 +328,7 @@ impl<M: LbMaps> Syncer<M> {
                         self.need_full_sync = true;
                         self.maps.settle_counters();
                         // Some of the run may be written, removals included.
-                        let _ = self.maps.raise_backend_epoch();
+                        self.epoch_pending = self.maps.raise_backend_epoch().is_err();
                         return Err(e);
                     }
                 };
@@ -337,6 +346,15 @@ impl<M: LbMaps> Syncer<M> {
                 }
                 at += applied;
                 done += applied;
+            }
+            // A large apply takes a while: flows leave removed backends chunk by chunk, not
+            // only at its end.
+            if removed_backends {
+                self.epoch_pending = true;
+                if self.maps.raise_backend_epoch().is_ok() {
+                    self.epoch_pending = false;
+                    removed_backends = false;
+                }
             }
         }
         drop((ops, chunk));
@@ -364,10 +382,21 @@ impl<M: LbMaps> Syncer<M> {
     }
 
     /// Raises the backends' epoch (`lb_common::backend_epoch`) after writes that `removed`
-    /// backends, and after this agent's first sync (whose maps may hold entries an earlier agent
-    /// checked against backends since gone), so tracked flows check their backend again.
+    /// backends, or when an earlier raise is still due (at the start, or after a failure), so
+    /// tracked flows check their backend again.
     fn raise_backend_epoch(&mut self, removed: bool) -> Result<(), MapsError> {
-        if removed || self.initial { self.maps.raise_backend_epoch() } else { Ok(()) }
+        self.epoch_pending |= removed;
+        if self.epoch_pending {
+            self.maps.raise_backend_epoch()?;
+            self.epoch_pending = false;
+        }
+        Ok(())
+    }
+
+    /// Raises the backends' epoch now (after an upgrade's switch: the old programs may have
+    /// checked entries against backends the new maps no longer hold).
+    pub fn invalidate_backend_checks(&mut self) -> Result<(), MapsError> {
+        self.raise_backend_epoch(true)
     }
 
     /// The problems of the Services the last sync from objects translated or settled again
@@ -537,7 +566,7 @@ impl<M: LbMaps> Syncer<M> {
                 self.need_full_sync = true;
                 self.parts = None;
                 // Earlier writes may have removed backends.
-                let _ = self.maps.raise_backend_epoch();
+                self.epoch_pending = self.maps.raise_backend_epoch().is_err();
                 return Err(Fallback::Failed(e));
             }
             apply_in_memory(&mut self.programmed, op);

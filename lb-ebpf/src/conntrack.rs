@@ -191,16 +191,27 @@ fn mark(entry: *mut CtValue, set: u16, clear: u16, now: u64) {
 pub fn claim(key: &CtKey, value: &CtValue, now: u64) -> Result<(), ()> {
     // Safety: plain-old-data value read in place.
     if let Some(old) = unsafe { LB_CONNTRACK.get(key) } {
-        let same = old.src == value.src
-            && old.dst == value.dst
-            && old.sport == value.sport
-            && old.dport == value.dport;
-        if !expired(key.proto, old, now) && !same {
+        if !expired(key.proto, old, now) && !same_tuple(old, value) {
             return Err(());
         }
         let _ = LB_CONNTRACK.remove(key);
     }
     LB_CONNTRACK.insert(key, value, u64::from(aya_ebpf::bindings::BPF_NOEXIST)).map_err(|_| ())
+}
+
+/// Whether `key` holds a live entry of this same flow (as `claim` compares them).
+#[inline(always)]
+pub fn holds(key: &CtKey, value: &CtValue, now: u64) -> bool {
+    // Safety: plain-old-data value read in place.
+    match unsafe { LB_CONNTRACK.get(key) } {
+        Some(old) => !expired(key.proto, old, now) && same_tuple(old, value),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn same_tuple(a: &CtValue, b: &CtValue) -> bool {
+    a.src == b.src && a.dst == b.dst && a.sport == b.sport && a.dport == b.dport
 }
 
 /// Stores an entry (replacing an expired one).

@@ -203,8 +203,11 @@ fn tracked<H: Hook>(ctx: &H, flow: &Flow, may_original: bool) -> Action {
     let reply = conntrack::key(flow, ct_dir::REPLY);
     if let Some(found) = conntrack::lookup(&reply, now) {
         let entry = found.value();
-        if H::WHOLE_ONLY && entry.flags & ct_flags::SNAT == 0 {
-            return defer();
+        if entry.flags & ct_flags::SNAT == 0 {
+            // A local backend's reply to a client port of that range (a port given to a flow
+            // whose own was taken, or the client's own): it goes through the stack, and whatever
+            // else is attached here, and `egress` translates it where it leaves.
+            return if H::WHOLE_ONLY { defer() } else { Action::NEXT };
         }
         // The reply now comes from the frontend, an address of ours for a NodePort.
         let action = apply(ctx, flow, entry, true);
@@ -580,15 +583,30 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
     // second flow another source port too. The reply entry is made first, so a concurrent flow
     // cannot take the same tuple.
     let own = reply_key(flow, &backend.addr, backend.port, &src, flow.sport);
+    let hash = hash();
     let mut sport = None;
-    if !snat && conntrack::claim(&own, &scratch.back, now).is_ok() {
-        sport = Some(flow.sport);
-    } else {
+    // A TCP packet other than a SYN that starts a flow: its original entry was evicted (or it is
+    // of no flow of ours). A port of the SNAT range its reply entry still holds stays its port
+    // (the backend knows the flow by it), even where an earlier candidate has come free since.
+    if flow.proto == lb_common::proto::TCP && flow.tcp_flags & packet::TCP_SYN == 0 {
         let mut tries = 0;
-        let hash = hash();
         while tries < SNAT_TRIES {
-            let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-            let port = (SNAT_PORT_MIN + (hash.wrapping_add(tries.wrapping_mul(7919)) % span) as u16).to_be();
+            let port = snat_candidate(hash, tries);
+            if conntrack::holds(&reply_key(flow, &backend.addr, backend.port, &src, port), &scratch.back, now)
+            {
+                sport = Some(port);
+                break;
+            }
+            tries += 1;
+        }
+    }
+    if sport.is_none() && !snat && conntrack::claim(&own, &scratch.back, now).is_ok() {
+        sport = Some(flow.sport);
+    }
+    if sport.is_none() {
+        let mut tries = 0;
+        while tries < SNAT_TRIES {
+            let port = snat_candidate(hash, tries);
             let reply_key = reply_key(flow, &backend.addr, backend.port, &src, port);
             if conntrack::claim(&reply_key, &scratch.back, now).is_ok() {
                 sport = Some(port);
@@ -633,6 +651,13 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
 #[inline(always)]
 fn affinity_client(flow: &Flow) -> crate::lb::Client {
     crate::lb::Client { id: flow.src, kind: flow.family }
+}
+
+/// The `tries`-th port of the SNAT range a flow with `hash` tries (network order).
+#[inline(always)]
+fn snat_candidate(hash: u32, tries: u32) -> u16 {
+    let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    (SNAT_PORT_MIN + (hash.wrapping_add(tries.wrapping_mul(7919)) % span) as u16).to_be()
 }
 
 /// Key of the reply direction of a flow translated to `backend` from `src:sport`.

@@ -575,8 +575,6 @@ fn load_balancer_source_ranges_admit_listed_clients_only() {
 
 const STICKY_NODE_PORT: u16 = 30083;
 
-/// `cluster()` plus a Service `sticky` (NodePort 30083, dual-stack, `sessionAffinity: ClientIP`
-/// with the default timeout) on the same two pods as `web`.
 /// `cluster()` and a Service `two-ports` whose two NodePorts (30090, 30091) lead to the same pod
 /// port, on node 1 only.
 fn two_ports_cluster() -> String {
@@ -637,6 +635,8 @@ fn a_client_port_reused_for_another_frontend_of_the_same_pod_gets_its_connection
     assert_eq!(c.stat("tc_nat_failed"), 0);
 }
 
+/// `cluster()` plus a Service `sticky` (NodePort 30083, dual-stack, `sessionAffinity: ClientIP`
+/// with the default timeout) on the same two pods as `web`.
 fn sticky_cluster() -> String {
     let mut yaml = cluster();
     yaml.push_str(&format!(

@@ -673,13 +673,34 @@ fn one_client_port_to_two_frontends_of_one_local_backend_gets_a_second_source_po
         &reply.with(&cluster, &client),
         "second flow's reply",
     );
+    // At an ingress (a pod interface) that reply is left to the stack, and to `egress` where it
+    // leaves: only SNATed flows' replies are translated at an ingress.
+    let t = node.trace("ingress", &frame(&reply));
+    assert_eq!(t.verdict, PASS, "{:#}", t.json);
+    assert_eq!(hex(&t.output), hex(&reply.frame()), "untouched at the ingress: {:#}", t.json);
     // And its next packet follows its entry.
     let data = data_packet(&client, &cluster);
-    assert_translated(
-        &node.trace("ingress", &frame(&data)),
-        &data.with(&from.to_string(), &backend),
-        "second flow's data",
-    );
+    let second = data.with(&from.to_string(), &backend);
+    assert_translated(&node.trace("ingress", &frame(&data)), &second, "second flow's data");
+
+    // The second flow's original entry evicted, and the first flow gone (its entries too): the
+    // second flow's next segment keeps the port its backend knows it by, though the client's own
+    // is free again.
+    let mut ct = lb_agent::readback::conntrack::open(&node.bpffs.path).expect("conntrack map");
+    let keys: Vec<lb_common::CtKey> = ct.keys().map(|k| k.expect("key")).collect();
+    let client_port = 42000u16.to_be();
+    let mut removed = 0;
+    for key in keys {
+        let original = key.dir == lb_common::ct_dir::ORIGINAL && key.sport == client_port;
+        let first_reply = key.dir == lb_common::ct_dir::REPLY && key.dport == client_port;
+        if original || first_reply {
+            ct.remove(&key).expect("remove");
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 3, "both original entries and the first flow's reply entry");
+    let t = node.trace("ingress", &frame(&data));
+    assert_translated(&t, &second, "second flow's data after its original entry was evicted");
 }
 
 const XDP_PASS: i64 = 2;

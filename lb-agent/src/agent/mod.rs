@@ -259,6 +259,11 @@ async fn run_async(args: Config) -> anyhow::Result<()> {
     if let Some(m) = migration.take() {
         m.finish()?;
         info!(maps = ?migrated, schema = SCHEMA_VERSION, "upgrade done: the programs use the new maps");
+        // Until the switch the old programs checked flows against the old maps' backends, some
+        // of which the first sync left out of the new ones.
+        if let Err(e) = syncer.invalidate_backend_checks() {
+            warn!(error = %e, "cannot raise the backends' epoch; tracked flows recheck at the next sync");
+        }
     } else {
         migrate::record_layouts(&args.bpffs, &pinned_before, &migrated)
             .context("recording the map layouts")?;

@@ -66,17 +66,9 @@ fn tcp_once(addr: SocketAddr) -> std::io::Result<(String, TcpStream)> {
 fn reset_on_close(stream: &TcpStream) {
     use std::os::fd::AsRawFd as _;
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // Safety: a valid socket fd and a correctly sized `linger` that outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::from_ref(&linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    if let Err(e) = set_socket_option(stream.as_raw_fd(), libc::SO_LINGER, &linger) {
+        panic!("SO_LINGER: {e}");
+    }
 }
 
 /// The IPv4 destination a redirected connection was sent to before netfilter's REDIRECT
@@ -116,35 +108,16 @@ fn tcp_from_port(to: SocketAddr, port: u16) -> std::io::Result<(String, TcpStrea
     }
     // Safety: a fresh socket fd that nothing else owns.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    // Safety: a valid fd and a correctly sized int that outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            std::ptr::from_ref(&one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let local: SocketAddr = SocketAddr::new(unspecified(to).parse::<SocketAddr>().expect("addr").ip(), port);
+    set_socket_option(fd, libc::SO_REUSEADDR, &(1 as libc::c_int))?;
+    // A blocking connect gives up after SO_SNDTIMEO.
     let timeout = libc::timeval { tv_sec: TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
-    // Safety: as above; `sockaddr` holds a sockaddr of `len` bytes for the call.
+    set_socket_option(fd, libc::SO_SNDTIMEO, &timeout)?;
+    let local: SocketAddr = SocketAddr::new(unspecified(to).parse::<SocketAddr>().expect("addr").ip(), port);
+    // Safety: a valid fd; each `sockaddr` holds a sockaddr of `len` bytes for its call.
     let rc = unsafe {
         let (sockaddr, len) = sockaddr_of(local);
         let rc = libc::bind(fd, (&raw const sockaddr).cast(), len);
         if rc == 0 {
-            // A blocking connect gives up after SO_SNDTIMEO.
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDTIMEO,
-                std::ptr::from_ref(&timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
             let (sockaddr, len) = sockaddr_of(to);
             libc::connect(fd, (&raw const sockaddr).cast(), len)
         } else {
@@ -158,6 +131,21 @@ fn tcp_from_port(to: SocketAddr, port: u16) -> std::io::Result<(String, TcpStrea
     let mut line = String::new();
     BufReader::new(stream.try_clone()?).read_line(&mut line)?;
     Ok((line.trim().to_owned(), stream))
+}
+
+/// `setsockopt(fd, SOL_SOCKET, name, value)`.
+fn set_socket_option<T>(fd: libc::c_int, name: libc::c_int, value: &T) -> std::io::Result<()> {
+    // Safety: a valid fd and a value of the size passed that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// `addr` as a `sockaddr_storage` and its length.
