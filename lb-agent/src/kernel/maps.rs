@@ -848,6 +848,8 @@ pub struct MemoryMaps {
     pub fail_at: Option<usize>,
     /// `LB_BACKEND_EPOCH`.
     pub epoch: u32,
+    /// Fail every raise of the epoch.
+    pub fail_epoch: bool,
 }
 
 #[cfg(test)]
@@ -898,6 +900,9 @@ impl LbMaps for MemoryMaps {
     }
 
     fn raise_backend_epoch(&mut self) -> Result<(), MapsError> {
+        if self.fail_epoch {
+            return Err(MapsError::Write { op: "backend epoch".to_owned(), source: MapError::KeyNotFound });
+        }
         self.epoch = backend_epoch::next(self.epoch);
         Ok(())
     }

@@ -1196,6 +1196,25 @@ fn the_backend_epoch_moves_when_a_backend_goes() {
     assert_eq!(lb_common::backend_epoch::next(u32::MAX), 1, "never 0");
 }
 
+/// A raise that fails fails the sync that needed it, and is made by the next apply even when
+/// that one removes nothing (the removal is already in the maps).
+#[test]
+fn a_failed_backend_epoch_raise_is_retried() {
+    let maps = Shared::with(MemoryMaps { fail_epoch: true, ..Default::default() });
+    let mut syncer = Syncer::new(maps.clone()).expect("read");
+    let epoch = || maps.0.borrow().epoch;
+    syncer.sync(&before()).expect_err("the raise due since the start fails");
+    assert_eq!(epoch(), 0);
+    maps.0.borrow_mut().fail_epoch = false;
+    syncer.sync(&before()).expect("converges");
+    assert_eq!(epoch(), 1, "raised once it can be");
+    maps.0.borrow_mut().fail_epoch = true;
+    syncer.sync(&after()).expect_err("backends removed, the raise fails");
+    maps.0.borrow_mut().fail_epoch = false;
+    syncer.sync(&after()).expect("nothing left to write");
+    assert_eq!(epoch(), 2, "raised by the next apply");
+}
+
 // ---- (d) capacity -------------------------------------------------------------------------------
 
 #[test]
