@@ -633,6 +633,54 @@ fn a_flow_tracked_before_a_restart_that_makes_the_conntrack_gate_anew_is_still_t
     assert!(why(&e).contains("is a frontend, but its conntrack gate slot"), "{e:#}");
 }
 
+/// A tracked flow's entry records the backends' epoch at which its backend was found programmed
+/// (`lb_common::backend_epoch`): not yet for a new flow, the agent's epoch after its next packet,
+/// and the new one after the epoch moves, as after a sync that removed a backend (the program
+/// looked the backend up again; it writes the epoch only then).
+#[test]
+fn a_tracked_flow_records_the_backend_epoch_it_was_checked_at() {
+    let node = Node::start();
+    let (client, frontend, backend) = (addr(CLIENT4, 43000), addr(EXTERNAL4, 80), addr(POD4, 8080));
+    let syn = Packet::tcp(&client, &frontend, TCP_SYN);
+    assert_translated(&node.trace("ingress", &frame(&syn)), &syn.with(&client, &backend), "SYN");
+
+    let pin = node.bpffs.path.join(lb_common::map_names::BACKEND_EPOCH);
+    let data = aya::maps::MapData::from_pin(&pin).expect("the epoch's pin");
+    let mut epoch: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("the epoch is an array");
+    let agent_epoch = epoch.get(&0, 0).expect("epoch");
+    assert_ne!(agent_epoch, 0, "the agent raised it when it opened the maps");
+
+    let ct = lb_agent::readback::conntrack::open(&node.bpffs.path).expect("conntrack map");
+    let word = |s: &str| {
+        let ip: std::net::Ipv4Addr = s.parse().expect("address");
+        [u32::from_ne_bytes(ip.octets()), 0, 0, 0]
+    };
+    let key = lb_common::CtKey {
+        src: word(CLIENT4),
+        dst: word(EXTERNAL4),
+        sport: 43000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        family: 4,
+        dir: lb_common::ct_dir::ORIGINAL,
+        pad: 0,
+    };
+    let recorded = || ct.get(&key, 0).expect("the flow's entry").epoch;
+    assert_eq!(recorded(), 0, "a new flow's entry is not checked yet");
+    let segment = data_packet(&client, &frontend);
+    let translated = segment.with(&client, &backend);
+    assert_translated(&node.trace("ingress", &frame(&segment)), &translated, "data");
+    assert_eq!(recorded(), agent_epoch, "checked at the agent's epoch");
+    assert_translated(&node.trace("ingress", &frame(&segment)), &translated, "data again");
+    assert_eq!(recorded(), agent_epoch);
+
+    let raised = lb_common::backend_epoch::next(agent_epoch);
+    epoch.set(0, raised, 0).expect("raising the epoch");
+    assert_translated(&node.trace("ingress", &frame(&segment)), &translated, "data after the raise");
+    assert_eq!(recorded(), raised, "checked again (the backend is still there), at the new epoch");
+}
+
 fn data_packet(client: &str, frontend: &str) -> Packet {
     Packet::tcp(client, frontend, TCP_ACK | TCP_PSH).payload(b"more")
 }
