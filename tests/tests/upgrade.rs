@@ -135,12 +135,28 @@ fn pin_old_affinity_layout(bpffs: &Path) -> u32 {
     old.info.id
 }
 
+/// Records `LB_CONNTRACK`'s layout as schema 3 had it: the value's `epoch` was padding, `pad2`
+/// (a rename the agent reads through: nothing to migrate).
+fn record_schema_3_conntrack(bpffs: &Path) {
+    let meta = RawMap::open(&bpffs.join("LB_META")).expect("LB_META");
+    let mut key = MetaKey { name: [0; 24] };
+    key.name[..12].copy_from_slice(b"LB_CONNTRACK");
+    let record = meta.lookup(&bytes_of(&key)).expect("lookup").expect("LB_CONNTRACK's record");
+    let mut record: MapLayout = read_pod(&record).expect("a whole record");
+    record.schema = 3;
+    let fields = usize::from(record.value_fields);
+    let slot = record.value[..fields].iter_mut().find(|f| f.name.starts_with(b"epoch\0")).expect("epoch");
+    *slot = field("pad2", slot.offset, slot.size);
+    meta.update(&bytes_of(&key), &bytes_of(&record)).expect("record the schema 3 layout");
+}
+
 #[test]
 fn an_agent_over_maps_of_an_older_layout_converts_them_without_dropping_a_flow() {
     let mut node = web_node(&SMALL);
     let mut load = Load::start(&node, 4000);
     node.agent.take().expect("agent").stop().expect("clean stop");
     let old_id = pin_old_affinity_layout(&node.bpffs.path);
+    record_schema_3_conntrack(&node.bpffs.path);
     let status = cli_json(&["status"], &node.bpffs.path).expect("status");
     assert_eq!(status["agent"]["schema"], SCHEMA_VERSION - 1, "{status}");
 
@@ -148,7 +164,7 @@ fn an_agent_over_maps_of_an_older_layout_converts_them_without_dropping_a_flow()
     load.still_running();
     let log = node.agent().log().join("\n");
     let migrated: Vec<&str> = log.lines().filter(|l| l.contains("migrating it")).collect();
-    assert_eq!(migrated.len(), 1, "only the affinity map changed:\n{log}");
+    assert_eq!(migrated.len(), 1, "only the affinity map changed (conntrack's pad2 is its epoch):\n{log}");
     assert!(migrated[0].contains("LB_AFFINITY") && migrated[0].contains("field layout"), "{log}");
     assert!(log.lines().any(|l| l.contains("LB_AFFINITY") && l.contains("converted=true")), "{log}");
     load.check(&node);

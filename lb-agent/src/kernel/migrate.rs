@@ -205,6 +205,27 @@ pub fn record(schema: u32, layout: &Layout) -> MapLayout {
     r
 }
 
+/// Value fields renamed without a change of meaning for what an older agent wrote in them, as
+/// (map, old name, new name): a recorded layout is read with the new names, so a rename alone
+/// migrates nothing.
+const RENAMED: [(&str, &str, &str); 1] = [
+    // Schema 4: padding, always written 0, became the backends' epoch, where 0 means "not
+    // checked yet". (Copying the conntrack map for it would cost an upgrade the whole table.)
+    (map_names::CONNTRACK, "pad2", "epoch"),
+];
+
+/// `layout`, a recorded layout of map `name`, with `RENAMED`'s new names.
+fn renamed(name: &str, mut layout: Layout) -> Layout {
+    for (map, old, new) in RENAMED {
+        if map == name {
+            for f in layout.value.iter_mut().filter(|f| f.name == old) {
+                f.name = new.to_owned();
+            }
+        }
+    }
+    layout
+}
+
 /// The layout an `LB_META` record describes.
 pub fn layout_of(r: &MapLayout) -> Layout {
     Layout {
@@ -486,7 +507,7 @@ impl Migration {
             }
             let old = open(&path)?;
             let old_shape = shape_of(&old);
-            let from = recorded.get(name).map_or_else(|| to.clone(), layout_of);
+            let from = recorded.get(name).map_or_else(|| to.clone(), |r| renamed(name, layout_of(r)));
             let layout_changed = from != to;
             if old_shape == *new && !layout_changed {
                 continue;
@@ -689,6 +710,21 @@ mod tests {
                 (map_names::LOG, (4, 4)),
             ]
         );
+    }
+
+    /// A schema 3 conntrack map (its padding named `pad2`) is adopted as it is, not copied.
+    #[test]
+    fn a_renamed_field_alone_migrates_nothing() {
+        let now = layout(map_names::CONNTRACK).expect("conntrack layout");
+        let mut schema_3 = now.clone();
+        let epoch = schema_3.value.iter_mut().find(|f| f.name == "epoch").expect("epoch field");
+        epoch.name = "pad2".to_owned();
+        assert_ne!(schema_3, now);
+        let recorded = record(3, &schema_3);
+        assert_eq!(renamed(map_names::CONNTRACK, layout_of(&recorded)), now);
+        // Only that map's field.
+        let affinity = layout(map_names::AFFINITY).expect("affinity layout");
+        assert_eq!(renamed(map_names::AFFINITY, affinity.clone()), affinity);
     }
 
     #[test]
