@@ -67,7 +67,7 @@ pub struct Syncer<M: LbMaps> {
     options: LayoutOptions,
     /// No sync has applied yet: the first one may be the whole cluster (progress says "initial").
     initial: bool,
-    /// The backends' epoch must be raised (`raise_backend_epoch`): backends were removed, or a
+    /// The backends' epoch must be raised (`raise_epoch`): backends were removed, or a
     /// write may have removed some, since the last raise that succeeded.
     epoch_pending: bool,
     /// The translation and layout of what is programmed, by Service key, after a sync from
@@ -147,6 +147,19 @@ enum Freed {
     Backend(u32),
 }
 
+/// Raises the backends' epoch (`lb_common::backend_epoch`) after writes that `removed` backends,
+/// or when an earlier raise is still due (`pending`: at the start, or after a failure), so
+/// tracked flows check their backend again. A failure leaves it pending. (The maps and the flag
+/// alone: callers hold the rest of the `Syncer` borrowed.)
+fn raise_epoch<M: LbMaps>(maps: &mut M, pending: &mut bool, removed: bool) -> Result<(), MapsError> {
+    *pending |= removed;
+    if *pending {
+        maps.raise_backend_epoch()?;
+        *pending = false;
+    }
+    Ok(())
+}
+
 impl<M: LbMaps> Syncer<M> {
     /// The ids freed less than `QUARANTINE` ago (older ones leave the quarantine), which no
     /// layout may hand out again yet.
@@ -189,7 +202,7 @@ impl<M: LbMaps> Syncer<M> {
             parts: None,
         };
         // A failure is retried after the next apply.
-        let _ = syncer.raise_backend_epoch(false);
+        let _ = raise_epoch(&mut syncer.maps, &mut syncer.epoch_pending, false);
         Ok(syncer)
     }
 
@@ -328,7 +341,7 @@ impl<M: LbMaps> Syncer<M> {
                         self.need_full_sync = true;
                         self.maps.settle_counters();
                         // Some of the run may be written, removals included.
-                        self.epoch_pending = self.maps.raise_backend_epoch().is_err();
+                        let _ = raise_epoch(&mut self.maps, &mut self.epoch_pending, true);
                         return Err(e);
                     }
                 };
@@ -350,16 +363,14 @@ impl<M: LbMaps> Syncer<M> {
             // A large apply takes a while: flows leave removed backends chunk by chunk, not
             // only at its end.
             if removed_backends {
-                self.epoch_pending = true;
-                if self.maps.raise_backend_epoch().is_ok() {
-                    self.epoch_pending = false;
-                    removed_backends = false;
-                }
+                // A failure stays pending, retried below.
+                let _ = raise_epoch(&mut self.maps, &mut self.epoch_pending, true);
+                removed_backends = false;
             }
         }
         drop((ops, chunk));
         self.maps.settle_counters();
-        if let Err(e) = self.raise_backend_epoch(removed_backends) {
+        if let Err(e) = raise_epoch(&mut self.maps, &mut self.epoch_pending, false) {
             self.need_full_sync = true;
             return Err(e);
         }
@@ -381,22 +392,10 @@ impl<M: LbMaps> Syncer<M> {
         Ok(placements)
     }
 
-    /// Raises the backends' epoch (`lb_common::backend_epoch`) after writes that `removed`
-    /// backends, or when an earlier raise is still due (at the start, or after a failure), so
-    /// tracked flows check their backend again.
-    fn raise_backend_epoch(&mut self, removed: bool) -> Result<(), MapsError> {
-        self.epoch_pending |= removed;
-        if self.epoch_pending {
-            self.maps.raise_backend_epoch()?;
-            self.epoch_pending = false;
-        }
-        Ok(())
-    }
-
     /// Raises the backends' epoch now (after an upgrade's switch: the old programs may have
     /// checked entries against backends the new maps no longer hold).
     pub fn invalidate_backend_checks(&mut self) -> Result<(), MapsError> {
-        self.raise_backend_epoch(true)
+        raise_epoch(&mut self.maps, &mut self.epoch_pending, true)
     }
 
     /// The problems of the Services the last sync from objects translated or settled again
@@ -566,7 +565,7 @@ impl<M: LbMaps> Syncer<M> {
                 self.need_full_sync = true;
                 self.parts = None;
                 // Earlier writes may have removed backends.
-                self.epoch_pending = self.maps.raise_backend_epoch().is_err();
+                let _ = raise_epoch(&mut self.maps, &mut self.epoch_pending, true);
                 return Err(Fallback::Failed(e));
             }
             apply_in_memory(&mut self.programmed, op);
@@ -586,7 +585,7 @@ impl<M: LbMaps> Syncer<M> {
             }
         }
         let removed_backends = ops.iter().any(|op| matches!(op, MapOp::DeleteBackend(_)));
-        if let Err(e) = self.raise_backend_epoch(removed_backends) {
+        if let Err(e) = raise_epoch(&mut self.maps, &mut self.epoch_pending, removed_backends) {
             self.need_full_sync = true;
             self.parts = None;
             return Err(Fallback::Failed(e));

@@ -37,7 +37,7 @@ pub mod map_names {
     pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
     /// The conntrack gate (`crate::ct_gate`).
     pub const CT_GATE: &str = "LB_CT_GATE";
-    /// The backends' epoch (`crate::BackendEpoch`).
+    /// The backends' epoch (`crate::backend_epoch`).
     pub const BACKEND_EPOCH: &str = "LB_BACKEND_EPOCH";
     pub const ALL: [&str; 18] = [
         FRONTENDS_V4,
@@ -438,10 +438,10 @@ pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// The backends' epoch (`LB_BACKEND_EPOCH`, an array of one `u32`). A tracked flow whose backend
 /// is no longer programmed starts over (kube-proxy clears the conntrack entries of removed
-/// endpoints); checking that costs a hash lookup per packet. The agent raises the epoch after
-/// every sync that removed a backend, and at its first sync (so it is not 0 once an agent has
-/// synced); a flow's entry records the epoch at which its backend was last found programmed, and
-/// while the two are equal no backend has gone since: no lookup. 0 means not known: checked.
+/// endpoints); checking that costs a hash lookup per packet. The agent raises the epoch when it
+/// opens the maps (so it is not 0 once an agent runs) and after writes that removed a backend; a
+/// flow's entry records the epoch at which its backend was last found programmed, and while the
+/// two are equal no backend has gone since: no lookup. 0 means not known: checked.
 pub mod backend_epoch {
     /// The epoch after `epoch`, never 0.
     #[inline(always)]

@@ -582,13 +582,12 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
     // both flows would have the same reply tuple, and netfilter, under kube-proxy, gives the
     // second flow another source port too. The reply entry is made first, so a concurrent flow
     // cannot take the same tuple.
-    let own = reply_key(flow, &backend.addr, backend.port, &src, flow.sport);
-    let hash = hash();
     let mut sport = None;
     // A TCP packet other than a SYN that starts a flow: its original entry was evicted (or it is
     // of no flow of ours). A port of the SNAT range its reply entry still holds stays its port
     // (the backend knows the flow by it), even where an earlier candidate has come free since.
     if flow.proto == lb_common::proto::TCP && flow.tcp_flags & packet::TCP_SYN == 0 {
+        let hash = hash();
         let mut tries = 0;
         while tries < SNAT_TRIES {
             let port = snat_candidate(hash, tries);
@@ -600,10 +599,19 @@ fn new_flow<H: Hook>(ctx: &H, flow: &Flow) -> Action {
             tries += 1;
         }
     }
-    if sport.is_none() && !snat && conntrack::claim(&own, &scratch.back, now).is_ok() {
+    if sport.is_none()
+        && !snat
+        && conntrack::claim(
+            &reply_key(flow, &backend.addr, backend.port, &src, flow.sport),
+            &scratch.back,
+            now,
+        )
+        .is_ok()
+    {
         sport = Some(flow.sport);
     }
     if sport.is_none() {
+        let hash = hash();
         let mut tries = 0;
         while tries < SNAT_TRIES {
             let port = snat_candidate(hash, tries);

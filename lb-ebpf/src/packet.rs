@@ -128,7 +128,7 @@ impl Packet for TcContext {
 }
 
 /// At XDP there is no skb to keep a checksum state in: a packet from a NIC carries full
-/// checksums, which are updated in the packet itself (`csum_replace`). (A packet whose checksum
+/// checksums, which are updated in the packet itself (`csum_apply`). (A packet whose checksum
 /// a local sender left to "hardware", as on a veth between namespaces, carries only the
 /// pseudo-header sum and is not fixed up by this; see ARCHITECTURE.md, XDP.)
 impl Packet for XdpContext {
@@ -176,21 +176,13 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn l3_csum_replace(&self, offset: usize, from: u32, to: u32) -> Result<(), ()> {
         let check: u16 = Packet::load(self, offset)?;
-        Packet::store(self, offset, &csum_replace(check, from, to, 4))
+        Packet::store(self, offset, &csum_apply(check, csum_diff(diff32(from, to))))
     }
 
     #[inline(always)]
     fn l4_csum_replace(&self, offset: usize, from: u32, to: u32, flags: u64) -> Result<(), ()> {
-        let check: u16 = Packet::load(self, offset)?;
-        let mangled = flags & u64::from(BPF_F_MARK_MANGLED_0) != 0;
-        if mangled && check == 0 {
-            return Ok(()); // UDP over IPv4 without a checksum stays without one
-        }
-        let mut new = csum_replace(check, from, to, flags & 0xf);
-        if mangled && new == 0 {
-            new = 0xffff; // 0 would mean "no checksum"
-        }
-        Packet::store(self, offset, &new)
+        let diff = if flags & 0xf == 4 { diff32(from, to) } else { diff16(from as u16, to as u16) };
+        Packet::l4_csum_diff(self, offset, csum_diff(diff), flags & !0xf)
     }
 
     #[inline(always)]
@@ -198,11 +190,11 @@ impl Packet for XdpContext {
         let check: u16 = Packet::load(self, offset)?;
         let mangled = flags & u64::from(BPF_F_MARK_MANGLED_0) != 0;
         if mangled && check == 0 {
-            return Ok(());
+            return Ok(()); // UDP over IPv4 without a checksum stays without one
         }
         let mut new = csum_apply(check, diff);
         if mangled && new == 0 {
-            new = 0xffff;
+            new = 0xffff; // 0 would mean "no checksum"
         }
         Packet::store(self, offset, &new)
     }
@@ -212,22 +204,6 @@ impl Packet for XdpContext {
         // Safety: the context pointer is the kernel's `xdp_md` for this run.
         unsafe { (*self.ctx).ingress_ifindex }
     }
-}
-
-/// The one's-complement checksum `check` of data in which a 2- or 4-byte field (`size`) changed
-/// from `from` to `to` (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')). Values are as loaded from the
-/// packet; the sum does not depend on byte order.
-#[inline(always)]
-fn csum_replace(check: u16, from: u32, to: u32, size: u64) -> u16 {
-    // 64-bit arithmetic with explicit 16-bit masks: no intermediate value can wrap.
-    let (from, to) = (u64::from(from), u64::from(to));
-    let mut sum = u64::from(!check) + (!from & 0xffff) + (to & 0xffff);
-    if size == 4 {
-        sum += ((!from >> 16) & 0xffff) + ((to >> 16) & 0xffff);
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 /// `csum_diff`'s term for a 4-byte field that changed from `from` to `to` (as loaded): the
@@ -253,7 +229,8 @@ fn csum_diff(mut sum: u64) -> u32 {
     sum as u32
 }
 
-/// The checksum `check` of data that changed by `diff` (`csum_diff`): RFC 1624, eqn. 3.
+/// The checksum `check` of data that changed by `diff` (`csum_diff`): RFC 1624, eqn. 3, HC' =
+/// ~(~HC + ~m + m'). Values are as loaded from the packet; the sum does not depend on byte order.
 #[inline(always)]
 fn csum_apply(check: u16, diff: u32) -> u16 {
     !(csum_diff(u64::from(!check) + u64::from(diff)) as u16)

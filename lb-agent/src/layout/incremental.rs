@@ -20,7 +20,7 @@ use lb_common::{FrontendValue, SlotKey, backend_state};
 
 use super::state::{
     BackendIdentity, FrontendKey, LayoutOptions, MapState, Placement, Reserved, SourceRange, backend_entry,
-    backend_uses, explicit_keys, frontend_keys, kept_id, lay_group,
+    backend_uses, explicit_keys, frontend_keys, kept_id, lay_group, tree_in_parts,
 };
 use crate::model::{
     BackendGroup, Cidr, ServiceKey,
@@ -81,32 +81,25 @@ fn count(u: &mut BackendUse, (state, local): (u8, bool), add: bool) {
 }
 
 /// Every backend's uses (`uses`, sorted by backend) counted, as a tree with full nodes built a
-/// part at a time from the end while the vector gives back its memory (as
-/// `state::tree_of_sorted`: never the vector and the tree both whole).
-fn counted(mut uses: Vec<(BackendIdentity, (u8, bool))>) -> BTreeMap<BackendIdentity, BackendUse> {
-    let part = (uses.len() / 8).max(4096);
-    let mut tree = BTreeMap::new();
-    while !uses.is_empty() {
-        let mut at = uses.len().saturating_sub(part);
-        // A backend's uses are counted in one part.
-        while at > 0 && uses[at - 1].0 == uses[at].0 {
-            at -= 1;
-        }
-        let mut front: Vec<(BackendIdentity, BackendUse)> = Vec::new();
-        for (identity, used) in uses.drain(at..) {
-            if front.last().is_none_or(|(last, _)| *last != identity) {
-                front.push((identity, BackendUse::default()));
+/// part at a time while the vector gives back its memory (`state::tree_in_parts`: never the
+/// vector and the tree both whole); a backend's uses are counted in one part.
+fn counted(uses: Vec<(BackendIdentity, (u8, bool))>) -> BTreeMap<BackendIdentity, BackendUse> {
+    tree_in_parts(
+        uses,
+        |a, b| a.0 == b.0,
+        |part| {
+            let mut front: Vec<(BackendIdentity, BackendUse)> = Vec::new();
+            for (identity, used) in part {
+                if front.last().is_none_or(|(last, _)| *last != identity) {
+                    front.push((identity, BackendUse::default()));
+                }
+                if let Some((_, u)) = front.last_mut() {
+                    count(u, used, true);
+                }
             }
-            if let Some((_, u)) = front.last_mut() {
-                count(u, used, true);
-            }
-        }
-        uses.shrink_to_fit();
-        let mut front: BTreeMap<BackendIdentity, BackendUse> = front.into_iter().collect();
-        front.append(&mut tree);
-        tree = front;
-    }
-    tree
+            front.into_iter().collect()
+        },
+    )
 }
 
 fn node_port_keys(group: &BackendGroup) -> impl Iterator<Item = (u16, u8, bool)> + '_ {

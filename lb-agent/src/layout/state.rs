@@ -159,12 +159,26 @@ pub struct MapState {
 /// from the end while the vector gives back its memory: the two are never both whole (a full
 /// sync of a large cluster builds its largest trees so, at the agent's peak of memory). Each
 /// part merges the tree built so far again: 8 parts at most.
-pub(crate) fn tree_of_sorted<K: Ord, V>(mut sorted: Vec<(K, V)>) -> BTreeMap<K, V> {
+pub(crate) fn tree_of_sorted<K: Ord, V>(sorted: Vec<(K, V)>) -> BTreeMap<K, V> {
+    tree_in_parts(sorted, |_, _| false, |part| part.collect())
+}
+
+/// The tree `part_tree` makes of `sorted`, a part at a time from the end as in `tree_of_sorted`;
+/// items `together` with the one after them stay in one part (`part_tree` may merge them into
+/// one entry), and the parts' keys must not overlap.
+pub(crate) fn tree_in_parts<T, K: Ord, V>(
+    mut sorted: Vec<T>,
+    together: impl Fn(&T, &T) -> bool,
+    mut part_tree: impl FnMut(std::vec::Drain<'_, T>) -> BTreeMap<K, V>,
+) -> BTreeMap<K, V> {
     let part = (sorted.len() / 8).max(4096);
     let mut tree = BTreeMap::new();
     while !sorted.is_empty() {
-        let at = sorted.len().saturating_sub(part);
-        let mut front: BTreeMap<K, V> = sorted.drain(at..).collect();
+        let mut at = sorted.len().saturating_sub(part);
+        while at > 0 && together(&sorted[at - 1], &sorted[at]) {
+            at -= 1;
+        }
+        let mut front = part_tree(sorted.drain(at..));
         sorted.shrink_to_fit();
         front.append(&mut tree);
         tree = front;

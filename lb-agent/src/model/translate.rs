@@ -685,8 +685,7 @@ fn service_groups(
 ) -> Vec<BackendGroup> {
     let mut groups = Vec::new();
     // The groups' names share the key's strings (the same text but for a malformed key).
-    let shared = |kept: &Arc<str>, text: &str| if **kept == *text { Arc::clone(kept) } else { text.into() };
-    let (namespace, name) = (shared(&key.namespace, svc.namespace), shared(&key.name, svc.name));
+    let (namespace, name) = (shared_str(&key.namespace, svc.namespace), shared_str(&key.name, svc.name));
     for port in &svc.ports {
         let port_name: Arc<str> = port.name.as_str().into();
         for family in [Family::V4, Family::V6] {

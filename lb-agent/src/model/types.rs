@@ -73,6 +73,11 @@ impl Family {
     }
 }
 
+/// `text` as `kept` holds it when they are equal (one copy shared), else a copy of its own.
+pub fn shared_str(kept: &Arc<str>, text: &str) -> Arc<str> {
+    if **kept == *text { Arc::clone(kept) } else { text.into() }
+}
+
 /// kube-proxy's ServicePortName: a Service port is identified by namespace, name, port **name**
 /// and protocol, never by its number. (The strings are shared: with the `ServiceKey`, and
 /// between the groups of a Service port.)

@@ -310,8 +310,8 @@ impl Conditions {
 }
 
 impl StoredEndpoint {
-    fn new(e: &Endpoint, names: &mut NodeNames) -> Self {
-        let node_name = e.node_name.as_deref().map(|n| names.get(n));
+    fn new(e: &Endpoint, texts: &mut SharedTexts) -> Self {
+        let node_name = e.node_name.as_deref().map(|n| texts.get(n));
         match Addresses::of(&e.addresses) {
             Addresses::One(IpAddr::V4(ip)) if e.hints.is_none() => {
                 Self::V4 { ip: ip.octets(), conditions: Conditions::of(e.conditions.as_ref()), node_name }
@@ -392,13 +392,13 @@ fn ipv4_text(octets: [u8; 4]) -> String {
     out
 }
 
-/// Node names shared by the endpoints that name them (a cluster has few nodes and many
-/// endpoints), and the other texts slices repeat (namespaces, address types, port names and
-/// protocols). Names no slice uses any more are let go by `prune`.
+/// The texts slices repeat, held once: node names (a cluster has few nodes and many endpoints),
+/// namespaces, address types, port names and protocols. Texts no slice uses any more are let go
+/// by `prune`.
 #[derive(Debug, Default)]
-pub struct NodeNames(HashSet<Arc<str>>);
+pub struct SharedTexts(HashSet<Arc<str>>);
 
-impl NodeNames {
+impl SharedTexts {
     fn get(&mut self, name: &str) -> Arc<str> {
         if let Some(n) = self.0.get(name) {
             return Arc::clone(n);
@@ -408,32 +408,32 @@ impl NodeNames {
         n
     }
 
-    /// Forgets the names only this set holds.
+    /// Forgets the texts only this set holds.
     pub fn prune(&mut self) {
         self.0.retain(|n| Arc::strong_count(n) > 1);
     }
 }
 
 impl StoredSlice {
-    /// The kept part of `slice`, its node names shared through `names`.
-    pub fn new(slice: &EndpointSlice, names: &mut NodeNames) -> Self {
+    /// The kept part of `slice`, its repeated texts shared through `texts`.
+    pub fn new(slice: &EndpointSlice, texts: &mut SharedTexts) -> Self {
         let meta = &slice.metadata;
         Self {
             name: meta.name.as_deref().map(Arc::from),
-            namespace: meta.namespace.as_deref().map(|n| names.get(n)),
+            namespace: meta.namespace.as_deref().map(|n| texts.get(n)),
             service: meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME)).map(|s| s.as_str().into()),
             trigger: meta
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
                 .map(|s| s.as_str().into()),
-            address_type: names.get(&slice.address_type),
+            address_type: texts.get(&slice.address_type),
             ports: slice
                 .ports
                 .iter()
                 .flatten()
                 .map(|p| {
-                    let mut shared = |t: &Option<String>| t.as_deref().map(|t| names.get(t));
+                    let mut shared = |t: &Option<String>| t.as_deref().map(|t| texts.get(t));
                     SlicePort {
                         name: shared(&p.name),
                         port: p.port,
@@ -442,7 +442,7 @@ impl StoredSlice {
                     }
                 })
                 .collect(),
-            endpoints: slice.endpoints.iter().map(|e| StoredEndpoint::new(e, names)).collect(),
+            endpoints: slice.endpoints.iter().map(|e| StoredEndpoint::new(e, texts)).collect(),
         }
     }
 
@@ -519,7 +519,7 @@ mod tests {
                            "targetRef": {"kind": "Pod", "name": "web-abc", "namespace": "shop"}}],
         }))
         .expect("slice");
-        let names = &mut NodeNames::default();
+        let names = &mut SharedTexts::default();
         let back = StoredSlice::new(&slice, names).to_slice();
         let mut expected = slice.clone();
         expected.metadata = ObjectMeta {

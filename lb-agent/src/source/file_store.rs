@@ -21,7 +21,7 @@ use k8s_openapi::api::{
 
 use super::{
     SourceError,
-    compact::{NodeNames, StoredSlice},
+    compact::{SharedTexts, StoredSlice},
     file::{self, Origin, PendingProblem},
     store::ChangeCounts,
     yaml_split,
@@ -110,7 +110,7 @@ impl Chunk {
         let mut slices = Vec::new();
         let mut unlabelled = Vec::new();
         // Node names shared within the chunk (chunks are parsed on two threads).
-        let mut names = NodeNames::default();
+        let mut names = SharedTexts::default();
         for (origin, slice) in docs.slices {
             match SliceTie::of(&slice) {
                 SliceTie::Service(key) => slices.push((origin, key, StoredSlice::new(&slice, &mut names))),

@@ -12,8 +12,8 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use super::compact::{NodeNames, StoredService, StoredSlice};
-use crate::model::{Located, ServiceKey, ServiceObjects, SliceTie};
+use super::compact::{SharedTexts, StoredService, StoredSlice};
+use crate::model::{Located, ServiceKey, ServiceObjects, SliceTie, shared_str};
 
 /// The objects of every Service key, and the keys changed since `take_dirty`.
 #[derive(Debug, Default)]
@@ -23,8 +23,8 @@ pub struct ObjectStore {
     /// Slices by the key they are labelled for, sorted by name (a Service has one or a few:
     /// a list, not a map of its own), as much of them as the agent reads (`StoredSlice`).
     slices: BTreeMap<ServiceKey, Vec<StoredSlice>>,
-    /// The node names the stored endpoints share.
-    node_names: NodeNames,
+    /// The texts the stored slices share (node names, namespaces, port names, ...).
+    shared_texts: SharedTexts,
     /// The key of each stored slice, by (namespace, name): a slice relabelled for another
     /// Service dirties both.
     slice_keys: HashMap<SliceId, ServiceKey>,
@@ -92,14 +92,6 @@ impl ObjectStore {
 /// shared with its Service key, the name with its stored record.
 type SliceId = (Arc<str>, Arc<str>);
 
-/// `text`, shared with `kept` when they are equal.
-fn shared_text(kept: Option<&Arc<str>>, text: &str) -> Arc<str> {
-    match kept {
-        Some(k) if **k == *text => Arc::clone(k),
-        _ => text.into(),
-    }
-}
-
 fn slice_id(slice: &EndpointSlice) -> (String, String) {
     let meta = &slice.metadata;
     (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
@@ -143,7 +135,7 @@ impl ObjectStore {
         let stored = match SliceTie::of(slice) {
             SliceTie::Service(key) => {
                 let key = self.shared_key(key);
-                let mut stored = StoredSlice::new(slice, &mut self.node_names);
+                let mut stored = StoredSlice::new(slice, &mut self.shared_texts);
                 stored.share_key(&key);
                 Some((key, stored))
             }
@@ -170,8 +162,10 @@ impl ObjectStore {
         let Some((key, mut stored)) = stored else { return (self.delete_id(&id), None) };
         let key = self.shared_key(key);
         stored.share_key(&key);
-        let sid: SliceId =
-            (shared_text(Some(&key.namespace), &id.0), shared_text(stored.shared_name(), &id.1));
+        let sid: SliceId = (
+            shared_str(&key.namespace, &id.0),
+            stored.shared_name().map_or_else(|| id.1.as_str().into(), |n| shared_str(n, &id.1)),
+        );
         if let Some(old_key) = self.slice_keys.get(&sid)
             && *old_key != key
         {
@@ -241,7 +235,7 @@ impl ObjectStore {
         for id in gone {
             let _ = self.delete_sid(&id);
         }
-        self.node_names.prune();
+        self.shared_texts.prune();
         // As in `replace_services`.
         self.slices = std::mem::take(&mut self.slices).into_iter().collect();
     }

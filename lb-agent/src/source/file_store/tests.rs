@@ -63,7 +63,10 @@ fn view_of(grouped: &BTreeMap<ServiceKey, ServiceObjects>, problems: Vec<Problem
                     o.services.iter().map(|l| l.origin.clone()).collect(),
                     services,
                     o.slices.iter().map(|l| l.origin.clone()).collect(),
-                    o.slices.iter().map(|l| StoredSlice::new(&l.object, &mut NodeNames::default())).collect(),
+                    o.slices
+                        .iter()
+                        .map(|l| StoredSlice::new(&l.object, &mut SharedTexts::default()))
+                        .collect(),
                 ),
             )
         })
